@@ -1,0 +1,89 @@
+// Torch bindings: operator schemas (TORCH_LIBRARY) and the CPU implementations.
+// The Python side (grounded_fast/ops/) adds fake tensors, autograd and backend choice.
+#include <Python.h>
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+#include "ot/cpu/sinkhorn_cpu.h"
+
+namespace {
+
+using at::Tensor;
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> entropic_ot_cpu(
+    const Tensor& C, const Tensor& a, const Tensor& b, const Tensor& mass, const Tensor& lu0,
+    const Tensor& lv0, int64_t problem, double reg, double reg_m_a, double reg_m_b, bool kl_ref,
+    int64_t max_iter, double tol, int64_t check_every) {
+  TORCH_CHECK(C.dim() == 3, "entropic_ot: C must be (B, n, m), got ", C.sizes());
+  const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
+  TORCH_CHECK(a.sizes() == at::IntArrayRef({B, n}), "entropic_ot: a must be (B, n)");
+  TORCH_CHECK(b.sizes() == at::IntArrayRef({B, m}), "entropic_ot: b must be (B, m)");
+  TORCH_CHECK(lu0.sizes() == a.sizes() && lv0.sizes() == b.sizes(), "entropic_ot: bad warm start");
+  TORCH_CHECK(mass.sizes() == at::IntArrayRef({B}), "entropic_ot: mass must be (B,)");
+  TORCH_CHECK(C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble,
+              "entropic_ot: CPU kernel supports float32 and float64");
+  for (const Tensor* t : {&a, &b, &mass, &lu0, &lv0})
+    TORCH_CHECK(t->scalar_type() == C.scalar_type(), "entropic_ot: all tensors must share C's dtype");
+  TORCH_CHECK(reg > 0, "entropic_ot: reg must be > 0");
+
+  gf::SolveOptions o;
+  o.problem = problem;
+  o.reg = reg;
+  o.reg_m_a = reg_m_a;
+  o.reg_m_b = reg_m_b;
+  o.fi_a = std::isinf(reg_m_a) ? 1.0 : reg_m_a / (reg_m_a + reg);
+  o.fi_b = std::isinf(reg_m_b) ? 1.0 : reg_m_b / (reg_m_b + reg);
+  o.kl_ref = kl_ref;
+  o.max_iter = max_iter;
+  o.tol = tol;
+  o.check_every = check_every;
+  o.hist_len = check_every > 0 ? max_iter / check_every + 1 : 0;
+
+  Tensor Cc = C.contiguous(), ac = a.contiguous(), bc = b.contiguous(), mc = mass.contiguous();
+  Tensor plan = at::empty({B, n, m}, C.options());
+  Tensor lu = lu0.clone(at::MemoryFormat::Contiguous);
+  Tensor lv = lv0.clone(at::MemoryFormat::Contiguous);
+  Tensor lw = at::zeros({B}, C.options());
+  Tensor value = at::empty({B}, C.options());
+  Tensor value_linear = at::empty({B}, C.options());
+  Tensor n_iter = at::zeros({B}, C.options().dtype(at::kLong));
+  Tensor status = at::zeros({B}, C.options().dtype(at::kLong));
+  Tensor hist = at::empty({B, o.hist_len}, C.options());
+  if (B == 0) return {plan, lu, lv, lw, value, value_linear, n_iter, status, hist};
+
+  AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "entropic_ot_cpu", [&] {
+    gf::solve_batch_cpu<scalar_t>(Cc.data_ptr<scalar_t>(), B, n, m, ac.data_ptr<scalar_t>(),
+                                  bc.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(), o,
+                                  plan.data_ptr<scalar_t>(), lu.data_ptr<scalar_t>(),
+                                  lv.data_ptr<scalar_t>(), lw.data_ptr<scalar_t>(),
+                                  value.data_ptr<scalar_t>(), value_linear.data_ptr<scalar_t>(),
+                                  n_iter.data_ptr<int64_t>(), status.data_ptr<int64_t>(),
+                                  hist.data_ptr<scalar_t>());
+  });
+  return {plan, lu, lv, lw, value, value_linear, n_iter, status, hist};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(grounded_fast, m) {
+  // Returns (plan, log_u, log_v, log_scale, value, value_linear, n_iter, status, err_history);
+  // plan = exp(log_u_i + log_v_j + log_scale - C_ij / reg). problem: 0 balanced, 1 unbalanced,
+  // 2 partial. check_every = 0 runs exactly max_iter iterations.
+  m.def(
+      "entropic_ot(Tensor C, Tensor a, Tensor b, Tensor mass, Tensor log_u0, Tensor log_v0, "
+      "int problem, float reg, float reg_m_a, float reg_m_b, bool kl_ref, int max_iter, float tol, "
+      "int check_every) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(grounded_fast, CPU, m) { m.impl("entropic_ot", &entropic_ot_cpu); }
+
+// An importable (empty) Python module: importing it runs the registrations above.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}
+}

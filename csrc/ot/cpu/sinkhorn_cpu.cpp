@@ -1,0 +1,470 @@
+// Batched, log-domain entropic optimal transport on the CPU: balanced, unbalanced (KL) and partial.
+//
+// Every solver keeps O(n + m) state per problem and represents the plan implicitly as
+//     P_ij = exp(lu_i + lv_j + w - C_ij / eps)                                            (1)
+// so an iteration costs two log-sum-exp passes over C (one along rows, one along columns).
+//
+// Balanced (POT `sinkhorn_log`, same update order: v first, then u):
+//     lv_j = log b_j - LSE_i(lu_i - C_ij/eps);   lu_i = log a_i - LSE_j(lv_j - C_ij/eps).
+//   Stop test every `check_every` iterations: || P^T 1 - b ||_2 < tol. The column sums of the
+//   plan after iteration t are exactly what the column pass of iteration t+1 computes, so the
+//   test costs no extra pass.
+//
+// Unbalanced with KL marginal penalties (POT `sinkhorn_knopp_unbalanced`, u first, then v). POT
+// iterates u <- (a / K v)^fa with K = exp(-C/eps) * c and c = a b^T (reg_type 'kl') or 1
+// ('entropy'), fa = rho_a / (rho_a + eps). With lu = log u + s_a (s_a = log a or 0):
+//     lu_i = (1 - fa) s_a_i + fa (log a_i - LSE_j(lv_j - C_ij/eps)), and symmetrically for lv.
+//   Stop test every iteration, POT's: mean of max|u - u'| / max(|u|, |u'|, 1) over u and v.
+//
+// Partial (POT `entropic_partial_wasserstein`): Dykstra's algorithm over three convex sets
+// {P 1 <= a}, {P^T 1 <= b}, {sum P = m} starting from K = exp(-C/eps) m / sum(exp(-C/eps)).
+// POT keeps K and three n x m correction matrices q1, q2, q3. Each projection scales rows,
+// columns or the whole matrix, so q1 = 1/diag(row scale), q2 = 1/diag(col scale), q3 = scalar:
+// the corrections are vectors p (n), s (m) and a scalar t in the log domain, and one iteration is
+//     lu -= p;  p_i = min(log a_i - log rowsum_i, 0);  lu += p          (row pass)
+//     lv -= s;  s_j = min(log b_j - log colsum_j, 0);  lv += s          (column pass)
+//     w  -= t;  t = log m - log total;                 w  += t          (O(m): from colsums)
+//   which reproduces POT's iterates exactly (up to rounding) with O(n + m) state instead of 4 n*m
+//   matrices, and never overflows. Stop test every `check_every` iterations: POT's
+//   ||P_before - P_after||_F, an extra fused pass over C.
+//
+// Zero weights (padding) are masked: their potentials hold a large finite negative sentinel in
+// the passes and the plan's rows/columns are written as exact zeros.
+#include "sinkhorn_cpu.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "fast_exp.h"
+
+namespace gf {
+namespace {
+
+template <typename T>
+constexpr T kNeg = T(-1e30);  // sentinel potential of a masked (zero-weight) row or column
+
+template <typename T>
+static inline T exp_or_zero(T x) {
+  // exp that underflows to exactly zero (used when writing the plan).
+  const T e = exp_fast(x);
+  return x < T(sizeof(T) == 4 ? -87 : -708) ? T(0) : e;
+}
+
+// LSE_j (pot_j - c_j * inv_eps) over one contiguous row.
+template <typename T>
+static inline T row_lse(const T* __restrict c, const T* __restrict pot, int64_t m, T inv_eps) {
+  T mx = kNeg<T>;
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < m; ++j) mx = std::max(mx, pot[j] - c[j] * inv_eps);
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < m; ++j) s += exp_fast(pot[j] - c[j] * inv_eps - mx);
+  return mx + std::log(s);
+}
+
+// out_j = LSE_i (pot_i - C_ij * inv_eps) for columns j in [j0, j1): two sweeps down the rows,
+// each vectorised along the contiguous column range.
+template <typename T>
+static void col_lse(const T* __restrict C, const T* __restrict pot, int64_t n, int64_t m,
+                    int64_t j0, int64_t j1, T inv_eps, T* __restrict out, T* __restrict scratch) {
+  const int64_t w = j1 - j0;
+  T* mx = scratch;
+  T* s = scratch + w;
+  for (int64_t j = 0; j < w; ++j) { mx[j] = kNeg<T>; s[j] = 0; }
+  for (int64_t i = 0; i < n; ++i) {
+    const T pi = pot[i];
+    if (pi <= kNeg<T>) continue;
+    const T* c = C + i * m + j0;
+#pragma omp simd
+    for (int64_t j = 0; j < w; ++j) mx[j] = std::max(mx[j], pi - c[j] * inv_eps);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T pi = pot[i];
+    if (pi <= kNeg<T>) continue;
+    const T* c = C + i * m + j0;
+#pragma omp simd
+    for (int64_t j = 0; j < w; ++j) s[j] += exp_fast(pi - c[j] * inv_eps - mx[j]);
+  }
+  for (int64_t j = 0; j < w; ++j) out[j] = mx[j] + std::log(s[j]);
+}
+
+constexpr int64_t kColBlock = 256;
+
+// One problem. `par` lets the passes split rows / column blocks across threads (used when the
+// batch is smaller than the thread count).
+template <typename T>
+struct Solver {
+  const T* C;
+  int64_t n, m;
+  const T* a;
+  const T* b;
+  const SolveOptions& o;
+  bool par;
+  T inv_eps;
+  std::vector<T> la, lb;       // log weights (kNeg where masked)
+  std::vector<char> ma, mb;    // masks: weight > 0
+  std::vector<T> rl, cl;       // row / column LSE results
+  std::vector<T> scratch;
+
+  Solver(const T* C_, int64_t n_, int64_t m_, const T* a_, const T* b_, const SolveOptions& o_,
+         bool par_)
+      : C(C_), n(n_), m(m_), a(a_), b(b_), o(o_), par(par_), inv_eps(T(1.0 / o_.reg)),
+        la(n_), lb(m_), ma(n_), mb(m_), rl(n_), cl(m_) {
+    for (int64_t i = 0; i < n; ++i) { ma[i] = a[i] > 0; la[i] = ma[i] ? std::log(a[i]) : kNeg<T>; }
+    for (int64_t j = 0; j < m; ++j) { mb[j] = b[j] > 0; lb[j] = mb[j] ? std::log(b[j]) : kNeg<T>; }
+  }
+
+  template <class F>
+  void for_rows(F&& f) const {
+    if (par) at::parallel_for(0, n, 16, f); else f(0, n);
+  }
+
+  // rl_i = LSE_j(lv_j - C_ij/eps) for unmasked rows.
+  void row_pass(const T* lv) {
+    for_rows([&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        if (ma[i]) rl[i] = row_lse(C + i * m, lv, m, inv_eps);
+    });
+  }
+
+  // cl_j = LSE_i(lu_i - C_ij/eps).
+  void col_pass(const T* lu) {
+    const int64_t nblk = (m + kColBlock - 1) / kColBlock;
+    auto body = [&](int64_t b0, int64_t b1) {
+      std::vector<T> s(2 * kColBlock);
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t j0 = blk * kColBlock, j1 = std::min(m, j0 + kColBlock);
+        col_lse(C, lu, n, m, j0, j1, inv_eps, cl.data() + j0, s.data());
+      }
+    };
+    if (par && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
+  }
+
+  static bool all_finite(const std::vector<T>& v) {
+    for (T x : v) if (!std::isfinite(x)) return false;
+    return true;
+  }
+
+  void record(T* hist, int64_t& k, T err) const {
+    if (k < o.hist_len) hist[k++] = err;
+  }
+
+  // Writes the plan (1) and returns <P, C>; r / c receive the plan's marginals.
+  T write_plan(const T* lu, const T* lv, T w, T* plan, std::vector<T>& r, std::vector<T>& c) {
+    r.assign(n, T(0));
+    c.assign(m, T(0));
+    std::vector<double> lin_rows(n, 0.0);
+    for_rows([&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T* p = plan + i * m;
+        const T* ci = C + i * m;
+        if (!ma[i]) { std::fill(p, p + m, T(0)); continue; }
+        const T base = lu[i] + w;
+        T rs = 0, lin = 0;
+#pragma omp simd reduction(+ : rs, lin)
+        for (int64_t j = 0; j < m; ++j) {
+          const T x = mb[j] ? exp_or_zero(base + lv[j] - ci[j] * inv_eps) : T(0);
+          p[j] = x;
+          rs += x;
+          lin += x * ci[j];
+        }
+        r[i] = rs;
+        lin_rows[i] = lin;
+      }
+    });
+    for (int64_t i = 0; i < n; ++i) {
+      const T* p = plan + i * m;
+      for (int64_t j = 0; j < m; ++j) c[j] += p[j];
+    }
+    double lin = 0;
+    for (double x : lin_rows) lin += x;
+    return T(lin);
+  }
+
+  // ---------------------------------------------------------------- balanced
+  void balanced(T* lu, T* lv, int64_t& it_out, int64_t& status, T* hist) {
+    std::vector<T> pu(lu, lu + n), pv(lv, lv + m);
+    int64_t k = 0, it = 0;
+    bool pending = false, converged = false;
+    status = 1;
+    auto marginal_err = [&]() {
+      double e = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const double d = (mb[j] ? std::exp(double(cl[j]) + double(lv[j])) : 0.0) - double(b[j]);
+        e += d * d;
+      }
+      return T(std::sqrt(e));
+    };
+    for (it = 0; it < o.max_iter; ++it) {
+      col_pass(lu);
+      if (pending) {
+        const T err = marginal_err();
+        record(hist, k, err);
+        if (err < o.tol) { converged = true; break; }
+      }
+      std::copy(lu, lu + n, pu.begin());
+      std::copy(lv, lv + m, pv.begin());
+      for (int64_t j = 0; j < m; ++j) lv[j] = mb[j] ? lb[j] - cl[j] : kNeg<T>;
+      row_pass(lv);
+      for (int64_t i = 0; i < n; ++i) lu[i] = ma[i] ? la[i] - rl[i] : kNeg<T>;
+      if (!finite_state(lu, lv)) {
+        std::copy(pu.begin(), pu.end(), lu);
+        std::copy(pv.begin(), pv.end(), lv);
+        status = 2;
+        break;
+      }
+      pending = o.check_every > 0 && it % o.check_every == 0;
+    }
+    if (status != 2 && !converged && pending) {
+      col_pass(lu);
+      const T err = marginal_err();
+      record(hist, k, err);
+      converged = err < o.tol;
+    }
+    if (status != 2) status = converged ? 0 : 1;
+    it_out = it;  // iterations whose result is in (lu, lv)
+  }
+
+  bool finite_state(const T* lu, const T* lv) const {
+    for (int64_t i = 0; i < n; ++i) if (!std::isfinite(lu[i])) return false;
+    for (int64_t j = 0; j < m; ++j) if (!std::isfinite(lv[j])) return false;
+    return true;
+  }
+
+  // -------------------------------------------------------------- unbalanced
+  void unbalanced(T* lu, T* lv, int64_t& it_out, int64_t& status, T* hist) {
+    const T fa = T(o.fi_a), fb = T(o.fi_b);
+    std::vector<T> sa(n, T(0)), sb(m, T(0));
+    if (o.kl_ref) { sa = la; sb = lb; }
+    // On entry lu, lv hold POT's log u, log v (warm start, 0 by default): shift by s_a, s_b.
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] += sa[i];
+    for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] += sb[j];
+    std::vector<T> pu(lu, lu + n), pv(lv, lv + m);
+    // POT's scalings: u = exp(lu - s_a) (0 where masked).
+    auto rel_change = [](const T* x, const T* px, const std::vector<T>& s, const std::vector<char>& msk,
+                         int64_t len) {
+      double dmax = 0, xmax = 0, pmax = 0;
+      for (int64_t i = 0; i < len; ++i) {
+        if (!msk[i]) continue;
+        const double u = std::exp(double(x[i]) - double(s[i]));
+        const double up = std::exp(double(px[i]) - double(s[i]));
+        dmax = std::max(dmax, std::abs(u - up));
+        xmax = std::max(xmax, std::abs(u));
+        pmax = std::max(pmax, std::abs(up));
+      }
+      return dmax / std::max({xmax, pmax, 1.0});
+    };
+    int64_t k = 0, it = 0;
+    status = 1;
+    for (it = 0; it < o.max_iter; ++it) {
+      std::copy(lu, lu + n, pu.begin());
+      std::copy(lv, lv + m, pv.begin());
+      row_pass(lv);
+      for (int64_t i = 0; i < n; ++i)
+        lu[i] = ma[i] ? (T(1) - fa) * sa[i] + fa * (la[i] - rl[i]) : kNeg<T>;
+      col_pass(lu);
+      for (int64_t j = 0; j < m; ++j)
+        lv[j] = mb[j] ? (T(1) - fb) * sb[j] + fb * (lb[j] - cl[j]) : kNeg<T>;
+      if (!finite_state(lu, lv)) {
+        std::copy(pu.begin(), pu.end(), lu);
+        std::copy(pv.begin(), pv.end(), lv);
+        status = 2;
+        break;
+      }
+      if (o.check_every > 0 && it % o.check_every == 0) {
+        const T err = T(0.5 * (rel_change(lu, pu.data(), sa, ma, n) + rel_change(lv, pv.data(), sb, mb, m)));
+        record(hist, k, err);
+        if (err < o.tol) { status = 0; ++it; break; }
+      }
+    }
+    it_out = it;
+  }
+
+  // ----------------------------------------------------------------- partial
+  void partial(T mass, T* lu, T* lv, T& w, int64_t& it_out, int64_t& status, T* hist) {
+    std::vector<T> p(n, T(0)), s(m, T(0));
+    T t = 0;
+    for (int64_t i = 0; i < n; ++i) lu[i] = ma[i] ? T(0) : kNeg<T>;
+    for (int64_t j = 0; j < m; ++j) lv[j] = mb[j] ? T(0) : kNeg<T>;
+    // w = log m - LSE_ij(-C_ij/eps) over the unmasked entries.
+    row_pass(lv);
+    {
+      T mx = kNeg<T>;
+      for (int64_t i = 0; i < n; ++i) if (ma[i]) mx = std::max(mx, rl[i]);
+      double acc = 0;
+      for (int64_t i = 0; i < n; ++i) if (ma[i]) acc += std::exp(double(rl[i] - mx));
+      w = std::log(mass) - (mx + T(std::log(acc)));
+    }
+    std::vector<T> pu(n), pv(m);
+    T pw = 0;
+    int64_t k = 0, it = 0;
+    status = 1;
+    const T lmass = std::log(mass);
+    for (it = 0; it < o.max_iter; ++it) {
+      const bool check = o.check_every > 0 && it % o.check_every == 0;
+      std::copy(lu, lu + n, pu.begin());
+      std::copy(lv, lv + m, pv.begin());
+      pw = w;
+      // rows: log rowsum_i = lu_i + w + LSE_j(lv_j - C_ij/eps)
+      for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] -= p[i];
+      row_pass(lv);
+      for (int64_t i = 0; i < n; ++i) {
+        if (!ma[i]) continue;
+        p[i] = std::min(la[i] - (lu[i] + w + rl[i]), T(0));
+        lu[i] += p[i];
+      }
+      // columns: log colsum_j = lv_j + w + LSE_i(lu_i - C_ij/eps)
+      for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] -= s[j];
+      col_pass(lu);
+      T mx = kNeg<T>;
+      for (int64_t j = 0; j < m; ++j) {
+        if (!mb[j]) continue;
+        const T lc = lv[j] + w + cl[j];
+        s[j] = std::min(lb[j] - lc, T(0));
+        lv[j] += s[j];
+        cl[j] = lc + s[j];  // log colsum after the column projection
+        mx = std::max(mx, cl[j]);
+      }
+      // total mass: sum_j colsum_j, then undo the previous correction and project.
+      double acc = 0;
+      for (int64_t j = 0; j < m; ++j) if (mb[j]) acc += std::exp(double(cl[j] - mx));
+      const T total = mx + T(std::log(acc)) - t;
+      w -= t;
+      t = lmass - total;
+      w += t;
+      if (!finite_state(lu, lv) || !std::isfinite(w)) {
+        std::copy(pu.begin(), pu.end(), lu);
+        std::copy(pv.begin(), pv.end(), lv);
+        w = pw;
+        status = 2;
+        break;
+      }
+      if (check) {
+        const T err = plan_change(pu.data(), pv.data(), pw, lu, lv, w);
+        record(hist, k, err);
+        if (!(err > o.tol)) { status = 0; ++it; break; }
+      }
+    }
+    it_out = it;
+  }
+
+  // ||P(lu0, lv0, w0) - P(lu1, lv1, w1)||_F in one fused pass.
+  T plan_change(const T* lu0, const T* lv0, T w0, const T* lu1, const T* lv1, T w1) {
+    std::vector<double> acc(n, 0.0);
+    for_rows([&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        if (!ma[i]) continue;
+        const T* ci = C + i * m;
+        const T b0 = lu0[i] + w0, b1 = lu1[i] + w1;
+        T s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < m; ++j) {
+          const T cj = ci[j] * inv_eps;
+          const T d = exp_or_zero(b0 + lv0[j] - cj) - exp_or_zero(b1 + lv1[j] - cj);
+          s += d * d;
+        }
+        acc[i] = s;
+      }
+    });
+    double tot = 0;
+    for (double x : acc) tot += x;
+    return T(std::sqrt(tot));
+  }
+};
+
+template <typename T>
+static double xlogy_sum(const std::vector<T>& x, const T* y, int64_t len) {
+  // sum_i x_i log(x_i / y_i) - x_i + y_i  (generalised KL, 0 log 0 = 0)
+  double s = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const double xi = x[i], yi = y[i];
+    if (xi > 0) s += xi * std::log(xi / yi);
+    s += yi - xi;
+  }
+  return s;
+}
+
+template <typename T>
+void solve_one(const T* C, int64_t n, int64_t m, const T* a, const T* b, T mass, const SolveOptions& o,
+               bool par, T* plan, T* lu, T* lv, T* lw, T* value, T* value_linear, int64_t* n_iter,
+               int64_t* status, T* hist) {
+  Solver<T> s(C, n, m, a, b, o, par);
+  for (int64_t k = 0; k < o.hist_len; ++k) hist[k] = std::numeric_limits<T>::quiet_NaN();
+  for (int64_t i = 0; i < n; ++i) if (!s.ma[i]) lu[i] = kNeg<T>;
+  for (int64_t j = 0; j < m; ++j) if (!s.mb[j]) lv[j] = kNeg<T>;
+  T w = 0;
+  bool empty = std::none_of(s.ma.begin(), s.ma.end(), [](char x) { return x; }) ||
+               std::none_of(s.mb.begin(), s.mb.end(), [](char x) { return x; });
+  if (o.problem == kPartial) empty = empty || !(mass > 0);
+  if (empty) {
+    std::fill(plan, plan + n * m, T(0));
+    for (int64_t i = 0; i < n; ++i) lu[i] = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < m; ++j) lv[j] = -std::numeric_limits<T>::infinity();
+    *lw = 0; *value = 0; *value_linear = 0; *n_iter = 0; *status = 0;
+    return;
+  }
+  if (o.problem == kBalanced) s.balanced(lu, lv, *n_iter, *status, hist);
+  else if (o.problem == kUnbalanced) s.unbalanced(lu, lv, *n_iter, *status, hist);
+  else s.partial(mass, lu, lv, w, *n_iter, *status, hist);
+
+  std::vector<T> r, c;
+  const T lin = s.write_plan(lu, lv, w, plan, r, c);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  *value_linear = lin;
+  *lw = w;
+  // Regularised objective at the returned plan, using log P = lu + lv + w - C/eps:
+  //   eps * sum P log P = eps * (<r, lu> + <c, lv> + w * sum P) - <P, C>.
+  const double eps = o.reg;
+  double ru = 0, cv = 0, tot = 0;
+  for (int64_t i = 0; i < n; ++i) if (s.ma[i]) { ru += double(r[i]) * (double(lu[i]) - (o.problem == kUnbalanced && o.kl_ref ? double(s.la[i]) : 0.0)); tot += r[i]; }
+  for (int64_t j = 0; j < m; ++j) if (s.mb[j]) cv += double(c[j]) * (double(lv[j]) - (o.problem == kUnbalanced && o.kl_ref ? double(s.lb[j]) : 0.0));
+  double val = eps * (ru + cv + double(w) * tot);  // = <P,C> + eps * sum P log(P / ref)
+  if (o.problem == kUnbalanced) {
+    // value = <P,C> + eps KL(P | ref) + rho_a KL(P1 | a) + rho_b KL(P^T 1 | b), generalised KL.
+    double sa = 0, sb = 0;
+    for (int64_t i = 0; i < n; ++i) sa += a[i];
+    for (int64_t j = 0; j < m; ++j) sb += b[j];
+    const double ref_mass = o.kl_ref ? sa * sb : double(n) * double(m);
+    val += eps * (ref_mass - tot);
+    if (std::isfinite(o.reg_m_a)) val += o.reg_m_a * xlogy_sum(r, a, n);
+    if (std::isfinite(o.reg_m_b)) val += o.reg_m_b * xlogy_sum(c, b, m);
+  }
+  *value = T(val);
+  for (int64_t i = 0; i < n; ++i) if (!s.ma[i]) lu[i] = ninf;  // masked potentials: -inf, as log 0
+  for (int64_t j = 0; j < m; ++j) if (!s.mb[j]) lv[j] = ninf;
+}
+
+}  // namespace
+
+template <typename T>
+void solve_batch_cpu(const T* C, int64_t B, int64_t n, int64_t m, const T* a, const T* b, const T* mass,
+                     const SolveOptions& o, T* plan, T* lu, T* lv, T* lw, T* value, T* value_linear,
+                     int64_t* n_iter, int64_t* status, T* hist) {
+  const int threads = at::get_num_threads();
+  const bool inner = B < threads;
+  auto one = [&](int64_t k) {
+    solve_one<T>(C + k * n * m, n, m, a + k * n, b + k * m, mass ? mass[k] : T(0), o, inner,
+                 plan + k * n * m, lu + k * n, lv + k * m, lw + k, value + k, value_linear + k,
+                 n_iter + k, status + k, hist + k * o.hist_len);
+  };
+  if (inner) {
+    for (int64_t k = 0; k < B; ++k) one(k);
+  } else {
+    at::parallel_for(0, B, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) one(k);
+    });
+  }
+}
+
+template void solve_batch_cpu<float>(const float*, int64_t, int64_t, int64_t, const float*, const float*,
+                                     const float*, const SolveOptions&, float*, float*, float*, float*,
+                                     float*, float*, int64_t*, int64_t*, float*);
+template void solve_batch_cpu<double>(const double*, int64_t, int64_t, int64_t, const double*,
+                                      const double*, const double*, const SolveOptions&, double*, double*,
+                                      double*, double*, double*, double*, int64_t*, int64_t*, double*);
+
+}  // namespace gf

@@ -1,0 +1,69 @@
+"""Loading the native extensions and choosing a backend, before autograd records anything.
+
+Backends: ``cpu`` (C++/OpenMP kernels), ``cuda`` and ``triton`` (GPU kernels, when built),
+``torch`` (the pure-PyTorch reference, any device). Choice: the explicit ``backend=`` argument,
+else the environment variable ``GROUNDED_FAST_BACKEND``, else automatic. An explicit request that
+cannot be met raises; an automatic choice that has to fall back warns once.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("cpu", "cuda", "triton", "torch")
+_CPU_ERROR: Exception | None = None
+_WARNED: set[str] = set()
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.grounded_fast.* CPU kernels)
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    _CPU_ERROR = exc
+
+
+def cpu_extension_available() -> bool:
+    return _CPU_ERROR is None
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def choose_backend(device: torch.device, backend: str | None = None) -> str:
+    """Return the backend that will run an op on ``device``.
+
+    ``backend``: None (environment, then automatic) or one of ``BACKENDS``.
+    """
+    explicit = backend is not None
+    if backend is None:
+        backend = os.environ.get("GROUNDED_FAST_BACKEND") or None
+        explicit = backend is not None
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend is None:
+        backend = "cpu" if device.type == "cpu" else "cuda"
+    if backend == "torch":
+        return backend
+    if backend == "cpu":
+        if device.type != "cpu":
+            if explicit:
+                raise ValueError(f"backend='cpu' cannot run on a {device.type} tensor")
+        elif cpu_extension_available():
+            return "cpu"
+        elif explicit:
+            raise RuntimeError(
+                "backend='cpu' requested but the grounded_fast C++ extension failed to import "
+                f"({_CPU_ERROR}). Reinstall with `pip install --no-build-isolation -e .`."
+            )
+    if backend in ("cuda", "triton") and explicit:
+        raise RuntimeError(
+            f"backend={backend!r} requested but no {backend} kernel for these ops is available in "
+            "this build (GPU kernels are not built yet); use backend='torch' for the reference."
+        )
+    _warn_once(f"{device.type}:{backend}",
+               f"grounded_fast: no native kernel for {device.type} tensors here; "
+               "falling back to the pure-PyTorch reference (slower).")
+    return "torch"

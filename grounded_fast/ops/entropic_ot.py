@@ -1,0 +1,246 @@
+"""The batched entropic OT op ``grounded_fast::entropic_ot`` (balanced, unbalanced KL, partial).
+
+Two registered ops share one schema: ``grounded_fast::entropic_ot`` (C++/OpenMP, schema in
+csrc/bindings.cpp) and ``grounded_fast::entropic_ot_torch`` (the pure-PyTorch reference, any
+device). Both get the same fake implementation and the same autograd formula.
+
+Gradients (``grad='envelope'``, the default). The loop runs without autograd; only ``value``, the
+regularised objective V at the returned plan P, is differentiable, through the envelope theorem:
+    dV/dC = P
+    balanced:   dV/da = reg * (log_u - mean(log_u)),  dV/db likewise (centred dual potentials);
+    partial:    dV/da = reg * log_u (<= 0: minus the multiplier of P1 <= a), dV/db = reg * log_v;
+    unbalanced: V = <P,C> + reg KL(P|ref) + rho_a KL(P1|a) + rho_b KL(P^T1|b) (generalised KL,
+                ref = a b^T or 1), dV/da = reg (|b| - r/a) [ref = ab^T only] + rho_a (1 - r/a).
+Zero-weight (masked) entries get zero gradient. The plan, potentials and ``value_linear`` are
+returned as non-differentiable outputs. ``grad='autodiff'`` instead unrolls the reference solver
+under autograd (exact gradient of every output, as POT's default, at O(iterations) memory).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .._backend import choose_backend
+from ..reference.entropic_ot import BALANCED, PARTIAL, UNBALANCED, entropic_ot_reference
+
+_CPU_OP = "grounded_fast::entropic_ot"
+_TORCH_OP = "grounded_fast::entropic_ot_torch"
+GRAD_MODES = ("envelope", "autodiff", "detach")
+
+
+class OTSolution(NamedTuple):
+    """Result of :func:`entropic_ot`; plan = exp(log_u_i + log_v_j + log_scale - C_ij / reg)."""
+
+    plan: Tensor          # (B, n, m)
+    log_u: Tensor         # (B, n)  -inf where a == 0
+    log_v: Tensor         # (B, m)  -inf where b == 0
+    log_scale: Tensor     # (B,)    partial: global log-scale; 0 otherwise
+    value: Tensor         # (B,)    regularised objective (differentiable, envelope)
+    value_linear: Tensor  # (B,)    <P, C>
+    n_iter: Tensor        # (B,)    int64: iterations performed
+    status: Tensor        # (B,)    int64: 0 converged, 1 iteration limit, 2 numerical failure
+    err_history: Tensor   # (B, H)  stop criterion at each check (NaN after the stop)
+
+
+@torch.library.custom_op(_TORCH_OP, mutates_args=())
+def _entropic_ot_torch(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
+                       problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
+                       max_iter: int, tol: float, check_every: int
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    with torch.no_grad():
+        out = entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
+                                    kl_ref, max_iter, tol, check_every)
+    return tuple(t.clone() for t in out)
+
+
+def _fake(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol,
+          check_every):
+    B, n, m = C.shape
+    hist = max_iter // check_every + 1 if check_every > 0 else 0
+    long = dict(dtype=torch.long)
+    return (C.new_empty(B, n, m), C.new_empty(B, n), C.new_empty(B, m), C.new_empty(B), C.new_empty(B),
+            C.new_empty(B), C.new_empty(B, **long), C.new_empty(B, **long), C.new_empty(B, hist))
+
+
+def _setup_context(ctx, inputs, output):
+    C, a, b, mass, _, _, problem, reg, reg_m_a, reg_m_b, kl_ref = inputs[:11]
+    plan, log_u, log_v = output[:3]
+    ctx.save_for_backward(plan, log_u, log_v, a, b)
+    ctx.opts = (problem, reg, reg_m_a, reg_m_b, kl_ref)
+    ctx.mark_non_differentiable(*(output[i] for i in (0, 1, 2, 3, 5, 6, 7, 8)))
+
+
+def _centred(x: Tensor, mask: Tensor) -> Tensor:
+    x = torch.where(mask, x, torch.zeros_like(x))
+    mean = x.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp_min(1)
+    return torch.where(mask, x - mean, torch.zeros_like(x))
+
+
+def _backward(ctx, *grads):
+    g = grads[4]
+    plan, log_u, log_v, a, b = ctx.saved_tensors
+    problem, reg, reg_m_a, reg_m_b, kl_ref = ctx.opts
+    grad_C = grad_a = grad_b = None
+    gC = g[:, None, None]
+    if ctx.needs_input_grad[0]:
+        grad_C = gC * plan
+    ma, mb = a > 0, b > 0
+    if problem == BALANCED:
+        ga, gb = reg * _centred(log_u, ma), reg * _centred(log_v, mb)
+    elif problem == PARTIAL:
+        ga = torch.where(ma, reg * log_u, torch.zeros_like(log_u))
+        gb = torch.where(mb, reg * log_v, torch.zeros_like(log_v))
+    else:
+        if (ctx.needs_input_grad[1] and math.isinf(reg_m_a)) or (ctx.needs_input_grad[2] and math.isinf(reg_m_b)):
+            raise NotImplementedError("unbalanced OT: gradient w.r.t. a marginal with reg_m = inf "
+                                      "is not implemented; use the balanced solver")
+        r, c = plan.sum(2), plan.sum(1)
+        ra = torch.where(ma, r / torch.where(ma, a, 1), 0)
+        cb = torch.where(mb, c / torch.where(mb, b, 1), 0)
+        ga = reg_m_a * (1 - ra) if not math.isinf(reg_m_a) else torch.zeros_like(a)
+        gb = reg_m_b * (1 - cb) if not math.isinf(reg_m_b) else torch.zeros_like(b)
+        if kl_ref:
+            ga = ga + reg * (b.sum(1, keepdim=True) - ra)
+            gb = gb + reg * (a.sum(1, keepdim=True) - cb)
+    if ctx.needs_input_grad[1]:
+        grad_a = g[:, None] * ga
+    if ctx.needs_input_grad[2]:
+        grad_b = g[:, None] * gb
+    return (grad_C, grad_a, grad_b) + (None,) * 11
+
+
+for _name in (_CPU_OP, _TORCH_OP):
+    if _name == _CPU_OP:
+        torch.library.register_fake(_name)(_fake)
+    else:
+        _entropic_ot_torch.register_fake(_fake)
+    torch.library.register_autograd(_name, _backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- validation
+def _check_tensor(name: str, t, dims: tuple[int, ...]) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() not in dims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    return t
+
+
+def validate(C: Tensor, a: Tensor, b: Tensor, reg: float, mass=None) -> None:
+    """Raise ValueError/TypeError naming the offending argument. C (B,n,m), a (B,n), b (B,m)."""
+    _check_tensor("C", C, (3,))
+    _check_tensor("a", a, (2,))
+    _check_tensor("b", b, (2,))
+    B, n, m = C.shape
+    if B == 0:
+        raise ValueError("empty batch: C has batch size 0")
+    if n == 0 or m == 0:
+        raise ValueError(f"C must have at least one row and one column, got shape {tuple(C.shape)}")
+    if tuple(a.shape) != (B, n):
+        raise ValueError(f"a must have shape {(B, n)} to match C {tuple(C.shape)}, got {tuple(a.shape)}")
+    if tuple(b.shape) != (B, m):
+        raise ValueError(f"b must have shape {(B, m)} to match C {tuple(C.shape)}, got {tuple(b.shape)}")
+    for name, t in (("a", a), ("b", b)):
+        if t.device != C.device:
+            raise ValueError(f"{name} is on {t.device} but C is on {C.device}")
+        if t.dtype != C.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but C has {C.dtype}")
+    if not isinstance(reg, (int, float)) or isinstance(reg, bool) or not math.isfinite(reg) or reg <= 0:
+        raise ValueError(f"reg must be a finite number > 0, got {reg!r}")
+    with torch.no_grad():
+        if not torch.isfinite(C).all():
+            raise ValueError("C (the cost) contains NaN or inf")
+        for name, t in (("a", a), ("b", b)):
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} contains NaN or inf")
+            if (t < 0).any():
+                raise ValueError(f"{name} has negative weights")
+        if mass is not None:
+            if not torch.isfinite(mass).all() or (mass < 0).any():
+                raise ValueError("m (transported mass) must be finite and >= 0")
+            cap = torch.minimum(a.sum(1), b.sum(1))
+            tol = 1e-6 if C.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-12
+            if (mass > cap * (1 + tol)).any():
+                raise ValueError(f"m must be <= min(|a|_1, |b|_1) = {cap.min().item():.6g} for every problem, "
+                                 f"got {mass.max().item():.6g}")
+
+
+# --------------------------------------------------------------------------------- public
+def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = BALANCED,
+                mass: Optional[Tensor] = None, reg_m: tuple[float, float] = (math.inf, math.inf),
+                kl_ref: bool = True, max_iter: int = 1000, tol: float = 1e-9, check_every: int = 10,
+                log_u0: Optional[Tensor] = None, log_v0: Optional[Tensor] = None,
+                backend: Optional[str] = None, grad: str = "envelope", warn: bool = True,
+                validate_inputs: bool = True) -> OTSolution:
+    """Solve a batch of entropic OT problems on given costs.
+
+    C (B,n,m) cost; a (B,n), b (B,m) nonnegative weights (zeros = padding); reg > 0.
+    problem: BALANCED, UNBALANCED (``reg_m`` = (rho_a, rho_b), ``kl_ref``: reference a b^T, else 1)
+    or PARTIAL (``mass`` (B,) transported mass, default min(|a|,|b|)).
+    ``check_every`` = 0 runs exactly ``max_iter`` iterations (benchmarks); otherwise the stop test
+    (see csrc/ot/cpu/sinkhorn_cpu.cpp) runs every ``check_every`` iterations against ``tol``.
+    ``log_u0``, ``log_v0`` (B,n), (B,m): warm start (balanced / unbalanced).
+    Returns an :class:`OTSolution`; see the module docstring for gradients.
+    """
+    if grad not in GRAD_MODES:
+        raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+    if validate_inputs:
+        validate(C, a, b, reg, mass)
+    if problem not in (BALANCED, UNBALANCED, PARTIAL):
+        raise ValueError(f"unknown problem kind {problem!r}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    B, n, m = C.shape
+    orig_dtype = C.dtype
+    if orig_dtype in (torch.float16, torch.bfloat16):
+        C, a, b = C.float(), a.float(), b.float()
+    if problem == PARTIAL:
+        cap = torch.minimum(a.sum(1), b.sum(1))
+        mass = cap if mass is None else torch.minimum(mass.to(C.dtype), cap)
+    else:
+        mass = torch.zeros(B, dtype=C.dtype, device=C.device)
+    if problem == UNBALANCED:
+        rho_a, rho_b = (float(reg_m[0]), float(reg_m[1]))
+        if rho_a <= 0 or rho_b <= 0:
+            raise ValueError(f"reg_m must be > 0, got {reg_m}")
+    else:
+        rho_a = rho_b = math.inf
+    lu0 = torch.zeros_like(a) if log_u0 is None else log_u0.to(C.dtype)
+    lv0 = torch.zeros_like(b) if log_v0 is None else log_v0.to(C.dtype)
+    args = (C, a, b, mass.detach(), lu0.detach(), lv0.detach(), int(problem), float(reg), rho_a, rho_b,
+            bool(kl_ref), int(max_iter), float(tol), int(check_every))
+    if grad == "autodiff":
+        out = entropic_ot_reference(*args)
+    else:
+        which = choose_backend(C.device, backend)
+        op = torch.ops.grounded_fast.entropic_ot if which == "cpu" else torch.ops.grounded_fast.entropic_ot_torch
+        if grad == "detach":
+            with torch.no_grad():
+                out = op(*args)
+        else:
+            out = op(*args)
+    sol = OTSolution(*out)
+    if orig_dtype != sol.plan.dtype:
+        sol = sol._replace(plan=sol.plan.to(orig_dtype), value=sol.value.to(orig_dtype),
+                           value_linear=sol.value_linear.to(orig_dtype))
+    if not torch.compiler.is_compiling():
+        _report(sol, warn)
+    return sol
+
+
+def _report(sol: OTSolution, warn: bool) -> None:
+    status = sol.status
+    if (status == 2).any():
+        bad = torch.nonzero(status == 2).flatten().tolist()[:8]
+        warnings.warn(f"entropic_ot: numerical failure in problems {bad}: returned the last finite "
+                      "iterate; increase reg or rescale the cost", RuntimeWarning, stacklevel=3)
+    if warn and (status == 1).any():
+        bad = torch.nonzero(status == 1).flatten().tolist()[:8]
+        warnings.warn(f"entropic_ot: problems {bad} did not converge within max_iter; increase "
+                      "max_iter or reg", RuntimeWarning, stacklevel=3)

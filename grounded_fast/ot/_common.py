@@ -1,0 +1,76 @@
+"""Shared plumbing of the POT-compatible functions: argument handling, logs, warnings."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from ..ops import OTSolution, entropic_ot
+from ._convert import Converter
+
+
+def prepare(a, b, M):
+    """POT's conventions: lists accepted, empty a/b mean uniform weights. Returns
+    (conv, a (n,), b (n,) or (m, k), M (n, m)) as torch tensors."""
+    conv = Converter(a, b, M)
+    M = conv.to_torch(M)
+    if not isinstance(M, torch.Tensor) or M.dim() != 2:
+        raise ValueError(f"M must be a 2-d cost matrix, got shape {tuple(getattr(M, 'shape', ()))}")
+    n, m = M.shape
+    if M.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        M = M.double()
+    a = conv.to_torch(a) if a is not None and len(a) else None
+    b = conv.to_torch(b) if b is not None and len(b) else None
+    a = torch.full((n,), 1.0 / n, dtype=M.dtype, device=M.device) if a is None else a.to(M.dtype)
+    b = torch.full((m,), 1.0 / m, dtype=M.dtype, device=M.device) if b is None else b.to(M.dtype)
+    if a.dim() != 1 or a.shape[0] != n:
+        raise ValueError(f"a must have shape ({n},) to match M {tuple(M.shape)}, got {tuple(a.shape)}")
+    if b.dim() not in (1, 2) or b.shape[0] != m:
+        raise ValueError(f"b must have shape ({m},) or ({m}, k) to match M {tuple(M.shape)}, got {tuple(b.shape)}")
+    return conv, a, b, M
+
+
+def err_list(conv: Converter, hist: torch.Tensor) -> list:
+    """POT's log['err']: the stop criterion at each check, as floats (numpy) or 0-d tensors."""
+    h = hist[~torch.isnan(hist)]
+    return [v for v in h] if conv.torch_in else [float(v) for v in h.cpu()]
+
+
+def print_verbose(hist: torch.Tensor, every: int) -> None:
+    h = hist[~torch.isnan(hist)].tolist()
+    for k, e in enumerate(h):
+        it = k * every
+        if it % 200 == 0:
+            print("{:5s}|{:12s}".format("It.", "Err") + "\n" + "-" * 19)
+        print("{:5d}|{:8e}|".format(it, e))
+
+
+def warn_not_converged(sol: OTSolution, warn: bool) -> None:
+    if warn and (sol.status == 1).any():
+        warnings.warn("Sinkhorn did not converge. You might want to increase the number of iterations "
+                      "`numItermax` or the regularization parameter `reg`.", UserWarning, stacklevel=3)
+
+
+def envelope_loss(sol: OTSolution, linear: bool = True) -> torch.Tensor:
+    """The linear cost <P, M> as POT reports it, carrying the envelope gradient of the
+    regularised objective (dL/dM = P, dL/da, dL/db = dual potentials)."""
+    if not linear:
+        return sol.value
+    return sol.value_linear + (sol.value - sol.value.detach())
+
+
+def solve(a, b, M, reg, **kw) -> OTSolution:
+    """One problem (n,), (m,), (n, m) through the batched op."""
+    for k in ("log_u0", "log_v0"):
+        if kw.get(k) is not None and kw[k].dim() == 1:
+            kw[k] = kw[k][None]
+    return entropic_ot(M[None], a[None], b[None], reg=float(reg), **kw)
+
+
+def check_reg(reg) -> float:
+    if isinstance(reg, torch.Tensor):
+        reg = float(reg)
+    if not isinstance(reg, (int, float)) or not math.isfinite(reg) or reg <= 0:
+        raise ValueError(f"reg must be a finite number > 0, got {reg!r}")
+    return float(reg)

@@ -1,0 +1,38 @@
+"""Cost builders: POT's ``ot.dist`` for one pair of point clouds and batched ``cost_matrix``."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._convert import Converter
+
+METRICS = ("sqeuclidean", "euclidean", "cosine")
+
+
+def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "sqeuclidean") -> torch.Tensor:
+    """Pairwise costs between features x (B, n, d) [or (n, d)] and y (B, m, d) [or (m, d)].
+
+    sqeuclidean: |x_i - y_j|^2 (clamped at 0); euclidean: its square root; cosine: 1 - cos(x_i, y_j)
+    (zero vectors count as orthogonal). Returns (B, n, m) [or (n, m)]; differentiable.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if x.dim() != y.dim() or x.dim() not in (2, 3) or x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"x and y must be (B, n, d) and (B, m, d) (or 2-d), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.dim() == 3 and x.shape[0] != y.shape[0]:
+        raise ValueError(f"batch sizes differ: {x.shape[0]} and {y.shape[0]}")
+    if metric == "cosine":
+        return 1.0 - F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(-1, -2)
+    x2 = (x * x).sum(-1, keepdim=True)
+    y2 = (y * y).sum(-1, keepdim=True).transpose(-1, -2)
+    d = (x2 + y2 - 2.0 * (x @ y.transpose(-1, -2))).clamp_min(0.0)
+    return d.sqrt() if metric == "euclidean" else d
+
+
+def dist(x1, x2=None, metric="sqeuclidean", **kwargs):
+    """Like ``ot.dist`` for metric in ('sqeuclidean', 'euclidean', 'cosine'): x1 (n, d), x2 (m, d)
+    -> (n, m); numpy in -> numpy out."""
+    conv = Converter(x1, x2)
+    x1 = conv.to_torch(x1)
+    x2 = x1 if x2 is None else conv.to_torch(x2)
+    return conv.out(cost_matrix(x1, x2, metric))
