@@ -33,12 +33,12 @@ def prepare(a, b, M):
 
 def err_list(conv: Converter, hist: torch.Tensor) -> list:
     """POT's log['err']: the stop criterion at each check, as floats (numpy) or 0-d tensors."""
-    h = hist[~torch.isnan(hist)]
+    h = hist[hist >= 0]
     return [v for v in h] if conv.torch_in else [float(v) for v in h.cpu()]
 
 
 def print_verbose(hist: torch.Tensor, every: int) -> None:
-    h = hist[~torch.isnan(hist)].tolist()
+    h = hist[hist >= 0].tolist()
     for k, e in enumerate(h):
         it = k * every
         if it % 200 == 0:
@@ -57,6 +57,8 @@ def envelope_loss(sol: OTSolution, linear: bool = True) -> torch.Tensor:
     regularised objective (dL/dM = P, dL/da, dL/db = dual potentials)."""
     if not linear:
         return sol.value
+    if sol.plan.requires_grad:  # grad='autodiff': value_linear is differentiable by unrolling, as POT's
+        return sol.value_linear
     return sol.value_linear + (sol.value - sol.value.detach())
 
 

@@ -34,7 +34,7 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
     lb = _masked(torch.log(b.clamp_min(torch.finfo(dt).tiny)), mb)
     K = -C / reg
     hist_len = max_iter // check_every + 1 if check_every > 0 else 0
-    hist = torch.full((B, hist_len), math.nan, dtype=dt, device=C.device)
+    hist = torch.full((B, hist_len), -1.0, dtype=dt, device=C.device)
     n_iter = torch.zeros(B, dtype=torch.long, device=C.device)
     status = torch.ones(B, dtype=torch.long, device=C.device)
     active = torch.ones(B, dtype=torch.bool, device=C.device)

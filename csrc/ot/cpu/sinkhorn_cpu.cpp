@@ -393,7 +393,7 @@ void solve_one(const T* C, int64_t n, int64_t m, const T* a, const T* b, T mass,
                bool par, T* plan, T* lu, T* lv, T* lw, T* value, T* value_linear, int64_t* n_iter,
                int64_t* status, T* hist) {
   Solver<T> s(C, n, m, a, b, o, par);
-  for (int64_t k = 0; k < o.hist_len; ++k) hist[k] = std::numeric_limits<T>::quiet_NaN();
+  for (int64_t k = 0; k < o.hist_len; ++k) hist[k] = T(-1);  // -1: no check at this slot
   for (int64_t i = 0; i < n; ++i) if (!s.ma[i]) lu[i] = kNeg<T>;
   for (int64_t j = 0; j < m; ++j) if (!s.mb[j]) lv[j] = kNeg<T>;
   T w = 0;

@@ -1,0 +1,104 @@
+"""``grounded-fast`` command line.
+
+    grounded-fast compare-pot [--iters N]   short OT comparison against POT (prints a table)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _time(fn, repeat=3):
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def compare_pot(iters: int = 100) -> list[dict]:
+    """Time grounded_fast against POT at equal iteration counts on a few small cases; returns rows."""
+    import ot as pot
+
+    import grounded_fast.ot as got
+    from grounded_fast.ops import PARTIAL, entropic_ot
+
+    rng = np.random.default_rng(0)
+    rows = []
+    # partial OT at GroundedBERT's shape: B problems of 64 tokens x 197 patches, cosine cost
+    B, n, m, d = 16, 64, 197, 384
+    x = torch.randn(B, n, d)
+    y = torch.randn(B, m, d)
+    C = got.cost_matrix(x, y, "cosine")
+    a, b = torch.full((B, n), 1 / n), torch.full((B, m), 1 / m)
+    mass = torch.full((B,), 0.5)
+    ours = _time(lambda: entropic_ot(C, a, b, reg=0.05, problem=PARTIAL, mass=mass, max_iter=iters,
+                                     check_every=0, warn=False))
+    Cn, an, bn = C.double().numpy(), a[0].double().numpy(), b[0].double().numpy()
+    k = 2  # POT is timed on k problems and scaled to B
+    pot_t = _time(lambda: [pot.partial.entropic_partial_wasserstein(an, bn, Cn[i], 0.05, m=0.5, numItermax=iters)
+                           for i in range(k)], repeat=1) * B / k
+    ref = entropic_ot(C[:1].double(), a[:1].double(), b[:1].double(), reg=0.05, problem=PARTIAL,
+                      mass=mass[:1].double(), max_iter=iters, check_every=0, warn=False).plan[0].numpy()
+    pot_plan = pot.partial.entropic_partial_wasserstein(an, bn, Cn[0], 0.05, m=0.5, numItermax=iters)
+    rows.append(dict(case=f"partial B={B} {n}x{m} cosine, {iters} it", ours_s=ours, pot_s=pot_t,
+                     max_diff=float(np.abs(ref - pot_plan).max())))
+    # balanced, one 1024 x 1024 problem
+    N = 1024
+    M = pot.dist(rng.normal(size=(N, 2)), rng.normal(size=(N, 2)))
+    M /= M.max()
+    u = np.full(N, 1 / N)
+    Mt, ut = torch.tensor(M), torch.tensor(u)
+    ours = _time(lambda: got.sinkhorn(ut, ut, Mt, 0.05, numItermax=iters, stopThr=0, warn=False))
+    pot_t = _time(lambda: pot.sinkhorn(u, u, M, 0.05, numItermax=iters, stopThr=0, warn=False), repeat=1)
+    diff = np.abs(got.sinkhorn(u, u, M, 0.05, numItermax=iters, stopThr=0, warn=False)
+                  - pot.sinkhorn(u, u, M, 0.05, numItermax=iters, stopThr=0, warn=False)).max()
+    rows.append(dict(case=f"balanced {N}x{N} float64 vs exp-domain, {iters} it", ours_s=ours, pot_s=pot_t,
+                     max_diff=float(diff)))
+    # stability at small reg: marginal violation of the returned plan
+    u2, M2 = u[:256] * 4, M[:256, :256]
+    with np.errstate(all="ignore"):
+        p_small = pot.sinkhorn(u2, u2, M2, 1e-4, numItermax=1000, warn=False)
+    o_small = got.sinkhorn(u2, u2, M2, 1e-4, numItermax=1000, warn=False)
+    viol = lambda P: float(np.nan_to_num(np.abs(P.sum(1) - u2).sum() + np.abs(P.sum(0) - u2).sum(), nan=np.inf))
+    rows.append(dict(case="balanced 256x256, reg=1e-4, 1000 it: marginal error", ours_s=None, pot_s=None,
+                     max_diff=None, ours_finite=f"{viol(o_small):.1e}", pot_finite=f"{viol(p_small):.1e}"))
+    return rows
+
+
+def _print(rows):
+    print(f"{'case':<52} {'grounded_fast':>14} {'POT':>11} {'speed-up':>9} {'max |dP|':>10}")
+    for r in rows:
+        if r["ours_s"] is None:
+            print(f"{r['case']:<52} {r['ours_finite']:>14} {r['pot_finite']:>11}")
+            continue
+        print(f"{r['case']:<52} {r['ours_s'] * 1e3:>11.1f} ms {r['pot_s'] * 1e3:>8.0f} ms "
+              f"{r['pot_s'] / r['ours_s']:>8.0f}x {r['max_diff']:>10.1e}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="grounded-fast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("compare-pot", help="short OT comparison against POT (needs `pip install pot`)")
+    p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
+    args = parser.parse_args(argv)
+    if args.cmd == "compare-pot":
+        try:
+            import ot  # noqa: F401
+        except ImportError:
+            print("compare-pot needs POT: pip install pot==0.9.7.post1", file=sys.stderr)
+            return 2
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        _print(compare_pot(args.iters))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

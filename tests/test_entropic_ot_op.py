@@ -1,0 +1,150 @@
+"""The native CPU op against the float64 PyTorch reference: every problem kind, awkward shapes,
+padding, non-contiguous inputs, dtypes; op registration (opcheck) and torch.compile."""
+import math
+
+import pytest
+import torch
+
+from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
+from grounded_fast.reference import entropic_ot_reference
+
+from conftest import TOL, assert_close, make_problem
+
+KINDS = [BALANCED, UNBALANCED, PARTIAL]
+KW = {BALANCED: {}, UNBALANCED: dict(reg_m=(0.7, 2.0), check_every=1), PARTIAL: {}}
+
+
+def _both(C, a, b, problem, **kw):
+    kw = {**KW[problem], **kw}
+    if problem == PARTIAL:
+        kw.setdefault("mass", 0.6 * torch.minimum(a.sum(1), b.sum(1)))
+    native = entropic_ot(C, a, b, problem=problem, backend="cpu", warn=False, **kw)
+    ref = entropic_ot(C.double(), a.double(), b.double(), problem=problem, backend="torch", warn=False,
+                      **{k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items()})
+    return native, ref
+
+
+@pytest.mark.parametrize("problem", KINDS)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 7), (2, 5, 1), (3, 41, 401), (257, 3, 4), (1, 64, 197)])
+def test_matches_reference_float64(problem, shape):
+    C, a, b = make_problem(*shape)
+    nat, ref = _both(C, a, b, problem, reg=0.05, max_iter=300, tol=1e-10)
+    assert torch.equal(nat.n_iter, ref.n_iter)
+    assert torch.equal(nat.status, ref.status)
+    assert_close(nat.plan, ref.plan, **TOL[torch.float64], name="plan")
+    assert_close(nat.value, ref.value, rtol=1e-9, atol=1e-12, name="value")
+    assert_close(nat.value_linear, ref.value_linear, rtol=1e-9, atol=1e-12, name="value_linear")
+
+
+@pytest.mark.parametrize("problem", KINDS)
+def test_float32_error_within_k_of_pytorch_float32(problem):
+    """flash-attention's rule: our float32 error is at most a few times that of the plain PyTorch
+    reference run in float32, both against the float64 reference."""
+    C, a, b = make_problem(4, 41, 67, seed=3)
+    kw = dict(reg=0.05, max_iter=200, check_every=0)
+    nat32, ref64 = _both(C.float(), a.float(), b.float(), problem, **kw)
+    mass32 = 0.6 * torch.minimum(a.sum(1), b.sum(1)).float()
+    torch32 = entropic_ot(C.float(), a.float(), b.float(), problem=problem, backend="torch", warn=False,
+                          **{**KW[problem], **kw}, **({"mass": mass32} if problem == PARTIAL else {}))
+    err_ours = (nat32.plan.double() - ref64.plan).abs().max().item()
+    err_torch = (torch32.plan.double() - ref64.plan).abs().max().item()
+    assert err_ours <= 5 * err_torch + 1e-7, (err_ours, err_torch)
+
+
+@pytest.mark.parametrize("problem", KINDS)
+def test_padding_gives_exact_zeros_and_matches_unpadded(problem):
+    C, a, b = make_problem(3, 9, 13, seed=1)
+    a[0, 6:] = 0
+    b[1, 10:] = 0
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    sol = entropic_ot(C, a, b, problem=problem, reg=0.1, warn=False, **KW[problem],
+                      **({"mass": torch.full((3,), 0.5, dtype=C.dtype)} if problem == PARTIAL else {}))
+    assert torch.all(sol.plan[0, 6:] == 0) and torch.all(sol.plan[1, :, 10:] == 0)
+    assert torch.isneginf(sol.log_u[0, 6:]).all() and torch.isneginf(sol.log_v[1, 10:]).all()
+    small = entropic_ot(C[:1, :6], a[:1, :6], b[:1], problem=problem, reg=0.1, warn=False, **KW[problem],
+                        **({"mass": torch.full((1,), 0.5, dtype=C.dtype)} if problem == PARTIAL else {}))
+    assert_close(sol.plan[0, :6], small.plan[0], rtol=1e-9, atol=1e-13, name="padded vs cropped")
+
+
+def test_non_contiguous_inputs():
+    C, a, b = make_problem(2, 13, 11, seed=2)
+    Ct = C.transpose(1, 2).contiguous().transpose(1, 2)  # same values, non-contiguous
+    a2 = torch.stack([a, a], -1)[..., 0]
+    assert not Ct.is_contiguous() and not a2.is_contiguous()
+    s1 = entropic_ot(Ct, a2, b, reg=0.1, warn=False)
+    s2 = entropic_ot(C, a, b, reg=0.1, warn=False)
+    assert torch.equal(s1.plan, s2.plan)
+
+
+def test_fixed_iteration_mode_runs_exactly_max_iter():
+    C, a, b = make_problem(3, 8, 9)
+    for problem in KINDS:
+        sol = entropic_ot(C, a, b, problem=problem, reg=0.5, max_iter=37, check_every=0, warn=False,
+                          **({k: v for k, v in KW[problem].items() if k != "check_every"}))
+        assert sol.n_iter.tolist() == [37, 37, 37]
+        assert sol.err_history.shape == (3, 0)
+
+
+def test_half_precision_inputs_computed_in_float32():
+    C, a, b = make_problem(2, 16, 20, dtype=torch.float64)
+    ref = entropic_ot(C, a, b, reg=0.1, warn=False)
+    for dt in (torch.float16, torch.bfloat16):
+        sol = entropic_ot(C.to(dt), a.to(dt), b.to(dt), reg=0.1, warn=False)
+        assert sol.plan.dtype == dt and torch.isfinite(sol.plan.float()).all()
+        assert (sol.plan.double() - ref.plan).abs().max() < 2e-3
+
+
+def test_warm_start_converges_immediately():
+    C, a, b = make_problem(2, 20, 30)
+    sol = entropic_ot(C, a, b, reg=0.05, tol=1e-10, max_iter=5000)
+    warm = entropic_ot(C, a, b, reg=0.05, tol=1e-10, max_iter=5000, log_u0=sol.log_u, log_v0=sol.log_v)
+    assert (warm.n_iter <= 2).all() and (sol.n_iter > 20).all()
+    assert_close(warm.plan, sol.plan, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("problem", KINDS)
+def test_opcheck(problem):
+    C, a, b = make_problem(2, 5, 6)
+    C.requires_grad_()
+    mass = torch.full((2,), 0.5, dtype=C.dtype) if problem == PARTIAL else torch.zeros(2, dtype=C.dtype)
+    reg_m = (0.7, 2.0) if problem == UNBALANCED else (math.inf, math.inf)
+    args = (C, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), problem, 0.1, reg_m[0], reg_m[1], True, 50,
+            1e-9, 10)
+    for op in (torch.ops.grounded_fast.entropic_ot.default, torch.ops.grounded_fast.entropic_ot_torch.default):
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_loss_in_torch_compile_fullgraph():
+    from grounded_fast.nn import PartialOTLoss
+
+    loss_fn = PartialOTLoss(reg=0.1, mass=0.5, cost="cosine", max_iter=100)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x, y):
+        return loss_fn(x, y).sum()
+
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    y = torch.randn(3, 11, 16)
+    out = f(x, y)
+    out.backward()
+    eager_x = x.detach().clone().requires_grad_()
+    ref = loss_fn(eager_x, y).sum()
+    ref.backward()
+    assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert_close(x.grad, eager_x.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_reference_runs_with_autograd_unrolled():
+    C, a, b = make_problem(1, 4, 5)
+    C.requires_grad_()
+    sol = entropic_ot(C, a, b, reg=0.5, grad="autodiff", warn=False)
+    assert sol.plan.requires_grad
+    (sol.plan * C).sum().backward()
+    assert torch.isfinite(C.grad).all()
+
+
+def test_reference_direct_call_matches_op_contract():
+    C, a, b = make_problem(2, 6, 7)
+    out = entropic_ot_reference(C, a, b, torch.zeros(2, dtype=C.dtype), torch.zeros_like(a), torch.zeros_like(b),
+                                BALANCED, 0.1, math.inf, math.inf, True, 100, 1e-9, 10)
+    assert len(out) == 9 and out[0].shape == (2, 6, 7)

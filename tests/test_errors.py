@@ -1,0 +1,86 @@
+"""Bad input gives clear errors naming the argument; failures are never silent NaNs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import grounded_fast.ot as ot
+from grounded_fast.ops import PARTIAL, entropic_ot
+
+from conftest import make_problem
+
+
+@pytest.fixture
+def prob():
+    return make_problem(2, 4, 5)
+
+
+@pytest.mark.parametrize("mutate,exc,match", [
+    (lambda C, a, b: (C, a[:, :3], b), ValueError, "a must have shape"),
+    (lambda C, a, b: (C, a, b[:1]), ValueError, "b must have shape"),
+    (lambda C, a, b: (C[0], a, b), ValueError, "C must have 3"),
+    (lambda C, a, b: (C, -a, b), ValueError, "a has negative"),
+    (lambda C, a, b: (C, a, b * math.nan), ValueError, "b contains NaN"),
+    (lambda C, a, b: (C * math.inf, a, b), ValueError, "C .* NaN or inf"),
+    (lambda C, a, b: (C, a.float(), b), TypeError, "a has dtype"),
+    (lambda C, a, b: (C[:0], a[:0], b[:0]), ValueError, "empty batch"),
+    (lambda C, a, b: (C.long(), a, b), TypeError, "floating-point"),
+])
+def test_op_input_errors(prob, mutate, exc, match):
+    with pytest.raises(exc, match=match):
+        entropic_ot(*mutate(*prob), reg=0.1)
+
+
+@pytest.mark.parametrize("reg", [0, -1.0, math.nan, math.inf])
+def test_bad_reg(prob, reg):
+    with pytest.raises(ValueError, match="reg"):
+        entropic_ot(*prob, reg=reg)
+
+
+def test_bad_mass(prob):
+    C, a, b = prob
+    with pytest.raises(ValueError, match="m must be <="):
+        entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=torch.full((2,), 1.5, dtype=C.dtype))
+    with pytest.raises(ValueError, match="m "):
+        entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=torch.full((2,), -0.1, dtype=C.dtype))
+    a_, b_, M = np.full(3, 1 / 3), np.full(4, 1 / 4), np.ones((3, 4))
+    with pytest.raises(ValueError, match="greater than 0"):
+        ot.partial.entropic_partial_wasserstein(a_, b_, M, 0.1, m=-1)
+    with pytest.raises(ValueError, match="lower or equal"):
+        ot.partial.entropic_partial_wasserstein(a_, b_, M, 0.1, m=2)
+
+
+def test_mixed_inputs():
+    a, b, M = np.full(3, 1 / 3), np.full(4, 1 / 4), np.ones((3, 4))
+    with pytest.raises(TypeError, match="mixed numpy and torch"):
+        ot.sinkhorn(torch.tensor(a), b, M, 0.1)
+    with pytest.raises(TypeError, match="dtypes"):
+        ot.sinkhorn(torch.tensor(a), torch.tensor(b, dtype=torch.float32), torch.tensor(M), 0.1)
+    with pytest.raises(ValueError, match="M must be a 2-d"):
+        ot.sinkhorn(a, b, np.ones((2, 3, 4)), 0.1)
+    with pytest.raises(ValueError, match="Unknown method"):
+        ot.sinkhorn(a, b, M, 0.1, method="nope")
+
+
+def test_non_convergence_warns(prob):
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        entropic_ot(*prob, reg=1e-3, max_iter=2, tol=1e-12)
+    a, b, M = np.full(3, 1 / 3), np.full(4, 1 / 4), np.random.default_rng(0).random((3, 4))
+    with pytest.warns(UserWarning, match="Sinkhorn did not converge"):
+        ot.sinkhorn(a, b, M, 1e-3, numItermax=2)
+
+
+def test_explicit_backend_that_cannot_run(prob):
+    with pytest.raises(RuntimeError, match="cuda"):
+        entropic_ot(*prob, reg=0.1, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        entropic_ot(*prob, reg=0.1, backend="tpu")
+
+
+def test_env_backend(prob, monkeypatch):
+    monkeypatch.setenv("GROUNDED_FAST_BACKEND", "torch")
+    s1 = entropic_ot(*prob, reg=0.1)
+    monkeypatch.setenv("GROUNDED_FAST_BACKEND", "cpu")
+    s2 = entropic_ot(*prob, reg=0.1)
+    assert torch.allclose(s1.plan, s2.plan, rtol=1e-10, atol=1e-14)

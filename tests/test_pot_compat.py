@@ -1,0 +1,118 @@
+"""grounded_fast.ot as a drop-in for POT: same results, return types and log keys."""
+import numpy as np
+import ot as pot
+import pytest
+import torch
+
+import grounded_fast.ot as ot
+
+from conftest import assert_close
+
+
+def _problem(rng, n=23, m=31, scale=1.0):
+    M = pot.dist(rng.normal(size=(n, 2)), rng.normal(size=(m, 2)))
+    M = scale * M / M.max()
+    a, b = rng.random(n) + 0.1, rng.random(m) + 0.1
+    return a / a.sum(), b / b.sum(), M
+
+
+@pytest.mark.parametrize("method", ["sinkhorn", "sinkhorn_log"])
+def test_sinkhorn_matches_pot(rng, method):
+    a, b, M = _problem(rng)
+    P1, l1 = pot.sinkhorn(a, b, M, 0.05, method=method, log=True)
+    P2, l2 = ot.sinkhorn(a, b, M, 0.05, method=method, log=True)
+    assert isinstance(P2, np.ndarray) and P2.dtype == np.float64
+    assert sorted(l1) == sorted(l2)
+    assert l1["niter"] == l2["niter"] and len(l1["err"]) == len(l2["err"])
+    assert_close(P2, P1, rtol=1e-9, atol=1e-14, name="plan")
+    assert_close(l2["u"], l1["u"], rtol=1e-8, atol=0, name="u")
+    assert_close(l2["err"], l1["err"], rtol=1e-6, atol=1e-15, name="err")
+
+
+def test_sinkhorn2_and_multiple_histograms(rng):
+    a, b, M = _problem(rng)
+    assert ot.sinkhorn2(a, b, M, 0.1) == pytest.approx(pot.sinkhorn2(a, b, M, 0.1), rel=1e-10)
+    B2 = np.stack([b, b[::-1]], 1)
+    assert_close(ot.sinkhorn(a, B2, M, 0.1), pot.sinkhorn(a, B2, M, 0.1), rtol=1e-9, atol=0)
+    assert_close(ot.bregman.sinkhorn_log(a, b, M, 0.1), pot.bregman.sinkhorn_log(a, b, M, 0.1), rtol=1e-9, atol=1e-15)
+    assert_close(ot.bregman.sinkhorn_knopp(a, b, M, 0.1), pot.bregman.sinkhorn_knopp(a, b, M, 0.1), rtol=1e-9,
+                 atol=1e-15)
+
+
+def test_uniform_defaults_and_lists():
+    M = [[0.0, 1.0], [2.0, 0.5]]
+    assert_close(ot.sinkhorn([], [], M, 1.0), pot.sinkhorn([], [], np.array(M), 1.0), rtol=1e-9, atol=1e-15)
+
+
+def test_torch_in_torch_out_same_dtype(rng):
+    a, b, M = _problem(rng)
+    for dt in (torch.float32, torch.float64):
+        ta, tb, tM = (torch.tensor(x, dtype=dt) for x in (a, b, M))
+        P = ot.sinkhorn(ta, tb, tM, 0.1, stopThr=1e-9 if dt == torch.float64 else 1e-6)
+        assert isinstance(P, torch.Tensor) and P.dtype == dt
+        assert_close(P, pot.sinkhorn(a, b, M, 0.1), rtol=1e-3 if dt == torch.float32 else 1e-9, atol=1e-7)
+        loss = ot.sinkhorn2(ta, tb, tM, 0.1)
+        assert isinstance(loss, torch.Tensor) and loss.dim() == 0
+
+
+@pytest.mark.parametrize("mass", [None, 0.3, 0.8])
+def test_partial_matches_pot(rng, mass):
+    a, b, M = _problem(rng)
+    b = b * 1.3
+    P1, l1 = pot.partial.entropic_partial_wasserstein(a, b, M, 0.1, m=mass, log=True)
+    P2, l2 = ot.partial.entropic_partial_wasserstein(a, b, M, 0.1, m=mass, log=True)
+    assert sorted(l1) == sorted(l2)
+    assert_close(P2, P1, rtol=1e-8, atol=1e-14, name="plan")
+    assert l2["partial_w_dist"] == pytest.approx(l1["partial_w_dist"], rel=1e-9)
+
+
+def test_partial_stable_where_pot_is_nan(rng):
+    a, b, M = _problem(rng, scale=10.0)
+    with np.errstate(all="ignore"):  # POT prints "numerical errors" and returns NaN
+        P_pot = pot.partial.entropic_partial_wasserstein(a, b, M, 0.01, m=0.5)
+    assert not np.isfinite(P_pot).all()  # POT's exp-domain solver breaks down
+    P = ot.partial.entropic_partial_wasserstein(a, b, M, 0.01, m=0.5)
+    assert np.isfinite(P).all() and P.sum() == pytest.approx(0.5, rel=1e-9)
+    P_log = pot.partial.entropic_partial_wasserstein(a, b, M, 0.01, m=0.5, method="sinkhorn_log")
+    assert_close(P, P_log, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("reg_type", ["kl", "entropy"])
+@pytest.mark.parametrize("reg_m", [1.0, (0.5, 3.0)])
+def test_unbalanced_matches_pot(rng, reg_type, reg_m):
+    a, b, M = _problem(rng)
+    with pytest.warns(UserWarning) if reg_type == "entropy" else _nullctx():
+        P1, l1 = pot.unbalanced.sinkhorn_unbalanced(a, b, M, 0.1, reg_m, reg_type=reg_type, log=True)
+    P2, l2 = ot.unbalanced.sinkhorn_unbalanced(a, b, M, 0.1, reg_m, reg_type=reg_type, log=True)
+    assert sorted(l1) == sorted(l2) and len(l1["err"]) == len(l2["err"])
+    assert_close(P2, P1, rtol=1e-8, atol=1e-14, name="plan")
+    for k in ("logu", "logv"):
+        assert_close(l2[k], l1[k], rtol=1e-8, atol=1e-10, name=k)
+    for k in ("cost", "total_cost"):
+        assert l2[k] == pytest.approx(l1[k], rel=1e-8, abs=1e-12)
+    l_lin = ot.unbalanced.sinkhorn_unbalanced2(a, b, M, 0.1, reg_m, reg_type=reg_type)
+    assert l_lin == pytest.approx(l1["cost"], rel=1e-8)
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_solve_batch_matches_pot(rng):
+    Ms = np.stack([_problem(rng, 12, 17)[2] for _ in range(5)])
+    for reg_type in ("entropy", "kl"):
+        r1 = pot.batch.solve_batch(Ms, 0.1, max_iter=5000, tol=1e-12, reg_type=reg_type)
+        r2 = ot.batch.solve_batch(Ms, 0.1, max_iter=5000, tol=1e-12, reg_type=reg_type)
+        assert_close(r2.plan, r1.plan, rtol=1e-7, atol=1e-13, name="plan")
+        assert_close(r2.value, r1.value, rtol=1e-7, atol=1e-12, name="value")
+        assert_close(r2.value_linear, r1.value_linear, rtol=1e-7, atol=1e-12, name="value_linear")
+
+
+def test_dist_matches_pot(rng):
+    x, y = rng.normal(size=(7, 3)), rng.normal(size=(9, 3))
+    for metric in ("sqeuclidean", "euclidean", "cosine"):
+        assert_close(ot.dist(x, y, metric=metric), pot.dist(x, y, metric=metric), rtol=1e-9, atol=1e-12, name=metric)
