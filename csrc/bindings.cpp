@@ -16,7 +16,7 @@ using at::Tensor;
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> entropic_ot_cpu(
     const Tensor& C, const Tensor& a, const Tensor& b, const Tensor& mass, const Tensor& lu0,
     const Tensor& lv0, int64_t problem, double reg, double reg_m_a, double reg_m_b, bool kl_ref,
-    int64_t max_iter, double tol, int64_t check_every) {
+    int64_t max_iter, double tol, int64_t check_every, int64_t domain) {
   TORCH_CHECK(C.dim() == 3, "entropic_ot: C must be (B, n, m), got ", C.sizes());
   const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
   TORCH_CHECK(a.sizes() == at::IntArrayRef({B, n}), "entropic_ot: a must be (B, n)");
@@ -40,6 +40,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   o.max_iter = max_iter;
   o.tol = tol;
   o.check_every = check_every;
+  TORCH_CHECK(domain == gf::kAuto || domain == gf::kLog, "entropic_ot: domain must be 0 (auto) or 1 (log)");
+  o.domain = domain;
   o.hist_len = check_every > 0 ? max_iter / check_every + 1 : 0;
 
   Tensor Cc = C.contiguous(), ac = a.contiguous(), bc = b.contiguous(), mc = mass.contiguous();
@@ -71,11 +73,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 TORCH_LIBRARY(grounded_fast, m) {
   // Returns (plan, log_u, log_v, log_scale, value, value_linear, n_iter, status, err_history);
   // plan = exp(log_u_i + log_v_j + log_scale - C_ij / reg). problem: 0 balanced, 1 unbalanced,
-  // 2 partial. check_every = 0 runs exactly max_iter iterations.
+  // 2 partial. check_every = 0 runs exactly max_iter iterations. domain: 0 auto (stabilised scaling
+  // iterations, log-domain restart on underflow), 1 log-domain only.
   m.def(
       "entropic_ot(Tensor C, Tensor a, Tensor b, Tensor mass, Tensor log_u0, Tensor log_v0, "
       "int problem, float reg, float reg_m_a, float reg_m_b, bool kl_ref, int max_iter, float tol, "
-      "int check_every) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int check_every, int domain=0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(grounded_fast, CPU, m) { m.impl("entropic_ot", &entropic_ot_cpu); }

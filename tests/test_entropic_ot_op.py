@@ -14,21 +14,22 @@ KINDS = [BALANCED, UNBALANCED, PARTIAL]
 KW = {BALANCED: {}, UNBALANCED: dict(reg_m=(0.7, 2.0), check_every=1), PARTIAL: {}}
 
 
-def _both(C, a, b, problem, **kw):
+def _both(C, a, b, problem, domain="auto", **kw):
     kw = {**KW[problem], **kw}
     if problem == PARTIAL:
         kw.setdefault("mass", 0.6 * torch.minimum(a.sum(1), b.sum(1)))
-    native = entropic_ot(C, a, b, problem=problem, backend="cpu", warn=False, **kw)
+    native = entropic_ot(C, a, b, problem=problem, backend="cpu", warn=False, domain=domain, **kw)
     ref = entropic_ot(C.double(), a.double(), b.double(), problem=problem, backend="torch", warn=False,
                       **{k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items()})
     return native, ref
 
 
+@pytest.mark.parametrize("domain", ["auto", "log"])
 @pytest.mark.parametrize("problem", KINDS)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 7), (2, 5, 1), (3, 41, 401), (257, 3, 4), (1, 64, 197)])
-def test_matches_reference_float64(problem, shape):
+def test_matches_reference_float64(problem, shape, domain):
     C, a, b = make_problem(*shape)
-    nat, ref = _both(C, a, b, problem, reg=0.05, max_iter=300, tol=1e-10)
+    nat, ref = _both(C, a, b, problem, domain, reg=0.05, max_iter=300, tol=1e-10)
     assert torch.equal(nat.n_iter, ref.n_iter)
     assert torch.equal(nat.status, ref.status)
     assert_close(nat.plan, ref.plan, **TOL[torch.float64], name="plan")
@@ -36,13 +37,14 @@ def test_matches_reference_float64(problem, shape):
     assert_close(nat.value_linear, ref.value_linear, rtol=1e-9, atol=1e-12, name="value_linear")
 
 
+@pytest.mark.parametrize("domain", ["auto", "log"])
 @pytest.mark.parametrize("problem", KINDS)
-def test_float32_error_within_k_of_pytorch_float32(problem):
+def test_float32_error_within_k_of_pytorch_float32(problem, domain):
     """flash-attention's rule: our float32 error is at most a few times that of the plain PyTorch
     reference run in float32, both against the float64 reference."""
     C, a, b = make_problem(4, 41, 67, seed=3)
     kw = dict(reg=0.05, max_iter=200, check_every=0)
-    nat32, ref64 = _both(C.float(), a.float(), b.float(), problem, **kw)
+    nat32, ref64 = _both(C.float(), a.float(), b.float(), problem, domain, **kw)
     mass32 = 0.6 * torch.minimum(a.sum(1), b.sum(1)).float()
     torch32 = entropic_ot(C.float(), a.float(), b.float(), problem=problem, backend="torch", warn=False,
                           **{**KW[problem], **kw}, **({"mass": mass32} if problem == PARTIAL else {}))
@@ -109,7 +111,7 @@ def test_opcheck(problem):
     mass = torch.full((2,), 0.5, dtype=C.dtype) if problem == PARTIAL else torch.zeros(2, dtype=C.dtype)
     reg_m = (0.7, 2.0) if problem == UNBALANCED else (math.inf, math.inf)
     args = (C, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), problem, 0.1, reg_m[0], reg_m[1], True, 50,
-            1e-9, 10)
+            1e-9, 10, 0)
     for op in (torch.ops.grounded_fast.entropic_ot.default, torch.ops.grounded_fast.entropic_ot_torch.default):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 

@@ -49,7 +49,7 @@ class OTSolution(NamedTuple):
 @torch.library.custom_op(_TORCH_OP, mutates_args=())
 def _entropic_ot_torch(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                        problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
-                       max_iter: int, tol: float, check_every: int
+                       max_iter: int, tol: float, check_every: int, domain: int = 0
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     with torch.no_grad():
         out = entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
@@ -58,7 +58,7 @@ def _entropic_ot_torch(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Te
 
 
 def _fake(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol,
-          check_every):
+          check_every, domain=0):
     B, n, m = C.shape
     hist = max_iter // check_every + 1 if check_every > 0 else 0
     long = dict(dtype=torch.long)
@@ -110,7 +110,7 @@ def _backward(ctx, *grads):
         grad_a = g[:, None] * ga
     if ctx.needs_input_grad[2]:
         grad_b = g[:, None] * gb
-    return (grad_C, grad_a, grad_b) + (None,) * 11
+    return (grad_C, grad_a, grad_b) + (None,) * 12
 
 
 for _name in (_CPU_OP, _TORCH_OP):
@@ -179,7 +179,7 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
                 kl_ref: bool = True, max_iter: int = 1000, tol: float = 1e-9, check_every: int = 10,
                 log_u0: Optional[Tensor] = None, log_v0: Optional[Tensor] = None,
                 backend: Optional[str] = None, grad: str = "envelope", warn: bool = True,
-                validate_inputs: bool = True) -> OTSolution:
+                domain: str = "auto", validate_inputs: bool = True) -> OTSolution:
     """Solve a batch of entropic OT problems on given costs.
 
     C (B,n,m) cost; a (B,n), b (B,m) nonnegative weights (zeros = padding); reg > 0.
@@ -188,8 +188,13 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     ``check_every`` = 0 runs exactly ``max_iter`` iterations (benchmarks); otherwise the stop test
     (see csrc/ot/cpu/sinkhorn_cpu.cpp) runs every ``check_every`` iterations against ``tol``.
     ``log_u0``, ``log_v0`` (B,n), (B,m): warm start (balanced / unbalanced).
+    ``domain``: 'auto' (CPU kernel: stabilised scaling-domain iterations on an absorbed kernel,
+    restarting in the log domain if they underflow) or 'log' (log-sum-exp passes only); both
+    compute the same iterates up to rounding.
     Returns an :class:`OTSolution`; see the module docstring for gradients.
     """
+    if domain not in ("auto", "log"):
+        raise ValueError(f"domain must be 'auto' or 'log', got {domain!r}")
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
     if validate_inputs:
@@ -222,6 +227,7 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     else:
         which = choose_backend(C.device, backend)
         op = torch.ops.grounded_fast.entropic_ot if which == "cpu" else torch.ops.grounded_fast.entropic_ot_torch
+        args = args + (0 if domain == "auto" else 1,)
         if grad == "detach":
             with torch.no_grad():
                 out = op(*args)

@@ -118,10 +118,18 @@ struct Solver {
     for (int64_t j = 0; j < m; ++j) { mb[j] = b[j] > 0; lb[j] = mb[j] ? std::log(b[j]) : kNeg<T>; }
   }
 
+  // Splitting one problem across threads costs a fork/join per pass (tens of microseconds
+  // measured on the 2-core CI machine), so it only pays for large problems: exp passes from
+  // 2^16 entries, multiply-add passes (scaling domain) from 2^22.
+  bool par_exp() const { return par && n * m >= (int64_t(1) << 16); }
+  bool par_fma() const { return par && n * m >= (int64_t(1) << 22); }
+
   template <class F>
-  void for_rows(F&& f) const {
-    if (par) at::parallel_for(0, n, 16, f); else f(0, n);
+  void for_rows(F&& f, bool split) const {
+    if (split) at::parallel_for(0, n, 16, f); else f(0, n);
   }
+  template <class F>
+  void for_rows(F&& f) const { for_rows(f, par_exp()); }
 
   // rl_i = LSE_j(lv_j - C_ij/eps) for unmasked rows.
   void row_pass(const T* lv) {
@@ -141,7 +149,7 @@ struct Solver {
         col_lse(C, lu, n, m, j0, j1, inv_eps, cl.data() + j0, s.data());
       }
     };
-    if (par && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
+    if (par_exp() && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
   }
 
   static bool all_finite(const std::vector<T>& v) {
@@ -288,17 +296,7 @@ struct Solver {
   void partial(T mass, T* lu, T* lv, T& w, int64_t& it_out, int64_t& status, T* hist) {
     std::vector<T> p(n, T(0)), s(m, T(0));
     T t = 0;
-    for (int64_t i = 0; i < n; ++i) lu[i] = ma[i] ? T(0) : kNeg<T>;
-    for (int64_t j = 0; j < m; ++j) lv[j] = mb[j] ? T(0) : kNeg<T>;
-    // w = log m - LSE_ij(-C_ij/eps) over the unmasked entries.
-    row_pass(lv);
-    {
-      T mx = kNeg<T>;
-      for (int64_t i = 0; i < n; ++i) if (ma[i]) mx = std::max(mx, rl[i]);
-      double acc = 0;
-      for (int64_t i = 0; i < n; ++i) if (ma[i]) acc += std::exp(double(rl[i] - mx));
-      w = std::log(mass) - (mx + T(std::log(acc)));
-    }
+    w = partial_init(mass, lu, lv);
     std::vector<T> pu(n), pv(m);
     T pw = 0;
     int64_t k = 0, it = 0;
@@ -350,6 +348,240 @@ struct Solver {
       }
     }
     it_out = it;
+  }
+
+  // Partial OT starts from K = exp(-C/eps) * m / sum(exp(-C/eps)): lu = lv = 0 and
+  // w = log m - LSE_ij(-C_ij/eps) over the unmasked entries.
+  T partial_init(T mass, T* lu, T* lv) {
+    for (int64_t i = 0; i < n; ++i) lu[i] = ma[i] ? T(0) : kNeg<T>;
+    for (int64_t j = 0; j < m; ++j) lv[j] = mb[j] ? T(0) : kNeg<T>;
+    row_pass(lv);
+    T mx = kNeg<T>;
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) mx = std::max(mx, rl[i]);
+    double acc = 0;
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) acc += std::exp(double(rl[i] - mx));
+    return std::log(mass) - (mx + T(std::log(acc)));
+  }
+
+  // ------------------------------------------------- stabilised scaling domain
+  // The same iterations with the plan written as P_ij = x_i z K_ij y_j, where
+  // K_ij = exp(lu_i + lv_j + w - C_ij/eps) is materialised once ("absorbed") and the iteration
+  // only updates the scalings x, y, z: each pass is a matrix-vector product (one FMA per entry)
+  // instead of a log-sum-exp (one exp per entry). Whenever a scaling leaves [1/kBig, kBig] its
+  // log is folded into (lu, lv, w) and K is recomputed (Schmitzer 2016, "absorption"); entries of
+  // K below the underflow threshold then stay below ~exp(-87 + 2 log kBig) of the plan until the
+  // next absorption. A zero / non-finite sum (all of a row or column underflowed, typically at
+  // small eps far from the solution) makes the solver return false: the caller restarts the
+  // problem in the log domain, which never fails.
+  static constexpr T kBig = sizeof(T) == 4 ? T(1e13) : T(1e40);
+
+  void absorb(const T* lu, const T* lv, T w, T* K) {
+    for_rows([&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T* k = K + i * m;
+        const T* ci = C + i * m;
+        if (!ma[i]) { std::fill(k, k + m, T(0)); continue; }
+        const T base = lu[i] + w;
+#pragma omp simd
+        for (int64_t j = 0; j < m; ++j) k[j] = mb[j] ? exp_or_zero(base + lv[j] - ci[j] * inv_eps) : T(0);
+      }
+    });
+  }
+
+  // rs_i = sum_j K_ij y_j
+  __attribute__((noinline)) void k_row_dot(const T* __restrict K, const T* __restrict y, T* __restrict rs) {
+    for_rows([&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* k = K + i * m;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < m; ++j) acc += k[j] * y[j];
+        rs[i] = acc;
+      }
+    }, par_fma());
+  }
+
+  // cs_j = sum_i x_i K_ij, streaming rows, vectorised along j (column blocks across threads).
+  __attribute__((noinline)) void k_col_axpy(const T* __restrict K, const T* __restrict x, T* __restrict cs) {
+    const int64_t nblk = (m + kColBlock - 1) / kColBlock;
+    auto body = [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t j0 = blk * kColBlock, j1 = std::min(m, j0 + kColBlock), w = j1 - j0;
+        T* __restrict out = cs + j0;
+        for (int64_t j = 0; j < w; ++j) out[j] = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const T xi = x[i];
+          if (xi == T(0)) continue;
+          const T* __restrict k = K + i * m + j0;
+#pragma omp simd
+          for (int64_t j = 0; j < w; ++j) out[j] += xi * k[j];
+        }
+      }
+    };
+    if (par_fma() && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
+  }
+
+  static bool in_range(const std::vector<T>& v, const std::vector<char>& msk) {
+    for (size_t i = 0; i < v.size(); ++i)
+      if (msk[i] && !(v[i] < kBig && v[i] > T(1) / kBig)) return false;
+    return true;
+  }
+
+  static bool positive_finite(T v) { return v > T(0) && v < std::numeric_limits<T>::infinity(); }
+
+  // Folds the scalings into the log potentials and re-materialises K.
+  void fold(T* lu, T* lv, T& w, std::vector<T>& x, std::vector<T>& y, T& z) {
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) { lu[i] += std::log(x[i]); x[i] = 1; }
+    for (int64_t j = 0; j < m; ++j) if (mb[j]) { lv[j] += std::log(y[j]); y[j] = 1; }
+    w += std::log(z);
+    z = 1;
+  }
+
+  bool balanced_scaled(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
+    std::vector<T> x(n), y(m), rs(n), cs(m);
+    for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
+    for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
+    T w = 0, z = 1;
+    absorb(lu, lv, w, K);
+    int64_t k = 0, it = 0;
+    bool pending = false, converged = false;
+    auto marginal_err = [&]() {
+      double e = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const double d = double(y[j]) * double(cs[j]) - double(b[j]);
+        e += d * d;
+      }
+      return T(std::sqrt(e));
+    };
+    for (it = 0; it < o.max_iter; ++it) {
+      k_col_axpy(K, x.data(), cs.data());
+      if (pending) {
+        const T err = marginal_err();
+        record(hist, k, err);
+        if (err < o.tol) { converged = true; break; }
+      }
+      for (int64_t j = 0; j < m; ++j) {
+        if (!mb[j]) continue;
+        if (!positive_finite(cs[j])) return false;
+        y[j] = b[j] / cs[j];
+      }
+      if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); }
+      k_row_dot(K, y.data(), rs.data());
+      for (int64_t i = 0; i < n; ++i) {
+        if (!ma[i]) continue;
+        if (!positive_finite(rs[i])) return false;
+        x[i] = a[i] / rs[i];
+      }
+      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); }
+      pending = o.check_every > 0 && it % o.check_every == 0;
+    }
+    if (!converged && pending) {
+      k_col_axpy(K, x.data(), cs.data());
+      const T err = marginal_err();
+      record(hist, k, err);
+      converged = err < o.tol;
+    }
+    fold(lu, lv, w, x, y, z);
+    status = converged ? 0 : 1;
+    it_out = it;
+    return true;
+  }
+
+  bool partial_scaled(T mass, T* lu, T* lv, T& w, T* K, int64_t& it_out, int64_t& status, T* hist) {
+    w = partial_init(mass, lu, lv);
+    absorb(lu, lv, w, K);
+    // Dykstra corrections, multiplicative: P = exp(p), S = exp(s), Tm = exp(t) of the log version.
+    std::vector<T> x(n), y(m), rs(n), cs(m), P(n, T(1)), S(m, T(1));
+    for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
+    for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
+    T z = 1, Tm = 1;
+    std::vector<T> px(n), py(m), plu(n), plv(m);
+    T pz = 1, pw = 0;
+    int64_t k = 0, it = 0;
+    status = 1;
+    for (it = 0; it < o.max_iter; ++it) {
+      const bool check = o.check_every > 0 && it % o.check_every == 0;
+      bool absorbed = false;
+      if (check) {
+        px = x; py = y; pz = z;
+        std::copy(lu, lu + n, plu.begin());
+        std::copy(lv, lv + m, plv.begin());
+        pw = w;
+      }
+      // rows: undo the previous row correction, project onto {P 1 <= a}
+      for (int64_t i = 0; i < n; ++i) if (ma[i]) x[i] /= P[i];
+      k_row_dot(K, y.data(), rs.data());
+      for (int64_t i = 0; i < n; ++i) {
+        if (!ma[i]) continue;
+        const T rowsum = x[i] * z * rs[i];
+        if (!positive_finite(rowsum)) return false;
+        P[i] = std::min(a[i] / rowsum, T(1));
+        x[i] *= P[i];
+      }
+      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); absorbed = true; }
+      // columns: project onto {P^T 1 <= b}
+      for (int64_t j = 0; j < m; ++j) if (mb[j]) y[j] /= S[j];
+      k_col_axpy(K, x.data(), cs.data());
+      double tot = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        if (!mb[j]) continue;
+        const T colsum = y[j] * z * cs[j];
+        if (!positive_finite(colsum)) return false;
+        S[j] = std::min(b[j] / colsum, T(1));
+        y[j] *= S[j];
+        tot += double(colsum) * double(S[j]);
+      }
+      // total mass: undo the previous correction, project onto {sum P = m}
+      const T total = T(tot) / Tm;
+      z /= Tm;
+      Tm = mass / total;
+      z *= Tm;
+      if (!positive_finite(z) || !positive_finite(Tm)) return false;
+      if (!in_range(y, mb) || !(z < kBig && z > T(1) / kBig)) {
+        fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); absorbed = true;
+      }
+      if (check) {
+        T err;
+        if (!absorbed) {
+          err = scaled_change(K, px, py, pz, x, y, z);
+        } else {
+          for (int64_t i = 0; i < n; ++i) if (ma[i]) plu[i] += std::log(px[i]);
+          for (int64_t j = 0; j < m; ++j) if (mb[j]) plv[j] += std::log(py[j]);
+          std::vector<T> cu(lu, lu + n), cv(lv, lv + m);
+          for (int64_t i = 0; i < n; ++i) if (ma[i]) cu[i] += std::log(x[i]);
+          for (int64_t j = 0; j < m; ++j) if (mb[j]) cv[j] += std::log(y[j]);
+          err = plan_change(plu.data(), plv.data(), pw + std::log(pz), cu.data(), cv.data(), w + std::log(z));
+        }
+        record(hist, k, err);
+        if (!(err > o.tol)) { status = 0; ++it; break; }
+      }
+    }
+    fold(lu, lv, w, x, y, z);
+    it_out = it;
+    return true;
+  }
+
+  // ||diag(x0) K diag(y0) z0 - diag(x1) K diag(y1) z1||_F
+  T scaled_change(const T* K, const std::vector<T>& x0, const std::vector<T>& y0, T z0,
+                  const std::vector<T>& x1, const std::vector<T>& y1, T z1) {
+    std::vector<double> acc(n, 0.0);
+    for_rows([&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        if (!ma[i]) continue;
+        const T* k = K + i * m;
+        const T s0 = x0[i] * z0, s1 = x1[i] * z1;
+        T s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < m; ++j) {
+          const T d = k[j] * (s0 * y0[j] - s1 * y1[j]);
+          s += d * d;
+        }
+        acc[i] = s;
+      }
+    }, par_fma());
+    double tot = 0;
+    for (double v : acc) tot += v;
+    return T(std::sqrt(tot));
   }
 
   // ||P(lu0, lv0, w0) - P(lu1, lv1, w1)||_F in one fused pass.
@@ -407,9 +639,25 @@ void solve_one(const T* C, int64_t n, int64_t m, const T* a, const T* b, T mass,
     *lw = 0; *value = 0; *value_linear = 0; *n_iter = 0; *status = 0;
     return;
   }
-  if (o.problem == kBalanced) s.balanced(lu, lv, *n_iter, *status, hist);
-  else if (o.problem == kUnbalanced) s.unbalanced(lu, lv, *n_iter, *status, hist);
-  else s.partial(mass, lu, lv, w, *n_iter, *status, hist);
+  // Stabilised scaling domain first (K materialised in the plan buffer); the log domain when asked
+  // or when the scaling iteration hits an underflowed row / column (restart from the start).
+  bool done = false;
+  if (o.domain == kAuto && o.problem != kUnbalanced) {
+    std::vector<T> lu_init(lu, lu + n), lv_init(lv, lv + m);
+    done = o.problem == kBalanced ? s.balanced_scaled(lu, lv, plan, *n_iter, *status, hist)
+                                  : s.partial_scaled(mass, lu, lv, w, plan, *n_iter, *status, hist);
+    if (!done) {
+      std::copy(lu_init.begin(), lu_init.end(), lu);
+      std::copy(lv_init.begin(), lv_init.end(), lv);
+      for (int64_t k = 0; k < o.hist_len; ++k) hist[k] = T(-1);
+      w = 0;
+    }
+  }
+  if (!done) {
+    if (o.problem == kBalanced) s.balanced(lu, lv, *n_iter, *status, hist);
+    else if (o.problem == kUnbalanced) s.unbalanced(lu, lv, *n_iter, *status, hist);
+    else s.partial(mass, lu, lv, w, *n_iter, *status, hist);
+  }
 
   std::vector<T> r, c;
   const T lin = s.write_plan(lu, lv, w, plan, r, c);

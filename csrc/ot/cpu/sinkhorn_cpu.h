@@ -5,6 +5,9 @@
 namespace gf {
 
 enum Problem : int64_t { kBalanced = 0, kUnbalanced = 1, kPartial = 2 };
+// kAuto: stabilised scaling-domain iterations (matrix-vector products on an absorbed kernel) with
+// a restart in the log domain if they underflow; kLog: log-sum-exp passes only.
+enum Domain : int64_t { kAuto = 0, kLog = 1 };
 
 struct SolveOptions {
   int64_t problem = kBalanced;
@@ -16,6 +19,7 @@ struct SolveOptions {
   double tol = 1e-9;            // stop threshold (compared as POT does for each problem)
   int64_t check_every = 10;     // 0: never test, run exactly max_iter iterations
   int64_t hist_len = 0;         // length of the per-problem error history buffer
+  int64_t domain = kAuto;       // Domain (unbalanced always runs in the log domain)
 };
 
 // C (B,n,m) row-major; a (B,n); b (B,m); mass (B) for kPartial (else may be null).

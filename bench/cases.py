@@ -1,0 +1,130 @@
+"""Problem data and solver callables shared by the CPU benchmark suite (test_ot_cpu.py) and the
+memory probe (memprobe.py). Every function here is deterministic (fixed seeds).
+
+Cases (see bench/README section in results/cpu.md):
+  1  partial OT, GroundedBERT shape: B=64 problems of 64 tokens x 197 patches, cosine cost of
+     random normal d=384 features, reg=0.05, transported mass 0.5.
+  2  partial OT, one 512 x 512 problem, squared-Euclidean cost of random 2-d points (max 1).
+  3  balanced OT, the case-1 costs (B=64 of 64 x 197), reg=0.05.
+  4  balanced OT, one 2048 x 2048 problem, squared-Euclidean cost of random 2-d points (max 1).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import grounded_fast as gf
+from grounded_fast.ops import BALANCED, PARTIAL, entropic_ot
+
+REG = 0.05
+MASS = 0.5
+
+
+@dataclass
+class Problem:
+    """A batch of problems in float32 / float64 torch and float64 numpy."""
+
+    C32: torch.Tensor
+    a32: torch.Tensor
+    b32: torch.Tensor
+    C64: torch.Tensor
+    a64: torch.Tensor
+    b64: torch.Tensor
+    Cn: np.ndarray   # (B, n, m) float64
+    an: np.ndarray   # (B, n)
+    bn: np.ndarray   # (B, m)
+
+    @property
+    def shape(self):
+        return tuple(self.C32.shape)
+
+    @property
+    def entries(self) -> int:
+        B, n, m = self.shape
+        return B * n * m
+
+
+def _problem(C32: torch.Tensor) -> Problem:
+    """Uniform weights; float64 copies are made from the float32 cost, so every solver (ours in
+    float32 or float64, POT in float64) solves the same problem up to float32 rounding."""
+    C32 = C32.contiguous()
+    B, n, m = C32.shape
+    a32 = torch.full((B, n), 1.0 / n)
+    b32 = torch.full((B, m), 1.0 / m)
+    C64, a64, b64 = C32.double(), a32.double(), b32.double()
+    return Problem(C32, a32, b32, C64, a64, b64, C64.numpy().copy(), a64.numpy().copy(), b64.numpy().copy())
+
+
+def grounded_bert(B: int = 64, n: int = 64, m: int = 197, d: int = 384, seed: int = 0) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, n, d, generator=g)
+    y = torch.randn(B, m, d, generator=g)
+    return _problem(gf.ot.cost_matrix(x, y, "cosine"))
+
+
+def points2d(n: int, seed: int) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    y = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    C = gf.ot.cost_matrix(x, y, "sqeuclidean")
+    C = C / C.max()
+    return _problem(C.float()[None])
+
+
+# ------------------------------------------------------------------------------ our solvers
+def ours_partial(p: Problem, dtype: torch.dtype, iters: int, mass: float = MASS, reg: float = REG,
+                 sl: slice = slice(None)):
+    C, a, b = (p.C32, p.a32, p.b32) if dtype == torch.float32 else (p.C64, p.a64, p.b64)
+    C, a, b = C[sl], a[sl], b[sl]
+    mt = torch.full((C.shape[0],), mass, dtype=dtype)
+    return entropic_ot(C, a, b, reg=reg, problem=PARTIAL, mass=mt, max_iter=iters, check_every=0, warn=False)
+
+
+def ours_balanced(p: Problem, dtype: torch.dtype, iters: int, reg: float = REG, shift: float = 0.0):
+    C, a, b = (p.C32, p.a32, p.b32) if dtype == torch.float32 else (p.C64, p.a64, p.b64)
+    if shift:
+        C = C + shift
+    return entropic_ot(C, a, b, reg=reg, problem=BALANCED, max_iter=iters, check_every=0, warn=False)
+
+
+def reference_partial(p: Problem, idx, mass: float = MASS, reg: float = REG, backend: str = "cpu"):
+    """float64, run to convergence (tol 1e-14 on POT's ||P_k - P_{k-1}||_F, checked every 10)."""
+    C, a, b = p.C64[idx], p.a64[idx], p.b64[idx]
+    mt = torch.full((C.shape[0],), mass, dtype=torch.float64)
+    return entropic_ot(C, a, b, reg=reg, problem=PARTIAL, mass=mt, max_iter=200_000, tol=1e-14,
+                       check_every=10, warn=False, backend=backend)
+
+
+# ------------------------------------------------------------------------------ POT solvers
+def pot_partial_loop(p: Problem, idx, iters: int, mass: float = MASS, reg: float = REG):
+    """POT's entropic partial OT (numpy float64) looped over problems ``idx``. stopThr=-1 so that
+    exactly ``iters`` iterations run (POT stops when its error is <= stopThr, and on these
+    problems its error reaches exactly 0.0 after ~10 iterations)."""
+    import ot
+    return [ot.partial.entropic_partial_wasserstein(p.an[i], p.bn[i], p.Cn[i], reg, m=mass, numItermax=iters,
+                                                    stopThr=-1.0) for i in idx]
+
+
+def pot_sinkhorn_log_loop(p: Problem, idx, iters: int, reg: float = REG):
+    import ot
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "did not converge": expected with stopThr=0
+        return [ot.bregman.sinkhorn_log(p.an[i], p.bn[i], p.Cn[i], reg, numItermax=iters, stopThr=0)
+                for i in idx]
+
+
+def pot_solve_batch(p: Problem, iters: int, reg: float = REG):
+    import ot
+    return ot.batch.solve_batch(p.Cn, reg, p.an, p.bn, max_iter=iters, tol=0, method="log_sinkhorn")
+
+
+def pot_sinkhorn(p: Problem, iters: int, reg: float = REG, shift: float = 0.0):
+    """POT's exp-domain Sinkhorn-Knopp (numpy float64) on the single problem of ``p``."""
+    import ot
+    M = p.Cn[0] + shift if shift else p.Cn[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ot.sinkhorn(p.an[0], p.bn[0], M, reg, numItermax=iters, stopThr=0)
