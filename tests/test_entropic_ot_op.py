@@ -150,3 +150,20 @@ def test_reference_direct_call_matches_op_contract():
     out = entropic_ot_reference(C, a, b, torch.zeros(2, dtype=C.dtype), torch.zeros_like(a), torch.zeros_like(b),
                                 BALANCED, 0.1, math.inf, math.inf, True, 100, 1e-9, 10)
     assert len(out) == 9 and out[0].shape == (2, 6, 7)
+
+
+@pytest.mark.parametrize("problem", [BALANCED, PARTIAL])
+@pytest.mark.parametrize("reg,offset", [(1.0, 0), (0.05, 0), (0.01, 0), (1e-3, 0), (0.01, 10.0)])
+def test_scaling_domain_matches_log_domain(problem, reg, offset):
+    """The stabilised scaling iteration computes the log-domain iterates: with absorptions at small
+    reg, and through its log-domain restart when exp(-C/reg) underflows entirely (offset costs)."""
+    C, a, b = make_problem(3, 30, 47, seed=5, scale=1.0)
+    C = C + offset  # a constant shift leaves both plans unchanged but underflows exp(-C/reg)
+    kw = dict(reg=reg, problem=problem, max_iter=400, tol=1e-12, warn=False)
+    if problem == PARTIAL:
+        kw["mass"] = torch.full((3,), 0.7, dtype=C.dtype)
+    s_auto = entropic_ot(C, a, b, domain="auto", **kw)
+    s_log = entropic_ot(C, a, b, domain="log", **kw)
+    assert torch.equal(s_auto.n_iter, s_log.n_iter)
+    assert_close(s_auto.plan, s_log.plan, rtol=1e-7, atol=1e-14, name="plan")
+    assert_close(s_auto.value, s_log.value, rtol=1e-9, atol=1e-12, name="value")

@@ -169,28 +169,36 @@ struct Solver {
     for_rows([&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         T* p = plan + i * m;
-        const T* ci = C + i * m;
         if (!ma[i]) { std::fill(p, p + m, T(0)); continue; }
-        const T base = lu[i] + w;
-        T rs = 0, lin = 0;
-#pragma omp simd reduction(+ : rs, lin)
-        for (int64_t j = 0; j < m; ++j) {
-          const T x = mb[j] ? exp_or_zero(base + lv[j] - ci[j] * inv_eps) : T(0);
-          p[j] = x;
-          rs += x;
-          lin += x * ci[j];
-        }
-        r[i] = rs;
+        T lin;
+        r[i] = plan_row(C + i * m, lv, lu[i] + w, m, inv_eps, p, lin);
         lin_rows[i] = lin;
       }
     });
     for (int64_t i = 0; i < n; ++i) {
-      const T* p = plan + i * m;
-      for (int64_t j = 0; j < m; ++j) c[j] += p[j];
+      const T* __restrict p = plan + i * m;
+      T* __restrict cc = c.data();
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) cc[j] += p[j];
     }
     double lin = 0;
     for (double x : lin_rows) lin += x;
     return T(lin);
+  }
+
+  // p_j = exp(base + lv_j - c_j/eps) (masked columns have lv = kNeg -> 0); returns sum_j p_j.
+  static T plan_row(const T* __restrict c, const T* __restrict lv, T base, int64_t m, T inv_eps,
+                    T* __restrict p, T& lin_out) {
+    T rs = 0, lin = 0;
+#pragma omp simd reduction(+ : rs, lin)
+    for (int64_t j = 0; j < m; ++j) {
+      const T x = exp_or_zero(base + lv[j] - c[j] * inv_eps);
+      p[j] = x;
+      rs += x;
+      lin += x * c[j];
+    }
+    lin_out = lin;
+    return rs;
   }
 
   // ---------------------------------------------------------------- balanced
@@ -383,7 +391,7 @@ struct Solver {
         if (!ma[i]) { std::fill(k, k + m, T(0)); continue; }
         const T base = lu[i] + w;
 #pragma omp simd
-        for (int64_t j = 0; j < m; ++j) k[j] = mb[j] ? exp_or_zero(base + lv[j] - ci[j] * inv_eps) : T(0);
+        for (int64_t j = 0; j < m; ++j) k[j] = exp_or_zero(base + lv[j] - ci[j] * inv_eps);  // lv = kNeg: 0
       }
     });
   }
@@ -588,24 +596,26 @@ struct Solver {
   T plan_change(const T* lu0, const T* lv0, T w0, const T* lu1, const T* lv1, T w1) {
     std::vector<double> acc(n, 0.0);
     for_rows([&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        if (!ma[i]) continue;
-        const T* ci = C + i * m;
-        const T b0 = lu0[i] + w0, b1 = lu1[i] + w1;
-        T s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < m; ++j) {
-          const T cj = ci[j] * inv_eps;
-          const T d = exp_or_zero(b0 + lv0[j] - cj) - exp_or_zero(b1 + lv1[j] - cj);
-          s += d * d;
-        }
-        acc[i] = s;
-      }
+      for (int64_t i = i0; i < i1; ++i)
+        if (ma[i]) acc[i] = change_row(C + i * m, lv0, lv1, lu0[i] + w0, lu1[i] + w1, m, inv_eps);
     });
     double tot = 0;
     for (double x : acc) tot += x;
     return T(std::sqrt(tot));
   }
+
+  static T change_row(const T* __restrict c, const T* __restrict lv0, const T* __restrict lv1, T b0, T b1,
+                      int64_t m, T inv_eps) {
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < m; ++j) {
+      const T cj = c[j] * inv_eps;
+      const T d = exp_or_zero(b0 + lv0[j] - cj) - exp_or_zero(b1 + lv1[j] - cj);
+      s += d * d;
+    }
+    return s;
+  }
+
 };
 
 template <typename T>
