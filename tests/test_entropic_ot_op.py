@@ -152,7 +152,7 @@ def test_reference_direct_call_matches_op_contract():
     assert len(out) == 9 and out[0].shape == (2, 6, 7)
 
 
-@pytest.mark.parametrize("problem", [BALANCED, PARTIAL])
+@pytest.mark.parametrize("problem", KINDS)
 @pytest.mark.parametrize("reg,offset", [(1.0, 0), (0.05, 0), (0.01, 0), (1e-3, 0), (0.01, 10.0)])
 def test_scaling_domain_matches_log_domain(problem, reg, offset):
     """The stabilised scaling iteration computes the log-domain iterates: with absorptions at small
@@ -162,6 +162,7 @@ def test_scaling_domain_matches_log_domain(problem, reg, offset):
     kw = dict(reg=reg, problem=problem, max_iter=400, tol=1e-12, warn=False)
     if problem == PARTIAL:
         kw["mass"] = torch.full((3,), 0.7, dtype=C.dtype)
+    kw.update(KW[problem])
     s_auto = entropic_ot(C, a, b, domain="auto", **kw)
     s_log = entropic_ot(C, a, b, domain="log", **kw)
     assert torch.equal(s_auto.n_iter, s_log.n_iter)

@@ -569,6 +569,70 @@ struct Solver {
     return true;
   }
 
+  // Unbalanced in the scaling domain. With K absorbed from (lu, lv), the log update
+  //   LU_i = (1 - fa) s_a_i + fa (log a_i - LSE_j(LV_j - C_ij/eps)),  LSE = log (K y)_i - lu_i
+  // becomes x_i = g_i (a_i / (K y)_i)^fa with g_i = exp((1 - fa)(s_a_i - lu_i)) fixed between
+  // absorptions; POT's u_i = exp(LU_i - s_a_i) = x_i h_i with h_i = exp(lu_i - s_a_i).
+  bool unbalanced_scaled(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
+    const T fa = T(o.fi_a), fb = T(o.fi_b);
+    std::vector<T> sa(n, T(0)), sb(m, T(0));
+    if (o.kl_ref) { sa = la; sb = lb; }
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] += sa[i];
+    for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] += sb[j];
+    std::vector<T> x(n), y(m), rs(n), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m);
+    for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
+    for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
+    T w = 0, z = 1;
+    auto refresh = [&]() {
+      absorb(lu, lv, w, K);
+      for (int64_t i = 0; i < n; ++i)
+        if (ma[i]) { ga[i] = std::exp((T(1) - fa) * (sa[i] - lu[i])); ha[i] = std::exp(lu[i] - sa[i]); }
+      for (int64_t j = 0; j < m; ++j)
+        if (mb[j]) { gb[j] = std::exp((T(1) - fb) * (sb[j] - lv[j])); hb[j] = std::exp(lv[j] - sb[j]); }
+    };
+    auto rel = [](const std::vector<T>& s, const std::vector<T>& h, const std::vector<T>& prev,
+                  const std::vector<char>& msk) {
+      double dmax = 0, xmax = 0, pmax = 0;
+      for (size_t i = 0; i < s.size(); ++i) {
+        if (!msk[i]) continue;
+        const double u = double(s[i]) * double(h[i]);
+        dmax = std::max(dmax, std::abs(u - double(prev[i])));
+        xmax = std::max(xmax, std::abs(u));
+        pmax = std::max(pmax, std::abs(double(prev[i])));
+      }
+      return dmax / std::max({xmax, pmax, 1.0});
+    };
+    refresh();
+    int64_t k = 0, it = 0;
+    status = 1;
+    for (it = 0; it < o.max_iter; ++it) {
+      for (int64_t i = 0; i < n; ++i) pu[i] = x[i] * ha[i];
+      for (int64_t j = 0; j < m; ++j) pv[j] = y[j] * hb[j];
+      k_row_dot(K, y.data(), rs.data());
+      for (int64_t i = 0; i < n; ++i) {
+        if (!ma[i]) continue;
+        if (!positive_finite(rs[i])) return false;
+        x[i] = ga[i] * (fa == T(1) ? a[i] / rs[i] : std::pow(a[i] / rs[i], fa));
+      }
+      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); refresh(); }
+      k_col_axpy(K, x.data(), cs.data());
+      for (int64_t j = 0; j < m; ++j) {
+        if (!mb[j]) continue;
+        if (!positive_finite(cs[j])) return false;
+        y[j] = gb[j] * (fb == T(1) ? b[j] / cs[j] : std::pow(b[j] / cs[j], fb));
+      }
+      if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); refresh(); }
+      if (o.check_every > 0 && it % o.check_every == 0) {
+        const T err = T(0.5 * (rel(x, ha, pu, ma) + rel(y, hb, pv, mb)));
+        record(hist, k, err);
+        if (err < o.tol) { status = 0; ++it; break; }
+      }
+    }
+    fold(lu, lv, w, x, y, z);
+    it_out = it;
+    return true;
+  }
+
   // ||diag(x0) K diag(y0) z0 - diag(x1) K diag(y1) z1||_F
   T scaled_change(const T* K, const std::vector<T>& x0, const std::vector<T>& y0, T z0,
                   const std::vector<T>& x1, const std::vector<T>& y1, T z1) {
@@ -652,10 +716,11 @@ void solve_one(const T* C, int64_t n, int64_t m, const T* a, const T* b, T mass,
   // Stabilised scaling domain first (K materialised in the plan buffer); the log domain when asked
   // or when the scaling iteration hits an underflowed row / column (restart from the start).
   bool done = false;
-  if (o.domain == kAuto && o.problem != kUnbalanced) {
+  if (o.domain == kAuto) {
     std::vector<T> lu_init(lu, lu + n), lv_init(lv, lv + m);
-    done = o.problem == kBalanced ? s.balanced_scaled(lu, lv, plan, *n_iter, *status, hist)
-                                  : s.partial_scaled(mass, lu, lv, w, plan, *n_iter, *status, hist);
+    if (o.problem == kBalanced) done = s.balanced_scaled(lu, lv, plan, *n_iter, *status, hist);
+    else if (o.problem == kUnbalanced) done = s.unbalanced_scaled(lu, lv, plan, *n_iter, *status, hist);
+    else done = s.partial_scaled(mass, lu, lv, w, plan, *n_iter, *status, hist);
     if (!done) {
       std::copy(lu_init.begin(), lu_init.end(), lu);
       std::copy(lv_init.begin(), lv_init.end(), lv);

@@ -19,7 +19,7 @@ struct SolveOptions {
   double tol = 1e-9;            // stop threshold (compared as POT does for each problem)
   int64_t check_every = 10;     // 0: never test, run exactly max_iter iterations
   int64_t hist_len = 0;         // length of the per-problem error history buffer
-  int64_t domain = kAuto;       // Domain (unbalanced always runs in the log domain)
+  int64_t domain = kAuto;       // Domain
 };
 
 // C (B,n,m) row-major; a (B,n); b (B,m); mass (B) for kPartial (else may be null).
