@@ -383,46 +383,57 @@ struct Solver {
   // problem in the log domain, which never fails.
   static constexpr T kBig = sizeof(T) == 4 ? T(1e13) : T(1e40);
 
+  // k_j = exp(base + lv_j - c_j/eps); masked columns (lv = kNeg) give exactly 0.
+  static void kernel_row(const T* __restrict c, const T* __restrict lv, T base, int64_t m, T inv_eps,
+                         T* __restrict k) {
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) k[j] = exp_or_zero(base + lv[j] - c[j] * inv_eps);
+  }
+
   void absorb(const T* lu, const T* lv, T w, T* K) {
     for_rows([&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         T* k = K + i * m;
-        const T* ci = C + i * m;
         if (!ma[i]) { std::fill(k, k + m, T(0)); continue; }
-        const T base = lu[i] + w;
-#pragma omp simd
-        for (int64_t j = 0; j < m; ++j) k[j] = exp_or_zero(base + lv[j] - ci[j] * inv_eps);  // lv = kNeg: 0
+        kernel_row(C + i * m, lv, lu[i] + w, m, inv_eps, k);
       }
     });
   }
 
+  // Inner loops live in free functions with restrict-qualified arguments: inside the lambdas
+  // handed to parallel_for the compiler loses the no-alias facts and (for double) stops vectorising.
+  static T dot(const T* __restrict k, const T* __restrict y, int64_t m) {
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < m; ++j) acc += k[j] * y[j];
+    return acc;
+  }
+  static void axpy(T* __restrict out, T xi, const T* __restrict k, int64_t w) {
+#pragma omp simd
+    for (int64_t j = 0; j < w; ++j) out[j] += xi * k[j];
+  }
+
   // rs_i = sum_j K_ij y_j
-  __attribute__((noinline)) void k_row_dot(const T* __restrict K, const T* __restrict y, T* __restrict rs) {
+  void k_row_dot(const T* K, const T* y, T* rs) {
     for_rows([&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const T* k = K + i * m;
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < m; ++j) acc += k[j] * y[j];
-        rs[i] = acc;
+        rs[i] = dot(K + i * m, y, m);
       }
     }, par_fma());
   }
 
   // cs_j = sum_i x_i K_ij, streaming rows, vectorised along j (column blocks across threads).
-  __attribute__((noinline)) void k_col_axpy(const T* __restrict K, const T* __restrict x, T* __restrict cs) {
+  void k_col_axpy(const T* K, const T* x, T* cs) {
     const int64_t nblk = (m + kColBlock - 1) / kColBlock;
     auto body = [&](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t j0 = blk * kColBlock, j1 = std::min(m, j0 + kColBlock), w = j1 - j0;
-        T* __restrict out = cs + j0;
+        T* out = cs + j0;
         for (int64_t j = 0; j < w; ++j) out[j] = 0;
         for (int64_t i = 0; i < n; ++i) {
           const T xi = x[i];
           if (xi == T(0)) continue;
-          const T* __restrict k = K + i * m + j0;
-#pragma omp simd
-          for (int64_t j = 0; j < w; ++j) out[j] += xi * k[j];
+          axpy(out, xi, K + i * m + j0, w);
         }
       }
     };
@@ -633,6 +644,17 @@ struct Solver {
     return true;
   }
 
+  static T scaled_change_row(const T* __restrict k, const T* __restrict y0, const T* __restrict y1, T s0, T s1,
+                             int64_t m) {
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < m; ++j) {
+      const T d = k[j] * (s0 * y0[j] - s1 * y1[j]);
+      s += d * d;
+    }
+    return s;
+  }
+
   // ||diag(x0) K diag(y0) z0 - diag(x1) K diag(y1) z1||_F
   T scaled_change(const T* K, const std::vector<T>& x0, const std::vector<T>& y0, T z0,
                   const std::vector<T>& x1, const std::vector<T>& y1, T z1) {
@@ -640,15 +662,7 @@ struct Solver {
     for_rows([&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         if (!ma[i]) continue;
-        const T* k = K + i * m;
-        const T s0 = x0[i] * z0, s1 = x1[i] * z1;
-        T s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < m; ++j) {
-          const T d = k[j] * (s0 * y0[j] - s1 * y1[j]);
-          s += d * d;
-        }
-        acc[i] = s;
+        acc[i] = scaled_change_row(K + i * m, y0.data(), y1.data(), x0[i] * z0, x1[i] * z1, m);
       }
     }, par_fma());
     double tot = 0;
