@@ -414,11 +414,32 @@ struct Solver {
   }
 
   // rs_i = sum_j K_ij y_j
+  // Four rows at a time: each load of y (resp. of the output block) serves four FMAs.
+  static void dot4(const T* __restrict k0, const T* __restrict k1, const T* __restrict k2,
+                   const T* __restrict k3, const T* __restrict y, int64_t m, T* out) {
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t j = 0; j < m; ++j) {
+      const T yj = y[j];
+      s0 += k0[j] * yj;
+      s1 += k1[j] * yj;
+      s2 += k2[j] * yj;
+      s3 += k3[j] * yj;
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+  }
+  static void axpy4(T* __restrict out, T x0, T x1, T x2, T x3, const T* __restrict k0, const T* __restrict k1,
+                    const T* __restrict k2, const T* __restrict k3, int64_t w) {
+#pragma omp simd
+    for (int64_t j = 0; j < w; ++j) out[j] += x0 * k0[j] + x1 * k1[j] + x2 * k2[j] + x3 * k3[j];
+  }
+
+  // rs_i = sum_j K_ij y_j
   void k_row_dot(const T* K, const T* y, T* rs) {
     for_rows([&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        rs[i] = dot(K + i * m, y, m);
-      }
+      int64_t i = i0;
+      for (; i + 4 <= i1; i += 4) dot4(K + i * m, K + (i + 1) * m, K + (i + 2) * m, K + (i + 3) * m, y, m, rs + i);
+      for (; i < i1; ++i) rs[i] = dot(K + i * m, y, m);
     }, par_fma());
   }
 
@@ -430,11 +451,12 @@ struct Solver {
         const int64_t j0 = blk * kColBlock, j1 = std::min(m, j0 + kColBlock), w = j1 - j0;
         T* out = cs + j0;
         for (int64_t j = 0; j < w; ++j) out[j] = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          const T xi = x[i];
-          if (xi == T(0)) continue;
-          axpy(out, xi, K + i * m + j0, w);
-        }
+        const T* Kb = K + j0;
+        int64_t i = 0;
+        for (; i + 4 <= n; i += 4)
+          axpy4(out, x[i], x[i + 1], x[i + 2], x[i + 3], Kb + i * m, Kb + (i + 1) * m, Kb + (i + 2) * m,
+                Kb + (i + 3) * m, w);
+        for (; i < n; ++i) axpy(out, x[i], Kb + i * m, w);
       }
     };
     if (par_fma() && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
