@@ -1,7 +1,7 @@
 """Problem data and solver callables shared by the CPU benchmark suite (test_ot_cpu.py) and the
 memory probe (memprobe.py). Every function here is deterministic (fixed seeds).
 
-Cases (see bench/README section in results/cpu.md):
+Cases (results: bench/results/cpu.md, produced by bench/run_cpu.sh):
   1  partial OT, GroundedBERT shape: B=64 problems of 64 tokens x 197 patches, cosine cost of
      random normal d=384 features, reg=0.05, transported mass 0.5.
   2  partial OT, one 512 x 512 problem, squared-Euclidean cost of random 2-d points (max 1).
@@ -10,6 +10,7 @@ Cases (see bench/README section in results/cpu.md):
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +22,17 @@ from grounded_fast.ops import BALANCED, PARTIAL, entropic_ot
 
 REG = 0.05
 MASS = 0.5
+# entropic_ot(domain='auto'|'log'): 'auto' = stabilised scaling-domain iterations (matrix-vector
+# passes on an absorbed kernel) with log-domain restart; 'log' = log-sum-exp passes only.
+HAS_DOMAIN = "domain" in inspect.signature(entropic_ot).parameters
+
+
+def _domain_kw(domain: str) -> dict:
+    if domain == "auto":
+        return {}
+    if not HAS_DOMAIN:
+        raise NotImplementedError("this grounded_fast has no domain= argument")
+    return {"domain": domain}
 
 
 @dataclass
@@ -76,18 +88,21 @@ def points2d(n: int, seed: int) -> Problem:
 
 # ------------------------------------------------------------------------------ our solvers
 def ours_partial(p: Problem, dtype: torch.dtype, iters: int, mass: float = MASS, reg: float = REG,
-                 sl: slice = slice(None)):
+                 sl: slice = slice(None), domain: str = "auto"):
     C, a, b = (p.C32, p.a32, p.b32) if dtype == torch.float32 else (p.C64, p.a64, p.b64)
     C, a, b = C[sl], a[sl], b[sl]
     mt = torch.full((C.shape[0],), mass, dtype=dtype)
-    return entropic_ot(C, a, b, reg=reg, problem=PARTIAL, mass=mt, max_iter=iters, check_every=0, warn=False)
+    return entropic_ot(C, a, b, reg=reg, problem=PARTIAL, mass=mt, max_iter=iters, check_every=0, warn=False,
+                       **_domain_kw(domain))
 
 
-def ours_balanced(p: Problem, dtype: torch.dtype, iters: int, reg: float = REG, shift: float = 0.0):
+def ours_balanced(p: Problem, dtype: torch.dtype, iters: int, reg: float = REG, shift: float = 0.0,
+                  domain: str = "auto"):
     C, a, b = (p.C32, p.a32, p.b32) if dtype == torch.float32 else (p.C64, p.a64, p.b64)
     if shift:
         C = C + shift
-    return entropic_ot(C, a, b, reg=reg, problem=BALANCED, max_iter=iters, check_every=0, warn=False)
+    return entropic_ot(C, a, b, reg=reg, problem=BALANCED, max_iter=iters, check_every=0, warn=False,
+                       **_domain_kw(domain))
 
 
 def reference_partial(p: Problem, idx, mass: float = MASS, reg: float = REG, backend: str = "cpu"):

@@ -38,7 +38,7 @@ _SESSION: dict = {"memory": {}, "notes": []}
 # ------------------------------------------------------------------------------ environment
 def _run(cmd: list[str]) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=30).stdout.strip()
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=30).stdout.rstrip()
     except Exception as exc:  # pragma: no cover
         return f"<{type(exc).__name__}>"
 
@@ -73,6 +73,7 @@ def _environment() -> dict:
         "pot": ot.__version__,
         "grounded_fast": getattr(grounded_fast, "__version__", "?"),
         "git_commit": _run(["git", "rev-parse", "HEAD"]),
+        "git_last_csrc_commit": _run(["git", "log", "-1", "--format=%h %ci", "--", "csrc", "setup.py"]),
         "git_dirty_package_files": [ln[3:] for ln in dirty.splitlines()],
         "extension_mtime": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(so_path)))
         if so_path else None,
@@ -169,29 +170,25 @@ def session_info():
 
 
 # ------------------------------------------------------------------------------ helpers
-def _cpu_ticks():
-    """(all CPUs' busy ticks, all ticks, this process's user+system ticks incl. its threads)."""
-    with open("/proc/stat") as f:
-        v = [int(s) for s in f.readline().split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    with open("/proc/self/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    own = int(fields[11]) + int(fields[12])  # utime, stime
-    return sum(v) - idle, sum(v), own
+IDLE_WAIT_S = float(os.environ.get("BENCH_IDLE_WAIT", "30"))
 
 
 def run_bench(benchmark, fn, *, rounds: int, warmup_rounds: int = 1):
     """benchmark.pedantic(fn, rounds, iterations=1, warmup_rounds); returns (fn's last output,
-    median seconds). Also records in extra_info ``foreign_cpu_fraction``: the share of the machine's
-    CPU time used by *other* processes while this benchmark ran (contamination indicator)."""
+    median seconds). Before timing, waits up to BENCH_IDLE_WAIT seconds (default 30) for other
+    processes to leave the CPUs (< 10% busy over 1 s). Records in extra_info
+    ``foreign_cpu_fraction``: the share of the machine's CPU time used by *other* processes while
+    this benchmark ran (contamination indicator), and the idle wait."""
     box = {}
 
     def call():
         box["out"] = fn()
 
-    b0, t0, o0 = _cpu_ticks()
+    if IDLE_WAIT_S > 0:
+        benchmark.extra_info["idle_wait"] = throughput.wait_idle(IDLE_WAIT_S, window=1.0)
+    b0, t0, o0 = throughput._ticks()
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
-    b1, t1, o1 = _cpu_ticks()
+    b1, t1, o1 = throughput._ticks()
     benchmark.extra_info["foreign_cpu_fraction"] = max(0.0, ((b1 - b0) - (o1 - o0)) / max(t1 - t0, 1))
     benchmark.extra_info["own_cpu_fraction"] = (o1 - o0) / max(t1 - t0, 1)
     benchmark.extra_info["min_s"] = benchmark.stats.stats.min
@@ -208,7 +205,7 @@ def record(benchmark, registry, key: str, median: float, result, *, case: str, s
     entries = B * shape[1] * shape[2]
     eff = median * scale
     info = benchmark.extra_info
-    info.update(case=case, side=side, impl=impl, dtype=dtype, shape=list(shape), iters=iters,
+    info.update(key=key, case=case, side=side, impl=impl, dtype=dtype, shape=list(shape), iters=iters,
                 entries=entries, entry_iters=entries * iters, timed_problems=timed, extrapolation_factor=scale,
                 median_s=median, effective_median_s=eff, throughput_entry_iters_per_s=entries * iters / eff)
     info.update(extra)

@@ -9,7 +9,6 @@ subset of a batch (it loops over problems), its time is scaled linearly to the w
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -20,6 +19,15 @@ import cases
 from conftest import _SESSION, max_abs, memprobe, record, run_bench
 
 DT = {"f32": torch.float32, "f64": torch.float64}
+# our variants: dtype, and domain 'auto' (default: stabilised scaling domain, log-domain restart)
+# or '_log' (domain='log': log-sum-exp passes only; skipped if this grounded_fast lacks domain=)
+VARIANTS = ["f32", "f64", "f32_log", "f64_log"]
+
+
+def _variant(v: str):
+    if v.endswith("_log") and not cases.HAS_DOMAIN:
+        pytest.skip("grounded_fast.ops.entropic_ot has no domain= argument")
+    return DT[v[:3]], v[:3], ("log" if v.endswith("_log") else "auto")
 ITERS_1 = 1000   # case 1 (partial, 64 x 64x197)
 ITERS_2 = 100    # case 2 (partial, 512 x 512): POT costs O(n^3) per iteration here
 ITERS_3 = 1000   # case 3 (balanced, 64 x 64x197)
@@ -51,21 +59,22 @@ def case1_ref(case1):
     return out
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f64"])
-def test_case1_partial_ours(benchmark, registry, case1, case1_ref, dtype):
-    dt = DT[dtype]
-    out, med = run_bench(benchmark, lambda: cases.ours_partial(case1, dt, ITERS_1), rounds=5 if dtype == "f32" else 3)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_case1_partial_ours(benchmark, registry, case1, case1_ref, variant):
+    dt, dtype, dom = _variant(variant)
+    out, med = run_bench(benchmark, lambda: cases.ours_partial(case1, dt, ITERS_1, domain=dom),
+                         rounds=5 if variant == "f32" else 3)
     ref = case1_ref[cases.MASS]
     hard = case1_ref[0.95]
-    o95 = cases.ours_partial(case1, dt, ITERS_1, mass=0.95, sl=ACC_PROBLEMS)
+    o95 = cases.ours_partial(case1, dt, ITERS_1, mass=0.95, sl=ACC_PROBLEMS, domain=dom)
     acc = {"max_abs_err_vs_ref": max_abs(out.plan[ACC_PROBLEMS], ref["plan"]),
            "ref_plan_max": ref["plan_max"], "ref_n_iter": ref["n_iter"],
            "ref_cpu_vs_torch_reference": ref["cpu_vs_torch_reference"],
            "m095_max_abs_err_vs_ref": max_abs(o95.plan, hard["plan"]), "m095_ref_n_iter": hard["n_iter"],
            "m095_ref_plan_max": hard["plan_max"]}
-    record(benchmark, registry, f"case1/ours_{dtype}", med, out, case="1", side="ours",
-           impl="grounded_fast.ops.entropic_ot(problem=PARTIAL, check_every=0)", dtype=dtype, shape=case1.shape,
-           iters=ITERS_1, accuracy=acc, statuses=sorted(set(out.status.tolist())))
+    record(benchmark, registry, f"case1/ours_{variant}", med, out, case="1", side="ours",
+           impl=f"grounded_fast.ops.entropic_ot(problem=PARTIAL, check_every=0, domain={dom!r})", dtype=dtype,
+           domain=dom, shape=case1.shape, iters=ITERS_1, accuracy=acc, statuses=sorted(set(out.status.tolist())))
 
 
 def test_case1_partial_pot(benchmark, registry, case1, case1_ref):
@@ -92,11 +101,13 @@ def case2_ref(case2):
     return {"plan": r.plan, "n_iter": r.n_iter.tolist(), "plan_max": float(r.plan.max())}
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f64"])
-def test_case2_partial512_ours(benchmark, registry, case2, case2_ref, dtype):
-    out, med = run_bench(benchmark, lambda: cases.ours_partial(case2, DT[dtype], ITERS_2), rounds=10)
-    record(benchmark, registry, f"case2/ours_{dtype}", med, out, case="2", side="ours",
-           impl="grounded_fast.ops.entropic_ot(problem=PARTIAL, check_every=0)", dtype=dtype, shape=case2.shape,
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_case2_partial512_ours(benchmark, registry, case2, case2_ref, variant):
+    dt, dtype, dom = _variant(variant)
+    out, med = run_bench(benchmark, lambda: cases.ours_partial(case2, dt, ITERS_2, domain=dom), rounds=10)
+    record(benchmark, registry, f"case2/ours_{variant}", med, out, case="2", side="ours",
+           impl=f"grounded_fast.ops.entropic_ot(problem=PARTIAL, check_every=0, domain={dom!r})", dtype=dtype,
+           domain=dom, shape=case2.shape,
            iters=ITERS_2, accuracy={"max_abs_err_vs_ref": max_abs(out.plan, case2_ref["plan"]),
                                     "ref_n_iter": case2_ref["n_iter"], "ref_plan_max": case2_ref["plan_max"]})
 
@@ -110,12 +121,14 @@ def test_case2_partial512_pot(benchmark, registry, case2, case2_ref):
 
 
 # ============================================================================ case 3: balanced, B=64
-@pytest.mark.parametrize("dtype", ["f32", "f64"])
-def test_case3_balanced_ours(benchmark, registry, case1, dtype):
-    out, med = run_bench(benchmark, lambda: cases.ours_balanced(case1, DT[dtype], ITERS_3),
-                         rounds=5 if dtype == "f32" else 3)
-    record(benchmark, registry, f"case3/ours_{dtype}", med, out, case="3", side="ours",
-           impl="grounded_fast.ops.entropic_ot(problem=BALANCED, check_every=0)", dtype=dtype, shape=case1.shape,
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_case3_balanced_ours(benchmark, registry, case1, variant):
+    dt, dtype, dom = _variant(variant)
+    out, med = run_bench(benchmark, lambda: cases.ours_balanced(case1, dt, ITERS_3, domain=dom),
+                         rounds=5 if variant == "f32" else 3)
+    record(benchmark, registry, f"case3/ours_{variant}", med, out, case="3", side="ours",
+           impl=f"grounded_fast.ops.entropic_ot(problem=BALANCED, check_every=0, domain={dom!r})", dtype=dtype,
+           domain=dom, shape=case1.shape,
            iters=ITERS_3, accuracy={"marginal_err_l1": _marginal_err(out.plan, case1.an, case1.bn)})
 
 
@@ -144,11 +157,13 @@ def test_case3_balanced_pot_sinkhorn_log(benchmark, registry, case1):
 
 
 # ============================================================================ case 4: balanced, 2048 x 2048
-@pytest.mark.parametrize("dtype", ["f32", "f64"])
-def test_case4_balanced2048_ours(benchmark, registry, case4, dtype):
-    out, med = run_bench(benchmark, lambda: cases.ours_balanced(case4, DT[dtype], ITERS_4), rounds=3)
-    record(benchmark, registry, f"case4/ours_{dtype}", med, out, case="4", side="ours",
-           impl="grounded_fast.ops.entropic_ot(problem=BALANCED, check_every=0)", dtype=dtype, shape=case4.shape,
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_case4_balanced2048_ours(benchmark, registry, case4, variant):
+    dt, dtype, dom = _variant(variant)
+    out, med = run_bench(benchmark, lambda: cases.ours_balanced(case4, dt, ITERS_4, domain=dom), rounds=3)
+    record(benchmark, registry, f"case4/ours_{variant}", med, out, case="4", side="ours",
+           impl=f"grounded_fast.ops.entropic_ot(problem=BALANCED, check_every=0, domain={dom!r})", dtype=dtype,
+           domain=dom, shape=case4.shape,
            iters=ITERS_4, accuracy={"marginal_err_l1": _marginal_err(out.plan, case4.an, case4.bn)})
 
 
@@ -198,7 +213,7 @@ def test_case4_small_reg(benchmark, registry, case4):
         res[f"pot_{tag}"] = _finite_summary(P, an, bn, w)
     record(benchmark, registry, "case4s/ours_f32", med, None, case="4s", side="ours",
            impl="grounded_fast.ops.entropic_ot(problem=BALANCED, check_every=0), reg=1e-3, cost+1",
-           dtype="f32", shape=case4.shape, iters=ITERS_4, small_reg=res, reg=SMALL_REG,
+           dtype="f32", domain="auto", shape=case4.shape, iters=ITERS_4, small_reg=res, reg=SMALL_REG,
            rounds_note="1 round, no warm-up")
 
 
