@@ -84,3 +84,20 @@ def test_env_backend(prob, monkeypatch):
     monkeypatch.setenv("GROUNDED_FAST_BACKEND", "cpu")
     s2 = entropic_ot(*prob, reg=0.1)
     assert torch.allclose(s1.plan, s2.plan, rtol=1e-10, atol=1e-14)
+
+
+def test_mass_as_number_and_ignored_for_balanced(prob):
+    C, a, b = prob
+    s1 = entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=0.5)
+    s2 = entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=torch.full((2,), 0.5, dtype=C.dtype))
+    assert torch.equal(s1.plan, s2.plan)
+    entropic_ot(C, a, b, reg=0.1, mass=5.0)  # balanced: mass is not used, so not checked
+    with pytest.raises(TypeError, match="mass must be"):
+        entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass="half")
+    with pytest.raises(ValueError, match="mass must be a scalar or have shape"):
+        entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=torch.ones(3, dtype=C.dtype))
+
+
+def test_fixed_iteration_mode_does_not_warn(prob, recwarn):
+    entropic_ot(*prob, reg=1e-3, max_iter=3, check_every=0)
+    assert not [w for w in recwarn if "did not converge" in str(w.message)]

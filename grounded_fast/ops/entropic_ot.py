@@ -177,7 +177,7 @@ def validate(C: Tensor, a: Tensor, b: Tensor, reg: float, mass=None) -> None:
 
 # --------------------------------------------------------------------------------- public
 def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = BALANCED,
-                mass: Optional[Tensor] = None, reg_m: tuple[float, float] = (math.inf, math.inf),
+                mass=None, reg_m: tuple[float, float] = (math.inf, math.inf),
                 kl_ref: bool = True, max_iter: int = 1000, tol: Optional[float] = None, check_every: int = 10,
                 log_u0: Optional[Tensor] = None, log_v0: Optional[Tensor] = None,
                 backend: Optional[str] = None, grad: str = "envelope", warn: bool = True,
@@ -186,7 +186,7 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
 
     C (B,n,m) cost; a (B,n), b (B,m) nonnegative weights (zeros = padding); reg > 0.
     problem: BALANCED, UNBALANCED (``reg_m`` = (rho_a, rho_b), ``kl_ref``: reference a b^T, else 1)
-    or PARTIAL (``mass`` (B,) transported mass, default min(|a|,|b|)).
+    or PARTIAL (``mass``: transported mass, a number or a (B,) tensor, default min(|a|,|b|)).
     ``check_every`` = 0 runs exactly ``max_iter`` iterations (benchmarks); otherwise the stop test
     (see csrc/ot/cpu/sinkhorn_cpu.cpp) runs every ``check_every`` iterations against ``tol``
     (default 1e-9 in float64, 1e-6 in lower precision, where 1e-9 is below rounding noise).
@@ -200,10 +200,19 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
         raise ValueError(f"domain must be 'auto' or 'log', got {domain!r}")
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
-    if validate_inputs:
-        validate(C, a, b, reg, mass)
     if problem not in (BALANCED, UNBALANCED, PARTIAL):
         raise ValueError(f"unknown problem kind {problem!r}")
+    if problem == PARTIAL and mass is not None:
+        if not isinstance(mass, Tensor):
+            if not isinstance(mass, (int, float)) or isinstance(mass, bool):
+                raise TypeError(f"mass must be a number or a (B,) tensor, got {type(mass).__name__}")
+            mass = torch.tensor(float(mass), dtype=C.dtype, device=C.device)
+        if mass.dim() == 0:
+            mass = mass.expand(C.shape[0])
+        if tuple(mass.shape) != (C.shape[0],):
+            raise ValueError(f"mass must be a scalar or have shape ({C.shape[0]},), got {tuple(mass.shape)}")
+    if validate_inputs:
+        validate(C, a, b, reg, mass if problem == PARTIAL else None)
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     B, n, m = C.shape
@@ -243,7 +252,7 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
         sol = sol._replace(plan=sol.plan.to(orig_dtype), value=sol.value.to(orig_dtype),
                            value_linear=sol.value_linear.to(orig_dtype))
     if not torch.compiler.is_compiling():
-        _report(sol, warn)
+        _report(sol, warn and check_every > 0)  # check_every=0 asks for exactly max_iter iterations
     return sol
 
 

@@ -434,15 +434,6 @@ struct Solver {
     for (int64_t j = 0; j < w; ++j) out[j] += x0 * k0[j] + x1 * k1[j] + x2 * k2[j] + x3 * k3[j];
   }
 
-  // rs_i = sum_j K_ij y_j
-  void k_row_dot(const T* K, const T* y, T* rs) {
-    for_rows([&](int64_t i0, int64_t i1) {
-      int64_t i = i0;
-      for (; i + 4 <= i1; i += 4) dot4(K + i * m, K + (i + 1) * m, K + (i + 2) * m, K + (i + 3) * m, y, m, rs + i);
-      for (; i < i1; ++i) rs[i] = dot(K + i * m, y, m);
-    }, par_fma());
-  }
-
   // cs_j = sum_i x_i K_ij, streaming rows, vectorised along j (column blocks across threads).
   void k_col_axpy(const T* K, const T* x, T* cs) {
     const int64_t nblk = (m + kColBlock - 1) / kColBlock;
@@ -462,6 +453,45 @@ struct Solver {
     if (par_fma() && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
   }
 
+  // One pass over K serving two half-iterations: rs_i = (K y)_i for each row, then the row's new
+  // scaling x_i = update(i, rs_i) while the row is still in cache, then cs = K^T x. Every scaling
+  // iteration needs K y followed by K^T x(K y), so it reads K once instead of twice (the
+  // bandwidth-bound regime of large problems). update returns false on a zero / non-finite sum.
+  // Large problems split rows across threads, each accumulating its own cs, summed at the end.
+  template <class U>
+  bool sweep(const T* K, const T* y, T* x, T* cs, U&& update) {
+    auto rows = [&](int64_t i0, int64_t i1, T* acc) -> bool {
+      std::fill(acc, acc + m, T(0));
+      int64_t i = i0;
+      T r[4];
+      for (; i + 4 <= i1; i += 4) {
+        const T* k = K + i * m;
+        dot4(k, k + m, k + 2 * m, k + 3 * m, y, m, r);
+        for (int q = 0; q < 4; ++q)
+          if (ma[i + q] && !update(i + q, r[q])) return false;
+        axpy4(acc, x[i], x[i + 1], x[i + 2], x[i + 3], k, k + m, k + 2 * m, k + 3 * m, m);
+      }
+      for (; i < i1; ++i) {
+        if (!ma[i]) continue;
+        if (!update(i, dot(K + i * m, y, m))) return false;
+        axpy(acc, x[i], K + i * m, m);
+      }
+      return true;
+    };
+    if (!par_fma()) return rows(0, n, cs);
+    const int64_t chunks = std::min<int64_t>(at::get_num_threads(), (n + 63) / 64);
+    std::vector<T> parts(chunks * m);
+    std::vector<char> ok(chunks, 1);
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c)
+        ok[c] = rows(n * c / chunks, n * (c + 1) / chunks, parts.data() + c * m);
+    });
+    for (int64_t c = 0; c < chunks; ++c) if (!ok[c]) return false;
+    std::copy(parts.begin(), parts.begin() + m, cs);
+    for (int64_t c = 1; c < chunks; ++c) axpy(cs, T(1), parts.data() + c * m, m);
+    return true;
+  }
+
   static bool in_range(const std::vector<T>& v, const std::vector<char>& msk) {
     for (size_t i = 0; i < v.size(); ++i)
       if (msk[i] && !(v[i] < kBig && v[i] > T(1) / kBig)) return false;
@@ -479,14 +509,15 @@ struct Solver {
   }
 
   bool balanced_scaled(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
-    std::vector<T> x(n), y(m), rs(n), cs(m);
+    std::vector<T> x(n), y(m), cs(m);
     for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
     for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
     T w = 0, z = 1;
     absorb(lu, lv, w, K);
+    k_col_axpy(K, x.data(), cs.data());
     int64_t k = 0, it = 0;
     bool pending = false, converged = false;
-    auto marginal_err = [&]() {
+    auto marginal_err = [&]() {  // ||P^T 1 - b||, P^T 1 = y * (K^T x)
       double e = 0;
       for (int64_t j = 0; j < m; ++j) {
         const double d = double(y[j]) * double(cs[j]) - double(b[j]);
@@ -494,8 +525,13 @@ struct Solver {
       }
       return T(std::sqrt(e));
     };
+    auto row_update = [&](int64_t i, T rs) {
+      if (!positive_finite(rs)) return false;
+      x[i] = a[i] / rs;
+      return true;
+    };
     for (it = 0; it < o.max_iter; ++it) {
-      k_col_axpy(K, x.data(), cs.data());
+      // here cs = K^T x for the current x
       if (pending) {
         const T err = marginal_err();
         record(hist, k, err);
@@ -507,17 +543,15 @@ struct Solver {
         y[j] = b[j] / cs[j];
       }
       if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); }
-      k_row_dot(K, y.data(), rs.data());
-      for (int64_t i = 0; i < n; ++i) {
-        if (!ma[i]) continue;
-        if (!positive_finite(rs[i])) return false;
-        x[i] = a[i] / rs[i];
+      if (!sweep(K, y.data(), x.data(), cs.data(), row_update)) return false;
+      if (!in_range(x, ma)) {
+        fold(lu, lv, w, x, y, z);
+        absorb(lu, lv, w, K);
+        k_col_axpy(K, x.data(), cs.data());
       }
-      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); }
       pending = o.check_every > 0 && it % o.check_every == 0;
     }
     if (!converged && pending) {
-      k_col_axpy(K, x.data(), cs.data());
       const T err = marginal_err();
       record(hist, k, err);
       converged = err < o.tol;
@@ -532,7 +566,7 @@ struct Solver {
     w = partial_init(mass, lu, lv);
     absorb(lu, lv, w, K);
     // Dykstra corrections, multiplicative: P = exp(p), S = exp(s), Tm = exp(t) of the log version.
-    std::vector<T> x(n), y(m), rs(n), cs(m), P(n, T(1)), S(m, T(1));
+    std::vector<T> x(n), y(m), cs(m), P(n, T(1)), S(m, T(1));
     for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
     for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
     T z = 1, Tm = 1;
@@ -549,20 +583,25 @@ struct Solver {
         std::copy(lv, lv + m, plv.begin());
         pw = w;
       }
-      // rows: undo the previous row correction, project onto {P 1 <= a}
-      for (int64_t i = 0; i < n; ++i) if (ma[i]) x[i] /= P[i];
-      k_row_dot(K, y.data(), rs.data());
-      for (int64_t i = 0; i < n; ++i) {
-        if (!ma[i]) continue;
-        const T rowsum = x[i] * z * rs[i];
-        if (!positive_finite(rowsum)) return false;
-        P[i] = std::min(a[i] / rowsum, T(1));
-        x[i] *= P[i];
+      // rows: undo the previous row correction, project onto {P 1 <= a}; the sweep also leaves
+      // cs = K^T x for the column step.
+      if (!sweep(K, y.data(), x.data(), cs.data(), [&](int64_t i, T rs) {
+            const T xi = x[i] / P[i];
+            const T rowsum = xi * z * rs;
+            if (!positive_finite(rowsum)) return false;
+            P[i] = std::min(a[i] / rowsum, T(1));
+            x[i] = xi * P[i];
+            return true;
+          }))
+        return false;
+      if (!in_range(x, ma)) {
+        fold(lu, lv, w, x, y, z);
+        absorb(lu, lv, w, K);
+        k_col_axpy(K, x.data(), cs.data());
+        absorbed = true;
       }
-      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); absorbed = true; }
       // columns: project onto {P^T 1 <= b}
       for (int64_t j = 0; j < m; ++j) if (mb[j]) y[j] /= S[j];
-      k_col_axpy(K, x.data(), cs.data());
       double tot = 0;
       for (int64_t j = 0; j < m; ++j) {
         if (!mb[j]) continue;
@@ -612,7 +651,7 @@ struct Solver {
     if (o.kl_ref) { sa = la; sb = lb; }
     for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] += sa[i];
     for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] += sb[j];
-    std::vector<T> x(n), y(m), rs(n), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m);
+    std::vector<T> x(n), y(m), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m);
     for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
     for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
     T w = 0, z = 1;
@@ -641,14 +680,13 @@ struct Solver {
     for (it = 0; it < o.max_iter; ++it) {
       for (int64_t i = 0; i < n; ++i) pu[i] = x[i] * ha[i];
       for (int64_t j = 0; j < m; ++j) pv[j] = y[j] * hb[j];
-      k_row_dot(K, y.data(), rs.data());
-      for (int64_t i = 0; i < n; ++i) {
-        if (!ma[i]) continue;
-        if (!positive_finite(rs[i])) return false;
-        x[i] = ga[i] * (fa == T(1) ? a[i] / rs[i] : std::pow(a[i] / rs[i], fa));
-      }
-      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); refresh(); }
-      k_col_axpy(K, x.data(), cs.data());
+      if (!sweep(K, y.data(), x.data(), cs.data(), [&](int64_t i, T rs) {
+            if (!positive_finite(rs)) return false;
+            x[i] = ga[i] * (fa == T(1) ? a[i] / rs : std::pow(a[i] / rs, fa));
+            return true;
+          }))
+        return false;
+      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); refresh(); k_col_axpy(K, x.data(), cs.data()); }
       for (int64_t j = 0; j < m; ++j) {
         if (!mb[j]) continue;
         if (!positive_finite(cs[j])) return false;
