@@ -120,9 +120,9 @@ struct Solver {
 
   // Splitting one problem across threads costs a fork/join per pass (tens of microseconds
   // measured on the 2-core CI machine), so it only pays for large problems: exp passes from
-  // 2^16 entries, multiply-add passes (scaling domain) from 2^22.
+  // 2^16 entries, multiply-add sweeps (scaling domain) from 2^18 (512 x 512).
   bool par_exp() const { return par && n * m >= (int64_t(1) << 16); }
-  bool par_fma() const { return par && n * m >= (int64_t(1) << 22); }
+  bool par_fma() const { return par && n * m >= (int64_t(1) << 18); }
 
   template <class F>
   void for_rows(F&& f, bool split) const {
