@@ -168,3 +168,27 @@ def test_scaling_domain_matches_log_domain(problem, reg, offset):
     assert torch.equal(s_auto.n_iter, s_log.n_iter)
     assert_close(s_auto.plan, s_log.plan, rtol=1e-7, atol=1e-14, name="plan")
     assert_close(s_auto.value, s_log.value, rtol=1e-9, atol=1e-12, name="value")
+
+
+@pytest.mark.parametrize("problem", KINDS)
+def test_single_large_problem_split_across_threads(problem):
+    """B=1 with n*m >= 2^18 runs each pass split across threads (row chunks with private column
+    sums in the scaling domain, row / column blocks in the log domain); padding included."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        C, a, b = make_problem(1, 530, 517, seed=11)
+        a[0, 500:] = 0
+        b[0, :7] = 0
+        a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+        kw = {**KW[problem], **dict(reg=0.02, problem=problem, max_iter=150, check_every=0, warn=False)}
+        if problem == PARTIAL:
+            kw["mass"] = 0.8
+        s_auto = entropic_ot(C, a, b, domain="auto", **kw)
+        s_log = entropic_ot(C, a, b, domain="log", **kw)
+        ref = entropic_ot(C, a, b, backend="torch", **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.all(s_auto.plan[0, 500:] == 0) and torch.all(s_auto.plan[0, :, :7] == 0)
+    assert_close(s_auto.plan, ref.plan, rtol=1e-7, atol=1e-15, name="auto vs reference")
+    assert_close(s_log.plan, ref.plan, rtol=1e-9, atol=1e-15, name="log vs reference")
