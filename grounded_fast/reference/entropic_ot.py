@@ -55,25 +55,29 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
         shape = (B,) + (1,) * (new.dim() - 1)
         return torch.where(active.view(shape), new, old)
 
-    def record(k, err):
+    k = 0
+
+    def check(err, done):
+        """Record the stop criterion of the active problems, retire those with ``done``;
+        True when no problem is left."""
+        nonlocal k, status, active
         if k < hist_len:
             hist[:, k] = torch.where(active, err.detach(), hist[:, k])
+        k += 1
+        done = active & done
+        status = torch.where(done, torch.zeros_like(status), status)
+        active = active & ~done
+        return not bool(active.any())
 
     lu = _masked(log_u0.clone(), ma)
     lv = _masked(log_v0.clone(), mb)
-    k = 0
     if problem == BALANCED:
         pending = False
         for it in range(max_iter):
             cl = col_lse(lu)
             if pending:
                 err = torch.linalg.vector_norm(torch.where(mb, torch.exp(cl + lv), 0) - b, dim=1)
-                record(k, err)
-                k += 1
-                done = active & (err < tol)
-                status = torch.where(done, torch.zeros_like(status), status)
-                active = active & ~done
-                if not active.any():
+                if check(err, err < tol):
                     break
             n_iter = torch.where(active, n_iter + 1, n_iter)
             lv = keep(_masked(lb - cl, mb), lv)
@@ -82,9 +86,7 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
         else:
             if pending:
                 err = torch.linalg.vector_norm(torch.where(mb, torch.exp(col_lse(lu) + lv), 0) - b, dim=1)
-                record(k, err)
-                done = active & (err < tol)
-                status = torch.where(done, torch.zeros_like(status), status)
+                check(err, err < tol)
     elif problem == UNBALANCED:
         fa = 1.0 if math.isinf(reg_m_a) else reg_m_a / (reg_m_a + reg)
         fb = 1.0 if math.isinf(reg_m_b) else reg_m_b / (reg_m_b + reg)
@@ -106,12 +108,7 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
             n_iter = torch.where(active, n_iter + 1, n_iter)
             if check_every > 0 and it % check_every == 0:
                 err = 0.5 * (rel(lu, pu, sa, ma) + rel(lv, pv, sb, mb))
-                record(k, err)
-                k += 1
-                done = active & (err < tol)
-                status = torch.where(done, torch.zeros_like(status), status)
-                active = active & ~done
-                if not active.any():
+                if check(err, err < tol):
                     break
     elif problem == PARTIAL:
         lu = _masked(torch.zeros_like(la), ma)
@@ -144,12 +141,7 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
             if check_every > 0 and it % check_every == 0:
                 err = torch.linalg.vector_norm(
                     (torch.exp(log_plan(pu, pv, pw)) - torch.exp(log_plan(lu, lv, w))).flatten(1), dim=1)
-                record(k, err)
-                k += 1
-                done = active & ~(err > tol)
-                status = torch.where(done, torch.zeros_like(status), status)
-                active = active & ~done
-                if not active.any():
+                if check(err, ~(err > tol)):
                     break
     else:
         raise ValueError(f"unknown problem kind {problem}")
