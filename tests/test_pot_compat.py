@@ -116,3 +116,40 @@ def test_dist_matches_pot(rng):
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(9, 3))
     for metric in ("sqeuclidean", "euclidean", "cosine"):
         assert_close(ot.dist(x, y, metric=metric), pot.dist(x, y, metric=metric), rtol=1e-9, atol=1e-12, name=metric)
+
+
+@pytest.mark.parametrize("grad", ["envelope", "detach", "autodiff", "last_step"])
+def test_solve_batch_grad_modes(rng, grad):
+    Ms = torch.tensor(np.stack([_problem(rng, 6, 7)[2] for _ in range(3)]), requires_grad=True)
+    res = ot.batch.solve_batch(Ms, 0.5, max_iter=200, tol=1e-9, grad=grad)
+    ref = pot.batch.solve_batch(Ms.detach().numpy(), 0.5, max_iter=200, tol=1e-9)
+    assert_close(res.plan, ref.plan, rtol=1e-5, atol=1e-9)
+    if grad == "detach":
+        assert not res.value.requires_grad
+        return
+    res.value.sum().backward()
+    assert torch.isfinite(Ms.grad).all()
+    if grad == "envelope":  # dV/dM = P
+        assert_close(Ms.grad, res.plan, rtol=1e-9, atol=1e-12)
+    if grad in ("autodiff", "last_step"):
+        assert res.plan.requires_grad
+
+
+def test_warmstart_and_verbose_like_pot(rng, capsys):
+    a, b, M = _problem(rng)
+    _, lg = pot.sinkhorn(a, b, M, 0.1, method="sinkhorn_log", log=True, stopThr=1e-6)
+    P1 = pot.sinkhorn(a, b, M, 0.1, method="sinkhorn_log", warmstart=(lg["log_u"], lg["log_v"]))
+    P2, l2 = ot.sinkhorn(a, b, M, 0.1, method="sinkhorn_log", warmstart=(lg["log_u"], lg["log_v"]), log=True)
+    assert_close(P2, P1, rtol=1e-9, atol=1e-15)
+    capsys.readouterr()
+    ot.sinkhorn(a, b, M, 0.1, verbose=True)
+    out = capsys.readouterr().out
+    assert "It." in out and "Err" in out and len(out.splitlines()) >= 3
+
+
+def test_unbalanced2_total_cost_torch(rng):
+    a, b, M = _problem(rng)
+    _, l1 = pot.unbalanced.sinkhorn_unbalanced(a, b, M, 0.1, 1.0, log=True)
+    tot = ot.unbalanced.sinkhorn_unbalanced2(torch.tensor(a), torch.tensor(b), torch.tensor(M), 0.1, 1.0,
+                                             returnCost="total")
+    assert isinstance(tot, torch.Tensor) and float(tot) == pytest.approx(l1["total_cost"], rel=1e-8)
