@@ -23,7 +23,7 @@ from grounded_fast.ops import BALANCED, PARTIAL, entropic_ot
 REG = 0.05
 MASS = 0.5
 # entropic_ot(domain='auto'|'log'): 'auto' = stabilised scaling-domain iterations (matrix-vector
-# passes on an absorbed kernel) with log-domain restart; 'log' = log-sum-exp passes only.
+# passes on an absorbed kernel) with log-domain iterations where they would underflow; 'log' = log-sum-exp passes only.
 HAS_DOMAIN = "domain" in inspect.signature(entropic_ot).parameters
 
 

@@ -164,7 +164,7 @@ def markdown(s: dict) -> str:
     L.append("")
     L.append("## POT vs ours at equal iteration counts\n")
     L.append("Each cell: **POT time / our time** (> 1: ours faster), our median in parentheses. `f32`, `f64`: "
-             "our default (`domain='auto'`: stabilised scaling-domain iterations, log-domain restart on underflow); "
+             "our default (`domain='auto'`: stabilised scaling-domain iterations, log-domain iterations where they would underflow); "
              "`log`: `domain='log'` (log-sum-exp passes only). POT medians (min in parentheses) are for the whole "
              "batch; `k/B timed` = POT timed on k problems of the batch and scaled linearly by B/k.\n")
     variants = ["f32", "f64", "f32_log", "f64_log"]

@@ -19,7 +19,7 @@ import cases
 from conftest import _SESSION, max_abs, memprobe, record, run_bench
 
 DT = {"f32": torch.float32, "f64": torch.float64}
-# our variants: dtype, and domain 'auto' (default: stabilised scaling domain, log-domain restart)
+# our variants: dtype, and domain 'auto' (default: stabilised scaling domain, log-domain hand-over on underflow)
 # or '_log' (domain='log': log-sum-exp passes only; skipped if this grounded_fast lacks domain=)
 VARIANTS = ["f32", "f64", "f32_log", "f64_log"]
 

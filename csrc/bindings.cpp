@@ -74,7 +74,7 @@ TORCH_LIBRARY(grounded_fast, m) {
   // Returns (plan, log_u, log_v, log_scale, value, value_linear, n_iter, status, err_history);
   // plan = exp(log_u_i + log_v_j + log_scale - C_ij / reg). problem: 0 balanced, 1 unbalanced,
   // 2 partial. check_every = 0 runs exactly max_iter iterations. domain: 0 auto (stabilised scaling
-  // iterations, log-domain restart on underflow), 1 log-domain only.
+  // iterations, log-domain iterations where they would underflow), 1 log-domain only.
   m.def(
       "entropic_ot(Tensor C, Tensor a, Tensor b, Tensor mass, Tensor log_u0, Tensor log_v0, "
       "int problem, float reg, float reg_m_a, float reg_m_b, bool kl_ref, int max_iter, float tol, "

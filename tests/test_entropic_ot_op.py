@@ -156,7 +156,8 @@ def test_reference_direct_call_matches_op_contract():
 @pytest.mark.parametrize("reg,offset", [(1.0, 0), (0.05, 0), (0.01, 0), (1e-3, 0), (0.01, 10.0)])
 def test_scaling_domain_matches_log_domain(problem, reg, offset):
     """The stabilised scaling iteration computes the log-domain iterates: with absorptions at small
-    reg, and through its log-domain restart when exp(-C/reg) underflows entirely (offset costs)."""
+    reg, and through the hand-over to the log domain and back when exp(-C/reg) underflows
+    entirely (offset costs)."""
     C, a, b = make_problem(3, 30, 47, seed=5, scale=1.0)
     C = C + offset  # a constant shift leaves both plans unchanged but underflows exp(-C/reg)
     kw = dict(reg=reg, problem=problem, max_iter=400, tol=1e-12, warn=False)
@@ -192,3 +193,17 @@ def test_single_large_problem_split_across_threads(problem):
     assert torch.all(s_auto.plan[0, 500:] == 0) and torch.all(s_auto.plan[0, :, :7] == 0)
     assert_close(s_auto.plan, ref.plan, rtol=1e-7, atol=1e-15, name="auto vs reference")
     assert_close(s_log.plan, ref.plan, rtol=1e-9, atol=1e-15, name="log vs reference")
+
+
+@pytest.mark.parametrize("problem", KINDS)
+def test_scaling_domain_hand_over_float32(problem):
+    """float32, costs offset so that exp(-C/reg) underflows: the scaling domain hands iterations to
+    the log domain and back, and the plan matches the log-domain-only solve."""
+    C, a, b = make_problem(2, 33, 29, dtype=torch.float32, seed=6)
+    kw = {**KW[problem], **dict(reg=0.02, problem=problem, max_iter=200, check_every=0, warn=False)}
+    if problem == PARTIAL:
+        kw["mass"] = 0.6
+    s_auto = entropic_ot(C + 3.0, a, b, domain="auto", **kw)
+    s_log = entropic_ot(C + 3.0, a, b, domain="log", **kw)
+    assert torch.isfinite(s_auto.plan).all() and (s_auto.status != 2).all()
+    assert_close(s_auto.plan, s_log.plan, rtol=2e-3, atol=1e-7, name="plan")

@@ -192,7 +192,8 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     (default 1e-9 in float64, 1e-6 in lower precision, where 1e-9 is below rounding noise).
     ``log_u0``, ``log_v0`` (B,n), (B,m): warm start (balanced / unbalanced).
     ``domain``: 'auto' (CPU kernel: stabilised scaling-domain iterations on an absorbed kernel,
-    restarting in the log domain if they underflow) or 'log' (log-sum-exp passes only); both
+    switching to log-domain iterations where they would underflow) or 'log' (log-sum-exp passes
+    only); both
     compute the same iterates up to rounding.
     Returns an :class:`OTSolution`; see the module docstring for gradients.
     """

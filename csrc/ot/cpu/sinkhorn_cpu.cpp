@@ -8,7 +8,8 @@
 //  * stabilised scaling domain (default, see "stabilised scaling domain" below): K = exp of (1) is
 //    materialised once and an iteration is one fused sweep of multiply-adds over it, with the
 //    scalings folded back into (lu, lv, w) whenever they leave a safe range; if a row or column
-//    of K underflows entirely the problem restarts in the log domain.
+//    of K underflows entirely, that iteration is redone in the log domain, which carries on for a
+//    few iterations before handing back (see "drivers").
 // The updates below are written in the log domain.
 //
 // Balanced (POT `sinkhorn_log`, same update order: v first, then u):
@@ -207,120 +208,286 @@ struct Solver {
     return rs;
   }
 
+  // ------------------------------------------------------------------ drivers
+  // Each problem runs iterations it = 0, 1, ... in one of two domains that compute the same
+  // iterates. With domain kAuto the scaling domain runs first; an iteration that meets a zero or
+  // non-finite sum there (part of K underflowed, far from the solution at small eps) restores the
+  // state of its start and is redone in the log domain, which continues for kLogStretch
+  // iterations before the scaling domain is tried again (after kMaxFailures failures the problem
+  // stays in the log domain).
+  static constexpr int64_t kLogStretch = 10;
+  static constexpr int kMaxFailures = 3;
+  enum class Step { kNext, kConverged, kFailed, kNumerical };
+
+  struct DomainSwitch {
+    bool scaled;
+    int failures = 0;
+    int64_t log_until = 0;
+    // After a failed scaled iteration `it`.
+    void failed(int64_t it) { scaled = false; ++failures; log_until = it + kLogStretch; }
+    // Whether to go back to the scaling domain before iteration it + 1.
+    bool retry(int64_t it, const SolveOptions& o) const {
+      return !scaled && o.domain == kAuto && failures < kMaxFailures && it + 1 >= log_until;
+    }
+  };
+
+  bool check_due(int64_t it) const { return o.check_every > 0 && it % o.check_every == 0; }
+
   // ---------------------------------------------------------------- balanced
-  void balanced(T* lu, T* lv, int64_t& it_out, int64_t& status, T* hist) {
-    std::vector<T> pu(lu, lu + n), pv(lv, lv + m);
+  // Stop test (POT's sinkhorn_log): ||P^T 1 - b|| for the state after iteration it-1, computed from
+  // the column sums that iteration it needs anyway; so a problem that converges at the start of
+  // iteration it has performed it iterations.
+  void balanced(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
+    std::vector<T> x(n), y(m), cs(m), px(n), py(m), plu(n), plv(m);
+    T w = 0, z = 1;
     int64_t k = 0, it = 0;
-    bool pending = false, converged = false;
-    status = 1;
-    auto marginal_err = [&]() {
+    bool pending = false, converged = false, numerical = false;
+    DomainSwitch dom{o.domain == kAuto};
+    auto enter = [&]() {  // scaling domain: K = exp(lu + lv - C/eps), x = y = 1, cs = K^T x
+      for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
+      for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
+      absorb(lu, lv, w, K);
+      k_col_axpy(K, x.data(), cs.data());
+    };
+    auto err_from = [&](auto colsum) {
       double e = 0;
       for (int64_t j = 0; j < m; ++j) {
-        const double d = (mb[j] ? std::exp(double(cl[j]) + double(lv[j])) : 0.0) - double(b[j]);
+        const double d = colsum(j) - double(b[j]);
         e += d * d;
       }
       return T(std::sqrt(e));
     };
-    for (it = 0; it < o.max_iter; ++it) {
+    auto log_iter = [&]() -> Step {
       col_pass(lu);
       if (pending) {
-        const T err = marginal_err();
+        const T err = err_from([&](int64_t j) { return mb[j] ? std::exp(double(cl[j]) + double(lv[j])) : 0.0; });
         record(hist, k, err);
-        if (err < o.tol) { converged = true; break; }
+        if (err < o.tol) return Step::kConverged;
       }
-      std::copy(lu, lu + n, pu.begin());
-      std::copy(lv, lv + m, pv.begin());
+      std::copy(lu, lu + n, plu.begin());
+      std::copy(lv, lv + m, plv.begin());
       for (int64_t j = 0; j < m; ++j) lv[j] = mb[j] ? lb[j] - cl[j] : kNeg<T>;
       row_pass(lv);
       for (int64_t i = 0; i < n; ++i) lu[i] = ma[i] ? la[i] - rl[i] : kNeg<T>;
       if (!finite_state(lu, lv)) {
-        std::copy(pu.begin(), pu.end(), lu);
-        std::copy(pv.begin(), pv.end(), lv);
-        status = 2;
-        break;
+        std::copy(plu.begin(), plu.end(), lu);
+        std::copy(plv.begin(), plv.end(), lv);
+        return Step::kNumerical;
       }
-      pending = o.check_every > 0 && it % o.check_every == 0;
+      return Step::kNext;
+    };
+    auto row_update = [&](int64_t i, T rs) {
+      if (!positive_finite(rs)) return false;
+      x[i] = a[i] / rs;
+      return true;
+    };
+    auto scaled_iter = [&]() -> Step {  // on entry cs = K^T x
+      for (int64_t j = 0; j < m; ++j)
+        if (mb[j] && !positive_finite(cs[j])) return Step::kFailed;
+      if (pending) {
+        const T err = err_from([&](int64_t j) { return double(y[j]) * double(cs[j]); });
+        record(hist, k, err);
+        if (err < o.tol) return Step::kConverged;
+      }
+      px = x; py = y;
+      std::copy(lu, lu + n, plu.begin());
+      std::copy(lv, lv + m, plv.begin());
+      for (int64_t j = 0; j < m; ++j) if (mb[j]) y[j] = b[j] / cs[j];
+      if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); }
+      if (!sweep(K, y.data(), x.data(), cs.data(), row_update)) {
+        x = px; y = py;
+        std::copy(plu.begin(), plu.end(), lu);
+        std::copy(plv.begin(), plv.end(), lv);
+        return Step::kFailed;
+      }
+      if (!in_range(x, ma)) {
+        fold(lu, lv, w, x, y, z);
+        absorb(lu, lv, w, K);
+        k_col_axpy(K, x.data(), cs.data());
+      }
+      return Step::kNext;
+    };
+    if (dom.scaled) enter();
+    for (it = 0; it < o.max_iter; ++it) {
+      Step r = dom.scaled ? scaled_iter() : log_iter();
+      if (r == Step::kFailed) {
+        fold(lu, lv, w, x, y, z);  // the state of the start of `it`, in the log domain
+        dom.failed(it);
+        r = log_iter();
+      }
+      if (r == Step::kConverged) { converged = true; break; }
+      if (r == Step::kNumerical) { numerical = true; break; }
+      pending = check_due(it);
+      if (dom.retry(it, o)) { enter(); dom.scaled = true; }
     }
-    if (status != 2 && !converged && pending) {
-      col_pass(lu);
-      const T err = marginal_err();
+    if (!converged && !numerical && pending) {  // the test of the last iteration
+      bool scaled_ok = dom.scaled;
+      for (int64_t j = 0; scaled_ok && j < m; ++j) scaled_ok = !mb[j] || positive_finite(cs[j]);
+      if (dom.scaled && !scaled_ok) { fold(lu, lv, w, x, y, z); dom.scaled = false; }
+      T err;
+      if (dom.scaled) {
+        err = err_from([&](int64_t j) { return double(y[j]) * double(cs[j]); });
+      } else {
+        col_pass(lu);
+        err = err_from([&](int64_t j) { return mb[j] ? std::exp(double(cl[j]) + double(lv[j])) : 0.0; });
+      }
       record(hist, k, err);
       converged = err < o.tol;
     }
-    if (status != 2) status = converged ? 0 : 1;
-    it_out = it;  // iterations whose result is in (lu, lv)
-  }
-
-  bool finite_state(const T* lu, const T* lv) const {
-    for (int64_t i = 0; i < n; ++i) if (!std::isfinite(lu[i])) return false;
-    for (int64_t j = 0; j < m; ++j) if (!std::isfinite(lv[j])) return false;
-    return true;
+    if (dom.scaled) fold(lu, lv, w, x, y, z);
+    status = numerical ? 2 : (converged ? 0 : 1);
+    it_out = it;
   }
 
   // -------------------------------------------------------------- unbalanced
-  void unbalanced(T* lu, T* lv, int64_t& it_out, int64_t& status, T* hist) {
+  // Scaling domain: with K absorbed from (lu, lv), the log update
+  //   lu_i = (1 - fa) s_a_i + fa (log a_i - LSE_j(lv_j - C_ij/eps)),  LSE = log (K y)_i - lu_i
+  // becomes x_i = g_i (a_i / (K y)_i)^fa with g_i = exp((1 - fa)(s_a_i - lu_i)) fixed between
+  // absorptions; POT's u_i = exp(LU_i - s_a_i) = x_i h_i with h_i = exp(lu_i - s_a_i).
+  // Stop test every `check_every` iterations after the update (POT: every iteration).
+  void unbalanced(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
     const T fa = T(o.fi_a), fb = T(o.fi_b);
     std::vector<T> sa(n, T(0)), sb(m, T(0));
     if (o.kl_ref) { sa = la; sb = lb; }
     // On entry lu, lv hold POT's log u, log v (warm start, 0 by default): shift by s_a, s_b.
     for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] += sa[i];
     for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] += sb[j];
-    std::vector<T> pu(lu, lu + n), pv(lv, lv + m);
-    // POT's scalings: u = exp(lu - s_a) (0 where masked).
-    auto rel_change = [](const T* x, const T* px, const std::vector<T>& s, const std::vector<char>& msk,
-                         int64_t len) {
+    std::vector<T> x(n), y(m), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m), px(n), py(m), plu(n), plv(m);
+    T w = 0, z = 1;
+    int64_t k = 0, it = 0;
+    bool converged = false, numerical = false;
+    DomainSwitch dom{o.domain == kAuto};
+    auto refresh = [&]() {
+      absorb(lu, lv, w, K);
+      for (int64_t i = 0; i < n; ++i)
+        if (ma[i]) { ga[i] = std::exp((T(1) - fa) * (sa[i] - lu[i])); ha[i] = std::exp(lu[i] - sa[i]); }
+      for (int64_t j = 0; j < m; ++j)
+        if (mb[j]) { gb[j] = std::exp((T(1) - fb) * (sb[j] - lv[j])); hb[j] = std::exp(lv[j] - sb[j]); }
+    };
+    auto enter = [&]() {
+      for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
+      for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
+      refresh();
+    };
+    // max |u - u'| / max(|u|, |u'|, 1) over unmasked entries, u and u' given by accessors.
+    auto rel = [](int64_t len, const std::vector<char>& msk, auto now, auto before) {
       double dmax = 0, xmax = 0, pmax = 0;
       for (int64_t i = 0; i < len; ++i) {
         if (!msk[i]) continue;
-        const double u = std::exp(double(x[i]) - double(s[i]));
-        const double up = std::exp(double(px[i]) - double(s[i]));
+        const double u = now(i), up = before(i);
         dmax = std::max(dmax, std::abs(u - up));
         xmax = std::max(xmax, std::abs(u));
         pmax = std::max(pmax, std::abs(up));
       }
       return dmax / std::max({xmax, pmax, 1.0});
     };
-    int64_t k = 0, it = 0;
-    status = 1;
-    for (it = 0; it < o.max_iter; ++it) {
-      std::copy(lu, lu + n, pu.begin());
-      std::copy(lv, lv + m, pv.begin());
+    auto log_iter = [&](int64_t it) -> Step {
+      std::copy(lu, lu + n, plu.begin());
+      std::copy(lv, lv + m, plv.begin());
       row_pass(lv);
-      for (int64_t i = 0; i < n; ++i)
-        lu[i] = ma[i] ? (T(1) - fa) * sa[i] + fa * (la[i] - rl[i]) : kNeg<T>;
+      for (int64_t i = 0; i < n; ++i) lu[i] = ma[i] ? (T(1) - fa) * sa[i] + fa * (la[i] - rl[i]) : kNeg<T>;
       col_pass(lu);
-      for (int64_t j = 0; j < m; ++j)
-        lv[j] = mb[j] ? (T(1) - fb) * sb[j] + fb * (lb[j] - cl[j]) : kNeg<T>;
+      for (int64_t j = 0; j < m; ++j) lv[j] = mb[j] ? (T(1) - fb) * sb[j] + fb * (lb[j] - cl[j]) : kNeg<T>;
       if (!finite_state(lu, lv)) {
-        std::copy(pu.begin(), pu.end(), lu);
-        std::copy(pv.begin(), pv.end(), lv);
-        status = 2;
-        break;
+        std::copy(plu.begin(), plu.end(), lu);
+        std::copy(plv.begin(), plv.end(), lv);
+        return Step::kNumerical;
       }
-      if (o.check_every > 0 && it % o.check_every == 0) {
-        const T err = T(0.5 * (rel_change(lu, pu.data(), sa, ma, n) + rel_change(lv, pv.data(), sb, mb, m)));
+      if (check_due(it)) {
+        const T err = T(0.5 * (rel(n, ma, [&](int64_t i) { return std::exp(double(lu[i]) - double(sa[i])); },
+                                   [&](int64_t i) { return std::exp(double(plu[i]) - double(sa[i])); }) +
+                               rel(m, mb, [&](int64_t j) { return std::exp(double(lv[j]) - double(sb[j])); },
+                                   [&](int64_t j) { return std::exp(double(plv[j]) - double(sb[j])); })));
         record(hist, k, err);
-        if (err < o.tol) { status = 0; ++it; break; }
+        if (err < o.tol) return Step::kConverged;
       }
+      return Step::kNext;
+    };
+    auto restore = [&]() {
+      x = px; y = py;
+      std::copy(plu.begin(), plu.end(), lu);
+      std::copy(plv.begin(), plv.end(), lv);
+    };
+    auto scaled_iter = [&](int64_t it) -> Step {
+      for (int64_t i = 0; i < n; ++i) pu[i] = x[i] * ha[i];
+      for (int64_t j = 0; j < m; ++j) pv[j] = y[j] * hb[j];
+      px = x; py = y;
+      std::copy(lu, lu + n, plu.begin());
+      std::copy(lv, lv + m, plv.begin());
+      const bool ok = sweep(K, y.data(), x.data(), cs.data(), [&](int64_t i, T rs) {
+        if (!positive_finite(rs)) return false;
+        x[i] = ga[i] * (fa == T(1) ? a[i] / rs : std::pow(a[i] / rs, fa));
+        return true;
+      });
+      if (!ok) { restore(); return Step::kFailed; }
+      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); refresh(); k_col_axpy(K, x.data(), cs.data()); }
+      for (int64_t j = 0; j < m; ++j) {
+        if (!mb[j]) continue;
+        if (!positive_finite(cs[j])) { restore(); return Step::kFailed; }
+        y[j] = gb[j] * (fb == T(1) ? b[j] / cs[j] : std::pow(b[j] / cs[j], fb));
+      }
+      if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); refresh(); }
+      if (check_due(it)) {
+        const T err = T(0.5 * (rel(n, ma, [&](int64_t i) { return double(x[i]) * double(ha[i]); },
+                                   [&](int64_t i) { return double(pu[i]); }) +
+                               rel(m, mb, [&](int64_t j) { return double(y[j]) * double(hb[j]); },
+                                   [&](int64_t j) { return double(pv[j]); })));
+        record(hist, k, err);
+        if (err < o.tol) return Step::kConverged;
+      }
+      return Step::kNext;
+    };
+    if (dom.scaled) enter();
+    for (it = 0; it < o.max_iter; ++it) {
+      Step r = dom.scaled ? scaled_iter(it) : log_iter(it);
+      if (r == Step::kFailed) {
+        fold(lu, lv, w, x, y, z);
+        dom.failed(it);
+        r = log_iter(it);
+      }
+      if (r == Step::kConverged) { converged = true; ++it; break; }
+      if (r == Step::kNumerical) { numerical = true; break; }
+      if (dom.retry(it, o)) { enter(); dom.scaled = true; }
     }
+    if (dom.scaled) fold(lu, lv, w, x, y, z);
+    status = numerical ? 2 : (converged ? 0 : 1);
     it_out = it;
   }
 
   // ----------------------------------------------------------------- partial
-  void partial(T mass, T* lu, T* lv, T& w, int64_t& it_out, int64_t& status, T* hist) {
-    std::vector<T> p(n, T(0)), s(m, T(0));
-    T t = 0;
+  // Log domain: p, s, t (row / column / mass corrections); scaling domain: their exponentials
+  // P, S, Tm, which the absorptions leave untouched. Stop test: POT's ||P_before - P_after||_F
+  // every `check_every` iterations, counted as performed.
+  void partial(T mass, T* lu, T* lv, T& w, T* K, int64_t& it_out, int64_t& status, T* hist) {
     w = partial_init(mass, lu, lv);
-    std::vector<T> pu(n), pv(m);
-    T pw = 0;
-    int64_t k = 0, it = 0;
-    status = 1;
+    std::vector<T> p(n, T(0)), s(m, T(0)), x(n), y(m), cs(m), P(n, T(1)), S(m, T(1));
+    std::vector<T> plu(n), plv(m), pp(n), ps(m), px(n), py(m), pP(n), pS(m);
+    T t = 0, z = 1, Tm = 1, pw = 0, pt = 0, pz = 1, pTm = 1;
     const T lmass = std::log(mass);
-    for (it = 0; it < o.max_iter; ++it) {
-      const bool check = o.check_every > 0 && it % o.check_every == 0;
-      std::copy(lu, lu + n, pu.begin());
-      std::copy(lv, lv + m, pv.begin());
+    int64_t k = 0, it = 0;
+    bool converged = false, numerical = false;
+    DomainSwitch dom{o.domain == kAuto};
+    auto enter = [&]() {
+      absorb(lu, lv, w, K);
+      for (int64_t i = 0; i < n; ++i) { x[i] = ma[i] ? T(1) : T(0); P[i] = ma[i] ? std::exp(p[i]) : T(1); }
+      for (int64_t j = 0; j < m; ++j) { y[j] = mb[j] ? T(1) : T(0); S[j] = mb[j] ? std::exp(s[j]) : T(1); }
+      z = 1;
+      Tm = std::exp(t);
+    };
+    auto leave = [&]() {
+      fold(lu, lv, w, x, y, z);
+      for (int64_t i = 0; i < n; ++i) p[i] = ma[i] ? std::log(P[i]) : T(0);
+      for (int64_t j = 0; j < m; ++j) s[j] = mb[j] ? std::log(S[j]) : T(0);
+      t = std::log(Tm);
+    };
+    auto save = [&]() {
+      std::copy(lu, lu + n, plu.begin());
+      std::copy(lv, lv + m, plv.begin());
       pw = w;
+    };
+    auto log_iter = [&](int64_t it) -> Step {
+      save();
+      pp = p; ps = s; pt = t;
       // rows: log rowsum_i = lu_i + w + LSE_j(lv_j - C_ij/eps)
       for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] -= p[i];
       row_pass(lv);
@@ -349,19 +516,103 @@ struct Solver {
       t = lmass - total;
       w += t;
       if (!finite_state(lu, lv) || !std::isfinite(w)) {
-        std::copy(pu.begin(), pu.end(), lu);
-        std::copy(pv.begin(), pv.end(), lv);
-        w = pw;
-        status = 2;
-        break;
+        std::copy(plu.begin(), plu.end(), lu);
+        std::copy(plv.begin(), plv.end(), lv);
+        w = pw; p = pp; s = ps; t = pt;
+        return Step::kNumerical;
       }
-      if (check) {
-        const T err = plan_change(pu.data(), pv.data(), pw, lu, lv, w);
+      if (check_due(it)) {
+        const T err = plan_change(plu.data(), plv.data(), pw, lu, lv, w);
         record(hist, k, err);
-        if (!(err > o.tol)) { status = 0; ++it; break; }
+        if (!(err > o.tol)) return Step::kConverged;
       }
+      return Step::kNext;
+    };
+    auto scaled_iter = [&](int64_t it) -> Step {
+      save();
+      px = x; py = y; pz = z; pP = P; pS = S; pTm = Tm;
+      bool absorbed = false;
+      auto restore = [&]() {
+        std::copy(plu.begin(), plu.end(), lu);
+        std::copy(plv.begin(), plv.end(), lv);
+        w = pw; x = px; y = py; z = pz; P = pP; S = pS; Tm = pTm;
+        return Step::kFailed;
+      };
+      // rows: undo the previous row correction, project onto {P 1 <= a}; the sweep also leaves
+      // cs = K^T x for the column step.
+      if (!sweep(K, y.data(), x.data(), cs.data(), [&](int64_t i, T rs) {
+            const T xi = x[i] / P[i];
+            const T rowsum = xi * z * rs;
+            if (!positive_finite(rowsum)) return false;
+            P[i] = std::min(a[i] / rowsum, T(1));
+            x[i] = xi * P[i];
+            return true;
+          }))
+        return restore();
+      if (!in_range(x, ma)) {
+        fold(lu, lv, w, x, y, z);
+        absorb(lu, lv, w, K);
+        k_col_axpy(K, x.data(), cs.data());
+        absorbed = true;
+      }
+      // columns: project onto {P^T 1 <= b}
+      for (int64_t j = 0; j < m; ++j) if (mb[j]) y[j] /= S[j];
+      double tot = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        if (!mb[j]) continue;
+        const T colsum = y[j] * z * cs[j];
+        if (!positive_finite(colsum)) return restore();
+        S[j] = std::min(b[j] / colsum, T(1));
+        y[j] *= S[j];
+        tot += double(colsum) * double(S[j]);
+      }
+      // total mass: undo the previous correction, project onto {sum P = m}
+      const T total = T(tot) / Tm;
+      z /= Tm;
+      Tm = mass / total;
+      z *= Tm;
+      if (!positive_finite(z) || !positive_finite(Tm)) return restore();
+      if (!in_range(y, mb) || !(z < kBig && z > T(1) / kBig)) {
+        fold(lu, lv, w, x, y, z);
+        absorb(lu, lv, w, K);
+        absorbed = true;
+      }
+      if (check_due(it)) {
+        T err;
+        if (!absorbed) {
+          err = scaled_change(K, px, py, pz, x, y, z);
+        } else {  // compare in the log domain: P = exp(lu + log x + lv + log y + w + log z - C/eps)
+          std::vector<T> u0(plu), v0(plv), u1(lu, lu + n), v1(lv, lv + m);
+          for (int64_t i = 0; i < n; ++i) if (ma[i]) { u0[i] += std::log(px[i]); u1[i] += std::log(x[i]); }
+          for (int64_t j = 0; j < m; ++j) if (mb[j]) { v0[j] += std::log(py[j]); v1[j] += std::log(y[j]); }
+          err = plan_change(u0.data(), v0.data(), pw + std::log(pz), u1.data(), v1.data(), w + std::log(z));
+        }
+        record(hist, k, err);
+        if (!(err > o.tol)) return Step::kConverged;
+      }
+      return Step::kNext;
+    };
+    if (dom.scaled) enter();
+    for (it = 0; it < o.max_iter; ++it) {
+      Step r = dom.scaled ? scaled_iter(it) : log_iter(it);
+      if (r == Step::kFailed) {
+        leave();
+        dom.failed(it);
+        r = log_iter(it);
+      }
+      if (r == Step::kConverged) { converged = true; ++it; break; }
+      if (r == Step::kNumerical) { numerical = true; break; }
+      if (dom.retry(it, o)) { enter(); dom.scaled = true; }
     }
+    if (dom.scaled) leave();
+    status = numerical ? 2 : (converged ? 0 : 1);
     it_out = it;
+  }
+
+  bool finite_state(const T* lu, const T* lv) const {
+    for (int64_t i = 0; i < n; ++i) if (!std::isfinite(lu[i])) return false;
+    for (int64_t j = 0; j < m; ++j) if (!std::isfinite(lv[j])) return false;
+    return true;
   }
 
   // Partial OT starts from K = exp(-C/eps) * m / sum(exp(-C/eps)): lu = lv = 0 and
@@ -385,8 +636,7 @@ struct Solver {
   // log is folded into (lu, lv, w) and K is recomputed (Schmitzer 2016, "absorption"); entries of
   // K below the underflow threshold then stay below ~exp(-87 + 2 log kBig) of the plan until the
   // next absorption. A zero / non-finite sum (all of a row or column underflowed, typically at
-  // small eps far from the solution) makes the solver return false: the caller restarts the
-  // problem in the log domain, which never fails.
+  // small eps far from the solution) hands the iteration to the log domain (see "drivers").
   static constexpr T kBig = sizeof(T) == 4 ? T(1e13) : T(1e40);
 
   // k_j = exp(base + lv_j - c_j/eps); masked columns (lv = kNeg) give exactly 0.
@@ -542,202 +792,6 @@ struct Solver {
     z = 1;
   }
 
-  bool balanced_scaled(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
-    std::vector<T> x(n), y(m), cs(m);
-    for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
-    for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
-    T w = 0, z = 1;
-    absorb(lu, lv, w, K);
-    k_col_axpy(K, x.data(), cs.data());
-    int64_t k = 0, it = 0;
-    bool pending = false, converged = false;
-    auto marginal_err = [&]() {  // ||P^T 1 - b||, P^T 1 = y * (K^T x)
-      double e = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        const double d = double(y[j]) * double(cs[j]) - double(b[j]);
-        e += d * d;
-      }
-      return T(std::sqrt(e));
-    };
-    auto row_update = [&](int64_t i, T rs) {
-      if (!positive_finite(rs)) return false;
-      x[i] = a[i] / rs;
-      return true;
-    };
-    for (it = 0; it < o.max_iter; ++it) {
-      // here cs = K^T x for the current x
-      if (pending) {
-        const T err = marginal_err();
-        record(hist, k, err);
-        if (err < o.tol) { converged = true; break; }
-      }
-      for (int64_t j = 0; j < m; ++j) {
-        if (!mb[j]) continue;
-        if (!positive_finite(cs[j])) return false;
-        y[j] = b[j] / cs[j];
-      }
-      if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); }
-      if (!sweep(K, y.data(), x.data(), cs.data(), row_update)) return false;
-      if (!in_range(x, ma)) {
-        fold(lu, lv, w, x, y, z);
-        absorb(lu, lv, w, K);
-        k_col_axpy(K, x.data(), cs.data());
-      }
-      pending = o.check_every > 0 && it % o.check_every == 0;
-    }
-    if (!converged && pending) {
-      const T err = marginal_err();
-      record(hist, k, err);
-      converged = err < o.tol;
-    }
-    fold(lu, lv, w, x, y, z);
-    status = converged ? 0 : 1;
-    it_out = it;
-    return true;
-  }
-
-  bool partial_scaled(T mass, T* lu, T* lv, T& w, T* K, int64_t& it_out, int64_t& status, T* hist) {
-    w = partial_init(mass, lu, lv);
-    absorb(lu, lv, w, K);
-    // Dykstra corrections, multiplicative: P = exp(p), S = exp(s), Tm = exp(t) of the log version.
-    std::vector<T> x(n), y(m), cs(m), P(n, T(1)), S(m, T(1));
-    for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
-    for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
-    T z = 1, Tm = 1;
-    std::vector<T> px(n), py(m), plu(n), plv(m);
-    T pz = 1, pw = 0;
-    int64_t k = 0, it = 0;
-    status = 1;
-    for (it = 0; it < o.max_iter; ++it) {
-      const bool check = o.check_every > 0 && it % o.check_every == 0;
-      bool absorbed = false;
-      if (check) {
-        px = x; py = y; pz = z;
-        std::copy(lu, lu + n, plu.begin());
-        std::copy(lv, lv + m, plv.begin());
-        pw = w;
-      }
-      // rows: undo the previous row correction, project onto {P 1 <= a}; the sweep also leaves
-      // cs = K^T x for the column step.
-      if (!sweep(K, y.data(), x.data(), cs.data(), [&](int64_t i, T rs) {
-            const T xi = x[i] / P[i];
-            const T rowsum = xi * z * rs;
-            if (!positive_finite(rowsum)) return false;
-            P[i] = std::min(a[i] / rowsum, T(1));
-            x[i] = xi * P[i];
-            return true;
-          }))
-        return false;
-      if (!in_range(x, ma)) {
-        fold(lu, lv, w, x, y, z);
-        absorb(lu, lv, w, K);
-        k_col_axpy(K, x.data(), cs.data());
-        absorbed = true;
-      }
-      // columns: project onto {P^T 1 <= b}
-      for (int64_t j = 0; j < m; ++j) if (mb[j]) y[j] /= S[j];
-      double tot = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        if (!mb[j]) continue;
-        const T colsum = y[j] * z * cs[j];
-        if (!positive_finite(colsum)) return false;
-        S[j] = std::min(b[j] / colsum, T(1));
-        y[j] *= S[j];
-        tot += double(colsum) * double(S[j]);
-      }
-      // total mass: undo the previous correction, project onto {sum P = m}
-      const T total = T(tot) / Tm;
-      z /= Tm;
-      Tm = mass / total;
-      z *= Tm;
-      if (!positive_finite(z) || !positive_finite(Tm)) return false;
-      if (!in_range(y, mb) || !(z < kBig && z > T(1) / kBig)) {
-        fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); absorbed = true;
-      }
-      if (check) {
-        T err;
-        if (!absorbed) {
-          err = scaled_change(K, px, py, pz, x, y, z);
-        } else {
-          for (int64_t i = 0; i < n; ++i) if (ma[i]) plu[i] += std::log(px[i]);
-          for (int64_t j = 0; j < m; ++j) if (mb[j]) plv[j] += std::log(py[j]);
-          std::vector<T> cu(lu, lu + n), cv(lv, lv + m);
-          for (int64_t i = 0; i < n; ++i) if (ma[i]) cu[i] += std::log(x[i]);
-          for (int64_t j = 0; j < m; ++j) if (mb[j]) cv[j] += std::log(y[j]);
-          err = plan_change(plu.data(), plv.data(), pw + std::log(pz), cu.data(), cv.data(), w + std::log(z));
-        }
-        record(hist, k, err);
-        if (!(err > o.tol)) { status = 0; ++it; break; }
-      }
-    }
-    fold(lu, lv, w, x, y, z);
-    it_out = it;
-    return true;
-  }
-
-  // Unbalanced in the scaling domain. With K absorbed from (lu, lv), the log update
-  //   LU_i = (1 - fa) s_a_i + fa (log a_i - LSE_j(LV_j - C_ij/eps)),  LSE = log (K y)_i - lu_i
-  // becomes x_i = g_i (a_i / (K y)_i)^fa with g_i = exp((1 - fa)(s_a_i - lu_i)) fixed between
-  // absorptions; POT's u_i = exp(LU_i - s_a_i) = x_i h_i with h_i = exp(lu_i - s_a_i).
-  bool unbalanced_scaled(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
-    const T fa = T(o.fi_a), fb = T(o.fi_b);
-    std::vector<T> sa(n, T(0)), sb(m, T(0));
-    if (o.kl_ref) { sa = la; sb = lb; }
-    for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] += sa[i];
-    for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] += sb[j];
-    std::vector<T> x(n), y(m), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m);
-    for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
-    for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
-    T w = 0, z = 1;
-    auto refresh = [&]() {
-      absorb(lu, lv, w, K);
-      for (int64_t i = 0; i < n; ++i)
-        if (ma[i]) { ga[i] = std::exp((T(1) - fa) * (sa[i] - lu[i])); ha[i] = std::exp(lu[i] - sa[i]); }
-      for (int64_t j = 0; j < m; ++j)
-        if (mb[j]) { gb[j] = std::exp((T(1) - fb) * (sb[j] - lv[j])); hb[j] = std::exp(lv[j] - sb[j]); }
-    };
-    auto rel = [](const std::vector<T>& s, const std::vector<T>& h, const std::vector<T>& prev,
-                  const std::vector<char>& msk) {
-      double dmax = 0, xmax = 0, pmax = 0;
-      for (size_t i = 0; i < s.size(); ++i) {
-        if (!msk[i]) continue;
-        const double u = double(s[i]) * double(h[i]);
-        dmax = std::max(dmax, std::abs(u - double(prev[i])));
-        xmax = std::max(xmax, std::abs(u));
-        pmax = std::max(pmax, std::abs(double(prev[i])));
-      }
-      return dmax / std::max({xmax, pmax, 1.0});
-    };
-    refresh();
-    int64_t k = 0, it = 0;
-    status = 1;
-    for (it = 0; it < o.max_iter; ++it) {
-      for (int64_t i = 0; i < n; ++i) pu[i] = x[i] * ha[i];
-      for (int64_t j = 0; j < m; ++j) pv[j] = y[j] * hb[j];
-      if (!sweep(K, y.data(), x.data(), cs.data(), [&](int64_t i, T rs) {
-            if (!positive_finite(rs)) return false;
-            x[i] = ga[i] * (fa == T(1) ? a[i] / rs : std::pow(a[i] / rs, fa));
-            return true;
-          }))
-        return false;
-      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); refresh(); k_col_axpy(K, x.data(), cs.data()); }
-      for (int64_t j = 0; j < m; ++j) {
-        if (!mb[j]) continue;
-        if (!positive_finite(cs[j])) return false;
-        y[j] = gb[j] * (fb == T(1) ? b[j] / cs[j] : std::pow(b[j] / cs[j], fb));
-      }
-      if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); refresh(); }
-      if (o.check_every > 0 && it % o.check_every == 0) {
-        const T err = T(0.5 * (rel(x, ha, pu, ma) + rel(y, hb, pv, mb)));
-        record(hist, k, err);
-        if (err < o.tol) { status = 0; ++it; break; }
-      }
-    }
-    fold(lu, lv, w, x, y, z);
-    it_out = it;
-    return true;
-  }
-
   static T scaled_change_row(const T* __restrict k, const T* __restrict y0, const T* __restrict y1, T s0, T s1,
                              int64_t m) {
     T s = 0;
@@ -821,26 +875,10 @@ void solve_one(const T* C, int64_t n, int64_t m, const T* a, const T* b, T mass,
     *lw = 0; *value = 0; *value_linear = 0; *n_iter = 0; *status = 0;
     return;
   }
-  // Stabilised scaling domain first (K materialised in the plan buffer); the log domain when asked
-  // or when the scaling iteration hits an underflowed row / column (restart from the start).
-  bool done = false;
-  if (o.domain == kAuto) {
-    std::vector<T> lu_init(lu, lu + n), lv_init(lv, lv + m);
-    if (o.problem == kBalanced) done = s.balanced_scaled(lu, lv, plan, *n_iter, *status, hist);
-    else if (o.problem == kUnbalanced) done = s.unbalanced_scaled(lu, lv, plan, *n_iter, *status, hist);
-    else done = s.partial_scaled(mass, lu, lv, w, plan, *n_iter, *status, hist);
-    if (!done) {
-      std::copy(lu_init.begin(), lu_init.end(), lu);
-      std::copy(lv_init.begin(), lv_init.end(), lv);
-      for (int64_t k = 0; k < o.hist_len; ++k) hist[k] = T(-1);
-      w = 0;
-    }
-  }
-  if (!done) {
-    if (o.problem == kBalanced) s.balanced(lu, lv, *n_iter, *status, hist);
-    else if (o.problem == kUnbalanced) s.unbalanced(lu, lv, *n_iter, *status, hist);
-    else s.partial(mass, lu, lv, w, *n_iter, *status, hist);
-  }
+  // The kernel K of the scaling domain lives in the plan's buffer until the plan is written.
+  if (o.problem == kBalanced) s.balanced(lu, lv, plan, *n_iter, *status, hist);
+  else if (o.problem == kUnbalanced) s.unbalanced(lu, lv, plan, *n_iter, *status, hist);
+  else s.partial(mass, lu, lv, w, plan, *n_iter, *status, hist);
 
   std::vector<T> r, c;
   const T lin = s.write_plan(lu, lv, w, plan, r, c);

@@ -6,7 +6,7 @@ namespace gf {
 
 enum Problem : int64_t { kBalanced = 0, kUnbalanced = 1, kPartial = 2 };
 // kAuto: stabilised scaling-domain iterations (matrix-vector products on an absorbed kernel) with
-// a restart in the log domain if they underflow; kLog: log-sum-exp passes only.
+// log-domain iterations wherever they would underflow; kLog: log-sum-exp passes only.
 enum Domain : int64_t { kAuto = 0, kLog = 1 };
 
 struct SolveOptions {
