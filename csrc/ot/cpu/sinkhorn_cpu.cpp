@@ -238,14 +238,14 @@ struct Solver {
   // the column sums that iteration it needs anyway; so a problem that converges at the start of
   // iteration it has performed it iterations.
   void balanced(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
-    std::vector<T> x(n), y(m), cs(m), px(n), py(m), plu(n), plv(m);
+    std::vector<T> x(n), y(m), xn(n), yn(m), cs(m), plu(n), plv(m);
     T w = 0, z = 1;
     int64_t k = 0, it = 0;
     bool pending = false, converged = false, numerical = false;
     DomainSwitch dom{o.domain == kAuto};
     auto enter = [&]() {  // scaling domain: K = exp(lu + lv - C/eps), x = y = 1, cs = K^T x
-      for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
-      for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
+      for (int64_t i = 0; i < n; ++i) x[i] = xn[i] = ma[i] ? T(1) : T(0);
+      for (int64_t j = 0; j < m; ++j) y[j] = yn[j] = mb[j] ? T(1) : T(0);
       absorb(lu, lv, w, K);
       k_col_axpy(K, x.data(), cs.data());
     };
@@ -278,9 +278,10 @@ struct Solver {
     };
     auto row_update = [&](int64_t i, T rs) {
       if (!positive_finite(rs)) return false;
-      x[i] = a[i] / rs;
+      xn[i] = a[i] / rs;
       return true;
     };
+    LogBackup backup;
     auto scaled_iter = [&]() -> Step {  // on entry cs = K^T x
       for (int64_t j = 0; j < m; ++j)
         if (mb[j] && !positive_finite(cs[j])) return Step::kFailed;
@@ -289,22 +290,21 @@ struct Solver {
         record(hist, k, err);
         if (err < o.tol) return Step::kConverged;
       }
-      px = x; py = y;
-      std::copy(lu, lu + n, plu.begin());
-      std::copy(lv, lv + m, plv.begin());
-      for (int64_t j = 0; j < m; ++j) if (mb[j]) y[j] = b[j] / cs[j];
-      if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); absorb(lu, lv, w, K); }
-      if (!sweep(K, y.data(), x.data(), cs.data(), row_update)) {
-        x = px; y = py;
-        std::copy(plu.begin(), plu.end(), lu);
-        std::copy(plv.begin(), plv.end(), lv);
+      backup.saved = false;
+      for (int64_t j = 0; j < m; ++j) if (mb[j]) yn[j] = b[j] / cs[j];
+      if (!in_range(yn, mb)) { backup.save(lu, lv, w, n, m); fold_vec(lv, yn, mb); absorb(lu, lv, w, K); }
+      if (!sweep(K, yn.data(), xn.data(), cs.data(), row_update)) {
+        backup.restore(lu, lv, w);
         return Step::kFailed;
       }
-      if (!in_range(x, ma)) {
-        fold(lu, lv, w, x, y, z);
+      if (!in_range(xn, ma)) {
+        backup.save(lu, lv, w, n, m);
+        fold_vec(lu, xn, ma);
         absorb(lu, lv, w, K);
-        k_col_axpy(K, x.data(), cs.data());
+        k_col_axpy(K, xn.data(), cs.data());
       }
+      std::swap(x, xn);
+      std::swap(y, yn);
       return Step::kNext;
     };
     if (dom.scaled) enter();
@@ -352,7 +352,7 @@ struct Solver {
     // On entry lu, lv hold POT's log u, log v (warm start, 0 by default): shift by s_a, s_b.
     for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] += sa[i];
     for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] += sb[j];
-    std::vector<T> x(n), y(m), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m), px(n), py(m), plu(n), plv(m);
+    std::vector<T> x(n), y(m), xn(n), yn(m), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m), plu(n), plv(m);
     T w = 0, z = 1;
     int64_t k = 0, it = 0;
     bool converged = false, numerical = false;
@@ -365,8 +365,8 @@ struct Solver {
         if (mb[j]) { gb[j] = std::exp((T(1) - fb) * (sb[j] - lv[j])); hb[j] = std::exp(lv[j] - sb[j]); }
     };
     auto enter = [&]() {
-      for (int64_t i = 0; i < n; ++i) x[i] = ma[i] ? T(1) : T(0);
-      for (int64_t j = 0; j < m; ++j) y[j] = mb[j] ? T(1) : T(0);
+      for (int64_t i = 0; i < n; ++i) x[i] = xn[i] = ma[i] ? T(1) : T(0);
+      for (int64_t j = 0; j < m; ++j) y[j] = yn[j] = mb[j] ? T(1) : T(0);
       refresh();
     };
     // max |u - u'| / max(|u|, |u'|, 1) over unmasked entries, u and u' given by accessors.
@@ -403,31 +403,35 @@ struct Solver {
       }
       return Step::kNext;
     };
-    auto restore = [&]() {
-      x = px; y = py;
-      std::copy(plu.begin(), plu.end(), lu);
-      std::copy(plv.begin(), plv.end(), lv);
-    };
+    LogBackup backup;
     auto scaled_iter = [&](int64_t it) -> Step {
-      for (int64_t i = 0; i < n; ++i) pu[i] = x[i] * ha[i];
-      for (int64_t j = 0; j < m; ++j) pv[j] = y[j] * hb[j];
-      px = x; py = y;
-      std::copy(lu, lu + n, plu.begin());
-      std::copy(lv, lv + m, plv.begin());
-      const bool ok = sweep(K, y.data(), x.data(), cs.data(), [&](int64_t i, T rs) {
+      const bool check = check_due(it);
+      if (check) {  // POT's u, v at the start of the iteration
+        for (int64_t i = 0; i < n; ++i) pu[i] = x[i] * ha[i];
+        for (int64_t j = 0; j < m; ++j) pv[j] = y[j] * hb[j];
+      }
+      backup.saved = false;
+      const bool ok = sweep(K, y.data(), xn.data(), cs.data(), [&](int64_t i, T rs) {
         if (!positive_finite(rs)) return false;
-        x[i] = ga[i] * (fa == T(1) ? a[i] / rs : std::pow(a[i] / rs, fa));
+        xn[i] = ga[i] * (fa == T(1) ? a[i] / rs : std::pow(a[i] / rs, fa));
         return true;
       });
-      if (!ok) { restore(); return Step::kFailed; }
-      if (!in_range(x, ma)) { fold(lu, lv, w, x, y, z); refresh(); k_col_axpy(K, x.data(), cs.data()); }
+      if (!ok) return Step::kFailed;
+      if (!in_range(xn, ma)) {
+        backup.save(lu, lv, w, n, m);
+        fold_vec(lu, xn, ma);
+        refresh();
+        k_col_axpy(K, xn.data(), cs.data());
+      }
       for (int64_t j = 0; j < m; ++j) {
         if (!mb[j]) continue;
-        if (!positive_finite(cs[j])) { restore(); return Step::kFailed; }
-        y[j] = gb[j] * (fb == T(1) ? b[j] / cs[j] : std::pow(b[j] / cs[j], fb));
+        if (!positive_finite(cs[j])) { backup.restore(lu, lv, w); return Step::kFailed; }
+        yn[j] = gb[j] * (fb == T(1) ? b[j] / cs[j] : std::pow(b[j] / cs[j], fb));
       }
-      if (!in_range(y, mb)) { fold(lu, lv, w, x, y, z); refresh(); }
-      if (check_due(it)) {
+      if (!in_range(yn, mb)) { backup.save(lu, lv, w, n, m); fold_vec(lv, yn, mb); refresh(); }
+      std::swap(x, xn);
+      std::swap(y, yn);
+      if (check) {
         const T err = T(0.5 * (rel(n, ma, [&](int64_t i) { return double(x[i]) * double(ha[i]); },
                                    [&](int64_t i) { return double(pu[i]); }) +
                                rel(m, mb, [&](int64_t j) { return double(y[j]) * double(hb[j]); },
@@ -461,16 +465,16 @@ struct Solver {
   void partial(T mass, T* lu, T* lv, T& w, T* K, int64_t& it_out, int64_t& status, T* hist) {
     w = partial_init(mass, lu, lv);
     std::vector<T> p(n, T(0)), s(m, T(0)), x(n), y(m), cs(m), P(n, T(1)), S(m, T(1));
-    std::vector<T> plu(n), plv(m), pp(n), ps(m), px(n), py(m), pP(n), pS(m);
-    T t = 0, z = 1, Tm = 1, pw = 0, pt = 0, pz = 1, pTm = 1;
+    std::vector<T> xn(n), yn(m), Pn(n, T(1)), Sn(m, T(1)), plu(n), plv(m), pp(n), ps(m);
+    T t = 0, z = 1, Tm = 1, pw = 0, pt = 0;
     const T lmass = std::log(mass);
     int64_t k = 0, it = 0;
     bool converged = false, numerical = false;
     DomainSwitch dom{o.domain == kAuto};
     auto enter = [&]() {
       absorb(lu, lv, w, K);
-      for (int64_t i = 0; i < n; ++i) { x[i] = ma[i] ? T(1) : T(0); P[i] = ma[i] ? std::exp(p[i]) : T(1); }
-      for (int64_t j = 0; j < m; ++j) { y[j] = mb[j] ? T(1) : T(0); S[j] = mb[j] ? std::exp(s[j]) : T(1); }
+      for (int64_t i = 0; i < n; ++i) { x[i] = xn[i] = ma[i] ? T(1) : T(0); P[i] = Pn[i] = ma[i] ? std::exp(p[i]) : T(1); }
+      for (int64_t j = 0; j < m; ++j) { y[j] = yn[j] = mb[j] ? T(1) : T(0); S[j] = Sn[j] = mb[j] ? std::exp(s[j]) : T(1); }
       z = 1;
       Tm = std::exp(t);
     };
@@ -528,65 +532,68 @@ struct Solver {
       }
       return Step::kNext;
     };
+    LogBackup backup;
     auto scaled_iter = [&](int64_t it) -> Step {
-      save();
-      px = x; py = y; pz = z; pP = P; pS = S; pTm = Tm;
+      backup.saved = false;
       bool absorbed = false;
-      auto restore = [&]() {
-        std::copy(plu.begin(), plu.end(), lu);
-        std::copy(plv.begin(), plv.end(), lv);
-        w = pw; x = px; y = py; z = pz; P = pP; S = pS; Tm = pTm;
-        return Step::kFailed;
-      };
-      // rows: undo the previous row correction, project onto {P 1 <= a}; the sweep also leaves
-      // cs = K^T x for the column step.
-      if (!sweep(K, y.data(), x.data(), cs.data(), [&](int64_t i, T rs) {
+      // rows: undo the previous row correction, project onto {P 1 <= a} (new values in xn, Pn);
+      // the sweep also leaves cs = K^T xn for the column step.
+      if (!sweep(K, y.data(), xn.data(), cs.data(), [&](int64_t i, T rs) {
             const T xi = x[i] / P[i];
             const T rowsum = xi * z * rs;
             if (!positive_finite(rowsum)) return false;
-            P[i] = std::min(a[i] / rowsum, T(1));
-            x[i] = xi * P[i];
+            Pn[i] = std::min(a[i] / rowsum, T(1));
+            xn[i] = xi * Pn[i];
             return true;
           }))
-        return restore();
-      if (!in_range(x, ma)) {
-        fold(lu, lv, w, x, y, z);
+        return Step::kFailed;
+      if (!in_range(xn, ma)) {
+        backup.save(lu, lv, w, n, m);
+        fold_vec(lu, xn, ma);
         absorb(lu, lv, w, K);
-        k_col_axpy(K, x.data(), cs.data());
+        k_col_axpy(K, xn.data(), cs.data());
         absorbed = true;
       }
-      // columns: project onto {P^T 1 <= b}
-      for (int64_t j = 0; j < m; ++j) if (mb[j]) y[j] /= S[j];
+      // columns: project onto {P^T 1 <= b} (new values in yn, Sn)
       double tot = 0;
       for (int64_t j = 0; j < m; ++j) {
         if (!mb[j]) continue;
-        const T colsum = y[j] * z * cs[j];
-        if (!positive_finite(colsum)) return restore();
-        S[j] = std::min(b[j] / colsum, T(1));
-        y[j] *= S[j];
-        tot += double(colsum) * double(S[j]);
+        const T yj = y[j] / S[j];
+        const T colsum = yj * z * cs[j];
+        if (!positive_finite(colsum)) { backup.restore(lu, lv, w); return Step::kFailed; }
+        Sn[j] = std::min(b[j] / colsum, T(1));
+        yn[j] = yj * Sn[j];
+        tot += double(colsum) * double(Sn[j]);
       }
       // total mass: undo the previous correction, project onto {sum P = m}
       const T total = T(tot) / Tm;
-      z /= Tm;
-      Tm = mass / total;
-      z *= Tm;
-      if (!positive_finite(z) || !positive_finite(Tm)) return restore();
-      if (!in_range(y, mb) || !(z < kBig && z > T(1) / kBig)) {
-        fold(lu, lv, w, x, y, z);
+      const T Tmn = mass / total;
+      T zn = z / Tm * Tmn;
+      if (!positive_finite(zn) || !positive_finite(Tmn)) { backup.restore(lu, lv, w); return Step::kFailed; }
+      if (!in_range(yn, mb) || !(zn < kBig && zn > T(1) / kBig)) {
+        backup.save(lu, lv, w, n, m);
+        fold_vec(lv, yn, mb);
+        w += std::log(zn);
+        zn = 1;
         absorb(lu, lv, w, K);
         absorbed = true;
       }
-      if (check_due(it)) {
-        T err;
+      const bool check = check_due(it);
+      T err = 0;
+      if (check) {
         if (!absorbed) {
-          err = scaled_change(K, px, py, pz, x, y, z);
+          err = scaled_change(K, x, y, z, xn, yn, zn);
         } else {  // compare in the log domain: P = exp(lu + log x + lv + log y + w + log z - C/eps)
-          std::vector<T> u0(plu), v0(plv), u1(lu, lu + n), v1(lv, lv + m);
-          for (int64_t i = 0; i < n; ++i) if (ma[i]) { u0[i] += std::log(px[i]); u1[i] += std::log(x[i]); }
-          for (int64_t j = 0; j < m; ++j) if (mb[j]) { v0[j] += std::log(py[j]); v1[j] += std::log(y[j]); }
-          err = plan_change(u0.data(), v0.data(), pw + std::log(pz), u1.data(), v1.data(), w + std::log(z));
+          std::vector<T> u0(backup.lu), v0(backup.lv), u1(lu, lu + n), v1(lv, lv + m);
+          for (int64_t i = 0; i < n; ++i) if (ma[i]) { u0[i] += std::log(x[i]); u1[i] += std::log(xn[i]); }
+          for (int64_t j = 0; j < m; ++j) if (mb[j]) { v0[j] += std::log(y[j]); v1[j] += std::log(yn[j]); }
+          err = plan_change(u0.data(), v0.data(), backup.w + std::log(z), u1.data(), v1.data(), w + std::log(zn));
         }
+      }
+      std::swap(x, xn); std::swap(P, Pn); std::swap(y, yn); std::swap(S, Sn);
+      z = zn;
+      Tm = Tmn;
+      if (check) {
         record(hist, k, err);
         if (!(err > o.tol)) return Step::kConverged;
       }
@@ -786,11 +793,37 @@ struct Solver {
 
   // Folds the scalings into the log potentials and re-materialises K.
   void fold(T* lu, T* lv, T& w, std::vector<T>& x, std::vector<T>& y, T& z) {
-    for (int64_t i = 0; i < n; ++i) if (ma[i]) { lu[i] += std::log(x[i]); x[i] = 1; }
-    for (int64_t j = 0; j < m; ++j) if (mb[j]) { lv[j] += std::log(y[j]); y[j] = 1; }
+    fold_vec(lu, x, ma);
+    fold_vec(lv, y, mb);
     w += std::log(z);
     z = 1;
   }
+  // Folds one side only: K changes by diag(x) on that side, the other scalings stay valid.
+  static void fold_vec(T* l, std::vector<T>& x, const std::vector<char>& msk) {
+    for (size_t i = 0; i < x.size(); ++i) if (msk[i]) { l[i] += std::log(x[i]); x[i] = 1; }
+  }
+
+  // Within a scaling-domain iteration the new scalings go to second buffers (swapped in at the
+  // end), so an iteration that fails leaves the state of its start; only a fold inside the
+  // iteration changes (lu, lv, w), which LogBackup saves the first time.
+  struct LogBackup {
+    std::vector<T> lu, lv;
+    T w = 0;
+    bool saved = false;
+    void save(const T* u, const T* v, T w_, int64_t n, int64_t m) {
+      if (saved) return;
+      lu.assign(u, u + n);
+      lv.assign(v, v + m);
+      w = w_;
+      saved = true;
+    }
+    void restore(T* u, T* v, T& w_) const {
+      if (!saved) return;
+      std::copy(lu.begin(), lu.end(), u);
+      std::copy(lv.begin(), lv.end(), v);
+      w_ = w;
+    }
+  };
 
   static T scaled_change_row(const T* __restrict k, const T* __restrict y0, const T* __restrict y1, T s0, T s1,
                              int64_t m) {
