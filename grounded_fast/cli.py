@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "compare-pot":
         try:
-            import ot  # noqa: F401
+            import ot  # noqa: F401  (availability check)
         except ImportError:
             print("compare-pot needs POT: pip install pot==0.9.7.post1", file=sys.stderr)
             return 2

@@ -5,7 +5,7 @@ import ot as pot
 import pytest
 import torch
 
-from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
+from grounded_fast.ops import PARTIAL, UNBALANCED, entropic_ot
 import grounded_fast.ot as ot
 
 from conftest import assert_close, make_problem

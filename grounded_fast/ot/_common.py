@@ -52,11 +52,9 @@ def warn_not_converged(sol: OTSolution, warn: bool) -> None:
                       "`numItermax` or the regularization parameter `reg`.", UserWarning, stacklevel=3)
 
 
-def envelope_loss(sol: OTSolution, linear: bool = True) -> torch.Tensor:
+def envelope_loss(sol: OTSolution) -> torch.Tensor:
     """The linear cost <P, M> as POT reports it, carrying the envelope gradient of the
     regularised objective (dL/dM = P, dL/da, dL/db = dual potentials)."""
-    if not linear:
-        return sol.value
     if sol.plan.requires_grad:  # grad='autodiff': value_linear is differentiable by unrolling, as POT's
         return sol.value_linear
     return sol.value_linear + (sol.value - sol.value.detach())

@@ -47,7 +47,3 @@ class Converter:
         if isinstance(x, list):
             return [self.out(v) for v in x]
         return x
-
-    def scalar(self, x):
-        """A 0-d result: a torch scalar tensor for torch input, a Python/numpy float otherwise."""
-        return x if self.torch_in else float(x.detach().cpu())
