@@ -207,3 +207,34 @@ def test_scaling_domain_hand_over_float32(problem):
     s_log = entropic_ot(C + 3.0, a, b, domain="log", **kw)
     assert torch.isfinite(s_auto.plan).all() and (s_auto.status != 2).all()
     assert_close(s_auto.plan, s_log.plan, rtol=2e-3, atol=1e-7, name="plan")
+
+
+def test_randomised_problems_both_domains_match_reference():
+    """Seeded random problems (shapes, masks, reg over 4 decades, cost scales, offsets that make
+    exp(-C/reg) underflow, all kinds, both dtypes): both CPU domains match the reference, with the
+    float32 tolerance scaled by the conditioning max(C)/reg."""
+    import random
+
+    rnd = random.Random(0)
+    g = torch.Generator().manual_seed(0)
+    for case in range(80):
+        B, n, m = rnd.choice([1, 2, 5]), rnd.randint(1, 40), rnd.randint(1, 40)
+        dt = rnd.choice([torch.float32, torch.float64])
+        problem = rnd.choice(KINDS)
+        reg = 10 ** rnd.uniform(-3, 1)
+        C = torch.rand(B, n, m, generator=g, dtype=torch.float64) * 10 ** rnd.uniform(-1, 2) + rnd.choice([0.0, 5.0])
+        a = torch.rand(B, n, generator=g, dtype=torch.float64) + 0.05
+        b = torch.rand(B, m, generator=g, dtype=torch.float64) + 0.05
+        if n > 1 and rnd.random() < 0.5:
+            a[:, rnd.randrange(n)] = 0
+        if m > 1 and rnd.random() < 0.5:
+            b[:, rnd.randrange(m)] = 0
+        a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True) * (1.3 if problem == PARTIAL else 1.0)
+        kw = dict(reg=reg, problem=problem, max_iter=60, check_every=0, warn=False, mass=0.7, reg_m=(0.5, 2.0))
+        ref = entropic_ot(C, a, b, backend="torch", **kw)
+        pmax = ref.plan.max().item()
+        tol = 1e-9 if dt == torch.float64 else 2e-7 * (C.max().item() / reg) * pmax + 1e-7
+        for domain in ("auto", "log"):
+            sol = entropic_ot(C.to(dt), a.to(dt), b.to(dt), domain=domain, **kw)
+            assert (sol.status != 2).all(), (case, domain)
+            assert_close(sol.plan, ref.plan, rtol=0, atol=tol, name=f"case {case} {domain} {dt} kind {problem}")
