@@ -783,10 +783,17 @@ struct Solver {
     const T* p = v.data();
     const int64_t len = int64_t(v.size());
     const T lo = T(1) / kBig, hi = kBig;
-    int bad = 0;
-#pragma omp simd reduction(| : bad)
-    for (int64_t i = 0; i < len; ++i) bad |= int(p[i] != T(0) && !(p[i] < hi && p[i] > lo));
-    return !bad;
+    const T inf = std::numeric_limits<T>::infinity();
+    T mx = 0, mn = inf;
+    int nan = 0;
+#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(| : nan)
+    for (int64_t i = 0; i < len; ++i) {
+      const T v = p[i];
+      mx = std::max(mx, v);
+      mn = std::min(mn, v == T(0) ? inf : v);
+      nan |= int(v != v);
+    }
+    return !nan && mx < hi && mn > lo;
   }
 
   static bool positive_finite(T v) { return v > T(0) && v < std::numeric_limits<T>::infinity(); }
