@@ -115,14 +115,19 @@ struct Solver {
   T inv_eps;
   std::vector<T> la, lb;       // log weights (kNeg where masked)
   std::vector<char> ma, mb;    // masks: weight > 0
+  std::vector<T> mbf;          // column mask as 1 / 0 (for branch-free loops)
   std::vector<T> rl, cl;       // row / column LSE results
 
   Solver(const T* C_, int64_t n_, int64_t m_, const T* a_, const T* b_, const SolveOptions& o_,
          bool par_)
       : C(C_), n(n_), m(m_), a(a_), b(b_), o(o_), par(par_), inv_eps(T(1.0 / o_.reg)),
-        la(n_), lb(m_), ma(n_), mb(m_), rl(n_), cl(m_) {
+        la(n_), lb(m_), ma(n_), mb(m_), mbf(m_), rl(n_), cl(m_) {
     for (int64_t i = 0; i < n; ++i) { ma[i] = a[i] > 0; la[i] = ma[i] ? std::log(a[i]) : kNeg<T>; }
-    for (int64_t j = 0; j < m; ++j) { mb[j] = b[j] > 0; lb[j] = mb[j] ? std::log(b[j]) : kNeg<T>; }
+    for (int64_t j = 0; j < m; ++j) {
+      mb[j] = b[j] > 0;
+      mbf[j] = mb[j] ? T(1) : T(0);
+      lb[j] = mb[j] ? std::log(b[j]) : kNeg<T>;
+    }
   }
 
   // Splitting one problem across threads costs a fork/join per pass, so it only pays for large
@@ -462,6 +467,31 @@ struct Solver {
   // Log domain: p, s, t (row / column / mass corrections); scaling domain: their exponentials
   // P, S, Tm, which the absorptions leave untouched. Stop test: POT's ||P_before - P_after||_F
   // every `check_every` iterations, counted as performed.
+  // Partial OT column step, branch-free (masked columns keep y = 0, S = 1):
+  //   y_j / S_j -> colsum_j = (y_j / S_j) z cs_j;  S'_j = min(b_j / colsum_j, 1);  y'_j = (y_j / S_j) S'_j
+  // and tot = sum_j colsum_j S'_j. False if an unmasked column sum is zero or not finite.
+  bool column_projection(const T* __restrict y, const T* __restrict S, const T* __restrict cs, T z,
+                         T* __restrict yn, T* __restrict Sn, double& tot) const {
+    const T* __restrict bw = b;
+    const T* __restrict live = mbf.data();
+    const T inf = std::numeric_limits<T>::infinity();
+    int bad = 0;
+    T acc = 0;
+#pragma omp simd reduction(| : bad) reduction(+ : acc)
+    for (int64_t j = 0; j < m; ++j) {
+      const T yj = y[j] / S[j];
+      const T colsum = yj * z * cs[j];
+      const bool on = live[j] != T(0);
+      bad |= int(on & !((colsum > T(0)) & (colsum < inf)));
+      const T sj = on ? std::min(bw[j] / colsum, T(1)) : T(1);
+      Sn[j] = sj;
+      yn[j] = yj * sj;
+      acc += on ? colsum * sj : T(0);
+    }
+    tot = double(acc);
+    return !bad;
+  }
+
   void partial(T mass, T* lu, T* lv, T& w, T* K, int64_t& it_out, int64_t& status, T* hist) {
     w = partial_init(mass, lu, lv);
     std::vector<T> p(n, T(0)), s(m, T(0)), x(n), y(m), cs(m), P(n, T(1)), S(m, T(1));
@@ -555,15 +585,10 @@ struct Solver {
         absorbed = true;
       }
       // columns: project onto {P^T 1 <= b} (new values in yn, Sn)
-      double tot = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        if (!mb[j]) continue;
-        const T yj = y[j] / S[j];
-        const T colsum = yj * z * cs[j];
-        if (!positive_finite(colsum)) { backup.restore(lu, lv, w); return Step::kFailed; }
-        Sn[j] = std::min(b[j] / colsum, T(1));
-        yn[j] = yj * Sn[j];
-        tot += double(colsum) * double(Sn[j]);
+      double tot;
+      if (!column_projection(y.data(), S.data(), cs.data(), z, yn.data(), Sn.data(), tot)) {
+        backup.restore(lu, lv, w);
+        return Step::kFailed;
       }
       // total mass: undo the previous correction, project onto {sum P = m}
       const T total = T(tot) / Tm;
