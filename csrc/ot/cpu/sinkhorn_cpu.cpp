@@ -115,14 +115,18 @@ struct Solver {
   T inv_eps;
   std::vector<T> la, lb;       // log weights (kNeg where masked)
   std::vector<char> ma, mb;    // masks: weight > 0
-  std::vector<T> mbf;          // column mask as 1 / 0 (for branch-free loops)
+  std::vector<T> maf, mbf;     // masks as 1 / 0 (for branch-free loops)
   std::vector<T> rl, cl;       // row / column LSE results
 
   Solver(const T* C_, int64_t n_, int64_t m_, const T* a_, const T* b_, const SolveOptions& o_,
          bool par_)
       : C(C_), n(n_), m(m_), a(a_), b(b_), o(o_), par(par_), inv_eps(T(1.0 / o_.reg)),
-        la(n_), lb(m_), ma(n_), mb(m_), mbf(m_), rl(n_), cl(m_) {
-    for (int64_t i = 0; i < n; ++i) { ma[i] = a[i] > 0; la[i] = ma[i] ? std::log(a[i]) : kNeg<T>; }
+        la(n_), lb(m_), ma(n_), mb(m_), maf(n_), mbf(m_), rl(n_), cl(m_) {
+    for (int64_t i = 0; i < n; ++i) {
+      ma[i] = a[i] > 0;
+      maf[i] = ma[i] ? T(1) : T(0);
+      la[i] = ma[i] ? std::log(a[i]) : kNeg<T>;
+    }
     for (int64_t j = 0; j < m; ++j) {
       mb[j] = b[j] > 0;
       mbf[j] = mb[j] ? T(1) : T(0);
@@ -281,10 +285,19 @@ struct Solver {
       }
       return Step::kNext;
     };
-    auto row_update = [&](int64_t i, T rs) {
-      if (!positive_finite(rs)) return false;
-      xn[i] = a[i] / rs;
-      return true;
+    auto row_update = [&](int64_t i0, const T* rs, int cnt) {  // x_i = a_i / (K y)_i
+      const T* __restrict on = maf.data() + i0;
+      const T* __restrict aw = a + i0;
+      T* __restrict xo = xn.data() + i0;
+      const T inf = std::numeric_limits<T>::infinity();
+      int bad = 0;
+#pragma omp simd reduction(| : bad)
+      for (int q = 0; q < cnt; ++q) {
+        const bool live = on[q] != T(0);
+        bad |= int(live & !((rs[q] > T(0)) & (rs[q] < inf)));
+        xo[q] = live ? aw[q] / rs[q] : T(0);
+      }
+      return !bad;
     };
     LogBackup backup;
     auto scaled_iter = [&]() -> Step {  // on entry cs = K^T x
@@ -416,9 +429,13 @@ struct Solver {
         for (int64_t j = 0; j < m; ++j) pv[j] = y[j] * hb[j];
       }
       backup.saved = false;
-      const bool ok = sweep(K, y.data(), xn.data(), cs.data(), [&](int64_t i, T rs) {
-        if (!positive_finite(rs)) return false;
-        xn[i] = ga[i] * (fa == T(1) ? a[i] / rs : std::pow(a[i] / rs, fa));
+      const bool ok = sweep(K, y.data(), xn.data(), cs.data(), [&](int64_t i0, const T* rs, int cnt) {
+        for (int q = 0; q < cnt; ++q) {
+          const int64_t i = i0 + q;
+          if (!ma[i]) continue;
+          if (!positive_finite(rs[q])) return false;
+          xn[i] = ga[i] * (fa == T(1) ? a[i] / rs[q] : std::pow(a[i] / rs[q], fa));
+        }
         return true;
       });
       if (!ok) return Step::kFailed;
@@ -568,13 +585,27 @@ struct Solver {
       bool absorbed = false;
       // rows: undo the previous row correction, project onto {P 1 <= a} (new values in xn, Pn);
       // the sweep also leaves cs = K^T xn for the column step.
-      if (!sweep(K, y.data(), xn.data(), cs.data(), [&](int64_t i, T rs) {
-            const T xi = x[i] / P[i];
-            const T rowsum = xi * z * rs;
-            if (!positive_finite(rowsum)) return false;
-            Pn[i] = std::min(a[i] / rowsum, T(1));
-            xn[i] = xi * Pn[i];
-            return true;
+      const T inf = std::numeric_limits<T>::infinity();
+      if (!sweep(K, y.data(), xn.data(), cs.data(), [&](int64_t i0, const T* rs, int cnt) {
+            // masked rows keep x = 0, P = 1
+            const T* __restrict on = maf.data() + i0;
+            const T* __restrict aw = a + i0;
+            const T* __restrict xi0 = x.data() + i0;
+            const T* __restrict Pi0 = P.data() + i0;
+            T* __restrict xo = xn.data() + i0;
+            T* __restrict Po = Pn.data() + i0;
+            int bad = 0;
+#pragma omp simd reduction(| : bad)
+            for (int q = 0; q < cnt; ++q) {
+              const bool live = on[q] != T(0);
+              const T xi = xi0[q] / Pi0[q];
+              const T rowsum = xi * z * rs[q];
+              bad |= int(live & !((rowsum > T(0)) & (rowsum < inf)));
+              const T pn = live ? std::min(aw[q] / rowsum, T(1)) : T(1);
+              Po[q] = pn;
+              xo[q] = xi * pn;
+            }
+            return !bad;
           }))
         return Step::kFailed;
       if (!in_range(xn, ma)) {
@@ -762,10 +793,12 @@ struct Solver {
     if (par_fma() && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
   }
 
-  // One pass over K serving two half-iterations: rs_i = (K y)_i for each row, then the row's new
-  // scaling x_i = update(i, rs_i) while the row is still in cache, then cs = K^T x. Every scaling
-  // iteration needs K y followed by K^T x(K y), so it reads K once instead of twice (the
-  // bandwidth-bound regime of large problems). update returns false on a zero / non-finite sum.
+  // One pass over K serving two half-iterations: rs_i = (K y)_i for each row, then the rows' new
+  // scalings x_i (update(i0, rs, count) for rows i0 .. i0+count-1, a block of eight or a single
+  // row) while the rows are still in cache, then cs = K^T x. Every scaling iteration needs K y
+  // followed by K^T x(K y), so it reads K once instead of twice (the bandwidth-bound regime of
+  // large problems). update returns false on a zero / non-finite sum of an unmasked row and must
+  // leave x = 0 on masked rows.
   // Large problems split rows across threads, each accumulating its own cs, summed at the end.
   template <class U>
   bool sweep(const T* K, const T* y, T* x, T* cs, U&& update) {
@@ -776,13 +809,13 @@ struct Solver {
       for (; i + 8 <= i1; i += 8) {
         const T* k = K + i * m;
         dot8(k, m, y, r);
-        for (int q = 0; q < 8; ++q)
-          if (ma[i + q] && !update(i + q, r[q])) return false;
+        if (!update(i, r, 8)) return false;
         axpy8(acc, x + i, k, m, m);
       }
       for (; i < i1; ++i) {
         if (!ma[i]) continue;
-        if (!update(i, dot(K + i * m, y, m))) return false;
+        r[0] = dot(K + i * m, y, m);
+        if (!update(i, r, 1)) return false;
         axpy(acc, x[i], K + i * m, m);
       }
       return true;
