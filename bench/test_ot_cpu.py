@@ -113,11 +113,12 @@ def test_case2_partial512_ours(benchmark, registry, case2, case2_ref, variant):
 
 
 def test_case2_partial512_pot(benchmark, registry, case2, case2_ref):
-    out, med = run_bench(benchmark, lambda: cases.pot_partial_loop(case2, range(1), ITERS_2), rounds=1,
+    # 3 rounds (~7-9 s each): POT's own time varies by +-20% run to run on this machine
+    out, med = run_bench(benchmark, lambda: cases.pot_partial_loop(case2, range(1), ITERS_2), rounds=3,
                          warmup_rounds=0)
     record(benchmark, registry, "case2/pot", med, None, case="2", side="pot",
            impl="ot.partial.entropic_partial_wasserstein (numpy f64, stopThr=-1)", dtype="f64", shape=case2.shape,
-           iters=ITERS_2, accuracy={"max_abs_err_vs_ref": max_abs(out[0], case2_ref["plan"][0])}, rounds_note="1 round, no warm-up")
+           iters=ITERS_2, accuracy={"max_abs_err_vs_ref": max_abs(out[0], case2_ref["plan"][0])}, rounds_note="3 rounds, no warm-up")
 
 
 # ============================================================================ case 3: balanced, B=64
