@@ -732,9 +732,9 @@ struct Solver {
     for (int64_t j = 0; j < w; ++j) out[j] += xi * k[j];
   }
 
-  // rs_i = sum_j K_ij y_j
-  // Eight rows at a time: each load of y (resp. of the output block) serves eight FMAs, and the
-  // eight independent accumulators hide the FMA latency.
+  // dot8: rs_q = sum_j K_qj y_j for eight rows; axpy8: out_j += sum_q x_q K_qj. Eight rows at a
+  // time: each load of y (resp. of the output block) serves eight FMAs, and the eight
+  // independent accumulators hide the FMA latency.
   static void dot8(const T* __restrict k, int64_t m, const T* __restrict y, T* out) {
     const T* __restrict k0 = k;
     const T* __restrict k1 = k + m;
