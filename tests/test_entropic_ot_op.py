@@ -238,3 +238,12 @@ def test_randomised_problems_both_domains_match_reference():
             sol = entropic_ot(C.to(dt), a.to(dt), b.to(dt), domain=domain, **kw)
             assert (sol.status != 2).all(), (case, domain)
             assert_close(sol.plan, ref.plan, rtol=0, atol=tol, name=f"case {case} {domain} {dt} kind {problem}")
+
+
+def test_history_can_be_skipped():
+    C, a, b = make_problem(2, 6, 7)
+    for problem in KINDS:
+        full = entropic_ot(C, a, b, reg=0.1, problem=problem, max_iter=50, warn=False, **KW[problem])
+        none = entropic_ot(C, a, b, reg=0.1, problem=problem, max_iter=50, warn=False, history=False, **KW[problem])
+        assert none.err_history.shape == (2, 0) and full.err_history.shape[1] > 0
+        assert torch.equal(full.plan, none.plan) and torch.equal(full.n_iter, none.n_iter)

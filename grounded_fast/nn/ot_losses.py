@@ -59,7 +59,7 @@ class _OTLoss(nn.Module):
         a = _weights(x_mask, a, (B, n), C)
         b = _weights(y_mask, b, (B, m), C)
         return entropic_ot(C, a, b, reg=self.reg, problem=self.problem, max_iter=self.max_iter, tol=self.tol,
-                           backend=self.backend, **kw)
+                           backend=self.backend, history=False, **kw)
 
 
 class SinkhornLoss(_OTLoss):
@@ -107,6 +107,6 @@ class PartialOTLoss(_OTLoss):
         bw = _weights(y_mask, b, (B, m), C)
         mass = self.mass * torch.minimum(aw.sum(1), bw.sum(1)).detach()
         sol = entropic_ot(C, aw, bw, reg=self.reg, problem=PARTIAL, mass=mass, max_iter=self.max_iter,
-                          tol=self.tol, backend=self.backend)
+                          tol=self.tol, backend=self.backend, history=False)
         loss = self._reduce(sol.value)
         return (loss, sol.plan) if return_plan else loss

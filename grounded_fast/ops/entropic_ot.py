@@ -49,18 +49,19 @@ class OTSolution(NamedTuple):
 @torch.library.custom_op(_TORCH_OP, mutates_args=())
 def _entropic_ot_torch(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                        problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
-                       max_iter: int, tol: float, check_every: int, domain: int = 0
+                       max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     with torch.no_grad():
         out = entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
-                                    kl_ref, max_iter, tol, check_every)
+                                    kl_ref, max_iter, tol, check_every, domain, history)
     return tuple(t.clone() for t in out)
 
 
 def _fake(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol,
-          check_every, domain=0):
+          check_every, domain=0, history=-1):
     B, n, m = C.shape
-    hist = max_iter // check_every + 1 if check_every > 0 else 0
+    checks = max_iter // check_every + 1 if check_every > 0 else 0
+    hist = checks if history < 0 else min(history, checks)
     long = dict(dtype=torch.long)
     return (C.new_empty(B, n, m), C.new_empty(B, n), C.new_empty(B, m), C.new_empty(B), C.new_empty(B),
             C.new_empty(B), C.new_empty(B, **long), C.new_empty(B, **long), C.new_empty(B, hist))
@@ -110,7 +111,7 @@ def _backward(ctx, *grads):
         grad_a = g[:, None] * ga
     if ctx.needs_input_grad[2]:
         grad_b = g[:, None] * gb
-    return (grad_C, grad_a, grad_b) + (None,) * 12
+    return (grad_C, grad_a, grad_b) + (None,) * 13
 
 
 for _name in (_CPU_OP, _TORCH_OP):
@@ -181,7 +182,7 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
                 kl_ref: bool = True, max_iter: int = 1000, tol: Optional[float] = None, check_every: int = 10,
                 log_u0: Optional[Tensor] = None, log_v0: Optional[Tensor] = None,
                 backend: Optional[str] = None, grad: str = "envelope", warn: bool = True,
-                domain: str = "auto", validate_inputs: bool = True) -> OTSolution:
+                domain: str = "auto", history: bool = True, validate_inputs: bool = True) -> OTSolution:
     """Solve a batch of entropic OT problems on given costs.
 
     C (B,n,m) cost; a (B,n), b (B,m) nonnegative weights (zeros = padding); reg > 0.
@@ -194,7 +195,8 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     ``domain``: 'auto' (CPU kernel: stabilised scaling-domain iterations on an absorbed kernel,
     switching to log-domain iterations where they would underflow) or 'log' (log-sum-exp passes
     only); both
-    compute the same iterates up to rounding.
+    compute the same iterates up to rounding. ``history=False`` skips ``err_history`` (an empty
+    (B, 0) tensor; it holds max_iter / check_every + 1 values per problem otherwise).
     Returns an :class:`OTSolution`; see the module docstring for gradients.
     """
     if domain not in ("auto", "log"):
@@ -238,11 +240,11 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     args = (C, a, b, mass.detach(), lu0.detach(), lv0.detach(), int(problem), float(reg), rho_a, rho_b,
             bool(kl_ref), int(max_iter), float(tol), int(check_every))
     if grad == "autodiff":
-        out = entropic_ot_reference(*args)
+        out = entropic_ot_reference(*args, 0, -1 if history else 0)
     else:
         which = choose_backend(C.device, backend)
         op = torch.ops.grounded_fast.entropic_ot if which == "cpu" else torch.ops.grounded_fast.entropic_ot_torch
-        args = args + (0 if domain == "auto" else 1,)
+        args = args + (0 if domain == "auto" else 1, -1 if history else 0)
         if grad == "detach":
             with torch.no_grad():
                 out = op(*args)

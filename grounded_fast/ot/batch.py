@@ -61,7 +61,7 @@ def solve_batch(M, reg=None, a=None, b=None, max_iter=1000, tol=1e-5, method="au
     b = torch.full((B, m), 1.0 / m, dtype=M.dtype, device=M.device) if b is None else conv.to_torch(b)
     mode = {"last_step": "detach"}.get(grad, grad)
     sol = entropic_ot(M, a, b, reg=float(reg), problem=BALANCED, max_iter=int(max_iter), tol=float(tol),
-                      check_every=10, warn=False, grad=mode, backend=backend)
+                      check_every=10, warn=False, grad=mode, backend=backend, history=False)
     plan, lu, lv = sol.plan, sol.log_u, sol.log_v
     if grad == "last_step":
         out = entropic_ot_reference(M, a, b, torch.zeros(B, dtype=M.dtype, device=M.device), lu, lv, BALANCED,

@@ -32,7 +32,8 @@ def _sinkhorn_core(a, b, M, reg, method, numItermax, stopThr, verbose, log, warn
         lu0 = torch.full((n,), -math.log(n) if knopp else 0.0, dtype=M.dtype, device=M.device)
         lv0 = torch.zeros(m, dtype=M.dtype, device=M.device)
     opts = dict(problem=BALANCED, max_iter=int(numItermax), tol=float(stopThr), check_every=10,
-                warn=False, backend=kw.pop("backend", None), grad=kw.pop("grad", "envelope"))
+                warn=False, backend=kw.pop("backend", None), grad=kw.pop("grad", "envelope"),
+                history=bool(log or verbose))
     if kw:
         raise TypeError(f"unexpected keyword arguments {sorted(kw)}")
     if b.dim() == 2:  # several target histograms: a batch sharing M, returns the losses

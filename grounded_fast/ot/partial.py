@@ -36,7 +36,7 @@ def entropic_partial_wasserstein(a, b, M, reg, m=None, method="sinkhorn", numIte
     if kwargs:
         raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
     sol = solve(a, b, M, reg, problem=PARTIAL, mass=mass.reshape(1), max_iter=int(numItermax),
-                tol=float(stopThr), check_every=10, warn=False, **opts)
+                tol=float(stopThr), check_every=10, warn=False, history=bool(log or verbose), **opts)
     if verbose:
         print_verbose(sol.err_history[0], 10)
     plan = sol.plan[0]

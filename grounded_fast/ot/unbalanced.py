@@ -34,7 +34,7 @@ def _kl(p, q):  # POT's nx.kl_div(p, q): sum p log(p / q + 1e-16)
     return (p * torch.log(p / q + 1e-16)).nan_to_num(0.0).sum()
 
 
-def _solve(a, b, M, reg, reg_m, reg_type, c, warmstart, numItermax, stopThr, verbose, method, kw):
+def _solve(a, b, M, reg, reg_m, reg_type, c, warmstart, numItermax, stopThr, verbose, method, kw, log=True):
     if method.lower() not in _METHODS:
         raise ValueError("Unknown method '%s'." % method)
     if reg_type.lower() not in ("kl", "entropy"):
@@ -52,7 +52,8 @@ def _solve(a, b, M, reg, reg_m, reg_type, c, warmstart, numItermax, stopThr, ver
         lv0 = conv.to_torch(warmstart[1]).to(M.dtype)[None]
     sol = solve(a, b, M, reg, problem=UNBALANCED, reg_m=(r1, r2), kl_ref=reg_type.lower() == "kl",
                 max_iter=int(numItermax), tol=float(stopThr), check_every=1, log_u0=lu0, log_v0=lv0,
-                warn=False, backend=kw.pop("backend", None), grad=kw.pop("grad", "envelope"))
+                warn=False, backend=kw.pop("backend", None), grad=kw.pop("grad", "envelope"),
+                history=bool(log or verbose))
     if kw:
         raise TypeError(f"unexpected keyword arguments {sorted(kw)}")
     if verbose:
@@ -83,7 +84,7 @@ def sinkhorn_unbalanced(a, b, M, reg, reg_m, method="sinkhorn", reg_type="kl", c
                         numItermax=1000, stopThr=1e-6, verbose=False, log=False, **kwargs):
     """Unbalanced entropic OT plan (n, m) with KL marginal penalties ``reg_m`` (scalar or pair)."""
     conv, a, b, M, reg, r1, r2, sol = _solve(a, b, M, reg, reg_m, reg_type, c, warmstart, numItermax, stopThr,
-                                             verbose, method, kwargs)
+                                             verbose, method, kwargs, log)
     plan = conv.out(sol.plan[0])
     return (plan, _log(conv, a, b, M, reg, r1, r2, reg_type, sol)) if log else plan
 
@@ -95,7 +96,7 @@ def sinkhorn_unbalanced2(a, b, M, reg, reg_m, method="sinkhorn", reg_type="kl", 
     if returnCost not in ("linear", "total"):
         raise ValueError(f"returnCost must be 'linear' or 'total', got {returnCost!r}")
     conv, a, b, M, reg, r1, r2, sol = _solve(a, b, M, reg, reg_m, reg_type, c, warmstart, numItermax, stopThr,
-                                             verbose, method, kwargs)
+                                             verbose, method, kwargs, log)
     lg = _log(conv, a, b, M, reg, r1, r2, reg_type, sol)
     if returnCost == "linear":
         loss = sol.value_linear[0] + (sol.value[0] - sol.value[0].detach())

@@ -20,8 +20,10 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float,
-                          reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int):
-    """Same contract as ``torch.ops.grounded_fast.entropic_ot``.
+                          reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
+                          domain: int = 0, history: int = -1):
+    """Same contract as ``torch.ops.grounded_fast.entropic_ot`` (``domain`` is ignored: one way
+    to iterate here).
 
     Shapes: C (B,n,m), a (B,n), b (B,m), mass (B,), log_u0 (B,n), log_v0 (B,m).
     Returns (plan (B,n,m), log_u (B,n), log_v (B,m), log_scale (B,), value (B,),
@@ -33,7 +35,8 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
     la = _masked(torch.log(a.clamp_min(torch.finfo(dt).tiny)), ma)
     lb = _masked(torch.log(b.clamp_min(torch.finfo(dt).tiny)), mb)
     K = -C / reg
-    hist_len = max_iter // check_every + 1 if check_every > 0 else 0
+    checks = max_iter // check_every + 1 if check_every > 0 else 0
+    hist_len = checks if history < 0 else min(history, checks)
     hist = torch.full((B, hist_len), -1.0, dtype=dt, device=C.device)
     n_iter = torch.zeros(B, dtype=torch.long, device=C.device)
     status = torch.ones(B, dtype=torch.long, device=C.device)
