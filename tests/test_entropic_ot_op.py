@@ -247,3 +247,14 @@ def test_history_can_be_skipped():
         none = entropic_ot(C, a, b, reg=0.1, problem=problem, max_iter=50, warn=False, history=False, **KW[problem])
         assert none.err_history.shape == (2, 0) and full.err_history.shape[1] > 0
         assert torch.equal(full.plan, none.plan) and torch.equal(full.n_iter, none.n_iter)
+
+
+def test_single_unbatched_problem():
+    C, a, b = make_problem(1, 7, 9)
+    C.requires_grad_()
+    one = entropic_ot(C[0], a[0], b[0], reg=0.1, problem=PARTIAL, mass=0.5)
+    batched = entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=0.5)
+    assert one.plan.shape == (7, 9) and one.log_u.shape == (7,) and one.value.shape == ()
+    assert torch.equal(one.plan, batched.plan[0])
+    one.value.backward()
+    assert torch.allclose(C.grad[0], one.plan)

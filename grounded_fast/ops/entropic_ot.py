@@ -185,7 +185,8 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
                 domain: str = "auto", history: bool = True, validate_inputs: bool = True) -> OTSolution:
     """Solve a batch of entropic OT problems on given costs.
 
-    C (B,n,m) cost; a (B,n), b (B,m) nonnegative weights (zeros = padding); reg > 0.
+    C (B,n,m) cost; a (B,n), b (B,m) nonnegative weights (zeros = padding); reg > 0. A single
+    problem C (n,m), a (n,), b (m,) gives unbatched outputs.
     problem: BALANCED, UNBALANCED (``reg_m`` = (rho_a, rho_b), ``kl_ref``: reference a b^T, else 1)
     or PARTIAL (``mass``: transported mass, a number or a (B,) tensor, default min(|a|,|b|)).
     ``check_every`` = 0 runs exactly ``max_iter`` iterations (benchmarks); otherwise the stop test
@@ -199,6 +200,18 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     (B, 0) tensor; it holds max_iter / check_every + 1 values per problem otherwise).
     Returns an :class:`OTSolution`; see the module docstring for gradients.
     """
+    if isinstance(C, Tensor) and C.dim() == 2:  # one problem: solve it as a batch of one
+        for name, t in (("a", a), ("b", b)):
+            if isinstance(t, Tensor) and t.dim() != 1:
+                raise ValueError(f"C is a single (n, m) problem, so {name} must be 1-d; got shape "
+                                 f"{tuple(t.shape)} (or pass C as (B, n, m))")
+        batch1 = lambda t: t[None] if isinstance(t, Tensor) and t.dim() >= 1 else t  # noqa: E731
+        sol = entropic_ot(C[None], batch1(a), batch1(b), reg=reg, problem=problem,
+                          mass=mass if not isinstance(mass, Tensor) else mass.reshape(1), reg_m=reg_m,
+                          kl_ref=kl_ref, max_iter=max_iter, tol=tol, check_every=check_every,
+                          log_u0=batch1(log_u0), log_v0=batch1(log_v0), backend=backend, grad=grad, warn=warn,
+                          domain=domain, history=history, validate_inputs=validate_inputs)
+        return OTSolution(*(t[0] for t in sol))
     if domain not in ("auto", "log"):
         raise ValueError(f"domain must be 'auto' or 'log', got {domain!r}")
     if grad not in GRAD_MODES:
