@@ -20,7 +20,7 @@ def prob():
     (lambda C, a, b: (C, a[:, :3], b), ValueError, "a must have shape"),
     (lambda C, a, b: (C, a, b[:1]), ValueError, "b must have shape"),
     (lambda C, a, b: (C[0], a, b), ValueError, "single .* a must be 1-d"),
-    (lambda C, a, b: (C[0, 0], a[0], b[0]), ValueError, "C must have 3"),
+    (lambda C, a, b: (C[0, 0], a[0], b[0]), ValueError, "C must be \\(B, n, m\\) or \\(n, m\\)"),
     (lambda C, a, b: (C, -a, b), ValueError, "a has negative"),
     (lambda C, a, b: (C, a, b * math.nan), ValueError, "b contains NaN"),
     (lambda C, a, b: (C * math.inf, a, b), ValueError, "C .* NaN or inf"),

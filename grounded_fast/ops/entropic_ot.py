@@ -200,6 +200,8 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     (B, 0) tensor; it holds max_iter / check_every + 1 values per problem otherwise).
     Returns an :class:`OTSolution`; see the module docstring for gradients.
     """
+    if isinstance(C, Tensor) and C.dim() not in (2, 3):
+        raise ValueError(f"C must be (B, n, m) or (n, m), got shape {tuple(C.shape)}")
     if isinstance(C, Tensor) and C.dim() == 2:  # one problem: solve it as a batch of one
         for name, t in (("a", a), ("b", b)):
             if isinstance(t, Tensor) and t.dim() != 1:
