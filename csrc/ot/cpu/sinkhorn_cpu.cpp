@@ -142,7 +142,14 @@ struct Solver {
 
   template <class F>
   void for_rows(F&& f, bool split) const {
-    if (split) at::parallel_for(0, n, 16, f); else f(0, n);
+    if (split) {
+      at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+        FlushDenormals ftz;
+        f(i0, i1);
+      });
+    } else {
+      f(0, n);
+    }
   }
   template <class F>
   void for_rows(F&& f) const { for_rows(f, par_exp()); }
@@ -165,7 +172,14 @@ struct Solver {
         col_lse(C, lu, n, m, j0, j1, inv_eps, cl.data() + j0, s.data());
       }
     };
-    if (par_exp() && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
+    if (par_exp() && nblk > 1) {
+      at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+        FlushDenormals ftz;
+        body(b0, b1);
+      });
+    } else {
+      body(0, nblk);
+    }
   }
 
   static bool all_finite(const std::vector<T>& v) {
@@ -790,7 +804,14 @@ struct Solver {
         for (; i < n; ++i) axpy(out, x[i], Kb + i * m, w);
       }
     };
-    if (par_fma() && nblk > 1) at::parallel_for(0, nblk, 1, body); else body(0, nblk);
+    if (par_fma() && nblk > 1) {
+      at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+        FlushDenormals ftz;
+        body(b0, b1);
+      });
+    } else {
+      body(0, nblk);
+    }
   }
 
   // One pass over K serving two half-iterations: rs_i = (K y)_i for each row, then the rows' new
@@ -827,8 +848,10 @@ struct Solver {
     parts_.resize(size_t(std::max(chunks - 1, 0)) * m);
     ok_.assign(chunks, 1);
 #pragma omp parallel for num_threads(chunks) schedule(static, 1)
-    for (int c = 0; c < chunks; ++c)
+    for (int c = 0; c < chunks; ++c) {
+      FlushDenormals ftz;
       ok_[c] = rows(n * c / chunks, n * (c + 1) / chunks, c == 0 ? cs : parts_.data() + (c - 1) * m);
+    }
     for (int c = 0; c < chunks; ++c) if (!ok_[c]) return false;
     for (int c = 1; c < chunks; ++c) axpy(cs, T(1), parts_.data() + (c - 1) * m, m);
     return true;
@@ -958,6 +981,7 @@ template <typename T>
 void solve_one(const T* C, int64_t n, int64_t m, const T* a, const T* b, T mass, const SolveOptions& o,
                bool par, T* plan, T* lu, T* lv, T* lw, T* value, T* value_linear, int64_t* n_iter,
                int64_t* status, T* hist) {
+  FlushDenormals ftz;
   Solver<T> s(C, n, m, a, b, o, par);
   for (int64_t k = 0; k < o.hist_len; ++k) hist[k] = T(-1);  // -1: no check at this slot
   for (int64_t i = 0; i < n; ++i) if (!s.ma[i]) lu[i] = kNeg<T>;
