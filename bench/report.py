@@ -155,8 +155,8 @@ def markdown(s: dict) -> str:
         L.append(f"| {lab} | {thr.get(k, float('nan')):.2f} | {thr2.get(k, float('nan')):.2f} |")
     L.append(f"| other processes' share of the CPUs during the measurement | {_pct(thr.get('foreign_cpu'))} | "
              f"{_pct(thr2.get('foreign_cpu'))} |")
-    drift = [k for k in thr if isinstance(thr.get(k), float) and isinstance(thr2.get(k), float)
-             and abs(thr2[k] / thr[k] - 1) > 0.2]
+    drift = [k for k in thr if k != "foreign_cpu" and isinstance(thr.get(k), float)
+             and isinstance(thr2.get(k), float) and thr[k] > 0 and abs(thr2[k] / thr[k] - 1) > 0.2]
     if drift:
         L.append(f"\n**Note:** yardsticks moved > 20% between start and end ({', '.join(drift)}). On this VM the "
                  "exp yardsticks vary by up to ~30% between back-to-back runs even with no other process busy, so the "
