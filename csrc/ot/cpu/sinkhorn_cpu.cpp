@@ -140,17 +140,21 @@ struct Solver {
   bool par_exp() const { return par && n * m >= (int64_t(1) << 16); }
   bool par_fma() const { return par && n * m >= (int64_t(1) << 18); }
 
+  // f(begin, end) over [0, len): across ATen's threads (each with denormals flushed) when split,
+  // else in one call on this thread.
   template <class F>
-  void for_rows(F&& f, bool split) const {
+  static void split_for(int64_t len, int64_t grain, bool split, F&& f) {
     if (split) {
-      at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, len, grain, [&](int64_t b0, int64_t b1) {
         FlushDenormals ftz;
-        f(i0, i1);
+        f(b0, b1);
       });
     } else {
-      f(0, n);
+      f(0, len);
     }
   }
+  template <class F>
+  void for_rows(F&& f, bool split) const { split_for(n, 16, split, f); }
   template <class F>
   void for_rows(F&& f) const { for_rows(f, par_exp()); }
 
@@ -172,19 +176,7 @@ struct Solver {
         col_lse(C, lu, n, m, j0, j1, inv_eps, cl.data() + j0, s.data());
       }
     };
-    if (par_exp() && nblk > 1) {
-      at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-        FlushDenormals ftz;
-        body(b0, b1);
-      });
-    } else {
-      body(0, nblk);
-    }
-  }
-
-  static bool all_finite(const std::vector<T>& v) {
-    for (T x : v) if (!std::isfinite(x)) return false;
-    return true;
+    split_for(nblk, 1, par_exp() && nblk > 1, body);
   }
 
   void record(T* hist, int64_t& k, T err) const {
@@ -804,14 +796,7 @@ struct Solver {
         for (; i < n; ++i) axpy(out, x[i], Kb + i * m, w);
       }
     };
-    if (par_fma() && nblk > 1) {
-      at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-        FlushDenormals ftz;
-        body(b0, b1);
-      });
-    } else {
-      body(0, nblk);
-    }
+    split_for(nblk, 1, par_fma() && nblk > 1, body);
   }
 
   // One pass over K serving two half-iterations: rs_i = (K y)_i for each row, then the rows' new
