@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..ops import BALANCED
+from ..ops import BALANCED, entropic_ot
 from ._common import check_reg, envelope_loss, err_list, prepare, print_verbose, solve, warn_not_converged
 
 _METHODS = ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized", "sinkhorn_epsilon_scaling")
@@ -43,7 +43,6 @@ def _sinkhorn_core(a, b, M, reg, method, numItermax, stopThr, verbose, log, warn
             lu0, lv0 = lu0.expand(k, n), lv0.expand(k, m)
         else:
             lu0, lv0 = lu0.T, lv0.T
-        from ..ops import entropic_ot
         sol = entropic_ot(M.expand(k, n, m).contiguous(), a.expand(k, n).contiguous(), bt, reg=reg,
                           log_u0=lu0.contiguous(), log_v0=lv0.contiguous(), **opts)
         warn_not_converged(sol, warn)
