@@ -11,7 +11,7 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 import torch
@@ -72,4 +72,13 @@ if want_cuda() and cuda_sources:
         )
     )
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+# Triton kernels live beside the other kernels (csrc/<family>/triton/) and import as Python from
+# grounded_fast.triton_kernels.<family>.
+TRITON_PACKAGES = {"grounded_fast.triton_kernels.analysis": os.path.join(CSRC, "analysis", "triton")}
+
+setup(
+    packages=find_packages(include=["grounded_fast", "grounded_fast.*"]) + list(TRITON_PACKAGES),
+    package_dir={"": ".", **TRITON_PACKAGES},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

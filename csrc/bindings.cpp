@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "analysis/cpu/analysis_cpu.h"
 #include "ot/cpu/sinkhorn_cpu.h"
 
 namespace {
@@ -83,9 +84,21 @@ TORCH_LIBRARY(grounded_fast, m) {
       "entropic_ot(Tensor C, Tensor a, Tensor b, Tensor mass, Tensor log_u0, Tensor log_v0, "
       "int problem, float reg, float reg_m_a, float reg_m_b, bool kl_ref, int max_iter, float tol, "
       "int check_every, int domain=0, int history=-1) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Chunk sums over the positions where mask is True, for logits (M, N, V):
+  // (agree (M,M) int64 argmax-agreement counts, kl (M,M) f64 sum KL(p_i||p_j), entropy (M) f64,
+  //  jsd (M,M) f64 (zeros unless jsd), count () int64).
+  m.def("pairwise_agreement(Tensor logits, Tensor mask, bool jsd=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // sum_r row_weight_r * d(attn[i,r], attn[j,r]) for all model pairs, attn (M, R, S), rows
+  // restricted to source_mask (R, S) (empty: all sources) and renormalised.
+  // metric: 0 l2, 1 tv, 2 hellinger, 3 jsd.
+  m.def("attention_pair_sums(Tensor attn, Tensor source_mask, Tensor row_weight, int metric) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(grounded_fast, CPU, m) { m.impl("entropic_ot", &entropic_ot_cpu); }
+TORCH_LIBRARY_IMPL(grounded_fast, CPU, m) {
+  m.impl("entropic_ot", &entropic_ot_cpu);
+  m.impl("pairwise_agreement", &gf::pairwise_agreement_cpu);
+  m.impl("attention_pair_sums", &gf::attention_pair_sums_cpu);
+}
 
 // An importable (empty) Python module: importing it runs the registrations above.
 extern "C" {

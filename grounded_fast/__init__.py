@@ -1,10 +1,11 @@
 """grounded_fast: fast batched optimal-transport kernels for multimodal grounding research.
 
-Subpackages: ``ot`` (POT-compatible drop-in API), ``nn`` (losses), ``ops`` (the custom ops),
-``reference`` (pure-PyTorch oracles).
+Subpackages: ``ot`` (POT-compatible drop-in API), ``nn`` (losses), ``analysis`` (pairwise
+agreement / attention distances between models, population statistics, concreteness), ``ops``
+(the custom ops), ``reference`` (pure-PyTorch oracles).
 """
 from . import _backend  # noqa: F401  (loads the native extension, registers ops)
-from . import nn, ops, ot, reference
+from . import analysis, nn, ops, ot, reference
 
 __version__ = "0.1.0"
-__all__ = ["nn", "ops", "ot", "reference", "__version__"]
+__all__ = ["analysis", "nn", "ops", "ot", "reference", "__version__"]

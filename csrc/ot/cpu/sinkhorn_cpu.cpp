@@ -47,7 +47,7 @@
 #include <limits>
 #include <vector>
 
-#include "fast_exp.h"
+#include "../../common/fast_math.h"
 
 namespace gf {
 namespace {

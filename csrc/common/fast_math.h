@@ -1,5 +1,5 @@
-// Branch-free exp for float and double, written so that `#pragma omp simd` loops vectorise it
-// (no libm call, no -ffast-math needed).
+// Branch-free exp (float, double) and log (float), written so that `#pragma omp simd` loops
+// vectorise them (no libm call, no -ffast-math needed).
 //
 // exp(x) = 2^k * exp(r),  k = round(x / ln2),  r = x - k ln2  (|r| <= ln2/2, ln2 split hi+lo).
 // exp(r): float  -> Cephes degree-6 minimax polynomial (about 1 ulp);
@@ -69,6 +69,38 @@ static inline double exp_fast(double x) {
   double scale;
   std::memcpy(&scale, &bits, 8);
   return e * scale;
+}
+
+// log(x) for normal x > 0 (about 1 ulp; Cephes logf): x = 2^e * f with f in [sqrt(1/2), sqrt(2)),
+// log x = e ln2 + log1p(f - 1), log1p by a degree-9 minimax polynomial; ln2 split hi + lo.
+// x = 0 (or a flushed subnormal) returns a finite -88.7 so that 0 * log_fast(0) is 0; x < 0,
+// inf and NaN are not supported.
+static inline float log_fast(float x) {
+  int32_t i;
+  std::memcpy(&i, &x, 4);
+  int32_t e = ((i >> 23) & 0xff) - 127;
+  const int32_t mi = (i & 0x007fffff) | 0x3f800000;  // mantissa in [1, 2)
+  float f;
+  std::memcpy(&f, &mi, 4);
+  const bool big = f > 1.41421356237f;
+  f = big ? 0.5f * f : f;
+  e = big ? e + 1 : e;
+  const float ef = float(e);
+  f = f - 1.0f;
+  const float z = f * f;
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  y = y + ef * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  return (f + y) + ef * 0.693359375f;
 }
 
 // Flush-to-zero and denormals-are-zero for this thread while in scope (restored after). At small

@@ -1,0 +1,1 @@
+"""Triton kernels of the analysis ops (imported as ``grounded_fast.triton_kernels.analysis``)."""
