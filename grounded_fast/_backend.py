@@ -32,10 +32,25 @@ def _warn_once(key: str, msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def choose_backend(device: torch.device, backend: str | None = None) -> str:
+def triton_available() -> bool:
+    """True if ``triton`` imports (its kernels run on CUDA tensors, or interpreted on the CPU)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def choose_backend(device: torch.device, backend: str | None = None, gpu: tuple[str, ...] = ()) -> str:
     """Return the backend that will run an op on ``device``.
 
-    ``backend``: None (environment, then automatic) or one of ``BACKENDS``.
+    ``backend``: None (environment, then automatic) or one of ``BACKENDS``. ``gpu``: the GPU
+    backends the op implements ('cuda', 'triton'), in order of preference for automatic choice.
+    Triton kernels also run on CPU tensors under ``TRITON_INTERPRET=1`` when asked for explicitly.
     """
     explicit = backend is not None
     if backend is None:
@@ -44,7 +59,8 @@ def choose_backend(device: torch.device, backend: str | None = None) -> str:
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend is None:
-        backend = "cpu" if device.type == "cpu" else "cuda"
+        backend = "cpu" if device.type == "cpu" else next(
+            (b for b in gpu if b != "triton" or triton_available()), "cuda")
     if backend == "torch":
         return backend
     if backend == "cpu":
@@ -58,10 +74,19 @@ def choose_backend(device: torch.device, backend: str | None = None) -> str:
                 "backend='cpu' requested but the grounded_fast C++ extension failed to import "
                 f"({_CPU_ERROR}). Reinstall with `pip install --no-build-isolation -e .`."
             )
-    if backend in ("cuda", "triton") and explicit:
+    if backend == "triton" and "triton" in gpu:
+        if not triton_available():
+            reason = "triton is not installed"
+        elif device.type == "cuda" or (device.type == "cpu" and triton_interpreting()):
+            return "triton"
+        else:
+            reason = f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device.type}"
+        if explicit:
+            raise RuntimeError(f"backend='triton' requested but {reason}")
+    elif backend in ("cuda", "triton") and explicit:
         raise RuntimeError(
-            f"backend={backend!r} requested but no {backend} kernel for these ops is available in "
-            "this build (GPU kernels are not built yet); use backend='torch' for the reference."
+            f"backend={backend!r} requested but no {backend} kernel for this op is available in "
+            "this build; use backend='torch' for the reference."
         )
     _warn_once(f"{device.type}:{backend}",
                f"grounded_fast: no native kernel for {device.type} tensors here; "

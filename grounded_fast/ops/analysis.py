@@ -1,6 +1,7 @@
 """The analysis ops: ``grounded_fast::pairwise_agreement`` and ``grounded_fast::attention_pair_sums``.
 
-Each has a C++/OpenMP kernel (csrc/analysis/cpu/, schema in csrc/bindings.cpp) and a ``*_torch``
+Each has a C++/OpenMP kernel (csrc/analysis/cpu/, schema in csrc/bindings.cpp), a Triton kernel
+(csrc/analysis/triton/: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) and a ``*_torch``
 twin wrapping the float64 reference (any device). Both get fake implementations so they trace
 under ``torch.compile``. The outputs are statistics of model outputs, not training signals: the
 ops are not differentiable (inputs are used detached).
@@ -67,7 +68,11 @@ def pairwise_agreement_sums(logits: Tensor, mask: Tensor, jsd: bool = False, bac
     H(p_i), jsd (M, M) float64 (zeros unless ``jsd``), count () int64), over the positions where
     ``mask`` is True.
     """
-    if choose_backend(logits.device, backend) == "cpu":
+    which = choose_backend(logits.device, backend, gpu=("triton",))
+    if which == "triton":
+        from ..triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
+        return pairwise_agreement_triton(logits.detach(), mask, jsd)
+    if which == "cpu":
         try:
             return torch.ops.grounded_fast.pairwise_agreement(logits.detach(), mask, jsd)
         except RuntimeError as exc:  # the kernel's check of the logits, as the error it is
@@ -88,7 +93,11 @@ def attention_pair_sums(attn: Tensor, source_mask: Tensor | None, row_weight: Te
     Returns (M, M) float64 with a zero diagonal.
     """
     mask = source_mask if source_mask is not None else attn.new_empty(0, dtype=torch.bool)
-    if choose_backend(attn.device, backend) == "cpu":
+    which = choose_backend(attn.device, backend, gpu=("triton",))
+    if which == "triton":
+        from ..triton_kernels.analysis.attention_distance import attention_pair_sums_triton
+        return attention_pair_sums_triton(attn.detach(), mask, row_weight, ATTENTION_METRICS[metric])
+    if which == "cpu":
         try:
             return torch.ops.grounded_fast.attention_pair_sums(attn.detach(), mask, row_weight,
                                                                ATTENTION_METRICS[metric])

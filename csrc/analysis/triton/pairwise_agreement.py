@@ -1,0 +1,177 @@
+"""Triton kernels of ``pairwise_agreement``: all-pairs argmax agreement, KL, entropy and JSD.
+
+Math (the same as csrc/analysis/cpu/pairwise_agreement_cpu.cpp): for model i at position n with
+logits z, l = z - LSE(z), p = exp(l);
+    KL(p_i || p_j) = Y_ii - Y_ij,   Y_ij = sum_n w_n sum_v p_i(n, v) l_j(n, v),   H_i = -sum p_i l_i,
+    JSD(p_i, p_j)  = H((p_i + p_j) / 2) - (H_i + H_j) / 2,
+with w_n = 1 at counted positions and 0 elsewhere.
+
+Kernels:
+  _row_stats   one program per (model, position): online max / first argmax / log-sum-exp over
+               V blocks, then the entropy; flags non-finite logits at counted positions.
+  _cross       Y as a matrix product whose contraction index is (position, vocabulary entry):
+               each program takes a slice of positions and, per V block, forms the (BM x BV) tiles
+               P = w exp(Z - lse) and L = Z - lse of all models on the fly from the logits (never
+               stored) and accumulates P L^T with tl.dot in IEEE fp32 (no TF32: KL is a difference
+               of such sums). Partial (BM x BM) sums per program are added in float64 by torch.
+  _jsd         one program per (pair tile, position slice): (BI x BJ x BV) mixtures, one log per
+               pair and vocabulary entry.
+The argmax agreement counts are an (M, M, N) comparison of the argmaxes, done by torch.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.constexpr):
+    row = tl.program_id(0)            # row = i * N + n
+    n = row % N
+    tl.store(bad_ptr + row, 0)
+    if tl.load(w_ptr + n) != 0:       # padded positions may hold anything, even NaN
+        base = z_ptr + row.to(tl.int64) * V
+        offs = tl.arange(0, BV)
+        mx = tl.full((), float("-inf"), tl.float32)
+        s = tl.zeros((), tl.float32)
+        top = tl.zeros((), tl.int32)
+        nonfinite = tl.zeros((), tl.int32)
+        for v0 in range(0, V, BV):
+            idx = v0 + offs
+            inb = idx < V
+            x = tl.load(base + idx, mask=inb, other=0.0).to(tl.float32)
+            nonfinite += tl.sum(((x != x) | (tl.abs(x) == float("inf"))) & inb, axis=0).to(tl.int32)
+            x = tl.where(inb & (x == x), x, float("-inf"))
+            bm = tl.max(x, axis=0)
+            barg = tl.min(tl.where(x == bm, idx, V), axis=0)  # first index of the block maximum
+            top = tl.where(bm > mx, barg, top)
+            new = tl.maximum(mx, bm)
+            s = s * tl.exp(mx - new) + tl.sum(tl.exp(x - new), axis=0)
+            mx = new
+        lse = mx + tl.log(s)
+        h = tl.zeros((), tl.float32)
+        for v0 in range(0, V, BV):
+            idx = v0 + offs
+            inb = idx < V
+            l = tl.load(base + idx, mask=inb, other=0.0).to(tl.float32) - lse
+            h += tl.sum(tl.where(inb, tl.exp(l) * l, 0.0), axis=0)
+        tl.store(lse_ptr + row, lse)
+        tl.store(top_ptr + row, top)
+        tl.store(ent_ptr + row, -h)
+        tl.store(bad_ptr + row, nonfinite)
+
+
+@triton.jit
+def _cross(z_ptr, w_ptr, lse_ptr, out_ptr, M, N, V, per_prog, BM: tl.constexpr, BV: tl.constexpr):
+    pid = tl.program_id(0)
+    mi = tl.arange(0, BM)
+    vi = tl.arange(0, BV)
+    live = mi < M
+    acc = tl.zeros((BM, BM), tl.float32)
+    n0 = pid * per_prog
+    for n in range(n0, tl.minimum(n0 + per_prog, N)):
+        if tl.load(w_ptr + n) != 0:  # padded positions may hold anything, even NaN
+            lse = tl.load(lse_ptr + mi * N + n, mask=live, other=0.0)
+            rows = z_ptr + (mi.to(tl.int64) * N + n) * V
+            for v0 in range(0, V, BV):
+                inb = live[:, None] & ((v0 + vi) < V)[None, :]
+                z = tl.load(rows[:, None] + (v0 + vi)[None, :], mask=inb, other=0.0).to(tl.float32)
+                l = tl.where(inb, z - lse[:, None], 0.0)
+                p = tl.where(inb, tl.exp(l), 0.0)
+                acc += tl.dot(p, tl.trans(l), input_precision="ieee")
+    tl.store(out_ptr + pid * BM * BM + mi[:, None] * BM + mi[None, :], acc)
+
+
+@triton.jit
+def _jsd(z_ptr, w_ptr, lse_ptr, ent_ptr, out_ptr, M, N, V, per_prog, n_tiles,
+         BI: tl.constexpr, BV: tl.constexpr):
+    tile = tl.program_id(0)
+    part = tl.program_id(1)
+    ti = tile // n_tiles
+    tj = tile % n_tiles
+    ii = ti * BI + tl.arange(0, BI)
+    jj = tj * BI + tl.arange(0, BI)
+    vi = tl.arange(0, BV)
+    li, lj = ii < M, jj < M
+    acc = tl.zeros((BI, BI), tl.float32)
+    n0 = part * per_prog
+    for n in range(n0, tl.minimum(n0 + per_prog, N)):
+        counted = tl.load(w_ptr + n) != 0
+        lse_i = tl.load(lse_ptr + ii * N + n, mask=li, other=0.0)
+        lse_j = tl.load(lse_ptr + jj * N + n, mask=lj, other=0.0)
+        h_i = tl.load(ent_ptr + ii * N + n, mask=li, other=0.0)
+        h_j = tl.load(ent_ptr + jj * N + n, mask=lj, other=0.0)
+        rows_i = z_ptr + (ii.to(tl.int64) * N + n) * V
+        rows_j = z_ptr + (jj.to(tl.int64) * N + n) * V
+        s = tl.zeros((BI, BI), tl.float32)
+        for v0 in range(0, V, BV):
+            vin = (v0 + vi) < V
+            mi_ = li[:, None] & vin[None, :]
+            mj_ = lj[:, None] & vin[None, :]
+            pi = tl.where(mi_, tl.exp(tl.load(rows_i[:, None] + (v0 + vi)[None, :], mask=mi_, other=0.0)
+                                      .to(tl.float32) - lse_i[:, None]), 0.0)
+            pj = tl.where(mj_, tl.exp(tl.load(rows_j[:, None] + (v0 + vi)[None, :], mask=mj_, other=0.0)
+                                      .to(tl.float32) - lse_j[:, None]), 0.0)
+            m = 0.5 * (pi[:, None, :] + pj[None, :, :])
+            s += tl.sum(m * tl.log(tl.where(m > 0, m, 1.0)), axis=2)  # 0 log 0 = 0
+        d = -s - 0.5 * (h_i[:, None] + h_j[None, :])
+        acc += tl.where(counted, tl.minimum(tl.maximum(d, 0.0), 0.6931471805599453), 0.0)
+    base = out_ptr + part * M * M
+    tl.store(base + ii[:, None] * M + jj[None, :], acc, mask=li[:, None] & lj[None, :])
+
+
+def _slices(N: int, target: int) -> tuple[int, int]:
+    """(positions per program, number of programs) splitting N positions into ~target slices."""
+    per = max(1, triton.cdiv(N, max(1, target)))
+    return per, triton.cdiv(N, per)
+
+
+def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: bool = False):
+    """Triton twin of ``torch.ops.grounded_fast.pairwise_agreement`` (same inputs and outputs).
+
+    logits (M, N, V) float32/16/bfloat16/64 (accumulated in float32); mask (N,) bool.
+    Returns (agree (M, M) int64, kl (M, M) f64, entropy (M,) f64, jsd (M, M) f64, count () int64).
+    """
+    M, N, V = logits.shape
+    dev = logits.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    count = mask.sum()
+    if M == 0 or N == 0 or int(count) == 0:
+        return (torch.zeros(M, M, dtype=torch.long, device=dev), torch.zeros(M, M, **f64),
+                torch.zeros(M, **f64), torch.zeros(M, M, **f64), count.long())
+    z = logits.contiguous()
+    w = mask.to(torch.float32).contiguous()
+    lse = torch.zeros(M, N, dtype=torch.float32, device=dev)  # stays 0 at padded positions
+    top = torch.zeros(M, N, dtype=torch.int32, device=dev)
+    ent = torch.zeros(M, N, dtype=torch.float32, device=dev)
+    bad = torch.empty(M, N, dtype=torch.int32, device=dev)
+    BV = min(1024, triton.next_power_of_2(V))
+    _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=BV)
+    flagged = torch.nonzero(bad)
+    if flagged.numel():
+        i, n = flagged[0].tolist()
+        raise ValueError(f"pairwise_agreement: the logits of model {i} at position {n} contain NaN or inf")
+    BM = max(16, triton.next_power_of_2(M))
+    per, progs = _slices(N, 4 * torch.cuda.get_device_properties(dev).multi_processor_count
+                         if dev.type == "cuda" else 4)
+    part = torch.empty(progs, BM, BM, dtype=torch.float32, device=dev)
+    _cross[(progs,)](z, w, lse, part, M, N, V, per, BM=BM, BV=min(64, max(16, triton.next_power_of_2(V))))
+    Y = part.double().sum(0)[:M, :M]
+    kl = Y.diagonal()[:, None] - Y
+    kl.fill_diagonal_(0.0)
+    counted = mask.bool()
+    entropy = torch.where(counted, ent.double(), 0.0).sum(1)
+    t = top[:, counted]
+    agree = (t[:, None, :] == t[None, :, :]).sum(-1).long()
+    js = torch.zeros(M, M, **f64)
+    if jsd and M > 1:
+        BI = 16
+        tiles = triton.cdiv(M, BI)
+        jper, jprogs = _slices(N, 4)
+        jpart = torch.zeros(jprogs, M, M, dtype=torch.float32, device=dev)
+        _jsd[(tiles * tiles, jprogs)](z, w, lse, ent, jpart, M, N, V, jper, tiles, BI=BI,
+                                      BV=min(32, max(16, triton.next_power_of_2(V))))
+        js = jpart.double().sum(0)
+        js.fill_diagonal_(0.0)
+    return agree, kl, entropy, js, count.long()

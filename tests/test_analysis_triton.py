@@ -1,0 +1,95 @@
+"""The Triton analysis kernels, run by Triton's interpreter on CPU tensors (TRITON_INTERPRET=1),
+against the float64 reference on awkward shapes. On a GPU the same tests run on CUDA tensors
+(bench/gpu_suite.sh)."""
+import os
+
+import pytest
+import torch
+
+# Must be set before triton is imported (its settings are read then) and before the kernel
+# modules are (triton.jit reads it at decoration time); the kernels are imported lazily, on the
+# first backend='triton' call.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+import grounded_fast.analysis as A  # noqa: E402
+from grounded_fast.reference.analysis import (attention_pair_sums_reference,  # noqa: E402
+                                              pairwise_agreement_reference)
+
+from conftest import assert_close  # noqa: E402
+
+DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="needs a GPU or TRITON_INTERPRET=1")
+
+
+def _logits(M, N, V, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = 3 * torch.randn(1, N, V, generator=g, dtype=torch.float64)
+    return (base + 2 * torch.randn(M, N, V, generator=g, dtype=torch.float64)).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("M,N,V", [(1, 3, 41), (2, 1, 1), (5, 7, 401), (17, 3, 1271)])
+def test_triton_agreement_matches_reference(M, N, V, dtype):
+    from grounded_fast.triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
+    z = _logits(M, N, V, dtype, seed=M + V)
+    mask = torch.ones(N, dtype=torch.bool, device=DEVICE)
+    if N > 2:
+        mask[1] = False
+        z[:, 1] = float("nan")  # padded positions may hold anything
+    got = pairwise_agreement_triton(z, mask, True)
+    ref = pairwise_agreement_reference(z, mask, True)
+    assert torch.equal(got[0].cpu(), ref[0].cpu()) and int(got[4]) == int(ref[4])
+    scale = max(1.0, ref[2].abs().max().item()) * N
+    for k, name in ((1, "kl"), (2, "entropy"), (3, "jsd")):
+        assert_close(got[k].cpu(), ref[k].cpu(), rtol=1e-4, atol=2e-5 * scale, name=name)
+
+
+def test_triton_agreement_api_and_errors():
+    z = _logits(3, 4, 33, torch.float32)
+    got = A.pairwise_agreement(z, jsd=True, backend="triton")
+    ref = A.pairwise_agreement(z.cpu(), jsd=True, backend="torch")
+    for k in ("agreement", "kl", "entropy", "jsd"):
+        assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, name=k)
+    z[2, 3, 5] = float("inf")
+    with pytest.raises(ValueError, match="model 2 at position 3"):
+        A.pairwise_agreement(z, backend="triton")
+
+
+@pytest.mark.parametrize("metric", ["l2", "tv", "hellinger", "jsd"])
+@pytest.mark.parametrize("M,R,S,masked", [(2, 1, 1, False), (3, 5, 72, True), (17, 3, 41, True)])
+def test_triton_attention_matches_reference(metric, M, R, S, masked):
+    from grounded_fast.triton_kernels.analysis.attention_distance import attention_pair_sums_triton
+    g = torch.Generator().manual_seed(R + S)
+    a = torch.softmax(2 * torch.randn(M, R, S, generator=g), -1).to(DEVICE)
+    smask = torch.rand(R, S, generator=g) > 0.3
+    smask[:, 0] = True
+    w = torch.rand(R, generator=g, dtype=torch.float64)
+    if R > 1:
+        w[1] = 0.0
+    sm = smask.to(DEVICE) if masked else torch.empty(0, dtype=torch.bool, device=DEVICE)
+    got = attention_pair_sums_triton(a, sm, w.to(DEVICE), A.ATTENTION_METRICS.index(metric) - 1)
+    ref = attention_pair_sums_reference(a.cpu(), w, metric, smask if masked else None)
+    assert_close(got.cpu(), ref, rtol=1e-4, atol=1e-6 * R, name=metric)
+
+
+def test_triton_attention_api_and_errors():
+    g = torch.Generator().manual_seed(0)
+    a = torch.softmax(torch.randn(3, 2, 4, 6, generator=g), -1).to(DEVICE)
+    tmask = torch.tensor([[True, True, False, True], [True, False, True, True]], device=DEVICE)
+    got = A.attention_distance(a, "jsd", tmask, backend="triton")
+    ref = A.attention_distance(a.cpu(), "jsd", tmask.cpu(), backend="torch")
+    assert_close(got, ref, rtol=1e-4, atol=1e-7, name="jsd")
+    a[1, 0, 0] = 0.0
+    with pytest.raises(ValueError, match="no mass"):
+        A.attention_distance(a, "tv", backend="triton")
+
+
+def test_explicit_triton_without_interpreter_or_gpu_is_an_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        A.pairwise_agreement(torch.randn(2, 3, 4), backend="triton")
