@@ -22,8 +22,19 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     _CPU_ERROR = exc
 
 
+_CUDA_ERROR: Exception | None = None
+try:  # built only with CUDA (setup.py); registers the CUDA kernels of the same ops
+    from . import _C_cuda  # noqa: F401
+except ImportError as exc:
+    _CUDA_ERROR = exc
+
+
 def cpu_extension_available() -> bool:
     return _CPU_ERROR is None
+
+
+def cuda_extension_available() -> bool:
+    return _CUDA_ERROR is None
 
 
 def _warn_once(key: str, msg: str) -> None:
@@ -59,8 +70,8 @@ def choose_backend(device: torch.device, backend: str | None = None, gpu: tuple[
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend is None:
-        backend = "cpu" if device.type == "cpu" else next(
-            (b for b in gpu if b != "triton" or triton_available()), "cuda")
+        usable = {"cuda": cuda_extension_available(), "triton": triton_available()}
+        backend = "cpu" if device.type == "cpu" else next((b for b in gpu if usable.get(b)), "cuda")
     if backend == "torch":
         return backend
     if backend == "cpu":
@@ -83,6 +94,8 @@ def choose_backend(device: torch.device, backend: str | None = None, gpu: tuple[
             reason = f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device.type}"
         if explicit:
             raise RuntimeError(f"backend='triton' requested but {reason}")
+    elif backend == "cuda" and "cuda" in gpu and device.type == "cuda" and cuda_extension_available():
+        return "cuda"
     elif backend in ("cuda", "triton") and explicit:
         raise RuntimeError(
             f"backend={backend!r} requested but no {backend} kernel for this op is available in "

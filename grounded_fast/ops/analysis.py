@@ -68,11 +68,11 @@ def pairwise_agreement_sums(logits: Tensor, mask: Tensor, jsd: bool = False, bac
     H(p_i), jsd (M, M) float64 (zeros unless ``jsd``), count () int64), over the positions where
     ``mask`` is True.
     """
-    which = choose_backend(logits.device, backend, gpu=("triton",))
+    which = choose_backend(logits.device, backend, gpu=("cuda", "triton"))
     if which == "triton":
         from ..triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
         return pairwise_agreement_triton(logits.detach(), mask, jsd)
-    if which == "cpu":
+    if which in ("cpu", "cuda"):  # the same op; the dispatcher picks the kernel by device
         try:
             return torch.ops.grounded_fast.pairwise_agreement(logits.detach(), mask, jsd)
         except RuntimeError as exc:  # the kernel's check of the logits, as the error it is
@@ -93,11 +93,11 @@ def attention_pair_sums(attn: Tensor, source_mask: Tensor | None, row_weight: Te
     Returns (M, M) float64 with a zero diagonal.
     """
     mask = source_mask if source_mask is not None else attn.new_empty(0, dtype=torch.bool)
-    which = choose_backend(attn.device, backend, gpu=("triton",))
+    which = choose_backend(attn.device, backend, gpu=("cuda", "triton"))
     if which == "triton":
         from ..triton_kernels.analysis.attention_distance import attention_pair_sums_triton
         return attention_pair_sums_triton(attn.detach(), mask, row_weight, ATTENTION_METRICS[metric])
-    if which == "cpu":
+    if which in ("cpu", "cuda"):
         try:
             return torch.ops.grounded_fast.attention_pair_sums(attn.detach(), mask, row_weight,
                                                                ATTENTION_METRICS[metric])

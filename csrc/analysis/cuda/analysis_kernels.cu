@@ -1,0 +1,388 @@
+// CUDA kernels of the analysis ops. The math is that of csrc/analysis/cpu/*.cpp:
+//
+// Pairwise agreement (logits z of M models at N positions over V entries; l = z - LSE(z), p = e^l):
+//   KL(p_i || p_j) = Y_ii - Y_ij,  Y_ij = sum_n w_n sum_v p_i(n, v) l_j(n, v),  H_i = -sum p_i l_i,
+//   JSD(p_i, p_j) = H((p_i + p_j) / 2) - (H_i + H_j) / 2.
+//   row_stats: one block per (model, position) row: a thread-local online (max, sum e^(z-max),
+//     first argmax) over a strided share of V, merged across the block; then the entropy.
+//   cross: Y as a GEMM whose contraction index is (position, vocabulary entry); a block owns a
+//     64 x 64 tile of (i, j) models and a slice of positions, forms P and L tiles of 32 entries
+//     on the fly from the logits in shared memory (never stored in global memory) and runs a
+//     4 x 4 register-tiled outer product per thread in fp32 FMA (TF32 would spoil KL, a
+//     difference of such sums). Partial tiles per slice are summed in float64 by the binding.
+//   jsd: a block owns a 16 x 16 pair tile and a slice of positions; one log per pair and entry.
+// Attention distances (rows a over S sources, masked and renormalised): a block owns a 16 x 16
+//   pair tile and a slice of rows; per row, warps first reduce every model's mass and
+//   sum x log x, then the pair terms run over shared-memory chunks of 64 sources.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+
+#include <climits>
+
+#include "analysis_cuda.h"
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(double x) { return float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+__device__ __forceinline__ float xlogx(float x) { return x > 0.f ? x * logf(x) : 0.f; }
+
+// ------------------------------------------------------------------------- block reductions
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  if (threadIdx.x == 0) red[0] = v;
+  __syncthreads();
+  return red[0];
+}
+
+struct MaxSum {  // online log-sum-exp state with the first index of the maximum
+  float m, s;
+  int arg;
+};
+
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  MaxSum r;
+  r.m = fmaxf(a.m, b.m);
+  if (r.m == -CUDART_INF_F) return {r.m, 0.f, min(a.arg, b.arg)};
+  r.s = a.s * expf(a.m - r.m) + b.s * expf(b.m - r.m);
+  r.arg = a.m > b.m ? a.arg : (b.m > a.m ? b.arg : min(a.arg, b.arg));
+  return r;
+}
+
+__device__ MaxSum block_maxsum(MaxSum v, MaxSum* red) {
+  for (int o = 16; o > 0; o >>= 1) {
+    MaxSum u{__shfl_down_sync(0xffffffffu, v.m, o), __shfl_down_sync(0xffffffffu, v.s, o),
+             __shfl_down_sync(0xffffffffu, v.arg, o)};
+    v = merge(v, u);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    MaxSum r = red[0];
+    for (int k = 1; k < int(blockDim.x / 32); ++k) r = merge(r, red[k]);
+    red[0] = r;
+  }
+  __syncthreads();
+  return red[0];
+}
+
+// ------------------------------------------------------------------------- agreement
+template <typename T>
+__global__ void __launch_bounds__(kThreads) row_stats_kernel(const T* __restrict__ z, const float* __restrict__ w,
+                                                             int64_t N, int64_t V, float* lse, int32_t* top,
+                                                             float* ent, int32_t* bad) {
+  __shared__ MaxSum red_ms[kThreads / 32];
+  __shared__ float red[kThreads / 32];
+  __shared__ int nonfinite;
+  const int64_t row = blockIdx.x;
+  const int64_t n = row % N;
+  if (w[n] == 0.f) {
+    if (threadIdx.x == 0) { lse[row] = 0.f; top[row] = 0; ent[row] = 0.f; bad[row] = 0; }
+    return;
+  }
+  if (threadIdx.x == 0) nonfinite = 0;
+  __syncthreads();
+  const T* zr = z + row * V;
+  MaxSum st{-CUDART_INF_F, 0.f, INT_MAX};
+  int nf = 0;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    const float x = to_f(zr[v]);
+    if (!isfinite(x)) { nf = 1; continue; }
+    if (x > st.m) {
+      st.s = st.s * expf(st.m - x) + 1.f;
+      st.m = x;
+      st.arg = int(v);
+    } else {
+      st.s += expf(x - st.m);
+    }
+  }
+  if (nf) atomicOr(&nonfinite, 1);
+  st = block_maxsum(st, red_ms);
+  const float l0 = st.m + logf(st.s);
+  float h = 0.f;
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    const float l = to_f(zr[v]) - l0;
+    h += expf(l) * l;
+  }
+  h = block_sum(h, red);
+  if (threadIdx.x == 0) {
+    lse[row] = l0;
+    top[row] = st.arg;
+    ent[row] = -h;
+    bad[row] = nonfinite;
+  }
+}
+
+constexpr int kTile = 64;    // models per side of a cross-term tile
+constexpr int kBV = 32;      // vocabulary entries per shared-memory step
+constexpr int kPad = 4;      // keeps float4 alignment, spreads the transposed stores over banks
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) cross_kernel(const T* __restrict__ z, const float* __restrict__ w,
+                                                         const float* __restrict__ lse, int64_t M, int64_t N,
+                                                         int64_t V, int64_t per_slice, int tiles, float* partial) {
+  __shared__ __align__(16) float Ps[kBV][kTile + kPad];
+  __shared__ __align__(16) float Ls[kBV][kTile + kPad];
+  const int i0 = (blockIdx.x / tiles) * kTile, j0 = (blockIdx.x % tiles) * kTile;
+  const int64_t slice = blockIdx.y;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc[4][4] = {};
+  const int64_t n_end = min(N, (slice + 1) * per_slice);
+  for (int64_t n = slice * per_slice; n < n_end; ++n) {
+    if (w[n] == 0.f) continue;
+    for (int64_t v0 = 0; v0 < V; v0 += kBV) {
+      // 2 x 64 rows x 32 entries: thread t loads entry t % 32 of rows t / 32 + 8k
+      const int c = threadIdx.x % kBV;
+      const int64_t v = v0 + c;
+      for (int r = threadIdx.x / kBV; r < kTile; r += kThreads / kBV) {
+        const int64_t i = i0 + r, j = j0 + r;
+        float p = 0.f, l = 0.f;
+        if (i < M && v < V) p = expf(to_f(z[(i * N + n) * V + v]) - lse[i * N + n]);
+        if (j < M && v < V) l = to_f(z[(j * N + n) * V + v]) - lse[j * N + n];
+        Ps[c][r] = p;
+        Ls[c][r] = l;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int k = 0; k < kBV; ++k) {
+        const float4 a = *reinterpret_cast<const float4*>(&Ps[k][ty * 4]);
+        const float4 b = *reinterpret_cast<const float4*>(&Ls[k][tx * 4]);
+        const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[p][q] = fmaf(av[p], bv[q], acc[p][q]);
+      }
+      __syncthreads();
+    }
+  }
+  float* out = partial + slice * M * M;
+#pragma unroll
+  for (int p = 0; p < 4; ++p)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t i = i0 + ty * 4 + p, j = j0 + tx * 4 + q;
+      if (i < M && j < M) out[i * M + j] = acc[p][q];
+    }
+}
+
+constexpr int kPair = 16;   // models per side of a pair tile (16 x 16 = 256 threads)
+constexpr int kBJ = 64;     // entries per shared-memory step of the JSD / attention kernels
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) jsd_kernel(const T* __restrict__ z, const float* __restrict__ w,
+                                                       const float* __restrict__ lse, const float* __restrict__ ent,
+                                                       int64_t M, int64_t N, int64_t V, int64_t per_slice,
+                                                       int tiles, float* partial) {
+  __shared__ float Pi[kPair][kBJ + 1];
+  __shared__ float Pj[kPair][kBJ + 1];
+  const int i0 = (blockIdx.x / tiles) * kPair, j0 = (blockIdx.x % tiles) * kPair;
+  const int64_t slice = blockIdx.y;
+  const int a = threadIdx.x / kPair, b = threadIdx.x % kPair;
+  const int64_t i = i0 + a, j = j0 + b;
+  float acc = 0.f;
+  const int64_t n_end = min(N, (slice + 1) * per_slice);
+  for (int64_t n = slice * per_slice; n < n_end; ++n) {
+    if (w[n] == 0.f) continue;
+    float s = 0.f;
+    for (int64_t v0 = 0; v0 < V; v0 += kBJ) {
+      for (int e = threadIdx.x; e < 2 * kPair * kBJ; e += kThreads) {
+        const int r = (e / kBJ) % kPair, c = e % kBJ;
+        const bool first = e < kPair * kBJ;
+        const int64_t v = v0 + c, model = (first ? i0 : j0) + r;
+        const float p = (model < M && v < V) ? expf(to_f(z[(model * N + n) * V + v]) - lse[model * N + n]) : 0.f;
+        (first ? Pi : Pj)[r][c] = p;
+      }
+      __syncthreads();
+#pragma unroll 4
+      for (int c = 0; c < kBJ; ++c) s += xlogx(0.5f * (Pi[a][c] + Pj[b][c]));
+      __syncthreads();
+    }
+    if (i < M && j < M) {
+      const float d = -s - 0.5f * (ent[i * N + n] + ent[j * N + n]);
+      acc += fminf(fmaxf(d, 0.f), 0.69314718f);
+    }
+  }
+  if (i < M && j < M && i != j) partial[slice * M * M + i * M + j] = acc;
+}
+
+// ------------------------------------------------------------------------- attention distances
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attention_kernel(const T* __restrict__ x, const uint8_t* __restrict__ smask,
+                                                             const float* __restrict__ w, int64_t M, int64_t R,
+                                                             int64_t S, int metric, int64_t per_slice, int tiles,
+                                                             float* partial, int32_t* bad) {
+  __shared__ float Ai[kPair][kBJ + 1];
+  __shared__ float Aj[kPair][kBJ + 1];
+  __shared__ float inv[2 * kPair], nh[2 * kPair];
+  const int i0 = (blockIdx.x / tiles) * kPair, j0 = (blockIdx.x % tiles) * kPair;
+  const int64_t slice = blockIdx.y;
+  const int a = threadIdx.x / kPair, b = threadIdx.x % kPair;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float acc = 0.f;
+  const int64_t r_end = min(R, (slice + 1) * per_slice);
+  for (int64_t r = slice * per_slice; r < r_end; ++r) {
+    const float wr = w[r];
+    if (wr == 0.f) continue;
+    const uint8_t* mk = smask ? smask + r * S : nullptr;
+    // the 32 rows of this tile (16 i-models, 16 j-models): mass and sum x log x, a warp per row
+    for (int q = warp; q < 2 * kPair; q += kThreads / 32) {
+      const int64_t model = q < kPair ? i0 + q : j0 + q - kPair;
+      float s = 0.f, t = 0.f;
+      int invalid = 0;
+      if (model < M) {
+        const T* row = x + (model * R + r) * S;
+        for (int64_t c = lane; c < S; c += 32) {
+          const float v = (mk && !mk[c]) ? 0.f : to_f(row[c]);
+          invalid |= !(v >= 0.f && v <= 3.0e38f);
+          s += v;
+          t += xlogx(v);
+        }
+      }
+      for (int o = 16; o > 0; o >>= 1) {
+        s += __shfl_down_sync(0xffffffffu, s, o);
+        t += __shfl_down_sync(0xffffffffu, t, o);
+        invalid |= __shfl_down_sync(0xffffffffu, invalid, o);
+      }
+      if (lane == 0) {
+        if (model < M && (invalid || !(s > 0.f))) atomicExch(bad, 1);
+        const float is = s > 0.f ? 1.f / s : 0.f;
+        inv[q] = is;
+        nh[q] = s > 0.f ? t * is - logf(s) : 0.f;  // sum a log a of the normalised row
+      }
+    }
+    __syncthreads();
+    float d = 0.f;
+    for (int64_t c0 = 0; c0 < S; c0 += kBJ) {
+      for (int e = threadIdx.x; e < kPair * kBJ; e += kThreads) {
+        const int q = e / kBJ, c = e % kBJ;
+        const int64_t col = c0 + c, ii = i0 + q, jj = j0 + q;
+        const bool on = col < S && !(mk && !mk[col]);
+        Ai[q][c] = (on && ii < M) ? to_f(x[(ii * R + r) * S + col]) * inv[q] : 0.f;
+        Aj[q][c] = (on && jj < M) ? to_f(x[(jj * R + r) * S + col]) * inv[kPair + q] : 0.f;
+      }
+      __syncthreads();
+      for (int c = 0; c < kBJ; ++c) {
+        const float u = Ai[a][c], v = Aj[b][c];
+        switch (metric) {
+          case 0: d = fmaf(u - v, u - v, d); break;
+          case 1: d += fabsf(u - v); break;
+          case 2: { const float e = sqrtf(u) - sqrtf(v); d = fmaf(e, e, d); break; }
+          default: d += xlogx(0.5f * (u + v));
+        }
+      }
+      __syncthreads();
+    }
+    if (metric == 0) d = sqrtf(d);
+    else if (metric == 1) d *= 0.5f;
+    else if (metric == 2) d = sqrtf(0.5f * d);
+    else d = fmaxf(0.5f * (nh[a] + nh[kPair + b]) - d, 0.f);
+    acc += wr * d;
+    __syncthreads();  // inv / nh are rewritten for the next row
+  }
+  const int64_t i = i0 + a, j = j0 + b;
+  if (i < M && j < M && i != j) partial[slice * M * M + i * M + j] = acc;
+}
+
+template <template <typename> class Launch, typename... Args>
+int dispatch(int dtype, Args... args) {
+  switch (dtype) {
+    case GF_F32: return Launch<float>::run(args...);
+    case GF_F64: return Launch<double>::run(args...);
+    case GF_F16: return Launch<__half>::run(args...);
+    case GF_BF16: return Launch<__nv_bfloat16>::run(args...);
+    default: return int(cudaErrorInvalidValue);
+  }
+}
+
+template <typename T>
+struct RowStats {
+  static int run(const void* z, const float* w, int64_t M, int64_t N, int64_t V, float* lse, int32_t* top,
+                 float* ent, int32_t* bad, cudaStream_t st) {
+    if (M * N == 0) return 0;
+    row_stats_kernel<T><<<dim3(unsigned(M * N)), kThreads, 0, st>>>(static_cast<const T*>(z), w, N, V, lse, top,
+                                                                     ent, bad);
+    return int(cudaGetLastError());
+  }
+};
+
+template <typename T>
+struct Cross {
+  static int run(const void* z, const float* w, const float* lse, int64_t M, int64_t N, int64_t V, int64_t slices,
+                 float* partial, cudaStream_t st) {
+    if (M * N == 0 || slices <= 0) return 0;
+    const int tiles = int((M + kTile - 1) / kTile);
+    const int64_t per = (N + slices - 1) / slices;
+    cross_kernel<T><<<dim3(unsigned(tiles * tiles), unsigned(slices)), kThreads, 0, st>>>(
+        static_cast<const T*>(z), w, lse, M, N, V, per, tiles, partial);
+    return int(cudaGetLastError());
+  }
+};
+
+template <typename T>
+struct Jsd {
+  static int run(const void* z, const float* w, const float* lse, const float* ent, int64_t M, int64_t N, int64_t V,
+                 int64_t slices, float* partial, cudaStream_t st) {
+    if (M * N == 0 || slices <= 0) return 0;
+    const int tiles = int((M + kPair - 1) / kPair);
+    const int64_t per = (N + slices - 1) / slices;
+    jsd_kernel<T><<<dim3(unsigned(tiles * tiles), unsigned(slices)), kThreads, 0, st>>>(
+        static_cast<const T*>(z), w, lse, ent, M, N, V, per, tiles, partial);
+    return int(cudaGetLastError());
+  }
+};
+
+template <typename T>
+struct Attention {
+  static int run(const void* x, const uint8_t* smask, const float* w, int64_t M, int64_t R, int64_t S, int metric,
+                 int64_t slices, float* partial, int32_t* bad, cudaStream_t st) {
+    if (M * R == 0 || slices <= 0) return 0;
+    if (metric < 0 || metric > 3) return int(cudaErrorInvalidValue);
+    const int tiles = int((M + kPair - 1) / kPair);
+    const int64_t per = (R + slices - 1) / slices;
+    attention_kernel<T><<<dim3(unsigned(tiles * tiles), unsigned(slices)), kThreads, 0, st>>>(
+        static_cast<const T*>(x), smask, w, M, R, S, metric, per, tiles, partial, bad);
+    return int(cudaGetLastError());
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+int gf_agreement_row_stats(const void* logits, int dtype, const float* weight, int64_t M, int64_t N, int64_t V,
+                           float* lse, int32_t* top, float* ent, int32_t* bad, cudaStream_t stream) {
+  return dispatch<RowStats>(dtype, logits, weight, M, N, V, lse, top, ent, bad, stream);
+}
+
+int gf_agreement_cross(const void* logits, int dtype, const float* weight, const float* lse, int64_t M, int64_t N,
+                       int64_t V, int64_t slices, float* partial, cudaStream_t stream) {
+  return dispatch<Cross>(dtype, logits, weight, lse, M, N, V, slices, partial, stream);
+}
+
+int gf_agreement_jsd(const void* logits, int dtype, const float* weight, const float* lse, const float* ent,
+                     int64_t M, int64_t N, int64_t V, int64_t slices, float* partial, cudaStream_t stream) {
+  return dispatch<Jsd>(dtype, logits, weight, lse, ent, M, N, V, slices, partial, stream);
+}
+
+int gf_attention_pairs(const void* attn, int dtype, const uint8_t* source_mask, const float* weight, int64_t M,
+                       int64_t R, int64_t S, int metric, int64_t slices, float* partial, int32_t* bad,
+                       cudaStream_t stream) {
+  return dispatch<Attention>(dtype, attn, source_mask, weight, M, R, S, metric, slices, partial, bad, stream);
+}
+
+}  // extern "C"
