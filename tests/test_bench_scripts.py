@@ -1,0 +1,25 @@
+"""The GPU benchmark script runs end to end (smoke sizes, CPU backends), so that the first GPU
+machine that runs bench/gpu_suite.sh does not find a broken script."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gpu_analysis_bench_smoke(tmp_path):
+    stem = tmp_path / "gpu-smoke"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_analysis.py"), "--smoke", "--device",
+                          "cpu", "--backends", "cpu,torch,cuda", "--out", str(stem)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "gpu-smoke.json").read_text())
+    assert {r["backend"] for r in out["results"]} == {"cpu", "torch"}
+    assert out["backends_skipped"] == ["cuda"] and out["smoke"]
+    assert all(r["median_s"] > 0 and r["floor_s"] > 0 for r in out["results"])
+    assert "| B attention jsd" in (tmp_path / "gpu-smoke.md").read_text()
+
+
+def test_gpu_suite_script_is_valid_bash():
+    assert subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "gpu_suite.sh")]).returncode == 0
