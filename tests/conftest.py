@@ -1,6 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter. The variable must be set before triton
+# is first imported (its settings are read then) and before any @triton.jit kernel is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import grounded_fast  # noqa: F401  (registers the ops)
 

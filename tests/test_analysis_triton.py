@@ -6,11 +6,7 @@ import os
 import pytest
 import torch
 
-# Must be set before triton is imported (its settings are read then) and before the kernel
-# modules are (triton.jit reads it at decoration time); the kernels are imported lazily, on the
-# first backend='triton' call.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# conftest.py sets TRITON_INTERPRET=1 on machines without a GPU, before triton is imported.
 pytest.importorskip("triton")
 
 import grounded_fast.analysis as A  # noqa: E402
