@@ -74,7 +74,10 @@ if want_cuda() and cuda_sources:
 
 # Triton kernels live beside the other kernels (csrc/<family>/triton/) and import as Python from
 # grounded_fast.triton_kernels.<family>.
-TRITON_PACKAGES = {"grounded_fast.triton_kernels.analysis": os.path.join(CSRC, "analysis", "triton")}
+TRITON_PACKAGES = {
+    "grounded_fast.triton_kernels.analysis": os.path.join(CSRC, "analysis", "triton"),
+    "grounded_fast.triton_kernels.ot": os.path.join(CSRC, "ot", "triton"),
+}
 
 setup(
     packages=find_packages(include=["grounded_fast", "grounded_fast.*"]) + list(TRITON_PACKAGES),

@@ -29,6 +29,7 @@ from ..reference.entropic_ot import BALANCED, PARTIAL, UNBALANCED, entropic_ot_r
 
 _CPU_OP = "grounded_fast::entropic_ot"
 _TORCH_OP = "grounded_fast::entropic_ot_torch"
+_TRITON_OP = "grounded_fast::entropic_ot_triton"
 GRAD_MODES = ("envelope", "autodiff", "detach")
 
 
@@ -54,6 +55,20 @@ def _entropic_ot_torch(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Te
     with torch.no_grad():
         out = entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
                                     kl_ref, max_iter, tol, check_every, domain, history)
+    return tuple(t.clone() for t in out)
+
+
+@torch.library.custom_op(_TRITON_OP, mutates_args=())
+def _entropic_ot_triton(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
+                        problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
+                        max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Triton kernels (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1); see
+    csrc/ot/triton/entropic_ot.py for the small (persistent) and streaming regimes."""
+    from ..triton_kernels.ot.entropic_ot import entropic_ot_triton
+    with torch.no_grad():
+        out = entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
+                                 max_iter, tol, check_every, domain, history)
     return tuple(t.clone() for t in out)
 
 
@@ -114,11 +129,10 @@ def _backward(ctx, *grads):
     return (grad_C, grad_a, grad_b) + (None,) * 13
 
 
-for _name in (_CPU_OP, _TORCH_OP):
-    if _name == _CPU_OP:
-        torch.library.register_fake(_name)(_fake)
-    else:
-        _entropic_ot_torch.register_fake(_fake)
+torch.library.register_fake(_CPU_OP)(_fake)
+_entropic_ot_torch.register_fake(_fake)
+_entropic_ot_triton.register_fake(_fake)
+for _name in (_CPU_OP, _TORCH_OP, _TRITON_OP):
     torch.library.register_autograd(_name, _backward, setup_context=_setup_context)
 
 
@@ -257,8 +271,9 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     if grad == "autodiff":
         out = entropic_ot_reference(*args, 0, -1 if history else 0)
     else:
-        which = choose_backend(C.device, backend)
-        op = torch.ops.grounded_fast.entropic_ot if which == "cpu" else torch.ops.grounded_fast.entropic_ot_torch
+        which = choose_backend(C.device, backend, gpu=("triton",))
+        op = {"cpu": torch.ops.grounded_fast.entropic_ot, "triton": torch.ops.grounded_fast.entropic_ot_triton
+              }.get(which, torch.ops.grounded_fast.entropic_ot_torch)
         args = args + (0 if domain == "auto" else 1, -1 if history else 0)
         if grad == "detach":
             with torch.no_grad():

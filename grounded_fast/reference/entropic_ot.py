@@ -29,30 +29,57 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
     Returns (plan (B,n,m), log_u (B,n), log_v (B,m), log_scale (B,), value (B,),
     value_linear (B,), n_iter (B,) int64, status (B,) int64, err_history (B, H)).
     """
-    B, n, m = C.shape
-    dt = C.dtype
-    ma, mb = a > 0, b > 0
-    la = _masked(torch.log(a.clamp_min(torch.finfo(dt).tiny)), ma)
-    lb = _masked(torch.log(b.clamp_min(torch.finfo(dt).tiny)), mb)
     K = -C / reg
-    checks = max_iter // check_every + 1 if check_every > 0 else 0
-    hist_len = checks if history < 0 else min(history, checks)
-    hist = torch.full((B, hist_len), -1.0, dtype=dt, device=C.device)
-    n_iter = torch.zeros(B, dtype=torch.long, device=C.device)
-    status = torch.ones(B, dtype=torch.long, device=C.device)
-    active = torch.ones(B, dtype=torch.bool, device=C.device)
-    w = torch.zeros(B, dtype=dt, device=C.device)
-    nonempty = ma.any(1) & mb.any(1)
-    if problem == PARTIAL:
-        nonempty = nonempty & (mass > 0)
-    active = active & nonempty
-    status = torch.where(nonempty, status, torch.zeros_like(status))
 
     def row_lse(lv):  # (B,n): LSE_j(lv_j - C_ij/eps)
         return torch.logsumexp(K + lv[:, None, :], dim=2)
 
     def col_lse(lu):  # (B,m)
         return torch.logsumexp(K + lu[:, :, None], dim=1)
+
+    def plan_change(pu, pv, pw, lu, lv, w):  # ||P(pu, pv, pw) - P(lu, lv, w)||_F per problem
+        def log_plan(lu_, lv_, w_):
+            return K + lu_[:, :, None] + lv_[:, None, :] + w_[:, None, None]
+        return torch.linalg.vector_norm((torch.exp(log_plan(pu, pv, pw)) - torch.exp(log_plan(lu, lv, w))).flatten(1),
+                                        dim=1)
+
+    lu, lv, w, n_iter, status, hist = solve_potentials(
+        row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
+        max_iter, tol, check_every, history)
+    plan, value, value_linear = finalize(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
+                                         nonempty_problems(a, b, mass, problem))
+    return plan, lu, lv, w, value, value_linear, n_iter, status, hist
+
+
+def nonempty_problems(a, b, mass, problem: int):
+    """(B,) bool: problems with a positive weight on both sides (and positive mass for partial)."""
+    nonempty = (a > 0).any(1) & (b > 0).any(1)
+    return nonempty & (mass > 0) if problem == PARTIAL else nonempty
+
+
+def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem: int, reg: float,
+                     reg_m_a: float, reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
+                     history: int = -1):
+    """The iterations of every backend that streams the cost: ``row_lse(lv)`` (B,n) =
+    LSE_j(lv_j - C_ij/reg), ``col_lse(lu)`` (B,m) = LSE_i(lu_i - C_ij/reg), ``plan_change(pu, pv,
+    pw, lu, lv, w)`` (B,) = ||P_prev - P||_F (partial's stop test). Returns (log_u, log_v,
+    log_scale, n_iter, status, err_history).
+    """
+    B, n = a.shape
+    dt = a.dtype
+    device = a.device
+    ma, mb = a > 0, b > 0
+    la = _masked(torch.log(a.clamp_min(torch.finfo(dt).tiny)), ma)
+    lb = _masked(torch.log(b.clamp_min(torch.finfo(dt).tiny)), mb)
+    checks = max_iter // check_every + 1 if check_every > 0 else 0
+    hist_len = checks if history < 0 else min(history, checks)
+    hist = torch.full((B, hist_len), -1.0, dtype=dt, device=device)
+    n_iter = torch.zeros(B, dtype=torch.long, device=device)
+    status = torch.ones(B, dtype=torch.long, device=device)
+    w = torch.zeros(B, dtype=dt, device=device)
+    nonempty = nonempty_problems(a, b, mass, problem)
+    active = nonempty.clone()
+    status = torch.where(nonempty, status, torch.zeros_like(status))
 
     def keep(new, old):  # freeze finished problems
         shape = (B,) + (1,) * (new.dim() - 1)
@@ -122,9 +149,6 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
         t = torch.zeros_like(w)
         lmass = torch.log(mass)
 
-        def log_plan(lu_, lv_, w_):
-            return K + lu_[:, :, None] + lv_[:, None, :] + w_[:, None, None]
-
         for it in range(max_iter):
             pu, pv, pw = lu, lv, w
             lu1 = torch.where(ma, lu - p, lu)
@@ -142,13 +166,18 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
             p, s, t = keep(p_new, p), keep(s_new, s), keep(t_new, t)
             n_iter = torch.where(active, n_iter + 1, n_iter)
             if check_every > 0 and it % check_every == 0:
-                err = torch.linalg.vector_norm(
-                    (torch.exp(log_plan(pu, pv, pw)) - torch.exp(log_plan(lu, lv, w))).flatten(1), dim=1)
+                err = plan_change(pu, pv, pw, lu, lv, w)
                 if check(err, ~(err > tol)):
                     break
     else:
         raise ValueError(f"unknown problem kind {problem}")
+    return lu, lv, w, n_iter, status, hist
 
+
+def finalize(C, a, b, lu, lv, w, problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool, nonempty):
+    """Plan (B,n,m), regularised objective (B,) and <P, C> (B,) from the potentials."""
+    K = -C / reg
+    ma, mb = a > 0, b > 0
     logP = K + lu[:, :, None] + lv[:, None, :] + w[:, None, None]
     plan = torch.where(ma[:, :, None] & mb[:, None, :], torch.exp(logP), torch.zeros_like(logP))
     plan = torch.where(nonempty[:, None, None], plan, torch.zeros_like(plan))
@@ -166,7 +195,7 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
     else:
         value = value_linear + reg * xlogx
     value = torch.where(nonempty, value, torch.zeros_like(value))
-    return plan, lu, lv, w, value, value_linear, n_iter, status, hist
+    return plan, value, value_linear
 
 
 def _gen_kl(x, y):

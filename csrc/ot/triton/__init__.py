@@ -1,0 +1,1 @@
+"""Triton kernels of the entropic OT op (imported as ``grounded_fast.triton_kernels.ot``)."""

@@ -1,0 +1,225 @@
+"""Triton persistent kernel for small entropic OT problems: the whole solve in one launch.
+
+One program per problem of the batch. Its cost tile K = -C / eps (BN x BM, padded to powers of
+two, -inf outside the problem) is loaded once and stays on-chip (registers) for *all* iterations;
+the potentials (lu, lv, w) and Dykstra corrections live on-chip too; the stop test runs inside the
+kernel. The iterations are those of csrc/ot/cpu/sinkhorn_cpu.cpp and grounded_fast/reference in
+the log domain:
+
+  balanced    lv = log b - LSE_i(lu_i + K_ij);  lu = log a - LSE_j(lv_j + K_ij)
+              stop: ||P^T 1 - b||_2 < tol, from the next iteration's column LSE (no extra pass);
+  unbalanced  lu = (1 - fa) s_a + fa (log a - LSE_j(lv_j + K_ij)), then lv alike
+              stop: POT's mean relative change of the scalings, max|u - u'| / max(|u|, |u'|, 1);
+  partial     Dykstra projections on {P1 <= a}, {P^T 1 <= b}, {sum P = m} with vector / scalar
+              corrections p, s, t (log domain); stop: ||P - P_prev||_F <= tol.
+
+The launcher returns (log_u, log_v, log_scale, n_iter, status, err_history); the plan and
+objective are formed from them afterwards (grounded_fast.reference.entropic_ot.finalize).
+Accumulation is float32 (float64 for float64 costs).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# entries of the cost tile held on-chip by one program (BN x BM after padding to powers of two)
+MAX_TILE = 1 << 15
+
+
+@triton.jit
+def _lse_rows(K, lv):
+    """(BN,) LSE_j(K_ij + lv_j); -inf for rows with no finite entry."""
+    x = K + lv[None, :]
+    mx = tl.max(x, axis=1)
+    mx = tl.where(mx == float("-inf"), 0.0, mx)
+    return mx + tl.log(tl.sum(tl.exp(x - mx[:, None]), axis=1))
+
+
+@triton.jit
+def _lse_cols(K, lu):
+    """(BM,) LSE_i(K_ij + lu_i)."""
+    x = K + lu[:, None]
+    mx = tl.max(x, axis=0)
+    mx = tl.where(mx == float("-inf"), 0.0, mx)
+    return mx + tl.log(tl.sum(tl.exp(x - mx[None, :]), axis=0))
+
+
+@triton.jit
+def _lse_vec(x):
+    mx = tl.max(x, axis=0)
+    mx = tl.where(mx == float("-inf"), 0.0, mx)
+    return mx + tl.log(tl.sum(tl.exp(x - mx), axis=0))
+
+
+@triton.jit
+def _rel_change(x, px, s, msk):
+    """POT's unbalanced stop quantity for one scaling vector (exp(x - s) vs exp(px - s))."""
+    u = tl.where(msk, tl.exp(tl.where(msk, x - s, 0.0)), 0.0)
+    up = tl.where(msk, tl.exp(tl.where(msk, px - s, 0.0)), 0.0)
+    den = tl.maximum(tl.maximum(tl.max(tl.abs(u), axis=0), tl.max(tl.abs(up), axis=0)), 1.0)
+    return tl.max(tl.abs(u - up), axis=0) / den
+
+
+@triton.jit
+def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
+                    lu_ptr, lv_ptr, w_ptr, niter_ptr, status_ptr, hist_ptr,
+                    n, m, inv_eps, fa, fb, max_iter, tol, check_every, hist_len,
+                    PROBLEM: tl.constexpr, KL_REF: tl.constexpr, DT: tl.constexpr,
+                    BN: tl.constexpr, BM: tl.constexpr):
+    pid = tl.program_id(0)
+    ri = tl.arange(0, BN)
+    cj = tl.arange(0, BM)
+    rin, cin = ri < n, cj < m
+    a = tl.load(a_ptr + pid * n + ri, mask=rin, other=0.0).to(DT)
+    b = tl.load(b_ptr + pid * m + cj, mask=cin, other=0.0).to(DT)
+    ma, mb = a > 0, b > 0
+    neg = float("-inf")
+    la = tl.where(ma, tl.log(tl.where(ma, a, 1.0)), neg)
+    lb = tl.where(mb, tl.log(tl.where(mb, b, 1.0)), neg)
+    C = tl.load(C_ptr + pid.to(tl.int64) * n * m + ri[:, None] * m + cj[None, :],
+                mask=rin[:, None] & cin[None, :], other=0.0).to(DT)
+    K = tl.where(rin[:, None] & cin[None, :], -C * inv_eps, neg)
+    lu = tl.where(ma, tl.load(lu0_ptr + pid * n + ri, mask=rin, other=0.0).to(DT), neg)
+    lv = tl.where(mb, tl.load(lv0_ptr + pid * m + cj, mask=cin, other=0.0).to(DT), neg)
+    w = tl.zeros((), DT)
+    nonempty = (tl.sum(ma.to(tl.int32), axis=0) > 0) & (tl.sum(mb.to(tl.int32), axis=0) > 0)
+    mass = tl.load(mass_ptr + pid).to(DT)
+    if PROBLEM == 2:
+        nonempty = nonempty & (mass > 0)
+    it = 0
+    k = 0
+    status = tl.where(nonempty, 1, 0)
+    go = nonempty
+    if PROBLEM == 0:  # balanced
+        pending = False
+        while go:
+            cl = _lse_cols(K, lu)
+            if pending:
+                diff = tl.where(mb, tl.exp(cl + lv), 0.0) - b
+                err = tl.sqrt(tl.sum(diff * diff, axis=0))
+                if k < hist_len:
+                    tl.store(hist_ptr + pid * hist_len + k, err)
+                k += 1
+                if err < tol:
+                    status = 0
+                    go = False
+            if go:
+                lv = tl.where(mb, lb - cl, neg)
+                lu = tl.where(ma, la - _lse_rows(K, lv), neg)
+                pending = (check_every > 0) & (it % tl.maximum(check_every, 1) == 0)
+                it += 1
+                if it >= max_iter:
+                    go = False
+                    if pending:
+                        diff = tl.where(mb, tl.exp(_lse_cols(K, lu) + lv), 0.0) - b
+                        err = tl.sqrt(tl.sum(diff * diff, axis=0))
+                        if k < hist_len:
+                            tl.store(hist_ptr + pid * hist_len + k, err)
+                        k += 1
+                        if err < tol:
+                            status = 0
+    elif PROBLEM == 1:  # unbalanced (KL)
+        if KL_REF:
+            sa = la
+            sb = lb
+        else:
+            sa = tl.zeros((BN,), DT)
+            sb = tl.zeros((BM,), DT)
+        lu = tl.where(ma, lu + sa, neg)
+        lv = tl.where(mb, lv + sb, neg)
+        while go:
+            pu = lu
+            pv = lv
+            lu = tl.where(ma, (1 - fa) * sa + fa * (la - _lse_rows(K, lv)), neg)
+            lv = tl.where(mb, (1 - fb) * sb + fb * (lb - _lse_cols(K, lu)), neg)
+            if (check_every > 0) & (it % tl.maximum(check_every, 1) == 0):
+                err = 0.5 * (_rel_change(lu, pu, sa, ma) + _rel_change(lv, pv, sb, mb))
+                if k < hist_len:
+                    tl.store(hist_ptr + pid * hist_len + k, err)
+                k += 1
+                if err < tol:
+                    status = 0
+                    go = False
+            it += 1
+            if it >= max_iter:
+                go = False
+    else:  # partial
+        lu = tl.where(ma, 0.0, neg).to(DT)
+        lv = tl.where(mb, 0.0, neg).to(DT)
+        lmass = tl.log(mass)
+        w = lmass - _lse_vec(tl.where(ma, _lse_rows(K, lv), neg))
+        p = tl.zeros((BN,), DT)
+        s = tl.zeros((BM,), DT)
+        t = tl.zeros((), DT)
+        while go:
+            pu = lu
+            pv = lv
+            pw = w
+            lu1 = tl.where(ma, lu - p, lu)
+            p = tl.where(ma, tl.minimum(la - (lu1 + w + _lse_rows(K, lv)), 0.0), p)
+            lu = tl.where(ma, lu1 + p, neg)
+            lv1 = tl.where(mb, lv - s, lv)
+            lc = lv1 + w + _lse_cols(K, lu)
+            s = tl.where(mb, tl.minimum(lb - lc, 0.0), s)
+            lv = tl.where(mb, lv1 + s, neg)
+            total = _lse_vec(tl.where(mb, lc + s, neg)) - t
+            w = w - t
+            t = lmass - total
+            w = w + t
+            if (check_every > 0) & (it % tl.maximum(check_every, 1) == 0):
+                dP = tl.exp(K + pu[:, None] + pv[None, :] + pw) - tl.exp(K + lu[:, None] + lv[None, :] + w)
+                err = tl.sqrt(tl.sum(tl.sum(dP * dP, axis=1), axis=0))
+                if k < hist_len:
+                    tl.store(hist_ptr + pid * hist_len + k, err)
+                k += 1
+                if not (err > tol):
+                    status = 0
+                    go = False
+            it += 1
+            if it >= max_iter:
+                go = False
+    tl.store(lu_ptr + pid * n + ri, lu, mask=rin)
+    tl.store(lv_ptr + pid * m + cj, lv, mask=cin)
+    tl.store(w_ptr + pid, w)
+    tl.store(niter_ptr + pid, it)
+    tl.store(status_ptr + pid, status)
+
+
+def fits(n: int, m: int) -> bool:
+    """Whether one problem's padded cost tile fits the persistent kernel."""
+    return triton.next_power_of_2(n) * triton.next_power_of_2(m) <= MAX_TILE
+
+
+def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
+                   kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1):
+    """Solve a batch of small problems, one persistent program each.
+
+    C (B, n, m) float32/float64 (contiguous), a (B, n), b (B, m), mass (B,), log_u0 (B, n),
+    log_v0 (B, m). Returns (log_u (B, n), log_v (B, m), log_scale (B,), n_iter (B,) int64,
+    status (B,) int64, err_history (B, H)) with the conventions of grounded_fast::entropic_ot.
+    """
+    B, n, m = C.shape
+    if not fits(n, m):
+        raise ValueError(f"sinkhorn_small: a {n} x {m} problem does not fit the on-chip tile ({MAX_TILE} entries)")
+    dev, dt = C.device, C.dtype
+    checks = max_iter // check_every + 1 if check_every > 0 else 0
+    hist_len = checks if history < 0 else min(history, checks)
+    lu = torch.empty(B, n, dtype=dt, device=dev)
+    lv = torch.empty(B, m, dtype=dt, device=dev)
+    w = torch.empty(B, dtype=dt, device=dev)
+    n_iter = torch.empty(B, dtype=torch.int32, device=dev)
+    status = torch.empty(B, dtype=torch.int32, device=dev)
+    hist = torch.full((B, max(hist_len, 1)), -1.0, dtype=dt, device=dev)
+    fa = 1.0 if math.isinf(reg_m_a) else reg_m_a / (reg_m_a + reg)
+    fb = 1.0 if math.isinf(reg_m_b) else reg_m_b / (reg_m_b + reg)
+    BN, BM = triton.next_power_of_2(n), triton.next_power_of_2(m)
+    _sinkhorn_small[(B,)](
+        C.contiguous(), a.contiguous(), b.contiguous(), mass.contiguous(), log_u0.contiguous(),
+        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, 1.0 / reg, fa, fb, max_iter, tol,
+        check_every, hist_len, PROBLEM=problem, KL_REF=bool(kl_ref),
+        DT=tl.float64 if dt == torch.float64 else tl.float32, BN=BN, BM=BM,
+        num_warps=8 if BN * BM >= 8192 else 4)
+    return lu, lv, w, n_iter.long(), status.long(), hist[:, :hist_len]

@@ -1,0 +1,139 @@
+"""Triton kernels for large entropic OT problems: log-sum-exp passes streaming over tiles of C.
+
+A half-iteration is one launch over the batch: each program owns a block of rows (row pass) or
+columns (column pass) of one problem and streams the other axis in tiles of C read from device
+memory (float32, float64, bfloat16 or float16; accumulation float32, float64 for float64), with an
+online log-sum-exp
+    m' = max(m, max_j x_j),  s' = s e^(m - m') + sum_j e^(x_j - m'),   LSE = m + log s,
+x_ij = lv_j - C_ij / eps (row pass) or lu_i - C_ij / eps (column pass). The O(n + m) updates
+between passes and the stop tests are those of the reference driver
+(grounded_fast.reference.entropic_ot.solve_potentials), so the iterates are the reference's.
+Partial OT's stop test ||P_prev - P||_F is one more fused pass (``_plan_change``).
+Regime choice (see grounded_fast/ops/entropic_ot.py): problems whose padded tile fits on-chip
+go to the persistent kernel (sinkhorn_small.py), larger ones stream here.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...reference.entropic_ot import solve_potentials
+
+BLOCK_ROWS = 32   # rows (row pass) or columns (column pass) owned by one program
+BLOCK_TILE = 128  # entries of the streamed axis per step
+
+
+@triton.jit
+def _online(mx, s, x, axis: tl.constexpr):
+    """One step of the online log-sum-exp along ``axis`` of the tile x."""
+    new = tl.maximum(mx, tl.max(x, axis=axis))
+    safe = tl.where(new == float("-inf"), 0.0, new)
+    if axis == 1:
+        s = s * tl.exp(mx - safe) + tl.sum(tl.exp(x - safe[:, None]), axis=1)
+    else:
+        s = s * tl.exp(mx - safe) + tl.sum(tl.exp(x - safe[None, :]), axis=0)
+    return new, s
+
+
+@triton.jit
+def _row_lse(C_ptr, lv_ptr, out_ptr, n, m, inv_eps, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
+    pid_b = tl.program_id(0)
+    rows = tl.program_id(1) * BR + tl.arange(0, BR)
+    rin = rows < n
+    base = C_ptr + pid_b.to(tl.int64) * n * m
+    mx = tl.full((BR,), float("-inf"), DT)
+    s = tl.zeros((BR,), DT)
+    for j0 in range(0, m, BT):
+        cols = j0 + tl.arange(0, BT)
+        cin = cols < m
+        lv = tl.load(lv_ptr + pid_b * m + cols, mask=cin, other=float("-inf")).to(DT)
+        c = tl.load(base + rows[:, None] * m + cols[None, :], mask=rin[:, None] & cin[None, :], other=0.0).to(DT)
+        x = tl.where(rin[:, None] & cin[None, :], lv[None, :] - c * inv_eps, float("-inf"))
+        mx, s = _online(mx, s, x, 1)
+    lse = tl.where(s > 0, tl.where(mx == float("-inf"), 0.0, mx) + tl.log(s), float("-inf"))
+    tl.store(out_ptr + pid_b * n + rows, lse, mask=rin)
+
+
+@triton.jit
+def _col_lse(C_ptr, lu_ptr, out_ptr, n, m, inv_eps, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
+    pid_b = tl.program_id(0)
+    cols = tl.program_id(1) * BR + tl.arange(0, BR)
+    cin = cols < m
+    base = C_ptr + pid_b.to(tl.int64) * n * m
+    mx = tl.full((BR,), float("-inf"), DT)
+    s = tl.zeros((BR,), DT)
+    for i0 in range(0, n, BT):
+        rows = i0 + tl.arange(0, BT)
+        rin = rows < n
+        lu = tl.load(lu_ptr + pid_b * n + rows, mask=rin, other=float("-inf")).to(DT)
+        c = tl.load(base + rows[:, None] * m + cols[None, :], mask=rin[:, None] & cin[None, :], other=0.0).to(DT)
+        x = tl.where(rin[:, None] & cin[None, :], lu[:, None] - c * inv_eps, float("-inf"))
+        mx, s = _online(mx, s, x, 0)
+    lse = tl.where(s > 0, tl.where(mx == float("-inf"), 0.0, mx) + tl.log(s), float("-inf"))
+    tl.store(out_ptr + pid_b * m + cols, lse, mask=cin)
+
+
+@triton.jit
+def _plan_change(C_ptr, pu_ptr, pv_ptr, pw_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr, n, m, nblk, inv_eps,
+                 DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
+    """out[b, blk] = sum over the block's rows of (P_prev - P)^2, P = exp(lu_i + lv_j + w - C_ij/eps)."""
+    pid_b = tl.program_id(0)
+    blk = tl.program_id(1)
+    rows = blk * BR + tl.arange(0, BR)
+    rin = rows < n
+    base = C_ptr + pid_b.to(tl.int64) * n * m
+    pu = tl.load(pu_ptr + pid_b * n + rows, mask=rin, other=float("-inf")).to(DT)
+    lu = tl.load(lu_ptr + pid_b * n + rows, mask=rin, other=float("-inf")).to(DT)
+    pw = tl.load(pw_ptr + pid_b).to(DT)
+    w = tl.load(w_ptr + pid_b).to(DT)
+    acc = tl.zeros((BR,), DT)
+    for j0 in range(0, m, BT):
+        cols = j0 + tl.arange(0, BT)
+        cin = cols < m
+        inb = rin[:, None] & cin[None, :]
+        pv = tl.load(pv_ptr + pid_b * m + cols, mask=cin, other=float("-inf")).to(DT)
+        lv = tl.load(lv_ptr + pid_b * m + cols, mask=cin, other=float("-inf")).to(DT)
+        k = -tl.load(base + rows[:, None] * m + cols[None, :], mask=inb, other=0.0).to(DT) * inv_eps
+        d = tl.exp(k + pu[:, None] + pv[None, :] + pw) - tl.exp(k + lu[:, None] + lv[None, :] + w)
+        d = tl.where(inb, d, 0.0)
+        acc += tl.sum(d * d, axis=1)
+    tl.store(out_ptr + pid_b * nblk + blk, tl.sum(acc, axis=0))
+
+
+def streaming_passes(C, reg: float):
+    """(row_lse, col_lse, plan_change) callables over C (B, n, m) for the reference driver."""
+    B, n, m = C.shape
+    C = C.contiguous()
+    dt = torch.float64 if C.dtype == torch.float64 else torch.float32
+    DT = tl.float64 if dt == torch.float64 else tl.float32
+    inv_eps = 1.0 / reg
+
+    def row_lse(lv):
+        out = torch.empty(B, n, dtype=dt, device=C.device)
+        _row_lse[(B, triton.cdiv(n, BLOCK_ROWS))](C, lv.to(dt).contiguous(), out, n, m, inv_eps, DT=DT,
+                                                   BR=BLOCK_ROWS, BT=BLOCK_TILE)
+        return out
+
+    def col_lse(lu):
+        out = torch.empty(B, m, dtype=dt, device=C.device)
+        _col_lse[(B, triton.cdiv(m, BLOCK_ROWS))](C, lu.to(dt).contiguous(), out, n, m, inv_eps, DT=DT,
+                                                   BR=BLOCK_ROWS, BT=BLOCK_TILE)
+        return out
+
+    def plan_change(pu, pv, pw, lu, lv, w):
+        nblk = triton.cdiv(n, BLOCK_ROWS)
+        part = torch.empty(B, nblk, dtype=dt, device=C.device)
+        args = [t.to(dt).contiguous() for t in (pu, pv, pw, lu, lv, w)]
+        _plan_change[(B, nblk)](C, *args, part, n, m, nblk, inv_eps, DT=DT, BR=BLOCK_ROWS, BT=BLOCK_TILE)
+        return part.sum(1).sqrt()
+
+    return row_lse, col_lse, plan_change
+
+
+def sinkhorn_stream(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
+                    kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1):
+    """Same inputs and outputs as sinkhorn_small.sinkhorn_small, for problems of any size."""
+    row_lse, col_lse, plan_change = streaming_passes(C, reg)
+    return solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem, reg,
+                            reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history)

@@ -1,0 +1,126 @@
+"""The Triton backend of the entropic OT op (persistent 'small' kernel and streaming 'stream'
+passes), run by Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set by conftest.py), or
+on CUDA tensors on a GPU machine, against the float64-capable reference: same iterates, stop
+tests, statuses and outputs; envelope gradients through the op."""
+import math
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot  # noqa: E402
+from grounded_fast.reference.entropic_ot import entropic_ot_reference  # noqa: E402
+
+from conftest import TOL, assert_close, make_problem  # noqa: E402
+
+DEVICE = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" and torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="needs a GPU or TRITON_INTERPRET=1")
+NAMES = ("plan", "log_u", "log_v", "log_scale", "value", "value_linear", "n_iter", "status", "err_history")
+CASES = {  # problem kind, reg_m, kl_ref
+    "balanced": (BALANCED, (math.inf, math.inf), True),
+    "unbalanced": (UNBALANCED, (0.7, 2.0), True),
+    "unbalanced-entropy-onesided": (UNBALANCED, (0.5, math.inf), False),
+    "partial": (PARTIAL, (math.inf, math.inf), True),
+}
+
+
+def _args(B, n, m, case, dtype, max_iter, check_every=5, pad=True, seed=0, warm=False):
+    C, a, b = make_problem(B, n, m, dtype=torch.float64, seed=seed)
+    if pad and n > 2:
+        a[0, -1] = 0.0
+        a = a / a.sum(1, keepdim=True)
+    if pad and m > 2:
+        b[-1, 1] = 0.0
+        b = b / b.sum(1, keepdim=True)
+    problem, (ra, rb), kl_ref = CASES[case]
+    mass = torch.full((B,), 0.6, dtype=torch.float64) if problem == PARTIAL else torch.zeros(B, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed + 1)
+    lu0 = 0.1 * torch.randn(B, n, generator=g, dtype=torch.float64) if warm else torch.zeros(B, n, dtype=torch.float64)
+    lv0 = 0.1 * torch.randn(B, m, generator=g, dtype=torch.float64) if warm else torch.zeros(B, m, dtype=torch.float64)
+    tensors = [t.to(dtype).to(DEVICE) for t in (C, a, b, mass, lu0, lv0)]
+    tol = 1e-9 if dtype == torch.float64 else 1e-6
+    return (*tensors, problem, 0.1, ra, rb, kl_ref, max_iter, tol, check_every)
+
+
+def _compare(out, ref, dtype, name=""):
+    rtol, atol = (TOL[dtype]["rtol"], TOL[dtype]["atol"]) if dtype == torch.float64 else (2e-4, 1e-5)
+    for nm, o, r in zip(NAMES, out, ref):
+        o, r = o.cpu(), r.cpu()
+        if nm in ("n_iter", "status"):
+            assert torch.equal(o, r), f"{name} {nm}: {o.tolist()} != {r.tolist()}"
+        elif nm in ("log_u", "log_v"):
+            fin = torch.isfinite(r)
+            assert torch.equal(torch.isfinite(o), fin), f"{name} {nm}: masks differ"
+            assert_close(o[fin], r[fin], rtol=rtol, atol=max(atol, 1e-4 if dtype != torch.float64 else atol),
+                         name=f"{name} {nm}")
+        else:
+            assert_close(o, r, rtol=rtol, atol=atol, name=f"{name} {nm}")
+
+
+@pytest.mark.parametrize("regime", ["small", "stream"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_matches_reference(regime, case, dtype):
+    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    args = _args(3, 13, 29, case, dtype, max_iter=40 if regime == "small" else 25)
+    out = entropic_ot_triton(*args, regime=regime)
+    ref = entropic_ot_reference(*args)
+    _compare(out, ref, dtype, f"{regime}/{case}")
+
+
+@pytest.mark.parametrize("regime", ["small", "stream"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 7), (2, 5, 1), (1, 41, 133)])
+def test_triton_awkward_shapes(regime, shape):
+    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    B, n, m = shape
+    for case in ("balanced", "partial"):
+        args = _args(B, n, m, case, torch.float64, max_iter=15, check_every=0, pad=False, seed=n + m)
+        _compare(entropic_ot_triton(*args, regime=regime), entropic_ot_reference(*args), torch.float64,
+                 f"{regime}/{case}/{shape}")
+
+
+@pytest.mark.parametrize("regime", ["small", "stream"])
+def test_triton_converges_with_warm_start_and_history(regime):
+    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    args = _args(2, 9, 11, "balanced", torch.float64, max_iter=400, check_every=10, warm=True)
+    out = entropic_ot_triton(*args, regime=regime)
+    ref = entropic_ot_reference(*args)
+    assert out[7].tolist() == [0, 0], "both problems should converge"
+    _compare(out, ref, torch.float64, regime)
+    args_h = args + (0, 3)  # domain, history: keep 3 entries
+    assert entropic_ot_triton(*args_h, regime=regime)[8].shape == (2, 3)
+
+
+def test_regime_choice():
+    from grounded_fast.triton_kernels.ot.entropic_ot import choose_regime
+    assert choose_regime(64, 197) == "small" and choose_regime(128, 256) == "small"
+    assert choose_regime(128, 512) == "stream" and choose_regime(4096, 4096) == "stream"
+
+
+@pytest.mark.parametrize("problem", [BALANCED, PARTIAL])
+def test_op_backend_triton_with_envelope_gradients(problem):
+    C, a, b = make_problem(2, 6, 9, dtype=torch.float32, seed=3)
+    C = C.to(DEVICE).requires_grad_()
+    a, b = a.to(DEVICE).requires_grad_(), b.to(DEVICE).requires_grad_()
+    kw = dict(reg=0.1, problem=problem, max_iter=200, mass=0.5 if problem == PARTIAL else None)
+    got = entropic_ot(C, a, b, backend="triton", **kw)
+    ref = entropic_ot(C.detach().cpu().requires_grad_(), a.detach().cpu().requires_grad_(),
+                      b.detach().cpu().requires_grad_(), backend="torch", **kw)
+    assert_close(got.plan.cpu(), ref.plan, rtol=2e-4, atol=1e-6, name="plan")
+    g = torch.autograd.grad(got.value.sum(), (C, a, b))
+    C2, a2, b2 = (t.detach().cpu().requires_grad_() for t in (C, a, b))
+    r = entropic_ot(C2, a2, b2, backend="torch", **kw)
+    gr = torch.autograd.grad(r.value.sum(), (C2, a2, b2))
+    for x, y, nm in zip(g, gr, ("dC", "da", "db")):
+        assert_close(x.cpu(), y, rtol=2e-4, atol=2e-5, name=nm)
+
+
+def test_triton_op_opcheck():
+    C, a, b = make_problem(2, 4, 5, dtype=torch.float32)
+    args = (C, a, b, torch.zeros(2), torch.zeros(2, 4), torch.zeros(2, 5), BALANCED, 0.1, math.inf, math.inf,
+            True, 20, 1e-6, 5)
+    torch.library.opcheck(torch.ops.grounded_fast.entropic_ot_triton.default,
+                          tuple(t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in args))
