@@ -23,3 +23,15 @@ def test_gpu_analysis_bench_smoke(tmp_path):
 
 def test_gpu_suite_script_is_valid_bash():
     assert subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "gpu_suite.sh")]).returncode == 0
+
+
+def test_gpu_ot_bench_smoke(tmp_path):
+    stem = tmp_path / "gpu-ot-smoke"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_ot.py"), "--smoke", "--device", "cpu",
+                          "--backends", "cpu,cuda", "--out", str(stem)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "gpu-ot-smoke.json").read_text())
+    assert {r["backend"] for r in out["results"]} == {"cpu"} and out["backends_skipped"] == ["cuda"]
+    cases = {r["case"][0] for r in out["results"]}
+    assert cases == {"1", "2", "3"}
+    assert all(r["vs_pot"] > 0 for r in out["results"] if r["case"][0] in "12")  # POT is installed in CI

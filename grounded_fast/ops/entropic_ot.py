@@ -30,6 +30,7 @@ from ..reference.entropic_ot import BALANCED, PARTIAL, UNBALANCED, entropic_ot_r
 _CPU_OP = "grounded_fast::entropic_ot"
 _TORCH_OP = "grounded_fast::entropic_ot_torch"
 _TRITON_OP = "grounded_fast::entropic_ot_triton"
+_CUDA_OP = "grounded_fast::entropic_ot_cuda"
 GRAD_MODES = ("envelope", "autodiff", "detach")
 
 
@@ -69,6 +70,19 @@ def _entropic_ot_triton(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: T
     with torch.no_grad():
         out = entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
                                  max_iter, tol, check_every, domain, history)
+    return tuple(t.clone() for t in out)
+
+
+@torch.library.custom_op(_CUDA_OP, mutates_args=())
+def _entropic_ot_cuda(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
+                      problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
+                      max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """CUDA kernels of grounded_fast._C_cuda (see grounded_fast/ops/cuda_ot.py)."""
+    from .cuda_ot import entropic_ot_cuda
+    with torch.no_grad():
+        out = entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
+                               max_iter, tol, check_every, domain, history)
     return tuple(t.clone() for t in out)
 
 
@@ -132,7 +146,8 @@ def _backward(ctx, *grads):
 torch.library.register_fake(_CPU_OP)(_fake)
 _entropic_ot_torch.register_fake(_fake)
 _entropic_ot_triton.register_fake(_fake)
-for _name in (_CPU_OP, _TORCH_OP, _TRITON_OP):
+_entropic_ot_cuda.register_fake(_fake)
+for _name in (_CPU_OP, _TORCH_OP, _TRITON_OP, _CUDA_OP):
     torch.library.register_autograd(_name, _backward, setup_context=_setup_context)
 
 
@@ -271,9 +286,9 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     if grad == "autodiff":
         out = entropic_ot_reference(*args, 0, -1 if history else 0)
     else:
-        which = choose_backend(C.device, backend, gpu=("triton",))
-        op = {"cpu": torch.ops.grounded_fast.entropic_ot, "triton": torch.ops.grounded_fast.entropic_ot_triton
-              }.get(which, torch.ops.grounded_fast.entropic_ot_torch)
+        which = choose_backend(C.device, backend, gpu=("cuda", "triton"))
+        op = {"cpu": torch.ops.grounded_fast.entropic_ot, "triton": torch.ops.grounded_fast.entropic_ot_triton,
+              "cuda": torch.ops.grounded_fast.entropic_ot_cuda}.get(which, torch.ops.grounded_fast.entropic_ot_torch)
         args = args + (0 if domain == "auto" else 1, -1 if history else 0)
         if grad == "detach":
             with torch.no_grad():

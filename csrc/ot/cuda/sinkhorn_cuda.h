@@ -1,0 +1,43 @@
+// C ABI of the CUDA entropic-OT kernels (framework-agnostic: raw device pointers, sizes, a stream).
+// The math is that of csrc/ot/cpu/sinkhorn_cpu.cpp in the log domain; the host-side driver of the
+// streaming regime is grounded_fast.reference.entropic_ot.solve_potentials (shared by every
+// streaming backend). Wrapped as torch ops by sinkhorn_cuda_binding.cpp (CUDA builds only).
+// Every function returns a cudaError_t as int.
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Element types (cost tensors may be any of them; potentials are float32, float64 for float64 costs).
+enum GfOtDtype { GF_OT_F32 = 0, GF_OT_F64 = 1, GF_OT_F16 = 2, GF_OT_BF16 = 3 };
+
+// Dynamic shared memory (bytes) the persistent kernel needs for one n x m problem in `dtype`
+// (GF_OT_F32 or GF_OT_F64); the caller compares it with the device's opt-in limit.
+int64_t gf_ot_small_smem_bytes(int64_t n, int64_t m, int dtype);
+
+// Persistent solve: one block per problem, the cost tile -C/eps in shared memory for all
+// iterations, stop tests in the kernel. C (B,n,m), a, lu0, lu (B,n), b, lv0, lv (B,m), mass, w (B),
+// n_iter, status (B) int32, hist (B, hist_len); all float arrays in `dtype` (F32 or F64).
+// problem: 0 balanced, 1 unbalanced (fa, fb = rho / (rho + eps); kl_ref), 2 partial.
+int gf_ot_small(const void* C, const void* a, const void* b, const void* mass, const void* lu0, const void* lv0,
+                int dtype, int64_t B, int64_t n, int64_t m, double inv_eps, double fa, double fb, int problem,
+                int kl_ref, int64_t max_iter, double tol, int64_t check_every, int64_t hist_len, void* lu, void* lv,
+                void* w, int32_t* n_iter, int32_t* status, void* hist, cudaStream_t stream);
+
+// Streaming passes over C (B,n,m) of type c_dtype; vectors of type v_dtype (F32, or F64 for F64 C):
+//   row:  out (B,n) = LSE_j(lv_j - C_ij inv_eps)      col: out (B,m) = LSE_i(lu_i - C_ij inv_eps)
+//   plan_change: out (B) = sum_ij (exp(pu_i + pv_j + pw - C_ij inv_eps) - exp(lu_i + lv_j + w - C_ij inv_eps))^2
+int gf_ot_row_lse(const void* C, int c_dtype, const void* lv, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
+                  double inv_eps, cudaStream_t stream);
+int gf_ot_col_lse(const void* C, int c_dtype, const void* lu, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
+                  double inv_eps, cudaStream_t stream);
+int gf_ot_plan_change(const void* C, int c_dtype, const void* pu, const void* pv, const void* pw, const void* lu,
+                      const void* lv, const void* w, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
+                      double inv_eps, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,115 @@
+// Torch ops over the CUDA entropic-OT kernels (sinkhorn_kernels.cu), built only into the CUDA
+// extension grounded_fast._C_cuda. They are the primitives of the 'cuda' backend of
+// grounded_fast::entropic_ot, whose host side (regime choice, the streaming driver, the plan and
+// objective) is grounded_fast/ops/cuda_ot.py:
+//   ot_small_cuda       the persistent solve -> (log_u, log_v, log_scale, n_iter, status, err_history)
+//   ot_row_lse_cuda     (B,n) = LSE_j(lv_j - C_ij / eps)
+//   ot_col_lse_cuda     (B,m) = LSE_i(lu_i - C_ij / eps)
+//   ot_plan_change_cuda (B)   = ||P(pu, pv, pw) - P(lu, lv, w)||_F^2
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "sinkhorn_cuda.h"
+
+namespace {
+
+using at::Tensor;
+
+int code(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return GF_OT_F32;
+    case at::kDouble: return GF_OT_F64;
+    case at::kHalf: return GF_OT_F16;
+    case at::kBFloat16: return GF_OT_BF16;
+    default: TORCH_CHECK(false, "entropic_ot (cuda): unsupported dtype ", t);
+  }
+}
+
+void check(int err, const char* what) {
+  TORCH_CHECK(err == 0, what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ot_small_cuda(
+    const Tensor& C, const Tensor& a, const Tensor& b, const Tensor& mass, const Tensor& lu0, const Tensor& lv0,
+    int64_t problem, double reg, double fa, double fb, bool kl_ref, int64_t max_iter, double tol, int64_t check_every,
+    int64_t hist_len) {
+  TORCH_CHECK(C.dim() == 3, "ot_small_cuda: C must be (B, n, m)");
+  TORCH_CHECK(C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble, "ot_small_cuda: float32 or float64");
+  const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
+  for (const Tensor* t : {&a, &b, &mass, &lu0, &lv0})
+    TORCH_CHECK(t->scalar_type() == C.scalar_type() && t->device() == C.device(),
+                "ot_small_cuda: all tensors must share C's dtype and device");
+  c10::cuda::CUDAGuard guard(C.device());
+  const Tensor Cc = C.contiguous(), ac = a.contiguous(), bc = b.contiguous(), mc = mass.contiguous(),
+               u0 = lu0.contiguous(), v0 = lv0.contiguous();
+  Tensor lu = at::empty({B, n}, C.options()), lv = at::empty({B, m}, C.options()), w = at::empty({B}, C.options());
+  Tensor it = at::empty({B}, C.options().dtype(at::kInt)), st = at::empty({B}, it.options());
+  Tensor hist = at::full({B, std::max<int64_t>(hist_len, 1)}, -1.0, C.options());
+  check(gf_ot_small(Cc.data_ptr(), ac.data_ptr(), bc.data_ptr(), mc.data_ptr(), u0.data_ptr(), v0.data_ptr(),
+                    code(C.scalar_type()), B, n, m, 1.0 / reg, fa, fb, int(problem), int(kl_ref), max_iter, tol,
+                    check_every, hist_len, lu.data_ptr(), lv.data_ptr(), w.data_ptr(), it.data_ptr<int32_t>(),
+                    st.data_ptr<int32_t>(), hist.data_ptr(), stream()),
+        "gf_ot_small");
+  return {lu, lv, w, it.to(at::kLong), st.to(at::kLong), hist.narrow(1, 0, hist_len)};
+}
+
+at::ScalarType vector_type(const Tensor& C) { return C.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+Tensor lse_pass(const Tensor& C, const Tensor& vec, double inv_eps, bool rows) {
+  TORCH_CHECK(C.dim() == 3, "ot_*_lse_cuda: C must be (B, n, m)");
+  const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
+  c10::cuda::CUDAGuard guard(C.device());
+  const Tensor Cc = C.contiguous(), v = vec.to(vector_type(C)).contiguous();
+  TORCH_CHECK(v.sizes() == (rows ? at::IntArrayRef({B, m}) : at::IntArrayRef({B, n})), "ot_*_lse_cuda: bad vector");
+  Tensor out = at::empty({B, rows ? n : m}, C.options().dtype(vector_type(C)));
+  const int vt = code(vector_type(C));
+  check(rows ? gf_ot_row_lse(Cc.data_ptr(), code(C.scalar_type()), v.data_ptr(), out.data_ptr(), vt, B, n, m, inv_eps,
+                             stream())
+             : gf_ot_col_lse(Cc.data_ptr(), code(C.scalar_type()), v.data_ptr(), out.data_ptr(), vt, B, n, m, inv_eps,
+                             stream()),
+        rows ? "gf_ot_row_lse" : "gf_ot_col_lse");
+  return out;
+}
+
+Tensor ot_row_lse_cuda(const Tensor& C, const Tensor& lv, double inv_eps) { return lse_pass(C, lv, inv_eps, true); }
+Tensor ot_col_lse_cuda(const Tensor& C, const Tensor& lu, double inv_eps) { return lse_pass(C, lu, inv_eps, false); }
+
+Tensor ot_plan_change_cuda(const Tensor& C, const Tensor& pu, const Tensor& pv, const Tensor& pw, const Tensor& lu,
+                           const Tensor& lv, const Tensor& w, double inv_eps) {
+  TORCH_CHECK(C.dim() == 3, "ot_plan_change_cuda: C must be (B, n, m)");
+  const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
+  c10::cuda::CUDAGuard guard(C.device());
+  const auto vt = vector_type(C);
+  const Tensor Cc = C.contiguous();
+  Tensor v[6] = {pu.to(vt).contiguous(), pv.to(vt).contiguous(), pw.to(vt).contiguous(),
+                 lu.to(vt).contiguous(), lv.to(vt).contiguous(), w.to(vt).contiguous()};
+  Tensor out = at::zeros({B}, C.options().dtype(vt));
+  check(gf_ot_plan_change(Cc.data_ptr(), code(C.scalar_type()), v[0].data_ptr(), v[1].data_ptr(), v[2].data_ptr(),
+                          v[3].data_ptr(), v[4].data_ptr(), v[5].data_ptr(), out.data_ptr(), code(vt), B, n, m,
+                          inv_eps, stream()),
+        "gf_ot_plan_change");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(grounded_fast, m) {
+  m.def("ot_small_cuda(Tensor C, Tensor a, Tensor b, Tensor mass, Tensor log_u0, Tensor log_v0, int problem, "
+        "float reg, float fa, float fb, bool kl_ref, int max_iter, float tol, int check_every, int hist_len) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("ot_row_lse_cuda(Tensor C, Tensor lv, float inv_eps) -> Tensor");
+  m.def("ot_col_lse_cuda(Tensor C, Tensor lu, float inv_eps) -> Tensor");
+  m.def("ot_plan_change_cuda(Tensor C, Tensor pu, Tensor pv, Tensor pw, Tensor lu, Tensor lv, Tensor w, "
+        "float inv_eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(grounded_fast, CUDA, m) {
+  m.impl("ot_small_cuda", &ot_small_cuda);
+  m.impl("ot_row_lse_cuda", &ot_row_lse_cuda);
+  m.impl("ot_col_lse_cuda", &ot_col_lse_cuda);
+  m.impl("ot_plan_change_cuda", &ot_plan_change_cuda);
+}

@@ -1,0 +1,484 @@
+// CUDA kernels of the entropic OT family (log domain), see csrc/ot/cpu/sinkhorn_cpu.cpp for the math:
+//   balanced    lv = log b - LSE_i(lu_i + K_ij),  lu = log a - LSE_j(lv_j + K_ij),  K = -C / eps;
+//               stop: ||P^T 1 - b||_2 < tol from the next iteration's column LSE;
+//   unbalanced  lu = (1 - fa) s_a + fa (log a - LSE_j(lv_j + K_ij)), then lv alike; POT's stop test;
+//   partial     Dykstra with vector corrections p, s and scalar t; stop ||P - P_prev||_F <= tol.
+//
+// ot_small_kernel: the persistent regime. One block per problem; K (n x m) lives in shared memory
+//   for all iterations together with every O(n + m) vector; a warp per row computes the row LSE,
+//   a thread per column the column LSE (consecutive threads read consecutive columns: no bank
+//   conflicts); loop control is block-uniform (scalars come out of block reductions that every
+//   thread reads).
+// row_lse / col_lse / plan_change: the streaming regime, one launch per pass over C in device
+//   memory. Row pass: a warp per row, lanes striding the row (coalesced), per-lane online LSE
+//   merged across the warp. Column pass: a block per 32 columns x all rows, lane = column,
+//   8 row groups, online LSE per thread merged in shared memory.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math_constants.h>
+
+#include "sinkhorn_cuda.h"
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T> __device__ __forceinline__ T neg_inf();
+template <> __device__ __forceinline__ float neg_inf<float>() { return -CUDART_INF_F; }
+template <> __device__ __forceinline__ double neg_inf<double>() { return -CUDART_INF; }
+
+template <typename T> __device__ __forceinline__ T load_as(const float* p) { return T(*p); }
+template <typename T> __device__ __forceinline__ T load_as(const double* p) { return T(*p); }
+template <typename T> __device__ __forceinline__ T load_as(const __half* p) { return T(__half2float(*p)); }
+template <typename T> __device__ __forceinline__ T load_as(const __nv_bfloat16* p) { return T(__bfloat162float(*p)); }
+
+__device__ __forceinline__ float gexp(float x) { return expf(x); }
+__device__ __forceinline__ double gexp(double x) { return exp(x); }
+__device__ __forceinline__ float glog(float x) { return logf(x); }
+__device__ __forceinline__ double glog(double x) { return log(x); }
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <typename T> __device__ __forceinline__ T warp_max(T v) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide reductions whose result every thread reads (keeps loop control uniform).
+template <typename T> __device__ T block_sum(T v, T* red) {
+  v = warp_sum(v);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  T r = 0;
+  for (int k = 0; k < int(blockDim.x >> 5); ++k) r += red[k];
+  return r;
+}
+template <typename T> __device__ T block_max(T v, T* red) {
+  v = warp_max(v);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  T r = neg_inf<T>();
+  for (int k = 0; k < int(blockDim.x >> 5); ++k) r = max(r, red[k]);
+  return r;
+}
+template <typename T> __device__ T block_lse(const T* x, int len, T* red) {
+  T mx = neg_inf<T>();
+  for (int i = threadIdx.x; i < len; i += blockDim.x) mx = max(mx, x[i]);
+  mx = block_max(mx, red);
+  const T safe = mx == neg_inf<T>() ? T(0) : mx;
+  T s = 0;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) s += gexp(x[i] - safe);
+  s = block_sum(s, red);
+  return s > 0 ? safe + glog(s) : neg_inf<T>();
+}
+
+// ---------------------------------------------------------------------------- persistent regime
+template <typename T> __device__ void tile_row_lse(const T* K, const T* lv, T* out, int n, int m) {
+  const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int i = threadIdx.x >> 5; i < n; i += nw) {
+    const T* k = K + i * m;
+    T mx = neg_inf<T>();
+    for (int j = lane; j < m; j += 32) mx = max(mx, k[j] + lv[j]);
+    mx = warp_max(mx);
+    const T safe = mx == neg_inf<T>() ? T(0) : mx;
+    T s = 0;
+    for (int j = lane; j < m; j += 32) s += gexp(k[j] + lv[j] - safe);
+    s = warp_sum(s);
+    if (lane == 0) out[i] = s > 0 ? safe + glog(s) : neg_inf<T>();
+  }
+}
+
+template <typename T> __device__ void tile_col_lse(const T* K, const T* lu, T* out, int n, int m) {
+  for (int j = threadIdx.x; j < m; j += blockDim.x) {
+    T mx = neg_inf<T>();
+    for (int i = 0; i < n; ++i) mx = max(mx, K[i * m + j] + lu[i]);
+    const T safe = mx == neg_inf<T>() ? T(0) : mx;
+    T s = 0;
+    for (int i = 0; i < n; ++i) s += gexp(K[i * m + j] + lu[i] - safe);
+    out[j] = s > 0 ? safe + glog(s) : neg_inf<T>();
+  }
+}
+
+// POT's unbalanced stop quantity for one scaling vector: max|u - u'| / max(|u|, |u'|, 1).
+template <typename T> __device__ T rel_change(const T* x, const T* px, const T* sref, int len, T* red) {
+  T nu = 0, nd = 0;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) {
+    if (x[i] == neg_inf<T>()) continue;  // masked entry
+    const T u = gexp(x[i] - sref[i]), up = gexp(px[i] - sref[i]);
+    nu = max(nu, abs(u - up));
+    nd = max(nd, max(abs(u), abs(up)));
+  }
+  nu = block_max(nu, red);
+  nd = block_max(nd, red);
+  return nu / max(nd, T(1));
+}
+
+// err_history[k] = err (while there is room); returns k + 1.
+template <typename T>
+__device__ __forceinline__ int64_t record(T* hist, int64_t pb, int64_t hist_len, int64_t k, T err) {
+  if (k < hist_len && threadIdx.x == 0) hist[pb * hist_len + k] = err;
+  return k + 1;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
+    const T* __restrict__ C, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ mass,
+    const T* __restrict__ lu0, const T* __restrict__ lv0, int n, int m, T inv_eps, T fa, T fb, int problem,
+    int kl_ref, int64_t max_iter, T tol, int64_t check_every, int64_t hist_len, T* lu_out, T* lv_out, T* w_out,
+    int32_t* niter_out, int32_t* status_out, T* hist) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ T red[kThreads / 32];
+  const int64_t pb = blockIdx.x;
+  const int nm = n * m;
+  T* K = reinterpret_cast<T*>(smem_raw);
+  T* lu = K + nm;  T* lv = lu + n;   // potentials
+  T* la = lv + m;  T* lb = la + n;   // log weights (-inf where masked)
+  T* p = lb + m;   T* s = p + n;     // partial: Dykstra corrections; unbalanced: s_a, s_b
+  T* pu = s + m;   T* pv = pu + n;   // previous potentials (stop tests)
+  T* rl = pv + m;  T* cl = rl + n;   // row / column LSE
+  T* bw = cl + m;                    // b
+  const T NEG = neg_inf<T>();
+  const T* Cp = C + pb * nm;
+  for (int e = threadIdx.x; e < nm; e += blockDim.x) K[e] = -Cp[e] * inv_eps;
+  int live_a = 0, live_b = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const T ai = a[pb * n + i];
+    live_a += ai > 0;
+    la[i] = ai > 0 ? glog(ai) : NEG;
+    lu[i] = ai > 0 ? lu0[pb * n + i] : NEG;
+    p[i] = 0;
+  }
+  for (int j = threadIdx.x; j < m; j += blockDim.x) {
+    const T bj = b[pb * m + j];
+    live_b += bj > 0;
+    bw[j] = bj;
+    lb[j] = bj > 0 ? glog(bj) : NEG;
+    lv[j] = bj > 0 ? lv0[pb * m + j] : NEG;
+    s[j] = 0;
+  }
+  const T na = block_sum(T(live_a), red), nb = block_sum(T(live_b), red);
+  const T ms = mass[pb];
+  const bool nonempty = na > 0 && nb > 0 && (problem != 2 || ms > 0);
+  __syncthreads();
+  int64_t it = 0, k = 0;
+  int status = nonempty ? 1 : 0;
+  bool go = nonempty;
+  T w = 0;
+  if (problem == 0) {  // ------------------------------------------------ balanced
+    bool pending = false;
+    while (go) {
+      tile_col_lse(K, lu, cl, n, m);
+      __syncthreads();
+      if (pending) {
+        T e = 0;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) {
+          const T d = (lb[j] != NEG ? gexp(cl[j] + lv[j]) : T(0)) - bw[j];
+          e += d * d;
+        }
+        const T err = sqrt(block_sum(e, red));
+        k = record(hist, pb, hist_len, k, err);
+        if (err < tol) { status = 0; go = false; }
+      }
+      if (go) {
+        for (int j = threadIdx.x; j < m; j += blockDim.x) lv[j] = lb[j] != NEG ? lb[j] - cl[j] : NEG;
+        __syncthreads();
+        tile_row_lse(K, lv, rl, n, m);
+        __syncthreads();
+        for (int i = threadIdx.x; i < n; i += blockDim.x) lu[i] = la[i] != NEG ? la[i] - rl[i] : NEG;
+        __syncthreads();
+        pending = check_every > 0 && it % check_every == 0;
+        ++it;
+        if (it >= max_iter) {
+          go = false;
+          if (pending) {
+            tile_col_lse(K, lu, cl, n, m);
+            __syncthreads();
+            T e = 0;
+            for (int j = threadIdx.x; j < m; j += blockDim.x) {
+              const T d = (lb[j] != NEG ? gexp(cl[j] + lv[j]) : T(0)) - bw[j];
+              e += d * d;
+            }
+            const T err = sqrt(block_sum(e, red));
+            k = record(hist, pb, hist_len, k, err);
+            if (err < tol) status = 0;
+          }
+        }
+      }
+    }
+  } else if (problem == 1) {  // ----------------------------------------- unbalanced (KL)
+    T* sa = p;  // reference measure terms: log a (kl_ref) or 0
+    T* sb = s;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+      sa[i] = kl_ref ? la[i] : T(0);
+      lu[i] = la[i] != NEG ? lu[i] + sa[i] : NEG;
+    }
+    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+      sb[j] = kl_ref ? lb[j] : T(0);
+      lv[j] = lb[j] != NEG ? lv[j] + sb[j] : NEG;
+    }
+    __syncthreads();
+    while (go) {
+      for (int i = threadIdx.x; i < n; i += blockDim.x) pu[i] = lu[i];
+      for (int j = threadIdx.x; j < m; j += blockDim.x) pv[j] = lv[j];
+      tile_row_lse(K, lv, rl, n, m);
+      __syncthreads();
+      for (int i = threadIdx.x; i < n; i += blockDim.x)
+        lu[i] = la[i] != NEG ? (1 - fa) * sa[i] + fa * (la[i] - rl[i]) : NEG;
+      __syncthreads();
+      tile_col_lse(K, lu, cl, n, m);
+      __syncthreads();
+      for (int j = threadIdx.x; j < m; j += blockDim.x)
+        lv[j] = lb[j] != NEG ? (1 - fb) * sb[j] + fb * (lb[j] - cl[j]) : NEG;
+      __syncthreads();
+      if (check_every > 0 && it % check_every == 0) {
+        const T err = T(0.5) * (rel_change(lu, pu, sa, n, red) + rel_change(lv, pv, sb, m, red));
+        k = record(hist, pb, hist_len, k, err);
+        if (err < tol) { status = 0; go = false; }
+      }
+      ++it;
+      if (it >= max_iter) go = false;
+    }
+  } else {  // ------------------------------------------------------------ partial
+    for (int i = threadIdx.x; i < n; i += blockDim.x) lu[i] = la[i] != NEG ? T(0) : NEG;
+    for (int j = threadIdx.x; j < m; j += blockDim.x) lv[j] = lb[j] != NEG ? T(0) : NEG;
+    __syncthreads();
+    const T lmass = glog(ms);
+    tile_row_lse(K, lv, rl, n, m);
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) pu[i] = la[i] != NEG ? rl[i] : NEG;
+    __syncthreads();
+    w = lmass - block_lse(pu, n, red);
+    T t = 0;
+    __syncthreads();
+    while (go) {
+      const T pw = w;
+      for (int i = threadIdx.x; i < n; i += blockDim.x) pu[i] = lu[i];
+      for (int j = threadIdx.x; j < m; j += blockDim.x) pv[j] = lv[j];
+      tile_row_lse(K, lv, rl, n, m);
+      __syncthreads();
+      for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        if (la[i] == NEG) { lu[i] = NEG; continue; }
+        const T l1 = lu[i] - p[i];
+        const T pn = min(la[i] - (l1 + w + rl[i]), T(0));
+        p[i] = pn;
+        lu[i] = l1 + pn;
+      }
+      __syncthreads();
+      tile_col_lse(K, lu, cl, n, m);
+      __syncthreads();
+      for (int j = threadIdx.x; j < m; j += blockDim.x) {
+        if (lb[j] == NEG) { lv[j] = NEG; cl[j] = NEG; continue; }
+        const T l1 = lv[j] - s[j];
+        const T lc = l1 + w + cl[j];
+        const T sn = min(lb[j] - lc, T(0));
+        s[j] = sn;
+        lv[j] = l1 + sn;
+        cl[j] = lc + sn;  // log column sum after the projection
+      }
+      __syncthreads();
+      const T total = block_lse(cl, m, red) - t;
+      w = w - t;
+      t = lmass - total;
+      w = w + t;
+      if (check_every > 0 && it % check_every == 0) {
+        T e = 0;
+        for (int q = threadIdx.x; q < nm; q += blockDim.x) {
+          const int i = q / m, j = q % m;
+          const T d = gexp(K[q] + pu[i] + pv[j] + pw) - gexp(K[q] + lu[i] + lv[j] + w);
+          e += d * d;
+        }
+        const T err = sqrt(block_sum(e, red));
+        k = record(hist, pb, hist_len, k, err);
+        if (!(err > tol)) { status = 0; go = false; }
+      }
+      ++it;
+      if (it >= max_iter) go = false;
+      __syncthreads();
+    }
+  }
+  for (int i = threadIdx.x; i < n; i += blockDim.x) lu_out[pb * n + i] = lu[i];
+  for (int j = threadIdx.x; j < m; j += blockDim.x) lv_out[pb * m + j] = lv[j];
+  if (threadIdx.x == 0) {
+    w_out[pb] = w;
+    niter_out[pb] = int32_t(it);
+    status_out[pb] = status;
+  }
+}
+
+// ---------------------------------------------------------------------------- streaming regime
+template <typename T> __device__ __forceinline__ void online(T& mx, T& s, T x) {
+  if (x > mx) {
+    s = s * gexp(mx - x) + T(1);
+    mx = x;
+  } else if (x != neg_inf<T>()) {
+    s += gexp(x - mx);
+  }
+}
+template <typename T> __device__ __forceinline__ void merge(T& mx, T& s, T mx2, T s2) {
+  const T nm = max(mx, mx2);
+  if (nm == neg_inf<T>()) return;
+  s = (mx == neg_inf<T>() ? T(0) : s * gexp(mx - nm)) + (mx2 == neg_inf<T>() ? T(0) : s2 * gexp(mx2 - nm));
+  mx = nm;
+}
+
+template <typename TC, typename T>
+__global__ void __launch_bounds__(kThreads) row_lse_kernel(const TC* __restrict__ C, const T* __restrict__ lv,
+                                                           T* out, int64_t n, int64_t m, T inv_eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t pb = blockIdx.y, i = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+  if (i >= n) return;
+  const TC* row = C + (pb * n + i) * m;
+  const T* v = lv + pb * m;
+  T mx = neg_inf<T>(), s = 0;
+  for (int64_t j = lane; j < m; j += 32) online(mx, s, v[j] - load_as<T>(row + j) * inv_eps);
+  for (int o = 16; o > 0; o >>= 1) {
+    const T mx2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    merge(mx, s, mx2, s2);
+  }
+  if (lane == 0) out[pb * n + i] = s > 0 ? mx + glog(s) : neg_inf<T>();
+}
+
+template <typename TC, typename T>
+__global__ void __launch_bounds__(kThreads) col_lse_kernel(const TC* __restrict__ C, const T* __restrict__ lu,
+                                                           T* out, int64_t n, int64_t m, T inv_eps) {
+  __shared__ T smx[kThreads / 32][32], ss[kThreads / 32][32];
+  const int lane = threadIdx.x & 31, grp = threadIdx.x >> 5;
+  const int64_t pb = blockIdx.y, j = int64_t(blockIdx.x) * 32 + lane;
+  T mx = neg_inf<T>(), s = 0;
+  if (j < m)
+    for (int64_t i = grp; i < n; i += kThreads / 32)
+      online(mx, s, lu[pb * n + i] - load_as<T>(C + (pb * n + i) * m + j) * inv_eps);
+  smx[grp][lane] = mx;
+  ss[grp][lane] = s;
+  __syncthreads();
+  if (grp == 0 && j < m) {
+    for (int g = 1; g < kThreads / 32; ++g) merge(mx, s, smx[g][lane], ss[g][lane]);
+    out[pb * m + j] = s > 0 ? mx + glog(s) : neg_inf<T>();
+  }
+}
+
+template <typename TC, typename T>
+__global__ void __launch_bounds__(kThreads, 1) plan_change_kernel(const TC* __restrict__ C, const T* pu, const T* pv,
+                                                               const T* pw, const T* lu, const T* lv, const T* w,
+                                                               T* out, int64_t n, int64_t m, T inv_eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t pb = blockIdx.y, i = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+  if (i >= n) return;
+  const TC* row = C + (pb * n + i) * m;
+  const T a0 = pu[pb * n + i] + pw[pb], a1 = lu[pb * n + i] + w[pb];
+  T acc = 0;
+  for (int64_t j = lane; j < m; j += 32) {
+    const T k = -load_as<T>(row + j) * inv_eps;
+    const T d = gexp(k + a0 + pv[pb * m + j]) - gexp(k + a1 + lv[pb * m + j]);
+    acc += d * d;
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) atomicAdd(out + pb, acc);
+}
+
+template <typename T> int small_launch(const void* C, const void* a, const void* b, const void* mass, const void* lu0,
+                                       const void* lv0, int64_t B, int64_t n, int64_t m, double inv_eps, double fa,
+                                       double fb, int problem, int kl_ref, int64_t max_iter, double tol,
+                                       int64_t check_every, int64_t hist_len, void* lu, void* lv, void* w,
+                                       int32_t* n_iter, int32_t* status, void* hist, cudaStream_t st) {
+  if (B == 0) return 0;
+  const size_t bytes = size_t(n * m + 5 * n + 6 * m) * sizeof(T);
+  auto kernel = ot_small_kernel<T>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (err != cudaSuccess) return int(err);
+  kernel<<<dim3(unsigned(B)), kThreads, bytes, st>>>(
+      static_cast<const T*>(C), static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(mass),
+      static_cast<const T*>(lu0), static_cast<const T*>(lv0), int(n), int(m), T(inv_eps), T(fa), T(fb), problem,
+      kl_ref, max_iter, T(tol), check_every, hist_len, static_cast<T*>(lu), static_cast<T*>(lv), static_cast<T*>(w),
+      n_iter, status, static_cast<T*>(hist));
+  return int(cudaGetLastError());
+}
+
+enum Pass { kRow, kCol, kChange };
+
+template <typename TC, typename T>
+int pass_launch(Pass pass, const void* C, const void* const* v, void* out, int64_t B, int64_t n, int64_t m,
+                double inv_eps, cudaStream_t st) {
+  if (B == 0 || n == 0 || m == 0) return 0;
+  const TC* c = static_cast<const TC*>(C);
+  const int rows_per_block = kThreads / 32;
+  switch (pass) {
+    case kRow:
+      row_lse_kernel<TC, T><<<dim3(unsigned((n + rows_per_block - 1) / rows_per_block), unsigned(B)), kThreads, 0,
+                              st>>>(c, static_cast<const T*>(v[0]), static_cast<T*>(out), n, m, T(inv_eps));
+      break;
+    case kCol:
+      col_lse_kernel<TC, T><<<dim3(unsigned((m + 31) / 32), unsigned(B)), kThreads, 0, st>>>(
+          c, static_cast<const T*>(v[0]), static_cast<T*>(out), n, m, T(inv_eps));
+      break;
+    default:
+      plan_change_kernel<TC, T><<<dim3(unsigned((n + rows_per_block - 1) / rows_per_block), unsigned(B)), kThreads, 0,
+                                  st>>>(c, static_cast<const T*>(v[0]), static_cast<const T*>(v[1]),
+                                        static_cast<const T*>(v[2]), static_cast<const T*>(v[3]),
+                                        static_cast<const T*>(v[4]), static_cast<const T*>(v[5]),
+                                        static_cast<T*>(out), n, m, T(inv_eps));
+  }
+  return int(cudaGetLastError());
+}
+
+int pass_dispatch(Pass pass, const void* C, int c_dtype, const void* const* v, void* out, int v_dtype, int64_t B,
+                  int64_t n, int64_t m, double inv_eps, cudaStream_t st) {
+  if (v_dtype == GF_OT_F64) {
+    if (c_dtype != GF_OT_F64) return int(cudaErrorInvalidValue);
+    return pass_launch<double, double>(pass, C, v, out, B, n, m, inv_eps, st);
+  }
+  if (v_dtype != GF_OT_F32) return int(cudaErrorInvalidValue);
+  switch (c_dtype) {
+    case GF_OT_F32: return pass_launch<float, float>(pass, C, v, out, B, n, m, inv_eps, st);
+    case GF_OT_F16: return pass_launch<__half, float>(pass, C, v, out, B, n, m, inv_eps, st);
+    case GF_OT_BF16: return pass_launch<__nv_bfloat16, float>(pass, C, v, out, B, n, m, inv_eps, st);
+    default: return int(cudaErrorInvalidValue);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int64_t gf_ot_small_smem_bytes(int64_t n, int64_t m, int dtype) {
+  return (n * m + 5 * n + 6 * m) * (dtype == GF_OT_F64 ? 8 : 4);
+}
+
+int gf_ot_small(const void* C, const void* a, const void* b, const void* mass, const void* lu0, const void* lv0,
+                int dtype, int64_t B, int64_t n, int64_t m, double inv_eps, double fa, double fb, int problem,
+                int kl_ref, int64_t max_iter, double tol, int64_t check_every, int64_t hist_len, void* lu, void* lv,
+                void* w, int32_t* n_iter, int32_t* status, void* hist, cudaStream_t stream) {
+  if (problem < 0 || problem > 2) return int(cudaErrorInvalidValue);
+  if (dtype == GF_OT_F64)
+    return small_launch<double>(C, a, b, mass, lu0, lv0, B, n, m, inv_eps, fa, fb, problem, kl_ref, max_iter, tol,
+                                check_every, hist_len, lu, lv, w, n_iter, status, hist, stream);
+  if (dtype == GF_OT_F32)
+    return small_launch<float>(C, a, b, mass, lu0, lv0, B, n, m, inv_eps, fa, fb, problem, kl_ref, max_iter, tol,
+                               check_every, hist_len, lu, lv, w, n_iter, status, hist, stream);
+  return int(cudaErrorInvalidValue);
+}
+
+int gf_ot_row_lse(const void* C, int c_dtype, const void* lv, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
+                  double inv_eps, cudaStream_t stream) {
+  const void* v[1] = {lv};
+  return pass_dispatch(kRow, C, c_dtype, v, out, v_dtype, B, n, m, inv_eps, stream);
+}
+
+int gf_ot_col_lse(const void* C, int c_dtype, const void* lu, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
+                  double inv_eps, cudaStream_t stream) {
+  const void* v[1] = {lu};
+  return pass_dispatch(kCol, C, c_dtype, v, out, v_dtype, B, n, m, inv_eps, stream);
+}
+
+int gf_ot_plan_change(const void* C, int c_dtype, const void* pu, const void* pv, const void* pw, const void* lu,
+                      const void* lv, const void* w, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
+                      double inv_eps, cudaStream_t stream) {
+  const void* v[6] = {pu, pv, pw, lu, lv, w};
+  return pass_dispatch(kChange, C, c_dtype, v, out, v_dtype, B, n, m, inv_eps, stream);
+}
+
+}  // extern "C"
