@@ -9,6 +9,7 @@ one, ``save(model, dir)`` / ``load(dir)`` round-trip config and weights.
 - :mod:`.encoders`: the shipped pretrained encoders (MiniLM text, EfficientNet-Lite0 patches).
 Presets: ``tiny`` (trains in CPU minutes), ``small``, ``paper`` (the original sizes).
 """
+from .encoders import TextEncoder, VisionEncoder
 from .flava import FlavaConfig, FlavaModel, KMeansCodebook, LossScheduler, blimp_accuracy, pseudo_perplexity
 from .grounding_seq2seq import GroundingSeq2Seq, GroundingSeq2SeqConfig
 from .groundedbert import GroundedBERT, GroundedBERTConfig
@@ -20,4 +21,4 @@ register("groundedbert", GroundedBERTConfig, GroundedBERT)
 
 __all__ = ["available", "build", "save", "load", "register", "GroundingSeq2Seq", "GroundingSeq2SeqConfig",
            "FlavaModel", "FlavaConfig", "KMeansCodebook", "LossScheduler", "pseudo_perplexity", "blimp_accuracy",
-           "GroundedBERT", "GroundedBERTConfig"]
+           "GroundedBERT", "GroundedBERTConfig", "TextEncoder", "VisionEncoder"]

@@ -1,0 +1,423 @@
+"""On-disk cache of extracted features, keyed by (encoder key, item id).
+
+Layout (one namespace directory per encoder key)::
+
+    <directory>/
+      <slug>-<hash>/               # slug of the encoder key + 12 hex digits of its sha1
+        index.json                 # {"format": 1, "key": ..., "shards": {file: {...}}}
+        shard-<uuid>.npz           # one per committed batch: arrays "0", "1", ... (item axis first)
+
+``index.json`` records, per shard, the item ids it holds, the sha256 and size of the file and the
+shape / dtype of every array.  Shards are written to a temporary file in the same directory,
+fsync'ed and renamed into place with ``os.replace``; the index is then rewritten the same way
+(under an advisory ``fcntl`` lock where available, so that concurrent writers merge rather than
+overwrite each other).  A shard becomes visible only when the index names it, so an interrupted
+extraction leaves every completed batch usable and never a partial file in the index: the next
+``get_or_compute`` computes only what is missing.  Files that are not in the index (an interrupted
+commit, ``*.tmp``) are ignored and removed by :meth:`FeatureCache.clean`.
+
+On load every shard is checked against the index (size, sha256, array shapes and dtypes); a
+mismatch raises :class:`CorruptCacheError` naming the file.
+
+Outputs with ragged trailing axes (e.g. token states ``(n, L, D)`` whose ``L`` differs between
+batches, together with their ``(n, L)`` masks) are zero-padded to the largest size when items
+from several shards are assembled.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["FeatureCache", "CorruptCacheError"]
+
+_FORMAT = 1
+_INDEX = "index.json"
+
+
+class CorruptCacheError(RuntimeError):
+    """A cache file does not match its index entry (or cannot be parsed). ``path`` names it."""
+
+    def __init__(self, path: Union[str, os.PathLike], reason: str):
+        self.path = str(path)
+        super().__init__(f"feature cache file {self.path} is corrupted: {reason}. Delete it (or call "
+                         f"FeatureCache.discard(key, ...)/clean()) and the features will be recomputed.")
+
+
+def _to_numpy(x) -> np.ndarray:
+    try:
+        import torch
+        if isinstance(x, torch.Tensor):
+            x = x.detach()
+            if x.dtype == torch.bfloat16:
+                x = x.float()
+            return x.cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    return np.asarray(x)
+
+
+def _normalise_output(out, n: int) -> Tuple[str, List[str], List[np.ndarray]]:
+    """encoder_fn output -> (kind, names, arrays); kind in {'array', 'tuple', 'dict'}."""
+    if isinstance(out, dict):
+        kind, names, arrays = "dict", [str(k) for k in out], [_to_numpy(v) for v in out.values()]
+    elif isinstance(out, (tuple, list)):
+        kind, names, arrays = "tuple", [str(i) for i in range(len(out))], [_to_numpy(v) for v in out]
+    else:
+        kind, names, arrays = "array", ["0"], [_to_numpy(out)]
+    for name, a in zip(names, arrays):
+        if a.ndim == 0 or a.shape[0] != n:
+            raise ValueError(f"encoder_fn output {name!r} has shape {a.shape}; its first axis must be the "
+                             f"batch ({n} items)")
+        if a.dtype == object:
+            raise TypeError(f"encoder_fn output {name!r} has dtype object; return numeric arrays")
+    return kind, names, arrays
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, str(path))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no cross-process lock
+        yield
+        return
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _pad_to(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    if tuple(a.shape[1:]) == tuple(shape):
+        return a
+    pad = [(0, 0)] + [(0, t - s) for s, t in zip(a.shape[1:], shape)]
+    return np.pad(a, pad)
+
+
+class _Namespace:
+    """The shards of one encoder key (in-memory view of ``index.json``)."""
+
+    def __init__(self, root: Path, key: str):
+        self.key = key
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:60] or "features"
+        self.dir = root / f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+        self.index_path = self.dir / _INDEX
+        self.lock_path = self.dir / ".lock"
+        self.shards: Dict[str, dict] = {}
+        self.loc: Dict[str, Tuple[str, int]] = {}  # id -> (shard file, row)
+        self._mtime = None
+        self.reload()
+
+    def reload(self) -> None:
+        if not self.index_path.is_file():
+            self.shards, self.loc, self._mtime = {}, {}, None
+            return
+        try:
+            raw = self.index_path.read_bytes()
+            index = json.loads(raw.decode("utf-8"))
+            if index.get("format") != _FORMAT or "shards" not in index:
+                raise ValueError(f"unknown format {index.get('format')!r}")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptCacheError(self.index_path, f"cannot parse the index ({e})") from e
+        if index.get("key") != self.key:
+            raise CorruptCacheError(self.index_path, f"it belongs to key {index.get('key')!r}, not {self.key!r}")
+        self.shards = index["shards"]
+        self.loc = {}
+        for fname, meta in self.shards.items():
+            for row, item in enumerate(meta["ids"]):
+                self.loc[item] = (fname, row)
+        self._mtime = self.index_path.stat().st_mtime_ns
+
+    def refresh(self) -> None:
+        """Re-read the index if another writer changed it."""
+        m = self.index_path.stat().st_mtime_ns if self.index_path.is_file() else None
+        if m != self._mtime:
+            self.reload()
+
+    def _write_index(self) -> None:
+        index = {"format": _FORMAT, "key": self.key, "shards": self.shards}
+        _atomic_write_bytes(self.index_path, json.dumps(index, separators=(",", ":")).encode("utf-8"))
+        self._mtime = self.index_path.stat().st_mtime_ns
+
+    def commit(self, ids: List[str], kind: str, names: List[str], arrays: List[np.ndarray]) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fname = f"shard-{uuid.uuid4().hex[:16]}.npz"
+        buf = io.BytesIO()
+        np.savez(buf, **{f"a{i}": a for i, a in enumerate(arrays)})
+        data = buf.getvalue()
+        _atomic_write_bytes(self.dir / fname, data)  # 1. the shard, complete, under its final name
+        meta = {"ids": list(ids), "sha256": _sha256_bytes(data), "bytes": len(data), "kind": kind,
+                "names": names,
+                "arrays": [{"shape": list(a.shape), "dtype": a.dtype.str} for a in arrays]}
+        with _locked(self.lock_path):  # 2. then the index that makes it visible
+            self.reload()
+            self.shards[fname] = meta
+            self._write_index()
+            for row, item in enumerate(ids):
+                self.loc[item] = (fname, row)
+        return fname
+
+    def load_shard(self, fname: str, verify: bool = True) -> List[np.ndarray]:
+        meta = self.shards[fname]
+        path = self.dir / fname
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise CorruptCacheError(path, "the file is missing but listed in the index") from e
+        if len(data) != meta["bytes"]:
+            raise CorruptCacheError(path, f"size {len(data)} bytes, the index says {meta['bytes']}")
+        if verify:
+            got = _sha256_bytes(data)
+            if got != meta["sha256"]:
+                raise CorruptCacheError(path, f"sha256 {got[:16]}... != {meta['sha256'][:16]}... in the index")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = [z[f"a{i}"] for i in range(len(meta["arrays"]))]
+        except Exception as e:  # zipfile.BadZipFile, ValueError, KeyError, ...
+            raise CorruptCacheError(path, f"cannot read the arrays ({type(e).__name__}: {e})") from e
+        n = len(meta["ids"])
+        for i, (a, spec) in enumerate(zip(arrays, meta["arrays"])):
+            if list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"] or a.shape[0] != n:
+                raise CorruptCacheError(path, f"array {meta['names'][i]!r} has shape {a.shape} dtype "
+                                              f"{a.dtype.str}, the index says {spec['shape']} {spec['dtype']}")
+        return arrays
+
+
+class FeatureCache:
+    """Cache of features extracted by an encoder, keyed by (encoder key, item id).
+
+    >>> cache = FeatureCache("~/.cache/grounded_fast/features")
+    >>> patches = cache.get_or_compute(image_ids, load_images, vision.patches, batch_size=32)
+
+    ``encoder_fn`` is called on ``inputs_fn(batch_of_ids)`` and returns an array / tensor with the
+    item axis first, or a tuple or dict of them (e.g. ``text.encode`` -> ``(hidden, mask)``).  The
+    key defaults to ``encoder_fn.cache_key`` or, for a bound method such as ``vision.patches``, to
+    ``<encoder.cache_key>/<method name>``; pass ``key=`` otherwise.  Item ids are converted with
+    ``str``.
+
+    Parameters
+    ----------
+    directory : the cache root (created on first write).
+    verify : check the sha256 of each shard on load (always checked: size, shapes, dtypes).
+    progress : default for showing a tqdm progress bar during extraction.
+    """
+
+    def __init__(self, directory: Union[str, os.PathLike], *, verify: bool = True, progress: bool = True):
+        self.directory = Path(directory).expanduser()
+        self.verify = bool(verify)
+        self.progress = bool(progress)
+        self._ns: Dict[str, _Namespace] = {}
+
+    # -- keys ----------------------------------------------------------------------------------
+    @staticmethod
+    def key_for(encoder_fn: Callable) -> Optional[str]:
+        """The cache key an encoder function carries (``cache_key`` attribute, or its owner's)."""
+        key = getattr(encoder_fn, "cache_key", None)
+        if isinstance(key, str):
+            return key
+        owner = getattr(encoder_fn, "__self__", None)
+        okey = getattr(owner, "cache_key", None)
+        if isinstance(okey, str):
+            return f"{okey}/{encoder_fn.__name__}"
+        return None
+
+    def _namespace(self, key: str) -> _Namespace:
+        ns = self._ns.get(key)
+        if ns is None:
+            ns = self._ns[key] = _Namespace(self.directory, key)
+        else:
+            ns.refresh()
+        return ns
+
+    def path_for(self, key: str) -> Path:
+        """Directory holding the shards of ``key``."""
+        return self._namespace(key).dir
+
+    # -- queries -------------------------------------------------------------------------------
+    def cached_ids(self, key: str) -> List[str]:
+        return list(self._namespace(key).loc)
+
+    def contains(self, key: str, item_id) -> bool:
+        return str(item_id) in self._namespace(key).loc
+
+    def missing(self, key: str, ids: Sequence) -> List[str]:
+        """Ids (as str, first occurrence order, deduplicated) not yet in the cache for ``key``."""
+        loc = self._namespace(key).loc
+        seen, out = set(), []
+        for i in ids:
+            s = str(i)
+            if s not in loc and s not in seen:
+                seen.add(s)
+                out.append(s)
+        return out
+
+    # -- main entry point ----------------------------------------------------------------------
+    def get_or_compute(self, ids: Sequence, inputs_fn: Callable[[List[str]], Any],
+                       encoder_fn: Callable[[Any], Any], batch_size: int = 64, *,
+                       key: Optional[str] = None, progress: Optional[bool] = None,
+                       return_tensors: str = "np"):
+        """Features of ``ids`` in order, computing (in batches, with a progress bar) only the
+        missing ones; each computed batch is committed as one shard before the next starts.
+
+        ``inputs_fn(list_of_str_ids)`` returns what ``encoder_fn`` takes for that batch.  The result
+        mirrors ``encoder_fn``'s output structure (an array, a tuple or a dict of arrays) with the
+        items of ``ids`` stacked along axis 0 (``return_tensors='pt'`` gives torch tensors).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if return_tensors not in ("np", "pt"):
+            raise ValueError("return_tensors must be 'np' or 'pt'")
+        key = key or self.key_for(encoder_fn)
+        if not key:
+            raise ValueError("cannot tell which encoder produced these features: pass key='<encoder "
+                             "name/version>' (or give encoder_fn a cache_key attribute)")
+        ns = self._namespace(key)
+        todo = self.missing(key, ids)
+        if todo:
+            show = self.progress if progress is None else progress
+            bar = None
+            if show:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=len(todo), desc="extracting features", unit="item")
+            try:
+                for s in range(0, len(todo), batch_size):
+                    chunk = todo[s:s + batch_size]
+                    out = encoder_fn(inputs_fn(chunk))
+                    kind, names, arrays = _normalise_output(out, len(chunk))
+                    ns.commit(chunk, kind, names, arrays)
+                    if bar is not None:
+                        bar.update(len(chunk))
+            finally:
+                if bar is not None:
+                    bar.close()
+        return self.get(key, ids, return_tensors=return_tensors)
+
+    def get(self, key: str, ids: Sequence, *, return_tensors: str = "np"):
+        """Features of ``ids`` (all must be cached; ``KeyError`` lists the missing ones)."""
+        ns = self._namespace(key)
+        sids = [str(i) for i in ids]
+        missing = [i for i in sids if i not in ns.loc]
+        if missing:
+            raise KeyError(f"{len(missing)} id(s) not cached for key {key!r}, e.g. {missing[:5]}")
+        if not sids:
+            raise KeyError("no ids requested")
+        by_shard: Dict[str, List[Tuple[int, int]]] = {}
+        for pos, i in enumerate(sids):
+            fname, row = ns.loc[i]
+            by_shard.setdefault(fname, []).append((pos, row))
+        metas = [ns.shards[f] for f in by_shard]
+        kind, names = metas[0]["kind"], metas[0]["names"]
+        for f, m in zip(by_shard, metas):
+            if m["names"] != names or m["kind"] != kind:
+                raise CorruptCacheError(ns.dir / f, f"its outputs {m['names']} differ from {names} in other "
+                                                    f"shards of key {key!r}")
+        out: List[Optional[np.ndarray]] = [None] * len(names)
+        for fname, rows in by_shard.items():
+            arrays = ns.load_shard(fname, verify=self.verify)
+            pos = np.fromiter((p for p, _ in rows), dtype=np.int64, count=len(rows))
+            src = np.fromiter((r for _, r in rows), dtype=np.int64, count=len(rows))
+            for j, a in enumerate(arrays):
+                if out[j] is None:
+                    shape = [max(m["arrays"][j]["shape"][d] for m in metas)
+                             for d in range(1, a.ndim)]
+                    dtype = np.result_type(*[np.dtype(m["arrays"][j]["dtype"]) for m in metas])
+                    out[j] = np.zeros((len(sids), *shape), dtype=dtype)
+                out[j][pos] = _pad_to(a[src], out[j].shape[1:])
+        if return_tensors == "pt":
+            import torch
+            out = [torch.from_numpy(a) for a in out]
+        if kind == "array":
+            return out[0]
+        if kind == "dict":
+            return dict(zip(names, out))
+        return tuple(out)
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def verify_all(self, key: str) -> int:
+        """Check every shard of ``key`` (raises :class:`CorruptCacheError`); returns the shard count."""
+        ns = self._namespace(key)
+        for fname in list(ns.shards):
+            ns.load_shard(fname, verify=True)
+        return len(ns.shards)
+
+    def discard(self, key: str, shard_files: Optional[Sequence[str]] = None) -> None:
+        """Forget shards of ``key`` (all if ``shard_files`` is None) and delete their files."""
+        ns = self._namespace(key)
+        if not ns.dir.is_dir():
+            return
+        with _locked(ns.lock_path):
+            try:
+                ns.reload()
+            except CorruptCacheError:
+                ns.shards = {}
+            names = list(ns.shards) if shard_files is None else [Path(f).name for f in shard_files]
+            for f in names:
+                ns.shards.pop(f, None)
+            ns._write_index()
+            ns.reload()
+        for f in names:
+            with contextlib.suppress(FileNotFoundError):
+                (ns.dir / f).unlink()
+
+    def clean(self, key: str) -> List[Path]:
+        """Delete files in ``key``'s directory that the index does not reference (interrupted
+        commits, temporary files); returns what was removed."""
+        ns = self._namespace(key)
+        removed = []
+        if not ns.dir.is_dir():
+            return removed
+        with _locked(ns.lock_path):
+            ns.reload()
+            keep = set(ns.shards) | {_INDEX, ".lock"}
+            for p in ns.dir.iterdir():
+                if p.is_file() and p.name not in keep:
+                    p.unlink()
+                    removed.append(p)
+        return removed
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.directory)!r})"
