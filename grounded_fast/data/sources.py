@@ -1,0 +1,106 @@
+"""Sources and targets for the grounding seq2seq decoders, from the demo corpus or Multi30k.
+
+For every target sentence the three sources of the same content:
+  C  image patch features (N, 49, 1280) of the rendered scene, from the shipped EfficientNet-Lite0;
+  P  token states (N, L, 384) of an English paraphrase, from the shipped MiniLM;
+  T  token states of the German sentence, from the same MiniLM (an English model: the German
+     side is a weaker, word-piece-level signal, as a translation source in a low-resource setting);
+and the target as word ids of a :class:`~grounded_fast.data.demo.Vocab` (BOS / EOS added).
+Features are extracted once and kept in a :class:`~grounded_fast.data.features.FeatureCache`.
+Multi30k has no images: it gives P and T only (target = caption 1, P = caption 2, T = German 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .demo import DemoCorpus, Vocab, build_vocab
+from .features import FeatureCache
+
+
+@dataclass
+class GroundingData:
+    """Padded tensors of one split: ``sources[task] = (features (N, S, d), mask (N, S) bool)``,
+    ``targets`` (N, T) int64 (ending in EOS, then padding), ``ids`` (N,) item ids, ``texts`` (N,)."""
+
+    sources: Dict[str, Tuple[Tensor, Tensor]]
+    targets: Tensor
+    ids: List[str]
+    texts: List[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, index: Tensor) -> Tuple[Dict[str, Tuple[Tensor, Tensor]], Tensor]:
+        """(sources, targets) of the rows ``index``, trimmed to their longest sequence."""
+        srcs = {}
+        for t, (f, m) in self.sources.items():
+            f, m = f[index], m[index]
+            keep = int(m.sum(1).max()) if len(index) else 0
+            srcs[t] = (f[:, :keep], m[:, :keep])
+        tgt = self.targets[index]
+        return srcs, tgt[:, :int((tgt != 0).sum(1).max())]
+
+
+def _text_states(cache: FeatureCache, ids: Sequence[str], texts: Dict[str, str], encoder, progress: bool):
+    out = cache.get_or_compute(list(ids), lambda b: [texts[i] for i in b],
+                               lambda batch: _encode_text(encoder, batch), batch_size=64,
+                               key=f"{encoder.cache_key}/states", progress=progress, return_tensors="pt")
+    states, mask = out
+    return states.float(), mask.bool()
+
+
+def _encode_text(encoder, texts: List[str]):
+    states, mask = encoder.encode(texts)
+    return states.cpu().numpy(), mask.cpu().numpy()
+
+
+def _pad_targets(vocab: Vocab, texts: Sequence[str], max_len: int) -> Tensor:
+    rows = [vocab.encode(t)[1:][:max_len] for t in texts]      # drop BOS: the decoder input adds it
+    out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(r)
+    return out
+
+
+def demo_grounding_data(corpus: DemoCorpus, cache_dir: str, text_encoder=None, vision_encoder=None,
+                        paraphrase: int = 0, max_target_len: int = 48, vocab: Optional[Vocab] = None,
+                        progress: bool = True) -> Tuple[Dict[str, GroundingData], Vocab]:
+    """Per split ('train', 'val', 'test'), the C / P / T sources and targets of the demo corpus.
+
+    ``paraphrase``: which English paraphrase is the P source (its German translation is T's text
+    when ``translations`` has one per paraphrase; T is the German target otherwise). Returns
+    ({split: GroundingData}, vocab) with the vocabulary built on the training targets unless given.
+    """
+    from ..models.encoders import TextEncoder, VisionEncoder
+    text_encoder = text_encoder or TextEncoder.from_pretrained()
+    vision_encoder = vision_encoder or VisionEncoder.from_pretrained()
+    cache = FeatureCache(cache_dir, progress=progress)
+    items = list(corpus)
+    ids = [f"demo-{corpus.seed}-{it.scene_id}" for it in items]
+    p_text = {i: it.paraphrases[paraphrase % len(it.paraphrases)] for i, it in zip(ids, items)}
+    t_text = {i: it.translations[0] for i, it in zip(ids, items)}
+    images = {i: it.image for i, it in zip(ids, items)}
+    patches = cache.get_or_compute(ids, lambda b: [images[i] for i in b],
+                                   lambda batch: vision_encoder.patches(batch).cpu().numpy(), batch_size=16,
+                                   key=f"{vision_encoder.cache_key}/patches", progress=progress, return_tensors="pt")
+    p_states, p_mask = _text_states(cache, [i + "/P" for i in ids], {i + "/P": p_text[i] for i in ids}, text_encoder,
+                                    progress)
+    t_states, t_mask = _text_states(cache, [i + "/T" for i in ids], {i + "/T": t_text[i] for i in ids}, text_encoder,
+                                    progress)
+    targets = [it.target for it in items]
+    split_of = [it.split for it in items]
+    vocab = vocab or build_vocab([t for t, s in zip(targets, split_of) if s == "train"])
+    all_targets = _pad_targets(vocab, targets, max_target_len)
+    out = {}
+    for split in ("train", "val", "test"):
+        rows = torch.tensor([k for k, s in enumerate(split_of) if s == split], dtype=torch.long)
+        c_mask = torch.ones(len(rows), patches.shape[1], dtype=torch.bool)
+        out[split] = GroundingData(
+            sources={"C": (patches[rows].float(), c_mask), "P": (p_states[rows], p_mask[rows]),
+                     "T": (t_states[rows], t_mask[rows])},
+            targets=all_targets[rows], ids=[ids[k] for k in rows.tolist()], texts=[targets[k] for k in rows.tolist()])
+    return out, vocab
