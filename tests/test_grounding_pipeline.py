@@ -68,3 +68,16 @@ def test_multimodal_decoder_learns_and_is_analysable(demo_data):
     d = ga.attention_distance(attn, "segment_l2", target_mask=mask, source_mask=torch.cat(
         [src[t][1] for t in ("C", "P", "T")], 1), segments=segments)
     assert d.shape == (2, 2) and d[0, 1] > 0
+
+
+def test_multi30k_builtin_gives_p_and_t_sources(tmp_path):
+    from grounded_fast.data import load_multi30k_builtin
+    from grounded_fast.data.sources import multi30k_grounding_data
+    images = load_multi30k_builtin("val")[:10]
+    data, vocab = multi30k_grounding_data(images, str(tmp_path), progress=False)
+    assert set(data.sources) == {"P", "T"} and len(data) == 10
+    assert data.texts[0] == images[0].en[0]
+    assert vocab.decode(data.targets[0]) == vocab.decode(vocab.encode(images[0].en[0]))
+    model = M.build("grounding-seq2seq", "tiny", vocab_size=len(vocab), setup="T", source_dims={"T": 384})
+    src, tgt = data.batch(torch.arange(4))
+    assert model(src, shift_targets(tgt, 1, 0)[0])[0].shape[:2] == tgt.shape

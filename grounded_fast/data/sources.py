@@ -66,6 +66,28 @@ def _pad_targets(vocab: Vocab, texts: Sequence[str], max_len: int) -> Tensor:
     return out
 
 
+def multi30k_grounding_data(images: Sequence, cache_dir: str, text_encoder=None, max_target_len: int = 48,
+                            vocab: Optional[Vocab] = None, progress: bool = True) -> Tuple[GroundingData, Vocab]:
+    """P / T sources and targets from Multi30k images (e.g. ``load_multi30k_builtin("train")``):
+    target = English description 1, P = English description 2 (a paraphrase: an independent
+    description of the same image), T = German description 1 (translation-like). No C source
+    (Multi30k ships no image features). Returns (GroundingData, vocab built on the targets unless
+    given)."""
+    from ..models.encoders import TextEncoder
+    text_encoder = text_encoder or TextEncoder.from_pretrained()
+    cache = FeatureCache(cache_dir, progress=progress)
+    ids = [f"multi30k-{im.image_id}" for im in images]
+    p_text = {i + "/P": im.en[1] for i, im in zip(ids, images)}
+    t_text = {i + "/T": im.de[0] for i, im in zip(ids, images)}
+    p_states, p_mask = _text_states(cache, list(p_text), p_text, text_encoder, progress)
+    t_states, t_mask = _text_states(cache, list(t_text), t_text, text_encoder, progress)
+    targets = [im.en[0] for im in images]
+    vocab = vocab or build_vocab(targets)
+    data = GroundingData(sources={"P": (p_states, p_mask), "T": (t_states, t_mask)},
+                         targets=_pad_targets(vocab, targets, max_target_len), ids=ids, texts=targets)
+    return data, vocab
+
+
 def demo_grounding_data(corpus: DemoCorpus, cache_dir: str, text_encoder=None, vision_encoder=None,
                         paraphrase: int = 0, max_target_len: int = 48, vocab: Optional[Vocab] = None,
                         progress: bool = True) -> Tuple[Dict[str, GroundingData], Vocab]:
