@@ -81,3 +81,16 @@ def test_multi30k_builtin_gives_p_and_t_sources(tmp_path):
     model = M.build("grounding-seq2seq", "tiny", vocab_size=len(vocab), setup="T", source_dims={"T": 384})
     src, tgt = data.batch(torch.arange(4))
     assert model(src, shift_targets(tgt, 1, 0)[0])[0].shape[:2] == tgt.shape
+
+
+def test_groundedbert_on_the_shipped_encoders():
+    corpus = DemoCorpus(num_scenes=4, seed=1)
+    texts = [it.target for it in corpus]
+    states, mask, patches = M.GroundedBERT.encode(texts, [it.image for it in corpus])
+    assert states.shape[0] == 4 and states.shape[2] == 384 and patches.shape == (4, 49, 1280)
+    model = M.build("groundedbert", "tiny")
+    out = model.pretrain_losses(states, mask.bool(), patches, generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["ot"]) and out["ot"] != 0
+    assert all(p.grad is not None for p in model.ground.parameters())
+    assert model.classify(states).shape == (4, 2)
