@@ -1,0 +1,195 @@
+"""The "Grounded and Well-rounded" study, in units of work the runner can resume.
+
+Units:
+  ``features``            C / P / T sources of the demo corpus from the shipped encoders (cached);
+  ``train/<run_id>``      one decoder (setup x noise x seed) trained for ``epochs`` epochs, with a
+                          checkpoint and its validation token accuracy at every ``checkpoint_epochs``;
+  ``analysis``            accuracy-matched populations over the checkpoints, pairwise agreement / KL
+                          on the test targets (fused kernel), attention segment shares and their
+                          distances vs agreement (correlation + Mantel), Kruskal-Wallis tables.
+Each unit's results are committed in one transaction of the result store, so a killed run
+resumes at the first unit not recorded as done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..models.config import ModelConfig
+
+SETUP_NAMES = ("P", "C", "T", "multitask", "multimodal")
+
+
+@dataclasses.dataclass
+class GroundingStudyConfig(ModelConfig):
+    num_scenes: int = 2000
+    corpus_seed: int = 0
+    setups: Tuple[str, ...] = SETUP_NAMES
+    noise_levels: Tuple[float, ...] = (0.0, 0.1, 0.2)
+    seeds: Tuple[int, ...] = (0, 1, 2, 3)
+    epochs: int = 20
+    checkpoint_epochs: Tuple[int, ...] = (10, 15, 20)
+    batch_size: int = 32
+    model_preset: str = "paper"
+    max_target_len: int = 48
+    p_threshold: float = 0.5
+    pivot: str = "P"
+
+    presets = {
+        "tiny": dict(num_scenes=96, setups=("P", "C", "multimodal"), noise_levels=(0.0, 0.5), seeds=(0, 1),
+                     epochs=3, checkpoint_epochs=(2, 3), batch_size=16, model_preset="tiny"),
+        "small": dict(num_scenes=600, noise_levels=(0.0, 0.2), seeds=(0, 1, 2), epochs=8,
+                      checkpoint_epochs=(4, 6, 8), model_preset="small"),
+        "paper": {},
+    }
+
+    def validate(self) -> None:
+        bad = [s for s in self.setups if s not in SETUP_NAMES]
+        if bad:
+            raise ValueError(f"GroundingStudyConfig.setups: unknown {bad}; choose from {SETUP_NAMES}")
+        if self.pivot not in self.setups:
+            raise ValueError(f"GroundingStudyConfig.pivot {self.pivot!r} must be one of setups {self.setups}")
+        if not self.checkpoint_epochs or max(self.checkpoint_epochs) > self.epochs or min(self.checkpoint_epochs) < 1:
+            raise ValueError(f"GroundingStudyConfig.checkpoint_epochs must lie in [1, epochs={self.epochs}], "
+                             f"got {self.checkpoint_epochs}")
+        for key in ("num_scenes", "epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"GroundingStudyConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if any(s < 0 for s in self.noise_levels):
+            raise ValueError(f"GroundingStudyConfig.noise_levels must be >= 0, got {self.noise_levels}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    setup: str
+    noise: float
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.setup}-noise{self.noise:g}-seed{self.seed}"
+
+
+def plan_runs(cfg: GroundingStudyConfig) -> List[RunSpec]:
+    """Every training run of the grid (setup x noise x seed), in a fixed order."""
+    return [RunSpec(s, n, k) for s in cfg.setups for n in cfg.noise_levels for k in cfg.seeds]
+
+
+def _tasks(setup: str) -> List[str]:
+    return ["C", "P", "T"] if setup == "multitask" else [None]
+
+
+def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_dir: str,
+              progress=None) -> Dict[int, Dict[str, float]]:
+    """Train one decoder; save a checkpoint directory ``run_dir/epoch<k>`` at each checkpoint
+    epoch. Returns {epoch: {'val_token_accuracy': ..., 'train_loss': ...}}. Deterministic given
+    the spec (seeded initialisation, batch order and noise)."""
+    import grounded_fast.models as gm
+    from ..models.grounding_seq2seq import make_optimizer, round_robin, shift_targets, token_accuracy
+
+    torch.manual_seed(spec.seed)
+    dims = {t: data["train"].sources[t][0].shape[-1] for t in ("C", "P", "T")}
+    model = gm.build("grounding-seq2seq", cfg.model_preset, vocab_size=len(vocab), setup=spec.setup,
+                     source_dims=dims, noise_sigma=float(spec.noise), max_len=cfg.max_target_len + 1)
+    opt = make_optimizer(model)
+    train = data["train"]
+    g = torch.Generator().manual_seed(10_000 + spec.seed)
+    n_batches = max(1, len(train) // cfg.batch_size)
+    tasks = round_robin(["C", "P", "T"], n_batches) if spec.setup == "multitask" else [None] * n_batches
+    results = {}
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=g)
+        total = 0.0
+        for b, task in enumerate(tasks):
+            src, tgt = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+            tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
+            logits, _, _ = model(src, tin, task=task)
+            loss = model.loss(logits, tout)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        if progress is not None:
+            progress(epoch)
+        if epoch in cfg.checkpoint_epochs:
+            model.eval()
+            val = data["val"]
+            src, tgt = val.batch(torch.arange(len(val)))
+            tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
+            with torch.no_grad():
+                accs = [token_accuracy(model(src, tin, task=t)[0], tout, vocab.pad_id) for t in _tasks(spec.setup)]
+            gm.save(model, os.path.join(run_dir, f"epoch{epoch}"))
+            results[epoch] = {"val_token_accuracy": sum(accs) / len(accs), "train_loss": total / n_batches}
+    return results
+
+
+def _test_outputs(model_dirs: List[str], data: Dict, vocab, setups: List[str]):
+    """Teacher-forced test logits (M, B, T, V), last-layer cross-attention of each model, the
+    target mask (B, T) and, per model, its memory segment ids."""
+    import grounded_fast.models as gm
+    from ..models.grounding_seq2seq import shift_targets
+    test = data["test"]
+    src, tgt = test.batch(torch.arange(len(test)))
+    tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
+    logits, attn, segs = [], [], []
+    for d, setup in zip(model_dirs, setups):
+        model = gm.load(d).eval()
+        with torch.no_grad():
+            out = model(src, tin, task="P" if setup == "multitask" else None)
+        logits.append(out[0])
+        attn.append(out[1][-1])
+        segs.append(out[2])
+    return torch.stack(logits), attn, segs, tout != vocab.pad_id, src
+
+
+def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, str], data: Dict, vocab,
+            cfg: GroundingStudyConfig) -> Dict:
+    """Populations, pairwise agreement / KL, attention segment shares (multimodal) and the
+    agreement-vs-attention correlation. candidates: setup -> {model id: val accuracy};
+    checkpoint_dirs: model id -> saved model directory. Returns plain data for the store / report."""
+    import grounded_fast.analysis as ga
+    pops = ga.match_populations(candidates, pivot=cfg.pivot, p_threshold=cfg.p_threshold)
+    models = [m for s in cfg.setups for m in pops.populations[s]]
+    setup_of = {m: s for s in cfg.setups for m in pops.populations[s]}
+    out: Dict = {"populations": pops.populations, "trace": [tuple(t) for t in pops.trace],
+                 "stopped_because": pops.stopped_because, "models": models}
+    if len(models) < 2:
+        return out
+    logits, attn, segs, mask, src = _test_outputs([checkpoint_dirs[m] for m in models], data, vocab,
+                                                  [setup_of[m] for m in models])
+    res = ga.pairwise_agreement(logits, mask)
+    out["agreement"], out["kl"] = res["agreement"].numpy(), res["kl"].numpy()
+    # per population pair: mean agreement / KL over the model pairs (i != j)
+    table = {}
+    for i, si in enumerate(cfg.setups):
+        for sj in cfg.setups[i:]:
+            ia = [k for k, m in enumerate(models) if setup_of[m] == si]
+            ib = [k for k, m in enumerate(models) if setup_of[m] == sj]
+            pairs = [(a, b) for a in ia for b in ib if a != b]
+            if pairs:
+                table[f"{si}/{sj}"] = {
+                    "agreement": float(sum(out["agreement"][a, b] for a, b in pairs) / len(pairs)),
+                    "kl": float(sum(out["kl"][a, b] for a, b in pairs) / len(pairs))}
+    out["pair_table"] = table
+    mm = [k for k, m in enumerate(models) if setup_of[m] == "multimodal"]
+    if mm:
+        smask = torch.cat([src[t][1] for t in ("C", "P", "T")], 1)
+        acc = ga.AttentionDistance(len(mm), "segment_l2")
+        acc.update(torch.stack([attn[k] for k in mm]), mask, smask, segs[mm[0]])
+        out["segment_shares"] = acc.segment_shares().numpy()
+        dist = acc.compute().numpy()
+        out["attention_distance"] = dist
+        if len(mm) >= 3:
+            kl = out["kl"][mm][:, mm]
+            sym = 0.5 * (kl + kl.T)
+            try:
+                out["attention_vs_kl"] = {"pearson": ga.matrix_correlation(dist, sym).statistic,
+                                          "mantel_p": ga.mantel(dist, sym, permutations=999, seed=0).pvalue}
+            except ValueError as exc:      # e.g. constant distances in a degenerate tiny run
+                out["attention_vs_kl"] = {"error": str(exc)}
+    return out

@@ -1,0 +1,1047 @@
+"""Study reports: Markdown + a self-contained HTML page with tables and matplotlib figures.
+
+The report is decoupled from the result store: every function here takes plain Python data
+(lists, dicts, numpy arrays or torch tensors), so a report can be rebuilt from any source.
+
+Pieces
+  * `reference_tables` / `reference_section` -- the published figures of the original studies,
+    parsed from ``reference_results.md`` (shipped next to this module), for printing beside ours.
+  * plot helpers returning `matplotlib.figure.Figure` objects (drawn with the Agg canvas, never
+    through pyplot, so no window opens and no global figure list grows); each accepts ``path=``
+    to also save a PNG (atomically): `agreement_heatmap`, `distance_vs_agreement_scatter`,
+    `silhouette_boxplot`, `flava_grid_heatmap`; and `flava_grid_table` for the FLAVA grid as a
+    `Table` (ours beside the reference cells that match).
+  * `Report` -- a small builder: headings, paragraphs, tables, figures, reference blocks;
+    `Report.write(directory)` writes ``report.md`` (figures as relative links under
+    ``figures/``) and ``report.html`` (figures embedded as base64 PNG data URIs, inline CSS, no
+    external resource), each written atomically (temporary file + ``os.replace``).
+
+Partial runs: missing data never fail the report. ``add_table(header, None)``,
+``add_figure(None, ...)`` and ``add_reference(study, None)`` print the placeholder
+``"not computed yet (run incomplete)"``; inside ``with report.section(title):`` a `MissingData`
+raised by the plot helpers on empty input (or by `require`) replaces whatever that section
+had added with the placeholder.
+
+Numbers in our tables are printed with 3 significant digits by default (`format_number`);
+reference values are printed verbatim as published.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import html
+import io
+import math
+import numbers
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "NOT_COMPUTED", "REFERENCE_PATH", "STUDIES", "MissingData", "require",
+    "Table", "ReferenceSection", "reference_section", "reference_tables", "reference_findings",
+    "reference_preamble", "format_number", "correlation_summary", "figure_to_png",
+    "agreement_heatmap", "distance_vs_agreement_scatter", "silhouette_boxplot",
+    "flava_grid_heatmap", "flava_grid_table", "Report",
+]
+
+NOT_COMPUTED = "not computed yet (run incomplete)"
+REFERENCE_PATH = Path(__file__).with_name("reference_results.md")
+
+# study key -> a phrase of its section heading in reference_results.md
+STUDIES: Dict[str, str] = {
+    "grounding": "Grounded and Well-rounded",
+    "flava-ablation": "Acquiring Linguistic Knowledge",
+    "groundedbert": "GroundedBERT",
+}
+_ALIASES = {"flava": "flava-ablation", "flava_ablation": "flava-ablation", "grounded-bert": "groundedbert",
+            "grounded_bert": "groundedbert", "grounded-and-well-rounded": "grounding"}
+
+
+class MissingData(ValueError):
+    """Raised when the data a report section needs are absent (a partial run); `Report.section`
+    turns it into the "not computed yet" placeholder."""
+
+
+def require(value: Any, what: str = "data") -> Any:
+    """Return ``value``, or raise `MissingData` if it is None or empty (a sized container)."""
+    if value is None:
+        raise MissingData(f"{what} missing")
+    try:
+        empty = len(value) == 0
+    except TypeError:
+        empty = False
+    if empty:
+        raise MissingData(f"{what} empty")
+    return value
+
+
+# ----------------------------------------------------------------------------- tables
+_NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+_THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$")
+
+
+def _parse_cell(text: str) -> Any:
+    """Markdown cell text -> float for numbers (".687" -> 0.687), None for empty, else the text."""
+    t = text.strip()
+    if not t:
+        return None
+    if _NUMBER_RE.match(t):
+        return float(t)
+    if _THOUSANDS_RE.match(t):  # "1,000"
+        return float(t.replace(",", ""))
+    return t
+
+
+def _norm(s: Any) -> str:
+    return re.sub(r"[^a-z0-9%]+", " ", str(s).lower()).strip()
+
+
+@dataclass
+class Table:
+    """A table: ``header`` (column names), ``rows`` (cells: numbers, strings, None), ``caption``.
+
+    ``text_rows`` (optional) holds the cells as text to print verbatim (reference tables keep the
+    published formatting, e.g. ".687"); otherwise cells are formatted with `format_number` to
+    ``digits`` significant digits (None: the report's default).
+    """
+    header: List[str]
+    rows: List[List[Any]]
+    caption: str = ""
+    text_rows: Optional[List[List[str]]] = None
+    digits: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.header = [str(h) for h in self.header]
+        self.rows = [list(r) for r in self.rows]
+        for i, r in enumerate(self.rows):
+            if len(r) != len(self.header):
+                raise ValueError(f"Table {self.caption!r}: row {i} has {len(r)} cells, header has "
+                                 f"{len(self.header)}")
+
+    def column_index(self, column: Union[str, int]) -> int:
+        if isinstance(column, int):
+            return column
+        if column in self.header:
+            return self.header.index(column)
+        hits = [i for i, h in enumerate(self.header) if _norm(h) == _norm(column)]
+        if len(hits) != 1:
+            raise KeyError(f"column {column!r} not in {self.header}")
+        return hits[0]
+
+    def column(self, column: Union[str, int]) -> List[Any]:
+        j = self.column_index(column)
+        return [r[j] for r in self.rows]
+
+    def _matches(self, row: List[Any], key: Union[str, Mapping[str, Any]]) -> bool:
+        conds = key.items() if isinstance(key, Mapping) else [(0, key)]
+        for col, want in conds:
+            have = row[self.column_index(col)]
+            if isinstance(want, numbers.Number) and isinstance(have, numbers.Number):
+                if not math.isclose(float(want), float(have)):
+                    return False
+            elif _norm(have) != _norm(want):
+                return False
+        return True
+
+    def value(self, row: Union[str, Mapping[str, Any]], column: Union[str, int]) -> Any:
+        """The cell at ``column`` of the row whose first cell is ``row`` (e.g. ``"mean agreement"``),
+        or of the row matching every ``{column: value}`` of a mapping (e.g.
+        ``{"words": "100M", "images": "none"}``). KeyError if no row or several rows match."""
+        hits = [r for r in self.rows if self._matches(r, row)]
+        if len(hits) != 1:
+            raise KeyError(f"{'no' if not hits else len(hits)} rows match {row!r} in table {self.caption!r}")
+        return hits[0][self.column_index(column)]
+
+    def as_dicts(self) -> List[Dict[str, Any]]:
+        return [dict(zip(self.header, r)) for r in self.rows]
+
+
+@dataclass
+class ReferenceSection:
+    """One study's section of reference_results.md: heading, source line, tables, findings."""
+    study: str
+    title: str
+    source: str = ""
+    tables: List[Table] = field(default_factory=list)
+    findings: List[str] = field(default_factory=list)
+
+
+def _split_row(line: str) -> List[str]:
+    s = line.strip()
+    if s.startswith("|"):
+        s = s[1:]
+    if s.endswith("|"):
+        s = s[:-1]
+    return [c.strip() for c in re.split(r"(?<!\\)\|", s)]
+
+
+def _is_separator(cells: List[str]) -> bool:
+    return bool(cells) and all(re.fullmatch(r":?-{2,}:?", c) for c in cells)
+
+
+def _parse_table(lines: List[str], caption: str) -> Table:
+    rows = [_split_row(ln) for ln in lines]
+    header, body = rows[0], [r for r in rows[1:] if not _is_separator(r)]
+    text_rows = [(r + [""] * len(header))[:len(header)] for r in body]
+    return Table(header=header, rows=[[_parse_cell(c) for c in r] for r in text_rows], caption=caption,
+                 text_rows=text_rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_reference_file(path: str, mtime: float) -> Tuple[str, Dict[str, Tuple[str, List[Any]]]]:
+    """-> (preamble, {heading: (heading, blocks)}) where blocks are ("p", text) / ("t", lines)."""
+    text = Path(path).read_text(encoding="utf-8")
+    preamble: List[str] = []
+    sections: Dict[str, List[Any]] = {}
+    current: Optional[List[Any]] = None
+    para: List[str] = []
+    table: List[str] = []
+
+    def flush() -> None:
+        target = current if current is not None else None
+        if para:
+            if target is not None:
+                target.append(("p", " ".join(para)))
+            else:
+                preamble.append(" ".join(para))
+            para.clear()
+        if table:
+            if target is not None:
+                target.append(("t", list(table)))
+            table.clear()
+
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("## "):
+            flush()
+            current = []
+            sections[s[3:].strip()] = current
+        elif s.startswith("# "):
+            flush()
+        elif s.startswith("|"):
+            if para:
+                flush()
+            table.append(s)
+        elif not s:
+            flush()
+        else:
+            if table:
+                flush()
+            para.append(s)
+    flush()
+    return " ".join(preamble), {k: (k, v) for k, v in sections.items()}
+
+
+def _study_key(study: str) -> str:
+    key = _ALIASES.get(study.lower(), study.lower())
+    if key not in STUDIES:
+        raise KeyError(f"unknown study {study!r}; choose from {sorted(STUDIES)}")
+    return key
+
+
+def _reference_data(path: Optional[Union[str, os.PathLike]]) -> Tuple[str, Dict[str, Tuple[str, List[Any]]]]:
+    p = Path(path) if path is not None else REFERENCE_PATH
+    return _parse_reference_file(str(p), p.stat().st_mtime)
+
+
+def reference_section(study: str, path: Optional[Union[str, os.PathLike]] = None) -> ReferenceSection:
+    """The section of ``reference_results.md`` for ``study`` ('grounding', 'flava-ablation',
+    'groundedbert'): its tables (numbers parsed to float, text kept verbatim in ``text_rows``),
+    the ``Source:`` paragraph and the other prose paragraphs (``findings``). A paragraph ending in
+    ':' right before a table becomes that table's caption."""
+    key = _study_key(study)
+    _, sections = _reference_data(path)
+    titles = [t for t in sections if STUDIES[key].lower() in t.lower()]
+    if len(titles) != 1:
+        raise KeyError(f"reference section for {study!r} ({STUDIES[key]!r}) not found in "
+                       f"{path or REFERENCE_PATH}: sections {list(sections)}")
+    title, blocks = sections[titles[0]]
+    out = ReferenceSection(study=key, title=title)
+    pending: Optional[str] = None
+    for i, (kind, content) in enumerate(blocks):
+        if kind == "p":
+            nxt = blocks[i + 1][0] if i + 1 < len(blocks) else None
+            if content.endswith(":") and nxt == "t":
+                pending = content.rstrip(":").rstrip(",; ").strip()
+            elif content.lower().startswith("source:") and not out.source:
+                out.source = content
+            else:
+                out.findings.append(content)
+        else:
+            caption = pending or f"reference table {len(out.tables) + 1}"
+            out.tables.append(_parse_table(content, caption))
+            pending = None
+    return copy.deepcopy(out)
+
+
+def reference_tables(study: str, path: Optional[Union[str, os.PathLike]] = None) -> List[Table]:
+    """The reference tables of ``study`` (see `reference_section`); [] for a study without tables."""
+    return reference_section(study, path).tables
+
+
+def reference_findings(study: str, path: Optional[Union[str, os.PathLike]] = None) -> List[str]:
+    """The prose paragraphs (findings, claims) of ``study``'s reference section."""
+    return reference_section(study, path).findings
+
+
+def reference_preamble(path: Optional[Union[str, os.PathLike]] = None) -> str:
+    """The file's introduction (how to read the reference values)."""
+    return _reference_data(path)[0]
+
+
+# ----------------------------------------------------------------------------- numbers
+def _scalar(x: Any) -> Any:
+    """A one-element tensor / array / numpy scalar -> the Python number; anything else unchanged."""
+    if hasattr(x, "detach") and hasattr(x, "numel"):  # torch tensor
+        return x.detach().cpu().item() if x.numel() == 1 else x
+    if isinstance(x, np.ndarray):
+        return x.item() if x.size == 1 else x
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def format_number(x: Any, digits: int = 3) -> str:
+    """Format a table cell: floats to ``digits`` significant digits in fixed notation (0.687,
+    9.28, 71.3, 0.0219), scientific below 1e-3 (7e-06), the rounded integer at or above
+    10**digits (12346); ints as they are; None as ''; a (mean, spread) pair as 'mean ± spread';
+    strings unchanged."""
+    x = _scalar(x)
+    if x is None:
+        return ""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, tuple) and len(x) == 2:
+        return f"{format_number(x[0], digits)} ± {format_number(x[1], digits)}"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, numbers.Integral):
+        return str(int(x))
+    if isinstance(x, numbers.Real):
+        v = float(x)
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if v == 0:
+            return "0"
+        if abs(v) >= 10 ** digits:  # no scientific notation for large values: the rounded integer
+            return f"{v:.0f}" if abs(v) < 1e15 else f"{v:.{digits - 1}e}"
+        v = float(f"{v:.{digits}g}")  # round to significant digits first (9.996 -> 10.0)
+        a = abs(v)
+        if a < 1e-3:
+            return f"{v:.{digits}g}"
+        decimals = max(digits - 1 - math.floor(math.log10(a)), 0)
+        return f"{v:.{decimals}f}"
+    return str(x)
+
+
+def _is_numeric_cell(x: Any) -> bool:
+    x = _scalar(x)
+    return (isinstance(x, numbers.Real) and not isinstance(x, bool)) or (
+        isinstance(x, tuple) and len(x) == 2 and all(isinstance(_scalar(v), numbers.Real) for v in x))
+
+
+# ----------------------------------------------------------------------------- figures
+def _new_figure(figsize: Tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _as_array(x: Any, name: str, ndim: int) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: expected numbers, got {type(x).__name__}") from e
+    if a.size == 0:
+        raise MissingData(f"{name} is empty")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {a.shape}")
+    return a
+
+
+def _atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def figure_to_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (Agg canvas)."""
+    if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _maybe_save(fig: Figure, path: Optional[Union[str, os.PathLike]], dpi: int = 100) -> Figure:
+    if path is not None:
+        _atomic_write_bytes(path, figure_to_png(fig, dpi))
+    return fig
+
+
+def _cmap(name: Any):
+    import matplotlib
+    cm = matplotlib.colormaps[name] if isinstance(name, str) else name
+    return cm.with_extremes(bad="#d9d9d9")
+
+
+def _annotate_cells(ax, im, values: np.ndarray, digits: int) -> None:
+    cm, norm = im.get_cmap(), im.norm
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            if np.isfinite(v):
+                r, g, b, _ = cm(norm(v))
+                color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+                ax.text(j, i, format_number(v, digits), ha="center", va="center", fontsize=8, color=color)
+            else:
+                ax.text(j, i, "—", ha="center", va="center", fontsize=8, color="black")
+
+
+def agreement_heatmap(matrix: Any, labels: Optional[Sequence[str]] = None, title: str = "Pairwise agreement",
+                      groups: Optional[Sequence[Any]] = None, *, cmap: str = "viridis",
+                      vmin: Optional[float] = None, vmax: Optional[float] = None,
+                      annotate: Optional[bool] = None, colorbar_label: str = "agreement",
+                      max_tick_labels: int = 40, path: Optional[Union[str, os.PathLike]] = None) -> Figure:
+    """Heatmap of an M x M pairwise matrix (agreement, KL, ...).
+
+    ``groups`` (one population label per model, e.g. 'C', 'P', 'T') draws population boundaries;
+    models are first ordered stably by group (in order of first appearance) so each population
+    is a contiguous block (the image is still M x M). Per-model tick labels are shown up to
+    ``max_tick_labels`` models (y axis; the x axis then names the populations when grouped);
+    cell values are written when M <= 12 (or ``annotate=True``). NaN cells are grey.
+    Raises `MissingData` for an empty matrix. Returns the Figure (axes[0] the heatmap,
+    axes[1] the colorbar); ``path`` also saves a PNG.
+    """
+    m = _as_array(matrix, "matrix", 2)
+    M = m.shape[0]
+    if m.shape != (M, M):
+        raise ValueError(f"matrix must be square, got shape {m.shape}")
+    labels = [str(s) for s in labels] if labels is not None else None
+    if labels is not None and len(labels) != M:
+        raise ValueError(f"labels: {len(labels)} for a {M} x {M} matrix")
+    boundaries: List[int] = []
+    group_spans: List[Tuple[str, int, int]] = []
+    if groups is not None:
+        groups = list(groups)
+        if len(groups) != M:
+            raise ValueError(f"groups: {len(groups)} for a {M} x {M} matrix")
+        first = {}
+        for g in groups:
+            first.setdefault(g, len(first))
+        order = sorted(range(M), key=lambda i: first[groups[i]])
+        m = m[np.ix_(order, order)]
+        groups = [groups[i] for i in order]
+        labels = [labels[i] for i in order] if labels is not None else None
+        start = 0
+        for i in range(1, M + 1):
+            if i == M or groups[i] != groups[start]:
+                group_spans.append((str(groups[start]), start, i))
+                if i < M:
+                    boundaries.append(i)
+                start = i
+    size = min(4.0 + 0.12 * M, 12.0)
+    fig = _new_figure((size + 1.2, size))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=_cmap(cmap), vmin=vmin, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=colorbar_label, shrink=0.85)
+    for b in boundaries:
+        ax.axhline(b - 0.5, color="white", linewidth=1.5)
+        ax.axvline(b - 0.5, color="white", linewidth=1.5)
+    centers = [(s + e - 1) / 2 for _, s, e in group_spans]
+    names = [g for g, _, _ in group_spans]
+    if labels is not None and M <= max_tick_labels:
+        ax.set_yticks(range(M), labels, fontsize=7)
+        if group_spans:
+            ax.set_xticks(centers, names)
+        else:
+            ax.set_xticks(range(M), labels, fontsize=7, rotation=90)
+    elif group_spans:
+        ax.set_xticks(centers, names)
+        ax.set_yticks(centers, names)
+    if annotate if annotate is not None else M <= 12:
+        _annotate_cells(ax, im, m, 3)
+    ax.set_title(title)
+    return _maybe_save(fig, path)
+
+
+def correlation_summary(x: Any, y: Any) -> Dict[str, float]:
+    """Pearson r and Spearman rho of x and y over the pairs where both are finite, with scipy's
+    p-values (which assume independent pairs: for the M(M-1)/2 pairs of a pairwise matrix use a
+    Mantel test, `grounded_fast.analysis.mantel`). NaN where undefined (n < 3 or a constant)."""
+    from scipy import stats
+    x = _as_array(x, "x", 1)
+    y = _as_array(y, "y", 1)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in length: {x.shape[0]} vs {y.shape[0]}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    out = dict(n=int(x.size), pearson=float("nan"), pearson_p=float("nan"),
+               spearman=float("nan"), spearman_p=float("nan"))
+    if x.size >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        r = stats.pearsonr(x, y)
+        s = stats.spearmanr(x, y)
+        out.update(pearson=float(r[0]), pearson_p=float(r[1]), spearman=float(s[0]), spearman_p=float(s[1]))
+    return out
+
+
+def distance_vs_agreement_scatter(x: Any, y: Any, groups: Optional[Sequence[Any]] = None, *,
+                                  xlabel: str = "attention distance", ylabel: str = "agreement",
+                                  title: str = "Attention distance vs agreement", annotate: bool = True,
+                                  fit_line: bool = True, note: Optional[str] = None,
+                                  path: Optional[Union[str, os.PathLike]] = None) -> Figure:
+    """Scatter of one point per model pair: x (e.g. attention-share distance) vs y (agreement or
+    KL). ``groups`` (one label per point, e.g. the population pair 'C/P') gives one coloured
+    series each, with a legend. ``annotate`` writes Pearson r and Spearman rho (see
+    `correlation_summary`) and n; ``note`` adds a line (e.g. the Mantel p-value). ``fit_line``
+    draws the least-squares line. Raises `MissingData` for empty input. Returns the Figure."""
+    xa = _as_array(x, "x", 1)
+    ya = _as_array(y, "y", 1)
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y differ in length: {xa.shape[0]} vs {ya.shape[0]}")
+    fig = _new_figure((6.0, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    if groups is not None:
+        groups = list(groups)
+        if len(groups) != xa.size:
+            raise ValueError(f"groups: {len(groups)} labels for {xa.size} points")
+        keys: Dict[Any, List[int]] = {}
+        for i, g in enumerate(groups):
+            keys.setdefault(g, []).append(i)
+        for g, idx in keys.items():
+            ax.scatter(xa[idx], ya[idx], s=14, alpha=0.75, label=str(g))
+        ax.legend(fontsize=8, title="pair", title_fontsize=8, loc="best")
+    else:
+        ax.scatter(xa, ya, s=14, alpha=0.75)
+    stats = correlation_summary(xa, ya)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    if fit_line and ok.sum() >= 2 and np.ptp(xa[ok]) > 0:
+        slope, intercept = np.polyfit(xa[ok], ya[ok], 1)
+        xs = np.array([xa[ok].min(), xa[ok].max()])
+        ax.plot(xs, slope * xs + intercept, color="black", linewidth=1, linestyle="--")
+    if annotate:
+        def fmt(v: float, p: float) -> str:
+            return "n/a" if math.isnan(v) else f"{v:.3f} (p = {format_number(p, 2)})"
+        lines = [f"Pearson r = {fmt(stats['pearson'], stats['pearson_p'])}",
+                 f"Spearman ρ = {fmt(stats['spearman'], stats['spearman_p'])}",
+                 f"n = {stats['n']}"]
+        if note:
+            lines.append(note)
+        ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                bbox=dict(boxstyle="round", facecolor="white", alpha=0.8, edgecolor="#999999"))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _maybe_save(fig, path)
+
+
+def silhouette_boxplot(values: Mapping[Any, Sequence[float]], *, title: str = "Silhouette: abstract vs concrete",
+                       ylabel: str = "silhouette", reference: Optional[Mapping[Any, float]] = None,
+                       show_points: bool = True, path: Optional[Union[str, os.PathLike]] = None) -> Figure:
+    """Box plot of silhouette scores per group (population / setting), one box per group with
+    data, tick labels with n. ``show_points`` overlays the individual models (jittered, one
+    series per group); ``reference`` ({group: value}) marks published means as red diamonds (one
+    series). Groups with no values keep their slot, labelled 'n = 0'. Raises `MissingData` when
+    there is no value at all. Returns the Figure."""
+    if not values:
+        raise MissingData("no silhouette values")
+    names = [str(k) for k in values]
+    data = []
+    for k in values:
+        v = values[k]
+        arr = _as_array(v, f"values[{k!r}]", 1) if v is not None and len(v) else np.empty(0)
+        data.append(arr[np.isfinite(arr)])
+    if not any(d.size for d in data):
+        raise MissingData("no silhouette values")
+    fig = _new_figure((max(4.0, 1.1 * len(names) + 2.0), 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    pos = [i + 1 for i, d in enumerate(data) if d.size]
+    ax.boxplot([d for d in data if d.size], positions=pos, widths=0.55, patch_artist=True,
+               showfliers=not show_points, medianprops=dict(color="black"),
+               boxprops=dict(facecolor="#9ecae1", edgecolor="#3182bd"))
+    if show_points:
+        rng = np.random.default_rng(0)
+        for p, d in zip(pos, [d for d in data if d.size]):
+            ax.scatter(p + rng.uniform(-0.12, 0.12, d.size), d, s=10, color="#08519c", alpha=0.6, zorder=3)
+    if reference:
+        ref = [(i + 1, float(reference[k])) for i, k in enumerate(values) if k in reference
+               and reference[k] is not None]
+        if ref:
+            ax.scatter([p for p, _ in ref], [v for _, v in ref], marker="D", s=36, color="#d62728", zorder=4,
+                       label="reference (original study)")
+            ax.legend(fontsize=8, loc="best")
+    ax.axhline(0.0, color="#999999", linewidth=0.8, linestyle=":")
+    ax.set_xticks(range(1, len(names) + 1), [f"{n}\n(n = {d.size})" for n, d in zip(names, data)])
+    ax.set_xlim(0.4, len(names) + 0.6)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _maybe_save(fig, path)
+
+
+# ---- the FLAVA grid
+_TEXT_KEYS = ("text volume", "text_volume", "text", "words", "word volume", "n words", "text tokens")
+_IMAGE_KEYS = ("image volume", "image_volume", "images", "image", "n images")
+_METRIC_KEYS = {"blimp": ("blimp", "blimp %", "blimp accuracy", "blimp acc"),
+                "pppl": ("pppl", "pseudo perplexity", "pseudo_perplexity", "perplexity")}
+_METRIC_TITLES = {"blimp": "BLiMP accuracy (%)", "pppl": "pseudo-perplexity (lower is better)"}
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+
+
+def _get(row: Mapping[str, Any], keys: Sequence[str], what: str) -> Any:
+    normed = {_norm(k): v for k, v in row.items()}
+    for k in keys:
+        if _norm(k) in normed:
+            return normed[_norm(k)]
+    raise KeyError(f"FLAVA grid row has no {what} (one of {list(keys)}): keys {list(row)}")
+
+
+def _humanize(n: float) -> str:
+    if n == 0:
+        return "none"
+    for suffix, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
+def _volume(v: Any) -> Tuple[float, str]:
+    """A data volume -> (sort key, label): None/'none'/0 -> (0, 'none'); 10_000_000 -> '10M';
+    '40K' -> (40000, '40K'); other text keeps its label and sorts last."""
+    v = _scalar(v)
+    if v is None:
+        return 0.0, "none"
+    if isinstance(v, numbers.Real):
+        return float(v), _humanize(float(v))
+    s = str(v).strip()
+    if s.lower() in ("", "none", "0", "no", "-", "—"):
+        return 0.0, "none"
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([kKmMbBgG]?)", s.replace(",", ""))
+    if m:
+        return float(m.group(1)) * _SUFFIX.get(m.group(2).lower(), 1.0), s.upper()
+    return math.inf, s
+
+
+def _flava_cells(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]):
+    if not rows:
+        raise MissingData("no FLAVA grid rows")
+    cells: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
+    tkeys: Dict[str, float] = {}
+    ikeys: Dict[str, float] = {}
+    for row in rows:
+        tk, tl = _volume(_get(row, _TEXT_KEYS, "text volume"))
+        ik, il = _volume(_get(row, _IMAGE_KEYS, "image volume"))
+        tkeys[tl], ikeys[il] = tk, ik
+        cell = cells.setdefault((tl, il), {m: [] for m in metrics})
+        for m in metrics:
+            try:
+                v = _scalar(_get(row, _METRIC_KEYS.get(m, (m,)), m))
+            except KeyError:
+                v = None
+            if v is not None and not isinstance(v, str) and np.isfinite(float(v)):
+                cell[m].append(float(v))
+    texts = sorted(tkeys, key=lambda k: (tkeys[k], k))
+    images = sorted(ikeys, key=lambda k: (ikeys[k], k))
+    return texts, images, cells
+
+
+def flava_grid_heatmap(rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = ("blimp", "pppl"),
+                       title: str = "FLAVA ablation grid", path: Optional[Union[str, os.PathLike]] = None) -> Figure:
+    """Heatmaps of the FLAVA text-volume x image-volume grid, one panel per metric (BLiMP, PPPL).
+
+    ``rows``: dicts with a text volume ('text_volume' / 'words' / 'text'), an image volume
+    ('image_volume' / 'images'; None, 0 or 'none' = text only) and the metrics ('blimp',
+    'pppl'); volumes may be numbers (10_000_000) or labels ('10M'). Several rows for one cell
+    (seeds) are averaged; missing cells are grey with '—'. PPPL uses a reversed colour map so
+    that 'better' has the same colour in both panels. Each panel's image is
+    (#text volumes x #image volumes). Raises `MissingData` for no rows. Returns the Figure
+    (per metric: the heatmap axes, then its colorbar)."""
+    texts, images, cells = _flava_cells(rows, metrics)
+    fig = _new_figure((4.2 * len(metrics) + 0.6, 1.2 + 0.6 * len(texts) + 1.2))
+    for k, metric in enumerate(metrics):
+        grid = np.full((len(texts), len(images)), np.nan)
+        for i, t in enumerate(texts):
+            for j, im_ in enumerate(images):
+                vals = cells.get((t, im_), {}).get(metric, [])
+                if vals:
+                    grid[i, j] = float(np.mean(vals))
+        ax = fig.add_subplot(1, len(metrics), k + 1)
+        cm = "viridis_r" if metric == "pppl" else "viridis"
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap=_cmap(cm), aspect="auto", interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.85)
+        _annotate_cells(ax, im, grid, 3)
+        ax.set_xticks(range(len(images)), images)
+        ax.set_yticks(range(len(texts)), texts)
+        ax.set_xlabel("images")
+        ax.set_ylabel("words")
+        ax.set_title(_METRIC_TITLES.get(metric, metric))
+    fig.suptitle(title)
+    return _maybe_save(fig, path)
+
+
+def flava_grid_table(rows: Sequence[Mapping[str, Any]], *, reference: bool = True,
+                     caption: str = "FLAVA ablation grid (ours)") -> Table:
+    """The FLAVA grid as a `Table` (words, images, BLiMP (%), PPPL; 'runs' when a cell averages
+    several rows), sorted by volume. With ``reference``, the published BLiMP / PPPL are added as
+    'ref. ...' columns when at least one of our cells has the same volumes as a published one
+    (our runs are usually smaller, then the reference is printed as its own table instead)."""
+    metrics = ("blimp", "pppl")
+    texts, images, cells = _flava_cells(rows, metrics)
+    multi = any(len(v) > 1 for c in cells.values() for v in c.values())
+    ref: Optional[Table] = None
+    if reference:
+        try:
+            tabs = reference_tables("flava-ablation")
+            ref = tabs[0] if tabs else None
+        except (OSError, KeyError):
+            ref = None
+    out_rows = []
+    ref_cells = []
+    for t in texts:
+        for i in images:
+            c = cells.get((t, i))
+            if c is None:
+                continue
+            row: List[Any] = [t, i] + [float(np.mean(c[m])) if c[m] else None for m in metrics]
+            if multi:
+                row.append(max(len(c[m]) for m in metrics))
+            rc: List[Any] = [None, None]
+            if ref is not None:
+                try:
+                    where = {"words": t, "images": i}
+                    rc = [ref.value(where, "BLiMP (%)"), ref.value(where, "PPPL")]
+                except KeyError:
+                    pass
+            out_rows.append(row)
+            ref_cells.append(rc)
+    header = ["words", "images", "BLiMP (%)", "PPPL"] + (["runs"] if multi else [])
+    if any(v is not None for rc in ref_cells for v in rc):
+        header += ["ref. BLiMP (%)", "ref. PPPL"]
+        out_rows = [r + rc for r, rc in zip(out_rows, ref_cells)]
+    return Table(header=header, rows=out_rows, caption=caption)
+
+
+# ----------------------------------------------------------------------------- the report
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def _md_text(s: Any) -> str:
+    """Markdown prose: neutralise raw HTML (a '<' would start a tag in most renderers)."""
+    return _TAG_START.sub("&lt;", str(s))
+
+
+def _md_cell(s: str) -> str:
+    return _md_text(s).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _h(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _safe_name(name: str) -> str:
+    stem = name[:-4] if name.lower().endswith(".png") else name
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip(".-_")
+    return stem or "figure"
+
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;line-height:1.45;color:#222;
+margin:0;background:#fafafa}
+main{max-width:1100px;margin:0 auto;padding:1.5em 2em;background:#fff}
+h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{border-bottom:1px solid #eee;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
+caption{caption-side:top;text-align:left;font-style:italic;color:#555;padding-bottom:.3em}
+th,td{border:1px solid #ccc;padding:.25em .6em}th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tbody tr:nth-child(even){background:#fafafa}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-style:italic;color:#555;font-size:.92em}
+.placeholder{color:#a15c00;background:#fff6e5;border-left:4px solid #f0a020;padding:.4em .8em}
+.compare{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}.compare>div{flex:1 1 420px;min-width:0;overflow-x:auto}
+.note{color:#666;font-size:.9em}
+""".strip()
+
+
+@dataclass
+class _Figure:
+    name: str
+    png: bytes
+    caption: str
+
+
+class Report:
+    """Builder of a study report; see the module docstring. Blocks are kept in order and
+    rendered by `to_markdown` / `to_html`; `write` puts both files (and the PNGs) on disk.
+
+    ``digits``: significant digits of numbers in our tables; ``dpi``: PNG resolution.
+    """
+
+    def __init__(self, title: str, *, digits: int = 3, dpi: int = 100,
+                 reference_path: Optional[Union[str, os.PathLike]] = None) -> None:
+        self.title = str(title)
+        self.digits = int(digits)
+        self.dpi = int(dpi)
+        self.reference_path = reference_path
+        self._blocks: List[Tuple[str, Any]] = []
+
+    # ---- building
+    def add_heading(self, text: str, level: int = 2) -> "Report":
+        self._blocks.append(("heading", (min(max(int(level), 1), 6), str(text))))
+        return self
+
+    def add_paragraph(self, text: str) -> "Report":
+        self._blocks.append(("paragraph", str(text)))
+        return self
+
+    def add_placeholder(self, detail: Optional[str] = None) -> "Report":
+        """The partial-run placeholder: 'not computed yet (run incomplete)' (+ ``detail``)."""
+        self._blocks.append(("placeholder", NOT_COMPUTED + (f": {detail}" if detail else "")))
+        return self
+
+    def _table(self, header: Any, rows: Any, caption: Optional[str], digits: Optional[int]) -> Optional[Table]:
+        if isinstance(header, Table):
+            t = copy.deepcopy(header)
+            if caption is not None:
+                t.caption = caption
+        else:
+            if rows is None or header is None or len(rows) == 0:
+                return None
+            t = Table(header=list(header), rows=[list(r) for r in rows], caption=caption or "")
+        if digits is not None:
+            t.digits = int(digits)
+        return t
+
+    def add_table(self, header: Union[Sequence[str], Table, None], rows: Optional[Sequence[Sequence[Any]]] = None,
+                  caption: Optional[str] = None, *, digits: Optional[int] = None) -> "Report":
+        """A table from ``header`` + ``rows`` (or a `Table` as ``header``). Numbers are formatted with
+        ``digits`` significant digits (the report's default 3). ``rows`` None or empty (a partial
+        run) prints the placeholder, with the caption."""
+        t = self._table(header, rows, caption, digits)
+        if t is None:
+            self.add_placeholder(caption)
+        else:
+            self._blocks.append(("table", t))
+        return self
+
+    def add_figure(self, fig: Optional[Figure], name: str, caption: Optional[str] = None, *,
+                   close: bool = True) -> "Report":
+        """A figure, rendered to PNG now (later changes to ``fig`` do not show). ``name`` gives the
+        file name ``figures/<name>.png`` (made safe and unique). ``fig`` None prints the
+        placeholder. ``close`` clears the figure afterwards to free its memory."""
+        if fig is None:
+            return self.add_placeholder(caption or name)
+        png = figure_to_png(fig, self.dpi)
+        if close:
+            fig.clear()
+        self._blocks.append(("figure", _Figure(name=_safe_name(name), png=png, caption=caption or "")))
+        return self
+
+    def add_reference(self, study: str, ours: Union[Table, Tuple[Sequence[str], Sequence[Sequence[Any]]], None] = None,
+                      *, caption: Optional[str] = None, heading: Optional[str] = None,
+                      level: int = 3) -> "Report":
+        """Our table beside the published values of ``study`` (see `reference_section`): ``ours`` (a
+        `Table` or a (header, rows) pair; None prints the placeholder) and the reference tables
+        verbatim, its source and findings. In the HTML page the two sit side by side."""
+        key = _study_key(study)
+        if isinstance(ours, tuple):
+            ours_t = self._table(ours[0], ours[1], caption, None)
+        elif ours is not None:
+            ours_t = self._table(ours, None, caption, None)
+        else:
+            ours_t = None
+        try:
+            ref: Optional[ReferenceSection] = reference_section(key, self.reference_path)
+            preamble = reference_preamble(self.reference_path)
+        except (OSError, KeyError) as e:
+            ref, preamble = None, f"reference values unavailable ({e})"
+        self._blocks.append(("reference", dict(study=key, ours=ours_t, ref=ref, preamble=preamble,
+                                               heading=heading, level=level,
+                                               ours_caption=caption)))
+        return self
+
+    @contextmanager
+    def section(self, title: str, level: int = 2,
+                missing: Tuple[type, ...] = (MissingData,)) -> Iterator["Report"]:
+        """``with report.section("Agreement"): ...`` -- a heading, then whatever the body adds; if
+        the body raises one of ``missing`` (default `MissingData`, e.g. from a plot helper given
+        no data, or `require`), everything it added is replaced by the placeholder."""
+        self.add_heading(title, level)
+        mark = len(self._blocks)
+        try:
+            yield self
+        except missing as e:
+            del self._blocks[mark:]
+            self.add_placeholder(str(e) or None)
+
+    # ---- rendering
+    def _figure_names(self) -> List[Tuple[_Figure, str]]:
+        used: set = set()
+        out = []
+        for kind, b in self._blocks:
+            if kind == "figure":
+                name, n = b.name, 1
+                while name.lower() in used:  # case-insensitive: figures/ may be on such a file system
+                    n += 1
+                    name = f"{b.name}-{n}"
+                used.add(name.lower())
+                out.append((b, name))
+        return out
+
+    def _cells(self, t: Table) -> Tuple[List[List[str]], List[bool]]:
+        digits = self.digits if t.digits is None else t.digits
+        if t.text_rows is not None:
+            text = [list(r) for r in t.text_rows]
+        else:
+            text = [[format_number(c, digits) for c in r] for r in t.rows]
+        numeric = []
+        for j in range(len(t.header)):
+            col = [r[j] for r in t.rows if r[j] is not None and r[j] != ""]
+            numeric.append(bool(col) and all(_is_numeric_cell(c) for c in col))
+        return text, numeric
+
+    def _md_table(self, t: Table, caption: Optional[str] = None) -> List[str]:
+        text, numeric = self._cells(t)
+        out = []
+        cap = caption if caption is not None else t.caption
+        if cap:
+            out += [f"*{_md_text(cap)}*", ""]
+        out.append("| " + " | ".join(_md_cell(h) for h in t.header) + " |")
+        out.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
+        out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in text]
+        return out + [""]
+
+    def _html_table(self, t: Table, caption: Optional[str] = None) -> str:
+        text, numeric = self._cells(t)
+        cap = caption if caption is not None else t.caption
+        parts = ["<table>"]
+        if cap:
+            parts.append(f"<caption>{_h(cap)}</caption>")
+        parts.append("<thead><tr>" + "".join(f"<th>{_h(h)}</th>" for h in t.header) + "</tr></thead><tbody>")
+        for r in text:
+            parts.append("<tr>" + "".join(f'<td class="num">{_h(c)}</td>' if n else f"<td>{_h(c)}</td>"
+                                          for c, n in zip(r, numeric)) + "</tr>")
+        parts.append("</tbody></table>")
+        return "".join(parts)
+
+    def _ref_title(self, b: Dict[str, Any]) -> str:
+        if b["heading"]:
+            return b["heading"]
+        name = b["ref"].title if b["ref"] is not None else STUDIES[b["study"]]
+        return f"Ours vs the reference: {name}"
+
+    def to_markdown(self, figure_dir: str = "figures") -> str:
+        """The report as Markdown; figures link to ``<figure_dir>/<name>.png``."""
+        names = {id(f): n for f, n in self._figure_names()}
+        lines = [f"# {_md_text(self.title)}", ""]
+        fig_no = 0
+        for kind, b in self._blocks:
+            if kind == "heading":
+                lines += [f"{'#' * b[0]} {_md_text(b[1])}", ""]
+            elif kind == "paragraph":
+                lines += [_md_text(b), ""]
+            elif kind == "placeholder":
+                lines += [f"> *{_md_text(b)}*", ""]
+            elif kind == "table":
+                lines += self._md_table(b)
+            elif kind == "figure":
+                fig_no += 1
+                alt = re.sub(r"[\[\]\n]", " ", b.caption or names[id(b)])
+                lines += [f"![{_md_text(alt)}]({figure_dir}/{names[id(b)]}.png)", ""]
+                lines += [f"*Figure {fig_no}{': ' + _md_text(b.caption) if b.caption else ''}*", ""]
+            elif kind == "reference":
+                lines += [f"{'#' * b['level']} {_md_text(self._ref_title(b))}", "", "**Ours**", ""]
+                if b["ours"] is None:
+                    lines += [f"> *{NOT_COMPUTED}*", ""]
+                else:
+                    lines += self._md_table(b["ours"])
+                ref = b["ref"]
+                lines += ["**Reference (original study)**", ""]
+                if b["preamble"]:
+                    lines += [f"*{_md_text(b['preamble'])}*", ""]
+                if ref is not None:
+                    if ref.source:
+                        lines += [_md_text(ref.source), ""]
+                    for t in ref.tables:
+                        lines += self._md_table(t)
+                    lines += [_md_text(p) + "\n" for p in ref.findings]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_html(self) -> str:
+        """The report as one self-contained HTML page (figures as base64 PNG data URIs)."""
+        names = {id(f): n for f, n in self._figure_names()}
+        body = [f"<h1>{_h(self.title)}</h1>"]
+        fig_no = 0
+        for kind, b in self._blocks:
+            if kind == "heading":
+                body.append(f"<h{b[0]}>{_h(b[1])}</h{b[0]}>")
+            elif kind == "paragraph":
+                body.append(f"<p>{_h(b)}</p>")
+            elif kind == "placeholder":
+                body.append(f'<p class="placeholder">{_h(b)}</p>')
+            elif kind == "table":
+                body.append(self._html_table(b))
+            elif kind == "figure":
+                fig_no += 1
+                data = base64.b64encode(b.png).decode("ascii")
+                cap = f"Figure {fig_no}" + (f": {b.caption}" if b.caption else "")
+                body.append(f'<figure id="fig-{_h(names[id(b)])}"><img alt="{_h(b.caption or names[id(b)])}" '
+                            f'src="data:image/png;base64,{data}"><figcaption>{_h(cap)}</figcaption></figure>')
+            elif kind == "reference":
+                lvl = b["level"]
+                ours = (f'<p class="placeholder">{_h(NOT_COMPUTED)}</p>' if b["ours"] is None
+                        else self._html_table(b["ours"]))
+                ref = b["ref"]
+                right = []
+                if b["preamble"]:
+                    right.append(f'<p class="note">{_h(b["preamble"])}</p>')
+                if ref is not None:
+                    if ref.source:
+                        right.append(f'<p class="note">{_h(ref.source)}</p>')
+                    right += [self._html_table(t) for t in ref.tables]
+                    right += [f"<p>{_h(p)}</p>" for p in ref.findings]
+                body.append(f"<h{lvl}>{_h(self._ref_title(b))}</h{lvl}>"
+                            f'<div class="compare"><div class="ours"><h{min(lvl + 1, 6)}>Ours</h{min(lvl + 1, 6)}>'
+                            f"{ours}</div><div class=\"ref\"><h{min(lvl + 1, 6)}>Reference (original study)"
+                            f"</h{min(lvl + 1, 6)}>{''.join(right)}</div></div>")
+        return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+                f"<title>{_h(self.title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n<main>\n"
+                + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
+
+    def write(self, directory: Union[str, os.PathLike]) -> Tuple[Path, Path]:
+        """Write ``figures/*.png``, ``report.md`` and ``report.html`` under ``directory`` (created),
+        each file atomically. Returns (markdown path, html path)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        for f, name in self._figure_names():
+            _atomic_write_bytes(d / "figures" / f"{name}.png", f.png)
+        md = _atomic_write_bytes(d / "report.md", self.to_markdown("figures").encode("utf-8"))
+        page = _atomic_write_bytes(d / "report.html", self.to_html().encode("utf-8"))
+        return md, page

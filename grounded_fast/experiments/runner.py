@@ -1,0 +1,173 @@
+"""Running a study resumably: units of work recorded in the result store, skipped when done.
+
+``run_grounding(config, out_dir)`` executes the grounding study's units in order (features, one
+training run per grid point, analysis) and leaves in ``out_dir``: ``results.sqlite`` (the store),
+``features/`` (the encoder-feature cache), ``runs/<run_id>/epoch<k>/`` (checkpoints), ``run.log``.
+Every unit commits its results in one transaction after its files are completely written, so
+killing the process at any moment (SIGKILL included) and rerunning the same command continues at
+the first unit not done: a half-trained run is retrained from its seed (deterministic), checkpoints
+of done runs are verified by sha256 before they are used.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from .grounding import GroundingStudyConfig, analyse, plan_runs, train_run
+from .store import ResultStore
+
+log = logging.getLogger("grounded_fast.experiments")
+
+
+def _logger(out_dir: str) -> logging.Handler:
+    handler = logging.FileHandler(os.path.join(out_dir, "run.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="unit")
+
+
+def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True,
+                  after_unit: Optional[Callable[[str], None]] = None) -> Dict:
+    """Run (or resume) the grounding study in ``out_dir``; returns the analysis results.
+    ``after_unit(unit_id)`` is called after each unit is committed (tests use it)."""
+    from ..data import DemoCorpus
+    from ..data.sources import demo_grounding_data
+
+    os.makedirs(out_dir, exist_ok=True)
+    handler = _logger(out_dir)
+    with contextlib.ExitStack() as stack:
+        stack.callback(handler.close)
+        stack.callback(log.removeHandler, handler)
+        store = ResultStore(os.path.join(out_dir, "results.sqlite"))
+        stack.callback(store.close)
+        store.begin_study("grounding", cfg.to_dict())
+        specs = plan_runs(cfg)
+        bar = _progress(len(specs) + 2, "grounding study", progress)
+        t0 = time.time()
+        data, vocab = demo_grounding_data(DemoCorpus(cfg.num_scenes, cfg.corpus_seed),
+                                          os.path.join(out_dir, "features"), max_target_len=cfg.max_target_len,
+                                          progress=progress)
+        if not store.unit_done("features"):
+            store.complete_unit("features", "features", {"train": len(data["train"]), "val": len(data["val"]),
+                                                         "test": len(data["test"]), "vocab": len(vocab)})
+            log.info("features ready in %.1f s", time.time() - t0)
+        bar.update(1)
+        for spec in specs:
+            unit = f"train/{spec.run_id}"
+            ckpts = store.checkpoints(spec.run_id)
+            if store.unit_done(unit) and ckpts and all(store.verify_checkpoint(spec.run_id, c["epoch"]) for c in ckpts):
+                bar.update(1)
+                continue
+            log.info("training %s", spec.run_id)
+            store.mark_run(spec.run_id, setup=spec.setup, noise=spec.noise, seed=spec.seed, status="running")
+            start = time.time()
+            run_dir = os.path.join(out_dir, "runs", spec.run_id)
+            results = train_run(spec, cfg, data, vocab, run_dir)
+            metrics = [{"run_id": spec.run_id, "epoch": e, "split": "val", "name": k, "value": v}
+                       for e, r in results.items() for k, v in r.items()]
+            checkpoints = [(spec.run_id, e, os.path.join(run_dir, f"epoch{e}", "model.pt")) for e in results]
+            store.complete_unit(unit, "train", {"run_id": spec.run_id}, metrics=metrics, checkpoints=checkpoints,
+                                runs=[{"run_id": spec.run_id, "status": "done", "wall_seconds": time.time() - start}])
+            log.info("%s done in %.1f s: %s", spec.run_id, time.time() - start, json.dumps(results))
+            bar.update(1)
+            if after_unit:
+                after_unit(unit)
+        if store.unit_done("analysis"):
+            result = store.unit("analysis")["payload"]
+        else:
+            candidates: Dict[str, Dict[str, float]] = {s: {} for s in cfg.setups}
+            dirs = {}
+            for spec in specs:
+                for row in store.metrics(name="val_token_accuracy", run_id=spec.run_id):
+                    mid = f"{spec.run_id}@{row['epoch']}"
+                    candidates[spec.setup][mid] = row["value"]
+                    dirs[mid] = os.path.join(out_dir, "runs", spec.run_id, f"epoch{row['epoch']}")
+            res = analyse(candidates, dirs, data, vocab, cfg)
+            result = _jsonable(res)
+            models = res["models"]
+            pairwise = [{"analysis": name, "model_a": models[i], "model_b": models[j], "value": float(res[name][i, j])}
+                        for name in ("agreement", "kl") if name in res
+                        for i in range(len(models)) for j in range(len(models)) if i != j]
+            metrics = [{"name": f"{name}[{pair}]", "value": v, "split": "test"}
+                       for pair, row in res.get("pair_table", {}).items() for name, v in row.items()]
+            store.complete_unit("analysis", "analysis", result, pairwise=pairwise, metrics=metrics)
+            log.info("analysis done: %s", json.dumps(result.get("pair_table", {})))
+        bar.update(1)
+        bar.close()
+        return result
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def grounding_report(out_dir: str) -> tuple:
+    """Rebuild ``report.md`` / ``report.html`` of a finished or partial grounding run from its store."""
+    from .report import Report, agreement_heatmap, distance_vs_agreement_scatter
+
+    store = ResultStore(os.path.join(out_dir, "results.sqlite"))
+    info = store.study_info()
+    rep = Report("Grounded and Well-rounded: a reproduction on the demo corpus")
+    rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(info.get('config', {}))}`.")
+    runs = store.runs()
+    rep.add_heading("Training runs")
+    rep.add_table(["run", "status", "best val token accuracy"],
+                  [[r["run_id"], r["status"], max((m["value"] for m in store.metrics(name="val_token_accuracy",
+                                                                                      run_id=r["run_id"])),
+                                                  default=None)] for r in runs] or None)
+    analysis = store.unit("analysis")
+    res = analysis["payload"] if analysis else None
+    rep.add_heading("Accuracy-matched populations")
+    if res:
+        rep.add_paragraph(f"Stopped because: {res['stopped_because']}; "
+                          f"{len(next(iter(res['populations'].values())))} models per population.")
+        rep.add_table(["size", "Kruskal-Wallis H", "p"], res["trace"])
+        rep.add_heading("Agreement and KL between populations (test targets, teacher forcing)")
+        pairs = sorted(res.get("pair_table", {}).items())
+        from .report import Table
+        ours = Table(["population pair", "mean agreement", "mean KL (nats / token)"],
+                     [[k, v["agreement"], v["kl"]] for k, v in pairs])
+        rep.add_reference("grounding", ours=ours)
+        models = res["models"]
+        if "agreement" in res:
+            groups = [m.split("-")[0] for m in models]
+            rep.add_figure(agreement_heatmap(np.array(res["agreement"]), models, groups=groups), "agreement",
+                           "Pairwise argmax agreement of the matched models, grouped by setup")
+        if "attention_distance" in res and len(res["attention_distance"]) >= 3:
+            d = np.array(res["attention_distance"])
+            mm = [k for k, m in enumerate(models) if m.startswith("multimodal")]
+            kl = np.array(res["kl"])[mm][:, mm]
+            iu = np.triu_indices(len(mm), 1)
+            note = None
+            if "mantel_p" in res.get("attention_vs_kl", {}):
+                note = f"Mantel p = {res['attention_vs_kl']['mantel_p']:.3g}"
+            rep.add_figure(distance_vs_agreement_scatter(d[iu], 0.5 * (kl + kl.T)[iu], note=note),
+                           "attention_vs_kl", "Attention segment-share distance vs KL (multimodal models)")
+            shares = np.array(res["segment_shares"]).mean(0)
+            rep.add_table(["source", "mean attention share"], [[s, v] for s, v in zip(("C", "P", "T"), shares)],
+                          caption="Multimodal models: attention mass per source segment")
+    else:
+        rep.add_table(["population pair", "mean agreement"], None)
+        rep.add_reference("grounding", ours=None)
+    store.close()
+    return rep.write(out_dir)

@@ -1,0 +1,1054 @@
+"""The embedded results database of an experiment study (SQLite, stdlib ``sqlite3``).
+
+One study = one database file (by convention ``<results dir>/results.sqlite``). Everything a study
+produces that later steps or reports need is recorded here: the study's identity and config, the
+trained runs, their checkpoints (with integrity hashes), scalar metrics, pairwise model
+comparisons, and the *units of work* the runner has completed, so that a rerun of the same command
+skips what is already done.
+
+Durability and resumption
+-------------------------
+* The database is opened in WAL mode with ``synchronous=FULL`` and ``foreign_keys=ON``.
+* Every write is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``). :meth:`ResultStore.complete_unit`
+  writes a unit's status row *and* all of its results (run updates, checkpoints, metrics, pairwise
+  values) in a single transaction, so a process killed at any point (SIGKILL included) leaves either
+  the whole unit or nothing of it; SQLite's WAL recovery discards an uncommitted tail on the next
+  open. A unit counts as done only when its row says ``status = 'done'`` (:meth:`unit_done`).
+* Checkpoint files are hashed (sha256 + size) when they are registered; :meth:`verify_checkpoint`,
+  :meth:`latest_checkpoint` and :meth:`integrity_check` recompute the hash, so a truncated or
+  corrupted file is never resumed from. Write checkpoint files with :func:`atomic_path` (temporary
+  file, fsync, rename) *before* registering them.
+* Several processes may open the same file (the runner's workers write through their own
+  connections): writers wait up to ``timeout`` seconds for the lock. A store object re-opens its
+  connection in a forked child and can be pickled (it re-opens by path). Within one process the
+  object may be shared by threads (an internal lock serialises access).
+
+Schema (version 1, kept in ``PRAGMA user_version``)
+---------------------------------------------------
+Timestamps are ISO-8601 UTC strings with milliseconds (``2024-05-01T12:00:00.123+00:00``).
+
+``study`` — key/value metadata, one row per key
+    ``key TEXT PRIMARY KEY``  one of: ``name`` (study name), ``config`` (canonical JSON of the
+    study config, sorted keys), ``schema_version``, ``package_version`` and ``git_commit`` /
+    ``git_dirty`` (of the code that created the study; commit NULL outside a git checkout),
+    ``last_package_version`` / ``last_git_commit`` (of the code that last called ``begin_study``),
+    ``created``, ``updated`` (times of creation / of the last ``begin_study``).
+    ``value TEXT``  the value (NULL when unknown).
+
+``runs`` — one row per trained model
+    ``run_id TEXT PRIMARY KEY``  deterministic id, e.g. ``'P-noise0.1-seed2'`` (:func:`make_run_id`);
+    ``setup TEXT``  the training setup / population label (e.g. ``'P'``, ``'PC'``);
+    ``noise REAL``  the noise level; ``seed INTEGER``  the random seed;
+    ``status TEXT NOT NULL DEFAULT 'pending'``  one of ``pending | running | done | failed``;
+    ``started TEXT``, ``finished TEXT``  timestamps; ``wall_seconds REAL``  training wall time;
+    ``error TEXT``  the error of a failed run. A run row is created as ``pending`` on first mention
+    (by ``mark_run``, or by a checkpoint or metric that names it).
+
+``checkpoints`` — model checkpoints, ``PRIMARY KEY (run_id, epoch)``
+    ``run_id TEXT NOT NULL`` → ``runs`` (ON DELETE CASCADE); ``epoch INTEGER NOT NULL`` (>= 0);
+    ``path TEXT NOT NULL``  relative to the database's directory when the file lies below it
+    (so a results directory can be moved), absolute otherwise; ``sha256 TEXT NOT NULL``  hex digest;
+    ``size_bytes INTEGER NOT NULL``; ``created TEXT NOT NULL``  time of registration.
+
+``metrics`` — scalar results
+    ``metric_id INTEGER PRIMARY KEY``  row id (a replaced row gets a new id);
+    ``run_id TEXT`` → ``runs`` (ON DELETE CASCADE), NULL for a study-level metric;
+    ``epoch INTEGER``  (>= 0), NULL when not tied to an epoch (final / run-level value);
+    ``split TEXT NOT NULL DEFAULT ''``  e.g. ``'train'``, ``'valid'``, ``'test'``;
+    ``name TEXT NOT NULL``; ``value REAL NOT NULL``  always finite;
+    ``unit_id TEXT`` → ``units`` (ON DELETE CASCADE), the unit that recorded it (NULL when recorded
+    outside a unit); ``recorded TEXT NOT NULL``  time written.
+    Unique on ``(run_id, epoch, split, name)`` with NULL equal to NULL (a unique index over
+    ``IFNULL(run_id, ''), IFNULL(epoch, -1), split, name``): recording the same key again replaces
+    the row instead of duplicating it.
+
+``pairwise`` — model-pair comparisons, unique on ``(analysis, model_a, model_b)``
+    ``pair_id INTEGER PRIMARY KEY``; ``analysis TEXT NOT NULL``  e.g. ``'agreement'``, ``'kl'``,
+    ``'attention_segment_l2'``; ``population TEXT``  the population / group label of the pair
+    (e.g. ``'C/P'``), may be NULL; ``model_a TEXT NOT NULL``, ``model_b TEXT NOT NULL``  model ids
+    (usually run ids; order matters for asymmetric analyses such as KL(a‖b));
+    ``value REAL NOT NULL``  finite; ``unit_id TEXT`` → ``units`` (ON DELETE CASCADE);
+    ``recorded TEXT NOT NULL``.
+
+``units`` — the runner's units of work
+    ``unit_id TEXT PRIMARY KEY``  deterministic id chosen by the runner (e.g. ``'train:P-noise0.1-seed2'``);
+    ``kind TEXT NOT NULL``  e.g. ``'train'``, ``'evaluate'``, ``'pairwise'``;
+    ``status TEXT NOT NULL``  ``pending | running | done | failed``;
+    ``payload TEXT NOT NULL DEFAULT '{}'``  JSON object with whatever the unit wants to remember;
+    ``error TEXT``  the error of a failed unit; ``finished TEXT``  time of completion / failure.
+    Re-completing a unit first deletes the metrics and pairwise rows it recorded before, so a unit's
+    results are exactly those of its last completion.
+
+Export: :meth:`ResultStore.export` writes one file per table (``<table>.csv`` or
+``<table>.parquet``), NULL as an empty CSV field, floats with ``repr`` precision (exact round trip).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import datetime as _dt
+import enum
+import hashlib
+import json
+import math
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ResultStore", "StoreError", "StudyMismatchError", "make_run_id", "atomic_path",
+    "SCHEMA_VERSION", "STATUSES", "TABLES",
+]
+
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "running", "done", "failed")
+TABLES = ("study", "runs", "checkpoints", "metrics", "pairwise", "units")
+
+_STATUS_CHECK = "CHECK (status IN ('pending', 'running', 'done', 'failed'))"
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS study (
+        key TEXT PRIMARY KEY,
+        value TEXT
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY CHECK (run_id <> ''),
+        setup TEXT,
+        noise REAL,
+        seed INTEGER,
+        status TEXT NOT NULL DEFAULT 'pending' {_STATUS_CHECK},
+        started TEXT,
+        finished TEXT,
+        wall_seconds REAL,
+        error TEXT
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS units (
+        unit_id TEXT PRIMARY KEY CHECK (unit_id <> ''),
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL {_STATUS_CHECK},
+        payload TEXT NOT NULL DEFAULT '{{}}',
+        error TEXT,
+        finished TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL CHECK (epoch >= 0),
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        created TEXT NOT NULL,
+        PRIMARY KEY (run_id, epoch)
+    )""",
+    """CREATE TABLE IF NOT EXISTS metrics (
+        metric_id INTEGER PRIMARY KEY,
+        run_id TEXT REFERENCES runs(run_id) ON DELETE CASCADE,
+        epoch INTEGER CHECK (epoch IS NULL OR epoch >= 0),
+        split TEXT NOT NULL DEFAULT '',
+        name TEXT NOT NULL CHECK (name <> ''),
+        value REAL NOT NULL,
+        unit_id TEXT REFERENCES units(unit_id) ON DELETE CASCADE,
+        recorded TEXT NOT NULL
+    )""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS metrics_key
+        ON metrics (IFNULL(run_id, ''), IFNULL(epoch, -1), split, name)""",
+    "CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, split)",
+    "CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id)",
+    "CREATE INDEX IF NOT EXISTS metrics_unit ON metrics (unit_id)",
+    """CREATE TABLE IF NOT EXISTS pairwise (
+        pair_id INTEGER PRIMARY KEY,
+        analysis TEXT NOT NULL CHECK (analysis <> ''),
+        population TEXT,
+        model_a TEXT NOT NULL,
+        model_b TEXT NOT NULL,
+        value REAL NOT NULL,
+        unit_id TEXT REFERENCES units(unit_id) ON DELETE CASCADE,
+        recorded TEXT NOT NULL,
+        UNIQUE (analysis, model_a, model_b)
+    )""",
+    "CREATE INDEX IF NOT EXISTS pairwise_unit ON pairwise (unit_id)",
+    "CREATE INDEX IF NOT EXISTS units_kind ON units (kind, status)",
+]
+_ORDER = {"study": "key", "runs": "run_id", "checkpoints": "run_id, epoch", "metrics": "metric_id",
+          "pairwise": "pair_id", "units": "unit_id"}
+_RUN_FIELDS = ("setup", "noise", "seed", "status", "started", "finished", "wall_seconds", "error")
+_METRIC_KEYS = frozenset({"run_id", "epoch", "split", "name", "value"})
+_PAIR_KEYS = frozenset({"analysis", "population", "model_a", "model_b", "value"})
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used as asked (not a results database, newer schema, ...)."""
+
+
+class StudyMismatchError(ValueError):
+    """``begin_study`` on a database that holds another study or an incompatible config."""
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------------------
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def make_run_id(setup: str, noise: float, seed: int) -> str:
+    """Deterministic run id, e.g. ``make_run_id('P', 0.1, 2) == 'P-noise0.1-seed2'``."""
+    return f"{setup}-noise{float(noise):g}-seed{int(seed)}"
+
+
+def _jsonable(obj: Any, where: str = "config") -> Any:
+    """Convert a config into plain JSON types (dicts with str keys, lists, str, numbers, bool, None)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: keys must be strings, got {k!r}")
+            out[k] = _jsonable(v, f"{where}.{k}")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(_jsonable(v, where) for v in obj)
+    if isinstance(obj, enum.Enum):
+        return _jsonable(obj.value, where)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist(), where)
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    raise TypeError(f"{where}: {type(obj).__name__} value {obj!r} cannot be stored as JSON")
+
+
+def _dumps(obj: Any, where: str) -> str:
+    return json.dumps(_jsonable(obj, where), sort_keys=True, separators=(",", ":"))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality for config values: 3 == 3.0, NaN == NaN, but True != 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b or (a != a and b != b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+_MISSING = object()
+
+
+def _config_diffs(stored: Any, given: Any, ignore: Sequence[str], prefix: str = "") -> list[str]:
+    """Dotted keys (with 'stored ..., requested ...') where two configs differ."""
+    def ignored(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in ignore)
+
+    if isinstance(stored, dict) and isinstance(given, dict):
+        out = []
+        for k in sorted(set(stored) | set(given)):
+            key = f"{prefix}.{k}" if prefix else k
+            if ignored(key):
+                continue
+            out += _config_diffs(stored.get(k, _MISSING), given.get(k, _MISSING), ignore, key)
+        return out
+    if stored is _MISSING or given is _MISSING or not _same(stored, given):
+        def show(v: Any) -> str:
+            return "(absent)" if v is _MISSING else json.dumps(v)
+        return [f"'{prefix or '<config>'}' (stored {show(stored)}, requested {show(given)})"]
+    return []
+
+
+def _finite(value: Any, what: str) -> float:
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{what}: value must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what}: value must be a scalar number, got {type(value).__name__} ({e})") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{what}: non-finite value {v!r}; the store records finite numbers only "
+                         "(record the failure instead, e.g. as a failed unit or a count metric)")
+    return v
+
+
+def _opt_str(value: Any, what: str, allow_empty: bool = True) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or (not allow_empty and not value):
+        raise TypeError(f"{what} must be a {'non-empty ' if not allow_empty else ''}string, got {value!r}")
+    return value
+
+
+def _req_str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _opt_epoch(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise TypeError(f"{what}: epoch must be a non-negative integer or None, got {value!r}")
+    return int(value)
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file atomically: yields a temporary path beside ``path`` to write to.
+
+    On normal exit the temporary file is fsynced and renamed over ``path`` (so readers, and a rerun
+    after a crash, see either the old file or the complete new one); on an exception it is removed.
+    Example: ``with atomic_path(ckpt) as tmp: torch.save(state, tmp)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"atomic_path: nothing was written to the temporary file {tmp}")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _package_version() -> str | None:
+    mod = sys.modules.get("grounded_fast")
+    if mod is not None and getattr(mod, "__version__", None):
+        return str(mod.__version__)
+    try:
+        from importlib.metadata import version
+        return version("grounded_fast")
+    except Exception:
+        return None
+
+
+def _git_info() -> tuple[str | None, str | None]:
+    """(commit, 'true'/'false' dirty) of the checkout holding this package, or (None, None)."""
+    try:
+        out = subprocess.run(["git", "-C", str(_REPO_ROOT), "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        lines = out.stdout.split()
+        if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != _REPO_ROOT:
+            return None, None
+        st = subprocess.run(["git", "-C", str(_REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10)
+        dirty = None if st.returncode != 0 else ("true" if st.stdout.strip() else "false")
+        return lines[1], dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# the store
+# ----------------------------------------------------------------------------------------------
+
+class ResultStore:
+    """A study's results database (see the module docstring for the schema).
+
+    Args:
+        path: the database file (created with its parent directories if absent), or ``':memory:'``.
+        timeout: seconds a writer waits for another connection's lock before failing.
+        synchronous: SQLite ``synchronous`` level; ``'FULL'`` (default) makes every committed unit
+            survive power loss too, ``'NORMAL'`` only process crashes.
+
+    Use as a context manager (``with ResultStore(p) as store: ...``) or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0, synchronous: str = "FULL"):
+        self.memory = os.fspath(path) == ":memory:"
+        self.path = Path(path) if not self.memory else None
+        self.timeout = float(timeout)
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
+        self._dir = self.path.resolve().parent if self.path is not None else None
+        self._conn: sqlite3.Connection | None = None
+        self._orphans: list[sqlite3.Connection] = []  # connections inherited over fork: never used
+        self._closed = False
+        self._connect()
+
+    # -- connection management ------------------------------------------------------------------
+    def _connect(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._depth = 0
+        target = ":memory:" if self.memory else str(self.path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            self.journal_mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn = conn
+            self._ensure_schema()
+        except Exception as e:
+            conn.close()
+            self._conn = None
+            if isinstance(e, sqlite3.DatabaseError) and not (
+                    isinstance(e, sqlite3.OperationalError) and "locked" in str(e)):
+                raise StoreError(f"{target} cannot be opened as a results database: {e}") from e
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("the ResultStore is closed")
+        if self._pid != os.getpid():  # forked child: never touch the parent's connection
+            if self._conn is not None:
+                self._orphans.append(self._conn)
+            self._conn = None
+            self._connect()
+        assert self._conn is not None
+        return self._conn
+
+    def _ensure_schema(self) -> None:
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"schema version {version} is newer than this grounded_fast "
+                                 f"understands ({SCHEMA_VERSION}); upgrade the package")
+            if version == 0:
+                others = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if others:
+                    raise StoreError("the file is an SQLite database but not a grounded_fast results "
+                                     "database (it has tables and no schema version)")
+                for stmt in _SCHEMA:
+                    conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+        self._closed = True
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        return {"path": ":memory:" if self.memory else os.fspath(self.path), "timeout": self.timeout,
+                "synchronous": self.synchronous}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], timeout=state["timeout"], synchronous=state["synchronous"])
+
+    def __repr__(self) -> str:
+        return f"ResultStore({'memory' if self.memory else str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed on normal exit, rolled back on error.
+
+        Nested ``transaction()`` blocks join the outermost one. Public write methods use it, so a
+        caller can group several of them into one atomic step.
+        """
+        conn = self._connection()
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._depth -= 1
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: all reads inside see one consistent state of the database."""
+        conn = self._connection()
+        with self._lock:
+            if self._depth or conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: Sequence = ()) -> list[dict]:
+        with self._snapshot() as conn:
+            cur = conn.execute(sql, params)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    # -- study ----------------------------------------------------------------------------------
+    def begin_study(self, name: str, config: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> dict:
+        """Create the study record, or check that the database holds this very study (idempotent).
+
+        Args:
+            name: the study name.
+            config: the study config (JSON-able: dicts, lists, numbers, strings, paths, dataclasses).
+            ignore: dotted config keys allowed to differ from the stored config (settings that do not
+                change results, e.g. ``'workers'`` or ``'device'``); the stored config is kept.
+
+        Returns:
+            :meth:`study_info` after the call.
+
+        Raises:
+            StudyMismatchError: the database holds another study name, or a config that differs at a
+                key not in ``ignore`` (the message names every differing key).
+        """
+        name = _req_str(name, "study name")
+        cfg = json.loads(_dumps(config, "config"))
+        if not isinstance(cfg, dict):
+            raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+        ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+        version = _package_version()
+        commit, dirty = _git_info()
+        now = _now()
+        with self.transaction() as conn:
+            stored = dict(conn.execute("SELECT key, value FROM study").fetchall())
+            if "name" not in stored:
+                rows = {"name": name, "config": _dumps(cfg, "config"), "schema_version": str(SCHEMA_VERSION),
+                        "package_version": version, "git_commit": commit, "git_dirty": dirty,
+                        "created": now}
+            else:
+                where = "an in-memory database" if self.memory else str(self.path)
+                if stored["name"] != name:
+                    raise StudyMismatchError(
+                        f"{where} holds study {stored['name']!r}, not {name!r}; use another results "
+                        "directory for a different study")
+                diffs = _config_diffs(json.loads(stored.get("config") or "{}"), cfg, ignore)
+                if diffs:
+                    shown = "; ".join(diffs[:10]) + (f"; and {len(diffs) - 10} more" if len(diffs) > 10 else "")
+                    raise StudyMismatchError(
+                        f"{where} holds study {name!r} with an incompatible config; it differs at {shown}. "
+                        "Resuming would mix results of different configs: use a new results directory, "
+                        "or pass ignore=[...] for keys that do not affect results")
+                rows = {}
+            rows.update({"updated": now, "last_package_version": version, "last_git_commit": commit})
+            conn.executemany("INSERT INTO study(key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", list(rows.items()))
+        return self.study_info()
+
+    def study_info(self) -> dict:
+        """The ``study`` table as a dict (``config`` decoded); empty before :meth:`begin_study`."""
+        info = {r["key"]: r["value"] for r in self._rows("SELECT key, value FROM study")}
+        if info.get("config") is not None:
+            info["config"] = json.loads(info["config"])
+        return info
+
+    # -- units ----------------------------------------------------------------------------------
+    def unit_done(self, unit_id: str) -> bool:
+        """Whether the unit was completed (its results are then all recorded)."""
+        rows = self._rows("SELECT status FROM units WHERE unit_id = ?", (unit_id,))
+        return bool(rows) and rows[0]["status"] == "done"
+
+    def done_units(self, kind: str | None = None) -> set[str]:
+        """Ids of the completed units (of one kind, or all)."""
+        sql, params = "SELECT unit_id FROM units WHERE status = 'done'", []
+        if kind is not None:
+            sql, params = sql + " AND kind = ?", [kind]
+        return {r["unit_id"] for r in self._rows(sql, params)}
+
+    def complete_unit(self, unit_id: str, kind: str, payload: Mapping[str, Any] | None = None, *,
+                      metrics: Iterable[Mapping[str, Any]] = (),
+                      pairwise: Iterable[Mapping[str, Any]] = (),
+                      checkpoints: Iterable[Mapping[str, Any] | Sequence] = (),
+                      runs: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Record a finished unit of work and all of its results in ONE transaction.
+
+        Everything is validated (and checkpoint files hashed) before the transaction starts; if any
+        row is invalid or any write fails, nothing of the unit is recorded and it stays not done.
+
+        Args:
+            unit_id: the unit's deterministic id. Completing it again replaces its previous results.
+            kind: the unit's kind (``'train'``, ``'evaluate'``, ...).
+            payload: a JSON-able dict stored with the unit (returned by :meth:`unit`).
+            metrics: rows for :meth:`record_metrics`.
+            pairwise: rows for :meth:`record_pairwise`.
+            checkpoints: ``{'run_id', 'epoch', 'path'}`` mappings or ``(run_id, epoch, path)`` tuples.
+            runs: ``{'run_id': ..., **fields}`` updates as for :meth:`mark_run` (e.g. status 'done').
+        """
+        unit_id = _req_str(unit_id, "unit_id")
+        kind = _req_str(kind, "kind")
+        payload_json = _dumps(payload if payload is not None else {}, "payload")
+        if not payload_json.startswith("{"):
+            raise TypeError("payload must be a mapping")
+        metric_rows = [self._metric_row(r) for r in metrics]
+        pair_rows = [self._pair_row(r) for r in pairwise]
+        run_rows = [self._run_update(dict(r)) for r in runs]
+        ckpt_rows = [self._checkpoint_row(*self._checkpoint_args(c)) for c in checkpoints]
+        now = _now()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO units(unit_id, kind, status, payload, error, finished) "
+                "VALUES (?, ?, 'done', ?, NULL, ?) ON CONFLICT(unit_id) DO UPDATE SET kind = excluded.kind, "
+                "status = 'done', payload = excluded.payload, error = NULL, finished = excluded.finished",
+                (unit_id, kind, payload_json, now))
+            conn.execute("DELETE FROM metrics WHERE unit_id = ?", (unit_id,))
+            conn.execute("DELETE FROM pairwise WHERE unit_id = ?", (unit_id,))
+            for upd in run_rows:
+                self._apply_run_update(conn, upd)
+            self._insert_checkpoints(conn, ckpt_rows)
+            self._insert_metrics(conn, metric_rows, unit_id, now)
+            self._insert_pairwise(conn, pair_rows, unit_id, now)
+
+    def fail_unit(self, unit_id: str, kind: str, error: str | BaseException,
+                  payload: Mapping[str, Any] | None = None) -> None:
+        """Record that a unit failed (it stays not done, so a rerun retries it)."""
+        unit_id = _req_str(unit_id, "unit_id")
+        kind = _req_str(kind, "kind")
+        payload_json = _dumps(payload if payload is not None else {}, "payload")
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO units(unit_id, kind, status, payload, error, finished) "
+                "VALUES (?, ?, 'failed', ?, ?, ?) ON CONFLICT(unit_id) DO UPDATE SET kind = excluded.kind, "
+                "status = 'failed', payload = excluded.payload, error = excluded.error, "
+                "finished = excluded.finished",
+                (unit_id, kind, payload_json, _error_text(error), _now()))
+
+    def forget_unit(self, unit_id: str) -> bool:
+        """Delete a unit and the metrics / pairwise rows it recorded (to force a redo). True if it existed."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM units WHERE unit_id = ?", (unit_id,)).rowcount > 0
+
+    def unit(self, unit_id: str) -> dict | None:
+        """The unit's row (``payload`` decoded), or None."""
+        rows = self.units(unit_id=unit_id)
+        return rows[0] if rows else None
+
+    def units(self, kind: str | None = None, status: str | None = None, *, unit_id: str | None = None) -> list[dict]:
+        """Unit rows (``payload`` decoded), filtered by kind / status."""
+        rows = self._select("units", {"kind": kind, "status": status, "unit_id": unit_id})
+        for r in rows:
+            r["payload"] = json.loads(r["payload"])
+        return rows
+
+    # -- runs -----------------------------------------------------------------------------------
+    def mark_run(self, run_id: str, **fields: Any) -> dict:
+        """Create or update a run row; returns the row.
+
+        Fields: ``setup, noise, seed, status, started, finished, wall_seconds, error`` (others
+        raise). ``status='running'`` stamps ``started`` (and clears ``finished``, ``error``,
+        ``wall_seconds``) unless given; ``'done'`` / ``'failed'`` stamp ``finished`` unless given.
+        ``error`` may be an exception.
+        """
+        upd = self._run_update({"run_id": run_id, **fields})
+        with self.transaction() as conn:
+            self._apply_run_update(conn, upd)
+        row = self.run(upd["run_id"])
+        assert row is not None
+        return row
+
+    def run(self, run_id: str) -> dict | None:
+        """The run's row, or None."""
+        rows = self._select("runs", {"run_id": run_id})
+        return rows[0] if rows else None
+
+    def runs(self, status: str | None = None, setup: str | None = None) -> list[dict]:
+        """Run rows, filtered by status / setup, ordered by run_id."""
+        return self._select("runs", {"status": status, "setup": setup})
+
+    @staticmethod
+    def _run_update(fields: dict) -> dict:
+        run_id = _req_str(fields.pop("run_id", None), "run_id")
+        unknown = set(fields) - set(_RUN_FIELDS)
+        if unknown:
+            raise TypeError(f"run {run_id!r}: unknown run field(s) {sorted(unknown)}; known: {list(_RUN_FIELDS)}")
+        out: dict[str, Any] = {"run_id": run_id}
+        for k, v in fields.items():
+            what = f"run {run_id!r} field {k!r}"
+            if v is None:
+                out[k] = None
+            elif k == "status":
+                if v not in STATUSES:
+                    raise ValueError(f"{what}: status must be one of {STATUSES}, got {v!r}")
+                out[k] = v
+            elif k in ("noise", "wall_seconds"):
+                out[k] = _finite(v, what)
+                if k == "wall_seconds" and out[k] < 0:
+                    raise ValueError(f"{what}: negative wall time {v!r}")
+            elif k == "seed":
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    raise TypeError(f"{what}: seed must be an integer, got {v!r}")
+                out[k] = int(v)
+            elif k in ("started", "finished"):
+                out[k] = v.isoformat(timespec="milliseconds") if isinstance(v, _dt.datetime) else _opt_str(v, what)
+            elif k == "error":
+                out[k] = _error_text(v)
+            else:
+                out[k] = _opt_str(v, what)
+        status = out.get("status")
+        if status == "running":
+            out.setdefault("started", _now())
+            for k in ("finished", "error", "wall_seconds"):
+                out.setdefault(k, None)
+        elif status in ("done", "failed"):
+            out.setdefault("finished", _now())
+        return out
+
+    @staticmethod
+    def _apply_run_update(conn: sqlite3.Connection, upd: dict) -> None:
+        cols = [c for c in upd if c != "run_id"]  # whitelisted by _run_update
+        if not cols:
+            conn.execute("INSERT OR IGNORE INTO runs(run_id) VALUES (?)", (upd["run_id"],))
+            return
+        conn.execute(
+            f"INSERT INTO runs(run_id, {', '.join(cols)}) VALUES (?{', ?' * len(cols)}) "
+            f"ON CONFLICT(run_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols)}",
+            [upd["run_id"]] + [upd[c] for c in cols])
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def add_checkpoint(self, run_id: str, epoch: int, path: str | os.PathLike) -> dict:
+        """Register a checkpoint file (sha256 and size computed now); replaces the run/epoch's entry.
+
+        Write the file completely (e.g. with :func:`atomic_path`) before registering it.
+        Returns the stored row (``path`` absolute).
+        """
+        row = self._checkpoint_row(run_id, epoch, path)
+        with self.transaction() as conn:
+            self._insert_checkpoints(conn, [row])
+        return self._checkpoint_dict(dict(zip(("run_id", "epoch", "path", "sha256", "size_bytes", "created"), row)))
+
+    def checkpoints(self, run_id: str | None = None) -> list[dict]:
+        """Checkpoint rows (``path`` resolved to an absolute path), ordered by run and epoch."""
+        return [self._checkpoint_dict(r) for r in self._select("checkpoints", {"run_id": run_id})]
+
+    def verify_checkpoint(self, run_id: str, epoch: int) -> bool:
+        """Recompute the checkpoint's sha256: False if unregistered, missing, truncated or corrupted."""
+        rows = self._select("checkpoints", {"run_id": run_id, "epoch": epoch})
+        return bool(rows) and self._check_file(rows[0]) is None
+
+    def latest_checkpoint(self, run_id: str, *, verify: bool = True) -> dict | None:
+        """The highest-epoch checkpoint of a run that passes verification (or None): resume from it."""
+        for row in reversed(self._select("checkpoints", {"run_id": run_id})):
+            if not verify or self._check_file(row) is None:
+                return self._checkpoint_dict(row)
+        return None
+
+    def _checkpoint_args(self, c: Mapping[str, Any] | Sequence) -> tuple:
+        if isinstance(c, Mapping):
+            unknown = set(c) - {"run_id", "epoch", "path"}
+            if unknown:
+                raise TypeError(f"checkpoint: unknown key(s) {sorted(unknown)}")
+            return c.get("run_id"), c.get("epoch"), c.get("path")
+        if isinstance(c, (str, bytes)) or len(c) != 3:
+            raise TypeError(f"checkpoint must be a mapping or a (run_id, epoch, path) tuple, got {c!r}")
+        return tuple(c)
+
+    def _checkpoint_row(self, run_id: str, epoch: int, path: str | os.PathLike) -> tuple:
+        run_id = _req_str(run_id, "checkpoint run_id")
+        ep = _opt_epoch(epoch, f"checkpoint of {run_id!r}")
+        if ep is None:
+            raise TypeError(f"checkpoint of {run_id!r}: epoch is required")
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint of {run_id!r} epoch {ep}: no file at {p}")
+        sha, size = _sha256_file(p)
+        return run_id, ep, self._store_path(p), sha, size, _now()
+
+    @staticmethod
+    def _insert_checkpoints(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        conn.executemany("INSERT OR IGNORE INTO runs(run_id) VALUES (?)", [(r[0],) for r in rows])
+        conn.executemany(
+            "INSERT INTO checkpoints(run_id, epoch, path, sha256, size_bytes, created) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(run_id, epoch) DO UPDATE SET path = excluded.path, sha256 = excluded.sha256, "
+            "size_bytes = excluded.size_bytes, created = excluded.created", rows)
+
+    def _store_path(self, p: Path) -> str:
+        rp = p.resolve()
+        if self._dir is not None:
+            try:
+                return rp.relative_to(self._dir).as_posix()
+            except ValueError:
+                pass
+        return str(rp)
+
+    def _resolve_path(self, stored: str) -> Path:
+        p = Path(stored)
+        if p.is_absolute() or self._dir is None:
+            return p
+        return self._dir / p
+
+    def _checkpoint_dict(self, row: dict) -> dict:
+        return {**row, "path": str(self._resolve_path(row["path"]))}
+
+    def _check_file(self, row: dict) -> str | None:
+        """None if the checkpoint file matches its record, else what is wrong."""
+        p = self._resolve_path(row["path"])
+        if not p.is_file():
+            return f"missing file {p}"
+        size = p.stat().st_size
+        if size != row["size_bytes"]:
+            return f"size {size} bytes, recorded {row['size_bytes']} (truncated or rewritten): {p}"
+        sha, _ = _sha256_file(p)
+        if sha != row["sha256"]:
+            return f"sha256 {sha[:12]}… differs from the recorded {row['sha256'][:12]}… (corrupted): {p}"
+        return None
+
+    # -- metrics --------------------------------------------------------------------------------
+    def record_metrics(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Record metric rows ``{'name', 'value', 'run_id'?, 'epoch'?, 'split'?}`` (one transaction).
+
+        A row with the key ``(run_id, epoch, split, name)`` of an existing row replaces it. Values
+        must be finite. Runs named here are created as pending if unknown. Returns the row count.
+        """
+        prepared = [self._metric_row(r) for r in rows]
+        with self.transaction() as conn:
+            self._insert_metrics(conn, prepared, None, _now())
+        return len(prepared)
+
+    def metrics(self, name: str | None = None, split: str | None = None, run_id: str | None = None,
+                epoch: int | None = None, *, unit_id: str | None = None) -> list[dict]:
+        """Metric rows matching every given filter (None = any), in recording order."""
+        return self._select("metrics", {"name": name, "split": split, "run_id": run_id, "epoch": epoch,
+                                        "unit_id": unit_id})
+
+    def metric_values(self, name: str, run_ids: Sequence[str], *, split: str = "",
+                      epoch: int | str | None = None) -> np.ndarray:
+        """One metric for each run in ``run_ids`` as a float array (NaN where absent).
+
+        ``epoch``: None selects the row without an epoch (run-level value), an int that epoch,
+        ``'last'`` the highest recorded epoch of each run.
+        """
+        values = np.full(len(run_ids), np.nan)
+        if epoch == "last":
+            sql = ("SELECT run_id, value FROM metrics m WHERE name = ? AND split = ? AND epoch = "
+                   "(SELECT max(epoch) FROM metrics WHERE run_id = m.run_id AND name = m.name AND split = m.split)")
+            params: list = [name, split]
+        elif epoch is None:
+            sql, params = "SELECT run_id, value FROM metrics WHERE name = ? AND split = ? AND epoch IS NULL", [name, split]
+        else:
+            sql, params = "SELECT run_id, value FROM metrics WHERE name = ? AND split = ? AND epoch = ?", [name, split, epoch]
+        found = {r["run_id"]: r["value"] for r in self._rows(sql, params) if r["run_id"] is not None}
+        for i, rid in enumerate(run_ids):
+            if rid in found:
+                values[i] = found[rid]
+        return values
+
+    @staticmethod
+    def _metric_row(row: Mapping[str, Any]) -> tuple:
+        if not isinstance(row, Mapping):
+            raise TypeError(f"metric rows must be mappings, got {row!r}")
+        unknown = set(row) - _METRIC_KEYS
+        if unknown:
+            raise TypeError(f"metric row {dict(row)!r}: unknown key(s) {sorted(unknown)}; known: {sorted(_METRIC_KEYS)}")
+        name = _req_str(row.get("name"), "metric name")
+        run_id = _opt_str(row.get("run_id"), f"metric {name!r} run_id", allow_empty=False)
+        what = f"metric {name!r} (run {run_id!r}, epoch {row.get('epoch')!r}, split {row.get('split')!r})"
+        split = _opt_str(row.get("split"), f"{what} split") or ""
+        return run_id, _opt_epoch(row.get("epoch"), what), split, name, _finite(row.get("value"), what)
+
+    @staticmethod
+    def _insert_metrics(conn: sqlite3.Connection, rows: list[tuple], unit_id: str | None, now: str) -> None:
+        if not rows:
+            return
+        conn.executemany("INSERT OR IGNORE INTO runs(run_id) VALUES (?)",
+                         [(r,) for r in sorted({r[0] for r in rows if r[0] is not None})])
+        conn.executemany("INSERT OR REPLACE INTO metrics(run_id, epoch, split, name, value, unit_id, recorded) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", [r + (unit_id, now) for r in rows])
+
+    # -- pairwise -------------------------------------------------------------------------------
+    def record_pairwise(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Record pairwise rows ``{'analysis', 'model_a', 'model_b', 'value', 'population'?}``.
+
+        The key ``(analysis, model_a, model_b)`` replaces an existing row. Values must be finite.
+        Returns the row count.
+        """
+        prepared = [self._pair_row(r) for r in rows]
+        with self.transaction() as conn:
+            self._insert_pairwise(conn, prepared, None, _now())
+        return len(prepared)
+
+    def pairwise(self, analysis: str | None = None, population: str | None = None) -> list[dict]:
+        """Pairwise rows matching the filters (None = any), in recording order."""
+        return self._select("pairwise", {"analysis": analysis, "population": population})
+
+    def pairwise_matrix(self, analysis: str, models: Sequence[str], *, symmetric: bool = True,
+                        diagonal: float | None = None) -> np.ndarray:
+        """An ``M×M`` float array of one analysis over ``models`` (row = model_a, column = model_b).
+
+        Absent pairs are NaN. With ``symmetric`` (default) a pair recorded in one order only also
+        fills the mirrored cell (a value recorded in both orders, e.g. KL(a‖b) and KL(b‖a), keeps
+        both). ``diagonal`` fills the diagonal cells that were not recorded.
+        """
+        models = list(models)
+        index = {m: i for i, m in enumerate(models)}
+        if len(index) != len(models):
+            raise ValueError("pairwise_matrix: models contains duplicates")
+        out = np.full((len(models), len(models)), np.nan)
+        recorded = np.zeros(out.shape, dtype=bool)
+        for r in self._rows("SELECT model_a, model_b, value FROM pairwise WHERE analysis = ?", (analysis,)):
+            i, j = index.get(r["model_a"]), index.get(r["model_b"])
+            if i is not None and j is not None:
+                out[i, j] = r["value"]
+                recorded[i, j] = True
+        if symmetric:
+            mirror = recorded.T & ~recorded
+            out[mirror] = out.T[mirror]
+        if diagonal is not None:
+            d = np.diagonal(out).copy()
+            d[np.isnan(d)] = float(diagonal)
+            np.fill_diagonal(out, d)
+        return out
+
+    @staticmethod
+    def _pair_row(row: Mapping[str, Any]) -> tuple:
+        if not isinstance(row, Mapping):
+            raise TypeError(f"pairwise rows must be mappings, got {row!r}")
+        unknown = set(row) - _PAIR_KEYS
+        if unknown:
+            raise TypeError(f"pairwise row {dict(row)!r}: unknown key(s) {sorted(unknown)}; known: {sorted(_PAIR_KEYS)}")
+        analysis = _req_str(row.get("analysis"), "pairwise analysis")
+        a = _req_str(row.get("model_a"), f"pairwise {analysis!r} model_a")
+        b = _req_str(row.get("model_b"), f"pairwise {analysis!r} model_b")
+        pop = _opt_str(row.get("population"), f"pairwise {analysis!r} population")
+        return analysis, pop, a, b, _finite(row.get("value"), f"pairwise {analysis!r} ({a}, {b})")
+
+    @staticmethod
+    def _insert_pairwise(conn: sqlite3.Connection, rows: list[tuple], unit_id: str | None, now: str) -> None:
+        if rows:
+            conn.executemany("INSERT OR REPLACE INTO pairwise(analysis, population, model_a, model_b, value, "
+                             "unit_id, recorded) VALUES (?, ?, ?, ?, ?, ?, ?)", [r + (unit_id, now) for r in rows])
+
+    # -- queries, checks, export ----------------------------------------------------------------
+    def _select(self, table: str, filters: Mapping[str, Any]) -> list[dict]:
+        # table and column names come from this module only
+        conds = [(k, v) for k, v in filters.items() if v is not None]
+        where = (" WHERE " + " AND ".join(f"{k} = ?" for k, _ in conds)) if conds else ""
+        return self._rows(f"SELECT * FROM {table}{where} ORDER BY {_ORDER[table]}", [v for _, v in conds])
+
+    def summary(self) -> dict:
+        """Counts for a status line: units by kind and status, runs by status, rows per table."""
+        with self._snapshot() as conn:
+            units: dict[str, dict[str, int]] = {}
+            for kind, status, n in conn.execute("SELECT kind, status, count(*) FROM units GROUP BY kind, status"):
+                units.setdefault(kind, {})[status] = n
+            runs = dict(conn.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+            rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+        return {"units": units, "runs": runs, "rows": rows}
+
+    def integrity_check(self) -> list[str]:
+        """Check the database and every checkpoint file; returns the problems found (empty = healthy).
+
+        Runs ``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check`` and recomputes the sha256 of
+        every registered checkpoint (missing, truncated and corrupted files are reported).
+        """
+        problems: list[str] = []
+        with self._snapshot() as conn:
+            msgs = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+            if msgs != ["ok"]:
+                problems += [f"sqlite integrity_check: {m}" for m in msgs]
+            for table, rowid, parent, _ in conn.execute("PRAGMA foreign_key_check").fetchall():
+                problems.append(f"foreign key: {table} row {rowid} refers to a missing {parent} row")
+        for row in self._select("checkpoints", {}):
+            issue = self._check_file(row)
+            if issue:
+                problems.append(f"checkpoint {row['run_id']} epoch {row['epoch']}: {issue}")
+        return problems
+
+    def export(self, directory: str | os.PathLike, format: str = "csv") -> list[Path]:
+        """Write every table to ``directory/<table>.<format>`` (``'csv'`` or ``'parquet'``).
+
+        All tables come from one consistent snapshot; each file is written atomically. CSV uses the
+        stdlib ``csv`` module (header row, NULL as an empty field). Parquet needs ``pyarrow``.
+        Returns the written paths.
+        """
+        fmt = format.lower()
+        if fmt not in ("csv", "parquet"):
+            raise ValueError(f"export format must be 'csv' or 'parquet', got {format!r}")
+        if fmt == "parquet":
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError as e:
+                raise ImportError("export(format='parquet') needs pyarrow, which is not installed "
+                                  f"({e}); install it (pip install pyarrow) or use format='csv'") from e
+        out_dir = Path(directory)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with self._snapshot() as conn:
+            data = {}
+            for t in TABLES:
+                info = conn.execute(f"PRAGMA table_info({t})").fetchall()
+                cols = [(c[1], (c[2] or "").upper()) for c in info]
+                data[t] = (cols, conn.execute(f"SELECT * FROM {t} ORDER BY {_ORDER[t]}").fetchall())
+        written = []
+        for t, (cols, rows) in data.items():
+            target = out_dir / f"{t}.{fmt}"
+            with atomic_path(target) as tmp:
+                if fmt == "csv":
+                    with open(tmp, "w", newline="", encoding="utf-8") as f:
+                        w = csv.writer(f)
+                        w.writerow([c for c, _ in cols])
+                        w.writerows([["" if v is None else v for v in r] for r in rows])
+                else:
+                    types = {"INTEGER": pa.int64(), "REAL": pa.float64()}
+                    arrays = [pa.array([r[k] for r in rows], type=types.get(ty, pa.string()))
+                              for k, (_, ty) in enumerate(cols)]
+                    pq.write_table(pa.Table.from_arrays(arrays, names=[c for c, _ in cols]), str(tmp))
+            written.append(target)
+        return written
+
+
+def _error_text(error: Any) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    if not isinstance(error, str):
+        raise TypeError(f"error must be a string or an exception, got {error!r}")
+    return error

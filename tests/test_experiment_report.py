@@ -1,0 +1,350 @@
+"""Study reports: reference parsing, plot helpers, the Markdown / self-contained HTML writer."""
+import base64
+import os
+import re
+
+import numpy as np
+import pytest
+
+from grounded_fast.experiments import report as rep
+from grounded_fast.experiments.report import (
+    NOT_COMPUTED, MissingData, Report, Table, agreement_heatmap, correlation_summary,
+    distance_vs_agreement_scatter, flava_grid_heatmap, flava_grid_table, format_number, reference_findings,
+    reference_section, reference_tables, require, silhouette_boxplot,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- reference values
+def test_reference_grounding_values():
+    sec = reference_section("grounding")
+    assert "Grounded and Well-rounded" in sec.title
+    assert sec.source.startswith("Source:") and "vid-txt-diff" in sec.source
+    agreement, silhouette = sec.tables
+    assert agreement.header == ["population pair", "C/C", "P/P", "T/T", "C/P", "C/T", "P/T"]
+    assert agreement.value("mean agreement", "C/C") == pytest.approx(0.687)
+    assert agreement.value("mean agreement", "P/T") == pytest.approx(0.669)
+    assert agreement.value("mean KL", "C/T") == pytest.approx(11.64)
+    assert agreement.text_rows[0][1] == ".687"  # printed verbatim
+    assert silhouette.caption.startswith("Silhouette (abstract vs concrete words")
+    assert silhouette.value("mono-task, input embeddings", "C") == pytest.approx(0.0260)
+    assert silhouette.value("multi-modal, input embeddings", "PCT") == pytest.approx(0.0248)
+    assert silhouette.value("mono-task, input embeddings", "PC") is None  # empty cell
+    assert len(silhouette.rows) == 4
+    assert any("0.289" in f and "Kruskal" in f for f in sec.findings)
+    assert not any(f.startswith("Source:") for f in sec.findings)
+
+
+def test_reference_flava_and_groundedbert():
+    (grid,) = reference_tables("flava-ablation")
+    assert grid.header == ["words", "images", "BLiMP (%)", "PPPL"]
+    assert len(grid.rows) == 8
+    assert grid.value({"words": "100M", "images": "none"}, "BLiMP (%)") == pytest.approx(71.32)
+    assert grid.value({"words": "10M", "images": "4M"}, "PPPL") == pytest.approx(25.86)
+    with pytest.raises(KeyError):
+        grid.value("10M", "PPPL")  # four rows start with 10M: ambiguous
+    assert any("does not consistently help" in f for f in reference_findings("flava"))
+    assert reference_tables("groundedbert") == []
+    assert any("GLUE" in f for f in reference_findings("groundedbert"))
+    with pytest.raises(KeyError, match="unknown study"):
+        reference_tables("no-such-study")
+
+
+def test_reference_parser_on_other_file(tmp_path):
+    p = tmp_path / "ref.md"
+    p.write_text("# Title\n\nIntro line.\n\n## GroundedBERT (someone)\nSource: somewhere.\n\n"
+                 "Scores per task:\n\n| task | score | n |\n|:--|--:|---|\n| SST-2 | 91.5 | 1,000 |\n"
+                 "| a \\| b | | x |\n\nClaim one.\n", encoding="utf-8")
+    sec = reference_section("groundedbert", path=p)
+    (t,) = sec.tables
+    assert t.caption == "Scores per task"
+    assert t.value("SST-2", "score") == pytest.approx(91.5)
+    assert t.value("SST-2", "n") == 1000.0
+    assert t.rows[1] == ["a \\| b", None, "x"]
+    assert sec.source == "Source: somewhere." and sec.findings == ["Claim one."]
+    assert rep.reference_preamble(p) == "Intro line."
+
+
+# ----------------------------------------------------------------------------- number formatting
+@pytest.mark.parametrize("value,text", [
+    (0.687, "0.687"), (9.2843, "9.28"), (71.32, "71.3"), (0.02194, "0.0219"), (7e-6, "7e-06"),
+    (12345.6, "12346"), (9.996, "10.0"), (0.5, "0.500"), (3, "3"), (None, ""), ("10M", "10M"),
+    (float("nan"), "nan"), ((0.5, 0.0123), "0.500 ± 0.0123"), (np.float32(0.25), "0.250"), (-1.5, "-1.50"),
+])
+def test_format_number(value, text):
+    assert format_number(value) == text
+
+
+def test_format_number_tensor_and_digits():
+    torch = pytest.importorskip("torch")
+    assert format_number(torch.tensor(0.123456)) == "0.123"
+    assert format_number(0.123456, digits=5) == "0.12346"
+
+
+# ----------------------------------------------------------------------------- plots
+def _sym(M, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(0.5, 0.8, (M, M))
+    a = (a + a.T) / 2
+    np.fill_diagonal(a, 1.0)
+    return a
+
+
+def test_agreement_heatmap_shape_and_boundaries(tmp_path):
+    M = 9
+    A = _sym(M)
+    groups = list("CPTCPTCPT")
+    fig = agreement_heatmap(A, [f"m{i}" for i in range(M)], "agreement", groups=groups,
+                            path=tmp_path / "hm.png")
+    assert len(fig.axes) == 2  # heatmap + colorbar
+    ax = fig.axes[0]
+    img = ax.images[0].get_array()
+    assert img.shape == (M, M)
+    # models reordered so each population is contiguous: C = 0, 3, 6 first, then P = 1, 4, 7
+    order = [0, 3, 6, 1, 4, 7, 2, 5, 8]
+    np.testing.assert_allclose(np.asarray(img), A[np.ix_(order, order)])
+    assert len(ax.lines) == 2 * 2  # 2 boundaries, horizontal + vertical
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["C", "P", "T"]
+    assert [t.get_text() for t in ax.get_yticklabels()][:3] == ["m0", "m3", "m6"]
+    assert len(ax.texts) == M * M  # values written for small M
+    assert (tmp_path / "hm.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_agreement_heatmap_plain_large_and_errors():
+    torch = pytest.importorskip("torch")
+    fig = agreement_heatmap(torch.tensor(_sym(20)), title="KL", colorbar_label="KL")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape == (20, 20)
+    assert len(ax.lines) == 0 and len(ax.texts) == 0  # no groups, no annotation above 12 models
+    assert ax.get_title() == "KL"
+    with pytest.raises(MissingData):
+        agreement_heatmap(np.zeros((0, 0)))
+    with pytest.raises(ValueError, match="square"):
+        agreement_heatmap(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="labels"):
+        agreement_heatmap(_sym(3), ["a", "b"])
+
+
+def test_scatter_points_groups_and_annotation():
+    rng = np.random.default_rng(1)
+    x = rng.random(45)
+    y = 0.7 - 0.2 * x + rng.normal(0, 0.02, 45)
+    groups = ["C/P"] * 15 + ["C/T"] * 20 + ["P/T"] * 10
+    fig = distance_vs_agreement_scatter(x, y, groups=groups, note="Mantel p = 0.01")
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3
+    assert sorted(len(c.get_offsets()) for c in ax.collections) == [10, 15, 20]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 45
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["C/P", "C/T", "P/T"]
+    (text,) = ax.texts
+    r = np.corrcoef(x, y)[0, 1]
+    assert f"Pearson r = {r:.3f}" in text.get_text()
+    assert "Spearman" in text.get_text() and "n = 45" in text.get_text() and "Mantel p = 0.01" in text.get_text()
+    assert len(ax.lines) == 1  # least-squares line
+
+    fig = distance_vs_agreement_scatter([0.1, 0.2], [0.5, 0.6], annotate=True, fit_line=False)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == 2
+    assert "n/a" in ax.texts[0].get_text()  # too few points for a correlation
+    with pytest.raises(MissingData):
+        distance_vs_agreement_scatter([], [])
+    with pytest.raises(ValueError, match="length"):
+        distance_vs_agreement_scatter([1, 2, 3], [1, 2])
+
+
+def test_correlation_summary_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(2)
+    x, y = rng.random(30), rng.random(30)
+    x[3] = np.nan
+    out = correlation_summary(x, y)
+    ok = np.isfinite(x)
+    assert out["n"] == 29
+    assert out["pearson"] == pytest.approx(stats.pearsonr(x[ok], y[ok])[0])
+    assert out["spearman"] == pytest.approx(stats.spearmanr(x[ok], y[ok])[0])
+
+
+def test_silhouette_boxplot():
+    rng = np.random.default_rng(3)
+    values = {"P": rng.normal(0.02, 0.01, 10), "C": list(rng.normal(0.03, 0.01, 7)), "T": []}
+    fig = silhouette_boxplot(values, reference={"P": 0.0219, "C": 0.0260, "T": 0.0231})
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2  # one box per group with data
+    # 2 jittered point series + 1 series of reference diamonds (3 groups)
+    assert [len(c.get_offsets()) for c in ax.collections] == [10, 7, 3]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["P\n(n = 10)", "C\n(n = 7)", "T\n(n = 0)"]
+    fig = silhouette_boxplot({"P": [0.1, 0.2, 0.3]}, show_points=False)
+    assert len(fig.axes[0].patches) == 1 and len(fig.axes[0].collections) == 0
+    with pytest.raises(MissingData):
+        silhouette_boxplot({"P": [], "C": []})
+    with pytest.raises(MissingData):
+        silhouette_boxplot({})
+
+
+def _flava_rows():
+    rows = []
+    for words in (100_000, 1_000_000):
+        for images in (0, 4_000, 40_000):
+            if (words, images) == (1_000_000, 40_000):
+                continue  # a missing cell (partial run)
+            rows.append(dict(text_volume=words, image_volume=images, blimp=60.0 + images / 4000, pppl=20.0 - words / 1e5))
+    rows.append(dict(text_volume=100_000, image_volume=0, blimp=62.0, pppl=12.0))  # a second seed
+    return rows
+
+
+def test_flava_grid_heatmap():
+    fig = flava_grid_heatmap(_flava_rows())
+    heat = [ax for ax in fig.axes if ax.images]
+    assert len(heat) == 2 and len(fig.axes) == 4  # BLiMP, PPPL (+ 2 colorbars)
+    blimp = np.ma.filled(heat[0].images[0].get_array().astype(float), np.nan)
+    assert blimp.shape == (2, 3)
+    assert blimp[0, 0] == pytest.approx(61.0)  # the two seeds averaged
+    assert blimp[0, 2] == pytest.approx(70.0)
+    assert np.isnan(blimp[1, 2])  # missing cell
+    assert [t.get_text() for t in heat[0].get_xticklabels()] == ["none", "4K", "40K"]
+    assert [t.get_text() for t in heat[0].get_yticklabels()] == ["100K", "1M"]
+    assert "—" in [t.get_text() for t in heat[1].texts]
+    with pytest.raises(MissingData):
+        flava_grid_heatmap([])
+    with pytest.raises(KeyError, match="image volume"):
+        flava_grid_heatmap([dict(words="10M", blimp=60)])
+
+
+def test_flava_grid_table_with_and_without_reference_match():
+    t = flava_grid_table(_flava_rows())
+    assert t.header == ["words", "images", "BLiMP (%)", "PPPL", "runs"]  # no published cell matches
+    assert t.value({"words": "100K", "images": "none"}, "BLiMP (%)") == pytest.approx(61.0)
+    assert t.value({"words": "100K", "images": "none"}, "runs") == 2
+    rows = [{"words": "100M", "images": "none", "BLiMP (%)": 70.0, "PPPL": 7.5},
+            {"words": "100M", "images": "40K", "BLiMP (%)": 69.0, "PPPL": 9.0}]
+    t = flava_grid_table(rows)
+    assert t.header[-2:] == ["ref. BLiMP (%)", "ref. PPPL"]
+    assert t.value({"images": "none"}, "ref. BLiMP (%)") == pytest.approx(71.32)
+    assert t.value({"images": "40K"}, "ref. PPPL") == pytest.approx(9.64)
+
+
+# ----------------------------------------------------------------------------- the report
+def _full_report():
+    r = Report("Grounding study (tiny)")
+    r.add_heading("Agreement")
+    r.add_paragraph("Teacher-forced argmax agreement.")
+    r.add_figure(agreement_heatmap(_sym(6), [f"m{i}" for i in range(6)], groups=list("CCPPTT")), "agreement",
+                 "Agreement heatmap")
+    r.add_figure(silhouette_boxplot({"P": [0.01, 0.02, 0.03], "C": [0.02, 0.03]}), "silhouette", "Silhouette")
+    r.add_table(["pair", "mean agreement", "models"], [["C/C", 0.712345, 40], ["C/P", 0.65, 40]], caption="ours")
+    r.add_reference("grounding", Table(["population pair", "C/C"], [["mean agreement", 0.70123]]))
+    return r
+
+
+def test_write_md_and_self_contained_html(tmp_path):
+    r = _full_report()
+    md_path, html_path = r.write(tmp_path / "out")
+    assert md_path == tmp_path / "out" / "report.md" and html_path == tmp_path / "out" / "report.html"
+    md = md_path.read_text(encoding="utf-8")
+    page = html_path.read_text(encoding="utf-8")
+    # markdown: relative links to PNG files that exist
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links == ["figures/agreement.png", "figures/silhouette.png"]
+    for link in links:
+        assert (md_path.parent / link).read_bytes().startswith(PNG_MAGIC)
+    # html: every figure embedded, nothing external or local
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(uris) == 2
+    assert all(base64.b64decode(u).startswith(PNG_MAGIC) for u in uris)
+    assert page.count("data:image/png;base64,") == 2
+    assert 'src="http' not in page and "figures/" not in page and "<link" not in page and "href=" not in page
+    assert re.findall(r'src="(?!data:)', page) == []
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    # numbers: 3 significant digits by default; reference values verbatim beside ours
+    for text in (md, page):
+        assert "0.712" in text and "0.712345" not in text and "0.701" in text
+        assert ".687" in text and "71.32" not in text
+        assert NOT_COMPUTED not in text
+    assert '<div class="compare">' in page
+    assert "| C/C | 0.712 | 40 |" in md
+
+
+def test_html_and_markdown_escaping(tmp_path):
+    r = Report("A <b>bold</b> & title")
+    fig = silhouette_boxplot({"P": [0.1, 0.2]})
+    r.add_figure(fig, "fig", caption='evil <script>alert("x")</script>')
+    r.add_paragraph("p < 0.05 & <img src=x onerror=alert(1)>")
+    r.add_table(["a|b", "<th>"], [["x|y\nz", "<td>"]], caption="<i>cap</i>")
+    md_path, html_path = r.write(tmp_path)
+    page = html_path.read_text(encoding="utf-8")
+    assert "<script>" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<title>A &lt;b&gt;bold&lt;/b&gt; &amp; title</title>" in page
+    assert "<th>&lt;th&gt;</th>" in page and "<td>&lt;td&gt;</td>" in page and "<i>" not in page
+    md = md_path.read_text(encoding="utf-8")
+    assert "<script>" not in md and "<img src=x" not in md and "p < 0.05" in md
+    assert "| a\\|b | &lt;th> |" in md and "| x\\|y z | &lt;td> |" in md
+
+
+def test_partial_run_placeholders(tmp_path):
+    r = Report("Partial")
+    r.add_table(["pair", "agreement"], None, caption="Agreement per pair")
+    r.add_table(["pair", "agreement"], [], caption="Empty table")
+    r.add_figure(None, "heatmap", "Agreement heatmap")
+    r.add_reference("flava-ablation", None)
+    with r.section("Attention"):
+        r.add_paragraph("this paragraph is rolled back")
+        r.add_figure(distance_vs_agreement_scatter([], []), "scatter")
+    with r.section("Silhouette"):
+        require(None, "silhouette values")
+    with r.section("Done"):
+        r.add_paragraph("kept")
+    md_path, html_path = r.write(tmp_path)
+    for text in (md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")):
+        assert text.count(NOT_COMPUTED) == 6
+        assert "Agreement per pair" in text and "rolled back" not in text and "kept" in text
+        assert "silhouette values missing" in text
+        assert "71.32" in text  # the reference is still printed
+    assert not (tmp_path / "figures").exists() or not list((tmp_path / "figures").iterdir())
+    with pytest.raises(ValueError):  # other errors are not swallowed
+        with r.section("Bug"):
+            raise ValueError("a real bug")
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
+    r = _full_report()
+    r.write(tmp_path)
+    r.write(tmp_path)  # overwrite in place
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert names == ["figures", "figures/agreement.png", "figures/silhouette.png", "report.html", "report.md"]
+    before = (tmp_path / "report.md").read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+    monkeypatch.setattr(rep.os, "replace", failing_replace)
+    r2 = Report("new title")
+    with pytest.raises(OSError, match="disk full"):
+        r2.write(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "report.md").read_bytes() == before  # old report intact
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+
+
+def test_figure_names_made_safe_and_unique(tmp_path):
+    r = Report("names")
+    for _ in range(3):
+        r.add_figure(silhouette_boxplot({"P": [0.1, 0.2]}), "Agreement / C vs P.png")
+    r.add_figure(silhouette_boxplot({"P": [0.1, 0.2]}), "Agreement-C-vs-P-2")
+    md_path, html_path = r.write(tmp_path)
+    files = sorted(os.listdir(tmp_path / "figures"))
+    assert files == ["Agreement-C-vs-P-2-2.png", "Agreement-C-vs-P-2.png", "Agreement-C-vs-P-3.png",
+                     "Agreement-C-vs-P.png"]
+    assert html_path.read_text(encoding="utf-8").count("data:image/png;base64,") == 4
+
+
+def test_table_digits_and_validation():
+    r = Report("digits", digits=2)
+    r.add_table(["x", "y"], [[0.123456, 1234.5]], digits=4)
+    r.add_table(["x"], [[0.123456]])
+    md = r.to_markdown()
+    assert "| 0.1235 | 1235 |" in md or "| 0.1235 | 1234 |" in md
+    assert "| 0.12 |" in md
+    with pytest.raises(ValueError, match="cells"):
+        Table(["a", "b"], [[1]])
