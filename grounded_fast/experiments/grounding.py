@@ -40,8 +40,8 @@ class GroundingStudyConfig(ModelConfig):
     pivot: str = "P"
 
     presets = {
-        "tiny": dict(num_scenes=96, setups=("P", "C", "multimodal"), noise_levels=(0.0, 0.5), seeds=(0, 1),
-                     epochs=3, checkpoint_epochs=(2, 3), batch_size=16, model_preset="tiny"),
+        "tiny": dict(num_scenes=300, noise_levels=(0.0, 0.5), seeds=(0, 1, 2), epochs=6, checkpoint_epochs=(4, 5, 6),
+                     batch_size=16, model_preset="tiny"),
         "small": dict(num_scenes=600, noise_levels=(0.0, 0.2), seeds=(0, 1, 2), epochs=8,
                       checkpoint_epochs=(4, 6, 8), model_preset="small"),
         "paper": {},
