@@ -120,6 +120,25 @@ def git_commit() -> str:
         return "unknown"
 
 
+def run_metadata(name: str, smoke: bool, ys: dict, skipped: list, results: list, **extra) -> dict:
+    """The JSON header both GPU benchmark scripts write: device, versions, commit, date, yardsticks."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    return {"device": name, "torch": torch.__version__, "triton": triton_version, "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "smoke": smoke, "yardsticks": ys,
+            "backends_skipped": skipped, "results": results, **extra}
+
+
+def result_stem(name: str, prefix: str) -> str:
+    """bench/results/<prefix><device slug> (the directory is created)."""
+    stem = os.path.join(HERE, "results", prefix + re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower())
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    return stem
+
+
 def markdown(res: dict) -> str:
     lines = [f"# GPU analysis benchmarks on {res['device']}", "",
              f"`python bench/gpu_analysis.py` at commit `{res['commit'][:12]}`, {res['date']}; torch "
@@ -181,17 +200,10 @@ def main(argv=None) -> int:
                         "floor_s": floor, "floor_bound": "bytes" if t_bw >= t_lg else "logs",
                         "floor_fraction": floor / t["median_s"]})
         print(results[-1], flush=True)
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
     name = device_name(device)
-    res = {"device": name, "torch": torch.__version__, "triton": triton_version, "commit": git_commit(),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "smoke": args.smoke, "yardsticks": ys,
-           "backends_skipped": skipped, "results": results}
-    stem = args.out or os.path.join(HERE, "results", "gpu-" + re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower())
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    res = run_metadata(name, args.smoke, ys, skipped, results)
+    stem = args.out or result_stem(name, "gpu-")
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump(res, f, indent=1)
     with open(stem + ".md", "w") as f:

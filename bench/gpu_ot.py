@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-import time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gpu_analysis import device_name, git_commit, median_time, yardsticks  # noqa: E402
+from gpu_analysis import device_name, median_time, result_stem, run_metadata, yardsticks  # noqa: E402
 
 
 def _cosine_cost(B, n, m, d, device, seed=0):
@@ -149,21 +147,14 @@ def main(argv=None) -> int:
     if ot is None:
         notes.append("POT not installed: no POT ratios")
 
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
     name = device_name(device)
-    res = {"device": name, "torch": torch.__version__, "triton": triton_version, "commit": git_commit(),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "smoke": args.smoke, "yardsticks": ys,
-           "backends_skipped": skipped, "results": results, "notes": notes}
-    stem = args.out or os.path.join(HERE, "results", "gpu-ot-" + re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower())
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    res = run_metadata(name, args.smoke, ys, skipped, results, notes=notes)
+    stem = args.out or result_stem(name, "gpu-ot-")
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump(res, f, indent=1)
     lines = [f"# GPU OT benchmarks on {name}", "", f"commit `{res['commit'][:12]}`, {res['date']}, torch {res['torch']}, "
-             f"triton {triton_version}{' (SMOKE sizes)' if args.smoke else ''}", "",
+             f"triton {res['triton']}{' (SMOKE sizes)' if args.smoke else ''}", "",
              "| case | backend | median | per iteration | vs POT | bandwidth fraction |", "|---|---|---|---|---|---|"]
     for r in results:
         vs = "-" if r.get("vs_pot") is None else f"{r['vs_pot']:.0f}x (target {r['target_vs_pot']}x)"

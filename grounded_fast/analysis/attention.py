@@ -19,22 +19,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..ops.analysis import attention_pair_sums
+from .agreement import _as_tensor
 from ..reference.analysis import ATTENTION_METRICS
 
 METRICS = ("segment_l2",) + tuple(ATTENTION_METRICS)
-
-
-def _as_tensor(x, name: str) -> Tensor:
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    return x
 
 
 def _bool_mask(x, name: str, shape: tuple, device) -> Tensor:
