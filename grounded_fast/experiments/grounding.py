@@ -147,6 +147,52 @@ def _test_outputs(model_dirs: List[str], data: Dict, vocab, setups: List[str]):
     return torch.stack(logits), attn, segs, tout != vocab.pad_id, src
 
 
+def concreteness_words(vocab, n_max: int = 1000) -> Tuple[List[str], List[str]]:
+    """The most abstract and most concrete words of the decoder's vocabulary (Brysbaert norms,
+    longer than 3 letters, one vocabulary entry each), as many per class as the vocabulary allows
+    (at most ``n_max``; the paper: 1000 in a BERT vocabulary)."""
+    import grounded_fast.analysis as ga
+    norms = ga.load_concreteness_norms()
+    piece = lambda w: [w] if w in vocab.stoi else [w, w]  # noqa: E731  (in vocabulary = one piece)
+    known = set(norms.words)
+    eligible = [w for w in vocab.stoi if w in known and len(w) > 3 and w.isalpha()]
+    n = min(n_max, len(eligible) // 2)
+    if n < 2:
+        return [], []
+    return ga.select_concreteness_words(norms, tokenizer=piece, n_per_class=n)
+
+
+def silhouettes(model_dirs: Dict[str, str], data: Dict, vocab, words: Tuple[List[str], List[str]]) -> Dict:
+    """Per model: silhouette (Euclidean) of abstract vs concrete words in its input embeddings and
+    in its last decoder layer's states (mean over the words' occurrences in the test targets)."""
+    import grounded_fast.analysis as ga
+    import grounded_fast.models as gm
+    from ..models.grounding_seq2seq import shift_targets
+    abstract, concrete = words
+    ids = torch.tensor([vocab.stoi[w] for w in abstract + concrete])
+    labels = [0] * len(abstract) + [1] * len(concrete)
+    test = data["test"]
+    src, tgt = test.batch(torch.arange(len(test)))
+    tin, _ = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
+    out = {}
+    for mid, d in model_dirs.items():
+        model = gm.load(d).eval()
+        states = {}
+        hook = model.decoder.register_forward_hook(lambda mod, inp, o: states.__setitem__("h", o))
+        with torch.no_grad():
+            model(src, tin, task="P" if model.config.setup == "multitask" else None)
+        hook.remove()
+        emb = model.embed.weight.detach()[ids]
+        row = {"input_embeddings": ga.concreteness_silhouette(emb, labels, metric="euclidean")}
+        seen = [k for k, t in enumerate(ids.tolist()) if bool((tin == t).any())]
+        lab = [labels[k] for k in seen]
+        if min(lab.count(0), lab.count(1), 2) >= 2:
+            h = torch.stack([states["h"][tin == int(ids[k])].mean(0) for k in seen])
+            row["hidden_states"] = ga.concreteness_silhouette(h, lab, metric="euclidean")
+        out[mid] = row
+    return out
+
+
 def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, str], data: Dict, vocab,
             cfg: GroundingStudyConfig) -> Dict:
     """Populations, pairwise agreement / KL, attention segment shares (multimodal) and the
@@ -162,6 +208,24 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
         return out
     logits, attn, segs, mask, src = _test_outputs([checkpoint_dirs[m] for m in models], data, vocab,
                                                   [setup_of[m] for m in models])
+    words = concreteness_words(vocab)
+    out["concreteness_words"] = {"abstract": words[0], "concrete": words[1]}
+    if words[0]:
+        sil = silhouettes({m: checkpoint_dirs[m] for m in models}, data, vocab, words)
+        out["silhouette"] = sil
+        tests = {}
+        for kind in ("input_embeddings", "hidden_states"):
+            groups = {s: [sil[m][kind] for m in pops.populations[s] if kind in sil[m]] for s in cfg.setups}
+            groups = {s: v for s, v in groups.items() if len(v) >= 2}
+            if len(groups) >= 2:
+                try:
+                    kw = ga.kruskal_wallis(*groups.values())
+                    tests[kind] = {"kruskal_H": kw.statistic, "kruskal_p": kw.pvalue, "mann_whitney": {
+                        f"{a}/{b}": ga.mann_whitney(groups[a], groups[b]).pvalue
+                        for i, a in enumerate(groups) for b in list(groups)[i + 1:]}}
+                except ValueError as exc:   # e.g. identical values in a degenerate tiny run
+                    tests[kind] = {"error": str(exc)}
+        out["silhouette_tests"] = tests
     res = ga.pairwise_agreement(logits, mask)
     out["agreement"], out["kl"] = res["agreement"].numpy(), res["kl"].numpy()
     # per population pair: mean agreement / KL over the model pairs (i != j)

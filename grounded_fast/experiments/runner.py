@@ -123,7 +123,7 @@ def _jsonable(x):
 
 def grounding_report(out_dir: str) -> tuple:
     """Rebuild ``report.md`` / ``report.html`` of a finished or partial grounding run from its store."""
-    from .report import Report, agreement_heatmap, distance_vs_agreement_scatter
+    from .report import Report, agreement_heatmap, distance_vs_agreement_scatter, silhouette_boxplot
 
     store = ResultStore(os.path.join(out_dir, "results.sqlite"))
     info = store.study_info()
@@ -168,6 +168,23 @@ def grounding_report(out_dir: str) -> tuple:
             rep.add_table(["source", "mean attention share"], [[s, v] for s, v in zip(("C", "P", "T"), shares)],
                           caption="Multimodal models: attention mass per source segment (reference PCT: "
                                   ".32 C / .30 P / .38 T)")
+        if res.get("silhouette"):
+            words = res["concreteness_words"]
+            rep.add_heading("Concreteness: silhouettes of abstract vs concrete words")
+            rep.add_paragraph(f"{len(words['abstract'])} abstract words ({', '.join(words['abstract'])}) and "
+                              f"{len(words['concrete'])} concrete words ({', '.join(words['concrete'])}) of the "
+                              "decoders' vocabulary, by the Brysbaert et al. (2014) norms; Euclidean silhouette.")
+            for kind in ("input_embeddings", "hidden_states"):
+                values = {s: [res["silhouette"][m][kind] for m in res["populations"][s]
+                              if kind in res["silhouette"][m]] for s in res["populations"]}
+                if any(values.values()):
+                    rep.add_figure(silhouette_boxplot(values, title=f"Silhouette, {kind.replace('_', ' ')}"),
+                                   f"silhouette_{kind}", f"Silhouette per population ({kind.replace('_', ' ')})")
+                test = res.get("silhouette_tests", {}).get(kind)
+                if test and "kruskal_p" in test:
+                    rep.add_table(["test", "p"], [["Kruskal-Wallis across populations", test["kruskal_p"]]]
+                                  + [[f"Mann-Whitney {k}", v] for k, v in test["mann_whitney"].items()],
+                                  caption=f"Silhouettes ({kind.replace('_', ' ')}): population differences")
     else:
         rep.add_table(["population pair", "mean agreement"], None)
         rep.add_reference("grounding", ours=None)
