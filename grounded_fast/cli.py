@@ -1,8 +1,8 @@
 """``grounded-fast`` command line.
 
     grounded-fast compare-pot [--iters N]   short OT comparison against POT (prints a table)
-    grounded-fast run grounding [--preset tiny|small|paper] [--config FILE] [--out DIR]
-                                            run or resume the grounding study, then write its report
+    grounded-fast run grounding|flava-ablation [--preset tiny|small|paper] [--config FILE] [--out DIR]
+                                            run or resume a study, then write its report
     grounded-fast report DIR                rebuild the report of a finished or partial run
 """
 from __future__ import annotations
@@ -110,21 +110,30 @@ def load_config_file(path: str) -> dict:
 def _run_study(args) -> int:
     import os
 
+    from .experiments.flava_ablation import FlavaStudyConfig
     from .experiments.grounding import GroundingStudyConfig
-    from .experiments.runner import grounding_report, run_grounding
+    from .experiments.runner import flava_report, grounding_report, run_flava, run_grounding
+    config_cls = {"grounding": GroundingStudyConfig, "flava-ablation": FlavaStudyConfig}[args.study]
     try:
         overrides = load_config_file(args.config) if args.config else {}
-        cfg = GroundingStudyConfig.from_preset(args.preset, **overrides)
+        cfg = config_cls.from_preset(args.preset, **overrides)
     except (ValueError, TypeError, OSError) as exc:
         print(f"grounded-fast run: bad config: {exc}", file=sys.stderr)
         return 2
     out = args.out or os.path.join("runs", f"{args.study}-{args.preset}")
     t0 = time.time()
-    res = run_grounding(cfg, out, progress=not args.no_progress)
-    md, html = grounding_report(out)
+    if args.study == "grounding":
+        res = run_grounding(cfg, out, progress=not args.no_progress)
+        md, html = grounding_report(out)
+        lines = [f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f}"
+                 for pair, row in sorted(res.get("pair_table", {}).items())]
+    else:
+        rows = run_flava(cfg, out, progress=not args.no_progress)
+        md, html = flava_report(out)
+        lines = [f"  text {r['text']:>6} images {r['images']:>5} seed {r['seed']}: BLiMP {r.get('blimp', 0):.1f}% "
+                 f"PPPL {r.get('pppl', float('nan')):.1f}" for r in rows]
     print(f"{args.study} ({args.preset}) done in {time.time() - t0:.0f} s; report: {md} and {html}")
-    for pair, row in sorted(res.get("pair_table", {}).items()):
-        print(f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f}")
+    print("\n".join(lines))
     return 0
 
 
@@ -135,7 +144,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("compare-pot", help="short OT comparison against POT (needs `pip install pot`)")
     p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
     r = sub.add_parser("run", help="run (or resume: rerun the same command) a study")
-    r.add_argument("study", choices=["grounding"], help="the study (flava-ablation and groundedbert: not yet)")
+    r.add_argument("study", choices=["grounding", "flava-ablation"], help="the study (groundedbert: not yet)")
     r.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
     r.add_argument("--config", help="YAML or TOML file of config overrides (validated: unknown keys are errors)")
     r.add_argument("--out", default=None, help="output directory (default runs/<study>-<preset>)")
@@ -146,8 +155,13 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         return _run_study(args)
     if args.cmd == "report":
-        from .experiments.runner import grounding_report
-        print(*grounding_report(args.dir), sep="\n")
+        import os
+
+        from .experiments.runner import flava_report, grounding_report
+        from .experiments.store import ResultStore
+        with ResultStore(os.path.join(args.dir, "results.sqlite")) as store:
+            study = store.study_info().get("name")
+        print(*(flava_report if study == "flava-ablation" else grounding_report)(args.dir), sep="\n")
         return 0
     if args.cmd == "compare-pot":
         try:

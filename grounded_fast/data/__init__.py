@@ -12,6 +12,8 @@
 from .demo import (MAX_PARAPHRASES, SPECIAL_TOKENS, SPLITS, TASKS, DemoCorpus, DemoItem, Relation, SceneGraph,
                    SceneObject, Vocab, build_vocab, caption_pair, detokenize, encode_png, english_noun_phrase,
                    generate_captions, german_noun_phrase, random_scene, render_scene, tokenize)
+import os as _os
+
 from .features import CorruptCacheError, FeatureCache
 from .loaders import (GLUE_TASKS, I3D_FEATURE_DIM, MULTI30K_BUILTIN_FILES, BlimpPair, DataFormatError, GlueExample,
                       GlueTask, Multi30kImage, VatexDataset, VatexVideo, WitRecord, list_blimp_phenomena, load_blimp,
@@ -19,7 +21,10 @@ from .loaders import (GLUE_TASKS, I3D_FEATURE_DIM, MULTI30K_BUILTIN_FILES, Blimp
                       load_multi30k_builtin, load_multi30k_jsonl, load_sst2, load_vatex, load_wit_tsv,
                       write_multi30k_jsonl)
 
-__all__ = ["DemoCorpus", "DemoItem", "SceneGraph", "SceneObject", "Relation", "Vocab", "build_vocab", "tokenize",
+BLIMP_BUILTIN = _os.path.join(_os.path.dirname(__file__), "builtin", "blimp_first20.zip")
+"""The shipped BLiMP subset: first 20 pairs of each of the 67 paradigms (CC-BY 4.0; see builtin/README.md)."""
+
+__all__ = ["BLIMP_BUILTIN", "DemoCorpus", "DemoItem", "SceneGraph", "SceneObject", "Relation", "Vocab", "build_vocab", "tokenize",
            "detokenize", "render_scene", "random_scene", "caption_pair", "generate_captions", "english_noun_phrase",
            "german_noun_phrase", "encode_png", "TASKS", "SPLITS", "SPECIAL_TOKENS", "MAX_PARAPHRASES",
            "FeatureCache", "CorruptCacheError", "DataFormatError", "VatexVideo", "VatexDataset", "load_vatex",

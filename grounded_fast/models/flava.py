@@ -214,8 +214,8 @@ class FlavaModel(nn.Module):
         out: Dict[str, Tensor] = {}
         if ids is not None:
             mids, labels = self.mask_text(ids, generator)
-            out["mlm"] = F.cross_entropy(self.mlm_head(self.text(mids)).flatten(0, 1), labels.flatten(),
-                                         ignore_index=-100)
+            chosen = labels != -100      # the head only where a prediction is scored (V is large)
+            out["mlm"] = F.cross_entropy(self.mlm_head(self.text(mids)[chosen]), labels[chosen])
         if images is not None and codes is not None:
             pm = self.mask_patches(images.shape[0], images.device, generator)
             logits = self.mim_head(self.image(images, pm)[:, 1:])
@@ -241,8 +241,8 @@ class FlavaModel(nn.Module):
                 pm = self.mask_patches(B, images.device, generator)
                 h = self.multimodal(self.text(mids), mids, self.image(images, pm))
                 L = ids.shape[1]
-                out["mmm_text"] = F.cross_entropy(self.mmm_text_head(h[:, 1:1 + L]).flatten(0, 1), labels.flatten(),
-                                                  ignore_index=-100)
+                chosen = labels != -100
+                out["mmm_text"] = F.cross_entropy(self.mmm_text_head(h[:, 1:1 + L][chosen]), labels[chosen])
                 img_logits = self.mmm_image_head(h[:, 2 + L:])
                 out["mmm_image"] = F.cross_entropy(img_logits[pm], codes[pm])
         return {k: torch.nan_to_num(v) for k, v in out.items()}  # a batch with nothing masked gives NaN
@@ -258,7 +258,7 @@ class FlavaModel(nn.Module):
             r, k = rows[s:s + batch_size], cols[s:s + batch_size]
             masked = ids[r].clone()
             masked[torch.arange(len(r)), k] = c.mask_id
-            logp = torch.log_softmax(self.mlm_head(self.text(masked))[torch.arange(len(r)), k], -1)
+            logp = torch.log_softmax(self.mlm_head(self.text(masked)[torch.arange(len(r)), k]), -1)
             pll.index_add_(0, r, logp.gather(1, ids[r, k][:, None])[:, 0])
         return pll
 

@@ -1,0 +1,175 @@
+"""The FLAVA ablation ("Acquiring Linguistic Knowledge from Multimodal Input"), at small scale.
+
+A grid of text volume x image volume (none and three image volumes): for each cell a FLAVA-style
+model is trained on that many words of English text (whole sentences of the shipped Multi30k
+captions, about 60K words, MLM) and that many
+image-caption pairs (the demo corpus, MIM / MMM / ITM / contrastive), with the paper's
+modality-specific loss scheduler; every ``eval_every`` steps the validation losses drive the
+scheduler and the pseudo-perplexity (PPPL) of held-out sentences selects the checkpoint. The
+selected checkpoint's BLiMP accuracy (pseudo-log-likelihood, good > bad; the shipped 67 x 20
+subset) and PPPL are the cell's results. Tokenizer: the shipped MiniLM's WordPiece.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..models.config import ModelConfig
+
+
+@dataclasses.dataclass
+class FlavaStudyConfig(ModelConfig):
+    text_volumes: Tuple[int, ...] = (10_000, 50_000)     # words
+    image_volumes: Tuple[int, ...] = (0, 100, 300, 1000)
+    seeds: Tuple[int, ...] = (0,)
+    steps: int = 300
+    batch_size: int = 32
+    eval_every: int = 100
+    max_text_len: int = 32
+    pppl_sentences: int = 200
+    blimp_pairs_per_phenomenon: int = 20
+    model_preset: str = "tiny"
+    corpus_seed: int = 0
+
+    presets = {
+        "tiny": dict(image_volumes=(0, 50, 150, 400), steps=120, eval_every=40,
+                     pppl_sentences=100, blimp_pairs_per_phenomenon=5),
+        "small": dict(steps=600, eval_every=100, model_preset="small"),
+        "paper": dict(steps=20000, eval_every=1000, model_preset="paper", batch_size=64),
+    }
+
+    def validate(self) -> None:
+        if not self.text_volumes or min(self.text_volumes) < 1:
+            raise ValueError(f"FlavaStudyConfig.text_volumes must be >= 1 words, got {self.text_volumes}")
+        if min(self.image_volumes, default=0) < 0:
+            raise ValueError(f"FlavaStudyConfig.image_volumes must be >= 0, got {self.image_volumes}")
+        for key in ("steps", "batch_size", "eval_every", "max_text_len", "pppl_sentences", "blimp_pairs_per_phenomenon"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"FlavaStudyConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if not 1 <= self.blimp_pairs_per_phenomenon <= 20:
+            raise ValueError("FlavaStudyConfig.blimp_pairs_per_phenomenon must be in [1, 20] (the shipped subset)")
+
+
+def cell_id(text: int, images: int, seed: int) -> str:
+    return f"text{text}-images{images}-seed{seed}"
+
+
+def plan_cells(cfg: FlavaStudyConfig) -> List[Tuple[int, int, int]]:
+    return [(t, i, s) for t in cfg.text_volumes for i in cfg.image_volumes for s in cfg.seeds]
+
+
+def tokenizer():
+    """The shipped MiniLM WordPiece tokenizer (offline)."""
+    from transformers import AutoTokenizer
+
+    from ..models.encoders import shipped_text_model_path
+    return AutoTokenizer.from_pretrained(shipped_text_model_path(), local_files_only=True)
+
+
+def prepare(cfg: FlavaStudyConfig) -> Dict:
+    """Token ids of the text pool, the held-out sentences and the BLiMP pairs; images and caption
+    ids of the pair pool (demo corpus at the model's image size); a fitted k-means codebook."""
+    import grounded_fast.models as gm
+    from ..data import BLIMP_BUILTIN, DemoCorpus, load_blimp, load_multi30k_builtin
+    from ..models.flava import KMeansCodebook
+
+    tok = tokenizer()
+    mc = gm.FlavaConfig.from_preset(cfg.model_preset)
+
+    def ids(texts):
+        enc = tok(list(texts), padding=True, truncation=True, max_length=cfg.max_text_len, return_tensors="pt")
+        return enc["input_ids"]
+
+    train_text = [s for im in load_multi30k_builtin("train") for s in im.en]
+    words = torch.tensor([len(s.split()) for s in train_text]).cumsum(0)
+    if max(cfg.text_volumes) > int(words[-1]):
+        raise ValueError(f"text volume {max(cfg.text_volumes)} words exceeds the shipped text pool "
+                         f"({int(words[-1])} words of Multi30k captions)")
+    held_out = [im.en[0] for im in load_multi30k_builtin("val")][:cfg.pppl_sentences]
+    need_images = max(cfg.image_volumes, default=0)
+    corpus = DemoCorpus(num_scenes=max(need_images, 1) + 64, seed=cfg.corpus_seed, image_size=mc.image_size)
+    images = torch.stack([torch.tensor(it.image).permute(2, 0, 1).float() / 255 for it in corpus])
+    captions = [it.target for it in corpus]
+    pairs = load_blimp(BLIMP_BUILTIN)
+    keep, seen = [], {}
+    for p in pairs:
+        seen[p.uid] = seen.get(p.uid, 0) + 1
+        if seen[p.uid] <= cfg.blimp_pairs_per_phenomenon:
+            keep.append(p)
+    codebook = KMeansCodebook(mc.codebook_size, mc.patch_size, seed=cfg.corpus_seed).fit(images)
+    return {"text": ids(train_text), "text_words": words, "held_out": ids(held_out), "images": images, "captions": ids(captions),
+            "codes": codebook.encode(images), "blimp_good": ids([p.sentence_good for p in keep]),
+            "blimp_bad": ids([p.sentence_bad for p in keep]), "vocab_size": tok.vocab_size,
+            "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
+            "mask_id": tok.mask_token_id, "num_val_pairs": 64}
+
+
+def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyConfig, data: Dict,
+               out_dir: str) -> Dict[str, float]:
+    """Train one cell; save the best-PPPL checkpoint to ``out_dir``; returns its metrics."""
+    import grounded_fast.models as gm
+    from ..models.flava import LOSSES, LossScheduler, blimp_accuracy, pseudo_perplexity
+
+    torch.manual_seed(seed)
+    model = gm.build("flava", cfg.model_preset, vocab_size=data["vocab_size"], max_text_len=cfg.max_text_len,
+                     pad_id=data["pad_id"], cls_id=data["cls_id"], sep_id=data["sep_id"], mask_id=data["mask_id"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    n_sentences = int(torch.searchsorted(data["text_words"], text_volume)) + 1   # whole sentences
+    text = data["text"][:n_sentences]
+    nv = data["num_val_pairs"]           # the first pairs are held out for validation losses
+    img, cap, codes = (data[k][nv:nv + image_volume] for k in ("images", "captions", "codes"))
+    val_img, val_cap, val_codes = (data[k][:nv] for k in ("images", "captions", "codes"))
+    active = [k for k in LOSSES if image_volume > 0 or k == "mlm"]
+    sched = LossScheduler({k: 1.0 for k in active})
+    best = {"pppl": float("inf")}
+    best_state = None
+    for step in range(1, cfg.steps + 1):
+        model.train()
+        tb = text[torch.randint(len(text), (cfg.batch_size,), generator=g)]
+        losses = model.losses(ids=tb, generator=g)
+        if image_volume > 0:
+            k = torch.randint(image_volume, (min(cfg.batch_size, image_volume),), generator=g)
+            pl = model.losses(ids=cap[k], images=img[k], codes=codes[k], paired=True, generator=g)
+            losses.update({n: v for n, v in pl.items() if n != "mlm"})
+        loss = sched.total(losses)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            model.eval()
+            vg = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                val = {n: v.item() for n, v in model.losses(ids=data["held_out"], generator=vg).items()}
+                if image_volume > 0:
+                    pv = model.losses(ids=val_cap, images=val_img, codes=val_codes, paired=True, generator=vg)
+                    val.update({n: v.item() for n, v in pv.items() if n != "mlm"})
+            sched.step(val)
+            pppl = pseudo_perplexity(model, data["held_out"])
+            if pppl < best["pppl"]:
+                best = {"pppl": pppl, "step": step}
+                best_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    model.eval()
+    best["blimp"] = 100 * blimp_accuracy(model, data["blimp_good"], data["blimp_bad"])
+    gm.save(model, out_dir)
+    return best
+
+
+def grid_rows(metrics: List[dict]) -> List[dict]:
+    """Store metric rows -> one dict per cell (text volume, image volume, seed, blimp, pppl)."""
+    cells: Dict[str, dict] = {}
+    for m in metrics:
+        run = m["run_id"]
+        t, i, s = run.split("-")
+        row = cells.setdefault(run, {"text": int(t[4:]), "images": int(i[6:]), "seed": int(s[4:])})
+        row[m["name"]] = m["value"]
+    return sorted(cells.values(), key=lambda r: (r["text"], r["images"], r["seed"]))
+
+
+def checkpoint_dir(out_dir: str, cell: str) -> str:
+    return os.path.join(out_dir, "cells", cell)
