@@ -1,7 +1,7 @@
 """``grounded-fast`` command line.
 
     grounded-fast compare-pot [--iters N]   short OT comparison against POT (prints a table)
-    grounded-fast run grounding|flava-ablation [--preset tiny|small|paper] [--config FILE] [--out DIR]
+    grounded-fast run grounding|flava-ablation|groundedbert [--preset tiny|small|paper] [--config FILE] [--out DIR]
                                             run or resume a study, then write its report
     grounded-fast report DIR                rebuild the report of a finished or partial run
 """
@@ -111,9 +111,12 @@ def _run_study(args) -> int:
     import os
 
     from .experiments.flava_ablation import FlavaStudyConfig
+    from .experiments.groundedbert_study import GroundedBertStudyConfig
     from .experiments.grounding import GroundingStudyConfig
-    from .experiments.runner import flava_report, grounding_report, run_flava, run_grounding
-    config_cls = {"grounding": GroundingStudyConfig, "flava-ablation": FlavaStudyConfig}[args.study]
+    from .experiments.runner import (flava_report, grounding_report, groundedbert_report, run_flava, run_grounding,
+                                     run_groundedbert)
+    config_cls = {"grounding": GroundingStudyConfig, "flava-ablation": FlavaStudyConfig,
+                  "groundedbert": GroundedBertStudyConfig}[args.study]
     try:
         overrides = load_config_file(args.config) if args.config else {}
         cfg = config_cls.from_preset(args.preset, **overrides)
@@ -127,6 +130,12 @@ def _run_study(args) -> int:
         md, html = grounding_report(out)
         lines = [f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f}"
                  for pair, row in sorted(res.get("pair_table", {}).items())]
+    elif args.study == "groundedbert":
+        rows = run_groundedbert(cfg, out, progress=not args.no_progress)
+        md, html = groundedbert_report(out)
+        lines = [f"  {r['variant']:12s} dev accuracy {r.get('dev_accuracy', float('nan')):.3f}"
+                 + (f"  OT share of step time {r['ot_share_of_step_time']:.2f}" if "ot_share_of_step_time" in r else "")
+                 for r in rows]
     else:
         rows = run_flava(cfg, out, progress=not args.no_progress)
         md, html = flava_report(out)
@@ -144,7 +153,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("compare-pot", help="short OT comparison against POT (needs `pip install pot`)")
     p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
     r = sub.add_parser("run", help="run (or resume: rerun the same command) a study")
-    r.add_argument("study", choices=["grounding", "flava-ablation"], help="the study (groundedbert: not yet)")
+    r.add_argument("study", choices=["grounding", "flava-ablation", "groundedbert"], help="the study")
     r.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
     r.add_argument("--config", help="YAML or TOML file of config overrides (validated: unknown keys are errors)")
     r.add_argument("--out", default=None, help="output directory (default runs/<study>-<preset>)")
@@ -157,11 +166,12 @@ def main(argv=None) -> int:
     if args.cmd == "report":
         import os
 
-        from .experiments.runner import flava_report, grounding_report
+        from .experiments.runner import flava_report, grounding_report, groundedbert_report
         from .experiments.store import ResultStore
         with ResultStore(os.path.join(args.dir, "results.sqlite")) as store:
             study = store.study_info().get("name")
-        print(*(flava_report if study == "flava-ablation" else grounding_report)(args.dir), sep="\n")
+        report = {"flava-ablation": flava_report, "groundedbert": groundedbert_report}.get(study, grounding_report)
+        print(*report(args.dir), sep="\n")
         return 0
     if args.cmd == "compare-pot":
         try:

@@ -1,0 +1,185 @@
+"""The GroundedBERT study: alignment pre-training, then a GLUE-format task with and without grounding.
+
+Pre-training (one unit per variant): the grounding and image MLPs of GroundedBERT on the demo
+corpus (caption token states from the frozen MiniLM, patches from the frozen EfficientNet-Lite0,
+cached), L = L_match + lambda L_OT with OT = none / balanced / partial with mass s. The share of
+the step time spent in the OT loss (its forward; the envelope gradient is a product with the
+plan) is measured. Downstream: a classifier on [h_CLS; g_CLS] (grounding MLP frozen) trained on a
+GLUE-format task and scored on its dev split; the ``text-only`` variant uses h_CLS alone.
+The task: any GLUE-format directory (``glue_dir`` + ``glue_task``, e.g. SST-2's train.tsv /
+dev.tsv), or by default a built-in SST-2-format task written from the demo corpus: is the spatial
+relation of a sentence vertical (above / below) or horizontal (left / right / next to)?
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..models.config import ModelConfig
+
+TEXT_ONLY = "text-only"
+
+
+@dataclasses.dataclass
+class GroundedBertStudyConfig(ModelConfig):
+    num_scenes: int = 2000
+    corpus_seed: int = 0
+    variants: Tuple[str, ...] = (TEXT_ONLY, "none", "balanced", "partial-0.3", "partial-0.5", "partial-0.8")
+    pretrain_steps: int = 1000
+    finetune_steps: int = 500
+    batch_size: int = 32
+    model_preset: str = "paper"
+    ot_reg: float = 0.05
+    ot_weight: float = 1.0
+    glue_dir: str = ""
+    glue_task: str = "sst2"
+    seed: int = 0
+
+    presets = {
+        "tiny": dict(num_scenes=300, pretrain_steps=120, finetune_steps=150, model_preset="tiny"),
+        "small": dict(num_scenes=800, pretrain_steps=400, finetune_steps=300, model_preset="small"),
+        "paper": {},
+    }
+
+    def validate(self) -> None:
+        for v in self.variants:
+            if v not in (TEXT_ONLY, "none", "balanced") and not (v.startswith("partial-") and _mass(v) is not None):
+                raise ValueError(f"GroundedBertStudyConfig.variants: {v!r} is not text-only, none, balanced or "
+                                 "partial-<mass in (0, 1]>")
+        for key in ("num_scenes", "pretrain_steps", "finetune_steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"GroundedBertStudyConfig.{key} must be >= 1, got {getattr(self, key)}")
+
+
+def _mass(variant: str):
+    try:
+        m = float(variant.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+    return m if 0 < m <= 1 else None
+
+
+def demo_glue_task(corpus, directory: str) -> str:
+    """Write the built-in SST-2-format task (sentence, label: 1 vertical / 0 horizontal relation)
+    of the demo corpus's two-or-more-object scenes to ``directory`` (train.tsv, dev.tsv)."""
+    os.makedirs(directory, exist_ok=True)
+    rows = {"train": [], "dev": []}
+    for it in corpus:
+        rel = it.graph.relation
+        if rel is None:
+            continue
+        label = int(rel.name in ("above", "below"))
+        split = "train" if it.split == "train" else "dev"
+        for s in [it.target] + list(it.paraphrases):
+            rows[split].append((s, label))
+    for split, items in rows.items():
+        tmp = os.path.join(directory, f".{split}.tsv.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("sentence\tlabel\n")
+            f.writelines(f"{s}\t{y}\n" for s, y in items)
+        os.replace(tmp, os.path.join(directory, f"{split}.tsv"))
+    return directory
+
+
+def prepare(cfg: GroundedBertStudyConfig, out_dir: str) -> Dict:
+    """Pre-training pairs (caption states, patches) and the downstream task's encoded sentences."""
+    from ..data import DemoCorpus, load_glue_tsv
+    from ..data.features import FeatureCache
+    from ..data.sources import demo_grounding_data
+    from ..models.encoders import TextEncoder
+
+    corpus = DemoCorpus(cfg.num_scenes, cfg.corpus_seed)
+    text_encoder = TextEncoder.from_pretrained()
+    data, _ = demo_grounding_data(corpus, os.path.join(out_dir, "features"), text_encoder=text_encoder,
+                                  progress=False)
+    glue_dir = cfg.glue_dir or demo_glue_task(corpus, os.path.join(out_dir, "glue-demo"))
+    cache = FeatureCache(os.path.join(out_dir, "features"), progress=False)
+    task = {}
+    for split in ("train", "dev"):
+        examples = load_glue_tsv(os.path.join(glue_dir, f"{split}.tsv"), cfg.glue_task)
+        texts = [" ".join(e.texts) for e in examples]
+        ids = [f"glue-{cfg.glue_task}-{split}-{k}" for k in range(len(texts))]
+        lookup = dict(zip(ids, texts))
+        states, mask = cache.get_or_compute(
+            ids, lambda b: [lookup[i] for i in b],
+            lambda batch: tuple(t.cpu().numpy() for t in text_encoder.encode(batch)), batch_size=64,
+            key=f"{text_encoder.cache_key}/states", progress=False, return_tensors="pt")
+        task[split] = (states.float()[:, 0], torch.tensor([int(e.label) for e in examples]))
+    train = data["train"]
+    return {"pretrain": (train.sources["P"][0], train.sources["P"][1], train.sources["C"][0]), "task": task,
+            "num_labels": int(max(task["train"][1].max(), task["dev"][1].max())) + 1}
+
+
+def _head_input(model, cls_states: torch.Tensor, grounded: bool) -> torch.Tensor:
+    if not grounded:
+        return cls_states
+    with torch.no_grad():
+        return model.representation(cls_states[:, None])[:, 0]
+
+
+def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir: str) -> Dict[str, float]:
+    """Pre-train (unless text-only), then fit and score the downstream classifier."""
+    import grounded_fast.models as gm
+    from ..models.groundedbert import _mlp
+
+    torch.manual_seed(cfg.seed)
+    ot = "none" if variant == TEXT_ONLY else variant.split("-")[0]
+    mass = _mass(variant) or 0.5
+    model = gm.build("groundedbert", cfg.model_preset, ot=ot, ot_mass=mass, ot_reg=cfg.ot_reg,
+                     ot_weight=cfg.ot_weight, num_labels=data["num_labels"])
+    out: Dict[str, float] = {}
+    if variant != TEXT_ONLY:
+        states, mask, patches = data["pretrain"]
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(cfg.seed)
+        ot_time = [0.0]
+        if model.ot_loss is not None:
+            t_start = {}
+            model.ot_loss.register_forward_pre_hook(lambda m, a: t_start.__setitem__("t", time.perf_counter()))
+            model.ot_loss.register_forward_hook(lambda m, a, o: ot_time.__setitem__(0, ot_time[0] + time.perf_counter()
+                                                                                    - t_start["t"]))
+        step_time, first, last = 0.0, None, None
+        for _ in range(cfg.pretrain_steps):
+            idx = torch.randint(len(states), (cfg.batch_size,), generator=g)
+            t0 = time.perf_counter()
+            losses = model.pretrain_losses(states[idx], mask[idx], patches[idx], generator=g)
+            opt.zero_grad()
+            losses["loss"].backward()
+            opt.step()
+            step_time += time.perf_counter() - t0
+            first = first or {k: float(v) for k, v in losses.items()}
+            last = {k: float(v) for k, v in losses.items()}
+        out.update({"pretrain_match_first": first["match"], "pretrain_match_last": last["match"],
+                    "pretrain_ot_last": last["ot"], "ot_share_of_step_time": ot_time[0] / step_time})
+    model.eval()
+    grounded = variant != TEXT_ONLY
+    (xtr, ytr), (xdev, ydev) = data["task"]["train"], data["task"]["dev"]
+    htr, hdev = _head_input(model, xtr, grounded), _head_input(model, xdev, grounded)
+    head = _mlp(htr.shape[1], model.config.hidden_dim, data["num_labels"], model.config.dropout)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    for _ in range(cfg.finetune_steps):
+        idx = torch.randint(len(htr), (cfg.batch_size,), generator=g)
+        loss = F.cross_entropy(head(htr[idx]), ytr[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    with torch.no_grad():
+        out["dev_accuracy"] = float((head(hdev).argmax(1) == ydev).float().mean())
+    os.makedirs(out_dir, exist_ok=True)
+    gm.save(model, out_dir)
+    torch.save(head.state_dict(), os.path.join(out_dir, "head.pt"))
+    return out
+
+
+def variant_rows(metrics: List[dict]) -> List[dict]:
+    rows: Dict[str, dict] = {}
+    for m in metrics:
+        rows.setdefault(m["run_id"], {"variant": m["run_id"]})[m["name"]] = m["value"]
+    return list(rows.values())
