@@ -4,6 +4,8 @@
     grounded-fast run grounding|flava-ablation|groundedbert [--preset tiny|small|paper] [--config FILE] [--out DIR]
                                             run or resume a study, then write its report
     grounded-fast report DIR                rebuild the report of a finished or partial run
+    grounded-fast export DIR [--format csv|parquet]   the run's result tables as files
+    grounded-fast bench [--quick]           the OT speed comparison against POT (GeomLoss too if installed)
 """
 from __future__ import annotations
 
@@ -90,6 +92,37 @@ def _print(rows):
               f"{r['pot_s'] / r['ours_s']:>8.0f}x {r['max_diff']:>10.1e}")
 
 
+def _have_pot(command: str) -> bool:
+    import importlib.util
+    if importlib.util.find_spec("ot") is None:
+        print(f"{command} needs POT: pip install pot==0.9.7.post1", file=sys.stderr)
+        return False
+    return True
+
+
+def _geomloss_line(quick: bool) -> None:
+    """One balanced case against GeomLoss' tensorized Sinkhorn, per iteration, if GeomLoss is installed."""
+    try:
+        from geomloss import SamplesLoss
+        from geomloss.sinkhorn_divergence import epsilon_schedule
+    except ImportError:
+        print("GeomLoss not installed: no GeomLoss comparison")
+        return
+    from grounded_fast.ops import entropic_ot
+    n = 256 if quick else 1024
+    x, y = torch.randn(n, 3), torch.randn(n, 3)
+    C = (torch.cdist(x, y) ** 2 / 2)[None]
+    a = torch.full((1, n), 1.0 / n)
+    iters = 20
+    ours = _time(lambda: entropic_ot(C, a, a, reg=0.05, max_iter=iters, check_every=0, warn=False)) / iters
+    steps = len(epsilon_schedule(2, float((torch.cat([x, y]).amax(0) - torch.cat([x, y]).amin(0)).norm()),
+                                 0.05 ** 0.5, 0.9))
+    loss = SamplesLoss("sinkhorn", p=2, blur=0.05 ** 0.5, scaling=0.9, debias=False, backend="tensorized")
+    theirs = _time(lambda: loss(x, y)) / steps
+    print(f"{'balanced ' + str(n) + 'x' + str(n) + ' vs GeomLoss tensorized (per iteration)':<52} "
+          f"{ours * 1e6:>11.1f} us {theirs * 1e6:>8.0f} us {theirs / ours:>8.1f}x")
+
+
 def load_config_file(path: str) -> dict:
     """Overrides from a YAML (.yaml / .yml) or TOML (.toml) file, as a dict."""
     with open(path, "rb") as f:
@@ -160,9 +193,34 @@ def main(argv=None) -> int:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     rp = sub.add_parser("report", help="rebuild the report (report.md, report.html) of a run directory")
     rp.add_argument("dir")
+    ex = sub.add_parser("export", help="write a run's result tables (runs, units, checkpoints, metrics, pairwise)")
+    ex.add_argument("dir")
+    ex.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    ex.add_argument("--to", default=None, help="output directory (default DIR/export)")
+    bp = sub.add_parser("bench", help="OT speed comparison against POT (and GeomLoss if installed)")
+    bp.add_argument("--quick", action="store_true", help="few iterations (a smoke check)")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return _run_study(args)
+    if args.cmd == "export":
+        import os
+
+        from .experiments.store import ResultStore
+        with ResultStore(os.path.join(args.dir, "results.sqlite")) as store:
+            try:
+                paths = store.export(args.to or os.path.join(args.dir, "export"), format=args.format)
+            except ImportError as exc:
+                print(f"grounded-fast export: {exc}", file=sys.stderr)
+                return 2
+        print(*paths, sep="\n")
+        return 0
+    if args.cmd == "bench":
+        if not _have_pot("bench"):
+            return 2
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; equal iterations")
+        _print(compare_pot(10 if args.quick else 200))
+        _geomloss_line(quick=args.quick)
+        return 0
     if args.cmd == "report":
         import os
 
@@ -174,10 +232,7 @@ def main(argv=None) -> int:
         print(*report(args.dir), sep="\n")
         return 0
     if args.cmd == "compare-pot":
-        try:
-            import ot  # noqa: F401  (availability check)
-        except ImportError:
-            print("compare-pot needs POT: pip install pot==0.9.7.post1", file=sys.stderr)
+        if not _have_pot("compare-pot"):
             return 2
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         _print(compare_pot(args.iters))

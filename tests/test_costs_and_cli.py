@@ -27,3 +27,25 @@ def test_cli_compare_pot_prints_table(capsys):
     assert main(["compare-pot", "--iters", "5"]) == 0
     out = capsys.readouterr().out
     assert "partial B=16 64x197" in out and "speed-up" in out and "marginal error" in out
+
+
+def test_cli_bench_quick(capsys):
+    assert main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out and "partial" in out
+
+
+def test_cli_export_csv(tmp_path, capsys):
+    import csv
+
+    from grounded_fast.experiments.store import ResultStore
+    with ResultStore(str(tmp_path / "results.sqlite")) as store:
+        store.begin_study("grounding", {"x": 1})
+        store.complete_unit("u1", "train", {}, metrics=[{"run_id": "r", "name": "acc", "value": 0.5}])
+    assert main(["export", str(tmp_path)]) == 0
+    files = capsys.readouterr().out.split()
+    metrics = [f for f in files if f.endswith("metrics.csv")]
+    assert metrics
+    with open(metrics[0]) as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["name"] == "acc" and float(rows[0]["value"]) == 0.5
