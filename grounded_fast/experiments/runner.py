@@ -74,7 +74,10 @@ def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True
             store.mark_run(spec.run_id, setup=spec.setup, noise=spec.noise, seed=spec.seed, status="running")
             start = time.time()
             run_dir = os.path.join(out_dir, "runs", spec.run_id)
-            results = train_run(spec, cfg, data, vocab, run_dir)
+            from tqdm.auto import tqdm
+            with tqdm(total=cfg.epochs, desc=spec.run_id, unit="epoch", leave=False, position=1,
+                      disable=not progress) as run_bar:
+                results = train_run(spec, cfg, data, vocab, run_dir, progress=lambda epoch: run_bar.update(1))
             metrics = [{"run_id": spec.run_id, "epoch": e, "split": "val", "name": k, "value": v}
                        for e, r in results.items() for k, v in r.items()]
             checkpoints = [(spec.run_id, e, os.path.join(run_dir, f"epoch{e}", "model.pt")) for e in results]
