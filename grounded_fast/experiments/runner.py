@@ -38,6 +38,46 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, unit="unit")
 
 
+@contextlib.contextmanager
+def _study(name: str, cfg, out_dir: str):
+    """The result store of study ``name`` in ``out_dir`` (created or resumed), with ``run.log``."""
+    os.makedirs(out_dir, exist_ok=True)
+    handler = _logger(out_dir)
+    try:
+        with ResultStore(os.path.join(out_dir, "results.sqlite")) as store:
+            store.begin_study(name, cfg.to_dict())
+            yield store
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run_units(store: ResultStore, items: List[tuple], desc: str, progress: bool,
+               prepare: Callable[[], Dict], work: Callable) -> None:
+    """Independent units (one checkpoint each): ``items`` are (unit_id, run_id, argument); a unit
+    recorded as done with verified checkpoints is skipped; ``prepare()`` (shared inputs) runs only
+    if some unit is left; ``work(argument, data) -> (results dict, checkpoint epoch, checkpoint
+    path, metric split)`` runs the unit, whose results are then committed in one transaction."""
+    bar = _progress(len(items), desc, progress)
+    data = None
+    for unit, run_id, arg in items:
+        if store.unit_done(unit) and all(store.verify_checkpoint(c["run_id"], c["epoch"])
+                                         for c in store.checkpoints(run_id)):
+            bar.update(1)
+            continue
+        data = data or prepare()
+        start = time.time()
+        res, epoch, path, split = work(arg, data)
+        store.complete_unit(unit, unit.split("/")[0], {"run_id": run_id, **res},
+                            metrics=[{"run_id": run_id, "split": split, "name": k, "value": float(v)}
+                                     for k, v in res.items()],
+                            checkpoints=[(run_id, epoch, path)],
+                            runs=[{"run_id": run_id, "status": "done", "wall_seconds": time.time() - start}])
+        log.info("%s: %s (%.1f s)", run_id, json.dumps(res), time.time() - start)
+        bar.update(1)
+    bar.close()
+
+
 def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True,
                   after_unit: Optional[Callable[[str], None]] = None) -> Dict:
     """Run (or resume) the grounding study in ``out_dir``; returns the analysis results.
@@ -45,14 +85,7 @@ def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True
     from ..data import DemoCorpus
     from ..data.sources import demo_grounding_data
 
-    os.makedirs(out_dir, exist_ok=True)
-    handler = _logger(out_dir)
-    with contextlib.ExitStack() as stack:
-        stack.callback(handler.close)
-        stack.callback(log.removeHandler, handler)
-        store = ResultStore(os.path.join(out_dir, "results.sqlite"))
-        stack.callback(store.close)
-        store.begin_study("grounding", cfg.to_dict())
+    with _study("grounding", cfg, out_dir) as store:
         specs = plan_runs(cfg)
         bar = _progress(len(specs) + 2, "grounding study", progress)
         t0 = time.time()
@@ -199,35 +232,14 @@ def run_flava(cfg, out_dir: str, progress: bool = True) -> List[dict]:
     """Run (or resume) the FLAVA ablation grid in ``out_dir``; returns one row per cell."""
     from .flava_ablation import cell_id, checkpoint_dir, grid_rows, plan_cells, prepare, train_cell
 
-    os.makedirs(out_dir, exist_ok=True)
-    handler = _logger(out_dir)
-    with contextlib.ExitStack() as stack:
-        stack.callback(handler.close)
-        stack.callback(log.removeHandler, handler)
-        store = ResultStore(os.path.join(out_dir, "results.sqlite"))
-        stack.callback(store.close)
-        store.begin_study("flava-ablation", cfg.to_dict())
-        cells = plan_cells(cfg)
-        bar = _progress(len(cells), "flava ablation", progress)
-        data = None
-        for text, images, seed in cells:
-            cid = cell_id(text, images, seed)
-            unit = f"cell/{cid}"
-            if store.unit_done(unit) and all(store.verify_checkpoint(c["run_id"], c["epoch"])
-                                             for c in store.checkpoints(cid)):
-                bar.update(1)
-                continue
-            data = data or prepare(cfg)
-            start = time.time()
-            res = train_cell(text, images, seed, cfg, data, checkpoint_dir(out_dir, cid))
-            metrics = [{"run_id": cid, "split": "best", "name": k, "value": float(v)} for k, v in res.items()]
-            store.complete_unit(unit, "cell", {"cell": cid, **res}, metrics=metrics,
-                                checkpoints=[(cid, int(res["step"]),
-                                              os.path.join(checkpoint_dir(out_dir, cid), "model.pt"))],
-                                runs=[{"run_id": cid, "status": "done", "wall_seconds": time.time() - start}])
-            log.info("%s: %s (%.1f s)", cid, json.dumps(res), time.time() - start)
-            bar.update(1)
-        bar.close()
+    def work(cell, data):
+        cid = cell_id(*cell)
+        res = train_cell(*cell, cfg, data, checkpoint_dir(out_dir, cid))
+        return res, int(res["step"]), os.path.join(checkpoint_dir(out_dir, cid), "model.pt"), "best"
+
+    with _study("flava-ablation", cfg, out_dir) as store:
+        items = [(f"cell/{cell_id(*c)}", cell_id(*c), c) for c in plan_cells(cfg)]
+        _run_units(store, items, "flava ablation", progress, lambda: prepare(cfg), work)
         return grid_rows(store.metrics(split="best"))
 
 
@@ -254,33 +266,13 @@ def run_groundedbert(cfg, out_dir: str, progress: bool = True) -> List[dict]:
     """Run (or resume) the GroundedBERT study in ``out_dir``; returns one row per variant."""
     from .groundedbert_study import prepare, run_variant, variant_rows
 
-    os.makedirs(out_dir, exist_ok=True)
-    handler = _logger(out_dir)
-    with contextlib.ExitStack() as stack:
-        stack.callback(handler.close)
-        stack.callback(log.removeHandler, handler)
-        store = ResultStore(os.path.join(out_dir, "results.sqlite"))
-        stack.callback(store.close)
-        store.begin_study("groundedbert", cfg.to_dict())
-        bar = _progress(len(cfg.variants), "groundedbert study", progress)
-        data = None
-        for variant in cfg.variants:
-            unit = f"variant/{variant}"
-            if store.unit_done(unit) and all(store.verify_checkpoint(c["run_id"], c["epoch"])
-                                             for c in store.checkpoints(variant)):
-                bar.update(1)
-                continue
-            data = data or prepare(cfg, out_dir)
-            start = time.time()
-            vdir = os.path.join(out_dir, "variants", variant)
-            res = run_variant(variant, cfg, data, vdir)
-            store.complete_unit(unit, "variant", {"variant": variant, **res},
-                                metrics=[{"run_id": variant, "name": k, "value": float(v)} for k, v in res.items()],
-                                checkpoints=[(variant, 0, os.path.join(vdir, "model.pt"))],
-                                runs=[{"run_id": variant, "status": "done", "wall_seconds": time.time() - start}])
-            log.info("%s: %s (%.1f s)", variant, json.dumps(res), time.time() - start)
-            bar.update(1)
-        bar.close()
+    def work(variant, data):
+        vdir = os.path.join(out_dir, "variants", variant)
+        return run_variant(variant, cfg, data, vdir), 0, os.path.join(vdir, "model.pt"), ""
+
+    with _study("groundedbert", cfg, out_dir) as store:
+        items = [(f"variant/{v}", v, v) for v in cfg.variants]
+        _run_units(store, items, "groundedbert study", progress, lambda: prepare(cfg, out_dir), work)
         return variant_rows(store.metrics())
 
 
