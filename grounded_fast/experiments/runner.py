@@ -1,12 +1,13 @@
 """Running a study resumably: units of work recorded in the result store, skipped when done.
 
-``run_grounding(config, out_dir)`` executes the grounding study's units in order (features, one
-training run per grid point, analysis) and leaves in ``out_dir``: ``results.sqlite`` (the store),
-``features/`` (the encoder-feature cache), ``runs/<run_id>/epoch<k>/`` (checkpoints), ``run.log``.
-Every unit commits its results in one transaction after its files are completely written, so
-killing the process at any moment (SIGKILL included) and rerunning the same command continues at
-the first unit not done: a half-trained run is retrained from its seed (deterministic), checkpoints
-of done runs are verified by sha256 before they are used.
+``run_grounding`` (features, one training run per grid point, analysis), ``run_flava`` (one unit per
+grid cell) and ``run_groundedbert`` (one unit per variant) leave in ``out_dir``: ``results.sqlite``
+(the store), the encoder-feature cache, the checkpoints and ``run.log``; ``*_report`` rebuild
+``report.md`` / ``report.html`` from the store. Every unit commits its results in one transaction
+after its files are completely written, so killing the process at any moment (SIGKILL included)
+and rerunning the same command continues at the first unit not done: a half-done unit is redone
+from its seed (deterministic), checkpoints of done units are verified by sha256 before they count.
+Units run one after another in this process (no process pool / Ray executor yet).
 """
 from __future__ import annotations
 
