@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
+from torch import Tensor
 
 from ..models.config import ModelConfig
 
@@ -128,23 +129,40 @@ def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_d
     return results
 
 
-def _test_outputs(model_dirs: List[str], data: Dict, vocab, setups: List[str]):
-    """Teacher-forced test logits (M, B, T, V), last-layer cross-attention of each model, the
-    target mask (B, T) and, per model, its memory segment ids."""
+@dataclass
+class TestSetOutputs:
+    """One teacher-forced pass of every matched model over the test targets."""
+    logits: Tensor              # (M, B, T, V)
+    cross_attention: List[Tensor]  # per model, last layer (B, heads, T, S)
+    segments: List[Tensor]      # per model, memory segment ids (S,)
+    hidden: List[Tensor]        # per model, last decoder layer states (B, T, d)
+    embeddings: List[Tensor]    # per model, input embedding table (V, d)
+    tgt_in: Tensor              # (B, T) decoder input
+    mask: Tensor                # (B, T) counted target positions
+    sources: Dict
+
+
+def run_on_test_set(model_dirs: List[str], data: Dict, vocab) -> TestSetOutputs:
+    """Load each model once and run it on the test set, keeping what every analysis needs."""
     import grounded_fast.models as gm
     from ..models.grounding_seq2seq import shift_targets
     test = data["test"]
     src, tgt = test.batch(torch.arange(len(test)))
     tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
-    logits, attn, segs = [], [], []
-    for d, setup in zip(model_dirs, setups):
+    logits, attn, segs, hidden, emb = [], [], [], [], []
+    for d in model_dirs:
         model = gm.load(d).eval()
+        states = {}
+        hook = model.decoder.register_forward_hook(lambda mod, inp, o: states.__setitem__("h", o))
         with torch.no_grad():
-            out = model(src, tin, task="P" if setup == "multitask" else None)
+            out = model(src, tin, task="P" if model.config.setup == "multitask" else None)
+        hook.remove()
         logits.append(out[0])
         attn.append(out[1][-1])
         segs.append(out[2])
-    return torch.stack(logits), attn, segs, tout != vocab.pad_id, src
+        hidden.append(states["h"])
+        emb.append(model.embed.weight.detach())
+    return TestSetOutputs(torch.stack(logits), attn, segs, hidden, emb, tin, tout != vocab.pad_id, src)
 
 
 def concreteness_words(vocab, n_max: int = 1000) -> Tuple[List[str], List[str]]:
@@ -162,33 +180,22 @@ def concreteness_words(vocab, n_max: int = 1000) -> Tuple[List[str], List[str]]:
     return ga.select_concreteness_words(norms, tokenizer=piece, n_per_class=n)
 
 
-def silhouettes(model_dirs: Dict[str, str], data: Dict, vocab, words: Tuple[List[str], List[str]]) -> Dict:
+def silhouettes(outs: TestSetOutputs, models: List[str], vocab, words: Tuple[List[str], List[str]]) -> Dict:
     """Per model: silhouette (Euclidean) of abstract vs concrete words in its input embeddings and
     in its last decoder layer's states (mean over the words' occurrences in the test targets)."""
     import grounded_fast.analysis as ga
-    import grounded_fast.models as gm
-    from ..models.grounding_seq2seq import shift_targets
     abstract, concrete = words
     ids = torch.tensor([vocab.stoi[w] for w in abstract + concrete])
     labels = [0] * len(abstract) + [1] * len(concrete)
-    test = data["test"]
-    src, tgt = test.batch(torch.arange(len(test)))
-    tin, _ = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
+    tin = outs.tgt_in
+    seen = [k for k, t in enumerate(ids.tolist()) if bool((tin == t).any())]
+    lab = [labels[k] for k in seen]
     out = {}
-    for mid, d in model_dirs.items():
-        model = gm.load(d).eval()
-        states = {}
-        hook = model.decoder.register_forward_hook(lambda mod, inp, o: states.__setitem__("h", o))
-        with torch.no_grad():
-            model(src, tin, task="P" if model.config.setup == "multitask" else None)
-        hook.remove()
-        emb = model.embed.weight.detach()[ids]
-        row = {"input_embeddings": ga.concreteness_silhouette(emb, labels, metric="euclidean")}
-        seen = [k for k, t in enumerate(ids.tolist()) if bool((tin == t).any())]
-        lab = [labels[k] for k in seen]
+    for mid, emb, h in zip(models, outs.embeddings, outs.hidden):
+        row = {"input_embeddings": ga.concreteness_silhouette(emb[ids], labels, metric="euclidean")}
         if min(lab.count(0), lab.count(1), 2) >= 2:
-            h = torch.stack([states["h"][tin == int(ids[k])].mean(0) for k in seen])
-            row["hidden_states"] = ga.concreteness_silhouette(h, lab, metric="euclidean")
+            hs = torch.stack([h[tin == int(ids[k])].mean(0) for k in seen])
+            row["hidden_states"] = ga.concreteness_silhouette(hs, lab, metric="euclidean")
         out[mid] = row
     return out
 
@@ -206,12 +213,12 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                  "stopped_because": pops.stopped_because, "models": models}
     if len(models) < 2:
         return out
-    logits, attn, segs, mask, src = _test_outputs([checkpoint_dirs[m] for m in models], data, vocab,
-                                                  [setup_of[m] for m in models])
+    outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab)
+    logits, attn, segs, mask, src = outs.logits, outs.cross_attention, outs.segments, outs.mask, outs.sources
     words = concreteness_words(vocab)
     out["concreteness_words"] = {"abstract": words[0], "concrete": words[1]}
     if words[0]:
-        sil = silhouettes({m: checkpoint_dirs[m] for m in models}, data, vocab, words)
+        sil = silhouettes(outs, models, vocab, words)
         out["silhouette"] = sil
         tests = {}
         for kind in ("input_embeddings", "hidden_states"):
