@@ -45,7 +45,10 @@ class GroundingData:
         return srcs, tgt[:, :int((tgt != 0).sum(1).max())]
 
 
-def _text_states(cache: FeatureCache, ids: Sequence[str], texts: Dict[str, str], encoder, progress: bool):
+def cached_text_states(cache: FeatureCache, ids: Sequence[str], texts: Dict[str, str], encoder,
+                       progress: bool) -> Tuple[Tensor, Tensor]:
+    """Token states (N, L, d) float and mask (N, L) bool of ``texts[id]`` for ``ids``, from the
+    cache (computed and stored in batches where missing)."""
     out = cache.get_or_compute(list(ids), lambda b: [texts[i] for i in b],
                                lambda batch: _encode_text(encoder, batch), batch_size=64,
                                key=f"{encoder.cache_key}/states", progress=progress, return_tensors="pt")
@@ -79,8 +82,8 @@ def multi30k_grounding_data(images: Sequence, cache_dir: str, text_encoder=None,
     ids = [f"multi30k-{im.image_id}" for im in images]
     p_text = {i + "/P": im.en[1] for i, im in zip(ids, images)}
     t_text = {i + "/T": im.de[0] for i, im in zip(ids, images)}
-    p_states, p_mask = _text_states(cache, list(p_text), p_text, text_encoder, progress)
-    t_states, t_mask = _text_states(cache, list(t_text), t_text, text_encoder, progress)
+    p_states, p_mask = cached_text_states(cache, list(p_text), p_text, text_encoder, progress)
+    t_states, t_mask = cached_text_states(cache, list(t_text), t_text, text_encoder, progress)
     targets = [im.en[0] for im in images]
     vocab = vocab or build_vocab(targets)
     data = GroundingData(sources={"P": (p_states, p_mask), "T": (t_states, t_mask)},
@@ -109,10 +112,10 @@ def demo_grounding_data(corpus: DemoCorpus, cache_dir: str, text_encoder=None, v
     patches = cache.get_or_compute(ids, lambda b: [images[i] for i in b],
                                    lambda batch: vision_encoder.patches(batch).cpu().numpy(), batch_size=16,
                                    key=f"{vision_encoder.cache_key}/patches", progress=progress, return_tensors="pt")
-    p_states, p_mask = _text_states(cache, [i + "/P" for i in ids], {i + "/P": p_text[i] for i in ids}, text_encoder,
-                                    progress)
-    t_states, t_mask = _text_states(cache, [i + "/T" for i in ids], {i + "/T": t_text[i] for i in ids}, text_encoder,
-                                    progress)
+    p_states, p_mask = cached_text_states(cache, [i + "/P" for i in ids], {i + "/P": p_text[i] for i in ids},
+                                          text_encoder, progress)
+    t_states, t_mask = cached_text_states(cache, [i + "/T" for i in ids], {i + "/T": t_text[i] for i in ids},
+                                          text_encoder, progress)
     targets = [it.target for it in items]
     split_of = [it.split for it in items]
     vocab = vocab or build_vocab([t for t, s in zip(targets, split_of) if s == "train"])

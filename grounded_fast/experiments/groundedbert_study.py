@@ -90,7 +90,7 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str) -> Dict:
     """Pre-training pairs (caption states, patches) and the downstream task's encoded sentences."""
     from ..data import DemoCorpus, load_glue_tsv
     from ..data.features import FeatureCache
-    from ..data.sources import demo_grounding_data
+    from ..data.sources import cached_text_states, demo_grounding_data
     from ..models.encoders import TextEncoder
 
     corpus = DemoCorpus(cfg.num_scenes, cfg.corpus_seed)
@@ -104,12 +104,8 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str) -> Dict:
         examples = load_glue_tsv(os.path.join(glue_dir, f"{split}.tsv"), cfg.glue_task)
         texts = [" ".join(e.texts) for e in examples]
         ids = [f"glue-{cfg.glue_task}-{split}-{k}" for k in range(len(texts))]
-        lookup = dict(zip(ids, texts))
-        states, mask = cache.get_or_compute(
-            ids, lambda b: [lookup[i] for i in b],
-            lambda batch: tuple(t.cpu().numpy() for t in text_encoder.encode(batch)), batch_size=64,
-            key=f"{text_encoder.cache_key}/states", progress=False, return_tensors="pt")
-        task[split] = (states.float()[:, 0], torch.tensor([int(e.label) for e in examples]))
+        states, _ = cached_text_states(cache, ids, dict(zip(ids, texts)), text_encoder, progress=False)
+        task[split] = (states[:, 0], torch.tensor([int(e.label) for e in examples]))
     train = data["train"]
     return {"pretrain": (train.sources["P"][0], train.sources["P"][1], train.sources["C"][0]), "task": task,
             "num_labels": int(max(task["train"][1].max(), task["dev"][1].max())) + 1}
