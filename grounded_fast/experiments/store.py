@@ -386,6 +386,15 @@ def _git_info() -> tuple[str | None, str | None]:
 # the store
 # ----------------------------------------------------------------------------------------------
 
+def _check_row_keys(row: Any, keys: frozenset, kind: str) -> None:
+    """TypeError unless ``row`` is a mapping whose keys are all in ``keys``."""
+    if not isinstance(row, Mapping):
+        raise TypeError(f"{kind} rows must be mappings, got {row!r}")
+    unknown = set(row) - keys
+    if unknown:
+        raise TypeError(f"{kind} row {dict(row)!r}: unknown key(s) {sorted(unknown)}; known: {sorted(keys)}")
+
+
 class ResultStore:
     """A study's results database (see the module docstring for the schema).
 
@@ -882,11 +891,7 @@ class ResultStore:
 
     @staticmethod
     def _metric_row(row: Mapping[str, Any]) -> tuple:
-        if not isinstance(row, Mapping):
-            raise TypeError(f"metric rows must be mappings, got {row!r}")
-        unknown = set(row) - _METRIC_KEYS
-        if unknown:
-            raise TypeError(f"metric row {dict(row)!r}: unknown key(s) {sorted(unknown)}; known: {sorted(_METRIC_KEYS)}")
+        _check_row_keys(row, _METRIC_KEYS, "metric")
         name = _req_str(row.get("name"), "metric name")
         run_id = _opt_str(row.get("run_id"), f"metric {name!r} run_id", allow_empty=False)
         what = f"metric {name!r} (run {run_id!r}, epoch {row.get('epoch')!r}, split {row.get('split')!r})"
@@ -948,11 +953,7 @@ class ResultStore:
 
     @staticmethod
     def _pair_row(row: Mapping[str, Any]) -> tuple:
-        if not isinstance(row, Mapping):
-            raise TypeError(f"pairwise rows must be mappings, got {row!r}")
-        unknown = set(row) - _PAIR_KEYS
-        if unknown:
-            raise TypeError(f"pairwise row {dict(row)!r}: unknown key(s) {sorted(unknown)}; known: {sorted(_PAIR_KEYS)}")
+        _check_row_keys(row, _PAIR_KEYS, "pairwise")
         analysis = _req_str(row.get("analysis"), "pairwise analysis")
         a = _req_str(row.get("model_a"), f"pairwise {analysis!r} model_a")
         b = _req_str(row.get("model_b"), f"pairwise {analysis!r} model_b")
