@@ -303,26 +303,34 @@ def _la(x):
     return "-" if not x else "/".join(f"{v:.2f}" for v in x)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_cli(doc: str, summarise_fn, markdown_fn, json_prefix: str, md_name) -> None:
+    """The command line shared by the report scripts: raw pytest-benchmark JSON -> summary JSON
+    ``<json_prefix>-<tag>.json`` and the markdown ``md_name(summary)`` in --outdir."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("raw")
     ap.add_argument("--outdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    ap.add_argument("--tag", default=None, help="name in cpu-<tag>.json (default: 'ci' if $CI is set, else hostname)")
+    ap.add_argument("--tag", default=None,
+                    help=f"name in {json_prefix}-<tag>.json (default: 'ci' if $CI is set, else hostname)")
     args = ap.parse_args()
     with open(args.raw) as f:
         raw = json.load(f)
-    s = summarise(raw)
+    s = summarise_fn(raw)
     s["source_json"] = os.path.relpath(args.raw, os.path.dirname(args.outdir))
     tag = args.tag or ("ci" if os.environ.get("CI") else socket.gethostname())
     os.makedirs(args.outdir, exist_ok=True)
-    out_json = os.path.join(args.outdir, f"cpu-{tag}.json")
+    out_json = os.path.join(args.outdir, f"{json_prefix}-{tag}.json")
+    out_md = os.path.join(args.outdir, md_name(s))
     with open(out_json, "w") as f:
         json.dump(s, f, indent=1, default=str)
-    md = markdown(s)
-    with open(os.path.join(args.outdir, "cpu.md"), "w") as f:
+    md = markdown_fn(s)
+    with open(out_md, "w") as f:
         f.write(md)
     print(md)
-    print(f"wrote {out_json} and {os.path.join(args.outdir, 'cpu.md')}")
+    print(f"wrote {out_json} and {out_md}")
+
+
+def main():
+    run_cli(__doc__, summarise, markdown, "cpu", lambda s: "cpu.md")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,9 @@ Everything comes from the JSON: timings (pytest-benchmark stats), ratios, work, 
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import socket
 import time
 
-from report import _f, _fmt_e, _fmt_t, _la, _mb, _pct
+from report import _f, _fmt_e, _fmt_t, _la, _mb, _pct, run_cli
 
 CASE_LABEL = {
     "A": "pairwise agreement + KL + entropy from logits, streamed",
@@ -250,27 +246,8 @@ def markdown(s: dict) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("raw")
-    ap.add_argument("--outdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    ap.add_argument("--tag", default=None, help="name in analysis-cpu-<tag>.json (default: 'ci' if $CI is set, "
-                                                "else hostname)")
-    args = ap.parse_args()
-    with open(args.raw) as f:
-        raw = json.load(f)
-    s = summarise(raw)
-    s["source_json"] = os.path.relpath(args.raw, os.path.dirname(args.outdir))
-    tag = args.tag or ("ci" if os.environ.get("CI") else socket.gethostname())
-    os.makedirs(args.outdir, exist_ok=True)
-    out_json = os.path.join(args.outdir, f"analysis-cpu-{tag}.json")
-    out_md = os.path.join(args.outdir, "analysis-cpu-quick.md" if s["analysis"].get("quick") else "analysis-cpu.md")
-    with open(out_json, "w") as f:
-        json.dump(s, f, indent=1, default=str)
-    md = markdown(s)
-    with open(out_md, "w") as f:
-        f.write(md)
-    print(md)
-    print(f"wrote {out_json} and {out_md}")
+    run_cli(__doc__, summarise, markdown, "analysis-cpu",
+            lambda s: "analysis-cpu-quick.md" if s["analysis"].get("quick") else "analysis-cpu.md")
 
 
 if __name__ == "__main__":
