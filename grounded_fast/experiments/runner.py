@@ -19,6 +19,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .grounding import GroundingStudyConfig, analyse, plan_runs, train_run
 from .store import ResultStore
@@ -35,7 +36,6 @@ def _logger(out_dir: str) -> logging.Handler:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, disable=not enabled, unit="unit")
 
 
@@ -86,29 +86,32 @@ def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True
     from ..data import DemoCorpus
     from ..data.sources import demo_grounding_data
 
+    def trained(spec) -> bool:
+        ckpts = store.checkpoints(spec.run_id)
+        return store.unit_done(f"train/{spec.run_id}") and bool(ckpts) and all(
+            store.verify_checkpoint(spec.run_id, c["epoch"]) for c in ckpts)
+
     with _study("grounding", cfg, out_dir) as store:
         specs = plan_runs(cfg)
+        todo = [spec for spec in specs if not trained(spec)]
         bar = _progress(len(specs) + 2, "grounding study", progress)
-        t0 = time.time()
-        data, vocab = demo_grounding_data(DemoCorpus(cfg.num_scenes, cfg.corpus_seed),
-                                          os.path.join(out_dir, "features"), max_target_len=cfg.max_target_len,
-                                          progress=progress)
-        if not store.unit_done("features"):
-            store.complete_unit("features", "features", {"train": len(data["train"]), "val": len(data["val"]),
-                                                         "test": len(data["test"]), "vocab": len(vocab)})
-            log.info("features ready in %.1f s", time.time() - t0)
-        bar.update(1)
-        for spec in specs:
+        data = vocab = None
+        if todo or not store.unit_done("analysis") or not store.unit_done("features"):
+            t0 = time.time()
+            data, vocab = demo_grounding_data(DemoCorpus(cfg.num_scenes, cfg.corpus_seed),
+                                              os.path.join(out_dir, "features"), max_target_len=cfg.max_target_len,
+                                              progress=progress)
+            if not store.unit_done("features"):
+                store.complete_unit("features", "features", {"train": len(data["train"]), "val": len(data["val"]),
+                                                             "test": len(data["test"]), "vocab": len(vocab)})
+                log.info("features ready in %.1f s", time.time() - t0)
+        bar.update(1 + len(specs) - len(todo))
+        for spec in todo:
             unit = f"train/{spec.run_id}"
-            ckpts = store.checkpoints(spec.run_id)
-            if store.unit_done(unit) and ckpts and all(store.verify_checkpoint(spec.run_id, c["epoch"]) for c in ckpts):
-                bar.update(1)
-                continue
             log.info("training %s", spec.run_id)
             store.mark_run(spec.run_id, setup=spec.setup, noise=spec.noise, seed=spec.seed, status="running")
             start = time.time()
             run_dir = os.path.join(out_dir, "runs", spec.run_id)
-            from tqdm.auto import tqdm
             with tqdm(total=cfg.epochs, desc=spec.run_id, unit="epoch", leave=False, position=1,
                       disable=not progress) as run_bar:
                 results = train_run(spec, cfg, data, vocab, run_dir, progress=lambda epoch: run_bar.update(1))
