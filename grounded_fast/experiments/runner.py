@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -79,10 +79,8 @@ def _run_units(store: ResultStore, items: List[tuple], desc: str, progress: bool
     bar.close()
 
 
-def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True,
-                  after_unit: Optional[Callable[[str], None]] = None) -> Dict:
-    """Run (or resume) the grounding study in ``out_dir``; returns the analysis results.
-    ``after_unit(unit_id)`` is called after each unit is committed (tests use it)."""
+def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True) -> Dict:
+    """Run (or resume) the grounding study in ``out_dir``; returns the analysis results."""
     from ..data import DemoCorpus
     from ..data.sources import demo_grounding_data
 
@@ -122,8 +120,6 @@ def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True
                                 runs=[{"run_id": spec.run_id, "status": "done", "wall_seconds": time.time() - start}])
             log.info("%s done in %.1f s: %s", spec.run_id, time.time() - start, json.dumps(results))
             bar.update(1)
-            if after_unit:
-                after_unit(unit)
         if store.unit_done("analysis"):
             result = store.unit("analysis")["payload"]
         else:
