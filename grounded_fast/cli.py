@@ -2,6 +2,7 @@
 
     grounded-fast compare-pot [--iters N]   short OT comparison against POT (prints a table)
     grounded-fast run grounding|flava-ablation|groundedbert [--preset tiny|small|paper] [--config FILE] [--out DIR]
+                      [--executor local|ray] [--workers N] [--threads-per-unit T] [--ray-address ADDR] [--resume]
                                             run or resume a study, then write its report
     grounded-fast report DIR                rebuild the report of a finished or partial run
     grounded-fast export DIR [--format csv|parquet]   the run's result tables as files
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -140,41 +142,65 @@ def load_config_file(path: str) -> dict:
     return data
 
 
-def _run_study(args) -> int:
-    import os
+def _study_config(args, config_cls, db: str):
+    """The study config: ``--preset`` + ``--config``, or with a bare ``--resume`` the run's stored one."""
+    from .experiments.store import ResultStore
+    if args.resume and not os.path.exists(db):
+        raise ValueError(f"--resume: no run to resume in {os.path.dirname(db) or '.'} (no results.sqlite)")
+    if args.resume and not (args.preset or args.config):
+        with ResultStore(db) as store:
+            info = store.study_info()
+        if info.get("name") != args.study:
+            raise ValueError(f"--resume: {os.path.dirname(db)} holds a {info.get('name')!r} run, not {args.study!r}")
+        return config_cls.from_dict(info["config"])
+    overrides = load_config_file(args.config) if args.config else {}
+    return config_cls.from_preset(args.preset or "tiny", **overrides)
 
+
+def _run_study(args) -> int:
+    from .experiments.executors import ExecutorConfig
     from .experiments.flava_ablation import FlavaStudyConfig
     from .experiments.groundedbert_study import GroundedBertStudyConfig
     from .experiments.grounding import GroundingStudyConfig
-    from .experiments.runner import (flava_report, grounding_report, groundedbert_report, run_flava, run_grounding,
-                                     run_groundedbert)
+    from .experiments.store import StudyMismatchError
     config_cls = {"grounding": GroundingStudyConfig, "flava-ablation": FlavaStudyConfig,
                   "groundedbert": GroundedBertStudyConfig}[args.study]
+    out = args.out or os.path.join("runs", f"{args.study}-{args.preset or 'tiny'}")
     try:
-        overrides = load_config_file(args.config) if args.config else {}
-        cfg = config_cls.from_preset(args.preset, **overrides)
+        executor = ExecutorConfig(args.executor, args.workers, args.threads_per_unit, args.ray_address)
+        cfg = _study_config(args, config_cls, os.path.join(out, "results.sqlite"))
     except (ValueError, TypeError, OSError) as exc:
         print(f"grounded-fast run: bad config: {exc}", file=sys.stderr)
         return 2
-    out = args.out or os.path.join("runs", f"{args.study}-{args.preset}")
+    try:
+        return _run_and_report(args.study, cfg, out, not args.no_progress, executor)
+    except StudyMismatchError as exc:
+        print(f"grounded-fast run: {out} holds another run ({exc}); rerun with that run's settings, use "
+              "--resume to continue it as it was, or choose another --out", file=sys.stderr)
+        return 2
+
+
+def _run_and_report(study: str, cfg, out: str, progress: bool, executor) -> int:
+    from .experiments.runner import (flava_report, grounding_report, groundedbert_report, run_flava, run_grounding,
+                                     run_groundedbert)
     t0 = time.time()
-    if args.study == "grounding":
-        res = run_grounding(cfg, out, progress=not args.no_progress)
+    if study == "grounding":
+        res = run_grounding(cfg, out, progress=progress, executor=executor)
         md, html = grounding_report(out)
         lines = [f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f}"
                  for pair, row in sorted(res.get("pair_table", {}).items())]
-    elif args.study == "groundedbert":
-        rows = run_groundedbert(cfg, out, progress=not args.no_progress)
+    elif study == "groundedbert":
+        rows = run_groundedbert(cfg, out, progress=progress, executor=executor)
         md, html = groundedbert_report(out)
         lines = [f"  {r['variant']:12s} dev accuracy {r.get('dev_accuracy', float('nan')):.3f}"
                  + (f"  OT share of step time {r['ot_share_of_step_time']:.2f}" if "ot_share_of_step_time" in r else "")
                  for r in rows]
     else:
-        rows = run_flava(cfg, out, progress=not args.no_progress)
+        rows = run_flava(cfg, out, progress=progress, executor=executor)
         md, html = flava_report(out)
         lines = [f"  text {r['text']:>6} images {r['images']:>5} seed {r['seed']}: BLiMP {r.get('blimp', 0):.1f}% "
                  f"PPPL {r.get('pppl', float('nan')):.1f}" for r in rows]
-    print(f"{args.study} ({args.preset}) done in {time.time() - t0:.0f} s; report: {md} and {html}")
+    print(f"{study} done in {time.time() - t0:.0f} s; report: {md} and {html}")
     print("\n".join(lines))
     return 0
 
@@ -187,10 +213,21 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
     r = sub.add_parser("run", help="run (or resume: rerun the same command) a study")
     r.add_argument("study", choices=["grounding", "flava-ablation", "groundedbert"], help="the study")
-    r.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
+    r.add_argument("--preset", default=None, choices=["tiny", "small", "paper"], help="scale (default tiny)")
     r.add_argument("--config", help="YAML or TOML file of config overrides (validated: unknown keys are errors)")
     r.add_argument("--out", default=None, help="output directory (default runs/<study>-<preset>)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with the config stored in it (rerunning the same command "
+                        "resumes too; --resume also works without repeating --preset / --config)")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where training units run: a local process pool (default) or Ray; results are identical")
+    r.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: CPU cores / threads per unit; 1 runs in this process)")
+    r.add_argument("--threads-per-unit", type=int, default=1,
+                   help="torch threads of every unit, whatever the executor (results depend on it; default 1)")
+    r.add_argument("--ray-address", default=None,
+                   help="Ray cluster address for --executor ray (default: RAY_ADDRESS, else a local Ray instance)")
     rp = sub.add_parser("report", help="rebuild the report (report.md, report.html) of a run directory")
     rp.add_argument("dir")
     ex = sub.add_parser("export", help="write a run's result tables (runs, units, checkpoints, metrics, pairwise)")
@@ -203,8 +240,6 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         return _run_study(args)
     if args.cmd == "export":
-        import os
-
         from .experiments.store import ResultStore
         with ResultStore(os.path.join(args.dir, "results.sqlite")) as store:
             try:
@@ -222,8 +257,6 @@ def main(argv=None) -> int:
         _geomloss_line(quick=args.quick)
         return 0
     if args.cmd == "report":
-        import os
-
         from .experiments.runner import flava_report, grounding_report, groundedbert_report
         from .experiments.store import ResultStore
         with ResultStore(os.path.join(args.dir, "results.sqlite")) as store:

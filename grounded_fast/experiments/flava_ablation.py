@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -109,8 +109,9 @@ def prepare(cfg: FlavaStudyConfig) -> Dict:
 
 
 def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyConfig, data: Dict,
-               out_dir: str) -> Dict[str, float]:
-    """Train one cell; save the best-PPPL checkpoint to ``out_dir``; returns its metrics."""
+               out_dir: str, progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
+    """Train one cell; save the best-PPPL checkpoint to ``out_dir``; returns its metrics.
+    ``progress(step, steps)`` is called after every training step."""
     import grounded_fast.models as gm
     from ..models.flava import LOSSES, LossScheduler, blimp_accuracy, pseudo_perplexity
 
@@ -140,6 +141,8 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if progress is not None:
+            progress(step, cfg.steps)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             vg = torch.Generator().manual_seed(1)

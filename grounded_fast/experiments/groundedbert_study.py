@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -118,8 +118,10 @@ def _head_input(model, cls_states: torch.Tensor, grounded: bool) -> torch.Tensor
         return model.representation(cls_states[:, None])[:, 0]
 
 
-def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir: str) -> Dict[str, float]:
-    """Pre-train (unless text-only), then fit and score the downstream classifier."""
+def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir: str,
+                progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
+    """Pre-train (unless text-only), then fit and score the downstream classifier.
+    ``progress(step, steps)`` is called after every pre-training and fine-tuning step."""
     import grounded_fast.models as gm
     from ..models.groundedbert import _mlp
 
@@ -129,6 +131,15 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
     model = gm.build("groundedbert", cfg.model_preset, ot=ot, ot_mass=mass, ot_reg=cfg.ot_reg,
                      ot_weight=cfg.ot_weight, num_labels=data["num_labels"])
     out: Dict[str, float] = {}
+    steps = cfg.finetune_steps + (cfg.pretrain_steps if variant != TEXT_ONLY else 0)
+    step = 0
+
+    def advance():
+        nonlocal step
+        step += 1
+        if progress is not None:
+            progress(step, steps)
+
     if variant != TEXT_ONLY:
         states, mask, patches = data["pretrain"]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -148,6 +159,7 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
             losses["loss"].backward()
             opt.step()
             step_time += time.perf_counter() - t0
+            advance()
             first = first or {k: float(v) for k, v in losses.items()}
             last = {k: float(v) for k, v in losses.items()}
         out.update({"pretrain_match_first": first["match"], "pretrain_match_last": last["match"],
@@ -165,6 +177,7 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        advance()
     head.eval()
     with torch.no_grad():
         out["dev_accuracy"] = float((head(hdev).argmax(1) == ydev).float().mean())

@@ -52,6 +52,9 @@ class GroundingStudyConfig(ModelConfig):
         bad = [s for s in self.setups if s not in SETUP_NAMES]
         if bad:
             raise ValueError(f"GroundingStudyConfig.setups: unknown {bad}; choose from {SETUP_NAMES}")
+        if len(set(self.setups)) < 2:
+            raise ValueError(f"GroundingStudyConfig.setups needs at least 2 distinct setups to compare, got "
+                             f"{list(self.setups)}")
         if self.pivot not in self.setups:
             raise ValueError(f"GroundingStudyConfig.pivot {self.pivot!r} must be one of setups {self.setups}")
         if not self.checkpoint_epochs or max(self.checkpoint_epochs) > self.epochs or min(self.checkpoint_epochs) < 1:

@@ -7,20 +7,23 @@ grid cell) and ``run_groundedbert`` (one unit per variant) leave in ``out_dir``:
 after its files are completely written, so killing the process at any moment (SIGKILL included)
 and rerunning the same command continues at the first unit not done: a half-done unit is redone
 from its seed (deterministic), checkpoints of done units are verified by sha256 before they count.
-Units run one after another in this process (no process pool / Ray executor yet).
+Training units run on an executor (``executors.py``: a local process pool by default, or Ray)
+with identical results; only this process writes the store.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .executors import ExecutorConfig, Task, run_tasks
 from .grounding import GroundingStudyConfig, analyse, plan_runs, train_run
 from .store import ResultStore
 
@@ -39,6 +42,31 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, unit="unit")
 
 
+class _UnitBars:
+    """One progress bar per running unit (below the study's bar), fed by the executor's reports."""
+
+    def __init__(self, enabled: bool, unit: str):
+        self.enabled, self.unit, self.bars = enabled, unit, {}
+
+    def update(self, task: Task, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(task.key)
+        if bar is None:
+            used = {b.pos for b in self.bars.values()}
+            position = next(p for p in range(1, len(self.bars) + 2) if p not in used)
+            bar = self.bars[task.key] = tqdm(total=total, desc=task.key.split("/", 1)[-1], unit=self.unit,
+                                             leave=False, position=position)
+            bar.pos = position
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def close(self, task: Task) -> None:
+        bar = self.bars.pop(task.key, None)
+        if bar is not None:
+            bar.close()
+
+
 @contextlib.contextmanager
 def _study(name: str, cfg, out_dir: str):
     """The result store of study ``name`` in ``out_dir`` (created or resumed), with ``run.log``."""
@@ -53,45 +81,108 @@ def _study(name: str, cfg, out_dir: str):
         handler.close()
 
 
-def _run_units(store: ResultStore, items: List[tuple], desc: str, progress: bool,
-               prepare: Callable[[], Dict], work: Callable) -> None:
-    """Independent units (one checkpoint each): ``items`` are (unit_id, run_id, argument); a unit
-    recorded as done with verified checkpoints is skipped; ``prepare()`` (shared inputs) runs only
-    if some unit is left; ``work(argument, data) -> (results dict, checkpoint epoch, checkpoint
-    path, metric split)`` runs the unit, whose results are then committed in one transaction."""
-    bar = _progress(len(items), desc, progress)
-    data = None
-    for unit, run_id, arg in items:
-        if store.unit_done(unit) and all(store.verify_checkpoint(c["run_id"], c["epoch"])
-                                         for c in store.checkpoints(run_id)):
-            bar.update(1)
-            continue
-        data = data or prepare()
-        start = time.time()
-        res, epoch, path, split = work(arg, data)
-        store.complete_unit(unit, unit.split("/")[0], {"run_id": run_id, **res},
-                            metrics=[{"run_id": run_id, "split": split, "name": k, "value": float(v)}
-                                     for k, v in res.items()],
-                            checkpoints=[(run_id, epoch, path)],
-                            runs=[{"run_id": run_id, "status": "done", "wall_seconds": time.time() - start}])
-        log.info("%s: %s (%.1f s)", run_id, json.dumps(res), time.time() - start)
+def _execute(store: ResultStore, executor: ExecutorConfig, tasks: List[Task], data, bar, progress: bool,
+             unit: str, commit: Callable[[Task, dict], None]) -> None:
+    """Run ``tasks`` (keys '<kind>/<run_id>') on ``executor``; each result is committed by
+    ``commit`` in this process; a run is marked 'running' when it first reports progress and
+    'failed' (with the error) when it raises."""
+    if not tasks:
+        return
+    bars, started = _UnitBars(progress, unit), set()
+
+    def on_progress(task, done, total):
+        if task.key not in started:
+            started.add(task.key)
+            store.mark_run(task.key.split("/", 1)[1], status="running")
+        bars.update(task, done, total)
+
+    def on_result(task, result):
+        bars.close(task)
+        commit(task, result)
         bar.update(1)
+
+    log.info("%d units on the %s executor (%d threads per unit)", len(tasks), executor.kind,
+             executor.threads_per_unit)
+    try:
+        run_tasks(executor, tasks, data, on_result, on_progress)
+    except BaseException as exc:
+        for key in started:
+            if not store.unit_done(key):
+                store.mark_run(key.split("/", 1)[1], status="failed", error=exc)
+        log.error("stopped: %r", exc)
+        raise
+    finally:
+        for key in list(bars.bars):
+            bars.bars.pop(key).close()
+
+
+def _units_done(store: ResultStore, unit: str, run_id: str) -> bool:
+    """Whether ``unit`` is recorded as done and all its run's checkpoints (at least one) verify."""
+    ckpts = store.checkpoints(run_id)
+    return store.unit_done(unit) and bool(ckpts) and all(store.verify_checkpoint(c["run_id"], c["epoch"])
+                                                         for c in ckpts)
+
+
+def _run_units(store: ResultStore, items: List[tuple], desc: str, progress: bool, executor: ExecutorConfig,
+               prepare: Callable[[], Dict], unit: str = "step") -> None:
+    """Independent units (one checkpoint each): ``items`` are (unit_id '<kind>/<run_id>', work); a
+    unit recorded as done with verified checkpoints is skipped; ``prepare()`` (shared inputs) runs
+    only if some unit is left; ``work(data, progress) -> dict(results, epoch, checkpoint, split,
+    wall_seconds)`` runs the unit on the executor; its results are committed in one transaction."""
+    bar = _progress(len(items), desc, progress)
+    pending = []
+    for unit_id, work in items:
+        if _units_done(store, unit_id, unit_id.split("/", 1)[1]):
+            bar.update(1)
+        else:
+            pending.append(Task(unit_id, work))
+
+    def commit(task, out):
+        run_id = task.key.split("/", 1)[1]
+        res = out["results"]
+        store.complete_unit(task.key, task.key.split("/")[0], {"run_id": run_id, **res},
+                            metrics=[{"run_id": run_id, "split": out["split"], "name": k, "value": float(v)}
+                                     for k, v in res.items()],
+                            checkpoints=[(run_id, out["epoch"], out["checkpoint"])],
+                            runs=[{"run_id": run_id, "status": "done", "wall_seconds": out["wall_seconds"]}])
+        log.info("%s: %s (%.1f s)", run_id, json.dumps(res), out["wall_seconds"])
+
+    if pending:
+        _execute(store, executor, pending, prepare(), bar, progress, unit, commit)
     bar.close()
 
 
-def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True) -> Dict:
-    """Run (or resume) the grounding study in ``out_dir``; returns the analysis results."""
+def _train_grounding(spec, cfg, out_dir: str, shared, progress) -> dict:
+    """Unit of the grounding study: one training run (see ``train_run``); runs on the executor."""
+    data, vocab = shared
+    start = time.time()
+    results = train_run(spec, cfg, data, vocab, os.path.join(out_dir, "runs", spec.run_id),
+                        progress=lambda epoch: progress(epoch, cfg.epochs))
+    return {"results": results, "wall_seconds": time.time() - start}
+
+
+def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True,
+                  executor: Optional[ExecutorConfig] = None) -> Dict:
+    """Run (or resume) the grounding study in ``out_dir``; returns the analysis results. The
+    training runs go to ``executor`` (default: the local pool); features and analysis run here."""
     from ..data import DemoCorpus
     from ..data.sources import demo_grounding_data
 
-    def trained(spec) -> bool:
-        ckpts = store.checkpoints(spec.run_id)
-        return store.unit_done(f"train/{spec.run_id}") and bool(ckpts) and all(
-            store.verify_checkpoint(spec.run_id, c["epoch"]) for c in ckpts)
+    executor = executor or ExecutorConfig()
+
+    def commit(task, out):
+        run_id, results = task.key.split("/", 1)[1], out["results"]
+        run_dir = os.path.join(out_dir, "runs", run_id)
+        metrics = [{"run_id": run_id, "epoch": e, "split": "val", "name": k, "value": v}
+                   for e, r in results.items() for k, v in r.items()]
+        checkpoints = [(run_id, e, os.path.join(run_dir, f"epoch{e}", "model.pt")) for e in results]
+        store.complete_unit(task.key, "train", {"run_id": run_id}, metrics=metrics, checkpoints=checkpoints,
+                            runs=[{"run_id": run_id, "status": "done", "wall_seconds": out["wall_seconds"]}])
+        log.info("%s done in %.1f s: %s", run_id, out["wall_seconds"], json.dumps(results))
 
     with _study("grounding", cfg, out_dir) as store:
         specs = plan_runs(cfg)
-        todo = [spec for spec in specs if not trained(spec)]
+        todo = [spec for spec in specs if not _units_done(store, f"train/{spec.run_id}", spec.run_id)]
         bar = _progress(len(specs) + 2, "grounding study", progress)
         data = vocab = None
         if todo or not store.unit_done("analysis") or not store.unit_done("features"):
@@ -105,21 +196,9 @@ def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True
                 log.info("features ready in %.1f s", time.time() - t0)
         bar.update(1 + len(specs) - len(todo))
         for spec in todo:
-            unit = f"train/{spec.run_id}"
-            log.info("training %s", spec.run_id)
-            store.mark_run(spec.run_id, setup=spec.setup, noise=spec.noise, seed=spec.seed, status="running")
-            start = time.time()
-            run_dir = os.path.join(out_dir, "runs", spec.run_id)
-            with tqdm(total=cfg.epochs, desc=spec.run_id, unit="epoch", leave=False, position=1,
-                      disable=not progress) as run_bar:
-                results = train_run(spec, cfg, data, vocab, run_dir, progress=lambda epoch: run_bar.update(1))
-            metrics = [{"run_id": spec.run_id, "epoch": e, "split": "val", "name": k, "value": v}
-                       for e, r in results.items() for k, v in r.items()]
-            checkpoints = [(spec.run_id, e, os.path.join(run_dir, f"epoch{e}", "model.pt")) for e in results]
-            store.complete_unit(unit, "train", {"run_id": spec.run_id}, metrics=metrics, checkpoints=checkpoints,
-                                runs=[{"run_id": spec.run_id, "status": "done", "wall_seconds": time.time() - start}])
-            log.info("%s done in %.1f s: %s", spec.run_id, time.time() - start, json.dumps(results))
-            bar.update(1)
+            store.mark_run(spec.run_id, setup=spec.setup, noise=spec.noise, seed=spec.seed, status="pending")
+        tasks = [Task(f"train/{spec.run_id}", functools.partial(_train_grounding, spec, cfg, out_dir)) for spec in todo]
+        _execute(store, executor, tasks, (data, vocab), bar, progress, "epoch", commit)
         if store.unit_done("analysis"):
             result = store.unit("analysis")["payload"]
         else:
@@ -228,18 +307,24 @@ def grounding_report(out_dir: str) -> tuple:
     return rep.write(out_dir)
 
 
-def run_flava(cfg, out_dir: str, progress: bool = True) -> List[dict]:
-    """Run (or resume) the FLAVA ablation grid in ``out_dir``; returns one row per cell."""
-    from .flava_ablation import cell_id, checkpoint_dir, grid_rows, plan_cells, prepare, train_cell
+def _flava_unit(cell, cfg, out_dir: str, data, progress) -> dict:
+    """Unit of the FLAVA ablation: one grid cell (see ``train_cell``); runs on the executor."""
+    from .flava_ablation import cell_id, checkpoint_dir, train_cell
 
-    def work(cell, data):
-        cid = cell_id(*cell)
-        res = train_cell(*cell, cfg, data, checkpoint_dir(out_dir, cid))
-        return res, int(res["step"]), os.path.join(checkpoint_dir(out_dir, cid), "model.pt"), "best"
+    start, cdir = time.time(), checkpoint_dir(out_dir, cell_id(*cell))
+    res = train_cell(*cell, cfg, data, cdir, progress=progress)
+    return {"results": res, "epoch": int(res["step"]), "checkpoint": os.path.join(cdir, "model.pt"),
+            "split": "best", "wall_seconds": time.time() - start}
+
+
+def run_flava(cfg, out_dir: str, progress: bool = True, executor: Optional[ExecutorConfig] = None) -> List[dict]:
+    """Run (or resume) the FLAVA ablation grid in ``out_dir`` (cells on ``executor``); returns one
+    row per cell."""
+    from .flava_ablation import cell_id, grid_rows, plan_cells, prepare
 
     with _study("flava-ablation", cfg, out_dir) as store:
-        items = [(f"cell/{cell_id(*c)}", cell_id(*c), c) for c in plan_cells(cfg)]
-        _run_units(store, items, "flava ablation", progress, lambda: prepare(cfg), work)
+        items = [(f"cell/{cell_id(*c)}", functools.partial(_flava_unit, c, cfg, out_dir)) for c in plan_cells(cfg)]
+        _run_units(store, items, "flava ablation", progress, executor or ExecutorConfig(), lambda: prepare(cfg))
         return grid_rows(store.metrics(split="best"))
 
 
@@ -262,17 +347,26 @@ def flava_report(out_dir: str) -> tuple:
     return rep.write(out_dir)
 
 
-def run_groundedbert(cfg, out_dir: str, progress: bool = True) -> List[dict]:
-    """Run (or resume) the GroundedBERT study in ``out_dir``; returns one row per variant."""
-    from .groundedbert_study import prepare, run_variant, variant_rows
+def _groundedbert_unit(variant: str, cfg, out_dir: str, data, progress) -> dict:
+    """Unit of the GroundedBERT study: one variant (see ``run_variant``); runs on the executor."""
+    from .groundedbert_study import run_variant
 
-    def work(variant, data):
-        vdir = os.path.join(out_dir, "variants", variant)
-        return run_variant(variant, cfg, data, vdir), 0, os.path.join(vdir, "model.pt"), ""
+    start, vdir = time.time(), os.path.join(out_dir, "variants", variant)
+    res = run_variant(variant, cfg, data, vdir, progress=progress)
+    return {"results": res, "epoch": 0, "checkpoint": os.path.join(vdir, "model.pt"), "split": "",
+            "wall_seconds": time.time() - start}
+
+
+def run_groundedbert(cfg, out_dir: str, progress: bool = True,
+                     executor: Optional[ExecutorConfig] = None) -> List[dict]:
+    """Run (or resume) the GroundedBERT study in ``out_dir`` (variants on ``executor``); returns
+    one row per variant."""
+    from .groundedbert_study import prepare, variant_rows
 
     with _study("groundedbert", cfg, out_dir) as store:
-        items = [(f"variant/{v}", v, v) for v in cfg.variants]
-        _run_units(store, items, "groundedbert study", progress, lambda: prepare(cfg, out_dir), work)
+        items = [(f"variant/{v}", functools.partial(_groundedbert_unit, v, cfg, out_dir)) for v in cfg.variants]
+        _run_units(store, items, "groundedbert study", progress, executor or ExecutorConfig(),
+                   lambda: prepare(cfg, out_dir))
         return variant_rows(store.metrics())
 
 

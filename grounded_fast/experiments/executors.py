@@ -1,0 +1,251 @@
+"""Executors: where a study's independent units of work run.
+
+``local`` (the default) runs units in a pool of worker processes on this machine (``workers = 1``
+runs them in this process); ``ray`` runs them as Ray tasks, on the cluster at ``address`` or on a
+local Ray instance when there is none (``ray.init(address=...)``; ``RAY_ADDRESS`` is honoured).
+
+Guarantees, whatever the executor:
+
+* **Identical results.** The inputs a unit shares with the others (``data``) are prepared once in
+  the main process and shipped to the workers, and every unit runs with
+  ``torch.set_num_threads(threads_per_unit)`` (float reductions depend on the thread count), so a
+  unit gives bit-identical results in this process, in a pool or on Ray.
+* **One writer.** Only the main process writes the result store: a unit's function returns its
+  results and the main process commits them (``on_result``) as each unit finishes. A unit writes
+  nothing but its own files (checkpoints under a directory of its own); with Ray on several
+  machines the output directory must be on a file system they share.
+* **Nothing lost on failure.** When a unit raises, units not yet started are cancelled, units
+  already running are waited for and committed, and then the first error is raised.
+* **No orphans.** Local workers die with the main process (Linux: ``PR_SET_PDEATHSIG``), so a
+  killed run leaves no worker writing into the output directory of its rerun.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import sys
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+import torch
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorConfig:
+    """How units run. ``kind``: 'local' or 'ray'; ``workers``: local worker processes (None: as
+    many as fit, ``cpu_count // threads_per_unit``; 1: in this process); ``threads_per_unit``:
+    torch threads of every unit (results depend on it, the executor does not); ``address``: the
+    Ray cluster (None: ``RAY_ADDRESS`` or a new local instance)."""
+    kind: str = "local"
+    workers: Optional[int] = None
+    threads_per_unit: int = 1
+    address: Optional[str] = None
+
+    def __post_init__(self):
+        if self.kind not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.kind!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
+        if not isinstance(self.threads_per_unit, int) or self.threads_per_unit < 1:
+            raise ValueError(f"threads_per_unit must be an integer >= 1, got {self.threads_per_unit!r}")
+        if self.address is not None and self.kind != "ray":
+            raise ValueError("address is for the ray executor only")
+
+    def local_workers(self, n_units: int) -> int:
+        """Worker processes of the local pool for ``n_units`` pending units."""
+        fit = max(1, (os.cpu_count() or 1) // self.threads_per_unit)
+        return max(1, min(self.workers or fit, n_units))
+
+
+class Task(NamedTuple):
+    """One unit: ``fn(data, progress) -> result`` must be picklable (a module-level function or a
+    ``functools.partial`` of one) and deterministic; ``progress(done, total)`` may be called any
+    number of times."""
+    key: str
+    fn: Callable[[Any, Callable[[int, int], None]], Any]
+
+
+OnResult = Callable[[Task, Any], None]
+OnProgress = Callable[[Task, int, int], None]
+
+
+def run_tasks(config: ExecutorConfig, tasks: List[Task], data: Any, on_result: OnResult,
+              on_progress: Optional[OnProgress] = None) -> None:
+    """Run ``tasks`` with the shared inputs ``data``; ``on_result(task, result)`` is called in this
+    process as each task finishes (in completion order), ``on_progress(task, done, total)`` as
+    workers report. Raises the first task error after the other started tasks are committed."""
+    if not tasks:
+        return
+    keys = [t.key for t in tasks]
+    if len(set(keys)) != len(keys):
+        raise ValueError("task keys must be unique")
+    on_progress = on_progress or (lambda task, done, total: None)
+    if config.kind == "ray":
+        _run_ray(config, tasks, data, on_result, on_progress)
+    elif config.local_workers(len(tasks)) == 1:
+        _run_inline(config, tasks, data, on_result, on_progress)
+    else:
+        _run_pool(config, tasks, data, on_result, on_progress)
+
+
+# ------------------------------------------------------------------------------------------ in process
+def _run_inline(config, tasks, data, on_result, on_progress) -> None:
+    threads = torch.get_num_threads()
+    try:
+        for task in tasks:
+            torch.set_num_threads(config.threads_per_unit)
+            try:
+                result = task.fn(data, lambda done, total, t=task: on_progress(t, done, total))
+            finally:
+                torch.set_num_threads(threads)
+            on_result(task, result)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------- process pool
+_WORKER: Dict[str, Any] = {}
+
+
+class _Throttled:
+    """A progress callback that forwards at most every ``interval`` seconds (and always the last step)."""
+
+    def __init__(self, send: Callable[[int, int], None], interval: float = 0.2):
+        self.send, self.interval, self.last = send, interval, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self.last >= self.interval:
+            self.last = now
+            self.send(done, total)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: be killed when the main process dies; exit now if it already has (killed while this
+    worker was starting), so that no orphan picks up a queued unit."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _init_worker(parent_pid: int, data, threads: int, progress_queue) -> None:
+    _die_with_parent(parent_pid)
+    torch.set_num_threads(threads)
+    _WORKER.update(data=data, queue=progress_queue)
+
+
+def _pool_task(key: str, fn):
+    q = _WORKER["queue"]
+    return fn(_WORKER["data"], _Throttled(lambda done, total: q.put((key, done, total))))
+
+
+def _drive(tasks: List[Task], window: int, submit, wait_some, drain, on_result: OnResult) -> None:
+    """At most ``window`` tasks in flight; ``submit(task) -> handle``; ``wait_some(handles) ->
+    [(handle, ok, result or exception)]`` (returns after a short timeout); ``drain()`` forwards
+    progress. After the first error nothing new starts; the tasks in flight finish and are
+    committed; then the error is raised."""
+    todo, running, error = list(tasks), {}, None
+    while todo or running:
+        while todo and error is None and len(running) < window:
+            task = todo.pop(0)
+            running[submit(task)] = task
+        if error is not None:
+            todo.clear()
+        if not running:
+            break
+        finished = wait_some(list(running))
+        drain()
+        for handle, ok, value in finished:
+            task = running.pop(handle)
+            if ok:
+                on_result(task, value)
+            elif error is None:
+                error = value
+    if error is not None:
+        raise error
+
+
+def _drain_queue(q, by_key: Dict[str, Task], on_progress: OnProgress) -> None:
+    while True:
+        try:
+            key, done, total = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        on_progress(by_key[key], done, total)
+
+
+def _run_pool(config, tasks, data, on_result, on_progress) -> None:
+    ctx = mp.get_context("spawn")  # not fork: torch's thread pools do not survive a fork
+    progress_queue = ctx.Queue()
+    by_key = {t.key: t for t in tasks}
+    workers = config.local_workers(len(tasks))
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(os.getpid(), data, config.threads_per_unit, progress_queue))
+
+    def wait_some(futures):
+        done, _ = cf.wait(futures, timeout=0.1, return_when=cf.FIRST_COMPLETED)
+        return [(f, f.exception() is None, f.exception() or f.result()) for f in done]
+
+    try:
+        _drive(tasks, workers, lambda t: pool.submit(_pool_task, t.key, t.fn), wait_some,
+               lambda: _drain_queue(progress_queue, by_key, on_progress), on_result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress_queue.close()
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+def _ray_task(key: str, fn, data, threads: int, progress_queue):
+    torch.set_num_threads(threads)
+    return fn(data, _Throttled(lambda done, total: progress_queue.put_nowait((key, done, total)), interval=0.5))
+
+
+def _run_ray(config, tasks, data, on_result, on_progress) -> None:
+    try:
+        import ray
+        from ray.util.queue import Queue
+    except ImportError as exc:
+        raise ImportError("the ray executor needs Ray: pip install 'ray>=2.9'") from exc
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=config.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    try:
+        progress_queue = Queue()
+        by_key = {t.key: t for t in tasks}
+        data_ref = ray.put(data)
+        remote = ray.remote(num_cpus=config.threads_per_unit, max_retries=0)(_ray_task)
+        window = max(1, int(ray.cluster_resources().get("CPU", 1) // config.threads_per_unit))
+
+        def wait_some(refs):
+            done, _ = ray.wait(refs, num_returns=1, timeout=0.1)
+            out = []
+            for ref in done:
+                try:
+                    out.append((ref, True, ray.get(ref)))
+                except ray.exceptions.RayTaskError as exc:
+                    out.append((ref, False, exc.as_instanceof_cause()))
+            return out
+
+        def drain():
+            waiting = progress_queue.qsize()
+            for key, done, total in progress_queue.get_nowait_batch(waiting) if waiting else ():
+                on_progress(by_key[key], done, total)
+
+        _drive(tasks, window,
+               lambda t: remote.remote(t.key, t.fn, data_ref, config.threads_per_unit, progress_queue),
+               wait_some, drain, on_result)
+        ray.kill(progress_queue.actor)
+    finally:
+        if started:
+            ray.shutdown()
