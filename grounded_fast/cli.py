@@ -172,6 +172,10 @@ def _run_study(args) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"grounded-fast run: bad config: {exc}", file=sys.stderr)
         return 2
+    import importlib.util
+    if executor.kind == "ray" and importlib.util.find_spec("ray") is None:
+        print("grounded-fast run --executor ray needs Ray: pip install 'ray>=2.9'", file=sys.stderr)
+        return 2
     try:
         return _run_and_report(args.study, cfg, out, not args.no_progress, executor)
     except StudyMismatchError as exc:

@@ -31,7 +31,11 @@ def test_gpu_ot_bench_smoke(tmp_path):
                           "--backends", "cpu,cuda", "--out", str(stem)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "gpu-ot-smoke.json").read_text())
-    assert {r["backend"] for r in out["results"]} == {"cpu"} and out["backends_skipped"] == ["cuda"]
+    assert {r["backend"] for r in out["results"]} == {"cpu", "torch"} and out["backends_skipped"] == ["cuda"]
     cases = {r["case"][0] for r in out["results"]}
     assert cases == {"1", "2", "3"}
+    # case 3 times both cost sources (on CPU the chunked torch passes stand in for the GPU kernels)
+    feat = [r for r in out["results"] if r.get("cost_source") == "features"]
+    assert len(feat) == 1 and feat[0]["backend"] == "torch" and feat[0]["vs_memory_path"] > 0
+    assert feat[0]["with_backward_s"] > 0 and any("choose_cost_source" in n for n in out["notes"])
     assert all(r["vs_pot"] > 0 for r in out["results"] if r["case"][0] in "12")  # POT is installed in CI

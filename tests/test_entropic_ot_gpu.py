@@ -74,3 +74,118 @@ def test_gpu_backend_envelope_gradients(backend):
         outs.append([g.cpu() for g in torch.autograd.grad(sol.value.sum(), (Ct, at, bt))])
     for x, y, nm in zip(*outs, ("dC", "da", "db")):
         assert_close(x, y, rtol=1e-8, atol=1e-10, name=nm)
+
+
+# ------------------------------------------------------------ cost recomputed from features
+FEATURE_CASES = {"balanced": (BALANCED, {}), "unbalanced": (UNBALANCED, dict(reg_m=(0.7, 2.0))),
+                 "partial": (PARTIAL, dict(mass=0.6))}
+
+
+def _feature_solver(backend):
+    if backend == "cuda":
+        if not _backend.cuda_extension_available():
+            pytest.skip("CUDA extension not built (FORCE_CUDA=1)")
+        from grounded_fast.ops.cuda_ot import entropic_ot_features_cuda
+        return entropic_ot_features_cuda
+    if not _backend.triton_available():
+        pytest.skip("triton not installed")
+    from grounded_fast.triton_kernels.ot.sinkhorn_features import entropic_ot_features_triton
+    return entropic_ot_features_triton
+
+
+def _features(B, n, m, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, n, d, generator=g, dtype=torch.float64) / d ** 0.5
+    y = torch.randn(B, m, d, generator=g, dtype=torch.float64) / d ** 0.5 + 0.3
+    a = torch.rand(B, n, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(B, m, generator=g, dtype=torch.float64) + 0.1
+    if n > 2:
+        a[0, -1] = 0
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    return [t.to(dtype).cuda() for t in (x, y, a, b)]
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("case", list(FEATURE_CASES))
+@pytest.mark.parametrize("cost", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 13, 29, 3), (2, 41, 401, 16), (1, 300, 257, 70)])
+def test_gpu_features_backend_matches_reference(backend, case, cost, dtype, shape):
+    """The feature kernels (CUDA; Triton with 3xTF32 / fp64 tensor-core products) against the
+    chunked torch passes on the same device; (1, 300, 257) splits the streamed axis."""
+    from grounded_fast.reference.ot_features import cost_code, entropic_ot_features_reference
+    solve = _feature_solver(backend)
+    B, n, m, d = shape
+    x, y, a, b = _features(B, n, m, d, dtype, seed=n + d)
+    problem, kw = FEATURE_CASES[case]
+    mass = torch.full((B,), kw.get("mass", 0.0), dtype=dtype, device="cuda")
+    ra, rb = kw.get("reg_m", (math.inf, math.inf))
+    reg = 0.3 if cost == "sqeuclidean" else 0.1
+    args = [x, y, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), cost_code(cost), problem, reg, ra, rb, True,
+            60, 1e-9 if dtype == torch.float64 else 1e-6, 5]
+    out, ref = solve(*args), entropic_ot_features_reference(*args)
+    rtol, atol = (1e-9, 1e-12) if dtype == torch.float64 else (5e-4, 2e-5)
+    names = ("log_u", "log_v", "log_scale", "value", "value_linear", "n_iter", "status", "err_history")
+    for nm, o, r in zip(names, out, ref):
+        if nm in ("n_iter", "status"):
+            assert torch.equal(o.cpu(), r.cpu()), f"{nm}: {o.tolist()} != {r.tolist()}"
+        elif nm in ("log_u", "log_v"):
+            fin = torch.isfinite(r)
+            assert torch.equal(torch.isfinite(o), fin)
+            assert_close(o[fin].cpu(), r[fin].cpu(), rtol=rtol, atol=max(atol, 1e-4 if dtype == torch.float32 else 0),
+                         name=nm)
+        else:
+            assert_close(o.cpu(), r.cpu(), rtol=rtol, atol=atol, name=nm)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("cost", ["sqeuclidean", "cosine"])
+def test_gpu_features_passes_and_half_inputs(backend, cost):
+    """Every pass with 1 and several splits, float64 / float32 / bfloat16 / float16 features,
+    against the torch passes on the same (rounded) values."""
+    _feature_solver(backend)
+    from grounded_fast.reference.ot_features import TorchFeaturePasses, cost_code
+    code = cost_code(cost)
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        x, y, _, _ = _features(2, 97, 1031, 40, torch.float64, seed=7)
+        x, y = x.to(dtype), y.to(dtype)
+        dt = torch.float64 if dtype == torch.float64 else torch.float32
+        ref = TorchFeaturePasses(x, y, code, 0.2, dt)
+        lu, lv = torch.randn(2, 97, dtype=dt, device="cuda"), torch.randn(2, 1031, dtype=dt, device="cuda")
+        w = torch.randn(2, dtype=dt, device="cuda")
+        rtol, atol = (1e-10, 1e-12) if dt == torch.float64 else (2e-4, 1e-5)
+        if backend == "triton":
+            from grounded_fast.triton_kernels.ot.sinkhorn_features import TritonFeaturePasses
+            variants = [TritonFeaturePasses(x, y, code, 0.2, splits=s) for s in (1, 5)]
+        else:
+            from grounded_fast.ops.cuda_ot import CudaFeaturePasses
+            variants = [CudaFeaturePasses(x, y, code, 0.2)]
+            for s in (1, 3, 7):
+                got = torch.ops.grounded_fast.ot_feat_lse_cuda(variants[0].x, variants[0].y, variants[0].s,
+                                                               variants[0].t, lv, 5.0, code, s)
+                assert_close(got.cpu(), ref.lse(True, lv).cpu(), rtol=rtol, atol=atol, name=f"cuda lse splits={s}")
+        for got in variants:
+            assert_close(got.lse(True, lv).cpu(), ref.lse(True, lv).cpu(), rtol=rtol, atol=atol, name="row lse")
+            assert_close(got.lse(False, lu).cpu(), ref.lse(False, lu).cpu(), rtol=rtol, atol=atol, name="col lse")
+            args = (lu + 0.1, lv - 0.1, 0.5 * w, lu, lv, w)
+            assert_close(got.plan_change(*args).cpu(), ref.plan_change(*args).cpu(), rtol=rtol * 10, atol=atol,
+                         name="plan change")
+            for o, r in zip(got.row_stats(lu, lv, w), ref.row_stats(lu, lv, w)):
+                assert_close(o.cpu(), r.cpu(), rtol=rtol * 10, atol=atol, name="row stats")
+            for o, r in zip(got.products(lu, lv, w), ref.products(lu, lv, w)):
+                assert_close(o.cpu(), r.cpu(), rtol=rtol * 10, atol=atol, name="products")
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_features_envelope_gradients(backend):
+    _feature_solver(backend)
+    from grounded_fast.ops import entropic_ot_features
+    x, y, a, b = _features(3, 50, 70, 8, torch.float64, seed=2)
+    outs = []
+    for dev, bk in (("cuda", backend), ("cpu", "torch")):
+        leaves = [t.to(dev).requires_grad_() for t in (x, y, a, b)]
+        sol = entropic_ot_features(*leaves, reg=0.1, cost="cosine", problem=PARTIAL, mass=0.5, backend=bk,
+                                   max_iter=300)
+        outs.append([g.cpu() for g in torch.autograd.grad(sol.value.sum(), leaves)])
+    for g, r, nm in zip(*outs, ("dx", "dy", "da", "db")):
+        assert_close(g, r, rtol=1e-8, atol=1e-10, name=nm)

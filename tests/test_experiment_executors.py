@@ -139,6 +139,16 @@ def test_tiny_grid_on_ray_equals_local_pool(tmp_path):
     assert runs["ray"] == runs["pool"]        # metrics, pairwise results, checkpoint bytes, analysis
 
 
+def test_cli_rejects_bad_executor_settings(tmp_path, monkeypatch):
+    from grounded_fast import cli
+    assert cli.main(["run", "grounding", "--out", str(tmp_path / "a"), "--workers", "0"]) == 2
+    assert cli.main(["run", "grounding", "--out", str(tmp_path / "b"), "--ray-address", "x:1"]) == 2
+    real = __import__("importlib.util").util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert cli.main(["run", "grounding", "--out", str(tmp_path / "c"), "--executor", "ray"]) == 2
+    assert not (tmp_path / "c").exists()
+
+
 def test_resume_flag(tmp_path):
     cfg = tmp_path / "micro.toml"
     cfg.write_text(MICRO.replace('setups = ["P", "multimodal"]', 'setups = ["P", "C"]').replace("[0, 1]", "[0]"))

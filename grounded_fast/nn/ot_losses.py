@@ -3,6 +3,12 @@
 Padding: ``x_mask`` (B, n) / ``y_mask`` (B, m) booleans (True = real token / patch) zero the
 weights of padded positions; by default weights are uniform over the real positions. Gradients are
 envelope gradients of the regularised objective (see grounded_fast.ops.entropic_ot).
+
+Cost source (``cost_source``): with features x, y and a 'sqeuclidean' / 'cosine' cost, 'auto' asks
+``grounded_fast.ops.choose_cost_source`` whether to materialise C (``cost_matrix`` then
+``entropic_ot``: always on CPU, and on the GPU for small problems or large d) or to recompute it
+from the features in every pass (``entropic_ot_features``: large problems with small d on the
+GPU); 'memory' / 'features' force one. Both give the same loss and gradients up to rounding.
 """
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
+from ..ops import BALANCED, PARTIAL, UNBALANCED, choose_cost_source, entropic_ot, entropic_ot_features
 from ..ot.costs import METRICS, cost_matrix
+
+COST_SOURCES = ("auto", "memory", "features")
 
 
 def _weights(mask: Optional[Tensor], w: Optional[Tensor], shape, like: Tensor) -> Tensor:
@@ -30,7 +38,8 @@ class _OTLoss(nn.Module):
     problem = BALANCED
 
     def __init__(self, reg: float = 0.05, cost: Optional[str] = "sqeuclidean", max_iter: int = 1000,
-                 tol: float = 1e-6, reduction: str = "none", backend: Optional[str] = None):
+                 tol: float = 1e-6, reduction: str = "none", backend: Optional[str] = None,
+                 cost_source: str = "auto"):
         super().__init__()
         if cost is not None and cost not in METRICS:
             raise ValueError(f"cost must be one of {METRICS} or None, got {cost!r}")
@@ -38,8 +47,12 @@ class _OTLoss(nn.Module):
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         if not reg > 0:
             raise ValueError(f"reg must be > 0, got {reg}")
+        if cost_source not in COST_SOURCES:
+            raise ValueError(f"cost_source must be one of {COST_SOURCES}, got {cost_source!r}")
+        if cost_source == "features" and cost not in ("sqeuclidean", "cosine"):
+            raise ValueError(f"cost_source='features' needs cost 'sqeuclidean' or 'cosine', got {cost!r}")
         self.reg, self.cost, self.max_iter, self.tol = float(reg), cost, int(max_iter), float(tol)
-        self.reduction, self.backend = reduction, backend
+        self.reduction, self.backend, self.cost_source = reduction, backend, cost_source
 
     def _cost(self, x, y, C):
         if C is not None:
@@ -53,13 +66,36 @@ class _OTLoss(nn.Module):
     def _reduce(self, v: Tensor) -> Tensor:
         return v if self.reduction == "none" else (v.mean() if self.reduction == "mean" else v.sum())
 
-    def _solve(self, x, y, C, a, b, x_mask, y_mask, **kw):
-        C = self._cost(x, y, C)
-        B, n, m = C.shape
-        a = _weights(x_mask, a, (B, n), C)
-        b = _weights(y_mask, b, (B, m), C)
-        return entropic_ot(C, a, b, reg=self.reg, problem=self.problem, max_iter=self.max_iter, tol=self.tol,
-                           backend=self.backend, history=False, **kw)
+    def uses_features(self, x: Tensor, y: Tensor) -> bool:
+        """Whether features x (B,n,d), y (B,m,d) take the on-the-fly cost (``cost_source``)."""
+        if self.cost_source != "auto":
+            return self.cost_source == "features"
+        B, n, d = x.shape
+        return choose_cost_source(n, y.shape[1], d, x.dtype, batch=B, cost=self.cost, device=x.device,
+                                  backend=self.backend) == "features"
+
+    def _solve(self, x, y, C, a, b, x_mask, y_mask, mass_fraction=None, return_plan=False, **kw):
+        """(value (B,), plan (B,n,m) or None); ``mass_fraction``: partial OT's share of min(|a|, |b|)."""
+        features = C is None and x is not None and y is not None and self.cost is not None and self.uses_features(x, y)
+        if features:
+            B, n, _ = x.shape
+            m = y.shape[1]
+            like = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        else:
+            C = self._cost(x, y, C)
+            B, n, m = C.shape
+            like = C
+        a = _weights(x_mask, a, (B, n), like)
+        b = _weights(y_mask, b, (B, m), like)
+        if mass_fraction is not None:
+            kw["mass"] = mass_fraction * torch.minimum(a.sum(1), b.sum(1)).detach()
+        opts = dict(reg=self.reg, problem=self.problem, max_iter=self.max_iter, tol=self.tol, backend=self.backend,
+                    history=False, **kw)
+        if features:
+            sol = entropic_ot_features(x, y, a, b, cost=self.cost, return_plan=return_plan, **opts)
+        else:
+            sol = entropic_ot(C, a, b, **opts)
+        return sol.value, sol.plan
 
 
 class SinkhornLoss(_OTLoss):
@@ -67,7 +103,7 @@ class SinkhornLoss(_OTLoss):
 
     forward(x (B,n,d), y (B,m,d), a=None, b=None, x_mask=None, y_mask=None, C=None) -> (B,)
     (or a scalar with reduction 'mean'/'sum'): the regularised objective <P,C> + reg sum P log P
-    (unbalanced: + KL marginal penalties).
+    (unbalanced: + KL marginal penalties). ``cost_source``: module docstring.
     """
 
     def __init__(self, reg: float = 0.05, cost: Optional[str] = "sqeuclidean", reg_m: Optional[float] = None,
@@ -81,7 +117,7 @@ class SinkhornLoss(_OTLoss):
         kw = {}
         if self.reg_m is not None:
             kw = dict(reg_m=(self.reg_m, self.reg_m), check_every=1)
-        return self._reduce(self._solve(x, y, C, a, b, x_mask, y_mask, **kw).value)
+        return self._reduce(self._solve(x, y, C, a, b, x_mask, y_mask, **kw)[0])
 
 
 class PartialOTLoss(_OTLoss):
@@ -101,12 +137,6 @@ class PartialOTLoss(_OTLoss):
         self.mass = float(mass)
 
     def forward(self, x=None, y=None, a=None, b=None, x_mask=None, y_mask=None, C=None, return_plan=False):
-        C = self._cost(x, y, C)
-        B, n, m = C.shape
-        aw = _weights(x_mask, a, (B, n), C)
-        bw = _weights(y_mask, b, (B, m), C)
-        mass = self.mass * torch.minimum(aw.sum(1), bw.sum(1)).detach()
-        sol = entropic_ot(C, aw, bw, reg=self.reg, problem=PARTIAL, mass=mass, max_iter=self.max_iter,
-                          tol=self.tol, backend=self.backend, history=False)
-        loss = self._reduce(sol.value)
-        return (loss, sol.plan) if return_plan else loss
+        value, plan = self._solve(x, y, C, a, b, x_mask, y_mask, mass_fraction=self.mass, return_plan=return_plan)
+        loss = self._reduce(value)
+        return (loss, plan) if return_plan else loss

@@ -5,6 +5,11 @@ with the cost tile -C/eps in shared memory for all iterations (``ot_small_cuda``
 the O(n + m) vectors fit the device's opt-in shared memory per block; ``stream`` — one kernel per
 pass over C in device memory (``ot_row_lse_cuda``, ``ot_col_lse_cuda``, ``ot_plan_change_cuda``)
 driven by the reference's ``solve_potentials``. The plan and objective come from ``finalize``.
+
+``CudaFeaturePasses``: the passes of ``entropic_ot_features`` with the cost recomputed from the
+features in every pass (``ot_feat_*_cuda``, csrc/ot/cuda/sinkhorn_features.cu); the envelope
+gradients' products P y, P^T x are the chunked torch computation of the reference (cuBLAS
+products on chunks of rows; run once per backward, not per iteration).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import math
 import torch
 
 from ..reference.entropic_ot import finalize, nonempty_problems, solve_potentials
+from ..reference.ot_features import TorchFeaturePasses, compute_dtype, kernel_norms
 
 REGIMES = ("small", "stream")
 
@@ -53,3 +59,53 @@ def entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, re
     plan, value, value_linear = finalize(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
                                          nonempty_problems(a, b, mass, problem))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
+
+
+def feature_splits(B: int, n: int, m: int, device: torch.device) -> int:
+    """Ranges of the streamed axis per LSE pass: about 4 blocks per SM (a block owns 64 rows)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    blocks = B * -(-n // 64)
+    return int(max(1, min(-(-4 * sms // blocks), -(-m // 256), 65535)))
+
+
+class CudaFeaturePasses:
+    """The passes of grounded_fast.reference.ot_features on the CUDA kernels (module docstring).
+    x (B,n,d), y (B,m,d) CUDA tensors, float32 / float64 / bfloat16 / float16; cost 0 / 1."""
+
+    def __init__(self, x, y, cost: int, reg: float):
+        self.x, self.y = x.contiguous(), y.contiguous()
+        self.B, self.n, self.d = x.shape
+        self.m = y.shape[1]
+        self.dt = compute_dtype(x.dtype)
+        self.s, self.t = kernel_norms(self.x, cost, self.dt), kernel_norms(self.y, cost, self.dt)
+        self.cost, self.reg, self.inv_eps = cost, float(reg), 1.0 / reg
+        self._torch = None
+
+    def lse(self, rows: bool, vec):
+        X, Y, s, t, nr, nc = ((self.x, self.y, self.s, self.t, self.n, self.m) if rows
+                              else (self.y, self.x, self.t, self.s, self.m, self.n))
+        return torch.ops.grounded_fast.ot_feat_lse_cuda(X, Y, s, t, vec, self.inv_eps, self.cost,
+                                                        feature_splits(self.B, nr, nc, X.device))
+
+    def plan_change(self, pu, pv, pw, lu, lv, w):
+        return torch.ops.grounded_fast.ot_feat_plan_change_cuda(self.x, self.y, self.s, self.t, pu, pv, pw, lu, lv, w,
+                                                                self.inv_eps, self.cost).sqrt()
+
+    def row_stats(self, lu, lv, w):
+        return torch.ops.grounded_fast.ot_feat_row_stats_cuda(self.x, self.y, self.s, self.t, lu, lv, w, self.inv_eps,
+                                                              self.cost)
+
+    def products(self, lu, lv, w):
+        if self._torch is None:
+            self._torch = TorchFeaturePasses(self.x, self.y, self.cost, self.reg, self.dt)
+        return self._torch.products(lu, lv, w)
+
+
+def entropic_ot_features_cuda(x, y, a, b, mass, log_u0, log_v0, cost: int, problem: int, reg: float, reg_m_a: float,
+                              reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
+                              history: int = -1):
+    """Solve on the CUDA feature passes; arguments and outputs as
+    grounded_fast.reference.ot_features.solve_features (x (B,n,d), y (B,m,d) CUDA tensors)."""
+    from ..reference.ot_features import solve_features
+    return solve_features(CudaFeaturePasses(x, y, cost, reg), a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
+                          reg_m_b, kl_ref, max_iter, tol, check_every, history)

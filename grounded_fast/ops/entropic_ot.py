@@ -35,9 +35,10 @@ GRAD_MODES = ("envelope", "autodiff", "detach")
 
 
 class OTSolution(NamedTuple):
-    """Result of :func:`entropic_ot`; plan = exp(log_u_i + log_v_j + log_scale - C_ij / reg)."""
+    """Result of :func:`entropic_ot` (and :func:`entropic_ot_features`, whose ``plan`` is None unless
+    ``return_plan=True``); plan = exp(log_u_i + log_v_j + log_scale - C_ij / reg)."""
 
-    plan: Tensor          # (B, n, m)
+    plan: Optional[Tensor]  # (B, n, m)
     log_u: Tensor         # (B, n)  -inf where a == 0
     log_v: Tensor         # (B, m)  -inf where b == 0
     log_scale: Tensor     # (B,)    partial: global log-scale; 0 otherwise
@@ -110,14 +111,12 @@ def _centred(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, x - mean, torch.zeros_like(x))
 
 
-def _backward(ctx, *grads):
-    g = grads[4]
-    plan, log_u, log_v, a, b = ctx.saved_tensors
-    problem, reg, reg_m_a, reg_m_b, kl_ref = ctx.opts
-    grad_C = grad_a = grad_b = None
-    gC = g[:, None, None]
-    if ctx.needs_input_grad[0]:
-        grad_C = gC * plan
+def marginal_grads(problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool, log_u: Tensor,
+                   log_v: Tensor, a: Tensor, b: Tensor, sums, need_a: bool, need_b: bool):
+    """Envelope gradients (dV/da (B,n), dV/db (B,m)) of the module docstring, None where not needed.
+    ``sums()`` returns the plan's marginals (P 1 (B,n), P^T 1 (B,m)); called for unbalanced only."""
+    if not (need_a or need_b):
+        return None, None
     ma, mb = a > 0, b > 0
     if problem == BALANCED:
         ga, gb = reg * _centred(log_u, ma), reg * _centred(log_v, mb)
@@ -125,10 +124,10 @@ def _backward(ctx, *grads):
         ga = torch.where(ma, reg * log_u, torch.zeros_like(log_u))
         gb = torch.where(mb, reg * log_v, torch.zeros_like(log_v))
     else:
-        if (ctx.needs_input_grad[1] and math.isinf(reg_m_a)) or (ctx.needs_input_grad[2] and math.isinf(reg_m_b)):
+        if (need_a and math.isinf(reg_m_a)) or (need_b and math.isinf(reg_m_b)):
             raise NotImplementedError("unbalanced OT: gradient w.r.t. a marginal with reg_m = inf "
                                       "is not implemented; use the balanced solver")
-        r, c = plan.sum(2), plan.sum(1)
+        r, c = sums()
         ra = torch.where(ma, r / torch.where(ma, a, 1), 0)
         cb = torch.where(mb, c / torch.where(mb, b, 1), 0)
         ga = reg_m_a * (1 - ra) if not math.isinf(reg_m_a) else torch.zeros_like(a)
@@ -136,9 +135,21 @@ def _backward(ctx, *grads):
         if kl_ref:
             ga = ga + reg * (b.sum(1, keepdim=True) - ra)
             gb = gb + reg * (a.sum(1, keepdim=True) - cb)
-    if ctx.needs_input_grad[1]:
+    return (ga if need_a else None), (gb if need_b else None)
+
+
+def _backward(ctx, *grads):
+    g = grads[4]
+    plan, log_u, log_v, a, b = ctx.saved_tensors
+    problem, reg, reg_m_a, reg_m_b, kl_ref = ctx.opts
+    grad_C = grad_a = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_C = g[:, None, None] * plan
+    ga, gb = marginal_grads(problem, reg, reg_m_a, reg_m_b, kl_ref, log_u, log_v, a, b,
+                            lambda: (plan.sum(2), plan.sum(1)), ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+    if ga is not None:
         grad_a = g[:, None] * ga
-    if ctx.needs_input_grad[2]:
+    if gb is not None:
         grad_b = g[:, None] * gb
     return (grad_C, grad_a, grad_b) + (None,) * 13
 
@@ -190,6 +201,15 @@ def validate(C: Tensor, a: Tensor, b: Tensor, reg: float, mass=None) -> None:
         # C's size) only runs to rule out a false alarm from overflow of the sum itself.
         if not torch.isfinite(C.sum()) and not torch.isfinite(C).all():
             raise ValueError("C (the cost) contains NaN or inf")
+    check_weights(a, b, mass, C.dtype)
+
+
+def check_weights(a: Tensor, b: Tensor, mass, dtype: torch.dtype) -> None:
+    """Value checks of the weights a (B,n), b (B,m) and the partial mass (B,) or None (``dtype``:
+    the problem's dtype, for the tolerance of mass <= min(|a|, |b|)); errors name the argument."""
+    if torch.compiler.is_compiling():
+        return
+    with torch.no_grad():
         for name, t in (("a", a), ("b", b)):
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} contains NaN or inf")
@@ -199,7 +219,7 @@ def validate(C: Tensor, a: Tensor, b: Tensor, reg: float, mass=None) -> None:
             if not torch.isfinite(mass).all() or (mass < 0).any():
                 raise ValueError("m (transported mass) must be finite and >= 0")
             cap = torch.minimum(a.sum(1), b.sum(1))
-            tol = 1e-6 if C.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-12
+            tol = 1e-6 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-12
             if (mass > cap * (1 + tol)).any():
                 raise ValueError(f"m must be <= min(|a|_1, |b|_1) = {cap.min().item():.6g} for every problem, "
                                  f"got {mass.max().item():.6g}")

@@ -38,6 +38,30 @@ int gf_ot_plan_change(const void* C, int c_dtype, const void* pu, const void* pv
                       const void* lv, const void* w, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
                       double inv_eps, cudaStream_t stream);
 
+// Streaming passes with the cost recomputed from features (sinkhorn_features.cu), never stored:
+// x (B,n,d), y (B,m,d) of f_dtype (any GfOtDtype), row-major; s (B,n), t (B,m) of v_dtype (F32, or
+// F64 for F64 features): |x_i|^2, |y_j|^2 for cost 0 (sqeuclidean, C = max(s_i + t_j - 2 x_i.y_j, 0))
+// or 1 / max(|x_i|, 1e-12), 1 / max(|y_j|, 1e-12) for cost 1 (cosine, C = 1 - x_i.y_j s_i t_j).
+// Column passes are row passes with (x, s) and (y, t) exchanged (both costs are symmetric).
+//   lse:         out (B,n) = LSE_j(vec_j - C_ij inv_eps); the streamed axis is cut into `splits`
+//                ranges (more blocks for small B); work: gf_ot_feat_lse_work(B, n, splits) elements
+//                of v_dtype (NULL when splits == 1)
+//   plan_change: out (B) += sum_ij (exp(pu_i + pv_j + pw - C_ij inv_eps) - exp(lu_i + lv_j + w - C_ij inv_eps))^2
+//                (out zeroed by the caller)
+//   row_stats:   r, pc, plp (B,n) = sum_j P_ij, sum_j P_ij C_ij, sum_j P_ij log P_ij,
+//                P_ij = exp(lu_i + lv_j + w - C_ij inv_eps)
+int64_t gf_ot_feat_lse_work(int64_t B, int64_t n, int64_t splits);
+int gf_ot_feat_lse(const void* x, const void* y, int f_dtype, const void* s, const void* t, const void* vec, void* out,
+                   void* work, int v_dtype, int64_t B, int64_t n, int64_t m, int64_t d, int cost, double inv_eps,
+                   int64_t splits, cudaStream_t stream);
+int gf_ot_feat_plan_change(const void* x, const void* y, int f_dtype, const void* s, const void* t, const void* pu,
+                           const void* pv, const void* pw, const void* lu, const void* lv, const void* w, void* out,
+                           int v_dtype, int64_t B, int64_t n, int64_t m, int64_t d, int cost, double inv_eps,
+                           cudaStream_t stream);
+int gf_ot_feat_row_stats(const void* x, const void* y, int f_dtype, const void* s, const void* t, const void* lu,
+                         const void* lv, const void* w, void* r, void* pc, void* plp, int v_dtype, int64_t B,
+                         int64_t n, int64_t m, int64_t d, int cost, double inv_eps, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,11 @@
 //   ot_row_lse_cuda     (B,n) = LSE_j(lv_j - C_ij / eps)
 //   ot_col_lse_cuda     (B,m) = LSE_i(lu_i - C_ij / eps)
 //   ot_plan_change_cuda (B)   = ||P(pu, pv, pw) - P(lu, lv, w)||_F^2
+// and, with the cost recomputed from features x (B,n,d), y (B,m,d) (sinkhorn_features.cu; host side
+// FeaturePasses in grounded_fast/ops/cuda_ot.py; s, t the per-point norms of sinkhorn_cuda.h):
+//   ot_feat_lse_cuda          (B,n) = LSE_j(vec_j - C_ij / eps)   (column pass: swap x, y)
+//   ot_feat_plan_change_cuda  (B)   = ||P(pu, pv, pw) - P(lu, lv, w)||_F^2
+//   ot_feat_row_stats_cuda    (r, pc, plp) (B,n) = sum_j P_ij, sum_j P_ij C_ij, sum_j P_ij log P_ij
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -95,6 +100,73 @@ Tensor ot_plan_change_cuda(const Tensor& C, const Tensor& pu, const Tensor& pv, 
   return out;
 }
 
+// ----------------------------------------------------------------- cost recomputed from features
+struct Feat {
+  Tensor x, y, s, t;
+  int64_t B, n, m, d;
+  at::ScalarType vt;
+};
+
+Feat features(const char* what, const Tensor& x, const Tensor& y, const Tensor& s, const Tensor& t) {
+  TORCH_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2), what,
+              ": x and y must be (B, n, d) and (B, m, d)");
+  TORCH_CHECK(y.scalar_type() == x.scalar_type() && y.device() == x.device(), what,
+              ": x and y must share dtype and device");
+  Feat f{x.contiguous(), y.contiguous(), Tensor(), Tensor(), x.size(0), x.size(1), y.size(1), x.size(2),
+         x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat};
+  f.s = s.to(f.vt).contiguous();
+  f.t = t.to(f.vt).contiguous();
+  TORCH_CHECK(f.s.sizes() == at::IntArrayRef({f.B, f.n}) && f.t.sizes() == at::IntArrayRef({f.B, f.m}), what,
+              ": s must be (B, n) and t (B, m)");
+  return f;
+}
+
+Tensor ot_feat_lse_cuda(const Tensor& x, const Tensor& y, const Tensor& s, const Tensor& t, const Tensor& vec,
+                        double inv_eps, int64_t cost, int64_t splits) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const Feat f = features("ot_feat_lse_cuda", x, y, s, t);
+  const Tensor v = vec.to(f.vt).contiguous();
+  TORCH_CHECK(v.sizes() == at::IntArrayRef({f.B, f.m}), "ot_feat_lse_cuda: vec must be (B, m)");
+  Tensor out = at::empty({f.B, f.n}, x.options().dtype(f.vt));
+  const int64_t work_len = gf_ot_feat_lse_work(f.B, f.n, splits);
+  Tensor work = at::empty({std::max<int64_t>(work_len, 1)}, out.options());
+  check(gf_ot_feat_lse(f.x.data_ptr(), f.y.data_ptr(), code(x.scalar_type()), f.s.data_ptr(), f.t.data_ptr(),
+                       v.data_ptr(), out.data_ptr(), work_len ? work.data_ptr() : nullptr, code(f.vt), f.B, f.n, f.m,
+                       f.d, int(cost), inv_eps, splits, stream()),
+        "gf_ot_feat_lse");
+  return out;
+}
+
+Tensor ot_feat_plan_change_cuda(const Tensor& x, const Tensor& y, const Tensor& s, const Tensor& t, const Tensor& pu,
+                                const Tensor& pv, const Tensor& pw, const Tensor& lu, const Tensor& lv, const Tensor& w,
+                                double inv_eps, int64_t cost) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const Feat f = features("ot_feat_plan_change_cuda", x, y, s, t);
+  Tensor v[6] = {pu.to(f.vt).contiguous(), pv.to(f.vt).contiguous(), pw.to(f.vt).contiguous(),
+                 lu.to(f.vt).contiguous(), lv.to(f.vt).contiguous(), w.to(f.vt).contiguous()};
+  Tensor out = at::zeros({f.B}, x.options().dtype(f.vt));
+  check(gf_ot_feat_plan_change(f.x.data_ptr(), f.y.data_ptr(), code(x.scalar_type()), f.s.data_ptr(), f.t.data_ptr(),
+                               v[0].data_ptr(), v[1].data_ptr(), v[2].data_ptr(), v[3].data_ptr(), v[4].data_ptr(),
+                               v[5].data_ptr(), out.data_ptr(), code(f.vt), f.B, f.n, f.m, f.d, int(cost), inv_eps,
+                               stream()),
+        "gf_ot_feat_plan_change");
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> ot_feat_row_stats_cuda(const Tensor& x, const Tensor& y, const Tensor& s,
+                                                          const Tensor& t, const Tensor& lu, const Tensor& lv,
+                                                          const Tensor& w, double inv_eps, int64_t cost) {
+  c10::cuda::CUDAGuard guard(x.device());
+  const Feat f = features("ot_feat_row_stats_cuda", x, y, s, t);
+  const Tensor u = lu.to(f.vt).contiguous(), v = lv.to(f.vt).contiguous(), ws = w.to(f.vt).contiguous();
+  Tensor r = at::empty({f.B, f.n}, x.options().dtype(f.vt)), pc = at::empty_like(r), plp = at::empty_like(r);
+  check(gf_ot_feat_row_stats(f.x.data_ptr(), f.y.data_ptr(), code(x.scalar_type()), f.s.data_ptr(), f.t.data_ptr(),
+                             u.data_ptr(), v.data_ptr(), ws.data_ptr(), r.data_ptr(), pc.data_ptr(), plp.data_ptr(),
+                             code(f.vt), f.B, f.n, f.m, f.d, int(cost), inv_eps, stream()),
+        "gf_ot_feat_row_stats");
+  return {r, pc, plp};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(grounded_fast, m) {
@@ -105,6 +177,12 @@ TORCH_LIBRARY_FRAGMENT(grounded_fast, m) {
   m.def("ot_col_lse_cuda(Tensor C, Tensor lu, float inv_eps) -> Tensor");
   m.def("ot_plan_change_cuda(Tensor C, Tensor pu, Tensor pv, Tensor pw, Tensor lu, Tensor lv, Tensor w, "
         "float inv_eps) -> Tensor");
+  m.def("ot_feat_lse_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor vec, float inv_eps, int cost, int splits) "
+        "-> Tensor");
+  m.def("ot_feat_plan_change_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor pu, Tensor pv, Tensor pw, Tensor lu, "
+        "Tensor lv, Tensor w, float inv_eps, int cost) -> Tensor");
+  m.def("ot_feat_row_stats_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor lu, Tensor lv, Tensor w, "
+        "float inv_eps, int cost) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(grounded_fast, CUDA, m) {
@@ -112,4 +190,7 @@ TORCH_LIBRARY_IMPL(grounded_fast, CUDA, m) {
   m.impl("ot_row_lse_cuda", &ot_row_lse_cuda);
   m.impl("ot_col_lse_cuda", &ot_col_lse_cuda);
   m.impl("ot_plan_change_cuda", &ot_plan_change_cuda);
+  m.impl("ot_feat_lse_cuda", &ot_feat_lse_cuda);
+  m.impl("ot_feat_plan_change_cuda", &ot_feat_plan_change_cuda);
+  m.impl("ot_feat_row_stats_cuda", &ot_feat_row_stats_cuda);
 }
