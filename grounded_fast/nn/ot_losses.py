@@ -80,7 +80,7 @@ class _OTLoss(nn.Module):
         if features:
             B, n, _ = x.shape
             m = y.shape[1]
-            like = x if x.dtype in (torch.float32, torch.float64) else x.float()
+            like = x if x.dtype in (torch.float32, torch.float64) else x.new_empty((), dtype=torch.float32)
         else:
             C = self._cost(x, y, C)
             B, n, m = C.shape
