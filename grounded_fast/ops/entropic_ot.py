@@ -225,6 +225,23 @@ def check_weights(a: Tensor, b: Tensor, mass, dtype: torch.dtype) -> None:
                                  f"got {mass.max().item():.6g}")
 
 
+def problem_scalars(problem: int, a: Tensor, b: Tensor, mass: Optional[Tensor], reg_m) -> tuple:
+    """(mass (B,), rho_a, rho_b) handed to the kernels: partial OT's mass capped at min(|a|, |b|)
+    (default: the cap), zeros for the other problems; the KL penalties ``reg_m`` of unbalanced
+    problems (checked > 0), inf for the others. a (B,n), b (B,m) in the compute dtype."""
+    if problem == PARTIAL:
+        cap = torch.minimum(a.sum(1), b.sum(1))
+        mass = cap if mass is None else torch.minimum(mass.to(a.dtype), cap)
+    else:
+        mass = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
+    if problem != UNBALANCED:
+        return mass, math.inf, math.inf
+    rho_a, rho_b = (float(reg_m[0]), float(reg_m[1]))
+    if rho_a <= 0 or rho_b <= 0:
+        raise ValueError(f"reg_m must be > 0, got {reg_m}")
+    return mass, rho_a, rho_b
+
+
 # --------------------------------------------------------------------------------- public
 def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = BALANCED,
                 mass=None, reg_m: tuple[float, float] = (math.inf, math.inf),
@@ -288,17 +305,7 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
         tol = 1e-9 if orig_dtype == torch.float64 else 1e-6
     if orig_dtype in (torch.float16, torch.bfloat16):
         C, a, b = C.float(), a.float(), b.float()
-    if problem == PARTIAL:
-        cap = torch.minimum(a.sum(1), b.sum(1))
-        mass = cap if mass is None else torch.minimum(mass.to(C.dtype), cap)
-    else:
-        mass = torch.zeros(B, dtype=C.dtype, device=C.device)
-    if problem == UNBALANCED:
-        rho_a, rho_b = (float(reg_m[0]), float(reg_m[1]))
-        if rho_a <= 0 or rho_b <= 0:
-            raise ValueError(f"reg_m must be > 0, got {reg_m}")
-    else:
-        rho_a = rho_b = math.inf
+    mass, rho_a, rho_b = problem_scalars(problem, a, b, mass, reg_m)
     lu0 = torch.zeros_like(a) if log_u0 is None else log_u0.to(C.dtype)
     lv0 = torch.zeros_like(b) if log_v0 is None else log_v0.to(C.dtype)
     args = (C, a, b, mass.detach(), lu0.detach(), lv0.detach(), int(problem), float(reg), rho_a, rho_b,

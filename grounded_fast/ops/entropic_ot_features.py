@@ -30,7 +30,8 @@ from .._backend import choose_backend, cuda_extension_available, triton_availabl
 from ..reference.entropic_ot import BALANCED, PARTIAL, UNBALANCED, nonempty_problems
 from ..reference.ot_features import (FEATURE_COSTS, TorchFeaturePasses, compute_dtype, cost_code,
                                      cost_from_features, feature_grads, safe_scale, solve_features)
-from .entropic_ot import GRAD_MODES, OTSolution, _check_tensor, _report, check_weights, entropic_ot, marginal_grads
+from .entropic_ot import (GRAD_MODES, OTSolution, _check_tensor, _report, check_weights, entropic_ot, marginal_grads,
+                          problem_scalars)
 
 _OP = "grounded_fast::entropic_ot_features"
 _PRODUCTS_OP = "grounded_fast::ot_features_products"
@@ -316,17 +317,7 @@ def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: flo
             raise ValueError(f"mass must be a scalar or have shape ({B},), got {tuple(mass.shape)}")
     if validate_inputs:
         check_weights(a, b, mass if problem == PARTIAL else None, dt)
-    if problem == PARTIAL:
-        cap = torch.minimum(a.sum(1), b.sum(1))
-        mass = cap if mass is None else torch.minimum(mass, cap)
-    else:
-        mass = torch.zeros(B, dtype=dt, device=x.device)
-    if problem == UNBALANCED:
-        rho_a, rho_b = (float(reg_m[0]), float(reg_m[1]))
-        if rho_a <= 0 or rho_b <= 0:
-            raise ValueError(f"reg_m must be > 0, got {reg_m}")
-    else:
-        rho_a = rho_b = math.inf
+    mass, rho_a, rho_b = problem_scalars(problem, a, b, mass, reg_m)
     lu0 = torch.zeros_like(a) if log_u0 is None else log_u0.to(dt)
     lv0 = torch.zeros_like(b) if log_v0 is None else log_v0.to(dt)
 
