@@ -81,11 +81,39 @@ def _study(name: str, cfg, out_dir: str):
         handler.close()
 
 
-def _execute(store: ResultStore, executor: ExecutorConfig, tasks: List[Task], data, bar, progress: bool,
-             unit: str, commit: Callable[[Task, dict], None]) -> None:
-    """Run ``tasks`` (keys '<kind>/<run_id>') on ``executor``; each result is committed by
-    ``commit`` in this process; a run is marked 'running' when it first reports progress and
-    'failed' (with the error) when it raises."""
+def _unit_result(start: float, checkpoints: List[tuple], metrics: List[dict], payload: Optional[dict] = None) -> dict:
+    """What a unit returns to the main process: ``checkpoints`` [(epoch, path)], ``metrics`` rows
+    (without run_id), ``payload`` (the unit's record), ``wall_seconds`` since ``start``."""
+    return {"payload": payload or {}, "metrics": metrics, "checkpoints": checkpoints,
+            "wall_seconds": time.time() - start}
+
+
+def _commit(store: ResultStore, task: Task, out: dict) -> None:
+    """Record a finished unit ('<kind>/<run_id>') and all its results in one transaction."""
+    kind, run_id = task.key.split("/", 1)
+    store.complete_unit(task.key, kind, {"run_id": run_id, **out["payload"]},
+                        metrics=[{"run_id": run_id, **m} for m in out["metrics"]],
+                        checkpoints=[(run_id, epoch, path) for epoch, path in out["checkpoints"]],
+                        runs=[{"run_id": run_id, "status": "done", "wall_seconds": out["wall_seconds"]}])
+    log.info("%s done in %.1f s: %s", run_id, out["wall_seconds"], json.dumps(out["metrics"]))
+
+
+def _units_done(store: ResultStore, unit: str, run_id: str) -> bool:
+    """Whether ``unit`` is recorded as done and all its run's checkpoints (at least one) verify."""
+    ckpts = store.checkpoints(run_id)
+    return store.unit_done(unit) and bool(ckpts) and all(store.verify_checkpoint(c["run_id"], c["epoch"])
+                                                         for c in ckpts)
+
+
+def _run_units(store: ResultStore, items: List[tuple], bar, progress: bool, executor: ExecutorConfig,
+               prepare: Callable[[], object], unit: str = "step") -> None:
+    """Independent units: ``items`` are (unit_id '<kind>/<run_id>', work); a unit recorded as done
+    with verified checkpoints is skipped (``bar`` advanced); ``prepare()`` (the shared inputs) runs
+    only if some unit is left; ``work(data, progress) -> _unit_result(...)`` runs on ``executor``
+    and each result is committed here as it arrives. A run is marked 'running' when it first
+    reports progress and 'failed' (with the error) when it raises."""
+    tasks = [Task(uid, work) for uid, work in items if not _units_done(store, uid, uid.split("/", 1)[1])]
+    bar.update(len(items) - len(tasks))
     if not tasks:
         return
     bars, started = _UnitBars(progress, unit), set()
@@ -98,13 +126,13 @@ def _execute(store: ResultStore, executor: ExecutorConfig, tasks: List[Task], da
 
     def on_result(task, result):
         bars.close(task)
-        commit(task, result)
+        _commit(store, task, result)
         bar.update(1)
 
     log.info("%d units on the %s executor (%d threads per unit)", len(tasks), executor.kind,
              executor.threads_per_unit)
     try:
-        run_tasks(executor, tasks, data, on_result, on_progress)
+        run_tasks(executor, tasks, prepare(), on_result, on_progress)
     except BaseException as exc:
         for key in started:
             if not store.unit_done(key):
@@ -116,49 +144,14 @@ def _execute(store: ResultStore, executor: ExecutorConfig, tasks: List[Task], da
             bars.bars.pop(key).close()
 
 
-def _units_done(store: ResultStore, unit: str, run_id: str) -> bool:
-    """Whether ``unit`` is recorded as done and all its run's checkpoints (at least one) verify."""
-    ckpts = store.checkpoints(run_id)
-    return store.unit_done(unit) and bool(ckpts) and all(store.verify_checkpoint(c["run_id"], c["epoch"])
-                                                         for c in ckpts)
-
-
-def _run_units(store: ResultStore, items: List[tuple], desc: str, progress: bool, executor: ExecutorConfig,
-               prepare: Callable[[], Dict], unit: str = "step") -> None:
-    """Independent units (one checkpoint each): ``items`` are (unit_id '<kind>/<run_id>', work); a
-    unit recorded as done with verified checkpoints is skipped; ``prepare()`` (shared inputs) runs
-    only if some unit is left; ``work(data, progress) -> dict(results, epoch, checkpoint, split,
-    wall_seconds)`` runs the unit on the executor; its results are committed in one transaction."""
-    bar = _progress(len(items), desc, progress)
-    pending = []
-    for unit_id, work in items:
-        if _units_done(store, unit_id, unit_id.split("/", 1)[1]):
-            bar.update(1)
-        else:
-            pending.append(Task(unit_id, work))
-
-    def commit(task, out):
-        run_id = task.key.split("/", 1)[1]
-        res = out["results"]
-        store.complete_unit(task.key, task.key.split("/")[0], {"run_id": run_id, **res},
-                            metrics=[{"run_id": run_id, "split": out["split"], "name": k, "value": float(v)}
-                                     for k, v in res.items()],
-                            checkpoints=[(run_id, out["epoch"], out["checkpoint"])],
-                            runs=[{"run_id": run_id, "status": "done", "wall_seconds": out["wall_seconds"]}])
-        log.info("%s: %s (%.1f s)", run_id, json.dumps(res), out["wall_seconds"])
-
-    if pending:
-        _execute(store, executor, pending, prepare(), bar, progress, unit, commit)
-    bar.close()
-
-
 def _train_grounding(spec, cfg, out_dir: str, shared, progress) -> dict:
     """Unit of the grounding study: one training run (see ``train_run``); runs on the executor."""
     data, vocab = shared
-    start = time.time()
-    results = train_run(spec, cfg, data, vocab, os.path.join(out_dir, "runs", spec.run_id),
-                        progress=lambda epoch: progress(epoch, cfg.epochs))
-    return {"results": results, "wall_seconds": time.time() - start}
+    start, run_dir = time.time(), os.path.join(out_dir, "runs", spec.run_id)
+    results = train_run(spec, cfg, data, vocab, run_dir, progress=lambda epoch: progress(epoch, cfg.epochs))
+    return _unit_result(start, [(e, os.path.join(run_dir, f"epoch{e}", "model.pt")) for e in results],
+                        [{"epoch": e, "split": "val", "name": k, "value": v} for e, r in results.items()
+                         for k, v in r.items()])
 
 
 def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True,
@@ -167,18 +160,6 @@ def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True
     training runs go to ``executor`` (default: the local pool); features and analysis run here."""
     from ..data import DemoCorpus
     from ..data.sources import demo_grounding_data
-
-    executor = executor or ExecutorConfig()
-
-    def commit(task, out):
-        run_id, results = task.key.split("/", 1)[1], out["results"]
-        run_dir = os.path.join(out_dir, "runs", run_id)
-        metrics = [{"run_id": run_id, "epoch": e, "split": "val", "name": k, "value": v}
-                   for e, r in results.items() for k, v in r.items()]
-        checkpoints = [(run_id, e, os.path.join(run_dir, f"epoch{e}", "model.pt")) for e in results]
-        store.complete_unit(task.key, "train", {"run_id": run_id}, metrics=metrics, checkpoints=checkpoints,
-                            runs=[{"run_id": run_id, "status": "done", "wall_seconds": out["wall_seconds"]}])
-        log.info("%s done in %.1f s: %s", run_id, out["wall_seconds"], json.dumps(results))
 
     with _study("grounding", cfg, out_dir) as store:
         specs = plan_runs(cfg)
@@ -197,8 +178,8 @@ def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True
         bar.update(1 + len(specs) - len(todo))
         for spec in todo:
             store.mark_run(spec.run_id, setup=spec.setup, noise=spec.noise, seed=spec.seed, status="pending")
-        tasks = [Task(f"train/{spec.run_id}", functools.partial(_train_grounding, spec, cfg, out_dir)) for spec in todo]
-        _execute(store, executor, tasks, (data, vocab), bar, progress, "epoch", commit)
+        _run_units(store, [(f"train/{s.run_id}", functools.partial(_train_grounding, s, cfg, out_dir)) for s in todo],
+                   bar, progress, executor or ExecutorConfig(), lambda: (data, vocab), "epoch")
         if store.unit_done("analysis"):
             result = store.unit("analysis")["payload"]
         else:
@@ -313,8 +294,8 @@ def _flava_unit(cell, cfg, out_dir: str, data, progress) -> dict:
 
     start, cdir = time.time(), checkpoint_dir(out_dir, cell_id(*cell))
     res = train_cell(*cell, cfg, data, cdir, progress=progress)
-    return {"results": res, "epoch": int(res["step"]), "checkpoint": os.path.join(cdir, "model.pt"),
-            "split": "best", "wall_seconds": time.time() - start}
+    return _unit_result(start, [(int(res["step"]), os.path.join(cdir, "model.pt"))],
+                        [{"split": "best", "name": k, "value": float(v)} for k, v in res.items()], res)
 
 
 def run_flava(cfg, out_dir: str, progress: bool = True, executor: Optional[ExecutorConfig] = None) -> List[dict]:
@@ -324,7 +305,8 @@ def run_flava(cfg, out_dir: str, progress: bool = True, executor: Optional[Execu
 
     with _study("flava-ablation", cfg, out_dir) as store:
         items = [(f"cell/{cell_id(*c)}", functools.partial(_flava_unit, c, cfg, out_dir)) for c in plan_cells(cfg)]
-        _run_units(store, items, "flava ablation", progress, executor or ExecutorConfig(), lambda: prepare(cfg))
+        with _progress(len(items), "flava ablation", progress) as bar:
+            _run_units(store, items, bar, progress, executor or ExecutorConfig(), lambda: prepare(cfg))
         return grid_rows(store.metrics(split="best"))
 
 
@@ -353,8 +335,8 @@ def _groundedbert_unit(variant: str, cfg, out_dir: str, data, progress) -> dict:
 
     start, vdir = time.time(), os.path.join(out_dir, "variants", variant)
     res = run_variant(variant, cfg, data, vdir, progress=progress)
-    return {"results": res, "epoch": 0, "checkpoint": os.path.join(vdir, "model.pt"), "split": "",
-            "wall_seconds": time.time() - start}
+    return _unit_result(start, [(0, os.path.join(vdir, "model.pt"))],
+                        [{"split": "", "name": k, "value": float(v)} for k, v in res.items()], res)
 
 
 def run_groundedbert(cfg, out_dir: str, progress: bool = True,
@@ -365,8 +347,8 @@ def run_groundedbert(cfg, out_dir: str, progress: bool = True,
 
     with _study("groundedbert", cfg, out_dir) as store:
         items = [(f"variant/{v}", functools.partial(_groundedbert_unit, v, cfg, out_dir)) for v in cfg.variants]
-        _run_units(store, items, "groundedbert study", progress, executor or ExecutorConfig(),
-                   lambda: prepare(cfg, out_dir))
+        with _progress(len(items), "groundedbert study", progress) as bar:
+            _run_units(store, items, bar, progress, executor or ExecutorConfig(), lambda: prepare(cfg, out_dir))
         return variant_rows(store.metrics())
 
 
