@@ -220,6 +220,7 @@ def _run_ray(config, tasks, data, on_result, on_progress) -> None:
     started = not ray.is_initialized()
     if started:
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    progress_queue = None
     try:
         progress_queue = Queue()
         by_key = {t.key: t for t in tasks}
@@ -233,8 +234,10 @@ def _run_ray(config, tasks, data, on_result, on_progress) -> None:
             for ref in done:
                 try:
                     out.append((ref, True, ray.get(ref)))
-                except ray.exceptions.RayTaskError as exc:
+                except ray.exceptions.RayTaskError as exc:      # the unit raised
                     out.append((ref, False, exc.as_instanceof_cause()))
+                except ray.exceptions.RayError as exc:          # its worker died (e.g. out of memory)
+                    out.append((ref, False, exc))
             return out
 
         def drain():
@@ -245,7 +248,8 @@ def _run_ray(config, tasks, data, on_result, on_progress) -> None:
         _drive(tasks, window,
                lambda t: remote.remote(t.key, t.fn, data_ref, config.threads_per_unit, progress_queue),
                wait_some, drain, on_result)
-        ray.kill(progress_queue.actor)
     finally:
+        if progress_queue is not None:
+            ray.kill(progress_queue.actor)
         if started:
             ray.shutdown()
