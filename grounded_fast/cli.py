@@ -182,6 +182,10 @@ def _run_study(args) -> int:
         print(f"grounded-fast run: {out} holds another run ({exc}); rerun with that run's settings, use "
               "--resume to continue it as it was, or choose another --out", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ngrounded-fast run: interrupted; the finished units are recorded in {out}: rerun the same "
+              f"command (or `grounded-fast run {args.study} --resume --out {out}`) to continue", file=sys.stderr)
+        return 130
 
 
 def _run_and_report(study: str, cfg, out: str, progress: bool, executor) -> int:

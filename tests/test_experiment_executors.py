@@ -212,3 +212,49 @@ def test_pool_workers_die_with_the_main_process(tmp_path):
     while any(_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "pool workers outlived the killed main process"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
+def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a pooled run: exit
+    130 with a resume hint and no traceback, no worker left, and the same command then finishes."""
+    import os
+    import signal
+    import time
+    cfg = tmp_path / "micro.toml"
+    cfg.write_text(MICRO)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "grounded_fast.cli", "run", "grounding", "--config", str(cfg), "--out", str(out),
+           "--no-progress", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def train_units_done():
+        try:
+            con = sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True, timeout=5)
+            n = con.execute("SELECT COUNT(*) FROM units WHERE kind = 'train' AND status = 'done'").fetchone()[0]
+            con.close()
+            return n
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.time() + 300
+    while train_units_done() < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    left = "?"
+    for _ in range(50):                                               # nothing of the run is left
+        left = subprocess.run(["pgrep", "-a", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+        if not left:
+            break
+        time.sleep(0.2)
+    assert left == "", left
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    con = sqlite3.connect(str(out / "results.sqlite"))
+    units = con.execute("SELECT unit_id, status FROM units").fetchall()
+    con.close()
+    assert len(units) == 1 + 4 + 1 and all(s == "done" for _, s in units)
