@@ -97,16 +97,13 @@ def run_tasks(config: ExecutorConfig, tasks: List[Task], data: Any, on_result: O
 # ------------------------------------------------------------------------------------------ in process
 def _run_inline(config, tasks, data, on_result, on_progress) -> None:
     threads = torch.get_num_threads()
-    try:
-        for task in tasks:
-            torch.set_num_threads(config.threads_per_unit)
-            try:
-                result = task.fn(data, lambda done, total, t=task: on_progress(t, done, total))
-            finally:
-                torch.set_num_threads(threads)
-            on_result(task, result)
-    finally:
-        torch.set_num_threads(threads)
+    for task in tasks:
+        torch.set_num_threads(config.threads_per_unit)
+        try:
+            result = task.fn(data, lambda done, total, t=task: on_progress(t, done, total))
+        finally:
+            torch.set_num_threads(threads)
+        on_result(task, result)
 
 
 # ------------------------------------------------------------------------------------- process pool
