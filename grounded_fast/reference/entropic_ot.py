@@ -186,16 +186,24 @@ def finalize(C, a, b, lu, lv, w, problem: int, reg: float, reg_m_a: float, reg_m
     if problem == UNBALANCED:
         ref = a[:, :, None] * b[:, None, :] if kl_ref else torch.ones_like(plan)
         lref = torch.where(ref > 0, torch.log(torch.where(ref > 0, ref, 1)), 0)
-        value = value_linear + reg * (xlogx - (plan * lref).sum((1, 2)) - plan.sum((1, 2)) + ref.sum((1, 2)))
-        r, c = plan.sum(2), plan.sum(1)
-        if not math.isinf(reg_m_a):
-            value = value + reg_m_a * _gen_kl(r, a)
-        if not math.isinf(reg_m_b):
-            value = value + reg_m_b * _gen_kl(c, b)
+        value = unbalanced_value(value_linear, xlogx, (plan * lref).sum((1, 2)), ref.sum((1, 2)), plan.sum(2),
+                                 plan.sum(1), a, b, reg, reg_m_a, reg_m_b)
     else:
         value = value_linear + reg * xlogx
     value = torch.where(nonempty, value, torch.zeros_like(value))
     return plan, value, value_linear
+
+
+def unbalanced_value(value_linear, xlogx, plref, ref_sum, r, c, a, b, reg: float, reg_m_a: float, reg_m_b: float):
+    """The unbalanced objective (B,) from its pieces: <P,C> + reg KL(P | ref) + reg_m_a KL(P 1 | a)
+    + reg_m_b KL(P^T 1 | b), with xlogx = sum P log P, plref = sum P log ref, ref_sum = sum ref
+    (all (B,)), r = P 1 (B,n), c = P^T 1 (B,m); an infinite reg_m drops its term."""
+    value = value_linear + reg * (xlogx - plref - r.sum(1) + ref_sum)
+    if not math.isinf(reg_m_a):
+        value = value + reg_m_a * _gen_kl(r, a)
+    if not math.isinf(reg_m_b):
+        value = value + reg_m_b * _gen_kl(c, b)
+    return value
 
 
 def _gen_kl(x, y):

@@ -23,12 +23,11 @@ where P_ij = exp(lu_i + lv_j + w - C_ij/reg). ``solve_features`` runs the refere
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
-from .entropic_ot import BALANCED, PARTIAL, UNBALANCED, _gen_kl, nonempty_problems, solve_potentials
+from .entropic_ot import BALANCED, PARTIAL, UNBALANCED, nonempty_problems, solve_potentials, unbalanced_value
 
 FEATURE_COSTS = ("sqeuclidean", "cosine")
 SQEUCLIDEAN, COSINE = 0, 1
@@ -199,11 +198,7 @@ def finalize_features(passes, a, b, lu, lv, w, problem: int, reg: float, reg_m_a
         else:
             plref = zero
             ref_sum = torch.full_like(zero, float(a.shape[1] * b.shape[1]))
-        value = value_linear + reg * (xlogx - plref - r.sum(1) + ref_sum)
-        if not math.isinf(reg_m_a):
-            value = value + reg_m_a * _gen_kl(r, a)
-        if not math.isinf(reg_m_b):
-            value = value + reg_m_b * _gen_kl(c, b)
+        value = unbalanced_value(value_linear, xlogx, plref, ref_sum, r, c, a, b, reg, reg_m_a, reg_m_b)
     else:
         value = value_linear + reg * xlogx
     return torch.where(nonempty, value, zero), value_linear
