@@ -158,7 +158,7 @@ def _study_config(args, config_cls, db: str):
 
 
 def _run_study(args) -> int:
-    from .experiments.executors import ExecutorConfig
+    from .experiments.executors import ExecutorConfig, session
     from .experiments.flava_ablation import FlavaStudyConfig
     from .experiments.groundedbert_study import GroundedBertStudyConfig
     from .experiments.grounding import GroundingStudyConfig
@@ -177,7 +177,11 @@ def _run_study(args) -> int:
         print("grounded-fast run --executor ray needs Ray: pip install 'ray>=2.9'", file=sys.stderr)
         return 2
     try:
-        return _run_and_report(args.study, cfg, out, not args.no_progress, executor)
+        with session(executor):
+            return _run_and_report(args.study, cfg, out, not args.no_progress, executor)
+    except ConnectionError as exc:
+        print(f"grounded-fast run: {exc}", file=sys.stderr)
+        return 2
     except StudyMismatchError as exc:
         print(f"grounded-fast run: {out} holds another run ({exc}); rerun with that run's settings, use "
               "--resume to continue it as it was, or choose another --out", file=sys.stderr)

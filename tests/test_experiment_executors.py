@@ -149,6 +149,19 @@ def test_cli_rejects_bad_executor_settings(tmp_path, monkeypatch):
     assert not (tmp_path / "c").exists()
 
 
+def test_cli_unreachable_ray_cluster_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    ray = pytest.importorskip("ray")
+    from grounded_fast import cli
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("could not reach the GCS")
+    monkeypatch.setattr(ray, "init", refuse)
+    out = tmp_path / "run"
+    assert cli.main(["run", "grounding", "--out", str(out), "--executor", "ray", "--ray-address", "10.0.0.1:6379"]) == 2
+    assert "cannot connect to the Ray cluster at 10.0.0.1:6379" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_resume_flag(tmp_path):
     cfg = tmp_path / "micro.toml"
     cfg.write_text(MICRO.replace('setups = ["P", "multimodal"]', 'setups = ["P", "C"]').replace("[0, 1]", "[0]"))

@@ -22,6 +22,7 @@ Guarantees, whatever the executor:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -92,6 +93,36 @@ def run_tasks(config: ExecutorConfig, tasks: List[Task], data: Any, on_result: O
         _run_inline(config, tasks, data, on_result, on_progress)
     else:
         _run_pool(config, tasks, data, on_result, on_progress)
+
+
+@contextlib.contextmanager
+def session(config: ExecutorConfig):
+    """Connect to the executor's engine for the duration of a study (Ray: ``ray.init`` now, so that a
+    wrong address fails before any work; shut down at exit if started here). Local: nothing."""
+    if config.kind != "ray":
+        yield
+        return
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=config.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        except ConnectionError as exc:
+            raise ConnectionError(f"cannot connect to the Ray cluster at {config.address or 'RAY_ADDRESS'}: {exc}") from exc
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.util.queue  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("the ray executor needs Ray: pip install 'ray>=2.9'") from exc
+    return ray
 
 
 # ------------------------------------------------------------------------------------------ in process
@@ -209,17 +240,14 @@ def _ray_task(key: str, fn, data, threads: int, progress_queue):
 
 
 def _run_ray(config, tasks, data, on_result, on_progress) -> None:
-    try:
-        import ray
-        from ray.util.queue import Queue
-    except ImportError as exc:
-        raise ImportError("the ray executor needs Ray: pip install 'ray>=2.9'") from exc
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=config.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    with session(config):   # a no-op inside the caller's session
+        _run_ray_tasks(_import_ray(), config, tasks, data, on_result, on_progress)
+
+
+def _run_ray_tasks(ray, config, tasks, data, on_result, on_progress) -> None:
     progress_queue = None
     try:
-        progress_queue = Queue()
+        progress_queue = ray.util.queue.Queue()
         by_key = {t.key: t for t in tasks}
         data_ref = ray.put(data)
         remote = ray.remote(num_cpus=config.threads_per_unit, max_retries=0)(_ray_task)
@@ -248,5 +276,3 @@ def _run_ray(config, tasks, data, on_result, on_progress) -> None:
     finally:
         if progress_queue is not None:
             ray.kill(progress_queue.actor)
-        if started:
-            ray.shutdown()
