@@ -46,23 +46,23 @@ class _UnitBars:
     """One progress bar per running unit (below the study's bar), fed by the executor's reports."""
 
     def __init__(self, enabled: bool, unit: str):
-        self.enabled, self.unit, self.bars = enabled, unit, {}
+        self.enabled, self.unit, self.bars, self.positions = enabled, unit, {}, {}
 
     def update(self, task: Task, done: int, total: int) -> None:
         if not self.enabled:
             return
         bar = self.bars.get(task.key)
         if bar is None:
-            used = {b.pos for b in self.bars.values()}
-            position = next(p for p in range(1, len(self.bars) + 2) if p not in used)
+            used = set(self.positions.values())
+            self.positions[task.key] = next(p for p in range(1, len(self.bars) + 2) if p not in used)
             bar = self.bars[task.key] = tqdm(total=total, desc=task.key.split("/", 1)[-1], unit=self.unit,
-                                             leave=False, position=position)
-            bar.pos = position
+                                             leave=False, position=self.positions[task.key])
         bar.total = total
         bar.update(done - bar.n)
 
-    def close(self, task: Task) -> None:
-        bar = self.bars.pop(task.key, None)
+    def close(self, key: str) -> None:
+        bar = self.bars.pop(key, None)
+        self.positions.pop(key, None)
         if bar is not None:
             bar.close()
 
@@ -125,7 +125,7 @@ def _run_units(store: ResultStore, items: List[tuple], bar, progress: bool, exec
         bars.update(task, done, total)
 
     def on_result(task, result):
-        bars.close(task)
+        bars.close(task.key)
         _commit(store, task, result)
         bar.update(1)
 
@@ -141,7 +141,7 @@ def _run_units(store: ResultStore, items: List[tuple], bar, progress: bool, exec
         raise
     finally:
         for key in list(bars.bars):
-            bars.bars.pop(key).close()
+            bars.close(key)
 
 
 def _train_grounding(spec, cfg, out_dir: str, shared, progress) -> dict:
