@@ -67,12 +67,44 @@ def _ours_features(x, y, iters, backend, backward=False):
     return run
 
 
+def _timed(fn, device, rounds, label, notes):
+    """median_time, or None with a note when the backend fails (one failure must not lose the rest)."""
+    try:
+        return median_time(fn, device, rounds=rounds)
+    except Exception as exc:  # noqa: BLE001 - recorded in the results, not hidden
+        notes.append(f"{label} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        print(notes[-1], file=sys.stderr, flush=True)
+        return None
+
+
 def _pot():
     try:
         import ot
         return ot
     except ImportError:
         return None
+
+
+def render_markdown(res: dict) -> str:
+    """The markdown table of a results dict (as written to the .json)."""
+    ys = res["yardsticks"]
+    lines = [f"# GPU OT benchmarks on {res['device']}", "", f"commit `{res['commit'][:12]}`, {res['date']}, torch {res['torch']}, "
+             f"triton {res['triton']}{' (SMOKE sizes)' if res['smoke'] else ''}", "",
+             f"Measured copy bandwidth {ys['copy_bandwidth_Bps'] / 1e9:.0f} GB/s (bytes read + written); the bandwidth "
+             "fraction is bytes of C read per iteration / time per iteration over it.", "",
+             "| case | backend | median | per iteration | vs POT | bandwidth fraction |", "|---|---|---|---|---|---|"]
+    for r in res["results"]:
+        vs = "-" if r.get("vs_pot") is None else f"{r['vs_pot']:.0f}x (target {r['target_vs_pot']}x)"
+        bwf = "-" if "bandwidth_fraction" not in r else f"{r['bandwidth_fraction']:.2f} (target 0.7)"
+        per = "-" if "us_per_iter" not in r else f"{r['us_per_iter']:.2f} us (target 5)"
+        if "vs_geomloss_per_iter" in r:
+            vs = f"GeomLoss {r['vs_geomloss_per_iter']:.1f}x per iteration (target 3x)"
+        if r.get("cost_source") == "features" and r.get("vs_memory_path") is not None:
+            mem = f"{r['vs_memory_path']:.2f}x our C-from-memory"
+            vs = mem if vs == "-" else f"{vs}; {mem}"
+        lines.append(f"| {r['case']} | {r['backend']} | {r['median_s'] * 1e3:.2f} ms | {per} | {vs} | {bwf} |")
+    lines += [""] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -110,7 +142,9 @@ def main(argv=None) -> int:
         pot1 = t["median_s"] * (B1 / k) * (it1 / it_pot)
         notes.append(f"case 1 POT: {k}/{B1} problems x {it_pot}/{it1} iterations timed, scaled linearly")
     for bk in backends:
-        t = median_time(_ours(C1, PARTIAL, it1, bk, mass=0.5), device, rounds=5)
+        t = _timed(_ours(C1, PARTIAL, it1, bk, mass=0.5), device, 5, f"case 1 {bk}", notes)
+        if t is None:
+            continue
         results.append({"case": f"1 partial B={B1} {n1}x{m1} cosine, {it1} it", "backend": bk, **t,
                         "us_per_iter": t["median_s"] / it1 * 1e6, "target_us_per_iter": 5.0,
                         "pot_s": pot1, "vs_pot": None if pot1 is None else pot1 / t["median_s"], "target_vs_pot": 1000})
@@ -127,10 +161,12 @@ def main(argv=None) -> int:
                         device, rounds=2)
         pot2 = t["median_s"]
     for bk in backends:
-        t = median_time(_ours(C2, BALANCED, it2, bk), device, rounds=3)
+        t = _timed(_ours(C2, BALANCED, it2, bk), device, 3, f"case 2 {bk}", notes)
+        if t is None:
+            continue
         bw = bytes_per_iter * it2 / t["median_s"]
         results.append({"case": f"2 balanced B={B2} {n2}x{n2} given C, {it2} it", "backend": bk, **t,
-                        "bandwidth_Bps": bw, "bandwidth_fraction": bw / (ys["copy_bandwidth_Bps"] / 2),
+                        "bandwidth_Bps": bw, "bandwidth_fraction": bw / ys["copy_bandwidth_Bps"],
                         "target_bandwidth_fraction": 0.7, "pot_s": pot2,
                         "vs_pot": None if pot2 is None else pot2 / t["median_s"], "target_vs_pot": 10})
         print(results[-1], flush=True)
@@ -145,7 +181,9 @@ def main(argv=None) -> int:
     pick = choose_cost_source(n3, n3, d3, x.dtype, device=device)
     notes.append(f"case 3: choose_cost_source(n={n3}, m={n3}, d={d3}, float32, {device.type}) -> {pick!r}")
     for bk in backends:
-        t = median_time(_ours(C3, BALANCED, it3, bk), device, rounds=3)
+        t = _timed(_ours(C3, BALANCED, it3, bk), device, 3, f"case 3 memory {bk}", notes)
+        if t is None:
+            continue
         results.append({"case": f"3 balanced {n3}x{n3} from d={d3} features (C given), {it3} it", "backend": bk,
                         "cost_source": "memory", **t})
         print(results[-1], flush=True)
@@ -153,8 +191,10 @@ def main(argv=None) -> int:
     # the feature kernels: 'cuda' and 'triton'; on a CPU-only run the chunked torch passes stand in
     feat_backends = [b for b in backends if b in ("cuda", "triton")] or (["torch"] if device.type == "cpu" else [])
     for bk in feat_backends:
-        t = median_time(_ours_features(x3, y3, it3, bk), device, rounds=3)
-        tb = median_time(_ours_features(x3, y3, it3, bk, backward=True), device, rounds=3)
+        t = _timed(_ours_features(x3, y3, it3, bk), device, 3, f"case 3 features {bk}", notes)
+        tb = _timed(_ours_features(x3, y3, it3, bk, backward=True), device, 3, f"case 3 features+backward {bk}", notes)
+        if t is None or tb is None:
+            continue
         mem = memory_s.get(bk if bk != "torch" else "cpu")
         results.append({"case": f"3 balanced {n3}x{n3} from d={d3} features (recomputed), {it3} it", "backend": bk,
                         "cost_source": "features", **t, "with_backward_s": tb["median_s"],
@@ -163,7 +203,10 @@ def main(argv=None) -> int:
         print(results[-1], flush=True)
     try:
         from geomloss import SamplesLoss
-        from geomloss.sinkhorn_divergence import epsilon_schedule
+        try:
+            from geomloss.sinkhorn_divergence import epsilon_schedule
+        except ImportError:  # geomloss >= 0.3.1 keeps the Sinkhorn helpers under _legacy
+            from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
     except ImportError:
         notes.append("GeomLoss not installed: case 3 has no peer")
     else:
@@ -192,22 +235,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump(res, f, indent=1)
-    lines = [f"# GPU OT benchmarks on {name}", "", f"commit `{res['commit'][:12]}`, {res['date']}, torch {res['torch']}, "
-             f"triton {res['triton']}{' (SMOKE sizes)' if args.smoke else ''}", "",
-             "| case | backend | median | per iteration | vs POT | bandwidth fraction |", "|---|---|---|---|---|---|"]
-    for r in results:
-        vs = "-" if r.get("vs_pot") is None else f"{r['vs_pot']:.0f}x (target {r['target_vs_pot']}x)"
-        bwf = "-" if "bandwidth_fraction" not in r else f"{r['bandwidth_fraction']:.2f} (target 0.7)"
-        per = "-" if "us_per_iter" not in r else f"{r['us_per_iter']:.2f} us (target 5)"
-        if "vs_geomloss_per_iter" in r:
-            vs = f"GeomLoss {r['vs_geomloss_per_iter']:.1f}x per iteration (target 3x)"
-        if r.get("cost_source") == "features" and r.get("vs_memory_path") is not None:
-            mem = f"{r['vs_memory_path']:.2f}x our C-from-memory"
-            vs = mem if vs == "-" else f"{vs}; {mem}"
-        lines.append(f"| {r['case']} | {r['backend']} | {r['median_s'] * 1e3:.2f} ms | {per} | {vs} | {bwf} |")
-    lines += [""] + [f"- {n}" for n in notes]
     with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(render_markdown(res))
     print(f"wrote {stem}.json and {stem}.md")
     return 0
 

@@ -10,6 +10,7 @@
 
 #include "analysis/cpu/analysis_cpu.h"
 #include "ot/cpu/sinkhorn_cpu.h"
+#include "common/check.h"
 
 namespace {
 
@@ -19,17 +20,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& C, const Tensor& a, const Tensor& b, const Tensor& mass, const Tensor& lu0,
     const Tensor& lv0, int64_t problem, double reg, double reg_m_a, double reg_m_b, bool kl_ref,
     int64_t max_iter, double tol, int64_t check_every, int64_t domain, int64_t history) {
-  TORCH_CHECK(C.dim() == 3, "entropic_ot: C must be (B, n, m), got ", C.sizes());
+  GF_CHECK(C.dim() == 3, "entropic_ot: C must be (B, n, m), got ", C.sizes());
   const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
-  TORCH_CHECK(a.sizes() == at::IntArrayRef({B, n}), "entropic_ot: a must be (B, n)");
-  TORCH_CHECK(b.sizes() == at::IntArrayRef({B, m}), "entropic_ot: b must be (B, m)");
-  TORCH_CHECK(lu0.sizes() == a.sizes() && lv0.sizes() == b.sizes(), "entropic_ot: bad warm start");
-  TORCH_CHECK(mass.sizes() == at::IntArrayRef({B}), "entropic_ot: mass must be (B,)");
-  TORCH_CHECK(C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble,
+  GF_CHECK(a.sizes() == at::IntArrayRef({B, n}), "entropic_ot: a must be (B, n)");
+  GF_CHECK(b.sizes() == at::IntArrayRef({B, m}), "entropic_ot: b must be (B, m)");
+  GF_CHECK(lu0.sizes() == a.sizes() && lv0.sizes() == b.sizes(), "entropic_ot: bad warm start");
+  GF_CHECK(mass.sizes() == at::IntArrayRef({B}), "entropic_ot: mass must be (B,)");
+  GF_CHECK(C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble,
               "entropic_ot: CPU kernel supports float32 and float64");
   for (const Tensor* t : {&a, &b, &mass, &lu0, &lv0})
-    TORCH_CHECK(t->scalar_type() == C.scalar_type(), "entropic_ot: all tensors must share C's dtype");
-  TORCH_CHECK(reg > 0, "entropic_ot: reg must be > 0");
+    GF_CHECK(t->scalar_type() == C.scalar_type(), "entropic_ot: all tensors must share C's dtype");
+  GF_CHECK(reg > 0, "entropic_ot: reg must be > 0");
 
   gf::SolveOptions o;
   o.problem = problem;
@@ -42,7 +43,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   o.max_iter = max_iter;
   o.tol = tol;
   o.check_every = check_every;
-  TORCH_CHECK(domain == gf::kAuto || domain == gf::kLog, "entropic_ot: domain must be 0 (auto) or 1 (log)");
+  GF_CHECK(domain == gf::kAuto || domain == gf::kLog, "entropic_ot: domain must be 0 (auto) or 1 (log)");
   o.domain = domain;
   // history < 0: every check; otherwise at most `history` entries (0: none).
   const int64_t checks = check_every > 0 ? max_iter / check_every + 1 : 0;

@@ -195,9 +195,10 @@ def test_empty_problems_in_a_batch_are_zero_and_finite():
     x, y, a, b = _problem(3, 5, 6, 2, pad=False)
     a[1] = 0.0
     leaves = [t.clone().requires_grad_() for t in (x, y, a, b)]
-    mass = torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)
-    backends = ["torch"] + (["triton"] if HAVE_TRITON and (INTERPRET or DEVICE == "cuda") else [])
-    for bk in backends:
+    backends = [("torch", "cpu")] + ([("triton", DEVICE)] if HAVE_TRITON and (INTERPRET or DEVICE == "cuda") else [])
+    for bk, dev in backends:
+        leaves = [t.detach().to(dev).requires_grad_() for t in leaves]
+        mass = torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64, device=dev)
         sol = entropic_ot_features(*leaves, reg=0.3, problem=PARTIAL, mass=mass, max_iter=8, backend=bk, warn=False,
                                    return_plan=True)
         assert sol.value[1] == 0 and sol.value[2] == 0 and torch.isfinite(sol.value).all()
@@ -217,11 +218,11 @@ def test_triton_passes_match_torch_passes(cost, shape):
     awkward shapes, d = 70 walking the features in two chunks, against the chunked torch passes."""
     from grounded_fast.triton_kernels.ot.sinkhorn_features import TritonFeaturePasses
     B, n, m, d = shape
-    x, y, _, _ = _problem(B, n, m, d)
+    x, y, _, _ = _problem(B, n, m, d, device=DEVICE)
     code = ref_features.cost_code(cost)
     ref = TorchFeaturePasses(x, y, code, REG[cost], torch.float64, chunk_elements=64)
     g = torch.Generator().manual_seed(1)
-    lu, lv, w = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((B, n), (B, m), (B,)))
+    lu, lv, w = (torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE) for s in ((B, n), (B, m), (B,)))
     if n > 1:
         lu[0, -1] = -math.inf  # a masked row
     for splits in (1, 3):
@@ -303,16 +304,18 @@ def test_choose_cost_source():
     assert choose_cost_source(8192, 8192, 64, f32, device="cpu") == "memory"            # CPU: C++ on C
     assert choose_cost_source(8192, 8192, 64, f32, cost="euclidean", **gpu) == "memory"  # no kernels
     assert choose_cost_source(64, 197, 8, f32, backend="triton", **gpu) == "memory"     # fits on-chip
-    assert choose_cost_source(8192, 8192, 64, f32, backend="triton", **gpu) == "features"
-    assert choose_cost_source(8192, 8192, 256, f32, backend="triton", **gpu) == "memory"
-    assert choose_cost_source(8192, 8192, 256, bf16, backend="triton", **gpu) == "features"
-    assert choose_cost_source(8192, 8192, 64, f32, backend="cuda", **gpu) == "memory"   # FMA products
+    # measured on an H100 (8192^2, d = 64, float32): both backends read C faster than they rebuild it
+    assert choose_cost_source(8192, 8192, 64, f32, backend="triton", **gpu) == "memory"
+    assert choose_cost_source(8192, 8192, 16, f32, backend="triton", **gpu) == "features"
+    assert choose_cost_source(8192, 8192, 64, bf16, backend="triton", **gpu) == "features"
+    assert choose_cost_source(8192, 8192, 256, bf16, backend="triton", **gpu) == "memory"
+    assert choose_cost_source(8192, 8192, 64, f32, backend="cuda", **gpu) == "memory"
     assert choose_cost_source(8192, 8192, 16, f32, backend="cuda", **gpu) == "features"
     assert choose_cost_source(8192, 8192, 64, f32, backend="torch", **gpu) == "memory"
     # C (and its plan) would not fit: features whatever d
     assert choose_cost_source(65536, 65536, 512, f32, backend="torch", **gpu) == "features"
     lim = feature_dim_limit(8192, 8192, f32, "triton")
-    assert 64 < lim < 100 and feature_dim_limit(8192, 8192, bf16, "triton") > 3 * lim
+    assert 16 < lim < 40 and feature_dim_limit(8192, 8192, bf16, "triton") > 3 * lim
     assert feature_dim_limit(256, 256, f32, "triton") < lim  # feature bytes matter for few points
 
 

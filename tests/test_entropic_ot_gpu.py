@@ -127,7 +127,7 @@ def test_gpu_features_backend_matches_reference(backend, case, cost, dtype, shap
     ra, rb = kw.get("reg_m", (math.inf, math.inf))
     reg = 0.3 if cost == "sqeuclidean" else 0.1
     args = [x, y, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), cost_code(cost), problem, reg, ra, rb, True,
-            60, 1e-9 if dtype == torch.float64 else 1e-6, 5]
+            60, 1e-9 if dtype == torch.float64 else 1e-5, 5]  # float32: a tol well above rounding, so n_iter is stable
     out, ref = solve(*args), entropic_ot_features_reference(*args)
     names = ("log_u", "log_v", "log_scale", "value", "value_linear", "n_iter", "status", "err_history")
     _assert_outputs(names, out, ref, dtype, *((1e-9, 1e-12) if dtype == torch.float64 else (5e-4, 2e-5)))

@@ -313,7 +313,7 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     if grad == "autodiff":
         out = entropic_ot_reference(*args, 0, -1 if history else 0)
     else:
-        which = choose_backend(C.device, backend, gpu=("cuda", "triton"))
+        which = choose_backend(C.device, backend, gpu=_gpu_preference(C))
         op = {"cpu": torch.ops.grounded_fast.entropic_ot, "triton": torch.ops.grounded_fast.entropic_ot_triton,
               "cuda": torch.ops.grounded_fast.entropic_ot_cuda}.get(which, torch.ops.grounded_fast.entropic_ot_torch)
         args = args + (0 if domain == "auto" else 1, -1 if history else 0)
@@ -329,6 +329,18 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     if not torch.compiler.is_compiling():
         _report(sol, warn and check_every > 0)  # check_every=0 asks for exactly max_iter iterations
     return sol
+
+
+def _gpu_preference(C: Tensor) -> tuple[str, str]:
+    """The automatic GPU backend by regime, as measured on an H100 (bench/results/gpu-ot-h100.md):
+    problems whose cost tile fits the CUDA persistent kernel's shared memory go to CUDA (B=128
+    partial 64 x 197: 10.6 against Triton's 16.7 us per iteration), streamed ones to Triton
+    (B=16 x 4096^2: 57 against 73 ms; one 8192^2: 20 against 37 ms, 50 iterations)."""
+    if C.is_cuda:
+        from .cuda_ot import choose_regime
+        if choose_regime(C) != "small":
+            return ("triton", "cuda")
+    return ("cuda", "triton")
 
 
 def _report(sol: OTSolution, warn: bool) -> None:

@@ -132,19 +132,22 @@ _entropic_ot_features.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------- heuristic
-# Sustained multiply-add throughput of the products that rebuild C, in FLOP per byte of device
-# memory bandwidth, by (backend, feature dtype). Estimates for an H100 SXM (3.35 TB/s HBM3),
-# derated from peak for a kernel that also runs the online log-sum-exp on every entry:
-#   Triton, bf16/fp16 tensor cores:   990 TFLOP/s peak -> 295 FLOP/B; ~55% -> 160
-#   Triton, fp32 as 3xTF32 (3 MMAs):  165 TFLOP/s      ->  49;       ~80% ->  40
-#   Triton, fp64 (DMMA / FMA):         67 TFLOP/s      ->  20;       ~40% ->   8
-#   CUDA (register-tiled FMAs), fp32:  67 TFLOP/s      ->  20;       ~60% ->  12 (fp64: 6)
-# Replace them by measurements (bench/gpu_ot.py case 3 times both sources) when a GPU has run it.
+# Effective multiply-add throughput of the products that rebuild C, in FLOP per byte of the
+# memory path's own rate of reading C, by (backend, feature dtype): with the per-entry log-sum-exp
+# work of both paths folded in, recomputing costs 2 d / I byte-equivalents per entry against e_C.
+# Measured (bench/gpu_ot.py case 3, H100 80GB HBM3, torch 2.11, Triton 3.6, one 8192 x 8192
+# problem, d = 64, float32, 50 iterations; bench/results/gpu-ot-h100.md):
+#   Triton  features 47.9 ms, C from memory 19.7 ms: 2 * 64 / (4 * 47.9 / 19.7) -> I = 13
+#   CUDA    features 63.4 ms, C from memory 36.7 ms: 2 * 64 / (4 * 63.4 / 36.7) -> I = 18
+# The other dtypes are not measured yet: the peak-based estimates they were derived with
+# (Triton bf16/fp16 160, fp64 8; CUDA fp64 6, with fp32 at 40 and 12) scaled by the measured
+# fp32 ratio of the same backend (Triton 13/40, CUDA 18/12); the CUDA kernels multiply half
+# features as float32, so their rate is fp32's.
 SUSTAINED_INTENSITY = {
-    ("triton", torch.bfloat16): 160.0, ("triton", torch.float16): 160.0, ("triton", torch.float32): 40.0,
-    ("triton", torch.float64): 8.0,
-    ("cuda", torch.bfloat16): 12.0, ("cuda", torch.float16): 12.0, ("cuda", torch.float32): 12.0,
-    ("cuda", torch.float64): 6.0,
+    ("triton", torch.bfloat16): 52.0, ("triton", torch.float16): 52.0, ("triton", torch.float32): 13.0,
+    ("triton", torch.float64): 2.6,
+    ("cuda", torch.bfloat16): 18.0, ("cuda", torch.float16): 18.0, ("cuda", torch.float32): 18.0,
+    ("cuda", torch.float64): 9.0,
 }
 ON_CHIP_ENTRIES = 1 << 15  # padded n x m of the persistent kernels' on-chip tile (sinkhorn_small.MAX_TILE)
 MEMORY_FRACTION = 0.5      # of the free device memory the materialised path may take
@@ -188,8 +191,8 @@ def choose_cost_source(n: int, m: int, d: int, dtype: torch.dtype = torch.float3
     * padded n x m within the persistent kernels' on-chip tile (``ON_CHIP_ENTRIES``): 'memory'
       (C is read once for all iterations);
     * otherwise 'features' iff d <= ``feature_dim_limit(n, m, dtype, backend)`` (bytes per
-      iteration against the products' FLOPs; e.g. Triton, n = m = 8192: d <= 78 for float32,
-      d <= 307 for bfloat16; the CUDA kernels' FMA products: d <= 23).
+      iteration against the products' FLOPs, calibrated on an H100; e.g. Triton, n = m = 8192:
+      d <= 25 for float32, d <= 102 for bfloat16; the CUDA kernels' FMA products: d <= 35).
     ``backend``: that of the solve (None: Triton if installed, else the CUDA extension).
     """
     device = torch.device(device)

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../../common/fast_math.h"
+#include "../../common/check.h"
 
 namespace gf {
 namespace {
@@ -109,7 +110,7 @@ void pair_sums(const at::Tensor& X, const bool* smask, const double* w, int64_t 
                                                          sqp + i * Sp, sqp + j * Sp, nh[i], nh[j], Sp));
     }
   });
-  TORCH_CHECK(bad_row.load() < 0, "attention_distance: the attention of model ", bad_model.load(),
+  GF_CHECK(bad_row.load() < 0, "attention_distance: the attention of model ", bad_model.load(),
               " in row ", bad_row.load(), " is negative, non-finite or has no mass on the valid sources");
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = i + 1; j < M; ++j) {
@@ -123,19 +124,19 @@ void pair_sums(const at::Tensor& X, const bool* smask, const double* w, int64_t 
 
 at::Tensor attention_pair_sums_cpu(const at::Tensor& attn, const at::Tensor& source_mask,
                                    const at::Tensor& row_weight, int64_t metric) {
-  TORCH_CHECK(attn.dim() == 3, "attention_pair_sums: attn must be (M, R, S), got ", attn.sizes());
+  GF_CHECK(attn.dim() == 3, "attention_pair_sums: attn must be (M, R, S), got ", attn.sizes());
   const int64_t M = attn.size(0), R = attn.size(1), Sn = attn.size(2);
-  TORCH_CHECK(metric >= kL2 && metric <= kJSD, "attention_pair_sums: metric must be 0..3, got ", metric);
-  TORCH_CHECK(row_weight.dim() == 1 && row_weight.size(0) == R && row_weight.scalar_type() == at::kDouble,
+  GF_CHECK(metric >= kL2 && metric <= kJSD, "attention_pair_sums: metric must be 0..3, got ", metric);
+  GF_CHECK(row_weight.dim() == 1 && row_weight.size(0) == R && row_weight.scalar_type() == at::kDouble,
               "attention_pair_sums: row_weight must be float64 of shape (R,) = (", R, ",)");
   const bool masked = source_mask.numel() > 0;
   if (masked)
-    TORCH_CHECK(source_mask.dim() == 2 && source_mask.size(0) == R && source_mask.size(1) == Sn &&
+    GF_CHECK(source_mask.dim() == 2 && source_mask.size(0) == R && source_mask.size(1) == Sn &&
                     source_mask.scalar_type() == at::kBool,
                 "attention_pair_sums: source_mask must be bool (R, S) = (", R, ", ", Sn, ") or empty");
   at::Tensor out = at::zeros({M, M}, attn.options().dtype(at::kDouble));
   if (M < 2 || R == 0) return out;
-  TORCH_CHECK(Sn > 0, "attention_pair_sums: the source axis S is empty");
+  GF_CHECK(Sn > 0, "attention_pair_sums: the source axis S is empty");
   const at::Tensor X = attn.contiguous(), w = row_weight.contiguous();
   const at::Tensor mk = masked ? source_mask.contiguous() : source_mask;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "attention_pair_sums_cpu", [&] {

@@ -9,8 +9,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
 
 #include "analysis_cuda.h"
+#include "../../common/check.h"
 
 namespace {
 
@@ -22,12 +24,12 @@ int dtype_code(at::ScalarType t) {
     case at::kDouble: return GF_F64;
     case at::kHalf: return GF_F16;
     case at::kBFloat16: return GF_BF16;
-    default: TORCH_CHECK(false, "analysis ops: unsupported dtype ", t);
+    default: GF_CHECK(false, "analysis ops: unsupported dtype ", t);
   }
 }
 
 void check(int err, const char* what) {
-  TORCH_CHECK(err == 0, what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+  GF_CHECK(err == 0, what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
 // Enough slices of the position / row axis to give every SM a few blocks.
@@ -39,18 +41,18 @@ int64_t slices_for(int64_t len, int64_t tiles, const Tensor& t) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pairwise_agreement_cuda(const Tensor& logits, const Tensor& mask,
                                                                            bool jsd) {
-  TORCH_CHECK(logits.dim() == 3, "pairwise_agreement: logits must be (M, N, V), got ", logits.sizes());
+  GF_CHECK(logits.dim() == 3, "pairwise_agreement: logits must be (M, N, V), got ", logits.sizes());
   const int64_t M = logits.size(0), N = logits.size(1), V = logits.size(2);
-  TORCH_CHECK(mask.dim() == 1 && mask.size(0) == N && mask.scalar_type() == at::kBool,
+  GF_CHECK(mask.dim() == 1 && mask.size(0) == N && mask.scalar_type() == at::kBool,
               "pairwise_agreement: mask must be a bool tensor of shape (N,)");
-  TORCH_CHECK(mask.device() == logits.device(), "pairwise_agreement: mask must be on the logits' device");
+  GF_CHECK(mask.device() == logits.device(), "pairwise_agreement: mask must be on the logits' device");
   c10::cuda::CUDAGuard guard(logits.device());
   const auto f32 = logits.options().dtype(at::kFloat), f64 = logits.options().dtype(at::kDouble);
   const Tensor count = mask.sum().to(at::kLong);
   if (M == 0 || N == 0 || count.item<int64_t>() == 0)
     return {at::zeros({M, M}, logits.options().dtype(at::kLong)), at::zeros({M, M}, f64), at::zeros({M}, f64),
             at::zeros({M, M}, f64), count};
-  TORCH_CHECK(V > 0, "pairwise_agreement: the vocabulary axis V is empty");
+  GF_CHECK(V > 0, "pairwise_agreement: the vocabulary axis V is empty");
   const Tensor z = logits.contiguous(), w = mask.to(at::kFloat).contiguous();
   const int code = dtype_code(z.scalar_type());
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -60,8 +62,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pairwise_agreement_cuda(const
                                top.data_ptr<int32_t>(), ent.data_ptr<float>(), bad.data_ptr<int32_t>(), stream),
         "gf_agreement_row_stats");
   const Tensor flagged = at::nonzero(bad).cpu();
-  TORCH_CHECK(flagged.size(0) == 0, "pairwise_agreement: the logits of model ", flagged.size(0) ? flagged[0][0].item<int64_t>() : 0,
-              " at position ", flagged.size(0) ? flagged[0][1].item<int64_t>() : 0, " contain NaN or inf");
+  GF_CHECK(flagged.size(0) == 0, "pairwise_agreement: the logits of model ", flagged[0][0].item<int64_t>(),
+           " at position ", flagged[0][1].item<int64_t>(), " contain NaN or inf");
   const int64_t slices = slices_for(N, (M + 63) / 64, z);
   Tensor part = at::zeros({slices, M, M}, f32);
   check(gf_agreement_cross(z.data_ptr(), code, w.data_ptr<float>(), lse.data_ptr<float>(), M, N, V, slices,
@@ -87,19 +89,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pairwise_agreement_cuda(const
 
 Tensor attention_pair_sums_cuda(const Tensor& attn, const Tensor& source_mask, const Tensor& row_weight,
                                 int64_t metric) {
-  TORCH_CHECK(attn.dim() == 3, "attention_pair_sums: attn must be (M, R, S), got ", attn.sizes());
+  GF_CHECK(attn.dim() == 3, "attention_pair_sums: attn must be (M, R, S), got ", attn.sizes());
   const int64_t M = attn.size(0), R = attn.size(1), S = attn.size(2);
-  TORCH_CHECK(metric >= 0 && metric <= 3, "attention_pair_sums: metric must be 0..3, got ", metric);
-  TORCH_CHECK(row_weight.dim() == 1 && row_weight.size(0) == R, "attention_pair_sums: row_weight must be (R,)");
+  GF_CHECK(metric >= 0 && metric <= 3, "attention_pair_sums: metric must be 0..3, got ", metric);
+  GF_CHECK(row_weight.dim() == 1 && row_weight.size(0) == R, "attention_pair_sums: row_weight must be (R,)");
   const bool masked = source_mask.numel() > 0;
   if (masked)
-    TORCH_CHECK(source_mask.dim() == 2 && source_mask.size(0) == R && source_mask.size(1) == S &&
+    GF_CHECK(source_mask.dim() == 2 && source_mask.size(0) == R && source_mask.size(1) == S &&
                     source_mask.scalar_type() == at::kBool,
                 "attention_pair_sums: source_mask must be bool (R, S) or empty");
   c10::cuda::CUDAGuard guard(attn.device());
   Tensor out = at::zeros({M, M}, attn.options().dtype(at::kDouble));
   if (M < 2 || R == 0) return out;
-  TORCH_CHECK(S > 0, "attention_pair_sums: the source axis S is empty");
+  GF_CHECK(S > 0, "attention_pair_sums: the source axis S is empty");
   const Tensor x = attn.contiguous(), w = row_weight.to(at::kFloat).contiguous();
   const Tensor mk = masked ? source_mask.contiguous().to(at::kByte) : Tensor();
   const int64_t slices = slices_for(R, (M + 15) / 16, x);
@@ -109,7 +111,7 @@ Tensor attention_pair_sums_cuda(const Tensor& attn, const Tensor& source_mask, c
                            w.data_ptr<float>(), M, R, S, int(metric), slices, part.data_ptr<float>(),
                            bad.data_ptr<int32_t>(), c10::cuda::getCurrentCUDAStream().stream()),
         "gf_attention_pairs");
-  TORCH_CHECK(bad.item<int32_t>() == 0, "attention_distance: an attention row is negative, non-finite or has no "
+  GF_CHECK(bad.item<int32_t>() == 0, "attention_distance: an attention row is negative, non-finite or has no "
               "mass on the valid sources");
   return part.to(at::kDouble).sum(0);
 }

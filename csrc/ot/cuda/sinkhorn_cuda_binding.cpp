@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include "sinkhorn_cuda.h"
+#include "../../common/check.h"
 
 namespace {
 
@@ -28,12 +29,12 @@ int code(at::ScalarType t) {
     case at::kDouble: return GF_OT_F64;
     case at::kHalf: return GF_OT_F16;
     case at::kBFloat16: return GF_OT_BF16;
-    default: TORCH_CHECK(false, "entropic_ot (cuda): unsupported dtype ", t);
+    default: GF_CHECK(false, "entropic_ot (cuda): unsupported dtype ", t);
   }
 }
 
 void check(int err, const char* what) {
-  TORCH_CHECK(err == 0, what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+  GF_CHECK(err == 0, what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
@@ -42,11 +43,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ot_small_cuda(
     const Tensor& C, const Tensor& a, const Tensor& b, const Tensor& mass, const Tensor& lu0, const Tensor& lv0,
     int64_t problem, double reg, double fa, double fb, bool kl_ref, int64_t max_iter, double tol, int64_t check_every,
     int64_t hist_len) {
-  TORCH_CHECK(C.dim() == 3, "ot_small_cuda: C must be (B, n, m)");
-  TORCH_CHECK(C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble, "ot_small_cuda: float32 or float64");
+  GF_CHECK(C.dim() == 3, "ot_small_cuda: C must be (B, n, m)");
+  GF_CHECK(C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble, "ot_small_cuda: float32 or float64");
   const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
   for (const Tensor* t : {&a, &b, &mass, &lu0, &lv0})
-    TORCH_CHECK(t->scalar_type() == C.scalar_type() && t->device() == C.device(),
+    GF_CHECK(t->scalar_type() == C.scalar_type() && t->device() == C.device(),
                 "ot_small_cuda: all tensors must share C's dtype and device");
   c10::cuda::CUDAGuard guard(C.device());
   const Tensor Cc = C.contiguous(), ac = a.contiguous(), bc = b.contiguous(), mc = mass.contiguous(),
@@ -65,11 +66,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ot_small_cuda(
 at::ScalarType vector_type(const Tensor& C) { return C.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 Tensor lse_pass(const Tensor& C, const Tensor& vec, double inv_eps, bool rows) {
-  TORCH_CHECK(C.dim() == 3, "ot_*_lse_cuda: C must be (B, n, m)");
+  GF_CHECK(C.dim() == 3, "ot_*_lse_cuda: C must be (B, n, m)");
   const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
   c10::cuda::CUDAGuard guard(C.device());
   const Tensor Cc = C.contiguous(), v = vec.to(vector_type(C)).contiguous();
-  TORCH_CHECK(v.sizes() == (rows ? at::IntArrayRef({B, m}) : at::IntArrayRef({B, n})), "ot_*_lse_cuda: bad vector");
+  GF_CHECK(v.sizes() == (rows ? at::IntArrayRef({B, m}) : at::IntArrayRef({B, n})), "ot_*_lse_cuda: bad vector");
   Tensor out = at::empty({B, rows ? n : m}, C.options().dtype(vector_type(C)));
   const int vt = code(vector_type(C));
   check(rows ? gf_ot_row_lse(Cc.data_ptr(), code(C.scalar_type()), v.data_ptr(), out.data_ptr(), vt, B, n, m, inv_eps,
@@ -85,7 +86,7 @@ Tensor ot_col_lse_cuda(const Tensor& C, const Tensor& lu, double inv_eps) { retu
 
 Tensor ot_plan_change_cuda(const Tensor& C, const Tensor& pu, const Tensor& pv, const Tensor& pw, const Tensor& lu,
                            const Tensor& lv, const Tensor& w, double inv_eps) {
-  TORCH_CHECK(C.dim() == 3, "ot_plan_change_cuda: C must be (B, n, m)");
+  GF_CHECK(C.dim() == 3, "ot_plan_change_cuda: C must be (B, n, m)");
   const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
   c10::cuda::CUDAGuard guard(C.device());
   const auto vt = vector_type(C);
@@ -108,15 +109,15 @@ struct Feat {
 };
 
 Feat features(const char* what, const Tensor& x, const Tensor& y, const Tensor& s, const Tensor& t) {
-  TORCH_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2), what,
+  GF_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2), what,
               ": x and y must be (B, n, d) and (B, m, d)");
-  TORCH_CHECK(y.scalar_type() == x.scalar_type() && y.device() == x.device(), what,
+  GF_CHECK(y.scalar_type() == x.scalar_type() && y.device() == x.device(), what,
               ": x and y must share dtype and device");
   Feat f{x.contiguous(), y.contiguous(), Tensor(), Tensor(), x.size(0), x.size(1), y.size(1), x.size(2),
          x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat};
   f.s = s.to(f.vt).contiguous();
   f.t = t.to(f.vt).contiguous();
-  TORCH_CHECK(f.s.sizes() == at::IntArrayRef({f.B, f.n}) && f.t.sizes() == at::IntArrayRef({f.B, f.m}), what,
+  GF_CHECK(f.s.sizes() == at::IntArrayRef({f.B, f.n}) && f.t.sizes() == at::IntArrayRef({f.B, f.m}), what,
               ": s must be (B, n) and t (B, m)");
   return f;
 }
@@ -126,7 +127,7 @@ Tensor ot_feat_lse_cuda(const Tensor& x, const Tensor& y, const Tensor& s, const
   c10::cuda::CUDAGuard guard(x.device());
   const Feat f = features("ot_feat_lse_cuda", x, y, s, t);
   const Tensor v = vec.to(f.vt).contiguous();
-  TORCH_CHECK(v.sizes() == at::IntArrayRef({f.B, f.m}), "ot_feat_lse_cuda: vec must be (B, m)");
+  GF_CHECK(v.sizes() == at::IntArrayRef({f.B, f.m}), "ot_feat_lse_cuda: vec must be (B, m)");
   Tensor out = at::empty({f.B, f.n}, x.options().dtype(f.vt));
   const int64_t work_len = gf_ot_feat_lse_work(f.B, f.n, splits);
   Tensor work = at::empty({std::max<int64_t>(work_len, 1)}, out.options());

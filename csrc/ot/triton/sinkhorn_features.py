@@ -14,7 +14,8 @@ B n m cost entries and does 2 d multiply-adds per entry more; see
 grounded_fast.ops.entropic_ot_features.choose_cost_source for when that pays. float32 features
 use 3xTF32 tensor-core products (``input_precision='tf32x3'``: plain TF32's 10-bit mantissa would
 make |x|^2 + |y|^2 - 2 x.y meaningless); bfloat16 / float16 features are multiplied as they are with
-float32 accumulation; float64 in IEEE float64.
+float32 accumulation; float64 in IEEE float64. The gradient products (plan tile, formed in float32
+registers, times features) use 3xTF32 whatever the features' dtype (float64: IEEE).
 
 Both costs are symmetric in (x, y), so the column pass is the row pass with the clouds swapped:
 one kernel per pass, for rows. ``splits`` cuts the streamed axis into independent ranges so
@@ -30,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ...reference.ot_features import COSINE, compute_dtype, kernel_norms
+from . import device_scalars
 from .sinkhorn_stream import _online
 
 BLOCK_ROWS = 64   # rows owned by one program
@@ -82,10 +84,11 @@ def _cost_tile(x_ptr, y_ptr, rows, cols, rin, cin, d, xt, s, t, ONE_K: tl.conste
 # (sinkhorn_stream._online); LSE_i = log-sum-exp over splits of mx + log sm (host).
 # Row pass: (x, y, v) = (x, y, lv); column pass: (y, x, lu).
 @triton.jit
-def _feat_lse(x_ptr, y_ptr, s_ptr, t_ptr, v_ptr, mx_ptr, sm_ptr, n, m, d, inv_eps, per_split, n_split,
+def _feat_lse(x_ptr, y_ptr, s_ptr, t_ptr, v_ptr, mx_ptr, sm_ptr, n, m, d, inv_eps_ptr, per_split, n_split,
               ONE_K: tl.constexpr, COSINE_: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
               BR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     pid_b = tl.program_id(0)
+    inv_eps = tl.load(inv_eps_ptr).to(DT)
     rows = tl.program_id(1) * BR + tl.arange(0, BR)
     sp = tl.program_id(2)
     rin = rows < n
@@ -117,9 +120,10 @@ def _feat_lse(x_ptr, y_ptr, s_ptr, t_ptr, v_ptr, mx_ptr, sm_ptr, n, m, d, inv_ep
 #   P'_ij = exp(pu_i + pv_j + pw - C_ij/eps),  P_ij = exp(lu_i + lv_j + w - C_ij/eps).
 @triton.jit
 def _feat_plan_change(x_ptr, y_ptr, s_ptr, t_ptr, pu_ptr, pv_ptr, pw_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr,
-                      n, m, d, nblk, inv_eps, ONE_K: tl.constexpr, COSINE_: tl.constexpr, DT: tl.constexpr,
+                      n, m, d, nblk, inv_eps_ptr, ONE_K: tl.constexpr, COSINE_: tl.constexpr, DT: tl.constexpr,
                       PREC: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     pid_b = tl.program_id(0)
+    inv_eps = tl.load(inv_eps_ptr).to(DT)
     blk = tl.program_id(1)
     rows = blk * BR + tl.arange(0, BR)
     rin = rows < n
@@ -154,10 +158,11 @@ def _feat_plan_change(x_ptr, y_ptr, s_ptr, t_ptr, pu_ptr, pv_ptr, pw_ptr, lu_ptr
 #   r_i = sum_j P_ij,   pc_i = sum_j P_ij C_ij,   plp_i = sum_j P_ij log P_ij   (0 log 0 = 0)
 # value_linear = sum_i pc_i and the entropy term sum_i plp_i (reference.ot_features.finalize_features).
 @triton.jit
-def _feat_row_stats(x_ptr, y_ptr, s_ptr, t_ptr, lu_ptr, lv_ptr, w_ptr, r_ptr, pc_ptr, plp_ptr, n, m, d, inv_eps,
+def _feat_row_stats(x_ptr, y_ptr, s_ptr, t_ptr, lu_ptr, lv_ptr, w_ptr, r_ptr, pc_ptr, plp_ptr, n, m, d, inv_eps_ptr,
                     ONE_K: tl.constexpr, COSINE_: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
                     UPCAST: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     pid_b = tl.program_id(0)
+    inv_eps = tl.load(inv_eps_ptr).to(DT)
     rows = tl.program_id(1) * BR + tl.arange(0, BR)
     rin = rows < n
     xb = x_ptr + pid_b.to(tl.int64) * n * d
@@ -195,10 +200,12 @@ def _feat_row_stats(x_ptr, y_ptr, s_ptr, t_ptr, lu_ptr, lv_ptr, w_ptr, r_ptr, pc
 # the (BR, BT) plan tile, formed in registers, with the (BT, BDO) tile of y. P^T @ x and P^T 1 are
 # the same kernel with (x, lu) and (y, lv) exchanged.
 @triton.jit
-def _feat_products(x_ptr, y_ptr, s_ptr, t_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr, r_ptr, n, m, d, inv_eps,
+def _feat_products(x_ptr, y_ptr, s_ptr, t_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr, r_ptr, n, m, d, inv_eps_ptr,
                    ONE_K: tl.constexpr, COSINE_: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-                   UPCAST: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BDO: tl.constexpr):
+                   UPCAST: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BDO: tl.constexpr,
+                   PREC_P: tl.constexpr):
     pid_b = tl.program_id(0)
+    inv_eps = tl.load(inv_eps_ptr).to(DT)
     rows = tl.program_id(1) * BR + tl.arange(0, BR)
     pid_k = tl.program_id(2)
     rin = rows < n
@@ -227,7 +234,7 @@ def _feat_products(x_ptr, y_ptr, s_ptr, t_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr, r
         if COSINE_:
             p = p * t[None, :]
         yo = tl.load(yb + cols[:, None] * d + ko[None, :], mask=cin[:, None] & kin[None, :], other=0.0).to(DT)
-        acc = tl.dot(p, yo, acc, input_precision=PREC, out_dtype=DT)
+        acc = tl.dot(p, yo, acc, input_precision=PREC_P, out_dtype=DT)
     tl.store(out_ptr + pid_b.to(tl.int64) * n * d + rows[:, None] * d + ko[None, :], acc,
              mask=rin[:, None] & kin[None, :])
     if pid_k == 0:
@@ -258,7 +265,7 @@ class TritonFeaturePasses:
         self.dt = compute_dtype(x.dtype)
         self.DT = tl.float64 if self.dt == torch.float64 else tl.float32
         self.s, self.t = kernel_norms(self.x, cost, self.dt), kernel_norms(self.y, cost, self.dt)
-        self.cost, self.inv_eps = cost, 1.0 / reg
+        self.cost, self.inv_eps = cost, device_scalars(x.device, 1.0 / reg)
         self.BK = block_k(self.d)
         upcast = x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
         self.kw = dict(ONE_K=self.d <= self.BK, COSINE_=cost == COSINE, DT=self.DT,
@@ -310,7 +317,7 @@ class TritonFeaturePasses:
         bdo = max(16, min(64, triton.next_power_of_2(self.d)))
         _feat_products[(self.B, triton.cdiv(nr, BLOCK_ROWS), triton.cdiv(self.d, bdo))](
             X, Y, s, t, self._vec(lr), self._vec(lc), self._vec(w), out, r, nr, nc, self.d, self.inv_eps,
-            BDO=bdo, **self.kw)
+            BDO=bdo, PREC_P=_dot_precision(self.dt), **self.kw)
         return out, r
 
     def products(self, lu, lv, w):

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_scalars
+
 # entries of the cost tile held on-chip by one program (BN x BM after padding to powers of two)
 MAX_TILE = 1 << 15
 
@@ -66,7 +68,7 @@ def _rel_change(x, px, s, msk):
 @triton.jit
 def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
                     lu_ptr, lv_ptr, w_ptr, niter_ptr, status_ptr, hist_ptr,
-                    n, m, inv_eps, fa, fb, max_iter, tol, check_every, hist_len,
+                    n, m, scal_ptr, max_iter, check_every, hist_len,
                     PROBLEM: tl.constexpr, KL_REF: tl.constexpr, DT: tl.constexpr,
                     BN: tl.constexpr, BM: tl.constexpr):
     pid = tl.program_id(0)
@@ -81,6 +83,10 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
     lb = tl.where(mb, tl.log(tl.where(mb, b, 1.0)), neg)
     C = tl.load(C_ptr + pid.to(tl.int64) * n * m + ri[:, None] * m + cj[None, :],
                 mask=rin[:, None] & cin[None, :], other=0.0).to(DT)
+    inv_eps = tl.load(scal_ptr).to(DT)
+    fa = tl.load(scal_ptr + 1).to(DT)
+    fb = tl.load(scal_ptr + 2).to(DT)
+    tol = tl.load(scal_ptr + 3).to(DT)
     K = tl.where(rin[:, None] & cin[None, :], -C * inv_eps, neg)
     lu = tl.where(ma, tl.load(lu0_ptr + pid * n + ri, mask=rin, other=0.0).to(DT), neg)
     lv = tl.where(mb, tl.load(lv0_ptr + pid * m + cj, mask=cin, other=0.0).to(DT), neg)
@@ -154,33 +160,34 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
         p = tl.zeros((BN,), DT)
         s = tl.zeros((BM,), DT)
         t = tl.zeros((), DT)
-        while go:
-            pu = lu
-            pv = lv
-            pw = w
-            lu1 = tl.where(ma, lu - p, lu)
-            p = tl.where(ma, tl.minimum(la - (lu1 + w + _lse_rows(K, lv)), 0.0), p)
-            lu = tl.where(ma, lu1 + p, neg)
-            lv1 = tl.where(mb, lv - s, lv)
-            lc = lv1 + w + _lse_cols(K, lu)
-            s = tl.where(mb, tl.minimum(lb - lc, 0.0), s)
-            lv = tl.where(mb, lv1 + s, neg)
-            total = _lse_vec(tl.where(mb, lc + s, neg)) - t
-            w = w - t
-            t = lmass - total
-            w = w + t
-            if (check_every > 0) & (it % tl.maximum(check_every, 1) == 0):
-                dP = tl.exp(K + pu[:, None] + pv[None, :] + pw) - tl.exp(K + lu[:, None] + lv[None, :] + w)
-                err = tl.sqrt(tl.sum(tl.sum(dP * dP, axis=1), axis=0))
-                if k < hist_len:
-                    tl.store(hist_ptr + pid * hist_len + k, err)
-                k += 1
-                if not (err > tol):
-                    status = 0
-                    go = False
-            it += 1
-            if it >= max_iter:
-                go = False
+        # a counted loop with a guard, not `while go`: Triton 3.6's layout pass
+        # (remove-layout-conversions) crashes on this body inside an scf.while
+        for _ in range(0, max_iter):
+            if go:
+                pu = lu
+                pv = lv
+                pw = w
+                lu1 = tl.where(ma, lu - p, lu)
+                p = tl.where(ma, tl.minimum(la - (lu1 + w + _lse_rows(K, lv)), 0.0), p)
+                lu = tl.where(ma, lu1 + p, neg)
+                lv1 = tl.where(mb, lv - s, lv)
+                lc = lv1 + w + _lse_cols(K, lu)
+                s = tl.where(mb, tl.minimum(lb - lc, 0.0), s)
+                lv = tl.where(mb, lv1 + s, neg)
+                total = _lse_vec(tl.where(mb, lc + s, neg)) - t
+                w = w - t
+                t = lmass - total
+                w = w + t
+                if (check_every > 0) & (it % tl.maximum(check_every, 1) == 0):
+                    dP = tl.exp(K + pu[:, None] + pv[None, :] + pw) - tl.exp(K + lu[:, None] + lv[None, :] + w)
+                    err = tl.sqrt(tl.sum(tl.sum(dP * dP, axis=1), axis=0))
+                    if k < hist_len:
+                        tl.store(hist_ptr + pid * hist_len + k, err)
+                    k += 1
+                    if not (err > tol):
+                        status = 0
+                        go = False
+                it += 1
     tl.store(lu_ptr + pid * n + ri, lu, mask=rin)
     tl.store(lv_ptr + pid * m + cj, lv, mask=cin)
     tl.store(w_ptr + pid, w)
@@ -218,7 +225,7 @@ def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
     BN, BM = triton.next_power_of_2(n), triton.next_power_of_2(m)
     _sinkhorn_small[(B,)](
         C.contiguous(), a.contiguous(), b.contiguous(), mass.contiguous(), log_u0.contiguous(),
-        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, 1.0 / reg, fa, fb, max_iter, tol,
+        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, device_scalars(dev, 1.0 / reg, fa, fb, tol), max_iter,
         check_every, hist_len, PROBLEM=problem, KL_REF=bool(kl_ref),
         DT=tl.float64 if dt == torch.float64 else tl.float32, BN=BN, BM=BM,
         num_warps=8 if BN * BM >= 8192 else 4)

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_scalars
+
 from ...reference.entropic_ot import solve_potentials
 
 BLOCK_ROWS = 32   # rows (row pass) or columns (column pass) owned by one program
@@ -37,8 +39,9 @@ def _online(mx, s, x, axis: tl.constexpr):
 
 
 @triton.jit
-def _row_lse(C_ptr, lv_ptr, out_ptr, n, m, inv_eps, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
+def _row_lse(C_ptr, lv_ptr, out_ptr, n, m, inv_eps_ptr, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
     pid_b = tl.program_id(0)
+    inv_eps = tl.load(inv_eps_ptr).to(DT)
     rows = tl.program_id(1) * BR + tl.arange(0, BR)
     rin = rows < n
     base = C_ptr + pid_b.to(tl.int64) * n * m
@@ -56,8 +59,9 @@ def _row_lse(C_ptr, lv_ptr, out_ptr, n, m, inv_eps, DT: tl.constexpr, BR: tl.con
 
 
 @triton.jit
-def _col_lse(C_ptr, lu_ptr, out_ptr, n, m, inv_eps, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
+def _col_lse(C_ptr, lu_ptr, out_ptr, n, m, inv_eps_ptr, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
     pid_b = tl.program_id(0)
+    inv_eps = tl.load(inv_eps_ptr).to(DT)
     cols = tl.program_id(1) * BR + tl.arange(0, BR)
     cin = cols < m
     base = C_ptr + pid_b.to(tl.int64) * n * m
@@ -75,10 +79,11 @@ def _col_lse(C_ptr, lu_ptr, out_ptr, n, m, inv_eps, DT: tl.constexpr, BR: tl.con
 
 
 @triton.jit
-def _plan_change(C_ptr, pu_ptr, pv_ptr, pw_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr, n, m, nblk, inv_eps,
+def _plan_change(C_ptr, pu_ptr, pv_ptr, pw_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr, n, m, nblk, inv_eps_ptr,
                  DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
     """out[b, blk] = sum over the block's rows of (P_prev - P)^2, P = exp(lu_i + lv_j + w - C_ij/eps)."""
     pid_b = tl.program_id(0)
+    inv_eps = tl.load(inv_eps_ptr).to(DT)
     blk = tl.program_id(1)
     rows = blk * BR + tl.arange(0, BR)
     rin = rows < n
@@ -107,7 +112,7 @@ def streaming_passes(C, reg: float):
     C = C.contiguous()
     dt = torch.float64 if C.dtype == torch.float64 else torch.float32
     DT = tl.float64 if dt == torch.float64 else tl.float32
-    inv_eps = 1.0 / reg
+    inv_eps = device_scalars(C.device, 1.0 / reg)
 
     def row_lse(lv):
         out = torch.empty(B, n, dtype=dt, device=C.device)
