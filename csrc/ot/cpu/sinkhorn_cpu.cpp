@@ -42,6 +42,11 @@
 
 #include <ATen/Parallel.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <type_traits>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -101,6 +106,31 @@ static void col_lse(const T* __restrict C, const T* __restrict pot, int64_t n, i
 }
 
 constexpr int64_t kColBlock = 256;
+
+#if defined(__AVX512F__)
+// 512-bit lanes of float / double for the explicit dot8 kernel (Solver::dot8_avx512).
+template <typename V> struct Lanes;
+template <> struct Lanes<float> {
+  using vec = __m512;
+  using mask = __mmask16;
+  static constexpr int width = 16;
+  static vec zero() { return _mm512_setzero_ps(); }
+  static vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static vec load(mask mk, const float* p) { return _mm512_maskz_loadu_ps(mk, p); }
+  static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(vec v) { return _mm512_reduce_add_ps(v); }
+};
+template <> struct Lanes<double> {
+  using vec = __m512d;
+  using mask = __mmask8;
+  static constexpr int width = 8;
+  static vec zero() { return _mm512_setzero_pd(); }
+  static vec load(const double* p) { return _mm512_loadu_pd(p); }
+  static vec load(mask mk, const double* p) { return _mm512_maskz_loadu_pd(mk, p); }
+  static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_pd(a, b, c); }
+  static double sum(vec v) { return _mm512_reduce_add_pd(v); }
+};
+#endif
 
 // One problem. `par` lets the passes split rows / column blocks across threads (used when the
 // batch is smaller than the thread count).
@@ -742,6 +772,12 @@ struct Solver {
   // time: each load of y (resp. of the output block) serves eight FMAs, and the eight
   // independent accumulators hide the FMA latency.
   static void dot8(const T* __restrict k, int64_t m, const T* __restrict y, T* out) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      dot8_avx512(k, m, y, out);
+      return;
+    }
+#endif
     const T* __restrict k0 = k;
     const T* __restrict k1 = k + m;
     const T* __restrict k2 = k + 2 * m;
@@ -766,6 +802,43 @@ struct Solver {
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
     out[4] = s4; out[5] = s5; out[6] = s6; out[7] = s7;
   }
+#if defined(__AVX512F__)
+  // dot8 with explicit 512-bit accumulators: the same FMAs, then one horizontal sum per row in
+  // registers. The omp simd reduction summed the lanes through the stack one at a time (~15% of
+  // dot8's samples); this measured ~5% faster on the 512 x 512 partial solve (2 cores, float32).
+  static void dot8_avx512(const T* __restrict k, int64_t m, const T* __restrict y, T* out) {
+    using L = Lanes<T>;
+    const T *k0 = k, *k1 = k + m, *k2 = k + 2 * m, *k3 = k + 3 * m, *k4 = k + 4 * m, *k5 = k + 5 * m,
+            *k6 = k + 6 * m, *k7 = k + 7 * m;
+    auto s0 = L::zero(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+    int64_t j = 0;
+    for (; j + L::width <= m; j += L::width) {
+      const auto yj = L::load(y + j);
+      s0 = L::fma(L::load(k0 + j), yj, s0);
+      s1 = L::fma(L::load(k1 + j), yj, s1);
+      s2 = L::fma(L::load(k2 + j), yj, s2);
+      s3 = L::fma(L::load(k3 + j), yj, s3);
+      s4 = L::fma(L::load(k4 + j), yj, s4);
+      s5 = L::fma(L::load(k5 + j), yj, s5);
+      s6 = L::fma(L::load(k6 + j), yj, s6);
+      s7 = L::fma(L::load(k7 + j), yj, s7);
+    }
+    if (j < m) {  // the last partial vector, masked
+      const auto mk = typename L::mask((1u << (m - j)) - 1u);
+      const auto yj = L::load(mk, y + j);
+      s0 = L::fma(L::load(mk, k0 + j), yj, s0);
+      s1 = L::fma(L::load(mk, k1 + j), yj, s1);
+      s2 = L::fma(L::load(mk, k2 + j), yj, s2);
+      s3 = L::fma(L::load(mk, k3 + j), yj, s3);
+      s4 = L::fma(L::load(mk, k4 + j), yj, s4);
+      s5 = L::fma(L::load(mk, k5 + j), yj, s5);
+      s6 = L::fma(L::load(mk, k6 + j), yj, s6);
+      s7 = L::fma(L::load(mk, k7 + j), yj, s7);
+    }
+    out[0] = L::sum(s0); out[1] = L::sum(s1); out[2] = L::sum(s2); out[3] = L::sum(s3);
+    out[4] = L::sum(s4); out[5] = L::sum(s5); out[6] = L::sum(s6); out[7] = L::sum(s7);
+  }
+#endif
   static void axpy8(T* __restrict out, const T* x, const T* __restrict k, int64_t ld, int64_t w) {
     const T x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5], x6 = x[6], x7 = x[7];
     const T* __restrict k0 = k;
