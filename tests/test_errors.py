@@ -1,5 +1,8 @@
 """Bad input gives clear errors naming the argument; failures are never silent NaNs."""
+import glob
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -102,3 +105,13 @@ def test_mass_as_number_and_ignored_for_balanced(prob):
 def test_fixed_iteration_mode_does_not_warn(prob, recwarn):
     entropic_ot(*prob, reg=1e-3, max_iter=3, check_every=0)
     assert not [w for w in recwarn if "did not converge" in str(w.message)]
+
+
+def test_extension_error_messages_avoid_ostream():
+    """The C++ / CUDA sources raise through GF_CHECK (csrc/common/check.h), never TORCH_CHECK: on the
+    H100 machine an integer in a TORCH_CHECK message segfaulted the extension instead of raising."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    sources = [p for ext in ("cpp", "cu", "h") for p in glob.glob(os.path.join(root, "**", f"*.{ext}"), recursive=True)]
+    offenders = [os.path.relpath(p, root) for p in sources if not p.endswith(os.path.join("common", "check.h"))
+                 and re.search(r"\bTORCH_CHECK\s*\(", open(p).read())]
+    assert sources and not offenders, f"TORCH_CHECK in {offenders}: use GF_CHECK"
