@@ -120,6 +120,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def write_results(res: dict, stem: str, render) -> None:
+    """stem.json (the results dict) and stem.md (``render(res)``)."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(render(res))
+    print(f"wrote {stem}.json and {stem}.md")
+
+
 def run_metadata(name: str, smoke: bool, ys: dict, skipped: list, results: list, **extra) -> dict:
     """The JSON header both GPU benchmark scripts write: device, versions, commit, date, yardsticks."""
     try:
@@ -202,13 +212,7 @@ def main(argv=None) -> int:
         print(results[-1], flush=True)
     name = device_name(device)
     res = run_metadata(name, args.smoke, ys, skipped, results)
-    stem = args.out or result_stem(name, "gpu-")
-    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(res))
-    print(f"wrote {stem}.json and {stem}.md")
+    write_results(res, args.out or result_stem(name, "gpu-"), markdown)
     return 0
 
 

@@ -22,7 +22,6 @@ bench/results/gpu-ot-<device>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,7 +29,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gpu_analysis import device_name, median_time, result_stem, run_metadata, yardsticks  # noqa: E402
+from gpu_analysis import (device_name, median_time, result_stem, run_metadata, write_results,  # noqa: E402
+                          yardsticks)
 
 
 def _cosine_cost(B, n, m, d, device, seed=0):
@@ -231,13 +231,7 @@ def main(argv=None) -> int:
 
     name = device_name(device)
     res = run_metadata(name, args.smoke, ys, skipped, results, notes=notes)
-    stem = args.out or result_stem(name, "gpu-ot-")
-    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(render_markdown(res))
-    print(f"wrote {stem}.json and {stem}.md")
+    write_results(res, args.out or result_stem(name, "gpu-ot-"), render_markdown)
     return 0
 
 
