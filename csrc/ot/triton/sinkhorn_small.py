@@ -223,10 +223,11 @@ def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
     fa = 1.0 if math.isinf(reg_m_a) else reg_m_a / (reg_m_a + reg)
     fb = 1.0 if math.isinf(reg_m_b) else reg_m_b / (reg_m_b + reg)
     BN, BM = triton.next_power_of_2(n), triton.next_power_of_2(m)
+    scalars = device_scalars(dev, 1.0 / reg, fa, fb, tol)
     _sinkhorn_small[(B,)](
         C.contiguous(), a.contiguous(), b.contiguous(), mass.contiguous(), log_u0.contiguous(),
-        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, device_scalars(dev, 1.0 / reg, fa, fb, tol), max_iter,
-        check_every, hist_len, PROBLEM=problem, KL_REF=bool(kl_ref),
+        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, scalars, max_iter, check_every, hist_len,
+        PROBLEM=problem, KL_REF=bool(kl_ref),
         DT=tl.float64 if dt == torch.float64 else tl.float32, BN=BN, BM=BM,
         num_warps=8 if BN * BM >= 8192 else 4)
     return lu, lv, w, n_iter.long(), status.long(), hist[:, :hist_len]

@@ -18,9 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import device_scalars
-
 from ...reference.entropic_ot import solve_potentials
+from . import device_scalars
 
 BLOCK_ROWS = 32   # rows (row pass) or columns (column pass) owned by one program
 BLOCK_TILE = 128  # entries of the streamed axis per step
