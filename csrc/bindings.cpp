@@ -27,7 +27,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   GF_CHECK(lu0.sizes() == a.sizes() && lv0.sizes() == b.sizes(), "entropic_ot: bad warm start");
   GF_CHECK(mass.sizes() == at::IntArrayRef({B}), "entropic_ot: mass must be (B,)");
   GF_CHECK(C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble,
-              "entropic_ot: CPU kernel supports float32 and float64");
+           "entropic_ot: CPU kernel supports float32 and float64");
   for (const Tensor* t : {&a, &b, &mass, &lu0, &lv0})
     GF_CHECK(t->scalar_type() == C.scalar_type(), "entropic_ot: all tensors must share C's dtype");
   GF_CHECK(reg > 0, "entropic_ot: reg must be > 0");

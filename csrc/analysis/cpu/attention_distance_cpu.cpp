@@ -111,7 +111,7 @@ void pair_sums(const at::Tensor& X, const bool* smask, const double* w, int64_t 
     }
   });
   GF_CHECK(bad_row.load() < 0, "attention_distance: the attention of model ", bad_model.load(),
-              " in row ", bad_row.load(), " is negative, non-finite or has no mass on the valid sources");
+           " in row ", bad_row.load(), " is negative, non-finite or has no mass on the valid sources");
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = i + 1; j < M; ++j) {
       double s = 0;
@@ -128,12 +128,12 @@ at::Tensor attention_pair_sums_cpu(const at::Tensor& attn, const at::Tensor& sou
   const int64_t M = attn.size(0), R = attn.size(1), Sn = attn.size(2);
   GF_CHECK(metric >= kL2 && metric <= kJSD, "attention_pair_sums: metric must be 0..3, got ", metric);
   GF_CHECK(row_weight.dim() == 1 && row_weight.size(0) == R && row_weight.scalar_type() == at::kDouble,
-              "attention_pair_sums: row_weight must be float64 of shape (R,) = (", R, ",)");
+           "attention_pair_sums: row_weight must be float64 of shape (R,) = (", R, ",)");
   const bool masked = source_mask.numel() > 0;
   if (masked)
     GF_CHECK(source_mask.dim() == 2 && source_mask.size(0) == R && source_mask.size(1) == Sn &&
                     source_mask.scalar_type() == at::kBool,
-                "attention_pair_sums: source_mask must be bool (R, S) = (", R, ", ", Sn, ") or empty");
+             "attention_pair_sums: source_mask must be bool (R, S) = (", R, ", ", Sn, ") or empty");
   at::Tensor out = at::zeros({M, M}, attn.options().dtype(at::kDouble));
   if (M < 2 || R == 0) return out;
   GF_CHECK(Sn > 0, "attention_pair_sums: the source axis S is empty");

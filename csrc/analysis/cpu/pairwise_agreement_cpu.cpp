@@ -116,7 +116,7 @@ void agreement(const at::Tensor& Z, const std::vector<int64_t>& pos, bool want_j
     for (int64_t i = 0; i < M; ++i)
       for (int64_t k = 0; k < g; ++k)
         GF_CHECK(ok[i * G + k], "pairwise_agreement: the logits of model ", i, " at position ",
-                    pos[g0 + k], " contain NaN or inf");
+                 pos[g0 + k], " contain NaN or inf");
     const at::Tensor y = at::mm(Pbuf.narrow(1, 0, g * V), Lbuf.narrow(1, 0, g * V).t()).to(at::kDouble);
     const double* yp = y.data_ptr<double>();
     for (int64_t q = 0; q < M * M; ++q) Y[q] += yp[q];
@@ -153,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pairwise_
   GF_CHECK(logits.dim() == 3, "pairwise_agreement: logits must be (M, N, V), got ", logits.sizes());
   const int64_t M = logits.size(0), N = logits.size(1), V = logits.size(2);
   GF_CHECK(mask.dim() == 1 && mask.size(0) == N && mask.scalar_type() == at::kBool,
-              "pairwise_agreement: mask must be a bool tensor of shape (N,) = (", N, ",)");
+           "pairwise_agreement: mask must be a bool tensor of shape (N,) = (", N, ",)");
   GF_CHECK(V > 0 || N == 0, "pairwise_agreement: the vocabulary axis V is empty");
   const auto f64 = logits.options().dtype(at::kDouble);
   at::Tensor agree = at::zeros({M, M}, logits.options().dtype(at::kLong));

@@ -44,7 +44,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pairwise_agreement_cuda(const
   GF_CHECK(logits.dim() == 3, "pairwise_agreement: logits must be (M, N, V), got ", logits.sizes());
   const int64_t M = logits.size(0), N = logits.size(1), V = logits.size(2);
   GF_CHECK(mask.dim() == 1 && mask.size(0) == N && mask.scalar_type() == at::kBool,
-              "pairwise_agreement: mask must be a bool tensor of shape (N,)");
+           "pairwise_agreement: mask must be a bool tensor of shape (N,)");
   GF_CHECK(mask.device() == logits.device(), "pairwise_agreement: mask must be on the logits' device");
   c10::cuda::CUDAGuard guard(logits.device());
   const auto f32 = logits.options().dtype(at::kFloat), f64 = logits.options().dtype(at::kDouble);
@@ -97,7 +97,7 @@ Tensor attention_pair_sums_cuda(const Tensor& attn, const Tensor& source_mask, c
   if (masked)
     GF_CHECK(source_mask.dim() == 2 && source_mask.size(0) == R && source_mask.size(1) == S &&
                     source_mask.scalar_type() == at::kBool,
-                "attention_pair_sums: source_mask must be bool (R, S) or empty");
+             "attention_pair_sums: source_mask must be bool (R, S) or empty");
   c10::cuda::CUDAGuard guard(attn.device());
   Tensor out = at::zeros({M, M}, attn.options().dtype(at::kDouble));
   if (M < 2 || R == 0) return out;
@@ -112,7 +112,7 @@ Tensor attention_pair_sums_cuda(const Tensor& attn, const Tensor& source_mask, c
                            bad.data_ptr<int32_t>(), c10::cuda::getCurrentCUDAStream().stream()),
         "gf_attention_pairs");
   GF_CHECK(bad.item<int32_t>() == 0, "attention_distance: an attention row is negative, non-finite or has no "
-              "mass on the valid sources");
+           "mass on the valid sources");
   return part.to(at::kDouble).sum(0);
 }
 

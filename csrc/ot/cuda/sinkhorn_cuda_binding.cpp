@@ -48,7 +48,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ot_small_cuda(
   const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
   for (const Tensor* t : {&a, &b, &mass, &lu0, &lv0})
     GF_CHECK(t->scalar_type() == C.scalar_type() && t->device() == C.device(),
-                "ot_small_cuda: all tensors must share C's dtype and device");
+             "ot_small_cuda: all tensors must share C's dtype and device");
   c10::cuda::CUDAGuard guard(C.device());
   const Tensor Cc = C.contiguous(), ac = a.contiguous(), bc = b.contiguous(), mc = mass.contiguous(),
                u0 = lu0.contiguous(), v0 = lv0.contiguous();
@@ -110,15 +110,15 @@ struct Feat {
 
 Feat features(const char* what, const Tensor& x, const Tensor& y, const Tensor& s, const Tensor& t) {
   GF_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2), what,
-              ": x and y must be (B, n, d) and (B, m, d)");
+           ": x and y must be (B, n, d) and (B, m, d)");
   GF_CHECK(y.scalar_type() == x.scalar_type() && y.device() == x.device(), what,
-              ": x and y must share dtype and device");
+           ": x and y must share dtype and device");
   Feat f{x.contiguous(), y.contiguous(), Tensor(), Tensor(), x.size(0), x.size(1), y.size(1), x.size(2),
          x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat};
   f.s = s.to(f.vt).contiguous();
   f.t = t.to(f.vt).contiguous();
   GF_CHECK(f.s.sizes() == at::IntArrayRef({f.B, f.n}) && f.t.sizes() == at::IntArrayRef({f.B, f.m}), what,
-              ": s must be (B, n) and t (B, m)");
+           ": s must be (B, n) and t (B, m)");
   return f;
 }
 
