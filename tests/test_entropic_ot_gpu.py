@@ -184,3 +184,25 @@ def test_gpu_features_envelope_gradients(backend):
         outs.append([g.cpu() for g in torch.autograd.grad(sol.value.sum(), leaves)])
     for g, r, nm in zip(*outs, ("dx", "dy", "da", "db")):
         assert_close(g, r, rtol=1e-8, atol=1e-10, name=nm)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(3, 13, 29), (2, 41, 401), (1, 300, 900)])
+def test_gpu_half_costs(backend, half, shape):
+    """A bfloat16 / float16 C through the op (Triton reads it as it is, CUDA gets a float32 copy):
+    the potentials of the float32 copy's solve, and the plan and gradient in C's dtype."""
+    _solver(backend)
+    C, a, b = make_problem(*shape, dtype=torch.float32, seed=5)
+    C, a, b = (t.to(half).cuda() for t in (C, a, b))
+    sols = []
+    for cost, wa, wb in ((C, a, b), (C.float(), a.float(), b.float())):
+        leaf = cost.clone().requires_grad_()
+        sol = entropic_ot(leaf, wa, wb, reg=0.1, problem=PARTIAL, mass=0.5, max_iter=30, backend=backend, warn=False)
+        sols.append((sol, torch.autograd.grad(sol.value.sum(), leaf)[0]))
+    (s1, g1), (s2, g2) = sols
+    assert s1.plan.dtype == half and g1.dtype == half
+    assert torch.equal(s1.n_iter, s2.n_iter)
+    for name in ("log_u", "log_v", "log_scale"):
+        assert_close(getattr(s1, name).cpu(), getattr(s2, name).cpu(), rtol=1e-6, atol=1e-6, name=name)
+    assert_close(g1.float().cpu(), g2.to(half).float().cpu(), rtol=1e-2, atol=1e-6, name="dC")

@@ -118,9 +118,34 @@ def test_op_backend_triton_with_envelope_gradients(problem):
         assert_close(x.cpu(), y, rtol=2e-4, atol=2e-5, name=nm)
 
 
-def test_triton_op_opcheck():
+@pytest.mark.parametrize("cost_dtype", [torch.float32, torch.bfloat16])
+def test_triton_op_opcheck(cost_dtype):
     C, a, b = make_problem(2, 4, 5, dtype=torch.float32)
-    args = (C, a, b, torch.zeros(2), torch.zeros(2, 4), torch.zeros(2, 5), BALANCED, 0.1, math.inf, math.inf,
-            True, 20, 1e-6, 5)
+    args = (C.to(cost_dtype), a, b, torch.zeros(2), torch.zeros(2, 4), torch.zeros(2, 5), BALANCED, 0.1, math.inf,
+            math.inf, True, 20, 1e-6, 5)
     torch.library.opcheck(torch.ops.grounded_fast.entropic_ot_triton.default,
                           tuple(t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in args))
+
+
+@pytest.mark.parametrize("regime,shape", [("small", (2, 13, 29)), ("stream", (1, 40, 900))])
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", ["balanced", "unbalanced", "partial"])
+def test_triton_reads_half_costs_as_they_are(regime, shape, half, case):
+    """A bfloat16 / float16 C goes to the Triton kernels as it is (float32 weights and potentials):
+    the same iterates, bit for bit, as the float32 copy of it, and gradients in C's dtype."""
+    from grounded_fast.triton_kernels.ot.entropic_ot import choose_regime
+    problem, kw = {"balanced": (BALANCED, {}), "unbalanced": (UNBALANCED, dict(reg_m=(0.7, 2.0))),
+                   "partial": (PARTIAL, dict(mass=0.5))}[case]
+    C, a, b = make_problem(*shape, dtype=torch.float32, seed=3)
+    assert choose_regime(*shape[1:]) == regime
+    C, a, b = C.to(half).to(DEVICE), a.to(half).to(DEVICE), b.to(half).to(DEVICE)
+    sols, grads = [], []
+    for cost, wa, wb in ((C, a, b), (C.float(), a.float(), b.float())):
+        leaf = cost.clone().requires_grad_()
+        sols.append(entropic_ot(leaf, wa, wb, reg=0.2, problem=problem, max_iter=6, check_every=2, backend="triton",
+                                warn=False, **kw))
+        grads.append(torch.autograd.grad(sols[-1].value.sum(), leaf)[0])
+    for name in ("log_u", "log_v", "log_scale", "n_iter"):
+        assert torch.equal(getattr(sols[0], name), getattr(sols[1], name)), name
+    assert sols[0].plan.dtype == half and grads[0].dtype == half
+    assert torch.equal(grads[0], grads[1].to(half))

@@ -93,9 +93,9 @@ def _fake(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
     B, n, m = C.shape
     checks = max_iter // check_every + 1 if check_every > 0 else 0
     hist = checks if history < 0 else min(history, checks)
-    long = dict(dtype=torch.long)
-    return (C.new_empty(B, n, m), C.new_empty(B, n), C.new_empty(B, m), C.new_empty(B), C.new_empty(B),
-            C.new_empty(B), C.new_empty(B, **long), C.new_empty(B, **long), C.new_empty(B, hist))
+    long = dict(dtype=torch.long)  # float outputs in the weights' (compute) dtype: C may be half (Triton)
+    return (a.new_empty(B, n, m), a.new_empty(B, n), a.new_empty(B, m), a.new_empty(B), a.new_empty(B),
+            a.new_empty(B), a.new_empty(B, **long), a.new_empty(B, **long), a.new_empty(B, hist))
 
 
 def _setup_context(ctx, inputs, output):
@@ -103,6 +103,7 @@ def _setup_context(ctx, inputs, output):
     plan, log_u, log_v = output[:3]
     ctx.save_for_backward(plan, log_u, log_v, a, b)
     ctx.opts = (problem, reg, reg_m_a, reg_m_b, kl_ref)
+    ctx.cost_dtype = C.dtype
     ctx.mark_non_differentiable(*(output[i] for i in (0, 1, 2, 3, 5, 6, 7, 8)))
 
 
@@ -145,7 +146,7 @@ def _backward(ctx, *grads):
     problem, reg, reg_m_a, reg_m_b, kl_ref = ctx.opts
     grad_C = grad_a = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_C = g[:, None, None] * plan
+        grad_C = (g[:, None, None] * plan).to(ctx.cost_dtype)
     ga, gb = marginal_grads(problem, reg, reg_m_a, reg_m_b, kl_ref, log_u, log_v, a, b,
                             lambda: (plan.sum(2), plan.sum(1)), ctx.needs_input_grad[1], ctx.needs_input_grad[2])
     if ga is not None:
@@ -265,6 +266,8 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     only); both
     compute the same iterates up to rounding. ``history=False`` skips ``err_history`` (an empty
     (B, 0) tensor; it holds max_iter / check_every + 1 values per problem otherwise).
+    float16 / bfloat16 inputs are solved in float32 (plan and objective returned in the input dtype);
+    the Triton kernels read such a C as it is, half the bytes per pass, the other backends a copy.
     Returns an :class:`OTSolution`; see the module docstring for gradients.
     """
     if isinstance(C, Tensor) and C.dim() not in (2, 3):
@@ -304,17 +307,21 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     orig_dtype = C.dtype
     if tol is None:
         tol = 1e-9 if orig_dtype == torch.float64 else 1e-6
+    which = None if grad == "autodiff" else choose_backend(C.device, backend, gpu=_gpu_preference(C))
     if orig_dtype in (torch.float16, torch.bfloat16):
-        C, a, b = C.float(), a.float(), b.float()
+        # float32 potentials and weights; the Triton kernels read a half-precision C as it is (half
+        # the bytes per pass), the other backends get a float32 copy
+        a, b = a.float(), b.float()
+        if which != "triton":
+            C = C.float()
     mass, rho_a, rho_b = problem_scalars(problem, a, b, mass, reg_m)
-    lu0 = torch.zeros_like(a) if log_u0 is None else log_u0.to(C.dtype)
-    lv0 = torch.zeros_like(b) if log_v0 is None else log_v0.to(C.dtype)
+    lu0 = torch.zeros_like(a) if log_u0 is None else log_u0.to(a.dtype)
+    lv0 = torch.zeros_like(b) if log_v0 is None else log_v0.to(a.dtype)
     args = (C, a, b, mass.detach(), lu0.detach(), lv0.detach(), int(problem), float(reg), rho_a, rho_b,
             bool(kl_ref), int(max_iter), float(tol), int(check_every))
     if grad == "autodiff":
         out = entropic_ot_reference(*args, 0, -1 if history else 0)
     else:
-        which = choose_backend(C.device, backend, gpu=_gpu_preference(C))
         op = {"cpu": torch.ops.grounded_fast.entropic_ot, "triton": torch.ops.grounded_fast.entropic_ot_triton,
               "cuda": torch.ops.grounded_fast.entropic_ot_cuda}.get(which, torch.ops.grounded_fast.entropic_ot_torch)
         args = args + (0 if domain == "auto" else 1, -1 if history else 0)

@@ -24,7 +24,8 @@ def entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, 
                        kl_ref: bool, max_iter: int, tol: float, check_every: int, domain: int = 0,
                        history: int = -1, regime: str | None = None):
     """Same contract as ``torch.ops.grounded_fast.entropic_ot`` (``domain`` is ignored: the Triton
-    kernels iterate in the log domain). ``regime``: None (automatic), 'small' or 'stream'."""
+    kernels iterate in the log domain). ``regime``: None (automatic), 'small' or 'stream'. C may be
+    bfloat16 / float16 with float32 a, b: the kernels read it as it is and accumulate in float32."""
     B, n, m = C.shape
     regime = regime or choose_regime(n, m)
     if regime not in REGIMES:
@@ -32,6 +33,6 @@ def entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, 
     solve = sinkhorn_small if regime == "small" else sinkhorn_stream
     lu, lv, w, n_iter, status, hist = solve(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
                                             kl_ref, max_iter, tol, check_every, history)
-    plan, value, value_linear = finalize(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
+    plan, value, value_linear = finalize(C.to(a.dtype), a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
                                          nonempty_problems(a, b, mass, problem))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist

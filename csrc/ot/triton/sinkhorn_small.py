@@ -204,14 +204,14 @@ def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
                    kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1):
     """Solve a batch of small problems, one persistent program each.
 
-    C (B, n, m) float32/float64 (contiguous), a (B, n), b (B, m), mass (B,), log_u0 (B, n),
-    log_v0 (B, m). Returns (log_u (B, n), log_v (B, m), log_scale (B,), n_iter (B,) int64,
+    C (B, n, m) float32/float64, or bfloat16/float16 with float32 weights; a (B, n), b (B, m),
+    mass (B,), log_u0 (B, n), log_v0 (B, m) in the compute dtype. Returns (log_u (B, n), log_v (B, m), log_scale (B,), n_iter (B,) int64,
     status (B,) int64, err_history (B, H)) with the conventions of grounded_fast::entropic_ot.
     """
     B, n, m = C.shape
     if not fits(n, m):
         raise ValueError(f"sinkhorn_small: a {n} x {m} problem does not fit the on-chip tile ({MAX_TILE} entries)")
-    dev, dt = C.device, C.dtype
+    dev, dt = C.device, a.dtype  # C may be half precision, read as it is and upcast on-chip
     checks = max_iter // check_every + 1 if check_every > 0 else 0
     hist_len = checks if history < 0 else min(history, checks)
     lu = torch.empty(B, n, dtype=dt, device=dev)
