@@ -104,6 +104,10 @@ def _ot_launches(rec):
                     mass = torch.full((B,), 0.5 if problem == PARTIAL else 0.0, dtype=dtype)
                     entropic_ot_triton(C, a, b, mass, torch.zeros(B, n, dtype=dtype), torch.zeros(B, m, dtype=dtype),
                                        problem, 0.3, ra, rb, kl_ref, 3, 1e-9, 2, regime=regime)
+                if dtype == torch.float32:  # a half-precision C, read as it is
+                    for half in (torch.bfloat16, torch.float16):
+                        entropic_ot_triton(C.to(half), a, b, torch.full((B,), 0.5), torch.zeros(B, n),
+                                           torch.zeros(B, m), PARTIAL, 0.3, inf, inf, True, 3, 1e-6, 2, regime=regime)
         # the feature kernels' constexprs: dtype, one feature chunk or several (d = 3 / 70), cost
         for feat_dtype, d, cost in ((torch.float32, 3, "sqeuclidean"), (torch.float32, 70, "cosine"),
                                     (torch.bfloat16, 3, "cosine"), (torch.bfloat16, 70, "sqeuclidean"),
