@@ -17,14 +17,19 @@ CASES = {"balanced": (BALANCED, (math.inf, math.inf), True), "unbalanced": (UNBA
 NAMES = ("plan", "log_u", "log_v", "log_scale", "value", "value_linear", "n_iter", "status", "err_history")
 
 
-def _solver(backend):
+def _solver(backend, features=False):
+    """The backend's solver on a given C (or, with ``features``, from features); skips the test
+    where the backend is not there."""
     if backend == "cuda":
         if not _backend.cuda_extension_available():
             pytest.skip("CUDA extension not built (FORCE_CUDA=1)")
-        from grounded_fast.ops.cuda_ot import entropic_ot_cuda
-        return entropic_ot_cuda
+        from grounded_fast.ops import cuda_ot
+        return cuda_ot.entropic_ot_features_cuda if features else cuda_ot.entropic_ot_cuda
     if not _backend.triton_available():
         pytest.skip("triton not installed")
+    if features:
+        from grounded_fast.triton_kernels.ot.sinkhorn_features import entropic_ot_features_triton
+        return entropic_ot_features_triton
     from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
     return entropic_ot_triton
 
@@ -86,18 +91,6 @@ FEATURE_CASES = {"balanced": (BALANCED, {}), "unbalanced": (UNBALANCED, dict(reg
                  "partial": (PARTIAL, dict(mass=0.6))}
 
 
-def _feature_solver(backend):
-    if backend == "cuda":
-        if not _backend.cuda_extension_available():
-            pytest.skip("CUDA extension not built (FORCE_CUDA=1)")
-        from grounded_fast.ops.cuda_ot import entropic_ot_features_cuda
-        return entropic_ot_features_cuda
-    if not _backend.triton_available():
-        pytest.skip("triton not installed")
-    from grounded_fast.triton_kernels.ot.sinkhorn_features import entropic_ot_features_triton
-    return entropic_ot_features_triton
-
-
 def _features(B, n, m, d, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, n, d, generator=g, dtype=torch.float64) / d ** 0.5
@@ -119,7 +112,7 @@ def test_gpu_features_backend_matches_reference(backend, case, cost, dtype, shap
     """The feature kernels (CUDA; Triton with 3xTF32 / fp64 tensor-core products) against the
     chunked torch passes on the same device; (1, 300, 257) splits the streamed axis."""
     from grounded_fast.reference.ot_features import cost_code, entropic_ot_features_reference
-    solve = _feature_solver(backend)
+    solve = _solver(backend, features=True)
     B, n, m, d = shape
     x, y, a, b = _features(B, n, m, d, dtype, seed=n + d)
     problem, kw = FEATURE_CASES[case]
@@ -138,7 +131,7 @@ def test_gpu_features_backend_matches_reference(backend, case, cost, dtype, shap
 def test_gpu_features_passes_and_half_inputs(backend, cost):
     """Every pass with 1 and several splits, float64 / float32 / bfloat16 / float16 features,
     against the torch passes on the same (rounded) values."""
-    _feature_solver(backend)
+    _solver(backend, features=True)
     from grounded_fast.reference.ot_features import TorchFeaturePasses, cost_code
     code = cost_code(cost)
     for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
@@ -173,7 +166,7 @@ def test_gpu_features_passes_and_half_inputs(backend, cost):
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_features_envelope_gradients(backend):
-    _feature_solver(backend)
+    _solver(backend, features=True)
     from grounded_fast.ops import entropic_ot_features
     x, y, a, b = _features(3, 50, 70, 8, torch.float64, seed=2)
     outs = []
