@@ -67,6 +67,17 @@ def _ours_features(x, y, iters, backend, backward=False):
     return run
 
 
+def _ours_materialised(x, y, iters, backend):
+    """The 'memory' route of choose_cost_source from features: C = cost_matrix(x, y) built inside the
+    timed call, then entropic_ot."""
+    from grounded_fast.ops import entropic_ot
+    from grounded_fast.ot.costs import cost_matrix
+    a = torch.full((1, x.shape[0]), 1.0 / x.shape[0], device=x.device)
+    b = torch.full((1, y.shape[0]), 1.0 / y.shape[0], device=x.device)
+    return lambda: entropic_ot(cost_matrix(x, y)[None], a, b, reg=0.05, max_iter=iters, check_every=0,
+                               backend=backend, warn=False, history=False).value
+
+
 def _timed(fn, device, rounds, label, notes):
     """median_time, or None with a note when the backend fails (one failure must not lose the rest)."""
     try:
@@ -97,6 +108,12 @@ def render_markdown(res: dict) -> str:
         vs = "-" if r.get("vs_pot") is None else f"{r['vs_pot']:.0f}x (target {r['target_vs_pot']}x)"
         bwf = "-" if "bandwidth_fraction" not in r else f"{r['bandwidth_fraction']:.2f} (target 0.7)"
         per = "-" if "us_per_iter" not in r else f"{r['us_per_iter']:.2f} us (target 5)"
+        if "call_us_per_iter" in r:
+            per += f"; whole call / it: {r['call_us_per_iter']:.2f} us"
+        if "s_per_iter" in r:
+            per = f"{r['s_per_iter'] * 1e3:.3f} ms"
+            if r.get("vs_pot_per_iter") is not None:
+                vs = f"{r['vs_pot']:.1f}x / {r['vs_pot_per_iter']:.1f}x (target {r['target_vs_pot']}x)"
         if "vs_geomloss_per_iter" in r:
             vs = f"GeomLoss {r['vs_geomloss_per_iter']:.1f}x per iteration (target 3x)"
         if r.get("cost_source") == "features" and r.get("vs_memory_path") is not None:
@@ -113,7 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="cuda,triton")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cases", default="1,2,3", help="comma-separated subset of the cases 1,2,3")
     args = ap.parse_args(argv)
+    cases = set(args.cases.split(","))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible", file=sys.stderr)
@@ -130,104 +149,129 @@ def main(argv=None) -> int:
     results, notes = [], []
 
     # case 1: partial, GroundedBERT shape
-    B1, n1, m1, it1 = (8, 16, 24, 50) if args.smoke else (128, 64, 197, 1000)
-    C1 = _cosine_cost(B1, n1, m1, 384 if not args.smoke else 16, device)
-    pot1 = None
-    if ot is not None:
-        k, it_pot = (2, 20) if args.smoke else (4, 100)
-        a1 = torch.full((n1,), 1.0 / n1, device=device)
-        b1 = torch.full((m1,), 1.0 / m1, device=device)
-        t = median_time(lambda: [ot.partial.entropic_partial_wasserstein(a1, b1, C1[i], 0.05, m=0.5, numItermax=it_pot,
-                                                                        stopThr=-1) for i in range(k)], device, rounds=2)
-        pot1 = t["median_s"] * (B1 / k) * (it1 / it_pot)
-        notes.append(f"case 1 POT: {k}/{B1} problems x {it_pot}/{it1} iterations timed, scaled linearly")
-    for bk in backends:
-        t = _timed(_ours(C1, PARTIAL, it1, bk, mass=0.5), device, 5, f"case 1 {bk}", notes)
-        if t is None:
-            continue
-        results.append({"case": f"1 partial B={B1} {n1}x{m1} cosine, {it1} it", "backend": bk, **t,
-                        "us_per_iter": t["median_s"] / it1 * 1e6, "target_us_per_iter": 5.0,
-                        "pot_s": pot1, "vs_pot": None if pot1 is None else pot1 / t["median_s"], "target_vs_pot": 1000})
-        print(results[-1], flush=True)
+    if "1" in cases:
+        B1, n1, m1, it1 = (8, 16, 24, 50) if args.smoke else (128, 64, 197, 1000)
+        C1 = _cosine_cost(B1, n1, m1, 384 if not args.smoke else 16, device)
+        pot1 = None
+        if ot is not None:
+            k, it_pot = (2, 20) if args.smoke else (4, 100)
+            a1 = torch.full((n1,), 1.0 / n1, device=device)
+            b1 = torch.full((m1,), 1.0 / m1, device=device)
+            t = median_time(lambda: [ot.partial.entropic_partial_wasserstein(a1, b1, C1[i], 0.05, m=0.5, numItermax=it_pot,
+                                                                            stopThr=-1) for i in range(k)], device, rounds=2)
+            pot1 = t["median_s"] * (B1 / k) * (it1 / it_pot)
+            notes.append(f"case 1 POT: {k}/{B1} problems x {it_pot}/{it1} iterations timed, scaled linearly")
+        for bk in backends:
+            t = _timed(_ours(C1, PARTIAL, it1, bk, mass=0.5), device, 5, f"case 1 {bk}", notes)
+            t2 = _timed(_ours(C1, PARTIAL, 2 * it1, bk, mass=0.5), device, 5, f"case 1 {bk} x2", notes)
+            if t is None or t2 is None:
+                continue
+            # per iteration: the time of it1 more iterations (without the call's fixed costs: input
+            # checks, launch, plan and objective)
+            results.append({"case": f"1 partial B={B1} {n1}x{m1} cosine, {it1} it", "backend": bk, **t,
+                            "median_2x_s": t2["median_s"], "call_us_per_iter": t["median_s"] / it1 * 1e6,
+                            "us_per_iter": (t2["median_s"] - t["median_s"]) / it1 * 1e6, "target_us_per_iter": 5.0,
+                            "pot_s": pot1, "vs_pot": None if pot1 is None else pot1 / t["median_s"], "target_vs_pot": 1000})
+            print(results[-1], flush=True)
+        notes.append("case 1: per iteration = (time of 2 x it - time of it) / it (the whole call / it beside it); "
+                     "'vs POT' compares whole calls")
 
     # case 2: balanced, large given C, bandwidth
-    B2, n2, it2 = (2, 300, 10) if args.smoke else (16, 4096, 50)
-    C2 = torch.rand(B2, n2, n2, device=device)
-    pot2 = None
-    if ot is not None and hasattr(ot, "batch"):
-        a2 = torch.full((B2, n2), 1.0 / n2, device=device)
-        t = median_time(lambda: ot.batch.solve_batch(C2, 0.05, a2, a2, max_iter=it2, tol=0, method="log_sinkhorn"),
-                        device, rounds=2)
-        pot2 = t["median_s"]
-    # the issue's float32 C for every backend; a bfloat16 C (half the bytes) for Triton, which reads it
-    runs2 = [(bk, C2) for bk in backends] + [("triton", C2.to(torch.bfloat16))] * ("triton" in backends)
-    for bk, C2x in runs2:
-        label = "" if C2x.dtype == torch.float32 else ", bfloat16 C"
-        t = _timed(_ours(C2x, BALANCED, it2, bk), device, 3, f"case 2 {bk}{label}", notes)
-        if t is None:
-            continue
-        bw = 2 * C2x.numel() * C2x.element_size() * it2 / t["median_s"]
-        results.append({"case": f"2 balanced B={B2} {n2}x{n2} given C{label}, {it2} it", "backend": bk, **t,
-                        "bandwidth_Bps": bw, "bandwidth_fraction": bw / ys["copy_bandwidth_Bps"],
-                        "target_bandwidth_fraction": 0.7, "pot_s": pot2,
-                        "vs_pot": None if pot2 is None else pot2 / t["median_s"], "target_vs_pot": 10})
-        print(results[-1], flush=True)
+    if "2" in cases:
+        B2, n2, it2 = (2, 300, 10) if args.smoke else (16, 4096, 50)
+        C2 = torch.rand(B2, n2, n2, device=device)
+        pot2 = pot2_it = None
+        if ot is not None and hasattr(ot, "batch"):
+            a2 = torch.full((B2, n2), 1.0 / n2, device=device)
+            pot_t = [median_time(lambda: ot.batch.solve_batch(C2, 0.05, a2, a2, max_iter=k * it2, tol=0,
+                                                              method="log_sinkhorn"), device, rounds=2)["median_s"]
+                     for k in (1, 2)]
+            pot2, pot2_it = pot_t[0], (pot_t[1] - pot_t[0]) / it2
+        # the issue's float32 C for every backend; a bfloat16 C (half the bytes) for Triton, which reads it
+        runs2 = [(bk, C2) for bk in backends] + [("triton", C2.to(torch.bfloat16))] * ("triton" in backends)
+        for bk, C2x in runs2:
+            label = "" if C2x.dtype == torch.float32 else ", bfloat16 C"
+            t = _timed(_ours(C2x, BALANCED, it2, bk), device, 3, f"case 2 {bk}{label}", notes)
+            t2 = _timed(_ours(C2x, BALANCED, 2 * it2, bk), device, 3, f"case 2 {bk}{label} x2", notes)
+            if t is None or t2 is None:
+                continue
+            # per iteration: the time of it2 more iterations, without the one-off plan and objective
+            per_it = (t2["median_s"] - t["median_s"]) / it2
+            bw = 2 * C2x.numel() * C2x.element_size() / per_it
+            results.append({"case": f"2 balanced B={B2} {n2}x{n2} given C{label}, {it2} it", "backend": bk, **t,
+                            "median_2x_s": t2["median_s"], "s_per_iter": per_it,
+                            "bandwidth_Bps": bw, "bandwidth_fraction": bw / ys["copy_bandwidth_Bps"],
+                            "target_bandwidth_fraction": 0.7, "pot_s": pot2, "pot_s_per_iter": pot2_it,
+                            "vs_pot": None if pot2 is None else pot2 / t["median_s"],
+                            "vs_pot_per_iter": None if pot2_it is None else pot2_it / per_it, "target_vs_pot": 10})
+            print(results[-1], flush=True)
+        notes.append("case 2: per iteration = (time of 2 x it - time of it) / it, i.e. without the one-off plan and "
+                     "objective; the bandwidth fraction is from it; 'vs POT' compares whole solves (plan included) "
+                     "and, after the slash, iterations")
 
     # case 3: balanced from features: C from memory (materialised here) and C recomputed, vs GeomLoss
-    n3, d3, it3 = (256, 8, 10) if args.smoke else (8192, 64, 50)
-    g = torch.Generator(device=device).manual_seed(3)
-    x, y = torch.randn(n3, d3, generator=g, device=device), torch.randn(n3, d3, generator=g, device=device)
-    C3 = (torch.cdist(x, y) ** 2 / 2)[None]
-    x3, y3 = x / 2 ** 0.5, y / 2 ** 0.5  # our sqeuclidean has no 1/2: |x3 - y3|^2 = |x - y|^2 / 2
-    from grounded_fast.ops import choose_cost_source
-    pick = choose_cost_source(n3, n3, d3, x.dtype, device=device)
-    notes.append(f"case 3: choose_cost_source(n={n3}, m={n3}, d={d3}, float32, {device.type}) -> {pick!r}")
-    for bk in backends:
-        t = _timed(_ours(C3, BALANCED, it3, bk), device, 3, f"case 3 memory {bk}", notes)
-        if t is None:
-            continue
-        results.append({"case": f"3 balanced {n3}x{n3} from d={d3} features (C given), {it3} it", "backend": bk,
-                        "cost_source": "memory", **t})
-        print(results[-1], flush=True)
-    memory_s = {r["backend"]: r["median_s"] for r in results if r["case"].startswith("3 ")}
-    # the feature kernels: 'cuda' and 'triton'; on a CPU-only run the chunked torch passes stand in
-    feat_backends = [b for b in backends if b in ("cuda", "triton")] or (["torch"] if device.type == "cpu" else [])
-    for bk in feat_backends:
-        t = _timed(_ours_features(x3, y3, it3, bk), device, 3, f"case 3 features {bk}", notes)
-        tb = _timed(_ours_features(x3, y3, it3, bk, backward=True), device, 3, f"case 3 features+backward {bk}", notes)
-        if t is None or tb is None:
-            continue
-        mem = memory_s.get(bk if bk != "torch" else "cpu")
-        results.append({"case": f"3 balanced {n3}x{n3} from d={d3} features (recomputed), {it3} it", "backend": bk,
-                        "cost_source": "features", **t, "with_backward_s": tb["median_s"],
-                        "memory_path_s": mem, "vs_memory_path": None if mem is None else mem / t["median_s"],
-                        "target_vs_geomloss_per_iter": 3})
-        print(results[-1], flush=True)
-    try:
-        from geomloss import SamplesLoss
+    if "3" in cases:
+        n3, d3, it3 = (256, 8, 10) if args.smoke else (8192, 64, 50)
+        g = torch.Generator(device=device).manual_seed(3)
+        x, y = torch.randn(n3, d3, generator=g, device=device), torch.randn(n3, d3, generator=g, device=device)
+        C3 = (torch.cdist(x, y) ** 2 / 2)[None]
+        x3, y3 = x / 2 ** 0.5, y / 2 ** 0.5  # our sqeuclidean has no 1/2: |x3 - y3|^2 = |x - y|^2 / 2
+        from grounded_fast.ops import choose_cost_source
+        pick = choose_cost_source(n3, n3, d3, x.dtype, device=device)
+        notes.append(f"case 3: choose_cost_source(n={n3}, m={n3}, d={d3}, float32, {device.type}) -> {pick!r}")
+        for bk in backends:
+            t = _timed(_ours(C3, BALANCED, it3, bk), device, 3, f"case 3 memory {bk}", notes)
+            if t is None:
+                continue
+            results.append({"case": f"3 balanced {n3}x{n3} from d={d3} features (C given), {it3} it", "backend": bk,
+                            "cost_source": "memory", **t})
+            print(results[-1], flush=True)
+        memory_s = {r["backend"]: r["median_s"] for r in results if r["case"].startswith("3 ")}
+        for bk in backends:  # the whole 'memory' route from the features, C built inside the timing
+            t = _timed(_ours_materialised(x3, y3, it3, bk), device, 3, f"case 3 materialised {bk}", notes)
+            if t is None:
+                continue
+            results.append({"case": f"3 balanced {n3}x{n3} from d={d3} features (C built from them, then read), "
+                                    f"{it3} it", "backend": bk, "cost_source": "memory", **t})
+            print(results[-1], flush=True)
+        # the feature kernels: 'cuda' and 'triton'; on a CPU-only run the chunked torch passes stand in
+        feat_backends = [b for b in backends if b in ("cuda", "triton")] or (["torch"] if device.type == "cpu" else [])
+        for bk in feat_backends:
+            t = _timed(_ours_features(x3, y3, it3, bk), device, 3, f"case 3 features {bk}", notes)
+            tb = _timed(_ours_features(x3, y3, it3, bk, backward=True), device, 3, f"case 3 features+backward {bk}", notes)
+            if t is None or tb is None:
+                continue
+            mem = memory_s.get(bk if bk != "torch" else "cpu")
+            results.append({"case": f"3 balanced {n3}x{n3} from d={d3} features (recomputed), {it3} it", "backend": bk,
+                            "cost_source": "features", **t, "with_backward_s": tb["median_s"],
+                            "memory_path_s": mem, "vs_memory_path": None if mem is None else mem / t["median_s"],
+                            "target_vs_geomloss_per_iter": 3})
+            print(results[-1], flush=True)
         try:
-            from geomloss.sinkhorn_divergence import epsilon_schedule
-        except ImportError:  # geomloss >= 0.3.1 keeps the Sinkhorn helpers under _legacy
-            from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
-    except ImportError:
-        notes.append("GeomLoss not installed: case 3 has no peer")
-    else:
-        # GeomLoss anneals eps over a schedule of its own (cost |x - y|^2 / 2, final eps = blur^2);
-        # the comparison is per Sinkhorn iteration, with its final eps equal to ours (0.05).
-        try:
-            blur, scaling = 0.05 ** 0.5, 0.9
-            diameter = float((torch.cat([x, y]).amax(0) - torch.cat([x, y]).amin(0)).norm())
-            steps = len(epsilon_schedule(2, diameter, blur, scaling))
-            loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=False, backend="tensorized")
-            t = median_time(lambda: loss(x, y), device, rounds=3)
-            per_geom = t["median_s"] / steps
-            for r in [r for r in results if r["case"].startswith("3 ")]:
-                r["geomloss_s_per_iter"] = per_geom
-                r["vs_geomloss_per_iter"] = per_geom / (r["median_s"] / it3)
-            notes.append(f"case 3 GeomLoss tensorized: {steps} iterations (eps schedule, scaling {scaling}), "
-                         f"{per_geom * 1e3:.3f} ms per iteration; ratio per iteration (target 3x)")
-        except Exception as exc:  # a peer failing must not lose our results
-            notes.append(f"GeomLoss comparison failed: {type(exc).__name__}: {exc}")
+            from geomloss import SamplesLoss
+            try:
+                from geomloss.sinkhorn_divergence import epsilon_schedule
+            except ImportError:  # geomloss >= 0.3.1 keeps the Sinkhorn helpers under _legacy
+                from geomloss._legacy.sinkhorn_divergence import epsilon_schedule
+        except ImportError:
+            notes.append("GeomLoss not installed: case 3 has no peer")
+        else:
+            # GeomLoss anneals eps over a schedule of its own (cost |x - y|^2 / 2, final eps = blur^2);
+            # the comparison is per Sinkhorn iteration, with its final eps equal to ours (0.05).
+            try:
+                blur, scaling = 0.05 ** 0.5, 0.9
+                diameter = float((torch.cat([x, y]).amax(0) - torch.cat([x, y]).amin(0)).norm())
+                steps = len(epsilon_schedule(2, diameter, blur, scaling))
+                loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=False, backend="tensorized")
+                t = median_time(lambda: loss(x, y), device, rounds=3)
+                per_geom = t["median_s"] / steps
+                for r in [r for r in results if r["case"].startswith("3 ")]:
+                    r["geomloss_s_per_iter"] = per_geom
+                    r["vs_geomloss_per_iter"] = per_geom / (r["median_s"] / it3)
+                notes.append(f"case 3 GeomLoss tensorized: {steps} iterations (eps schedule, scaling {scaling}), "
+                             f"{per_geom * 1e3:.3f} ms per iteration; ratio per iteration (target 3x)")
+            except Exception as exc:  # a peer failing must not lose our results
+                notes.append(f"GeomLoss comparison failed: {type(exc).__name__}: {exc}")
     if ot is None:
         notes.append("POT not installed: no POT ratios")
 

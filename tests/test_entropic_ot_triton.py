@@ -149,3 +149,36 @@ def test_triton_reads_half_costs_as_they_are(regime, shape, half, case):
         assert torch.equal(getattr(sols[0], name), getattr(sols[1], name)), name
     assert sols[0].plan.dtype == half and grads[0].dtype == half
     assert torch.equal(grads[0], grads[1].to(half))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,m", [(5, 7), (19, 300)])
+def test_fused_finalize_matches_reference_finalize(case, dtype, n, m):
+    """The one-pass plan/objective kernel against the torch finalize on the same potentials: padded
+    entries, an empty problem (all b zero: plan and value 0), -inf potentials at padding, a half C."""
+    from grounded_fast.reference.entropic_ot import finalize, nonempty_problems
+    from grounded_fast.triton_kernels.ot.finalize import finalize_triton
+    C, a, b, mass, _, _, problem, reg, ra, rb, kl_ref, *_ = _args(3, n, m, case, dtype, 1)
+    b[2] = 0.0  # problem 2 is empty
+    g = torch.Generator().manual_seed(n + m)
+    lu = (torch.randn(3, n, generator=g, dtype=torch.float64) - math.log(n)).to(dtype).to(DEVICE)
+    lv = (torch.randn(3, m, generator=g, dtype=torch.float64) - math.log(m)).to(dtype).to(DEVICE)
+    lu = torch.where(a > 0, lu, float("-inf"))
+    lv = torch.where(b > 0, lv, float("-inf"))
+    w = torch.tensor([0.0, -0.3, 0.2], dtype=dtype, device=DEVICE)
+    nonempty = nonempty_problems(a, b, mass, problem)
+    assert nonempty.tolist() == [True, True, False]
+    got = finalize_triton(C, a, b, lu, lv, w, problem, reg, ra, rb, kl_ref, nonempty)
+    ref = finalize(C, a, b, lu, lv, w, problem, reg, ra, rb, kl_ref, nonempty)
+    rtol, atol = (1e-12, 1e-14) if dtype == torch.float64 else (1e-5, 1e-7)
+    for name, o, r in zip(("plan", "value", "value_linear"), got, ref):
+        assert o.dtype == r.dtype
+        assert_close(o.cpu(), r.cpu(), rtol=rtol, atol=atol, name=name)
+    assert float(got[0][2].abs().sum()) == 0.0 and float(got[1][2]) == 0.0
+    if dtype == torch.float32:  # a bfloat16 C is read as it is: the same as finalising its float32 copy
+        Ch = C.to(torch.bfloat16)
+        got_h = finalize_triton(Ch, a, b, lu, lv, w, problem, reg, ra, rb, kl_ref, nonempty)
+        ref_h = finalize(Ch.float(), a, b, lu, lv, w, problem, reg, ra, rb, kl_ref, nonempty)
+        for name, o, r in zip(("plan", "value", "value_linear"), got_h, ref_h):
+            assert_close(o.cpu(), r.cpu(), rtol=rtol, atol=atol, name=f"bf16 {name}")

@@ -5,8 +5,9 @@ The interpreter (TRITON_INTERPRET=1, how CI runs the kernels) executes the Pytho
 never compiles it, so a kernel can pass every CPU test and still fail to build on a GPU (the H100
 run of 2026-11-22 found one: Triton 3.6 could not compile the partial persistent loop). Here the
 launches of representative solves are recorded under the interpreter (argument types, constexprs,
-num_warps), then a child process without the interpreter compiles each distinct one with
-``triton.compile`` for a CUDA target, ptxas included: no GPU or driver needed.
+num_warps, num_stages), then a child process without the interpreter compiles each distinct one with
+``triton.compile`` for a CUDA target, ptxas included: no GPU or driver needed; a kernel that
+compiles but needs more shared memory than the target has (it would fail at launch) fails too.
 
 Triton types a Python float argument as float32, which silently rounds 1/eps, exponents and
 tolerances of float64 solves (the other finding of that run); the OT kernels take them from a
@@ -36,7 +37,7 @@ def _is_constexpr(annotation) -> bool:
 
 class LaunchRecorder:
     """Patches the interpreter's kernel launch; ``launches`` maps a key to (module, kernel, signature,
-    constexprs, num_warps, float arguments)."""
+    constexprs, num_warps, num_stages, float arguments)."""
 
     def __init__(self):
         self.launches = {}
@@ -76,8 +77,9 @@ class LaunchRecorder:
                 floats.append(name)
             else:
                 raise TypeError(f"{fn.fn.__name__}: argument {name} of type {type(value).__name__}")
-        entry = (fn.fn.__module__, fn.fn.__name__, sig, const, int(kwargs.get("num_warps", 4)), floats)
-        self.launches.setdefault(json.dumps(entry[:5], sort_keys=True), entry)
+        entry = (fn.fn.__module__, fn.fn.__name__, sig, const, int(kwargs.get("num_warps", 4)),
+                 int(kwargs.get("num_stages", 3)), floats)
+        self.launches.setdefault(json.dumps(entry[:6], sort_keys=True), entry)
 
 
 def _encode(value):
@@ -129,6 +131,9 @@ def _analysis_launches(rec):
         for dtype in (torch.float32, torch.bfloat16):
             z = torch.randn(3, 5, 37, generator=g).to(dtype)
             pairwise_agreement_sums(z, torch.ones(5, dtype=torch.bool), True, "triton")
+        for dtype in (torch.float32, torch.float64):  # 67 models: the (128 x 128) tiles, the largest on-chip
+            z = torch.randn(67, 2, 70, generator=g).to(dtype)
+            pairwise_agreement_sums(z, torch.ones(2, dtype=torch.bool), False, "triton")
         a = torch.softmax(torch.randn(3, 4, 9, generator=g), -1)
         mask = torch.rand(4, 9, generator=g) > 0.2
         mask[:, 0] = True
@@ -149,7 +154,7 @@ def test_every_kernel_is_covered(launches):
     import importlib
     import triton.runtime.interpreter as ti
     for mod in ("grounded_fast.triton_kernels.ot.sinkhorn_small", "grounded_fast.triton_kernels.ot.sinkhorn_stream",
-                "grounded_fast.triton_kernels.ot.sinkhorn_features",
+                "grounded_fast.triton_kernels.ot.sinkhorn_features", "grounded_fast.triton_kernels.ot.finalize",
                 "grounded_fast.triton_kernels.analysis.pairwise_agreement",
                 "grounded_fast.triton_kernels.analysis.attention_distance"):
         jitted = {k: v for k, v in vars(importlib.import_module(mod)).items() if isinstance(v, ti.InterpretedFunction)}
@@ -160,7 +165,7 @@ def test_every_kernel_is_covered(launches):
 
 
 def test_ot_kernels_take_no_python_floats(launches):
-    bad = [(name, floats) for mod, name, _, _, _, floats in launches if ".ot." in mod and floats]
+    bad = [(name, floats) for mod, name, *_, floats in launches if ".ot." in mod and floats]
     assert not bad, f"Python float arguments (typed float32 by Triton) in {bad}: pass them in a float64 tensor"
 
 
@@ -169,8 +174,11 @@ import importlib, json, os, sys
 from concurrent.futures import ProcessPoolExecutor
 
 
+SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory a block may opt into (H100, A100)
+
+
 def build(job):
-    (mod, name, sig, const, num_warps, _), (backend, cc) = job
+    (mod, name, sig, const, num_warps, num_stages, _), (backend, cc) = job
     import triton, triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -178,9 +186,12 @@ def build(job):
     values = {k: tl.dtype(v["dtype"]) if isinstance(v, dict) else v for k, v in const.items()}
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in values.items()})
     try:
-        triton.compile(src, target=GPUTarget(backend, cc, 32), options={"num_warps": num_warps})
+        kernel = triton.compile(src, target=GPUTarget(backend, cc, 32),
+                                options={"num_warps": num_warps, "num_stages": num_stages})
     except Exception as exc:
         return f"{name} sm_{cc} {const}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if kernel.metadata.shared > SHARED_LIMIT[cc]:  # compiles, but the launch would fail (OutOfResources)
+        return f"{name} sm_{cc} {const}: needs {kernel.metadata.shared} B of shared memory, the limit is {SHARED_LIMIT[cc]}"
     return None
 
 

@@ -25,7 +25,7 @@ REGIMES = ("small", "stream")
 
 def small_smem_bytes(n: int, m: int, dtype: torch.dtype) -> int:
     """Shared memory of the persistent kernel (keep in step with gf_ot_small_smem_bytes)."""
-    return (n * m + 5 * n + 6 * m) * (8 if dtype == torch.float64 else 4)
+    return (n * m + 6 * n + 7 * m) * (8 if dtype == torch.float64 else 4)
 
 
 def choose_regime(C: torch.Tensor) -> str:

@@ -8,12 +8,16 @@ with w_n = 1 at counted positions and 0 elsewhere.
 
 Kernels:
   _row_stats   one program per (model, position): online max / first argmax / log-sum-exp over
-               V blocks, then the entropy; flags non-finite logits at counted positions.
+               V blocks (one read of the logits); with ENT a second pass for the per-position
+               entropy (only JSD needs it: the summed entropy is -Y_ii, from _cross); flags
+               non-finite logits at counted positions.
   _cross       Y as a matrix product whose contraction index is (position, vocabulary entry):
                each program takes a slice of positions and, per V block, forms the (BM x BV) tiles
                P = w exp(Z - lse) and L = Z - lse of all models on the fly from the logits (never
-               stored) and accumulates P L^T with tl.dot in IEEE fp32 (no TF32: KL is a difference
-               of such sums). Partial (BM x BM) sums per program are added in float64 by torch.
+               stored) and accumulates P L^T with tl.dot on the tensor cores in 3xTF32 (each
+               operand split into a TF32 head and a TF32 tail, three products: about fp32 accuracy,
+               which KL, a difference of such sums, needs; plain TF32 would give ~1e-3 nats).
+               Partial (BM x BM) sums per program are added in float64 by torch.
   _jsd         one program per (pair tile, position slice): (BI x BJ x BV) mixtures, one log per
                pair and vocabulary entry.
 The argmax agreement counts are an (M, M, N) comparison of the argmaxes, done by torch.
@@ -26,7 +30,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.constexpr):
+def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.constexpr, ENT: tl.constexpr):
     row = tl.program_id(0)            # row = i * N + n
     n = row % N
     tl.store(bad_ptr + row, 0)
@@ -50,15 +54,16 @@ def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.co
             s = s * tl.exp(mx - new) + tl.sum(tl.exp(x - new), axis=0)
             mx = new
         lse = mx + tl.log(s)
-        h = tl.zeros((), tl.float32)
-        for v0 in range(0, V, BV):
-            idx = v0 + offs
-            inb = idx < V
-            l = tl.load(base + idx, mask=inb, other=0.0).to(tl.float32) - lse
-            h += tl.sum(tl.where(inb, tl.exp(l) * l, 0.0), axis=0)
+        if ENT:
+            h = tl.zeros((), tl.float32)
+            for v0 in range(0, V, BV):
+                idx = v0 + offs
+                inb = idx < V
+                l = tl.load(base + idx, mask=inb, other=0.0).to(tl.float32) - lse
+                h += tl.sum(tl.where(inb, tl.exp(l) * l, 0.0), axis=0)
+            tl.store(ent_ptr + row, -h)
         tl.store(lse_ptr + row, lse)
         tl.store(top_ptr + row, top)
-        tl.store(ent_ptr + row, -h)
         tl.store(bad_ptr + row, nonfinite)
 
 
@@ -79,7 +84,7 @@ def _cross(z_ptr, w_ptr, lse_ptr, out_ptr, M, N, V, per_prog, BM: tl.constexpr, 
                 z = tl.load(rows[:, None] + (v0 + vi)[None, :], mask=inb, other=0.0).to(tl.float32)
                 l = tl.where(inb, z - lse[:, None], 0.0)
                 p = tl.where(inb, tl.exp(l), 0.0)
-                acc += tl.dot(p, tl.trans(l), input_precision="ieee")
+                acc += tl.dot(p, tl.trans(l), input_precision="tf32x3")
     tl.store(out_ptr + pid * BM * BM + mi[:, None] * BM + mi[None, :], acc)
 
 
@@ -147,7 +152,7 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
     ent = torch.zeros(M, N, dtype=torch.float32, device=dev)
     bad = torch.empty(M, N, dtype=torch.int32, device=dev)
     BV = min(1024, triton.next_power_of_2(V))
-    _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=BV)
+    _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=BV, ENT=jsd)
     flagged = torch.nonzero(bad)
     if flagged.numel():
         i, n = flagged[0].tolist()
@@ -156,12 +161,14 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
     per, progs = _slices(N, 4 * torch.cuda.get_device_properties(dev).multi_processor_count
                          if dev.type == "cuda" else 4)
     part = torch.empty(progs, BM, BM, dtype=torch.float32, device=dev)
-    _cross[(progs,)](z, w, lse, part, M, N, V, per, BM=BM, BV=min(64, max(16, triton.next_power_of_2(V))))
+    # BV 64 was the fastest for 40 models on an H100 (BM 64); BM 128 halves it to stay within shared memory
+    bv = min(64 if BM <= 64 else 32, max(16, triton.next_power_of_2(V)))
+    _cross[(progs,)](z, w, lse, part, M, N, V, per, BM=BM, BV=bv)
     Y = part.double().sum(0)[:M, :M]
     kl = Y.diagonal()[:, None] - Y
     kl.fill_diagonal_(0.0)
     counted = mask.bool()
-    entropy = torch.where(counted, ent.double(), 0.0).sum(1)
+    entropy = -Y.diagonal().clone()  # Y_ii = -sum_n w_n H_i(n)
     t = top[:, counted]
     agree = (t[:, None, :] == t[None, :, :]).sum(-1).long()
     js = torch.zeros(M, M, **f64)

@@ -4,11 +4,12 @@
 //   unbalanced  lu = (1 - fa) s_a + fa (log a - LSE_j(lv_j + K_ij)), then lv alike; POT's stop test;
 //   partial     Dykstra with vector corrections p, s and scalar t; stop ||P - P_prev||_F <= tol.
 //
-// ot_small_kernel: the persistent regime. One block per problem; K (n x m) lives in shared memory
-//   for all iterations together with every O(n + m) vector; a warp per row computes the row LSE,
-//   a thread per column the column LSE (consecutive threads read consecutive columns: no bank
-//   conflicts); loop control is block-uniform (scalars come out of block reductions that every
-//   thread reads).
+// ot_small_kernel: the persistent regime. One block per problem; K (n x m, pre-scaled by log2 e)
+//   lives in shared memory for all iterations together with every O(n + m) vector; a warp per row
+//   computes the row LSE, a thread per column the column LSE (consecutive threads read consecutive
+//   columns: no bank conflicts), each in one pass with exp2 and a shift bounded in advance (see
+//   "persistent regime" below); loop control is block-uniform (scalars come out of block
+//   reductions that every thread reads).
 // row_lse / col_lse / plan_change: the streaming regime, one launch per pass over C in device
 //   memory. Row pass: a warp per row, lanes striding the row (coalesced), per-lane online LSE
 //   merged across the warp. Column pass: a block per 32 columns x all rows, lane = column,
@@ -77,29 +78,109 @@ template <typename T> __device__ T block_lse(const T* x, int len, T* red) {
 }
 
 // ---------------------------------------------------------------------------- persistent regime
-template <typename T> __device__ void tile_row_lse(const T* K, const T* lv, T* out, int n, int m) {
+// The tile holds K2 = K log2(e) = -C log2(e) / eps, so each term of a log-sum-exp is one exp2 (MUFU.EX2):
+//   LSE_j(K_ij + v_j) = ln 2 * (h + log2 sum_j 2^(K2_ij + v_j log2 e - h))   for any shift h.
+// One pass instead of max-then-sum: h = kmax_i + vmax log2 e, with kmax_i = max_j K2_ij (fixed for the
+// solve, computed once) and vmax = max_j v_j (one block reduction per half-iteration), bounds every
+// exponent by 0, so nothing overflows. The sum is >= 2^(true max - h); when it is below 2^-64 the bound
+// was too loose for the terms that matter to stay normal floats, and that row/column is redone exactly
+// (max, then sum). For costs whose range within a row is below 64 eps ln 2 (e.g. cosine costs at eps >=
+// 0.03) the exact path never runs.
+constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
+
+// ex2.approx.ftz: one MUFU.EX2 (exp2f adds a denormal-range fix-up, four instructions); relative error
+// ~2^-22; results below 2^-126 flush to 0: in a sum that passes the 2^-64 test below, such terms are
+// more than 2^-45 below its largest one (at most 2^16 terms fit on-chip), beyond float32 resolution.
+__device__ __forceinline__ float gexp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ double gexp2(double x) { return exp2(x); }
+__device__ __forceinline__ float glog2(float x) { return log2f(x); }
+__device__ __forceinline__ double glog2(double x) { return log2(x); }
+template <typename T> __device__ __forceinline__ T loose_bound() { return T(5.421010862427522e-20); }  // 2^-64
+
+// max_i x_i over the block (every thread reads it); also the barrier that publishes x.
+template <typename T> __device__ T block_vmax(const T* x, int len, T* red) {
+  T mx = neg_inf<T>();
+  for (int i = threadIdx.x; i < len; i += blockDim.x) mx = max(mx, x[i]);
+  return block_max(mx, red);
+}
+
+// out_i = LSE_j(K_ij + lv_j), a warp per row, kRowsInFlight rows per warp at a time (their sums share
+// the loads of lv and their warp reductions overlap); kr_i = max_j K2_ij; vmax = max_j lv_j.
+constexpr int kRowsInFlight = 8;
+template <typename T>
+__device__ void tile_row_lse(const T* K2, const T* lv, T vmax, const T* kr, T* out, int n, int m) {
   const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  for (int i = threadIdx.x >> 5; i < n; i += nw) {
-    const T* k = K + i * m;
-    T mx = neg_inf<T>();
-    for (int j = lane; j < m; j += 32) mx = max(mx, k[j] + lv[j]);
-    mx = warp_max(mx);
-    const T safe = mx == neg_inf<T>() ? T(0) : mx;
-    T s = 0;
-    for (int j = lane; j < m; j += 32) s += gexp(k[j] + lv[j] - safe);
-    s = warp_sum(s);
-    if (lane == 0) out[i] = s > 0 ? safe + glog(s) : neg_inf<T>();
+  const T L2E = T(kLog2e), vh = vmax * L2E;
+  for (int i0 = threadIdx.x >> 5; i0 < n; i0 += nw * kRowsInFlight) {
+    T h[kRowsInFlight], s[kRowsInFlight];
+#pragma unroll
+    for (int r = 0; r < kRowsInFlight; ++r) {
+      const int i = i0 + r * nw;
+      h[r] = i < n ? kr[i] + vh : T(0);
+      s[r] = 0;
+    }
+    for (int j = lane; j < m; j += 32) {
+      const T v = lv[j];
+#pragma unroll
+      for (int r = 0; r < kRowsInFlight; ++r) {
+        const int i = i0 + r * nw;
+        if (i < n) s[r] += gexp2(fma(v, L2E, K2[i * m + j] - h[r]));
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRowsInFlight; ++r) s[r] = warp_sum(s[r]);
+#pragma unroll
+    for (int r = 0; r < kRowsInFlight; ++r) {
+      const int i = i0 + r * nw;
+      if (i >= n) continue;  // warp-uniform
+      const T* k = K2 + i * m;
+      if (!(s[r] >= loose_bound<T>())) {  // warp-uniform (xor reduction); also -inf / NaN shifts
+        T mx = neg_inf<T>();
+        for (int j = lane; j < m; j += 32) mx = max(mx, fma(lv[j], L2E, k[j]));
+        mx = warp_max(mx);
+        const T safe = mx == neg_inf<T>() ? T(0) : mx;
+        T t = 0;
+        for (int j = lane; j < m; j += 32) t += gexp2(fma(lv[j], L2E, k[j]) - safe);
+        t = warp_sum(t);
+        if (lane == 0) out[i] = t > 0 ? (safe + glog2(t)) * T(kLn2) : neg_inf<T>();
+      } else if (lane == 0) {
+        out[i] = (h[r] + glog2(s[r])) * T(kLn2);
+      }
+    }
   }
 }
 
-template <typename T> __device__ void tile_col_lse(const T* K, const T* lu, T* out, int n, int m) {
+// out_j = LSE_i(K_ij + lu_i), a thread per column (consecutive threads, consecutive banks), four
+// independent partial sums; kc_j = max_i K2_ij; umax = max_i lu_i.
+template <typename T>
+__device__ void tile_col_lse(const T* K2, const T* lu, T umax, const T* kc, T* out, int n, int m) {
+  const T L2E = T(kLog2e), uh = umax * L2E;
   for (int j = threadIdx.x; j < m; j += blockDim.x) {
+    const T h = kc[j] + uh;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+      s0 += gexp2(fma(lu[i], L2E, K2[i * m + j] - h));
+      s1 += gexp2(fma(lu[i + 1], L2E, K2[(i + 1) * m + j] - h));
+      s2 += gexp2(fma(lu[i + 2], L2E, K2[(i + 2) * m + j] - h));
+      s3 += gexp2(fma(lu[i + 3], L2E, K2[(i + 3) * m + j] - h));
+    }
+    for (; i < n; ++i) s0 += gexp2(fma(lu[i], L2E, K2[i * m + j] - h));
+    T s = (s0 + s1) + (s2 + s3);
+    if (s >= loose_bound<T>()) {
+      out[j] = (h + glog2(s)) * T(kLn2);
+      continue;
+    }
     T mx = neg_inf<T>();
-    for (int i = 0; i < n; ++i) mx = max(mx, K[i * m + j] + lu[i]);
+    for (i = 0; i < n; ++i) mx = max(mx, fma(lu[i], L2E, K2[i * m + j]));
     const T safe = mx == neg_inf<T>() ? T(0) : mx;
-    T s = 0;
-    for (int i = 0; i < n; ++i) s += gexp(K[i * m + j] + lu[i] - safe);
-    out[j] = s > 0 ? safe + glog(s) : neg_inf<T>();
+    s = 0;
+    for (i = 0; i < n; ++i) s += gexp2(fma(lu[i], L2E, K2[i * m + j]) - safe);
+    out[j] = s > 0 ? (safe + glog2(s)) * T(kLn2) : neg_inf<T>();
   }
 }
 
@@ -124,6 +205,25 @@ __device__ __forceinline__ int64_t record(T* hist, int64_t pb, int64_t hist_len,
   return k + 1;
 }
 
+// Block-wide max and sum of two values at once (one pair of barriers instead of two).
+template <typename T> __device__ void block_max_sum(T& mx, T& sm, T* red) {
+  mx = warp_max(mx);
+  sm = warp_sum(sm);
+  const int nw = int(blockDim.x >> 5);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) {
+    red[threadIdx.x >> 5] = mx;
+    red[nw + (threadIdx.x >> 5)] = sm;
+  }
+  __syncthreads();
+  mx = neg_inf<T>();
+  sm = 0;
+  for (int k = 0; k < nw; ++k) {
+    mx = max(mx, red[k]);
+    sm += red[nw + k];
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
     const T* __restrict__ C, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ mass,
@@ -131,19 +231,22 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
     int kl_ref, int64_t max_iter, T tol, int64_t check_every, int64_t hist_len, T* lu_out, T* lv_out, T* w_out,
     int32_t* niter_out, int32_t* status_out, T* hist) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ T red[kThreads / 32];
+  __shared__ T red[2 * (kThreads / 32)];
   const int64_t pb = blockIdx.x;
   const int nm = n * m;
-  T* K = reinterpret_cast<T*>(smem_raw);
+  T* K = reinterpret_cast<T*>(smem_raw);  // K2 = -C log2(e) / eps
   T* lu = K + nm;  T* lv = lu + n;   // potentials
   T* la = lv + m;  T* lb = la + n;   // log weights (-inf where masked)
   T* p = lb + m;   T* s = p + n;     // partial: Dykstra corrections; unbalanced: s_a, s_b
   T* pu = s + m;   T* pv = pu + n;   // previous potentials (stop tests)
   T* rl = pv + m;  T* cl = rl + n;   // row / column LSE
   T* bw = cl + m;                    // b
+  T* kr = bw + m;  T* kc = kr + n;   // row / column maxima of K2
   const T NEG = neg_inf<T>();
+  const T L2E = T(kLog2e), LN2 = T(kLn2);
   const T* Cp = C + pb * nm;
-  for (int e = threadIdx.x; e < nm; e += blockDim.x) K[e] = -Cp[e] * inv_eps;
+  const T k2scale = inv_eps * L2E;
+  for (int e = threadIdx.x; e < nm; e += blockDim.x) K[e] = -Cp[e] * k2scale;
   int live_a = 0, live_b = 0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const T ai = a[pb * n + i];
@@ -160,6 +263,21 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
     lv[j] = bj > 0 ? lv0[pb * m + j] : NEG;
     s[j] = 0;
   }
+  __syncthreads();  // K complete
+  {
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int i = threadIdx.x >> 5; i < n; i += nw) {
+      T mx = NEG;
+      for (int j = lane; j < m; j += 32) mx = max(mx, K[i * m + j]);
+      mx = warp_max(mx);
+      if (lane == 0) kr[i] = mx;
+    }
+    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+      T mx = NEG;
+      for (int i = 0; i < n; ++i) mx = max(mx, K[i * m + j]);
+      kc[j] = mx;
+    }
+  }
   const T na = block_sum(T(live_a), red), nb = block_sum(T(live_b), red);
   const T ms = mass[pb];
   const bool nonempty = na > 0 && nb > 0 && (problem != 2 || ms > 0);
@@ -170,8 +288,9 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
   T w = 0;
   if (problem == 0) {  // ------------------------------------------------ balanced
     bool pending = false;
+    T umax = block_vmax(lu, n, red);
     while (go) {
-      tile_col_lse(K, lu, cl, n, m);
+      tile_col_lse(K, lu, umax, kc, cl, n, m);
       __syncthreads();
       if (pending) {
         T e = 0;
@@ -185,17 +304,17 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
       }
       if (go) {
         for (int j = threadIdx.x; j < m; j += blockDim.x) lv[j] = lb[j] != NEG ? lb[j] - cl[j] : NEG;
-        __syncthreads();
-        tile_row_lse(K, lv, rl, n, m);
+        const T vmax = block_vmax(lv, m, red);
+        tile_row_lse(K, lv, vmax, kr, rl, n, m);
         __syncthreads();
         for (int i = threadIdx.x; i < n; i += blockDim.x) lu[i] = la[i] != NEG ? la[i] - rl[i] : NEG;
-        __syncthreads();
+        umax = block_vmax(lu, n, red);
         pending = check_every > 0 && it % check_every == 0;
         ++it;
         if (it >= max_iter) {
           go = false;
           if (pending) {
-            tile_col_lse(K, lu, cl, n, m);
+            tile_col_lse(K, lu, umax, kc, cl, n, m);
             __syncthreads();
             T e = 0;
             for (int j = threadIdx.x; j < m; j += blockDim.x) {
@@ -220,20 +339,20 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
       sb[j] = kl_ref ? lb[j] : T(0);
       lv[j] = lb[j] != NEG ? lv[j] + sb[j] : NEG;
     }
-    __syncthreads();
+    T vmax = block_vmax(lv, m, red);
     while (go) {
       for (int i = threadIdx.x; i < n; i += blockDim.x) pu[i] = lu[i];
       for (int j = threadIdx.x; j < m; j += blockDim.x) pv[j] = lv[j];
-      tile_row_lse(K, lv, rl, n, m);
+      tile_row_lse(K, lv, vmax, kr, rl, n, m);
       __syncthreads();
       for (int i = threadIdx.x; i < n; i += blockDim.x)
         lu[i] = la[i] != NEG ? (1 - fa) * sa[i] + fa * (la[i] - rl[i]) : NEG;
-      __syncthreads();
-      tile_col_lse(K, lu, cl, n, m);
+      const T umax = block_vmax(lu, n, red);
+      tile_col_lse(K, lu, umax, kc, cl, n, m);
       __syncthreads();
       for (int j = threadIdx.x; j < m; j += blockDim.x)
         lv[j] = lb[j] != NEG ? (1 - fb) * sb[j] + fb * (lb[j] - cl[j]) : NEG;
-      __syncthreads();
+      vmax = block_vmax(lv, m, red);
       if (check_every > 0 && it % check_every == 0) {
         const T err = T(0.5) * (rel_change(lu, pu, sa, n, red) + rel_change(lv, pv, sb, m, red));
         k = record(hist, pb, hist_len, k, err);
@@ -245,9 +364,10 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
   } else {  // ------------------------------------------------------------ partial
     for (int i = threadIdx.x; i < n; i += blockDim.x) lu[i] = la[i] != NEG ? T(0) : NEG;
     for (int j = threadIdx.x; j < m; j += blockDim.x) lv[j] = lb[j] != NEG ? T(0) : NEG;
-    __syncthreads();
+    T vmax = block_vmax(lv, m, red);
+    const T lbmax = block_vmax(lb, m, red);  // after the projection cl_j <= lb_j: a shift for total
     const T lmass = glog(ms);
-    tile_row_lse(K, lv, rl, n, m);
+    tile_row_lse(K, lv, vmax, kr, rl, n, m);
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x) pu[i] = la[i] != NEG ? rl[i] : NEG;
     __syncthreads();
@@ -258,7 +378,7 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
       const T pw = w;
       for (int i = threadIdx.x; i < n; i += blockDim.x) pu[i] = lu[i];
       for (int j = threadIdx.x; j < m; j += blockDim.x) pv[j] = lv[j];
-      tile_row_lse(K, lv, rl, n, m);
+      tile_row_lse(K, lv, vmax, kr, rl, n, m);
       __syncthreads();
       for (int i = threadIdx.x; i < n; i += blockDim.x) {
         if (la[i] == NEG) { lu[i] = NEG; continue; }
@@ -267,9 +387,10 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
         p[i] = pn;
         lu[i] = l1 + pn;
       }
+      const T umax = block_vmax(lu, n, red);
+      tile_col_lse(K, lu, umax, kc, cl, n, m);
       __syncthreads();
-      tile_col_lse(K, lu, cl, n, m);
-      __syncthreads();
+      T vm = NEG, cs = 0;
       for (int j = threadIdx.x; j < m; j += blockDim.x) {
         if (lb[j] == NEG) { lv[j] = NEG; cl[j] = NEG; continue; }
         const T l1 = lv[j] - s[j];
@@ -278,9 +399,12 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
         s[j] = sn;
         lv[j] = l1 + sn;
         cl[j] = lc + sn;  // log column sum after the projection
+        vm = max(vm, lv[j]);
+        cs += gexp2((cl[j] - lbmax) * L2E);
       }
-      __syncthreads();
-      const T total = block_lse(cl, m, red) - t;
+      block_max_sum(vm, cs, red);
+      vmax = vm;
+      const T total = (cs >= loose_bound<T>() ? lbmax + glog2(cs) * LN2 : block_lse(cl, m, red)) - t;
       w = w - t;
       t = lmass - total;
       w = w + t;
@@ -288,7 +412,8 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
         T e = 0;
         for (int q = threadIdx.x; q < nm; q += blockDim.x) {
           const int i = q / m, j = q % m;
-          const T d = gexp(K[q] + pu[i] + pv[j] + pw) - gexp(K[q] + lu[i] + lv[j] + w);
+          const T kq = K[q] * LN2;
+          const T d = gexp(kq + pu[i] + pv[j] + pw) - gexp(kq + lu[i] + lv[j] + w);
           e += d * d;
         }
         const T err = sqrt(block_sum(e, red));
@@ -386,7 +511,7 @@ template <typename T> int small_launch(const void* C, const void* a, const void*
                                        int64_t check_every, int64_t hist_len, void* lu, void* lv, void* w,
                                        int32_t* n_iter, int32_t* status, void* hist, cudaStream_t st) {
   if (B == 0) return 0;
-  const size_t bytes = size_t(n * m + 5 * n + 6 * m) * sizeof(T);
+  const size_t bytes = size_t(gf_ot_small_smem_bytes(n, m, sizeof(T) == 8 ? GF_OT_F64 : GF_OT_F32));
   auto kernel = ot_small_kernel<T>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (err != cudaSuccess) return int(err);
@@ -445,7 +570,7 @@ int pass_dispatch(Pass pass, const void* C, int c_dtype, const void* const* v, v
 extern "C" {
 
 int64_t gf_ot_small_smem_bytes(int64_t n, int64_t m, int dtype) {
-  return (n * m + 5 * n + 6 * m) * (dtype == GF_OT_F64 ? 8 : 4);
+  return (n * m + 6 * n + 7 * m) * (dtype == GF_OT_F64 ? 8 : 4);
 }
 
 int gf_ot_small(const void* C, const void* a, const void* b, const void* mass, const void* lu0, const void* lv0,

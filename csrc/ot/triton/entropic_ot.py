@@ -4,12 +4,13 @@ Regimes: ``small`` — the persistent kernel, one launch for the whole batch and
 the cost tile on-chip (sinkhorn_small.py), used when a problem's padded tile holds at most
 ``sinkhorn_small.MAX_TILE`` entries (e.g. 64 x 197 -> 64 x 256); ``stream`` — one launch per
 half-iteration streaming C through online log-sum-exp passes (sinkhorn_stream.py), any size.
-The plan, ``value`` and ``value_linear`` are formed from the potentials by the reference's
-``finalize`` (torch ops on the device).
+The plan, ``value`` and ``value_linear`` are formed from the potentials in one more pass over C
+(finalize.py, the fused twin of the reference's ``finalize``).
 """
 from __future__ import annotations
 
-from ...reference.entropic_ot import finalize, nonempty_problems
+from ...reference.entropic_ot import nonempty_problems
+from .finalize import finalize_triton
 from .sinkhorn_small import fits, sinkhorn_small
 from .sinkhorn_stream import sinkhorn_stream
 
@@ -33,6 +34,6 @@ def entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, 
     solve = sinkhorn_small if regime == "small" else sinkhorn_stream
     lu, lv, w, n_iter, status, hist = solve(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
                                             kl_ref, max_iter, tol, check_every, history)
-    plan, value, value_linear = finalize(C.to(a.dtype), a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
-                                         nonempty_problems(a, b, mass, problem))
+    plan, value, value_linear = finalize_triton(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
+                                                nonempty_problems(a, b, mass, problem))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist

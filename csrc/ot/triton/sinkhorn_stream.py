@@ -21,8 +21,13 @@ import triton.language as tl
 from ...reference.entropic_ot import solve_potentials
 from . import device_scalars
 
-BLOCK_ROWS = 32   # rows (row pass) or columns (column pass) owned by one program
-BLOCK_TILE = 128  # entries of the streamed axis per step
+# (rows or columns owned by one program, entries of the streamed axis per step, warps) per pass, for
+# 32-bit and 16-bit C; measured on an H100 (B=16 x 4096^2, each pass alone, against the copy
+# bandwidth): row pass 16 x 256 x 8 warps 0.975 (float32) / 0.90 (bfloat16), column pass 64 x 128 x 4
+# warps 0.97 / 0.67 (the former 32 x 128 x 4: 0.94 / 0.89 rows, 0.93 / 0.61 columns). float64 keeps
+# the smaller tiles (register pressure).
+CONFIG = {"row": (16, 256, 8), "col": (64, 128, 4)}
+CONFIG_F64 = {"row": (32, 128, 4), "col": (32, 128, 4)}
 
 
 @triton.jit
@@ -112,24 +117,25 @@ def streaming_passes(C, reg: float):
     dt = torch.float64 if C.dtype == torch.float64 else torch.float32
     DT = tl.float64 if dt == torch.float64 else tl.float32
     inv_eps = device_scalars(C.device, 1.0 / reg)
+    (RB, RT, RW), (CB, CT, CW) = (CONFIG_F64 if dt == torch.float64 else CONFIG).values()
 
     def row_lse(lv):
         out = torch.empty(B, n, dtype=dt, device=C.device)
-        _row_lse[(B, triton.cdiv(n, BLOCK_ROWS))](C, lv.to(dt).contiguous(), out, n, m, inv_eps, DT=DT,
-                                                   BR=BLOCK_ROWS, BT=BLOCK_TILE)
+        _row_lse[(B, triton.cdiv(n, RB))](C, lv.to(dt).contiguous(), out, n, m, inv_eps, DT=DT, BR=RB, BT=RT,
+                                          num_warps=RW)
         return out
 
     def col_lse(lu):
         out = torch.empty(B, m, dtype=dt, device=C.device)
-        _col_lse[(B, triton.cdiv(m, BLOCK_ROWS))](C, lu.to(dt).contiguous(), out, n, m, inv_eps, DT=DT,
-                                                   BR=BLOCK_ROWS, BT=BLOCK_TILE)
+        _col_lse[(B, triton.cdiv(m, CB))](C, lu.to(dt).contiguous(), out, n, m, inv_eps, DT=DT, BR=CB, BT=CT,
+                                          num_warps=CW)
         return out
 
     def plan_change(pu, pv, pw, lu, lv, w):
-        nblk = triton.cdiv(n, BLOCK_ROWS)
+        nblk = triton.cdiv(n, RB)
         part = torch.empty(B, nblk, dtype=dt, device=C.device)
         args = [t.to(dt).contiguous() for t in (pu, pv, pw, lu, lv, w)]
-        _plan_change[(B, nblk)](C, *args, part, n, m, nblk, inv_eps, DT=DT, BR=BLOCK_ROWS, BT=BLOCK_TILE)
+        _plan_change[(B, nblk)](C, *args, part, n, m, nblk, inv_eps, DT=DT, BR=RB, BT=RT, num_warps=RW)
         return part.sum(1).sqrt()
 
     return row_lse, col_lse, plan_change
