@@ -114,10 +114,19 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
+    """HEAD, with '+modified' when tracked files differ from it (e.g. a copy of a working tree on a
+    lent machine whose .git is older than its files): results must not claim a commit they did not run."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
     except OSError:
         return "unknown"
+    return head + ("+modified" if dirty else "") if head else "unknown"
+
+
+def short_commit(commit: str) -> str:
+    return commit[:12] + ("+modified" if commit.endswith("+modified") else "")
 
 
 def write_results(res: dict, stem: str, render) -> None:
@@ -151,7 +160,7 @@ def result_stem(name: str, prefix: str) -> str:
 
 def markdown(res: dict) -> str:
     lines = [f"# GPU analysis benchmarks on {res['device']}", "",
-             f"`python bench/gpu_analysis.py` at commit `{res['commit'][:12]}`, {res['date']}; torch "
+             f"`python bench/gpu_analysis.py` at commit `{short_commit(res['commit'])}`, {res['date']}; torch "
              f"{res['torch']}, triton {res['triton']}{' (SMOKE sizes)' if res['smoke'] else ''}.", "",
              "Measured yardsticks: copy bandwidth {:.0f} GB/s (read + write), fp32 matmul without TF32 {:.1f} "
              "TFLOP/s, torch.log (cache-resident) {:.1f} G/s.".format(res["yardsticks"]["copy_bandwidth_Bps"] / 1e9,

@@ -29,8 +29,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gpu_analysis import (device_name, median_time, result_stem, run_metadata, write_results,  # noqa: E402
-                          yardsticks)
+from gpu_analysis import (device_name, median_time, result_stem, run_metadata, short_commit,  # noqa: E402
+                          write_results, yardsticks)
 
 
 def _cosine_cost(B, n, m, d, device, seed=0):
@@ -99,7 +99,7 @@ def _pot():
 def render_markdown(res: dict) -> str:
     """The markdown table of a results dict (as written to the .json)."""
     ys = res["yardsticks"]
-    lines = [f"# GPU OT benchmarks on {res['device']}", "", f"commit `{res['commit'][:12]}`, {res['date']}, torch {res['torch']}, "
+    lines = [f"# GPU OT benchmarks on {res['device']}", "", f"commit `{short_commit(res['commit'])}`, {res['date']}, torch {res['torch']}, "
              f"triton {res['triton']}{' (SMOKE sizes)' if res['smoke'] else ''}", "",
              f"Measured copy bandwidth {ys['copy_bandwidth_Bps'] / 1e9:.0f} GB/s (bytes read + written); the bandwidth "
              "fraction is bytes of C read per iteration / time per iteration over it.", "",
