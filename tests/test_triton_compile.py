@@ -110,6 +110,11 @@ def _ot_launches(rec):
                     for half in (torch.bfloat16, torch.float16):
                         entropic_ot_triton(C.to(half), a, b, torch.full((B,), 0.5), torch.zeros(B, n),
                                            torch.zeros(B, m), PARTIAL, 0.3, inf, inf, True, 3, 1e-6, 2, regime=regime)
+            C, a, b = make_problem(1, 40, 150, dtype=dtype, seed=1)  # the one-pass regime (balanced only)
+            for Cx in (C, C.to(torch.bfloat16)) if dtype == torch.float32 else (C,):
+                entropic_ot_triton(Cx, a, b, torch.zeros(1, dtype=dtype), torch.zeros(1, 40, dtype=dtype),
+                                   torch.zeros(1, 150, dtype=dtype), BALANCED, 0.3, inf, inf, True, 3, 1e-9, 2,
+                                   regime="fused")
         # the feature kernels' constexprs: dtype, one feature chunk or several (d = 3 / 70), cost
         for feat_dtype, d, cost in ((torch.float32, 3, "sqeuclidean"), (torch.float32, 70, "cosine"),
                                     (torch.bfloat16, 3, "cosine"), (torch.bfloat16, 70, "sqeuclidean"),
@@ -155,6 +160,7 @@ def test_every_kernel_is_covered(launches):
     import triton.runtime.interpreter as ti
     for mod in ("grounded_fast.triton_kernels.ot.sinkhorn_small", "grounded_fast.triton_kernels.ot.sinkhorn_stream",
                 "grounded_fast.triton_kernels.ot.sinkhorn_features", "grounded_fast.triton_kernels.ot.finalize",
+                "grounded_fast.triton_kernels.ot.sinkhorn_fused",
                 "grounded_fast.triton_kernels.analysis.pairwise_agreement",
                 "grounded_fast.triton_kernels.analysis.attention_distance"):
         jitted = {k: v for k, v in vars(importlib.import_module(mod)).items() if isinstance(v, ti.InterpretedFunction)}

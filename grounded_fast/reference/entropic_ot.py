@@ -59,11 +59,14 @@ def nonempty_problems(a, b, mass, problem: int):
 
 def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem: int, reg: float,
                      reg_m_a: float, reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
-                     history: int = -1):
+                     history: int = -1, row_then_col=None):
     """The iterations of every backend that streams the cost: ``row_lse(lv)`` (B,n) =
     LSE_j(lv_j - C_ij/reg), ``col_lse(lu)`` (B,m) = LSE_i(lu_i - C_ij/reg), ``plan_change(pu, pv,
     pw, lu, lv, w)`` (B,) = ||P_prev - P||_F (partial's stop test). Returns (log_u, log_v,
     log_scale, n_iter, status, err_history).
+    ``row_then_col(lv, lu, active)`` (balanced only, optional): both half-iterations in one pass over
+    C, returning (lu', col_lse(lu')) with lu' = active ? masked(log a - row_lse(lv)) : lu; the
+    iterates are the same.
     """
     B, n = a.shape
     dt = a.dtype
@@ -103,19 +106,25 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
     lv = _masked(log_v0.clone(), mb)
     if problem == BALANCED:
         pending = False
+        cl = col_lse(lu) if row_then_col is not None else None
         for it in range(max_iter):
-            cl = col_lse(lu)
+            if row_then_col is None:
+                cl = col_lse(lu)
             if pending:
                 err = torch.linalg.vector_norm(torch.where(mb, torch.exp(cl + lv), 0) - b, dim=1)
                 if check(err, err < tol):
                     break
             n_iter = torch.where(active, n_iter + 1, n_iter)
             lv = keep(_masked(lb - cl, mb), lv)
-            lu = keep(_masked(la - row_lse(lv), ma), lu)
+            if row_then_col is None:
+                lu = keep(_masked(la - row_lse(lv), ma), lu)
+            else:  # cl is already the next iteration's column LSE
+                lu, cl = row_then_col(lv, lu, active)
             pending = check_every > 0 and it % check_every == 0
         else:
             if pending:
-                err = torch.linalg.vector_norm(torch.where(mb, torch.exp(col_lse(lu) + lv), 0) - b, dim=1)
+                cl = col_lse(lu) if row_then_col is None else cl
+                err = torch.linalg.vector_norm(torch.where(mb, torch.exp(cl + lv), 0) - b, dim=1)
                 check(err, err < tol)
     elif problem == UNBALANCED:
         fa = 1.0 if math.isinf(reg_m_a) else reg_m_a / (reg_m_a + reg)
