@@ -73,7 +73,7 @@ def _ours_triton_regime(C, iters, regime):
     B, n, m = C.shape
     a = torch.full((B, n), 1.0 / n, device=C.device)
     b = torch.full((B, m), 1.0 / m, device=C.device)
-    mass, lu0, lv0 = torch.zeros(B, device=C.device), torch.zeros(B, n, device=C.device), torch.zeros(B, m, device=C.device)
+    mass, lu0, lv0 = (torch.zeros(*shape, device=C.device) for shape in ((B,), (B, n), (B, m)))
     inf = float("inf")
     return lambda: entropic_ot_triton(C, a, b, mass, lu0, lv0, 0, 0.05, inf, inf, True, iters, 0.0, 0, regime=regime)
 
@@ -110,7 +110,8 @@ def _pot():
 def render_markdown(res: dict) -> str:
     """The markdown table of a results dict (as written to the .json)."""
     ys = res["yardsticks"]
-    lines = [f"# GPU OT benchmarks on {res['device']}", "", f"commit `{short_commit(res['commit'])}`, {res['date']}, torch {res['torch']}, "
+    lines = [f"# GPU OT benchmarks on {res['device']}", "",
+             f"commit `{short_commit(res['commit'])}`, {res['date']}, torch {res['torch']}, "
              f"triton {res['triton']}{' (SMOKE sizes)' if res['smoke'] else ''}", "",
              f"Measured copy bandwidth {ys['copy_bandwidth_Bps'] / 1e9:.0f} GB/s (bytes read + written); the bandwidth "
              "fraction is bytes of C read per iteration / time per iteration over it.", "",
@@ -168,8 +169,9 @@ def main(argv=None) -> int:
             k, it_pot = (2, 20) if args.smoke else (4, 100)
             a1 = torch.full((n1,), 1.0 / n1, device=device)
             b1 = torch.full((m1,), 1.0 / m1, device=device)
-            t = median_time(lambda: [ot.partial.entropic_partial_wasserstein(a1, b1, C1[i], 0.05, m=0.5, numItermax=it_pot,
-                                                                            stopThr=-1) for i in range(k)], device, rounds=2)
+            t = median_time(lambda: [ot.partial.entropic_partial_wasserstein(a1, b1, C1[i], 0.05, m=0.5,
+                                                                            numItermax=it_pot, stopThr=-1)
+                                     for i in range(k)], device, rounds=2)
             pot1 = t["median_s"] * (B1 / k) * (it1 / it_pot)
             notes.append(f"case 1 POT: {k}/{B1} problems x {it_pot}/{it1} iterations timed, scaled linearly")
         for bk in backends:
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
             results.append({"case": f"1 partial B={B1} {n1}x{m1} cosine, {it1} it", "backend": bk, **t,
                             "median_2x_s": t2["median_s"], "call_us_per_iter": t["median_s"] / it1 * 1e6,
                             "us_per_iter": (t2["median_s"] - t["median_s"]) / it1 * 1e6, "target_us_per_iter": 5.0,
-                            "pot_s": pot1, "vs_pot": None if pot1 is None else pot1 / t["median_s"], "target_vs_pot": 1000})
+                            "pot_s": pot1, "vs_pot": None if pot1 is None else pot1 / t["median_s"],
+                            "target_vs_pot": 1000})
             print(results[-1], flush=True)
         notes.append("case 1: per iteration = (time of 2 x it - time of it) / it (the whole call / it beside it); "
                      "'vs POT' compares whole calls")
@@ -257,7 +260,8 @@ def main(argv=None) -> int:
         feat_backends = [b for b in backends if b in ("cuda", "triton")] or (["torch"] if device.type == "cpu" else [])
         for bk in feat_backends:
             t = _timed(_ours_features(x3, y3, it3, bk), device, 3, f"case 3 features {bk}", notes)
-            tb = _timed(_ours_features(x3, y3, it3, bk, backward=True), device, 3, f"case 3 features+backward {bk}", notes)
+            tb = _timed(_ours_features(x3, y3, it3, bk, backward=True), device, 3, f"case 3 features+backward {bk}",
+                        notes)
             if t is None or tb is None:
                 continue
             mem = memory_s.get(bk if bk != "torch" else "cpu")

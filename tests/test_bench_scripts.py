@@ -39,3 +39,20 @@ def test_gpu_ot_bench_smoke(tmp_path):
     assert len(feat) == 1 and feat[0]["backend"] == "torch" and feat[0]["vs_memory_path"] > 0
     assert feat[0]["with_backward_s"] > 0 and any("choose_cost_source" in n for n in out["notes"])
     assert all(r["vs_pot"] > 0 for r in out["results"] if r["case"][0] in "12")  # POT is installed in CI
+
+
+def test_gpu_sweep_script(tmp_path):
+    """Without a GPU the sweep says so (exit 2); its table lists the fastest configurations first."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_sweep
+    if not __import__("torch").cuda.is_available():
+        res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_sweep.py"), "fused"],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "needs a CUDA GPU" in res.stderr
+    rows = [{"dtype": "torch.float32", "pass": "row", "BR": br, "ms": ms}
+            for br, ms in ((16, 0.5), (32, 0.3), (64, "OutOfResources: x"))]
+    md = gpu_sweep.render({"kind": "stream", "device": "x", "commit": "0" * 40, "torch": "t", "triton": "3",
+                           "copy_bandwidth_Bps": 3e12, "rows": rows})
+    table = [line for line in md.splitlines() if line.startswith("| torch.float32")]
+    assert table == ["| torch.float32 | row | 32 | 0.3 |", "| torch.float32 | row | 16 | 0.5 |"]
+    assert "1 configurations failed" in md

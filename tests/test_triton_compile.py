@@ -197,7 +197,8 @@ def build(job):
     except Exception as exc:
         return f"{name} sm_{cc} {const}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if kernel.metadata.shared > SHARED_LIMIT[cc]:  # compiles, but the launch would fail (OutOfResources)
-        return f"{name} sm_{cc} {const}: needs {kernel.metadata.shared} B of shared memory, the limit is {SHARED_LIMIT[cc]}"
+        return (f"{name} sm_{cc} {const}: needs {kernel.metadata.shared} B of shared memory, the limit is "
+                f"{SHARED_LIMIT[cc]}")
     return None
 
 

@@ -1,0 +1,171 @@
+"""Tile-configuration sweeps of the Triton kernels on a GPU: the measurements behind the CONFIG
+constants of csrc/ot/triton/sinkhorn_stream.py, sinkhorn_fused.py and the agreement kernel's BV.
+
+    python bench/gpu_sweep.py stream   # row / column LSE passes, B=16 x 4096^2, float32 and bfloat16 C
+    python bench/gpu_sweep.py fused    # the one-pass regime's kernel (+ the merge), same problem
+    python bench/gpu_sweep.py cross    # the agreement products, M=40, N=1000, V=30522
+
+Each configuration is timed alone with triton.testing.do_bench (median); the stream and fused
+sweeps report the fraction of the measured copy bandwidth (bytes of C read from device memory /
+time), the fused one also the time of one whole iteration. Results: bench/results/
+gpu-sweep-<kind>-<device>.json and .md (the best configurations first). Needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from gpu_analysis import device_name, git_commit  # noqa: E402
+
+
+def copy_bandwidth() -> float:
+    from triton.testing import do_bench
+    x = torch.empty(2 ** 28, device="cuda")
+    y = torch.empty_like(x)
+    return 2 * x.numel() * 4 / (do_bench(lambda: y.copy_(x), warmup=50, rep=300) * 1e-3)
+
+
+def _time(fn):
+    from triton.testing import do_bench
+    try:
+        return do_bench(fn, warmup=10, rep=60)
+    except Exception as exc:  # noqa: BLE001 - an infeasible configuration is a result too
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def sweep_stream(bw: float) -> list:
+    import triton
+    import triton.language as tl
+    from grounded_fast.triton_kernels.ot import device_scalars
+    from grounded_fast.triton_kernels.ot import sinkhorn_stream as ss
+    B, n = 16, 4096
+    rows = []
+    for dt in (torch.float32, torch.bfloat16):
+        C = torch.rand(B, n, n, device="cuda").to(dt)
+        v, out = torch.randn(B, n, device="cuda"), torch.empty(B, n, device="cuda")
+        inv = device_scalars(C.device, 20.0)
+        for kern, name in ((ss._row_lse, "row"), (ss._col_lse, "col")):
+            for BR, BT, warps in itertools.product((16, 32, 64, 128), (32, 64, 128, 256), (4, 8)):
+                if not 2048 <= BR * BT <= 16384:
+                    continue
+                ms = _time(lambda: kern[(B, triton.cdiv(n, BR))](C, v, out, n, n, inv, DT=tl.float32, BR=BR, BT=BT,
+                                                                   num_warps=warps))
+                rows.append({"dtype": str(dt), "pass": name, "BR": BR, "BT": BT, "warps": warps, "ms": ms,
+                             "fraction": C.numel() * C.element_size() / (ms * 1e-3) / bw if isinstance(ms, float)
+                             else None})
+                print(rows[-1], flush=True)
+        del C
+    return rows
+
+
+def sweep_fused(bw: float) -> list:
+    import triton
+    import triton.language as tl
+    from grounded_fast.triton_kernels.ot import device_scalars
+    from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
+    B, n = 16, 4096
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = []
+    for dt in (torch.float32, torch.bfloat16):
+        C = torch.rand(B, n, n, device="cuda").to(dt)
+        lv, la = torch.randn(B, n, device="cuda"), torch.full((B, n), -math.log(n), device="cuda")
+        act = torch.ones(B, dtype=torch.int32, device="cuda")
+        inv = device_scalars(C.device, 20.0)
+        for BR, BT, warps, per_sm in itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (2, 4, 8)):
+            if BR * BT > 16384:
+                continue
+            P = max(1, min(triton.cdiv(per_sm * sms, B), triton.cdiv(n, BR)))
+            rpp = triton.cdiv(triton.cdiv(n, P), BR) * BR
+            P = triton.cdiv(n, rpp)
+            pmx = torch.empty(B, P, n, device="cuda")
+            psm = torch.empty_like(pmx)
+            lu = torch.zeros(B, n, device="cuda")
+
+            def one():
+                sf._row_then_col[(B, P)](C, lv, la, lu, act, pmx, psm, n, n, rpp, P, inv, DT=tl.float32, BR=BR,
+                                         BT=BT, num_warps=warps)
+                top = pmx.amax(1)
+                return top + torch.log((psm * torch.exp(pmx - top[:, None, :])).sum(1))
+            ms = _time(one)
+            rows.append({"dtype": str(dt), "BR": BR, "BT": BT, "warps": warps, "programs_per_sm": per_sm,
+                         "programs_per_problem": P, "ms_per_iteration": ms,
+                         "fraction_one_read": C.numel() * C.element_size() / (ms * 1e-3) / bw
+                         if isinstance(ms, float) else None})
+            print(rows[-1], flush=True)
+        del C
+    return rows
+
+
+def sweep_cross(bw: float) -> list:
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    M, N, V = 40, 1000, 30522
+    rows = []
+    for dt in (torch.float32, torch.bfloat16):
+        z = torch.randn(M, N, V, device="cuda").to(dt)
+        w = torch.ones(N, device="cuda")
+        lse = torch.logsumexp(z.float(), -1).contiguous()
+        for BV, warps, stages, per_sm in itertools.product((32, 64, 128), (4, 8), (2, 3), (1, 4)):
+            per, progs = pa._slices(N, per_sm * torch.cuda.get_device_properties(0).multi_processor_count)
+            part = torch.empty(progs, 64, 64, device="cuda")
+            ms = _time(lambda: pa._cross[(progs,)](z, w, lse, part, M, N, V, per, BM=64, BV=BV, num_warps=warps,
+                                                    num_stages=stages))
+            rows.append({"dtype": str(dt), "BV": BV, "warps": warps, "stages": stages, "programs": progs, "ms": ms})
+            print(rows[-1], flush=True)
+        del z
+    return rows
+
+
+def render(res: dict) -> str:
+    """Markdown: the five fastest configurations per dtype (and pass)."""
+    key = "ms_per_iteration" if res["kind"] == "fused" else "ms"
+    rows = res["rows"]
+    ok = sorted((r for r in rows if isinstance(r[key], float)), key=lambda r: (r["dtype"], r.get("pass", ""), r[key]))
+    lines = [f"# Triton {res['kind']} sweep on {res['device']}", "", f"commit `{res['commit'][:12]}`, torch "
+             f"{res['torch']}, triton {res['triton']}, copy bandwidth {res['copy_bandwidth_Bps'] / 1e9:.0f} GB/s", ""]
+    lines += [f"- {n}" for n in res.get("notes", [])] + [""] * bool(res.get("notes"))
+    for group in sorted({(r["dtype"], r.get("pass", "")) for r in ok}):
+        best = [r for r in ok if (r["dtype"], r.get("pass", "")) == group][:5]
+        lines += [f"## {' '.join(g for g in group if g)}", "", "| " + " | ".join(best[0]) + " |",
+                  "|" + "---|" * len(best[0])]
+        lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
+                  for r in best] + [""]
+    failed = [r for r in rows if not isinstance(r[key], float)]
+    if failed:
+        lines += [f"{len(failed)} configurations failed (e.g. {failed[0]})", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("kind", choices=("stream", "fused", "cross"))
+    ap.add_argument("--out", default=None, help="output stem (default bench/results/gpu-sweep-<kind>-<device>)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_sweep.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+    bw = copy_bandwidth()
+    rows = {"stream": sweep_stream, "fused": sweep_fused, "cross": sweep_cross}[args.kind](bw)
+    name = device_name(torch.device("cuda"))
+    stem = args.out or os.path.join(HERE, "results", f"gpu-sweep-{args.kind}-{name}")
+    res = {"kind": args.kind, "device": name, "commit": git_commit(), "torch": torch.__version__,
+           "triton": triton.__version__, "copy_bandwidth_Bps": bw, "rows": rows}
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(render(res))
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
