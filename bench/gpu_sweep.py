@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import sys
@@ -23,7 +22,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gpu_analysis import device_name, git_commit  # noqa: E402
+from gpu_analysis import device_name, git_commit, write_results  # noqa: E402
 
 
 def copy_bandwidth() -> float:
@@ -158,12 +157,7 @@ def main(argv=None) -> int:
     stem = args.out or os.path.join(HERE, "results", f"gpu-sweep-{args.kind}-{name}")
     res = {"kind": args.kind, "device": name, "commit": git_commit(), "torch": torch.__version__,
            "triton": triton.__version__, "copy_bandwidth_Bps": bw, "rows": rows}
-    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(render(res))
-    print(f"wrote {stem}.json and {stem}.md")
+    write_results(res, stem, render)
     return 0
 
 

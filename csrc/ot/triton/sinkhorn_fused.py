@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ...reference.entropic_ot import BALANCED, solve_potentials
 from . import device_scalars
-from .sinkhorn_stream import _online, streaming_passes
+from .sinkhorn_stream import _online, _row_block_lse, streaming_passes
 
 # rows per block (BR x m entries must stay in L2 between the two sweeps), columns per step, warps
 CONFIG = (8, 512, 8)
@@ -49,16 +49,7 @@ def _row_then_col(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m
         rows = r0 + tl.arange(0, BR)
         rin = rows < r_end
         # 1. row LSE of lv_j - C_ij/eps, then the new lu of these rows
-        mx = tl.full((BR,), float("-inf"), DT)
-        s = tl.zeros((BR,), DT)
-        for j0 in range(0, m, BT):
-            cols = j0 + tl.arange(0, BT)
-            cin = cols < m
-            inb = rin[:, None] & cin[None, :]
-            lv = tl.load(lv_ptr + b * m + cols, mask=cin, other=float("-inf")).to(DT)
-            c = tl.load(base + rows[:, None] * m + cols[None, :], mask=inb, other=0.0).to(DT)
-            mx, s = _online(mx, s, tl.where(inb, lv[None, :] - c * inv_eps, float("-inf")), 1)
-        rl = tl.where(s > 0, tl.where(mx == float("-inf"), 0.0, mx) + tl.log(s), float("-inf"))
+        rl = _row_block_lse(base, lv_ptr + b * m, rows, rin, m, inv_eps, DT, BR, BT)
         la = tl.load(la_ptr + b * n + rows, mask=rin, other=float("-inf")).to(DT)
         old = tl.load(lu_ptr + b * n + rows, mask=rin, other=float("-inf")).to(DT)
         lu = tl.where(la == float("-inf"), float("-inf"), tl.where(active, la - rl, old))

@@ -43,22 +43,28 @@ def _online(mx, s, x, axis: tl.constexpr):
 
 
 @triton.jit
+def _row_block_lse(base, lv_ptr, rows, rin, m, inv_eps, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
+    """(BR,) LSE_j(lv_j - C_ij/eps) over the rows ``rows`` of one problem's C (at ``base``)."""
+    mx = tl.full((BR,), float("-inf"), DT)
+    s = tl.zeros((BR,), DT)
+    for j0 in range(0, m, BT):
+        cols = j0 + tl.arange(0, BT)
+        cin = cols < m
+        lv = tl.load(lv_ptr + cols, mask=cin, other=float("-inf")).to(DT)
+        c = tl.load(base + rows[:, None] * m + cols[None, :], mask=rin[:, None] & cin[None, :], other=0.0).to(DT)
+        x = tl.where(rin[:, None] & cin[None, :], lv[None, :] - c * inv_eps, float("-inf"))
+        mx, s = _online(mx, s, x, 1)
+    return tl.where(s > 0, tl.where(mx == float("-inf"), 0.0, mx) + tl.log(s), float("-inf"))
+
+
+@triton.jit
 def _row_lse(C_ptr, lv_ptr, out_ptr, n, m, inv_eps_ptr, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
     pid_b = tl.program_id(0)
     inv_eps = tl.load(inv_eps_ptr).to(DT)
     rows = tl.program_id(1) * BR + tl.arange(0, BR)
     rin = rows < n
     base = C_ptr + pid_b.to(tl.int64) * n * m
-    mx = tl.full((BR,), float("-inf"), DT)
-    s = tl.zeros((BR,), DT)
-    for j0 in range(0, m, BT):
-        cols = j0 + tl.arange(0, BT)
-        cin = cols < m
-        lv = tl.load(lv_ptr + pid_b * m + cols, mask=cin, other=float("-inf")).to(DT)
-        c = tl.load(base + rows[:, None] * m + cols[None, :], mask=rin[:, None] & cin[None, :], other=0.0).to(DT)
-        x = tl.where(rin[:, None] & cin[None, :], lv[None, :] - c * inv_eps, float("-inf"))
-        mx, s = _online(mx, s, x, 1)
-    lse = tl.where(s > 0, tl.where(mx == float("-inf"), 0.0, mx) + tl.log(s), float("-inf"))
+    lse = _row_block_lse(base, lv_ptr + pid_b * m, rows, rin, m, inv_eps, DT, BR, BT)
     tl.store(out_ptr + pid_b * n + rows, lse, mask=rin)
 
 
