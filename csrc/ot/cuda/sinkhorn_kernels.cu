@@ -84,8 +84,8 @@ template <typename T> __device__ T block_lse(const T* x, int len, T* red) {
 // solve, computed once) and vmax = max_j v_j (one block reduction per half-iteration), bounds every
 // exponent by 0, so nothing overflows. The sum is >= 2^(true max - h); when it is below 2^-64 the bound
 // was too loose for the terms that matter to stay normal floats, and that row/column is redone exactly
-// (max, then sum). For costs whose range within a row is below 64 eps ln 2 (e.g. cosine costs at eps >=
-// 0.03) the exact path never runs.
+// (max, then sum). For costs whose range within a row (column) is below 64 eps ln 2 (e.g. cosine costs,
+// C in [0, 2], at eps >= 0.046) the exact path never runs.
 constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
 
 // ex2.approx.ftz: one MUFU.EX2 (exp2f adds a denormal-range fix-up, four instructions); relative error
