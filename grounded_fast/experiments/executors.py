@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import signal
 import sys
 import time
@@ -205,17 +204,17 @@ def _drive(tasks: List[Task], window: int, submit, wait_some, drain, on_result: 
 
 
 def _drain_queue(q, by_key: Dict[str, Task], on_progress: OnProgress) -> None:
-    while True:
-        try:
-            key, done, total = q.get_nowait()
-        except queue_mod.Empty:
-            return
+    while not q.empty():
+        key, done, total = q.get()
         on_progress(by_key[key], done, total)
 
 
 def _run_pool(config, tasks, data, on_result, on_progress) -> None:
     ctx = mp.get_context("spawn")  # not fork: torch's thread pools do not survive a fork
-    progress_queue = ctx.Queue()
+    # a SimpleQueue writes each report into the pipe before put() returns, like the executor's own
+    # result queue; a Queue hands it to a feeder thread that a fresh worker starts on its first put,
+    # so a unit's reports could arrive after its result, when the last drain had already run
+    progress_queue = ctx.SimpleQueue()
     by_key = {t.key: t for t in tasks}
     workers = config.local_workers(len(tasks))
     pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
