@@ -99,6 +99,17 @@ def _timed(fn, device, rounds, label, notes):
         return None
 
 
+def _per_iteration(make, iters, device, rounds, label, notes):
+    """Timings of ``make(iters)()`` and ``make(2 * iters)()`` plus the time per iteration between
+    them, (time of 2 x iters - time of iters) / iters: an iteration without the call's fixed costs
+    (input checks, launches, plan and objective). None with a note when the backend fails."""
+    t = _timed(make(iters), device, rounds, label, notes)
+    t2 = _timed(make(2 * iters), device, rounds, f"{label} x2", notes)
+    if t is None or t2 is None:
+        return None
+    return t, t2["median_s"], (t2["median_s"] - t["median_s"]) / iters
+
+
 def _pot():
     try:
         import ot
@@ -175,15 +186,14 @@ def main(argv=None) -> int:
             pot1 = t["median_s"] * (B1 / k) * (it1 / it_pot)
             notes.append(f"case 1 POT: {k}/{B1} problems x {it_pot}/{it1} iterations timed, scaled linearly")
         for bk in backends:
-            t = _timed(_ours(C1, PARTIAL, it1, bk, mass=0.5), device, 5, f"case 1 {bk}", notes)
-            t2 = _timed(_ours(C1, PARTIAL, 2 * it1, bk, mass=0.5), device, 5, f"case 1 {bk} x2", notes)
-            if t is None or t2 is None:
+            timed = _per_iteration(lambda k: _ours(C1, PARTIAL, k, bk, mass=0.5), it1, device, 5, f"case 1 {bk}",
+                                   notes)
+            if timed is None:
                 continue
-            # per iteration: the time of it1 more iterations (without the call's fixed costs: input
-            # checks, launch, plan and objective)
+            t, t2, per_it = timed
             results.append({"case": f"1 partial B={B1} {n1}x{m1} cosine, {it1} it", "backend": bk, **t,
-                            "median_2x_s": t2["median_s"], "call_us_per_iter": t["median_s"] / it1 * 1e6,
-                            "us_per_iter": (t2["median_s"] - t["median_s"]) / it1 * 1e6, "target_us_per_iter": 5.0,
+                            "median_2x_s": t2, "call_us_per_iter": t["median_s"] / it1 * 1e6,
+                            "us_per_iter": per_it * 1e6, "target_us_per_iter": 5.0,
                             "pot_s": pot1, "vs_pot": None if pot1 is None else pot1 / t["median_s"],
                             "target_vs_pot": 1000})
             print(results[-1], flush=True)
@@ -211,16 +221,14 @@ def main(argv=None) -> int:
             label = ("" if C2x.dtype == torch.float32 else ", bfloat16 C") + (f", regime {regime}" if regime else "")
             run = (lambda k: _ours(C2x, BALANCED, k, bk)) if regime is None else \
                 (lambda k: _ours_triton_regime(C2x, k, regime))
-            t = _timed(run(it2), device, 3, f"case 2 {bk}{label}", notes)
-            t2 = _timed(run(2 * it2), device, 3, f"case 2 {bk}{label} x2", notes)
-            if t is None or t2 is None:
+            timed = _per_iteration(run, it2, device, 3, f"case 2 {bk}{label}", notes)
+            if timed is None:
                 continue
-            # per iteration: the time of it2 more iterations, without the one-off plan and objective
-            per_it = (t2["median_s"] - t["median_s"]) / it2
+            t, t2, per_it = timed
             reads = 2 if regime is None else 1  # reads of C from device memory per iteration
             bw = reads * C2x.numel() * C2x.element_size() / per_it
             results.append({"case": f"2 balanced B={B2} {n2}x{n2} given C{label}, {it2} it", "backend": bk, **t,
-                            "median_2x_s": t2["median_s"], "s_per_iter": per_it, "c_reads_per_iter": reads,
+                            "median_2x_s": t2, "s_per_iter": per_it, "c_reads_per_iter": reads,
                             "bandwidth_Bps": bw, "bandwidth_fraction": bw / ys["copy_bandwidth_Bps"],
                             "target_bandwidth_fraction": 0.7, "pot_s": pot2, "pot_s_per_iter": pot2_it,
                             "vs_pot": None if pot2 is None else pot2 / t["median_s"],
