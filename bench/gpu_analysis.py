@@ -56,12 +56,17 @@ def median_time(fn, device, warmup: int = 1, rounds: int = 5) -> dict:
     return {"median_s": statistics.median(ts), "min_s": min(ts), "rounds": rounds}
 
 
+def copy_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Bytes read + written per second of ``y.copy_(x)`` (median of 5)."""
+    return 2 * x.numel() * x.element_size() / median_time(lambda: y.copy_(x), x.device, rounds=5)["median_s"]
+
+
 def yardsticks(device: torch.device, smoke: bool) -> dict:
     """Measured copy bandwidth (bytes read + written / s), fp32 FMA matmul rate, log rate."""
     n = (1 << 20) if smoke else (1 << 28)        # 4 MiB / 1 GiB of float32
     x = torch.empty(n, dtype=torch.float32, device=device).uniform_(0.5, 2.0)
     y = torch.empty_like(x)
-    copy = median_time(lambda: y.copy_(x), device, rounds=5)["median_s"]
+    copy_bps = copy_bandwidth(x, y)
     prev = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -74,7 +79,7 @@ def yardsticks(device: torch.device, smoke: bool) -> dict:
     # arithmetic limit than a DRAM-bound pass (a faster rate makes the floor stricter)
     small, out = x[: 1 << 22], y[: 1 << 22]
     lg = median_time(lambda: [torch.log(small, out=out) for _ in range(20)], device, rounds=5)["median_s"]
-    return {"copy_bandwidth_Bps": 2 * 4 * n / copy, "fp32_matmul_flops": 2 * k ** 3 / mm,
+    return {"copy_bandwidth_Bps": copy_bps, "fp32_matmul_flops": 2 * k ** 3 / mm,
             "log_rate_per_s": 20 * small.numel() / lg,
             "log_rate_note": "torch.log over a cache-resident 16 MiB vector, 20 passes"}
 

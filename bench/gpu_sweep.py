@@ -22,14 +22,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gpu_analysis import device_name, git_commit, write_results  # noqa: E402
-
-
-def copy_bandwidth() -> float:
-    from triton.testing import do_bench
-    x = torch.empty(2 ** 28, device="cuda")
-    y = torch.empty_like(x)
-    return 2 * x.numel() * 4 / (do_bench(lambda: y.copy_(x), warmup=50, rep=300) * 1e-3)
+from gpu_analysis import copy_bandwidth, device_name, git_commit, write_results  # noqa: E402
 
 
 def _time(fn):
@@ -151,7 +144,9 @@ def main(argv=None) -> int:
         print("gpu_sweep.py needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton
-    bw = copy_bandwidth()
+    x = torch.empty(2 ** 28, device="cuda")  # 1 GiB of float32
+    bw = copy_bandwidth(x, torch.empty_like(x))
+    del x
     rows = {"stream": sweep_stream, "fused": sweep_fused, "cross": sweep_cross}[args.kind](bw)
     name = device_name(torch.device("cuda"))
     stem = args.out or os.path.join(HERE, "results", f"gpu-sweep-{args.kind}-{name}")
