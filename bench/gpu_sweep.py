@@ -54,7 +54,6 @@ def sweep_stream(bw: float) -> list:
                              "fraction": C.numel() * C.element_size() / (ms * 1e-3) / bw if isinstance(ms, float)
                              else None})
                 print(rows[-1], flush=True)
-        del C
     return rows
 
 
@@ -92,7 +91,6 @@ def sweep_fused(bw: float) -> list:
                          "fraction_one_read": C.numel() * C.element_size() / (ms * 1e-3) / bw
                          if isinstance(ms, float) else None})
             print(rows[-1], flush=True)
-        del C
     return rows
 
 
@@ -111,7 +109,6 @@ def sweep_cross(bw: float) -> list:
                                                     num_stages=stages))
             rows.append({"dtype": str(dt), "BV": BV, "warps": warps, "stages": stages, "programs": progs, "ms": ms})
             print(rows[-1], flush=True)
-        del z
     return rows
 
 
