@@ -196,9 +196,7 @@ def test_row_then_col_hook_keeps_the_iterates():
     K = -C / reg
     row = lambda lv: torch.logsumexp(K + lv[:, None, :], 2)  # noqa: E731
     col = lambda lu: torch.logsumexp(K + lu[:, :, None], 1)  # noqa: E731
-    la = torch.where(a > 0, torch.log(a), -math.inf)
-
-    def row_then_col(lv, lu, active):
+    def row_then_col(lv, lu, la, active):
         new = torch.where(active[:, None], _masked(la - row(lv), a > 0), lu)
         return new, col(new)
 

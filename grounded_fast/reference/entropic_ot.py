@@ -64,9 +64,9 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
     LSE_j(lv_j - C_ij/reg), ``col_lse(lu)`` (B,m) = LSE_i(lu_i - C_ij/reg), ``plan_change(pu, pv,
     pw, lu, lv, w)`` (B,) = ||P_prev - P||_F (partial's stop test). Returns (log_u, log_v,
     log_scale, n_iter, status, err_history).
-    ``row_then_col(lv, lu, active)`` (balanced only, optional): both half-iterations in one pass over
-    C, returning (lu', col_lse(lu')) with lu' = active ? masked(log a - row_lse(lv)) : lu; the
-    iterates are the same.
+    ``row_then_col(lv, lu, la, active)`` (balanced only, optional): both half-iterations in one pass
+    over C, returning (lu', col_lse(lu')) with lu' = active ? masked(la - row_lse(lv)) : lu, where
+    la = log a (-inf where a = 0); the iterates are the same.
     """
     B, n = a.shape
     dt = a.dtype
@@ -119,7 +119,7 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
             if row_then_col is None:
                 lu = keep(_masked(la - row_lse(lv), ma), lu)
             else:  # cl is already the next iteration's column LSE
-                lu, cl = row_then_col(lv, lu, active)
+                lu, cl = row_then_col(lv, lu, la, active)
             pending = check_every > 0 and it % check_every == 0
         else:
             if pending:

@@ -74,8 +74,8 @@ def programs_per_problem(B: int, n: int, BR: int, device: torch.device) -> int:
     return int(max(1, min(triton.cdiv(4 * sms, B), triton.cdiv(n, BR))))
 
 
-def fused_pass(C, a, reg: float, programs: int | None = None):
-    """``row_then_col(lv, lu, active) -> (lu', col_lse(lu'))`` over C (B, n, m) for the driver."""
+def fused_pass(C, reg: float, programs: int | None = None):
+    """``row_then_col(lv, lu, la, active) -> (lu', col_lse(lu'))`` over C (B, n, m) for the driver."""
     B, n, m = C.shape
     dt = torch.float64 if C.dtype == torch.float64 else torch.float32
     DT = tl.float64 if dt == torch.float64 else tl.float32
@@ -83,14 +83,13 @@ def fused_pass(C, a, reg: float, programs: int | None = None):
     P = programs or programs_per_problem(B, n, BR, C.device)
     rows_per_prog = triton.cdiv(triton.cdiv(n, P), BR) * BR
     P = triton.cdiv(n, rows_per_prog)
-    la = torch.where(a > 0, torch.log(a.clamp_min(torch.finfo(a.dtype).tiny)), -math.inf).to(dt).contiguous()
     inv_eps = device_scalars(C.device, 1.0 / reg)
     pmx = torch.empty(B, P, m, dtype=dt, device=C.device)
     psm = torch.empty(B, P, m, dtype=dt, device=C.device)
 
-    def row_then_col(lv, lu, active):
+    def row_then_col(lv, lu, la, active):
         lu = lu.to(dt).contiguous().clone()
-        _row_then_col[(B, P)](C, lv.to(dt).contiguous(), la, lu, active.to(torch.int32).contiguous(), pmx, psm, n, m,
+        _row_then_col[(B, P)](C, lv.to(dt).contiguous(), la.to(dt).contiguous(), lu, active.to(torch.int32).contiguous(), pmx, psm, n, m,
                               rows_per_prog, P, inv_eps, DT=DT, BR=BR, BT=BT, num_warps=warps)
         top = pmx.amax(1)
         safe = torch.where(top == -math.inf, 0.0, top)
@@ -111,4 +110,4 @@ def sinkhorn_fused(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
     row_lse, col_lse, plan_change = streaming_passes(C, reg)
     return solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
                             reg_m_b, kl_ref, max_iter, tol, check_every, history,
-                            row_then_col=fused_pass(C, a, reg, programs))
+                            row_then_col=fused_pass(C, reg, programs))
