@@ -4,10 +4,12 @@ constants of csrc/ot/triton/sinkhorn_stream.py, sinkhorn_fused.py and the agreem
     python bench/gpu_sweep.py stream   # row / column LSE passes, B=16 x 4096^2, float32 and bfloat16 C
     python bench/gpu_sweep.py fused    # the one-pass regime's kernel (+ the merge), same problem
     python bench/gpu_sweep.py cross    # the agreement products, M=40, N=1000, V=30522
+    python bench/gpu_sweep.py agree    # a whole agreement chunk (same sizes): two passes vs one pass
 
 Each configuration is timed alone with triton.testing.do_bench (median); the stream and fused
 sweeps report the fraction of the measured copy bandwidth (bytes of C read from device memory /
-time), the fused one also the time of one whole iteration. Results: bench/results/
+time), the fused one also the time of one whole iteration; the agree sweep the fraction of one
+read of the logits. Results: bench/results/
 gpu-sweep-<kind>-<device>.json and .md (the best configurations first). Needs a CUDA GPU.
 """
 from __future__ import annotations
@@ -112,17 +114,51 @@ def sweep_cross(bw: float) -> list:
     return rows
 
 
+def sweep_agree(bw: float, device: str = "cuda", sizes=(40, 1000, 30522)) -> list:
+    """One chunk of ``pairwise_agreement_triton`` (every kernel, the checks and torch's sums): the
+    two-pass kernels at their CONFIG, the one-pass kernel over (BV, warps, stages), both over the
+    number of programs per multiprocessor."""
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    M, N, V = sizes
+    saved = dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM
+    rows = []
+    try:
+        for dt in (torch.float32, torch.bfloat16):
+            g = torch.Generator(device=device).manual_seed(0)
+            z = (3 * torch.randn(1, N, V, generator=g, device=device)
+                 + torch.randn(M, N, V, generator=g, device=device)).to(dt)
+            mask = torch.ones(N, dtype=torch.bool, device=device)
+            configs = [("two_pass", None)] + [("one_pass", c) for c in itertools.product((16, 32, 64), (4, 8), (2, 3))]
+            for (form, cfg), per_sm in itertools.product(configs, (2, 4, 8)):
+                pa.PROGRAMS_PER_SM = per_sm
+                if cfg is not None:
+                    pa.ONE_PASS_CONFIG[64] = cfg
+                ms = _time(lambda: pa.pairwise_agreement_triton(z, mask, False, form == "one_pass"))
+                rows.append({"dtype": str(dt), "form": form, "BV": cfg[0] if cfg else "-", "warps": cfg[1] if cfg else "-",
+                             "stages": cfg[2] if cfg else "-", "programs_per_sm": per_sm, "ms": ms,
+                             "fraction_one_read": z.numel() * z.element_size() / (ms * 1e-3) / bw
+                             if isinstance(ms, float) else None})
+                print(rows[-1], flush=True)
+            del z
+    finally:
+        pa.ONE_PASS_CONFIG.update(saved[0])
+        pa.PROGRAMS_PER_SM = saved[1]
+    return rows
+
+
 def render(res: dict) -> str:
     """Markdown: the five fastest configurations per dtype (and pass)."""
     key = "ms_per_iteration" if res["kind"] == "fused" else "ms"
     rows = res["rows"]
-    ok = sorted((r for r in rows if isinstance(r[key], float)), key=lambda r: (r["dtype"], r.get("pass", ""), r[key]))
+    def group(r):  # the stream sweep's pass, the agree sweep's form
+        return r["dtype"], r.get("pass", r.get("form", ""))
+    ok = sorted((r for r in rows if isinstance(r[key], float)), key=lambda r: (*group(r), r[key]))
     lines = [f"# Triton {res['kind']} sweep on {res['device']}", "", f"commit `{res['commit'][:12]}`, torch "
              f"{res['torch']}, triton {res['triton']}, copy bandwidth {res['copy_bandwidth_Bps'] / 1e9:.0f} GB/s", ""]
     lines += [f"- {n}" for n in res.get("notes", [])] + [""] * bool(res.get("notes"))
-    for group in sorted({(r["dtype"], r.get("pass", "")) for r in ok}):
-        best = [r for r in ok if (r["dtype"], r.get("pass", "")) == group][:5]
-        lines += [f"## {' '.join(g for g in group if g)}", "", "| " + " | ".join(best[0]) + " |",
+    for grp in sorted({group(r) for r in ok}):
+        best = [r for r in ok if group(r) == grp][:5]
+        lines += [f"## {' '.join(g for g in grp if g)}", "", "| " + " | ".join(best[0]) + " |",
                   "|" + "---|" * len(best[0])]
         lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
                   for r in best] + [""]
@@ -134,7 +170,7 @@ def render(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("stream", "fused", "cross"))
+    ap.add_argument("kind", choices=("stream", "fused", "cross", "agree"))
     ap.add_argument("--out", default=None, help="output stem (default bench/results/gpu-sweep-<kind>-<device>)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -144,7 +180,7 @@ def main(argv=None) -> int:
     x = torch.empty(2 ** 28, device="cuda")  # 1 GiB of float32
     bw = copy_bandwidth(x, torch.empty_like(x))
     del x
-    rows = {"stream": sweep_stream, "fused": sweep_fused, "cross": sweep_cross}[args.kind](bw)
+    rows = {"stream": sweep_stream, "fused": sweep_fused, "cross": sweep_cross, "agree": sweep_agree}[args.kind](bw)
     name = device_name(torch.device("cuda"))
     stem = args.out or os.path.join(HERE, "results", f"gpu-sweep-{args.kind}-{name}")
     res = {"kind": args.kind, "device": name, "commit": git_commit(), "torch": torch.__version__,

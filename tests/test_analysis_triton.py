@@ -26,21 +26,62 @@ def _logits(M, N, V, dtype, seed=0):
     return (base + 2 * torch.randn(M, N, V, generator=g, dtype=torch.float64)).to(dtype).to(DEVICE)
 
 
+@pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("M,N,V", [(1, 3, 41), (2, 1, 1), (5, 7, 401), (17, 3, 1271)])
-def test_triton_agreement_matches_reference(M, N, V, dtype):
+def test_triton_agreement_matches_reference(M, N, V, dtype, one_pass):
     from grounded_fast.triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
     z = _logits(M, N, V, dtype, seed=M + V)
     mask = torch.ones(N, dtype=torch.bool, device=DEVICE)
     if N > 2:
         mask[1] = False
         z[:, 1] = float("nan")  # padded positions may hold anything
-    got = pairwise_agreement_triton(z, mask, True)
+    got = pairwise_agreement_triton(z, mask, True, one_pass)
     ref = pairwise_agreement_reference(z, mask, True)
     assert torch.equal(got[0].cpu(), ref[0].cpu()) and int(got[4]) == int(ref[4])
     scale = max(1.0, ref[2].abs().max().item()) * N
     for k, name in ((1, "kl"), (2, "entropy"), (3, "jsd")):
         assert_close(got[k].cpu(), ref[k].cpu(), rtol=1e-4, atol=2e-5 * scale, name=name)
+
+
+@pytest.mark.parametrize("one_pass,offset,atol", [(False, 1e3, 3e-4), (True, 1e3, 3e-5), (True, 1e4, 3e-5)],
+                         ids=["two_pass", "one_pass", "one_pass_1e4"])
+def test_triton_agreement_offset_logits_ties_and_growing_max(one_pass, offset, atol):
+    """Logits far from 0 at one position, a maximum that grows from block to block (every rescaling
+    step), and an exact tie of the maximum in two blocks (the first index counts). The one-pass
+    kernel takes its products and lse - c about each row's first logit c, so its KL and entropy do
+    not degrade with the offset (fp32 rounding of an lse near 1e4 alone is ~1e-3); the two-pass
+    kernel's L = z - lse does."""
+    from grounded_fast.triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
+    M, N, V = 6, 4, 700
+    z = _logits(M, N, V, torch.float64, seed=3) + torch.linspace(0, 6, V, dtype=torch.float64, device=DEVICE)
+    z[:, 2] += offset
+    top = z[:, 3].max() + 1.0
+    z[0, 3, 5] = z[0, 3, 600] = top   # model 0 ties; models 1 and 2 peak at one of the two
+    z[1, 3, 5] = z[2, 3, 600] = top + 1.0
+    z = z.float()
+    mask = torch.ones(N, dtype=torch.bool, device=DEVICE)
+    got = pairwise_agreement_triton(z, mask, True, one_pass)
+    ref = pairwise_agreement_reference(z, mask, True)
+    assert torch.equal(got[0].cpu(), ref[0].cpu())
+    for k, name in ((1, "kl"), (2, "entropy")):
+        assert_close(got[k].cpu(), ref[k].cpu(), rtol=0, atol=atol, name=name)
+    # JSD reads the stored fp32 lse in both forms
+    assert_close(got[3].cpu(), ref[3].cpu(), rtol=0, atol=3e-5 * offset / 1e2, name="jsd")
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])
+def test_triton_agreement_beyond_128_models(one_pass):
+    """Beyond 128 models the products run over (64 x 64) tiles of model pairs (one tile would not fit
+    on a GPU); the one-pass request falls back to the two passes."""
+    from grounded_fast.triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
+    z = _logits(131, 2, 37, torch.float32, seed=5)
+    mask = torch.ones(2, dtype=torch.bool, device=DEVICE)
+    got = pairwise_agreement_triton(z, mask, False, one_pass)
+    ref = pairwise_agreement_reference(z, mask, False)
+    assert torch.equal(got[0].cpu(), ref[0].cpu())
+    assert_close(got[1].cpu(), ref[1].cpu(), rtol=1e-4, atol=1e-4, name="kl")
+    assert_close(got[2].cpu(), ref[2].cpu(), rtol=1e-4, atol=1e-4, name="entropy")
 
 
 def test_triton_agreement_api_and_errors():
@@ -55,7 +96,7 @@ def test_triton_agreement_api_and_errors():
 
 
 @pytest.mark.parametrize("metric", ["l2", "tv", "hellinger", "jsd"])
-@pytest.mark.parametrize("M,R,S,masked", [(2, 1, 1, False), (3, 5, 72, True), (17, 3, 41, True)])
+@pytest.mark.parametrize("M,R,S,masked", [(2, 1, 1, False), (3, 5, 72, True), (17, 3, 41, True), (40, 2, 72, True)])
 def test_triton_attention_matches_reference(metric, M, R, S, masked):
     from grounded_fast.triton_kernels.analysis.attention_distance import attention_pair_sums_triton
     g = torch.Generator().manual_seed(R + S)

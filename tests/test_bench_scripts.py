@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -56,3 +58,22 @@ def test_gpu_sweep_script(tmp_path):
     table = [line for line in md.splitlines() if line.startswith("| torch.float32")]
     assert table == ["| torch.float32 | row | 32 | 0.3 |", "| torch.float32 | row | 16 | 0.5 |"]
     assert "1 configurations failed" in md
+
+
+def test_gpu_sweep_agree_runs_both_forms(monkeypatch):
+    """The agree sweep's loops, at tiny sizes under the interpreter (do_bench replaced by one call):
+    every configuration of both forms runs, the CONFIG is restored, and the table groups by form."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the Triton kernels under TRITON_INTERPRET=1")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_sweep
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    before = dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM
+    monkeypatch.setattr(gpu_sweep, "_time", lambda fn: (fn(), 1.0)[1])
+    rows = gpu_sweep.sweep_agree(1e9, device="cpu", sizes=(5, 2, 40))
+    assert (dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM) == before
+    assert {r["form"] for r in rows} == {"two_pass", "one_pass"} and len(rows) == 2 * 13 * 3
+    md = gpu_sweep.render({"kind": "agree", "device": "x", "commit": "0" * 40, "torch": "t", "triton": "3",
+                           "copy_bandwidth_Bps": 1e9, "rows": rows})
+    assert "## torch.float32 one_pass" in md and "## torch.bfloat16 two_pass" in md

@@ -16,6 +16,7 @@ float64 tensor instead, and this test keeps it so.
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -131,14 +132,21 @@ def _ot_launches(rec):
 
 def _analysis_launches(rec):
     from grounded_fast.ops.analysis import attention_pair_sums, pairwise_agreement_sums
+    from grounded_fast.triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
     g = torch.Generator().manual_seed(0)
     with rec:
         for dtype in (torch.float32, torch.bfloat16):
             z = torch.randn(3, 5, 37, generator=g).to(dtype)
             pairwise_agreement_sums(z, torch.ones(5, dtype=torch.bool), True, "triton")
+            pairwise_agreement_triton(z, torch.ones(5, dtype=torch.bool), False, one_pass=True)
+            z = torch.randn(40, 2, 70, generator=g).to(dtype)  # the benchmark's 40 models: (64 x 64) tiles
+            pairwise_agreement_triton(z, torch.ones(2, dtype=torch.bool), False, one_pass=True)
         for dtype in (torch.float32, torch.float64):  # 67 models: the (128 x 128) tiles, the largest on-chip
             z = torch.randn(67, 2, 70, generator=g).to(dtype)
             pairwise_agreement_sums(z, torch.ones(2, dtype=torch.bool), False, "triton")
+            pairwise_agreement_triton(z, torch.ones(2, dtype=torch.bool), False, one_pass=True)
+        z = torch.randn(131, 2, 37, generator=g)  # beyond 128 models: (64 x 64) tiles of model pairs
+        pairwise_agreement_sums(z, torch.ones(2, dtype=torch.bool), False, "triton")
         a = torch.softmax(torch.randn(3, 4, 9, generator=g), -1)
         mask = torch.rand(4, 9, generator=g) > 0.2
         mask[:, 0] = True
@@ -165,7 +173,8 @@ def test_every_kernel_is_covered(launches):
                 "grounded_fast.triton_kernels.analysis.attention_distance"):
         jitted = {k: v for k, v in vars(importlib.import_module(mod)).items() if isinstance(v, ti.InterpretedFunction)}
         sources = {k: inspect.getsource(v.fn) for k, v in jitted.items()}
-        helpers = {k for k in jitted if any(f"{k}(" in src for other, src in sources.items() if other != k)}
+        helpers = {k for k in jitted  # called by another kernel (not a suffix of a longer name: _cross, _stats_cross)
+                   if any(re.search(rf"(?<![\w.]){k}\(", src) for other, src in sources.items() if other != k)}
         launched = {name for m, name, *_ in launches if m == mod}
         assert launched == set(jitted) - helpers, f"{mod}: launched {sorted(launched)}, entry kernels {sorted(set(jitted) - helpers)}"
 

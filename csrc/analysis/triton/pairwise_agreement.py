@@ -17,7 +17,20 @@ Kernels:
                stored) and accumulates P L^T with tl.dot on the tensor cores in 3xTF32 (each
                operand split into a TF32 head and a TF32 tail, three products: about fp32 accuracy,
                which KL, a difference of such sums, needs; plain TF32 would give ~1e-3 nats).
-               Partial (BM x BM) sums per program are added in float64 by torch.
+               Up to 128 models are one (BM x BM) tile; beyond, programs also take a (64 x 64)
+               (i, j) tile of models (TILED). Partial sums per program are added in float64 by torch.
+  _stats_cross the one-pass form of _row_stats + _cross (one read of the logits instead of two;
+               opt-in until it is measured on a GPU, see ``one_pass``). Per position it keeps, per
+               model, the online max m, s = sum e^(z - m) and the first argmax, and the unnormalised
+               products A_ij = sum_v e^(z_i - m_i) (z_j - c_j), rescaled by e^(m_old - m_new) when a
+               row's max grows (as flash attention rescales its output), so that at the end
+                   Y_ij(n) = A_ij / s_i - (lse_j - c_j),   lse = m + log s,
+               since sum_v p_i (z_j - lse_j) = sum_v p_i (z_j - c_j) - (lse_j - c_j). c_j is the
+               row's first logit: any per-row constant works, and one inside the row's range keeps
+               the operand, and lse_j - c_j = (m_j - c_j) + log s_j, as small as the logits' spread,
+               not their offset (logits near 1e4 then lose nothing to fp32 rounding of lse).
+               H_i(n) = -Y_ii(n) is the per-position entropy JSD needs. Up to 128 models (all rows'
+               statistics in one program); beyond, the launcher takes the two-pass kernels.
   _jsd         one program per (pair tile, position slice): (BI x BJ x BV) mixtures, one log per
                pair and vocabulary entry.
 The argmax agreement counts are an (M, M, N) comparison of the argmaxes, done by torch.
@@ -68,24 +81,87 @@ def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.co
 
 
 @triton.jit
-def _cross(z_ptr, w_ptr, lse_ptr, out_ptr, M, N, V, per_prog, BM: tl.constexpr, BV: tl.constexpr):
+def _cross(z_ptr, w_ptr, lse_ptr, out_ptr, M, N, V, per_prog, n_tiles,
+           BM: tl.constexpr, BV: tl.constexpr, TILED: tl.constexpr):
     pid = tl.program_id(0)
-    mi = tl.arange(0, BM)
+    tile = tl.program_id(1)  # (i, j) tile of models; TILED only beyond 128 models (else one tile, i = j)
+    mi = (tile // n_tiles) * BM + tl.arange(0, BM)
+    mj = (tile % n_tiles) * BM + tl.arange(0, BM)
     vi = tl.arange(0, BV)
-    live = mi < M
+    live_i, live_j = mi < M, mj < M
     acc = tl.zeros((BM, BM), tl.float32)
     n0 = pid * per_prog
     for n in range(n0, tl.minimum(n0 + per_prog, N)):
         if tl.load(w_ptr + n) != 0:  # padded positions may hold anything, even NaN
-            lse = tl.load(lse_ptr + mi * N + n, mask=live, other=0.0)
+            lse = tl.load(lse_ptr + mi * N + n, mask=live_i, other=0.0)
             rows = z_ptr + (mi.to(tl.int64) * N + n) * V
+            if TILED:
+                lse_j = tl.load(lse_ptr + mj * N + n, mask=live_j, other=0.0)
+                rows_j = z_ptr + (mj.to(tl.int64) * N + n) * V
             for v0 in range(0, V, BV):
-                inb = live[:, None] & ((v0 + vi) < V)[None, :]
+                inb = live_i[:, None] & ((v0 + vi) < V)[None, :]
                 z = tl.load(rows[:, None] + (v0 + vi)[None, :], mask=inb, other=0.0).to(tl.float32)
                 l = tl.where(inb, z - lse[:, None], 0.0)
                 p = tl.where(inb, tl.exp(l), 0.0)
+                if TILED:
+                    inb_j = live_j[:, None] & ((v0 + vi) < V)[None, :]
+                    zj = tl.load(rows_j[:, None] + (v0 + vi)[None, :], mask=inb_j, other=0.0).to(tl.float32)
+                    l = tl.where(inb_j, zj - lse_j[:, None], 0.0)
                 acc += tl.dot(p, tl.trans(l), input_precision="tf32x3")
-    tl.store(out_ptr + pid * BM * BM + mi[:, None] * BM + mi[None, :], acc)
+    ar = tl.arange(0, BM)
+    tl.store(out_ptr + (pid * n_tiles * n_tiles + tile) * BM * BM + ar[:, None] * BM + ar[None, :], acc)
+
+@triton.jit
+def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N, V, per_prog,
+                 BM: tl.constexpr, BV: tl.constexpr):
+    pid = tl.program_id(0)
+    mi = tl.arange(0, BM)
+    vi = tl.arange(0, BV)
+    live = mi < M
+    pair = live[:, None] & live[None, :]
+    eye = mi[:, None] == mi[None, :]
+    tot = tl.zeros((BM, BM), tl.float32)
+    n0 = pid * per_prog
+    for n in range(n0, tl.minimum(n0 + per_prog, N)):
+        if tl.load(w_ptr + n) != 0:  # padded positions may hold anything, even NaN
+            rows = z_ptr + (mi.to(tl.int64) * N + n) * V
+            c = tl.load(rows, mask=live, other=0.0).to(tl.float32)
+            c = tl.where((c == c) & (tl.abs(c) != float("inf")), c, 0.0)  # a non-finite row is flagged below
+            mx = tl.full((BM,), float("-inf"), tl.float32)
+            s = tl.zeros((BM,), tl.float32)
+            top = tl.zeros((BM,), tl.int32)
+            nonfinite = tl.zeros((BM,), tl.int32)
+            acc = tl.zeros((BM, BM), tl.float32)
+            for v0 in range(0, V, BV):
+                idx = v0 + vi
+                inb = live[:, None] & (idx < V)[None, :]
+                z = tl.load(rows[:, None] + idx[None, :], mask=inb, other=0.0).to(tl.float32)
+                ok = (z == z) & (tl.abs(z) != float("inf"))
+                nonfinite += tl.sum((inb & ~ok).to(tl.int32), axis=1)
+                ok = inb & ok
+                zm = tl.where(ok, z, float("-inf"))
+                bm = tl.max(zm, axis=1)
+                barg = tl.min(tl.where(zm == bm[:, None], idx[None, :], V), axis=1)  # first index of the max
+                top = tl.where(bm > mx, barg, top)
+                new = tl.maximum(mx, bm)
+                ref = tl.where(new == float("-inf"), 0.0, new)  # rows with no entry yet (padding rows)
+                alpha = tl.exp(mx - ref)
+                p = tl.exp(zm - ref[:, None])
+                s = s * alpha + tl.sum(p, axis=1)
+                zc = tl.where(ok, z - c[:, None], 0.0)
+                acc = acc * alpha[:, None] + tl.dot(p, tl.trans(zc), input_precision="tf32x3")
+                mx = new
+            s1 = tl.where(s > 0, s, 1.0)
+            rel = (mx - c) + tl.log(s1)  # lse - c without rounding lse itself (mx - c is exact)
+            y = tl.where(pair, acc / s1[:, None] - rel[None, :], 0.0)
+            lse = tl.where(live, mx + tl.log(s1), 0.0)
+            tot += y
+            off = mi * N + n
+            tl.store(lse_ptr + off, lse, mask=live)
+            tl.store(top_ptr + off, top, mask=live)
+            tl.store(ent_ptr + off, -tl.sum(tl.where(eye, y, 0.0), axis=1), mask=live)
+            tl.store(bad_ptr + off, nonfinite, mask=live)
+    tl.store(out_ptr + pid * BM * BM + mi[:, None] * BM + mi[None, :], tot)
 
 
 @triton.jit
@@ -126,18 +202,31 @@ def _jsd(z_ptr, w_ptr, lse_ptr, ent_ptr, out_ptr, M, N, V, per_prog, n_tiles,
     tl.store(base + ii[:, None] * M + jj[None, :], acc, mask=li[:, None] & lj[None, :])
 
 
+# (BV, num_warps, num_stages) of _stats_cross by BM: per BM the largest BV whose kernel compiles
+# without register spills (Triton 3.6, sm_90, cuobjdump; at BM 128 every choice spills, BV 16 least).
+# The 3xTF32 operands (head and tail of P and of Z) are what fill the 255 registers. Not yet timed
+# on a GPU: ``python bench/gpu_sweep.py agree`` sweeps it against the two-pass kernels.
+ONE_PASS_CONFIG = {16: (64, 4, 3), 32: (64, 8, 3), 64: (32, 8, 3), 128: (16, 8, 3)}
+PROGRAMS_PER_SM = 4  # programs of _cross / _stats_cross per multiprocessor (each takes a slice of positions)
+ONE_PASS = False  # the two-pass kernels stay the default until a GPU run measures the one-pass one
+
+
 def _slices(N: int, target: int) -> tuple[int, int]:
     """(positions per program, number of programs) splitting N positions into ~target slices."""
     per = max(1, triton.cdiv(N, max(1, target)))
     return per, triton.cdiv(N, per)
 
 
-def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: bool = False):
+def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: bool = False,
+                              one_pass: bool | None = None):
     """Triton twin of ``torch.ops.grounded_fast.pairwise_agreement`` (same inputs and outputs).
 
     logits (M, N, V) float32/16/bfloat16/64 (accumulated in float32); mask (N,) bool.
+    ``one_pass`` reads the logits once (``_stats_cross``) instead of twice (``_row_stats`` then
+    ``_cross``); None takes ``ONE_PASS``.
     Returns (agree (M, M) int64, kl (M, M) f64, entropy (M,) f64, jsd (M, M) f64, count () int64).
     """
+    one_pass = ONE_PASS if one_pass is None else bool(one_pass)
     M, N, V = logits.shape
     dev = logits.device
     f64 = dict(dtype=torch.float64, device=dev)
@@ -150,21 +239,30 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
     lse = torch.zeros(M, N, dtype=torch.float32, device=dev)  # stays 0 at padded positions
     top = torch.zeros(M, N, dtype=torch.int32, device=dev)
     ent = torch.zeros(M, N, dtype=torch.float32, device=dev)
-    bad = torch.empty(M, N, dtype=torch.int32, device=dev)
-    BV = min(1024, triton.next_power_of_2(V))
-    _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=BV, ENT=jsd)
+    bad = torch.zeros(M, N, dtype=torch.int32, device=dev)
+    # one (BM x BM) tile of models up to 128 of them; beyond, (64 x 64) tiles of (i, j) pairs
+    tiled = M > 128
+    BM = 64 if tiled else max(16, triton.next_power_of_2(M))
+    tiles = triton.cdiv(M, BM)
+    one_pass = one_pass and not tiled  # the one-pass kernel needs every model's statistics in one program
+    target = PROGRAMS_PER_SM * torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
+    per, progs = _slices(N, max(1, target // (tiles * tiles)))
+    part = torch.empty(progs, tiles * tiles, BM, BM, dtype=torch.float32, device=dev)
+    # BV 64 was the fastest for 40 models on an H100 (BM 64); BM 128 halves it to stay within shared memory
+    bv = min(64 if BM <= 64 else 32, max(16, triton.next_power_of_2(V)))
+    if one_pass:
+        obv, warps, stages = ONE_PASS_CONFIG[BM]
+        _stats_cross[(progs,)](z, w, lse, top, ent, bad, part, M, N, V, per, BM=BM,
+                               BV=min(obv, max(16, triton.next_power_of_2(V))), num_warps=warps, num_stages=stages)
+    else:
+        _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=min(1024, triton.next_power_of_2(V)), ENT=jsd)
     flagged = torch.nonzero(bad)
     if flagged.numel():
         i, n = flagged[0].tolist()
         raise ValueError(f"pairwise_agreement: the logits of model {i} at position {n} contain NaN or inf")
-    BM = max(16, triton.next_power_of_2(M))
-    per, progs = _slices(N, 4 * torch.cuda.get_device_properties(dev).multi_processor_count
-                         if dev.type == "cuda" else 4)
-    part = torch.empty(progs, BM, BM, dtype=torch.float32, device=dev)
-    # BV 64 was the fastest for 40 models on an H100 (BM 64); BM 128 halves it to stay within shared memory
-    bv = min(64 if BM <= 64 else 32, max(16, triton.next_power_of_2(V)))
-    _cross[(progs,)](z, w, lse, part, M, N, V, per, BM=BM, BV=bv)
-    Y = part.double().sum(0)[:M, :M]
+    if not one_pass:
+        _cross[(progs, tiles * tiles)](z, w, lse, part, M, N, V, per, tiles, BM=BM, BV=bv, TILED=tiled)
+    Y = part.double().sum(0).view(tiles, tiles, BM, BM).transpose(1, 2).reshape(tiles * BM, tiles * BM)[:M, :M]
     kl = Y.diagonal()[:, None] - Y
     kl.fill_diagonal_(0.0)
     counted = mask.bool()
