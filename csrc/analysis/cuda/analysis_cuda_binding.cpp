@@ -32,11 +32,12 @@ void check(int err, const char* what) {
   GF_CHECK(err == 0, what, " failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
-// Enough slices of the position / row axis to give every SM a few blocks.
-int64_t slices_for(int64_t len, int64_t tiles, const Tensor& t) {
+// Enough slices of the position / row axis to give every SM a few blocks (``blocks``: those that
+// run per slice).
+int64_t slices_for(int64_t len, int64_t blocks, const Tensor& t) {
   int sms = 1;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.device().index()), "cudaDeviceGetAttribute");
-  return std::max<int64_t>(1, std::min<int64_t>(len, (4 * sms + tiles * tiles - 1) / (tiles * tiles)));
+  return std::max<int64_t>(1, std::min<int64_t>(len, (4 * sms + blocks - 1) / blocks));
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pairwise_agreement_cuda(const Tensor& logits, const Tensor& mask,
@@ -64,7 +65,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pairwise_agreement_cuda(const
   const Tensor flagged = at::nonzero(bad).cpu();
   GF_CHECK(flagged.size(0) == 0, "pairwise_agreement: the logits of model ", flagged[0][0].item<int64_t>(),
            " at position ", flagged[0][1].item<int64_t>(), " contain NaN or inf");
-  const int64_t slices = slices_for(N, (M + 63) / 64, z);
+  const int64_t slices = slices_for(N, ((M + 63) / 64) * ((M + 63) / 64), z);
   Tensor part = at::zeros({slices, M, M}, f32);
   check(gf_agreement_cross(z.data_ptr(), code, w.data_ptr<float>(), lse.data_ptr<float>(), M, N, V, slices,
                            part.data_ptr<float>(), stream),
@@ -77,7 +78,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pairwise_agreement_cuda(const
   const Tensor agree = at::eq(t.unsqueeze(1), t.unsqueeze(0)).sum(-1).to(at::kLong);
   Tensor js = at::zeros({M, M}, f64);
   if (jsd && M > 1) {
-    const int64_t jslices = slices_for(N, (M + 15) / 16, z);
+    const int64_t jslices = slices_for(N, ((M + 15) / 16) * ((M + 15) / 16), z);
     Tensor jpart = at::zeros({jslices, M, M}, f32);
     check(gf_agreement_jsd(z.data_ptr(), code, w.data_ptr<float>(), lse.data_ptr<float>(), ent.data_ptr<float>(), M,
                            N, V, jslices, jpart.data_ptr<float>(), stream),
@@ -104,7 +105,8 @@ Tensor attention_pair_sums_cuda(const Tensor& attn, const Tensor& source_mask, c
   GF_CHECK(S > 0, "attention_pair_sums: the source axis S is empty");
   const Tensor x = attn.contiguous(), w = row_weight.to(at::kFloat).contiguous();
   const Tensor mk = masked ? source_mask.contiguous().to(at::kByte) : Tensor();
-  const int64_t slices = slices_for(R, (M + 15) / 16, x);
+  const int64_t tiles = (M + 15) / 16;
+  const int64_t slices = slices_for(R, tiles * (tiles + 1) / 2, x);  // tiles on and above the diagonal run
   Tensor part = at::zeros({slices, M, M}, attn.options().dtype(at::kFloat));
   Tensor bad = at::zeros({1}, attn.options().dtype(at::kInt));
   check(gf_attention_pairs(x.data_ptr(), dtype_code(x.scalar_type()), masked ? mk.data_ptr<uint8_t>() : nullptr,

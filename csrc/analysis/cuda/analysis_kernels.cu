@@ -12,8 +12,9 @@
 //     difference of such sums). Partial tiles per slice are summed in float64 by the binding.
 //   jsd: a block owns a 16 x 16 pair tile and a slice of positions; one log per pair and entry.
 // Attention distances (rows a over S sources, masked and renormalised): a block owns a 16 x 16
-//   pair tile and a slice of rows; per row, warps first reduce every model's mass and
-//   sum x log x, then the pair terms run over shared-memory chunks of 64 sources.
+//   pair tile on or above the diagonal (the metrics are symmetric) and a slice of rows; per row,
+//   warps first reduce every model's mass and sum x log2 x, then the pair terms run over
+//   shared-memory chunks of 64 sources (the metric is a template parameter).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
@@ -31,7 +32,12 @@ __device__ __forceinline__ float to_f(double x) { return float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 
-__device__ __forceinline__ float xlogx(float x) { return x > 0.f ? x * logf(x) : 0.f; }
+
+// x log2 x with the hardware log2 (lg2.approx: absolute error <= 2^-22 on [1/2, 2], 2 ulp elsewhere),
+// for the loops with one log per pair and entry; logf is a ~25-instruction polynomial. Below 1e-30
+// the term (< 1e-28) is dropped, which also keeps subnormals away from the approximation.
+__device__ __forceinline__ float xlog2x(float x) { return x > 1e-30f ? x * __log2f(x) : 0.f; }
+constexpr float kLn2 = 0.69314718055994531f;
 
 // ------------------------------------------------------------------------- block reductions
 __device__ __forceinline__ float block_sum(float v, float* red) {
@@ -209,11 +215,11 @@ __global__ void __launch_bounds__(kThreads) jsd_kernel(const T* __restrict__ z, 
       }
       __syncthreads();
 #pragma unroll 4
-      for (int c = 0; c < kBJ; ++c) s += xlogx(0.5f * (Pi[a][c] + Pj[b][c]));
+      for (int c = 0; c < kBJ; ++c) s += xlog2x(0.5f * (Pi[a][c] + Pj[b][c]));
       __syncthreads();
     }
     if (i < M && j < M) {
-      const float d = -s - 0.5f * (ent[i * N + n] + ent[j * N + n]);
+      const float d = -kLn2 * s - 0.5f * (ent[i * N + n] + ent[j * N + n]);
       acc += fminf(fmaxf(d, 0.f), 0.69314718f);
     }
   }
@@ -221,25 +227,32 @@ __global__ void __launch_bounds__(kThreads) jsd_kernel(const T* __restrict__ z, 
 }
 
 // ------------------------------------------------------------------------- attention distances
-template <typename T>
-__global__ void __launch_bounds__(kThreads) attention_kernel(const T* __restrict__ x, const uint8_t* __restrict__ smask,
+// Every metric is symmetric: blocks below the diagonal of tiles return at once, the others write
+// both (i, j) and (j, i). JSD runs in base 2 on half rows (m = a_i / 2 + a_j / 2), times ln 2 at the end.
+// (kThreads, 2): with the metric a template parameter, a bare __launch_bounds__(kThreads) let ptxas
+// (CUDA 13) cap the kernel at 32 registers and spill; asking for 2 blocks per SM leaves it 64-80.
+template <typename T, int METRIC>
+__global__ void __launch_bounds__(kThreads, 2) attention_kernel(const T* __restrict__ x, const uint8_t* __restrict__ smask,
                                                              const float* __restrict__ w, int64_t M, int64_t R,
-                                                             int64_t S, int metric, int64_t per_slice, int tiles,
+                                                             int64_t S, int64_t per_slice, int tiles,
                                                              float* partial, int32_t* bad) {
   __shared__ float Ai[kPair][kBJ + 1];
   __shared__ float Aj[kPair][kBJ + 1];
   __shared__ float inv[2 * kPair], nh[2 * kPair];
-  const int i0 = (blockIdx.x / tiles) * kPair, j0 = (blockIdx.x % tiles) * kPair;
+  const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
+  if (ti > tj) return;  // the whole block: before any barrier
+  const int i0 = ti * kPair, j0 = tj * kPair;
   const int64_t slice = blockIdx.y;
   const int a = threadIdx.x / kPair, b = threadIdx.x % kPair;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float half = METRIC == 3 ? 0.5f : 1.f;
   float acc = 0.f;
   const int64_t r_end = min(R, (slice + 1) * per_slice);
   for (int64_t r = slice * per_slice; r < r_end; ++r) {
     const float wr = w[r];
     if (wr == 0.f) continue;
     const uint8_t* mk = smask ? smask + r * S : nullptr;
-    // the 32 rows of this tile (16 i-models, 16 j-models): mass and sum x log x, a warp per row
+    // the 32 rows of this tile (16 i-models, 16 j-models): mass and sum x log2 x, a warp per row
     for (int q = warp; q < 2 * kPair; q += kThreads / 32) {
       const int64_t model = q < kPair ? i0 + q : j0 + q - kPair;
       float s = 0.f, t = 0.f;
@@ -250,7 +263,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const T* __restrict
           const float v = (mk && !mk[c]) ? 0.f : to_f(row[c]);
           invalid |= !(v >= 0.f && v <= 3.0e38f);
           s += v;
-          t += xlogx(v);
+          if (METRIC == 3) t += xlog2x(v);
         }
       }
       for (int o = 16; o > 0; o >>= 1) {
@@ -261,8 +274,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const T* __restrict
       if (lane == 0) {
         if (model < M && (invalid || !(s > 0.f))) atomicExch(bad, 1);
         const float is = s > 0.f ? 1.f / s : 0.f;
-        inv[q] = is;
-        nh[q] = s > 0.f ? t * is - logf(s) : 0.f;  // sum a log a of the normalised row
+        inv[q] = is * half;
+        nh[q] = s > 0.f ? t * is - __log2f(s) : 0.f;  // sum a log2 a of the normalised row
       }
     }
     __syncthreads();
@@ -276,26 +289,34 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const T* __restrict
         Aj[q][c] = (on && jj < M) ? to_f(x[(jj * R + r) * S + col]) * inv[kPair + q] : 0.f;
       }
       __syncthreads();
+#pragma unroll 8
       for (int c = 0; c < kBJ; ++c) {
         const float u = Ai[a][c], v = Aj[b][c];
-        switch (metric) {
-          case 0: d = fmaf(u - v, u - v, d); break;
-          case 1: d += fabsf(u - v); break;
-          case 2: { const float e = sqrtf(u) - sqrtf(v); d = fmaf(e, e, d); break; }
-          default: d += xlogx(0.5f * (u + v));
+        if (METRIC == 0) {
+          d = fmaf(u - v, u - v, d);
+        } else if (METRIC == 1) {
+          d += fabsf(u - v);
+        } else if (METRIC == 2) {
+          const float e = sqrtf(u) - sqrtf(v);
+          d = fmaf(e, e, d);
+        } else {
+          d += xlog2x(u + v);
         }
       }
       __syncthreads();
     }
-    if (metric == 0) d = sqrtf(d);
-    else if (metric == 1) d *= 0.5f;
-    else if (metric == 2) d = sqrtf(0.5f * d);
-    else d = fmaxf(0.5f * (nh[a] + nh[kPair + b]) - d, 0.f);
+    if (METRIC == 0) d = sqrtf(d);
+    else if (METRIC == 1) d *= 0.5f;
+    else if (METRIC == 2) d = sqrtf(0.5f * d);
+    else d = kLn2 * fmaxf(0.5f * (nh[a] + nh[kPair + b]) - d, 0.f);
     acc += wr * d;
     __syncthreads();  // inv / nh are rewritten for the next row
   }
   const int64_t i = i0 + a, j = j0 + b;
-  if (i < M && j < M && i != j) partial[slice * M * M + i * M + j] = acc;
+  if (i < M && j < M && i != j) {
+    partial[slice * M * M + i * M + j] = acc;
+    if (ti != tj) partial[slice * M * M + j * M + i] = acc;
+  }
 }
 
 template <template <typename> class Launch, typename... Args>
@@ -348,14 +369,25 @@ struct Jsd {
 
 template <typename T>
 struct Attention {
+  template <int METRIC>
+  static void launch(dim3 grid, cudaStream_t st, const void* x, const uint8_t* smask, const float* w, int64_t M,
+                     int64_t R, int64_t S, int64_t per, int tiles, float* partial, int32_t* bad) {
+    attention_kernel<T, METRIC><<<grid, kThreads, 0, st>>>(static_cast<const T*>(x), smask, w, M, R, S, per, tiles,
+                                                          partial, bad);
+  }
   static int run(const void* x, const uint8_t* smask, const float* w, int64_t M, int64_t R, int64_t S, int metric,
                  int64_t slices, float* partial, int32_t* bad, cudaStream_t st) {
     if (M * R == 0 || slices <= 0) return 0;
-    if (metric < 0 || metric > 3) return int(cudaErrorInvalidValue);
     const int tiles = int((M + kPair - 1) / kPair);
     const int64_t per = (R + slices - 1) / slices;
-    attention_kernel<T><<<dim3(unsigned(tiles * tiles), unsigned(slices)), kThreads, 0, st>>>(
-        static_cast<const T*>(x), smask, w, M, R, S, metric, per, tiles, partial, bad);
+    const dim3 grid(unsigned(tiles * tiles), unsigned(slices));
+    switch (metric) {
+      case 0: launch<0>(grid, st, x, smask, w, M, R, S, per, tiles, partial, bad); break;
+      case 1: launch<1>(grid, st, x, smask, w, M, R, S, per, tiles, partial, bad); break;
+      case 2: launch<2>(grid, st, x, smask, w, M, R, S, per, tiles, partial, bad); break;
+      case 3: launch<3>(grid, st, x, smask, w, M, R, S, per, tiles, partial, bad); break;
+      default: return int(cudaErrorInvalidValue);
+    }
     return int(cudaGetLastError());
   }
 };

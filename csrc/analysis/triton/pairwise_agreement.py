@@ -32,7 +32,7 @@ Kernels:
                H_i(n) = -Y_ii(n) is the per-position entropy JSD needs. Up to 128 models (all rows'
                statistics in one program); beyond, the launcher takes the two-pass kernels.
   _jsd         one program per (pair tile, position slice): (BI x BJ x BV) mixtures, one log per
-               pair and vocabulary entry.
+               pair and vocabulary entry (base 2, the hardware lg2 on a GPU: fast_math.py).
 The argmax agreement counts are an (M, M, N) comparison of the argmaxes, done by torch.
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .fast_math import xlog2x
 
 
 @triton.jit
@@ -194,9 +196,8 @@ def _jsd(z_ptr, w_ptr, lse_ptr, ent_ptr, out_ptr, M, N, V, per_prog, n_tiles,
                                       .to(tl.float32) - lse_i[:, None]), 0.0)
             pj = tl.where(mj_, tl.exp(tl.load(rows_j[:, None] + (v0 + vi)[None, :], mask=mj_, other=0.0)
                                       .to(tl.float32) - lse_j[:, None]), 0.0)
-            m = 0.5 * (pi[:, None, :] + pj[None, :, :])
-            s += tl.sum(m * tl.log(tl.where(m > 0, m, 1.0)), axis=2)  # 0 log 0 = 0
-        d = -s - 0.5 * (h_i[:, None] + h_j[None, :])
+            s += tl.sum(xlog2x(0.5 * (pi[:, None, :] + pj[None, :, :])), axis=2)  # 0 log 0 = 0
+        d = -0.6931471805599453 * s - 0.5 * (h_i[:, None] + h_j[None, :])
         acc += tl.where(counted, tl.minimum(tl.maximum(d, 0.0), 0.6931471805599453), 0.0)
     base = out_ptr + part * M * M
     tl.store(base + ii[:, None] * M + jj[None, :], acc, mask=li[:, None] & lj[None, :])
