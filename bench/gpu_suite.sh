@@ -10,6 +10,9 @@
 #            dtype;
 # bench      bench/gpu_ot.py -> bench/results/gpu-ot-<device>.{json,md} and
 #            bench/gpu_analysis.py -> bench/results/gpu-<device>.{json,md};
+# sweeps     bench/gpu_sweep.py fused and agree: the opt-in one-pass kernels (the OT fused regime,
+#            the agreement one-pass kernel) against the defaults, over their tile configurations
+#            -> bench/results/gpu-sweep-{fused,agree}-<device>.{json,md};
 # cpu-tests  the rest of the suite (the build must not break it), last: the longest and the least
 #            informative on a GPU machine.
 # Logs go to bench/results/gpu-suite-<date>.log. Exit status: non-zero if the build or a test fails.
@@ -26,9 +29,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"  # the interpreter that holds the machine's PyTorch
-STAGES="${*:-build gpu-tests bench cpu-tests}"
+STAGES="${*:-build gpu-tests bench sweeps cpu-tests}"
 for s in $STAGES; do
-  case "$s" in build|gpu-tests|bench|cpu-tests) ;; *) echo "unknown stage '$s' (build gpu-tests bench cpu-tests)"; exit 2;; esac
+  case "$s" in build|gpu-tests|bench|sweeps|cpu-tests) ;; *) echo "unknown stage '$s' (build gpu-tests bench sweeps cpu-tests)"; exit 2;; esac
 done
 mkdir -p bench/results
 LOG="bench/results/gpu-suite-$(date +%Y%m%d-%H%M%S).log"
@@ -54,6 +57,10 @@ fi
 if [[ " $STAGES " == *" bench "* ]]; then
   $PY bench/gpu_ot.py || status=1
   $PY bench/gpu_analysis.py || status=1
+fi
+if [[ " $STAGES " == *" sweeps "* ]]; then
+  $PY bench/gpu_sweep.py fused || status=1
+  $PY bench/gpu_sweep.py agree || status=1
 fi
 if [[ " $STAGES " == *" cpu-tests "* ]]; then
   $PY -m pytest tests -q $XDIST $(for t in $GPU_TESTS; do echo --ignore=$t; done) || status=1
