@@ -262,7 +262,10 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
         i, n = flagged[0].tolist()
         raise ValueError(f"pairwise_agreement: the logits of model {i} at position {n} contain NaN or inf")
     if not one_pass:
-        _cross[(progs, tiles * tiles)](z, w, lse, part, M, N, V, per, tiles, BM=BM, BV=bv, TILED=tiled)
+        # the tiled kernel holds a second (BM x BV) operand: BV 32 and 8 warps compile without spills
+        # (Triton 3.6, sm_90; BV 64 and 4 warps spill 2 KB)
+        _cross[(progs, tiles * tiles)](z, w, lse, part, M, N, V, per, tiles, BM=BM, BV=min(bv, 32) if tiled else bv,
+                                       TILED=tiled, num_warps=8 if tiled else 4)
     Y = part.double().sum(0).view(tiles, tiles, BM, BM).transpose(1, 2).reshape(tiles * BM, tiles * BM)[:M, :M]
     kl = Y.diagonal()[:, None] - Y
     kl.fill_diagonal_(0.0)
