@@ -1,4 +1,5 @@
-"""log2 for the analysis kernels: the hardware approximation on a GPU, ``tl.log2`` elsewhere.
+"""GPU primitives of the analysis kernels with an interpreter twin: ``log2`` (the hardware
+approximation on a GPU, ``tl.log2`` elsewhere) and ``bf16_dot``.
 
 ``tl.log`` compiles to libdevice's ``__nv_logf``, a polynomial of about 25 instructions, so the
 log-bound pair loops (JSD: one log per pair and entry) ran at the polynomial's rate. On the GPU
@@ -14,7 +15,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-FAST_LOG2 = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")
+FAST_LOG2 = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")  # compiled, not interpreted
 # below this, x log2 x (< 1e-28) is dropped: the hardware log flushes subnormals to zero
 TINY = tl.constexpr(1e-30)
 
@@ -31,3 +32,15 @@ def log2(x):
 def xlog2x(x):
     """x log2 x with 0 log 0 = 0 (x >= 0, float32)."""
     return tl.where(x > TINY, x * log2(tl.where(x > TINY, x, 1.0)), 0.0)
+
+
+@triton.jit
+def bf16_dot(a, b):
+    """a @ b of bfloat16 tiles, accumulated in float32. Triton's interpreter multiplies bfloat16
+    tiles wrongly (3.6 and 3.9: their raw bits, results ~1e9), so there the tiles are widened to
+    float32 first: the same products (a bf16 x bf16 product is exact in fp32), summed in another
+    order."""
+    if FAST_LOG2:  # i.e. compiled for a GPU
+        return tl.dot(a, b)
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")

@@ -31,6 +31,10 @@ Kernels:
                not their offset (logits near 1e4 then lose nothing to fp32 rounding of lse).
                H_i(n) = -Y_ii(n) is the per-position entropy JSD needs. Up to 128 models (all rows'
                statistics in one program); beyond, the launcher takes the two-pass kernels.
+               bfloat16 logits (BF16_Z): c = 0, so that Z itself, exact in bfloat16, is the second
+               operand, and P goes in as three bfloat16 pieces (fp32's 24 significand bits): three
+               bf16 products instead of tf32x3's three tf32 ones at half the rate. Without the
+               shift the products carry the logits' offset (bfloat16 logits resolve 2^-8 of it).
   _jsd         one program per (pair tile, position slice): (BI x BJ x BV) mixtures, one log per
                pair and vocabulary entry (base 2, the hardware lg2 on a GPU: fast_math.py).
 The argmax agreement counts are an (M, M, N) comparison of the argmaxes, done by torch.
@@ -41,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fast_math import xlog2x
+from .fast_math import bf16_dot, xlog2x
 
 
 @triton.jit
@@ -115,7 +119,7 @@ def _cross(z_ptr, w_ptr, lse_ptr, out_ptr, M, N, V, per_prog, n_tiles,
 
 @triton.jit
 def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N, V, per_prog,
-                 BM: tl.constexpr, BV: tl.constexpr):
+                 BM: tl.constexpr, BV: tl.constexpr, BF16_Z: tl.constexpr):
     pid = tl.program_id(0)
     mi = tl.arange(0, BM)
     vi = tl.arange(0, BV)
@@ -127,8 +131,11 @@ def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N
     for n in range(n0, tl.minimum(n0 + per_prog, N)):
         if tl.load(w_ptr + n) != 0:  # padded positions may hold anything, even NaN
             rows = z_ptr + (mi.to(tl.int64) * N + n) * V
-            c = tl.load(rows, mask=live, other=0.0).to(tl.float32)
-            c = tl.where((c == c) & (tl.abs(c) != float("inf")), c, 0.0)  # a non-finite row is flagged below
+            if BF16_Z:  # products about 0: the raw bfloat16 logits are the exact operand
+                c = tl.zeros((BM,), tl.float32)
+            else:
+                c = tl.load(rows, mask=live, other=0.0).to(tl.float32)
+                c = tl.where((c == c) & (tl.abs(c) != float("inf")), c, 0.0)  # a non-finite row is flagged below
             mx = tl.full((BM,), float("-inf"), tl.float32)
             s = tl.zeros((BM,), tl.float32)
             top = tl.zeros((BM,), tl.int32)
@@ -150,8 +157,18 @@ def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N
                 alpha = tl.exp(mx - ref)
                 p = tl.exp(zm - ref[:, None])
                 s = s * alpha + tl.sum(p, axis=1)
-                zc = tl.where(ok, z - c[:, None], 0.0)
-                acc = acc * alpha[:, None] + tl.dot(p, tl.trans(zc), input_precision="tf32x3")
+                if BF16_Z:
+                    # P in three bfloat16 pieces (8 + 8 + 8 significand bits, fp32's 24) times the
+                    # exact bfloat16 Z: three bf16 products, half the tensor-core time of tf32x3
+                    zt = tl.trans(tl.where(ok, z, 0.0).to(tl.bfloat16))
+                    p1 = p.to(tl.bfloat16)
+                    r1 = p - p1.to(tl.float32)
+                    p2 = r1.to(tl.bfloat16)
+                    p3 = (r1 - p2.to(tl.float32)).to(tl.bfloat16)
+                    prod = bf16_dot(p1, zt) + bf16_dot(p2, zt) + bf16_dot(p3, zt)
+                else:
+                    prod = tl.dot(p, tl.trans(tl.where(ok, z - c[:, None], 0.0)), input_precision="tf32x3")
+                acc = acc * alpha[:, None] + prod
                 mx = new
             s1 = tl.where(s > 0, s, 1.0)
             rel = (mx - c) + tl.log(s1)  # lse - c without rounding lse itself (mx - c is exact)
@@ -254,7 +271,8 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
     if one_pass:
         obv, warps, stages = ONE_PASS_CONFIG[BM]
         _stats_cross[(progs,)](z, w, lse, top, ent, bad, part, M, N, V, per, BM=BM,
-                               BV=min(obv, max(16, triton.next_power_of_2(V))), num_warps=warps, num_stages=stages)
+                               BV=min(obv, max(16, triton.next_power_of_2(V))), BF16_Z=z.dtype == torch.bfloat16,
+                               num_warps=warps, num_stages=stages)
     else:
         _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=min(1024, triton.next_power_of_2(V)), ENT=jsd)
     flagged = torch.nonzero(bad)
