@@ -117,10 +117,10 @@ def sweep_cross(bw: float) -> list:
 def sweep_agree(bw: float, device: str = "cuda", sizes=(40, 1000, 30522)) -> list:
     """One chunk of ``pairwise_agreement_triton`` (every kernel, the checks and torch's sums): the
     two-pass kernels at their CONFIG, the one-pass kernel over (BV, warps, stages), both over the
-    number of programs per multiprocessor."""
+    number of programs per multiprocessor and with or without the aligned vector loads."""
     from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
     M, N, V = sizes
-    saved = dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM
+    saved = dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM, pa.VECTOR_LOADS
     rows = []
     try:
         for dt in (torch.float32, torch.bfloat16):
@@ -129,20 +129,20 @@ def sweep_agree(bw: float, device: str = "cuda", sizes=(40, 1000, 30522)) -> lis
                  + torch.randn(M, N, V, generator=g, device=device)).to(dt)
             mask = torch.ones(N, dtype=torch.bool, device=device)
             configs = [("two_pass", None)] + [("one_pass", c) for c in itertools.product((16, 32, 64), (4, 8), (2, 3))]
-            for (form, cfg), per_sm in itertools.product(configs, (2, 4, 8)):
-                pa.PROGRAMS_PER_SM = per_sm
+            for (form, cfg), per_sm, vec in itertools.product(configs, (2, 4, 8), (True, False)):
+                pa.PROGRAMS_PER_SM, pa.VECTOR_LOADS = per_sm, vec
                 if cfg is not None:
                     pa.ONE_PASS_CONFIG[64] = cfg
                 ms = _time(lambda: pa.pairwise_agreement_triton(z, mask, False, form == "one_pass"))
                 rows.append({"dtype": str(dt), "form": form, "BV": cfg[0] if cfg else "-", "warps": cfg[1] if cfg else "-",
-                             "stages": cfg[2] if cfg else "-", "programs_per_sm": per_sm, "ms": ms,
+                             "stages": cfg[2] if cfg else "-", "programs_per_sm": per_sm, "vector_loads": vec, "ms": ms,
                              "fraction_one_read": z.numel() * z.element_size() / (ms * 1e-3) / bw
                              if isinstance(ms, float) else None})
                 print(rows[-1], flush=True)
             del z
     finally:
         pa.ONE_PASS_CONFIG.update(saved[0])
-        pa.PROGRAMS_PER_SM = saved[1]
+        pa.PROGRAMS_PER_SM, pa.VECTOR_LOADS = saved[1], saved[2]
     return rows
 
 

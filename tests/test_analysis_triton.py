@@ -70,6 +70,36 @@ def test_triton_agreement_offset_logits_ties_and_growing_max(one_pass, offset, a
     assert_close(got[3].cpu(), ref[3].cpu(), rtol=0, atol=3e-5 * offset / 1e2, name="jsd")
 
 
+@pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("M,N,V", [(5, 6, 402), (3, 8, 1030), (2, 4, 66)])
+def test_triton_agreement_aligned_peeled_rows(M, N, V, dtype, one_pass):
+    """Rows that start off a 16-byte boundary (V = 2 mod 4, as 30522): each position's V loop starts
+    at the row start rounded down (a shift of 2 entries at every other position), with a masked
+    first and last block around an unmasked, vector-loaded interior."""
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    z = _logits(M, N, V, dtype, seed=V)
+    mask = torch.ones(N, dtype=torch.bool, device=DEVICE)
+    mask[1] = False
+    vec, align = pa._vector_width(z, N, V, shared_shift=True)
+    assert vec > 1 and align == vec * z.element_size()
+    if dtype != torch.float64:  # 8-byte entries: these rows all start on a 16-byte boundary
+        assert any((n * V) % vec for n in range(N))  # some positions do start with a shift
+    got = pa.pairwise_agreement_triton(z, mask, True, one_pass)
+    ref = pairwise_agreement_reference(z, mask, True)
+    assert torch.equal(got[0].cpu(), ref[0].cpu())
+    for k, name in ((1, "kl"), (2, "entropy"), (3, "jsd")):
+        assert_close(got[k].cpu(), ref[k].cpu(), rtol=1e-5, atol=2e-5, name=name)
+
+
+def test_triton_vector_width_falls_back():
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    z = torch.zeros(2, 3, 10)
+    assert pa._vector_width(z, 3, 10, shared_shift=True) == (2, 8)      # N V = 30: 2 entries
+    assert pa._vector_width(z, 3, 10, shared_shift=False) == (4, 16)    # one row per program
+    assert pa._vector_width(z[..., 1:], 3, 9, shared_shift=False) == (1, 0)  # a view 4 bytes in
+
+
 def test_triton_one_pass_bfloat16_products_keep_fp32_accuracy():
     """bfloat16 logits take the one-pass kernel's bf16 products: P in three bfloat16 pieces times the
     exact logits. KL and entropy stay at fp32 accuracy (errors ~5e-6 here; with two pieces of P,

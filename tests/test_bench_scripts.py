@@ -69,11 +69,11 @@ def test_gpu_sweep_agree_runs_both_forms(monkeypatch):
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import gpu_sweep
     from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
-    before = dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM
+    before = dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM, pa.VECTOR_LOADS
     monkeypatch.setattr(gpu_sweep, "_time", lambda fn: (fn(), 1.0)[1])
     rows = gpu_sweep.sweep_agree(1e9, device="cpu", sizes=(5, 2, 40))
-    assert (dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM) == before
-    assert {r["form"] for r in rows} == {"two_pass", "one_pass"} and len(rows) == 2 * 13 * 3
+    assert (dict(pa.ONE_PASS_CONFIG), pa.PROGRAMS_PER_SM, pa.VECTOR_LOADS) == before
+    assert {r["form"] for r in rows} == {"two_pass", "one_pass"} and len(rows) == 2 * 13 * 3 * 2
     md = gpu_sweep.render({"kind": "agree", "device": "x", "commit": "0" * 40, "torch": "t", "triton": "3",
                            "copy_bandwidth_Bps": 1e9, "rows": rows})
     assert "## torch.float32 one_pass" in md and "## torch.bfloat16 two_pass" in md

@@ -38,6 +38,14 @@ Kernels:
   _jsd         one program per (pair tile, position slice): (BI x BJ x BV) mixtures, one log per
                pair and vocabulary entry (base 2, the hardware lg2 on a GPU: fast_math.py).
 The argmax agreement counts are an (M, M, N) comparison of the argmaxes, done by torch.
+
+Loads: a row (i, n) starts at element (i N + n) V, rarely 16-byte aligned (V = 30522 is 2 mod 4), and
+Triton then loads it entry by entry (4-byte cp.async for float32, unpipelined 2-byte loads for
+bfloat16, in the Triton 3.6 sm_90 PTX). _row_stats, _cross and _stats_cross start each row's V loop
+at the row start rounded down to VEC entries (``shift`` entries early, masked), peel the first and
+last blocks, and hint the aligned base (``tl.multiple_of``), so that the unmasked interior blocks
+load 16 bytes at a time (16-byte cp.async, pipelined for bfloat16 too). ``_vector_width`` checks
+the alignment that the hint promises.
 """
 from __future__ import annotations
 
@@ -49,36 +57,64 @@ from .fast_math import bf16_dot, xlog2x
 
 
 @triton.jit
-def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.constexpr, ENT: tl.constexpr):
+def _rows_base(z_ptr, row_off, shift, VEC: tl.constexpr, ALIGN: tl.constexpr):
+    """Pointers to the (int64) element offsets row_off - shift, hinted ALIGN-byte aligned when
+    ALIGN > 0 (the launcher checked it: see _vector_width); entry v of a row is at base + shift + v."""
+    base = z_ptr + (row_off - shift)
+    if ALIGN > 0:
+        base = tl.multiple_of(base, ALIGN)
+    return base
+
+
+@triton.jit
+def _stats_step(base, k0, shift, total, mx, s, top, nonfinite, V, MASKED: tl.constexpr, BV: tl.constexpr):
+    """One V block of _row_stats' online max / sum / first argmax (k: offsets from the aligned base)."""
+    k = k0 + tl.arange(0, BV)
+    if MASKED:
+        inb = (k >= shift) & (k < total)
+        x = tl.load(base + k, mask=inb, other=0.0).to(tl.float32)
+    else:  # the peeled loop's interior: every entry is in the row; no mask, so vector loads
+        inb = tl.full((BV,), 1, tl.int1)
+        x = tl.load(base + k).to(tl.float32)
+    nonfinite += tl.sum(((x != x) | (tl.abs(x) == float("inf"))) & inb, axis=0).to(tl.int32)
+    x = tl.where(inb & (x == x), x, float("-inf"))
+    bm = tl.max(x, axis=0)
+    barg = tl.min(tl.where(x == bm, k - shift, V), axis=0)  # first index of the block maximum
+    top = tl.where(bm > mx, barg, top)
+    new = tl.maximum(mx, bm)
+    ref = tl.where(new == float("-inf"), 0.0, new)  # a head block that holds only the shift
+    s = s * tl.exp(mx - ref) + tl.sum(tl.exp(x - ref), axis=0)
+    return new, s, top, nonfinite
+
+
+@triton.jit
+def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.constexpr, ENT: tl.constexpr,
+               VEC: tl.constexpr, ALIGN: tl.constexpr):
     row = tl.program_id(0)            # row = i * N + n
     n = row % N
     tl.store(bad_ptr + row, 0)
     if tl.load(w_ptr + n) != 0:       # padded positions may hold anything, even NaN
-        base = z_ptr + row.to(tl.int64) * V
-        offs = tl.arange(0, BV)
+        off = row.to(tl.int64) * V
+        shift = (off % VEC).to(tl.int32)
+        base = _rows_base(z_ptr, off, shift, VEC, ALIGN)
+        total = V + shift
+        end = (total // BV) * BV
         mx = tl.full((), float("-inf"), tl.float32)
         s = tl.zeros((), tl.float32)
         top = tl.zeros((), tl.int32)
         nonfinite = tl.zeros((), tl.int32)
-        for v0 in range(0, V, BV):
-            idx = v0 + offs
-            inb = idx < V
-            x = tl.load(base + idx, mask=inb, other=0.0).to(tl.float32)
-            nonfinite += tl.sum(((x != x) | (tl.abs(x) == float("inf"))) & inb, axis=0).to(tl.int32)
-            x = tl.where(inb & (x == x), x, float("-inf"))
-            bm = tl.max(x, axis=0)
-            barg = tl.min(tl.where(x == bm, idx, V), axis=0)  # first index of the block maximum
-            top = tl.where(bm > mx, barg, top)
-            new = tl.maximum(mx, bm)
-            s = s * tl.exp(mx - new) + tl.sum(tl.exp(x - new), axis=0)
-            mx = new
+        mx, s, top, nonfinite = _stats_step(base, 0, shift, total, mx, s, top, nonfinite, V, True, BV)
+        for k0 in range(BV, end, BV):
+            mx, s, top, nonfinite = _stats_step(base, k0, shift, total, mx, s, top, nonfinite, V, False, BV)
+        if (end >= BV) & (end < total):
+            mx, s, top, nonfinite = _stats_step(base, end, shift, total, mx, s, top, nonfinite, V, True, BV)
         lse = mx + tl.log(s)
         if ENT:
             h = tl.zeros((), tl.float32)
-            for v0 in range(0, V, BV):
-                idx = v0 + offs
-                inb = idx < V
-                l = tl.load(base + idx, mask=inb, other=0.0).to(tl.float32) - lse
+            for k0 in range(0, total, BV):
+                k = k0 + tl.arange(0, BV)
+                inb = (k >= shift) & (k < total)
+                l = tl.load(base + k, mask=inb, other=0.0).to(tl.float32) - lse
                 h += tl.sum(tl.where(inb, tl.exp(l) * l, 0.0), axis=0)
             tl.store(ent_ptr + row, -h)
         tl.store(lse_ptr + row, lse)
@@ -87,42 +123,101 @@ def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.co
 
 
 @triton.jit
+def _block_mask(live, k, shift, total, MASKED: tl.constexpr, BV: tl.constexpr):
+    """(BM, BV) mask of a block of rows: the live rows, and with MASKED the entries in [shift, total)."""
+    if MASKED:
+        return live[:, None] & ((k >= shift) & (k < total))[None, :]
+    else:  # constant along V, so that the loads vectorise
+        return tl.broadcast_to(live[:, None], (live.shape[0], BV))
+
+
+@triton.jit
+def _cross_step(base, base_j, k0, shift, total, live, live_j, lse, lse_j, acc,
+                MASKED: tl.constexpr, BV: tl.constexpr, TILED: tl.constexpr):
+    k = k0 + tl.arange(0, BV)
+    inb = _block_mask(live, k, shift, total, MASKED, BV)
+    z = tl.load(base[:, None] + k[None, :], mask=inb, other=0.0).to(tl.float32)
+    l = tl.where(inb, z - lse[:, None], 0.0)
+    p = tl.where(inb, tl.exp(l), 0.0)
+    if TILED:
+        inb_j = _block_mask(live_j, k, shift, total, MASKED, BV)
+        zj = tl.load(base_j[:, None] + k[None, :], mask=inb_j, other=0.0).to(tl.float32)
+        l = tl.where(inb_j, zj - lse_j[:, None], 0.0)
+    return acc + tl.dot(p, tl.trans(l), input_precision="tf32x3")
+
+
+@triton.jit
 def _cross(z_ptr, w_ptr, lse_ptr, out_ptr, M, N, V, per_prog, n_tiles,
-           BM: tl.constexpr, BV: tl.constexpr, TILED: tl.constexpr):
+           BM: tl.constexpr, BV: tl.constexpr, TILED: tl.constexpr, VEC: tl.constexpr, ALIGN: tl.constexpr):
     pid = tl.program_id(0)
     tile = tl.program_id(1)  # (i, j) tile of models; TILED only beyond 128 models (else one tile, i = j)
     mi = (tile // n_tiles) * BM + tl.arange(0, BM)
     mj = (tile % n_tiles) * BM + tl.arange(0, BM)
-    vi = tl.arange(0, BV)
     live_i, live_j = mi < M, mj < M
     acc = tl.zeros((BM, BM), tl.float32)
     n0 = pid * per_prog
     for n in range(n0, tl.minimum(n0 + per_prog, N)):
         if tl.load(w_ptr + n) != 0:  # padded positions may hold anything, even NaN
+            shift = ((n % VEC) * (V % VEC)) % VEC  # the same for every model (N V % VEC == 0)
+            total = V + shift
+            end = (total // BV) * BV
             lse = tl.load(lse_ptr + mi * N + n, mask=live_i, other=0.0)
-            rows = z_ptr + (mi.to(tl.int64) * N + n) * V
+            base = _rows_base(z_ptr, (mi.to(tl.int64) * N + n) * V, shift, VEC, ALIGN)
             if TILED:
                 lse_j = tl.load(lse_ptr + mj * N + n, mask=live_j, other=0.0)
-                rows_j = z_ptr + (mj.to(tl.int64) * N + n) * V
-            for v0 in range(0, V, BV):
-                inb = live_i[:, None] & ((v0 + vi) < V)[None, :]
-                z = tl.load(rows[:, None] + (v0 + vi)[None, :], mask=inb, other=0.0).to(tl.float32)
-                l = tl.where(inb, z - lse[:, None], 0.0)
-                p = tl.where(inb, tl.exp(l), 0.0)
-                if TILED:
-                    inb_j = live_j[:, None] & ((v0 + vi) < V)[None, :]
-                    zj = tl.load(rows_j[:, None] + (v0 + vi)[None, :], mask=inb_j, other=0.0).to(tl.float32)
-                    l = tl.where(inb_j, zj - lse_j[:, None], 0.0)
-                acc += tl.dot(p, tl.trans(l), input_precision="tf32x3")
+                base_j = _rows_base(z_ptr, (mj.to(tl.int64) * N + n) * V, shift, VEC, ALIGN)
+            else:
+                lse_j = lse
+                base_j = base
+            acc = _cross_step(base, base_j, 0, shift, total, live_i, live_j, lse, lse_j, acc, True, BV, TILED)
+            for k0 in range(BV, end, BV):
+                acc = _cross_step(base, base_j, k0, shift, total, live_i, live_j, lse, lse_j, acc, False, BV, TILED)
+            if (end >= BV) & (end < total):
+                acc = _cross_step(base, base_j, end, shift, total, live_i, live_j, lse, lse_j, acc, True, BV, TILED)
     ar = tl.arange(0, BM)
     tl.store(out_ptr + (pid * n_tiles * n_tiles + tile) * BM * BM + ar[:, None] * BM + ar[None, :], acc)
 
+
+@triton.jit
+def _online_step(base, k0, shift, total, live, c, mx, s, top, nonfinite, acc, V,
+                 MASKED: tl.constexpr, BV: tl.constexpr, BF16_Z: tl.constexpr):
+    """One V block of _stats_cross: online max / sum / first argmax and the rescaled products."""
+    k = k0 + tl.arange(0, BV)
+    idx = k - shift  # vocabulary index
+    inb = _block_mask(live, k, shift, total, MASKED, BV)
+    z = tl.load(base[:, None] + k[None, :], mask=inb, other=0.0).to(tl.float32)
+    ok = (z == z) & (tl.abs(z) != float("inf"))
+    nonfinite += tl.sum((inb & ~ok).to(tl.int32), axis=1)
+    ok = inb & ok
+    zm = tl.where(ok, z, float("-inf"))
+    bm = tl.max(zm, axis=1)
+    barg = tl.min(tl.where(zm == bm[:, None], idx[None, :], V), axis=1)  # first index of the max
+    top = tl.where(bm > mx, barg, top)
+    new = tl.maximum(mx, bm)
+    ref = tl.where(new == float("-inf"), 0.0, new)  # rows with no entry yet (padding rows)
+    alpha = tl.exp(mx - ref)
+    p = tl.exp(zm - ref[:, None])
+    s = s * alpha + tl.sum(p, axis=1)
+    if BF16_Z:
+        # P in three bfloat16 pieces (8 + 8 + 8 significand bits, fp32's 24) times the
+        # exact bfloat16 Z: three bf16 products, half the tensor-core time of tf32x3
+        zt = tl.trans(tl.where(ok, z, 0.0).to(tl.bfloat16))
+        p1 = p.to(tl.bfloat16)
+        r1 = p - p1.to(tl.float32)
+        p2 = r1.to(tl.bfloat16)
+        p3 = (r1 - p2.to(tl.float32)).to(tl.bfloat16)
+        prod = bf16_dot(p1, zt) + bf16_dot(p2, zt) + bf16_dot(p3, zt)
+    else:
+        prod = tl.dot(p, tl.trans(tl.where(ok, z - c[:, None], 0.0)), input_precision="tf32x3")
+    return new, s, top, nonfinite, acc * alpha[:, None] + prod
+
+
 @triton.jit
 def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N, V, per_prog,
-                 BM: tl.constexpr, BV: tl.constexpr, BF16_Z: tl.constexpr):
+                 BM: tl.constexpr, BV: tl.constexpr, BF16_Z: tl.constexpr, VEC: tl.constexpr,
+                 ALIGN: tl.constexpr):
     pid = tl.program_id(0)
     mi = tl.arange(0, BM)
-    vi = tl.arange(0, BV)
     live = mi < M
     pair = live[:, None] & live[None, :]
     eye = mi[:, None] == mi[None, :]
@@ -130,46 +225,29 @@ def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N
     n0 = pid * per_prog
     for n in range(n0, tl.minimum(n0 + per_prog, N)):
         if tl.load(w_ptr + n) != 0:  # padded positions may hold anything, even NaN
-            rows = z_ptr + (mi.to(tl.int64) * N + n) * V
+            rows = (mi.to(tl.int64) * N + n) * V
             if BF16_Z:  # products about 0: the raw bfloat16 logits are the exact operand
                 c = tl.zeros((BM,), tl.float32)
             else:
-                c = tl.load(rows, mask=live, other=0.0).to(tl.float32)
+                c = tl.load(z_ptr + rows, mask=live, other=0.0).to(tl.float32)
                 c = tl.where((c == c) & (tl.abs(c) != float("inf")), c, 0.0)  # a non-finite row is flagged below
+            shift = ((n % VEC) * (V % VEC)) % VEC  # the same for every model (N V % VEC == 0)
+            total = V + shift
+            end = (total // BV) * BV
+            base = _rows_base(z_ptr, rows, shift, VEC, ALIGN)
             mx = tl.full((BM,), float("-inf"), tl.float32)
             s = tl.zeros((BM,), tl.float32)
             top = tl.zeros((BM,), tl.int32)
             nonfinite = tl.zeros((BM,), tl.int32)
             acc = tl.zeros((BM, BM), tl.float32)
-            for v0 in range(0, V, BV):
-                idx = v0 + vi
-                inb = live[:, None] & (idx < V)[None, :]
-                z = tl.load(rows[:, None] + idx[None, :], mask=inb, other=0.0).to(tl.float32)
-                ok = (z == z) & (tl.abs(z) != float("inf"))
-                nonfinite += tl.sum((inb & ~ok).to(tl.int32), axis=1)
-                ok = inb & ok
-                zm = tl.where(ok, z, float("-inf"))
-                bm = tl.max(zm, axis=1)
-                barg = tl.min(tl.where(zm == bm[:, None], idx[None, :], V), axis=1)  # first index of the max
-                top = tl.where(bm > mx, barg, top)
-                new = tl.maximum(mx, bm)
-                ref = tl.where(new == float("-inf"), 0.0, new)  # rows with no entry yet (padding rows)
-                alpha = tl.exp(mx - ref)
-                p = tl.exp(zm - ref[:, None])
-                s = s * alpha + tl.sum(p, axis=1)
-                if BF16_Z:
-                    # P in three bfloat16 pieces (8 + 8 + 8 significand bits, fp32's 24) times the
-                    # exact bfloat16 Z: three bf16 products, half the tensor-core time of tf32x3
-                    zt = tl.trans(tl.where(ok, z, 0.0).to(tl.bfloat16))
-                    p1 = p.to(tl.bfloat16)
-                    r1 = p - p1.to(tl.float32)
-                    p2 = r1.to(tl.bfloat16)
-                    p3 = (r1 - p2.to(tl.float32)).to(tl.bfloat16)
-                    prod = bf16_dot(p1, zt) + bf16_dot(p2, zt) + bf16_dot(p3, zt)
-                else:
-                    prod = tl.dot(p, tl.trans(tl.where(ok, z - c[:, None], 0.0)), input_precision="tf32x3")
-                acc = acc * alpha[:, None] + prod
-                mx = new
+            mx, s, top, nonfinite, acc = _online_step(base, 0, shift, total, live, c, mx, s, top, nonfinite, acc,
+                                                      V, True, BV, BF16_Z)
+            for k0 in range(BV, end, BV):
+                mx, s, top, nonfinite, acc = _online_step(base, k0, shift, total, live, c, mx, s, top, nonfinite,
+                                                          acc, V, False, BV, BF16_Z)
+            if (end >= BV) & (end < total):
+                mx, s, top, nonfinite, acc = _online_step(base, end, shift, total, live, c, mx, s, top, nonfinite,
+                                                          acc, V, True, BV, BF16_Z)
             s1 = tl.where(s > 0, s, 1.0)
             rel = (mx - c) + tl.log(s1)  # lse - c without rounding lse itself (mx - c is exact)
             y = tl.where(pair, acc / s1[:, None] - rel[None, :], 0.0)
@@ -229,6 +307,24 @@ PROGRAMS_PER_SM = 4  # programs of _cross / _stats_cross per multiprocessor (eac
 ONE_PASS = False  # the two-pass kernels stay the default until a GPU run measures the one-pass one
 
 
+VECTOR_LOADS = True  # aligned, peeled V loops with 16-byte loads where the layout allows (_vector_width)
+
+
+def _vector_width(z: torch.Tensor, N: int, V: int, shared_shift: bool) -> tuple[int, int]:
+    """(VEC, ALIGN) of the kernels: entries per aligned vector load of the logits' rows and its bytes
+    (ALIGN 0: no alignment hint). Row (i, n) starts at element (i N + n) V, rarely on a 16-byte
+    boundary (V = 30522 is 2 mod 4), so the kernels start each row's V loop at the start rounded down
+    to a multiple of VEC ("shift" entries before it) and peel the first and last blocks, leaving an
+    unmasked interior that the compiler can load 16 bytes at a time. That needs the tensor aligned
+    to VEC entries and, where one program takes every model's row of a position with one shift
+    (``shared_shift``: _cross, _stats_cross), N V a multiple of VEC."""
+    es = z.element_size()
+    vec = 16 // es if VECTOR_LOADS else 1
+    while vec > 1 and (z.data_ptr() % (vec * es) or (shared_shift and (N * V) % vec)):
+        vec //= 2
+    return (vec, vec * es) if vec > 1 else (1, 0)
+
+
 def _slices(N: int, target: int) -> tuple[int, int]:
     """(positions per program, number of programs) splitting N positions into ~target slices."""
     per = max(1, triton.cdiv(N, max(1, target)))
@@ -268,13 +364,16 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
     part = torch.empty(progs, tiles * tiles, BM, BM, dtype=torch.float32, device=dev)
     # BV 64 was the fastest for 40 models on an H100 (BM 64); BM 128 halves it to stay within shared memory
     bv = min(64 if BM <= 64 else 32, max(16, triton.next_power_of_2(V)))
+    vec, align = _vector_width(z, N, V, shared_shift=True)
     if one_pass:
         obv, warps, stages = ONE_PASS_CONFIG[BM]
         _stats_cross[(progs,)](z, w, lse, top, ent, bad, part, M, N, V, per, BM=BM,
                                BV=min(obv, max(16, triton.next_power_of_2(V))), BF16_Z=z.dtype == torch.bfloat16,
-                               num_warps=warps, num_stages=stages)
+                               VEC=vec, ALIGN=align, num_warps=warps, num_stages=stages)
     else:
-        _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=min(1024, triton.next_power_of_2(V)), ENT=jsd)
+        rvec, ralign = _vector_width(z, N, V, shared_shift=False)
+        _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=min(1024, triton.next_power_of_2(V)), ENT=jsd,
+                             VEC=rvec, ALIGN=ralign)
     flagged = torch.nonzero(bad)
     if flagged.numel():
         i, n = flagged[0].tolist()
@@ -283,7 +382,7 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
         # the tiled kernel holds a second (BM x BV) operand: BV 32 and 8 warps compile without spills
         # (Triton 3.6, sm_90; BV 64 and 4 warps spill 2 KB)
         _cross[(progs, tiles * tiles)](z, w, lse, part, M, N, V, per, tiles, BM=BM, BV=min(bv, 32) if tiled else bv,
-                                       TILED=tiled, num_warps=8 if tiled else 4)
+                                       TILED=tiled, VEC=vec, ALIGN=align, num_warps=8 if tiled else 4)
     Y = part.double().sum(0).view(tiles, tiles, BM, BM).transpose(1, 2).reshape(tiles * BM, tiles * BM)[:M, :M]
     kl = Y.diagonal()[:, None] - Y
     kl.fill_diagonal_(0.0)
