@@ -36,6 +36,34 @@ def test_op_input_errors(prob, mutate, exc, match):
         entropic_ot(*mutate(*prob), reg=0.1)
 
 
+def test_value_checks_report_the_first_failure_in_order(prob):
+    """All value checks are read at once (one device-to-host copy); the error is still the first
+    failing check in argument order, and an overflowing sum of a finite C is not an error."""
+    C, a, b = prob
+    with pytest.raises(ValueError, match="a contains NaN"):
+        entropic_ot(C, a * math.nan, -b, reg=0.1)
+    with pytest.raises(ValueError, match="b has negative"):
+        entropic_ot(C, a, -b, reg=0.1, problem=PARTIAL, mass=torch.full((2,), math.nan, dtype=C.dtype))
+    with pytest.raises(ValueError, match="transported mass"):
+        entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=torch.tensor([0.5, math.nan], dtype=C.dtype))
+    big = torch.full((1, 3, 4), 3e38, dtype=torch.float32)  # the sum overflows to inf; every entry is finite
+    sol = entropic_ot(big, torch.full((1, 3), 1 / 3), torch.full((1, 4), 1 / 4), reg=1e38, max_iter=3, warn=False)
+    assert torch.isfinite(sol.value).all()
+
+
+def test_a_solve_reads_device_values_twice(prob, monkeypatch):
+    """On a GPU every read of a tensor's value on the host is a synchronisation: a solve makes two,
+    one for all input checks and one for the status report (there were nine)."""
+    C, a, b = prob
+    reads = []
+    for name in ("__bool__", "item", "tolist", "__int__", "__float__"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *args, _o=orig, _n=name, **kw: (reads.append(_n),
+                                                                                                _o(self, *args, **kw))[1])
+    entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=0.5, max_iter=5, warn=False, history=False)
+    assert reads == ["tolist", "tolist"]
+
+
 @pytest.mark.parametrize("reg", [0, -1.0, math.nan, math.inf])
 def test_bad_reg(prob, reg):
     with pytest.raises(ValueError, match="reg"):

@@ -201,9 +201,46 @@ def validate(C: Tensor, a: Tensor, b: Tensor, reg: float, mass=None) -> None:
     with torch.no_grad():
         # A NaN or inf anywhere makes the sum non-finite; the elementwise test (a temporary of
         # C's size) only runs to rule out a false alarm from overflow of the sum itself.
-        if not torch.isfinite(C.sum()) and not torch.isfinite(C).all():
-            raise ValueError("C (the cost) contains NaN or inf")
-    check_weights(a, b, mass, C.dtype)
+        def bad_cost():
+            if not torch.isfinite(C).all():
+                raise ValueError("C (the cost) contains NaN or inf")
+        _raise_first([(torch.isfinite(C.sum()), bad_cost)] + _weight_checks(a, b, mass, C.dtype))
+
+
+def _raise_first(checks) -> None:
+    """checks: [(ok (0-dim bool tensor), fail ())]: calls ``fail`` of the first check not ok, in order
+    (it raises, or returns on a false alarm and the next one is tried). All flags are read in one
+    device-to-host copy: on a GPU each read is a synchronisation (reading them one by one cost 9
+    per solve)."""
+    if not checks:
+        return
+    oks = torch.stack([ok for ok, _ in checks]).tolist()
+    for ok, (_, fail) in zip(oks, checks):
+        if not ok:
+            fail()
+
+
+def _weight_checks(a: Tensor, b: Tensor, mass, dtype: torch.dtype) -> list:
+    """The value checks of check_weights, as _raise_first's (ok, fail) pairs."""
+    def fail(msg):
+        def raise_():
+            raise ValueError(msg)
+        return raise_
+    checks = []
+    for name, t in (("a", a), ("b", b)):  # NaN >= 0 is False, but NaN is reported first
+        checks += [(torch.isfinite(t).all(), fail(f"{name} contains NaN or inf")),
+                   ((t >= 0).all(), fail(f"{name} has negative weights"))]
+    if mass is not None:
+        bad_mass = fail("m (transported mass) must be finite and >= 0")
+        checks += [(torch.isfinite(mass).all(), bad_mass), ((mass >= 0).all(), bad_mass)]
+        cap = torch.minimum(a.sum(1), b.sum(1))
+        tol = 1e-6 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-12
+
+        def too_much():
+            raise ValueError(f"m must be <= min(|a|_1, |b|_1) = {cap.min().item():.6g} for every problem, "
+                             f"got {mass.max().item():.6g}")
+        checks.append(((mass <= cap * (1 + tol)).all(), too_much))
+    return checks
 
 
 def check_weights(a: Tensor, b: Tensor, mass, dtype: torch.dtype) -> None:
@@ -212,19 +249,7 @@ def check_weights(a: Tensor, b: Tensor, mass, dtype: torch.dtype) -> None:
     if torch.compiler.is_compiling():
         return
     with torch.no_grad():
-        for name, t in (("a", a), ("b", b)):
-            if not torch.isfinite(t).all():
-                raise ValueError(f"{name} contains NaN or inf")
-            if (t < 0).any():
-                raise ValueError(f"{name} has negative weights")
-        if mass is not None:
-            if not torch.isfinite(mass).all() or (mass < 0).any():
-                raise ValueError("m (transported mass) must be finite and >= 0")
-            cap = torch.minimum(a.sum(1), b.sum(1))
-            tol = 1e-6 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-12
-            if (mass > cap * (1 + tol)).any():
-                raise ValueError(f"m must be <= min(|a|_1, |b|_1) = {cap.min().item():.6g} for every problem, "
-                                 f"got {mass.max().item():.6g}")
+        _raise_first(_weight_checks(a, b, mass, dtype))
 
 
 def problem_scalars(problem: int, a: Tensor, b: Tensor, mass: Optional[Tensor], reg_m) -> tuple:
@@ -353,11 +378,12 @@ def _gpu_preference(C: Tensor) -> tuple[str, str]:
 
 def _report(sol: OTSolution, warn: bool) -> None:
     status = sol.status
-    if (status == 2).any():
+    failed, unconverged = torch.stack([(status == 2).any(), (status == 1).any()]).tolist()  # one host read
+    if failed:
         bad = torch.nonzero(status == 2).flatten().tolist()[:8]
         warnings.warn(f"entropic_ot: numerical failure in problems {bad}: returned the last finite "
                       "iterate; increase reg or rescale the cost", RuntimeWarning, stacklevel=3)
-    if warn and (status == 1).any():
+    if warn and unconverged:
         bad = torch.nonzero(status == 1).flatten().tolist()[:8]
         warnings.warn(f"entropic_ot: problems {bad} did not converge within max_iter; increase "
                       "max_iter or reg", RuntimeWarning, stacklevel=3)
