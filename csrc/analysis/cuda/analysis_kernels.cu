@@ -35,8 +35,14 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 
 // x log2 x with the hardware log2 (lg2.approx: absolute error <= 2^-22 on [1/2, 2], 2 ulp elsewhere),
 // for the loops with one log per pair and entry; logf is a ~25-instruction polynomial. Below 1e-30
-// the term (< 1e-28) is dropped, which also keeps subnormals away from the approximation.
-__device__ __forceinline__ float xlog2x(float x) { return x > 1e-30f ? x * __log2f(x) : 0.f; }
+// the term (< 1e-28) is dropped, so no subnormal reaches the log: the .ftz form skips the
+// subnormal rescaling that __log2f wraps around MUFU.LG2 (four instructions per entry).
+__device__ __forceinline__ float lg2_ftz(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float xlog2x(float x) { return x > 1e-30f ? x * lg2_ftz(x) : 0.f; }
 constexpr float kLn2 = 0.69314718055994531f;
 
 // ------------------------------------------------------------------------- block reductions
@@ -215,7 +221,8 @@ __global__ void __launch_bounds__(kThreads) jsd_kernel(const T* __restrict__ z, 
       }
       __syncthreads();
 #pragma unroll 4
-      for (int c = 0; c < kBJ; ++c) s += xlog2x(0.5f * (Pi[a][c] + Pj[b][c]));
+      const int cn = V - v0 < kBJ ? int(V - v0) : kBJ;
+      for (int c = 0; c < cn; ++c) s += xlog2x(0.5f * (Pi[a][c] + Pj[b][c]));
       __syncthreads();
     }
     if (i < M && j < M) {
@@ -289,8 +296,9 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const T* __restr
         Aj[q][c] = (on && jj < M) ? to_f(x[(jj * R + r) * S + col]) * inv[kPair + q] : 0.f;
       }
       __syncthreads();
+      const int cn = S - c0 < kBJ ? int(S - c0) : kBJ;  // S = 72: the second chunk holds 8 sources, not 64
 #pragma unroll 8
-      for (int c = 0; c < kBJ; ++c) {
+      for (int c = 0; c < cn; ++c) {
         const float u = Ai[a][c], v = Aj[b][c];
         if (METRIC == 0) {
           d = fmaf(u - v, u - v, d);

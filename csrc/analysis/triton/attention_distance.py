@@ -136,8 +136,10 @@ def attention_pair_sums_triton(attn: torch.Tensor, source_mask: torch.Tensor, ro
     progs = triton.cdiv(R, per)
     part = torch.zeros(progs, M, M, dtype=torch.float32, device=dev)
     bad = torch.zeros(1, dtype=torch.int32, device=dev)
+    # the block of sources with the least padding (S = 72: 16, 80 entries, not 32's 96)
+    BS = min((32, 16), key=lambda bs: (triton.cdiv(S, bs) * bs, -bs)) if S > 16 else triton.next_power_of_2(S)
     _pairs[(tiles * tiles, progs)](x, sm, w, part, bad, M, R, S, per, tiles, METRIC=metric,
-                                   HAS_MASK=has_mask, BI=BI, BS=min(32, triton.next_power_of_2(S)))
+                                   HAS_MASK=has_mask, BI=BI, BS=BS)
     if int(bad.item()):
         raise ValueError("attention_distance: an attention row is negative, non-finite or has no mass "
                          "on the valid sources")
