@@ -11,6 +11,8 @@ Floors, from this device's measured rates (measured in the same run):
   A  max(logit bytes / copy bandwidth, 2 M^2 V N flop / fp32 matmul rate without TF32): the logits
      must be read once and the Gram product Y = P L^T costs 2 M^2 V flop per position;
   B  max(attention bytes / copy bandwidth, M(M-1)/2 R S logs / log rate): one log per pair-entry.
+Backends: cuda, triton, and triton_one_pass (case A only: the Triton backend with its opt-in
+one-pass agreement kernel, pairwise_agreement.ONE_PASS).
 Reported: median time (CUDA events, after warm-up), floor, floor / time (target >= 0.5).
 Results: bench/results/gpu-<device>.json and .md (``--out`` overrides the stem).
 """
