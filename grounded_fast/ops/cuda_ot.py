@@ -4,7 +4,9 @@ Regimes, as for the Triton backend: ``small`` — the persistent CUDA kernel, on
 with the cost tile -C/eps in shared memory for all iterations (``ot_small_cuda``), when the tile and
 the O(n + m) vectors fit the device's opt-in shared memory per block; ``stream`` — one kernel per
 pass over C in device memory (``ot_row_lse_cuda``, ``ot_col_lse_cuda``, ``ot_plan_change_cuda``)
-driven by the reference's ``solve_potentials``. The plan and objective come from ``finalize``.
+driven by the reference's ``solve_potentials``. The plan and objective come from the Triton
+backend's fused ``finalize_triton`` (one pass over C; the torch ``finalize``, about twenty kernels
+over (B, n, m) tensors, took a third of a streamed solve and is the fallback without Triton).
 
 ``CudaFeaturePasses``: the passes of ``entropic_ot_features`` with the cost recomputed from the
 features in every pass (``ot_feat_*_cuda``, csrc/ot/cuda/sinkhorn_features.cu); the envelope
@@ -56,9 +58,17 @@ def entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, re
             lambda lv_: ops.ot_row_lse_cuda(C, lv_, inv_eps), lambda lu_: ops.ot_col_lse_cuda(C, lu_, inv_eps),
             lambda pu, pv, pw, lu_, lv_, w_: ops.ot_plan_change_cuda(C, pu, pv, pw, lu_, lv_, w_, inv_eps).sqrt(),
             a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history)
-    plan, value, value_linear = finalize(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
-                                         nonempty_problems(a, b, mass, problem))
+    plan, value, value_linear = _finalize()(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
+                                            nonempty_problems(a, b, mass, problem))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
+
+
+def _finalize():
+    from .._backend import triton_available
+    if triton_available():
+        from ..triton_kernels.ot.finalize import finalize_triton
+        return finalize_triton
+    return finalize
 
 
 def feature_splits(B: int, n: int, m: int, device: torch.device) -> int:
