@@ -134,8 +134,9 @@ def sweep_agree(bw: float, device: str = "cuda", sizes=(40, 1000, 30522)) -> lis
                 if cfg is not None:
                     pa.ONE_PASS_CONFIG[64] = cfg
                 ms = _time(lambda: pa.pairwise_agreement_triton(z, mask, False, form == "one_pass"))
-                rows.append({"dtype": str(dt), "form": form, "BV": cfg[0] if cfg else "-", "warps": cfg[1] if cfg else "-",
-                             "stages": cfg[2] if cfg else "-", "programs_per_sm": per_sm, "vector_loads": vec, "ms": ms,
+                bv, warps, stages = cfg if cfg else ("-", "-", "-")
+                rows.append({"dtype": str(dt), "form": form, "BV": bv, "warps": warps, "stages": stages,
+                             "programs_per_sm": per_sm, "vector_loads": vec, "ms": ms,
                              "fraction_one_read": z.numel() * z.element_size() / (ms * 1e-3) / bw
                              if isinstance(ms, float) else None})
                 print(rows[-1], flush=True)

@@ -56,10 +56,14 @@ def test_a_solve_reads_device_values_twice(prob, monkeypatch):
     one for all input checks and one for the status report (there were nine)."""
     C, a, b = prob
     reads = []
+
+    def counted(name, orig):
+        def read(self, *args, **kw):
+            reads.append(name)
+            return orig(self, *args, **kw)
+        return read
     for name in ("__bool__", "item", "tolist", "__int__", "__float__"):
-        orig = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *args, _o=orig, _n=name, **kw: (reads.append(_n),
-                                                                                                _o(self, *args, **kw))[1])
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
     entropic_ot(C, a, b, reg=0.1, problem=PARTIAL, mass=0.5, max_iter=5, warn=False, history=False)
     assert reads == ["tolist", "tolist"]
 
