@@ -5,6 +5,7 @@ constants of csrc/ot/triton/sinkhorn_stream.py, sinkhorn_fused.py and the agreem
     python bench/gpu_sweep.py fused    # the one-pass regime's kernel (+ the merge), same problem
     python bench/gpu_sweep.py cross    # the agreement products, M=40, N=1000, V=30522
     python bench/gpu_sweep.py agree    # a whole agreement chunk (same sizes): two passes vs one pass
+    python bench/gpu_sweep.py attention  # Triton attention JSD, M=40, R=20000, S=72: tiles, warps, programs
 
 Each configuration is timed alone with triton.testing.do_bench (median); the stream and fused
 sweeps report the fraction of the measured copy bandwidth (bytes of C read from device memory /
@@ -147,6 +148,28 @@ def sweep_agree(bw: float, device: str = "cuda", sizes=(40, 1000, 30522)) -> lis
     return rows
 
 
+def sweep_attention(bw: float, device: str = "cuda", sizes=(40, 20000, 72)) -> list:
+    """``attention_pair_sums_triton`` (JSD, every kernel and torch's sums) over its CONFIG."""
+    from grounded_fast.reference.analysis import ATTENTION_METRICS
+    from grounded_fast.triton_kernels.analysis import attention_distance as ad
+    M, R, S = sizes
+    g = torch.Generator(device=device).manual_seed(1)
+    attn = torch.softmax(torch.randn(M, R, S, generator=g, device=device), -1)
+    w = torch.ones(R, dtype=torch.float64, device=device)
+    empty = torch.empty(0, dtype=torch.bool, device=device)
+    saved = dict(ad.CONFIG)
+    rows = []
+    try:
+        for BI, warps, per_sm in itertools.product((8, 16, 32), (2, 4, 8), (2, 4, 8)):
+            ad.CONFIG.update(BI=BI, num_warps=warps, programs_per_sm=per_sm)
+            ms = _time(lambda: ad.attention_pair_sums_triton(attn, empty, w, ATTENTION_METRICS["jsd"]))
+            rows.append({"dtype": str(attn.dtype), "BI": BI, "warps": warps, "programs_per_sm": per_sm, "ms": ms})
+            print(rows[-1], flush=True)
+    finally:
+        ad.CONFIG.update(saved)
+    return rows
+
+
 def render(res: dict) -> str:
     """Markdown: the five fastest configurations per dtype (and pass)."""
     key = "ms_per_iteration" if res["kind"] == "fused" else "ms"
@@ -171,7 +194,7 @@ def render(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("stream", "fused", "cross", "agree"))
+    ap.add_argument("kind", choices=("stream", "fused", "cross", "agree", "attention"))
     ap.add_argument("--out", default=None, help="output stem (default bench/results/gpu-sweep-<kind>-<device>)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -181,7 +204,8 @@ def main(argv=None) -> int:
     x = torch.empty(2 ** 28, device="cuda")  # 1 GiB of float32
     bw = copy_bandwidth(x, torch.empty_like(x))
     del x
-    rows = {"stream": sweep_stream, "fused": sweep_fused, "cross": sweep_cross, "agree": sweep_agree}[args.kind](bw)
+    rows = {"stream": sweep_stream, "fused": sweep_fused, "cross": sweep_cross, "agree": sweep_agree,
+            "attention": sweep_attention}[args.kind](bw)
     name = device_name(torch.device("cuda"))
     stem = args.out or os.path.join(HERE, "results", f"gpu-sweep-{args.kind}-{name}")
     res = {"kind": args.kind, "device": name, "commit": git_commit(), "torch": torch.__version__,

@@ -156,6 +156,21 @@ def test_triton_attention_matches_reference(metric, M, R, S, masked):
     assert_close(got.cpu(), ref, rtol=1e-4, atol=1e-6 * R, name=metric)
 
 
+@pytest.mark.parametrize("BI,warps", [(8, 2), (32, 8)])
+def test_triton_attention_other_tile_configs(BI, warps, monkeypatch):
+    """The configurations bench/gpu_sweep.py attention tries: every metric still matches."""
+    from grounded_fast.triton_kernels.analysis import attention_distance as ad
+    monkeypatch.setitem(ad.CONFIG, "BI", BI)
+    monkeypatch.setitem(ad.CONFIG, "num_warps", warps)
+    g = torch.Generator().manual_seed(BI)
+    a = torch.softmax(2 * torch.randn(19, 3, 41, generator=g), -1).to(DEVICE)
+    w = torch.rand(3, generator=g, dtype=torch.float64)
+    for metric in ("l2", "jsd"):
+        got = ad.attention_pair_sums_triton(a, torch.empty(0, dtype=torch.bool, device=DEVICE), w.to(DEVICE),
+                                            A.ATTENTION_METRICS.index(metric) - 1)
+        assert_close(got.cpu(), attention_pair_sums_reference(a.cpu(), w, metric), rtol=1e-4, atol=1e-6, name=metric)
+
+
 def test_triton_attention_api_and_errors():
     g = torch.Generator().manual_seed(0)
     a = torch.softmax(torch.randn(3, 2, 4, 6, generator=g), -1).to(DEVICE)

@@ -77,3 +77,16 @@ def test_gpu_sweep_agree_runs_both_forms(monkeypatch):
     md = gpu_sweep.render({"kind": "agree", "device": "x", "commit": "0" * 40, "torch": "t", "triton": "3",
                            "copy_bandwidth_Bps": 1e9, "rows": rows})
     assert "## torch.float32 one_pass" in md and "## torch.bfloat16 two_pass" in md
+
+
+def test_gpu_sweep_attention_runs_every_config(monkeypatch):
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the Triton kernels under TRITON_INTERPRET=1")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_sweep
+    from grounded_fast.triton_kernels.analysis import attention_distance as ad
+    before = dict(ad.CONFIG)
+    monkeypatch.setattr(gpu_sweep, "_time", lambda fn: (fn(), 1.0)[1])
+    rows = gpu_sweep.sweep_attention(1e9, device="cpu", sizes=(3, 4, 9))
+    assert dict(ad.CONFIG) == before and len(rows) == 27 and all(r["ms"] == 1.0 for r in rows)

@@ -109,6 +109,11 @@ def _pairs(x_ptr, smask_ptr, w_ptr, out_ptr, bad_ptr, M, R, S, per_prog, n_tiles
     tl.atomic_add(bad_ptr, nbad)
 
 
+# models per side of a pair tile, warps, programs per multiprocessor (the tiles on and above the
+# diagonal times the row slices); ``python bench/gpu_sweep.py attention`` sweeps them
+CONFIG = {"BI": 16, "num_warps": 4, "programs_per_sm": 4}
+
+
 def attention_pair_sums_triton(attn: torch.Tensor, source_mask: torch.Tensor, row_weight: torch.Tensor,
                                metric: int) -> torch.Tensor:
     """Triton twin of ``torch.ops.grounded_fast.attention_pair_sums`` (same inputs and outputs).
@@ -129,9 +134,10 @@ def attention_pair_sums_triton(attn: torch.Tensor, source_mask: torch.Tensor, ro
     has_mask = source_mask.numel() > 0
     sm = source_mask.contiguous().to(torch.int8) if has_mask else torch.zeros(1, dtype=torch.int8, device=dev)
     w = row_weight.to(torch.float32).contiguous()
-    BI = 16
+    BI = CONFIG["BI"]
     tiles = triton.cdiv(M, BI)
-    target = 4 * torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
+    target = (CONFIG["programs_per_sm"] * torch.cuda.get_device_properties(dev).multi_processor_count
+              if dev.type == "cuda" else 4)
     per = max(1, triton.cdiv(R, max(1, target // (tiles * (tiles + 1) // 2))))  # tiles that run
     progs = triton.cdiv(R, per)
     part = torch.zeros(progs, M, M, dtype=torch.float32, device=dev)
@@ -139,7 +145,7 @@ def attention_pair_sums_triton(attn: torch.Tensor, source_mask: torch.Tensor, ro
     # the block of sources with the least padding (S = 72: 16, 80 entries, not 32's 96)
     BS = min((32, 16), key=lambda bs: (triton.cdiv(S, bs) * bs, -bs)) if S > 16 else triton.next_power_of_2(S)
     _pairs[(tiles * tiles, progs)](x, sm, w, part, bad, M, R, S, per, tiles, METRIC=metric,
-                                   HAS_MASK=has_mask, BI=BI, BS=BS)
+                                   HAS_MASK=has_mask, BI=BI, BS=BS, num_warps=CONFIG["num_warps"])
     if int(bad.item()):
         raise ValueError("attention_distance: an attention row is negative, non-finite or has no mass "
                          "on the valid sources")
