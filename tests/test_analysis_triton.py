@@ -92,6 +92,28 @@ def test_triton_agreement_aligned_peeled_rows(M, N, V, dtype, one_pass):
         assert_close(got[k].cpu(), ref[k].cpu(), rtol=1e-5, atol=2e-5, name=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_triton_vector_width_promise_holds(dtype):
+    """The alignment hint is a promise to the compiler (a false one means misaligned vector loads on
+    a GPU): for every row (i, n), the base the kernels hint, row start - shift, is ALIGN-byte aligned,
+    with shift = (n V) % VEC shared by all models (_cross, _stats_cross) or per row (_row_stats)."""
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    es = torch.empty(0, dtype=dtype).element_size()
+    buf = torch.zeros(4096, dtype=dtype)
+    for M, N, V, start in [(3, 4, 30522, 0), (2, 6, 402, 0), (5, 3, 70, 0), (2, 5, 33, 0), (3, 4, 40, 1),
+                           (2, 8, 1030, 4), (4, 2, 17, 8)]:
+        z = buf[start:start + M * N * V] if M * N * V + start <= buf.numel() else torch.zeros(M * N * V, dtype=dtype)
+        for shared in (True, False):
+            vec, align = pa._vector_width(z, N, V, shared_shift=shared)
+            if not align:
+                continue
+            for i in range(M):
+                for n in range(N):
+                    row = (i * N + n) * V
+                    shift = (n * V) % vec if shared else row % vec
+                    assert (z.data_ptr() + (row - shift) * es) % align == 0, (M, N, V, start, shared)
+
+
 def test_triton_vector_width_falls_back():
     from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
     z = torch.zeros(2, 3, 10)
