@@ -220,18 +220,21 @@ def _raise_first(checks) -> None:
             fail()
 
 
+def _raises(msg: str):
+    """A ``fail`` for _raise_first: raises ValueError(msg)."""
+    def fail():
+        raise ValueError(msg)
+    return fail
+
+
 def _weight_checks(a: Tensor, b: Tensor, mass, dtype: torch.dtype) -> list:
     """The value checks of check_weights, as _raise_first's (ok, fail) pairs."""
-    def fail(msg):
-        def raise_():
-            raise ValueError(msg)
-        return raise_
     checks = []
     for name, t in (("a", a), ("b", b)):  # NaN >= 0 is False, but NaN is reported first
-        checks += [(torch.isfinite(t).all(), fail(f"{name} contains NaN or inf")),
-                   ((t >= 0).all(), fail(f"{name} has negative weights"))]
+        checks += [(torch.isfinite(t).all(), _raises(f"{name} contains NaN or inf")),
+                   ((t >= 0).all(), _raises(f"{name} has negative weights"))]
     if mass is not None:
-        bad_mass = fail("m (transported mass) must be finite and >= 0")
+        bad_mass = _raises("m (transported mass) must be finite and >= 0")
         checks += [(torch.isfinite(mass).all(), bad_mass), ((mass >= 0).all(), bad_mass)]
         cap = torch.minimum(a.sum(1), b.sum(1))
         tol = 1e-6 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-12

@@ -31,7 +31,7 @@ from ..reference.entropic_ot import BALANCED, PARTIAL, UNBALANCED, nonempty_prob
 from ..reference.ot_features import (FEATURE_COSTS, TorchFeaturePasses, compute_dtype, cost_code,
                                      cost_from_features, feature_grads, safe_scale, solve_features)
 from .entropic_ot import (GRAD_MODES, OTSolution, _check_tensor, _raise_first, _report, check_weights, entropic_ot,
-                          marginal_grads, problem_scalars)
+                          marginal_grads, problem_scalars, _raises)
 
 _OP = "grounded_fast::entropic_ot_features"
 _PRODUCTS_OP = "grounded_fast::ot_features_products"
@@ -247,11 +247,8 @@ def _validate(x: Tensor, y: Tensor, a: Tensor, b: Tensor, reg) -> None:
         raise ValueError(f"reg must be a finite number > 0, got {reg!r}")
     if not torch.compiler.is_compiling():
         with torch.no_grad():
-            def fail(name):
-                def raise_():
-                    raise ValueError(f"{name} (the features) contains NaN or inf")
-                return raise_
-            _raise_first([(torch.isfinite(x).all(), fail("x")), (torch.isfinite(y).all(), fail("y"))])
+            _raise_first([(torch.isfinite(t).all(), _raises(f"{name} (the features) contains NaN or inf"))
+                          for name, t in (("x", x), ("y", y))])
 
 
 def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: float, cost: str = "sqeuclidean",
