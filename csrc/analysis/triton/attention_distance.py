@@ -9,7 +9,7 @@ takes every model's row mass s and sum x log x over S blocks (so that
 sum a log a = sum(x log x) / s - log s without a normalised copy), then accumulates the
 (BI x BJ x BS) pair terms. Every metric is symmetric, so only the tiles on and above the diagonal
 run (for 40 models in tiles of 16: 6 of 9); torch mirrors the off-diagonal ones. Logs are base 2
-(one hardware lg2 per pair and entry on a GPU, see fast_math.py), JSD = ln 2 (its base-2 value),
+(one hardware lg2 per pair and entry on a GPU, see fast_math.py), JSD = ln 2 x its base-2 value,
 and the 1/2 of the mixture is folded into the rows (m = a_i / 2 + a_j / 2). Partial (M x M) sums
 per row slice are added in float64 by torch.
 """
@@ -26,8 +26,10 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _row_mass(base, live, S, smask_row, HAS_MASK: tl.constexpr, BI: tl.constexpr, BS: tl.constexpr):
-    """Per model in the tile: (sum x, sum x log2 x, number of invalid entries) of its row."""
+def _row_mass(base, live, S, smask_row, HAS_MASK: tl.constexpr, BI: tl.constexpr, BS: tl.constexpr,
+              XLOGX: tl.constexpr):
+    """Per model in the tile: (sum x, sum x log2 x (JSD only: XLOGX, else 0), number of invalid
+    entries) of its row."""
     si = tl.arange(0, BS)
     s = tl.zeros((BI,), tl.float32)
     t = tl.zeros((BI,), tl.float32)
@@ -40,7 +42,8 @@ def _row_mass(base, live, S, smask_row, HAS_MASK: tl.constexpr, BI: tl.constexpr
         x = tl.load(base[:, None] + (c0 + si)[None, :], mask=msk, other=0.0).to(tl.float32)
         bad += tl.sum((msk & ((x < 0) | (x != x) | (x == float("inf")))).to(tl.int32), axis=1)
         s += tl.sum(x, axis=1)
-        t += tl.sum(xlog2x(x), axis=1)
+        if XLOGX:
+            t += tl.sum(xlog2x(x), axis=1)
     return s, t, bad
 
 
@@ -66,8 +69,8 @@ def _pairs(x_ptr, smask_ptr, w_ptr, out_ptr, bad_ptr, M, R, S, per_prog, n_tiles
             bi = x_ptr + (ii.to(tl.int64) * R + r) * S
             bj = x_ptr + (jj.to(tl.int64) * R + r) * S
             srow = smask_ptr + r * S  # R * S < 2^31 (checked by the launcher)
-            s_i, t_i, bad_i = _row_mass(bi, li, S, srow, HAS_MASK, BI, BS)
-            s_j, t_j, bad_j = _row_mass(bj, lj, S, srow, HAS_MASK, BI, BS)
+            s_i, t_i, bad_i = _row_mass(bi, li, S, srow, HAS_MASK, BI, BS, METRIC == 3)
+            s_j, t_j, bad_j = _row_mass(bj, lj, S, srow, HAS_MASK, BI, BS, METRIC == 3)
             nbad += tl.sum(tl.where(li, (bad_i > 0) | (s_i <= 0), 0).to(tl.int32), axis=0)
             nbad += tl.sum(tl.where(lj, (bad_j > 0) | (s_j <= 0), 0).to(tl.int32), axis=0)
             inv_i = 1.0 / tl.where(s_i > 0, s_i, 1.0)
