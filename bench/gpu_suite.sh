@@ -10,9 +10,10 @@
 #            dtype;
 # bench      bench/gpu_ot.py -> bench/results/gpu-ot-<device>.{json,md} and
 #            bench/gpu_analysis.py -> bench/results/gpu-<device>.{json,md};
-# sweeps     bench/gpu_sweep.py fused, agree and attention: the opt-in one-pass kernels (the OT fused
-#            regime, the agreement one-pass kernel) against the defaults, and the Triton attention
-#            tiles, over their configurations -> bench/results/gpu-sweep-<kind>-<device>.{json,md};
+# sweeps     bench/gpu_sweep.py fused, agree, attention and small: the opt-in one-pass kernels (the OT
+#            fused regime, the agreement one-pass kernel) against the defaults, the Triton attention
+#            tiles and the Triton persistent OT kernel's warps, over their configurations
+#            -> bench/results/gpu-sweep-<kind>-<device>.{json,md};
 # cpu-tests  the rest of the suite (the build must not break it), last: the longest and the least
 #            informative on a GPU machine.
 # Logs go to bench/results/gpu-suite-<date>.log. Exit status: non-zero if the build or a test fails.
@@ -62,6 +63,7 @@ if [[ " $STAGES " == *" sweeps "* ]]; then
   $PY bench/gpu_sweep.py fused || status=1
   $PY bench/gpu_sweep.py agree || status=1
   $PY bench/gpu_sweep.py attention || status=1
+  $PY bench/gpu_sweep.py small || status=1
 fi
 if [[ " $STAGES " == *" cpu-tests "* ]]; then
   $PY -m pytest tests -q $XDIST $(for t in $GPU_TESTS; do echo --ignore=$t; done) || status=1

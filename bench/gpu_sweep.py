@@ -6,6 +6,7 @@ constants of csrc/ot/triton/sinkhorn_stream.py, sinkhorn_fused.py and the agreem
     python bench/gpu_sweep.py cross    # the agreement products, M=40, N=1000, V=30522
     python bench/gpu_sweep.py agree    # a whole agreement chunk (same sizes): two passes vs one pass
     python bench/gpu_sweep.py attention  # Triton attention JSD, M=40, R=20000, S=72: tiles, warps, programs
+    python bench/gpu_sweep.py small    # Triton persistent OT kernel, partial B=128 x 64x197: warps per program
 
 Each configuration is timed alone with triton.testing.do_bench (median); the stream and fused
 sweeps report the fraction of the measured copy bandwidth (bytes of C read from device memory /
@@ -170,6 +171,34 @@ def sweep_attention(bw: float, device: str = "cuda", sizes=(40, 20000, 72)) -> l
     return rows
 
 
+def sweep_small(bw: float, device: str = "cuda", sizes=(128, 64, 197), iters=(200, 400)) -> list:
+    """The Triton persistent kernel on issue 3's case 1 (partial, m = 0.5, cosine-like costs) over
+    WARPS_LARGE_TILE: microseconds per iteration between two iteration counts (no fixed costs)."""
+    from grounded_fast.ops import PARTIAL
+    from grounded_fast.triton_kernels.ot import sinkhorn_small as sm
+    B, n, m = sizes
+    g = torch.Generator(device=device).manual_seed(0)
+    C = torch.rand(B, n, m, generator=g, device=device)
+    a, b = torch.full((B, n), 1.0 / n, device=device), torch.full((B, m), 1.0 / m, device=device)
+    mass = torch.full((B,), 0.5, device=device)
+    lu0, lv0 = torch.zeros(B, n, device=device), torch.zeros(B, m, device=device)
+    inf = float("inf")
+    saved = sm.WARPS_LARGE_TILE
+    rows = []
+    try:
+        for warps in (4, 8, 16, 32):
+            sm.WARPS_LARGE_TILE = warps
+            ms = [_time(lambda: sm.sinkhorn_small(C, a, b, mass, lu0, lv0, PARTIAL, 0.05, inf, inf, True, it, 0.0,
+                                                  0, 0)) for it in iters]
+            ok = all(isinstance(t, float) for t in ms)
+            rows.append({"dtype": str(C.dtype), "warps": warps, "ms": ms[0],
+                         "us_per_iteration": (ms[1] - ms[0]) * 1e3 / (iters[1] - iters[0]) if ok else None})
+            print(rows[-1], flush=True)
+    finally:
+        sm.WARPS_LARGE_TILE = saved
+    return rows
+
+
 def render(res: dict) -> str:
     """Markdown: the five fastest configurations per dtype (and pass)."""
     key = "ms_per_iteration" if res["kind"] == "fused" else "ms"
@@ -194,7 +223,7 @@ def render(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("stream", "fused", "cross", "agree", "attention"))
+    ap.add_argument("kind", choices=("stream", "fused", "cross", "agree", "attention", "small"))
     ap.add_argument("--out", default=None, help="output stem (default bench/results/gpu-sweep-<kind>-<device>)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -205,7 +234,7 @@ def main(argv=None) -> int:
     bw = copy_bandwidth(x, torch.empty_like(x))
     del x
     rows = {"stream": sweep_stream, "fused": sweep_fused, "cross": sweep_cross, "agree": sweep_agree,
-            "attention": sweep_attention}[args.kind](bw)
+            "attention": sweep_attention, "small": sweep_small}[args.kind](bw)
     name = device_name(torch.device("cuda"))
     stem = args.out or os.path.join(HERE, "results", f"gpu-sweep-{args.kind}-{name}")
     res = {"kind": args.kind, "device": name, "commit": git_commit(), "torch": torch.__version__,

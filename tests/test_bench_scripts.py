@@ -90,3 +90,17 @@ def test_gpu_sweep_attention_runs_every_config(monkeypatch):
     monkeypatch.setattr(gpu_sweep, "_time", lambda fn: (fn(), 1.0)[1])
     rows = gpu_sweep.sweep_attention(1e9, device="cpu", sizes=(3, 4, 9))
     assert dict(ad.CONFIG) == before and len(rows) == 27 and all(r["ms"] == 1.0 for r in rows)
+
+
+def test_gpu_sweep_small_runs_every_warp_count(monkeypatch):
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the Triton kernels under TRITON_INTERPRET=1")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_sweep
+    from grounded_fast.triton_kernels.ot import sinkhorn_small as sm
+    times = iter([1.0, 3.0] * 4)  # ms at 2 and 4 iterations: 1 ms per iteration
+    monkeypatch.setattr(gpu_sweep, "_time", lambda fn: (fn(), next(times))[1])
+    rows = gpu_sweep.sweep_small(1e9, device="cpu", sizes=(2, 5, 7), iters=(2, 4))
+    assert sm.WARPS_LARGE_TILE == 8 and [r["warps"] for r in rows] == [4, 8, 16, 32]
+    assert all(r["us_per_iteration"] == 1000.0 for r in rows)

@@ -29,6 +29,11 @@ from . import device_scalars
 
 # entries of the cost tile held on-chip by one program (BN x BM after padding to powers of two)
 MAX_TILE = 1 << 15
+# warps per program for tiles of 8192 entries or more (4 below). With the 64 x 256 tile of partial OT
+# every choice spills (Triton 3.6, sm_90, per thread: 4 warps 1616 B, 8 warps 712 B, 16 warps
+# 1280 B, 32 warps 352 B), and 8 warps at 255 registers already hold a whole multiprocessor's
+# register file; ``python bench/gpu_sweep.py small`` times the choices.
+WARPS_LARGE_TILE = 8
 
 
 @triton.jit
@@ -229,5 +234,5 @@ def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
         log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, scalars, max_iter, check_every, hist_len,
         PROBLEM=problem, KL_REF=bool(kl_ref),
         DT=tl.float64 if dt == torch.float64 else tl.float32, BN=BN, BM=BM,
-        num_warps=8 if BN * BM >= 8192 else 4)
+        num_warps=WARPS_LARGE_TILE if BN * BM >= 8192 else 4)
     return lu, lv, w, n_iter.long(), status.long(), hist[:, :hist_len]
