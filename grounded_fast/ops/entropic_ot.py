@@ -210,8 +210,7 @@ def validate(C: Tensor, a: Tensor, b: Tensor, reg: float, mass=None) -> None:
 def _raise_first(checks) -> None:
     """checks: [(ok (0-dim bool tensor), fail ())]: calls ``fail`` of the first check not ok, in order
     (it raises, or returns on a false alarm and the next one is tried). All flags are read in one
-    device-to-host copy: on a GPU each read is a synchronisation (reading them one by one cost 9
-    per solve)."""
+    device-to-host copy: on a GPU each read is a synchronisation."""
     if not checks:
         return
     oks = torch.stack([ok for ok, _ in checks]).tolist()

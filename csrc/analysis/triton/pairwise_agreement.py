@@ -57,7 +57,7 @@ from .fast_math import bf16_dot, xlog2x
 
 
 @triton.jit
-def _rows_base(z_ptr, row_off, shift, VEC: tl.constexpr, ALIGN: tl.constexpr):
+def _rows_base(z_ptr, row_off, shift, ALIGN: tl.constexpr):
     """Pointers to the (int64) element offsets row_off - shift, hinted ALIGN-byte aligned when
     ALIGN > 0 (the launcher checked it: see _vector_width); entry v of a row is at base + shift + v."""
     base = z_ptr + (row_off - shift)
@@ -96,7 +96,7 @@ def _row_stats(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, N, V, BV: tl.co
     if tl.load(w_ptr + n) != 0:       # padded positions may hold anything, even NaN
         off = row.to(tl.int64) * V
         shift = (off % VEC).to(tl.int32)
-        base = _rows_base(z_ptr, off, shift, VEC, ALIGN)
+        base = _rows_base(z_ptr, off, shift, ALIGN)
         total = V + shift
         end = (total // BV) * BV
         mx = tl.full((), float("-inf"), tl.float32)
@@ -162,10 +162,10 @@ def _cross(z_ptr, w_ptr, lse_ptr, out_ptr, M, N, V, per_prog, n_tiles,
             total = V + shift
             end = (total // BV) * BV
             lse = tl.load(lse_ptr + mi * N + n, mask=live_i, other=0.0)
-            base = _rows_base(z_ptr, (mi.to(tl.int64) * N + n) * V, shift, VEC, ALIGN)
+            base = _rows_base(z_ptr, (mi.to(tl.int64) * N + n) * V, shift, ALIGN)
             if TILED:
                 lse_j = tl.load(lse_ptr + mj * N + n, mask=live_j, other=0.0)
-                base_j = _rows_base(z_ptr, (mj.to(tl.int64) * N + n) * V, shift, VEC, ALIGN)
+                base_j = _rows_base(z_ptr, (mj.to(tl.int64) * N + n) * V, shift, ALIGN)
             else:
                 lse_j = lse
                 base_j = base
@@ -234,7 +234,7 @@ def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N
             shift = ((n % VEC) * (V % VEC)) % VEC  # the same for every model (N V % VEC == 0)
             total = V + shift
             end = (total // BV) * BV
-            base = _rows_base(z_ptr, rows, shift, VEC, ALIGN)
+            base = _rows_base(z_ptr, rows, shift, ALIGN)
             mx = tl.full((BM,), float("-inf"), tl.float32)
             s = tl.zeros((BM,), tl.float32)
             top = tl.zeros((BM,), tl.int32)
@@ -249,9 +249,10 @@ def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N
                 mx, s, top, nonfinite, acc = _online_step(base, end, shift, total, live, c, mx, s, top, nonfinite,
                                                           acc, V, True, BV, BF16_Z)
             s1 = tl.where(s > 0, s, 1.0)
-            rel = (mx - c) + tl.log(s1)  # lse - c without rounding lse itself (mx - c is exact)
+            log_s = tl.log(s1)
+            rel = (mx - c) + log_s  # lse - c without rounding lse itself (mx - c is exact)
             y = tl.where(pair, acc / s1[:, None] - rel[None, :], 0.0)
-            lse = tl.where(live, mx + tl.log(s1), 0.0)
+            lse = tl.where(live, mx + log_s, 0.0)
             tot += y
             off = mi * N + n
             tl.store(lse_ptr + off, lse, mask=live)
