@@ -2,7 +2,7 @@
 constants of csrc/ot/triton/sinkhorn_stream.py, sinkhorn_fused.py and the agreement kernel's BV.
 
     python bench/gpu_sweep.py stream   # row / column LSE passes, B=16 x 4096^2, float32 and bfloat16 C
-    python bench/gpu_sweep.py fused    # the one-pass regime's kernel (+ the merge), same problem
+    python bench/gpu_sweep.py fused    # the one-pass regime's two kernels (+ the merge), same problem
     python bench/gpu_sweep.py cross    # the agreement products, M=40, N=1000, V=30522
     python bench/gpu_sweep.py agree    # a whole agreement chunk (same sizes): two passes vs one pass
     python bench/gpu_sweep.py attention  # Triton attention JSD, M=40, R=20000, S=72: tiles, warps, programs
@@ -61,40 +61,50 @@ def sweep_stream(bw: float) -> list:
     return rows
 
 
-def sweep_fused(bw: float) -> list:
+def sweep_fused(bw: float, device: str = "cuda", sizes=(16, 4096, 4096)) -> list:
+    """One fused iteration (``fused_pass``: the kernel, the lu copy and the merge) over the knobs of
+    both kernels: rows in registers (RESIDENT_TILE, RESIDENT_PER_THREAD -> warps, RESIDENT_PER_SM)
+    and rows streamed twice through L2 (CONFIG, programs per SM)."""
     import triton
-    import triton.language as tl
-    from grounded_fast.triton_kernels.ot import device_scalars
     from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
-    B, n = 16, 4096
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    B, n, m = sizes
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device == "cuda" else 2
+    saved = (sf.RESIDENT_TILE, dict(sf.RESIDENT_PER_THREAD), sf.RESIDENT_PER_SM, sf.CONFIG)
     rows = []
-    for dt in (torch.float32, torch.bfloat16):
-        C = torch.rand(B, n, n, device="cuda").to(dt)
-        lv, la = torch.randn(B, n, device="cuda"), torch.full((B, n), -math.log(n), device="cuda")
-        act = torch.ones(B, dtype=torch.int32, device="cuda")
-        inv = device_scalars(C.device, 20.0)
-        for BR, BT, warps, per_sm in itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (2, 4, 8)):
-            if BR * BT > 16384:
-                continue
-            P = max(1, min(triton.cdiv(per_sm * sms, B), triton.cdiv(n, BR)))
-            rpp = triton.cdiv(triton.cdiv(n, P), BR) * BR
-            P = triton.cdiv(n, rpp)
-            pmx = torch.empty(B, P, n, device="cuda")
-            psm = torch.empty_like(pmx)
-            lu = torch.zeros(B, n, device="cuda")
-
-            def one():
-                sf._row_then_col[(B, P)](C, lv, la, lu, act, pmx, psm, n, n, rpp, P, inv, DT=tl.float32, BR=BR,
-                                         BT=BT, num_warps=warps)
-                top = pmx.amax(1)
-                return top + torch.log((psm * torch.exp(pmx - top[:, None, :])).sum(1))
-            ms = _time(one)
-            rows.append({"dtype": str(dt), "BR": BR, "BT": BT, "warps": warps, "programs_per_sm": per_sm,
-                         "programs_per_problem": P, "ms_per_iteration": ms,
-                         "fraction_one_read": C.numel() * C.element_size() / (ms * 1e-3) / bw
-                         if isinstance(ms, float) else None})
-            print(rows[-1], flush=True)
+    try:
+        for dt in (torch.float32, torch.bfloat16):
+            C = torch.rand(B, n, m, device=device).to(dt)
+            lv, la = torch.randn(B, m, device=device), torch.full((B, n), -math.log(n), device=device)
+            lu, act = torch.zeros(B, n, device=device), torch.ones(B, dtype=torch.bool, device=device)
+            configs = [("resident", tile, per_thread, per_sm) for tile, per_thread, per_sm in
+                       itertools.product((4096, 8192, 16384), (16, 32, 64), (1, 2, 4, 8))]
+            configs += [("l2", (BR, BT, warps), None, per_sm) for BR, BT, warps, per_sm in
+                        itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (2, 4, 8)) if BR * BT <= 16384]
+            for kernel, tile, per_thread, per_sm in configs:
+                if kernel == "resident":
+                    sf.RESIDENT_TILE, sf.RESIDENT_PER_THREAD[4], sf.RESIDENT_PER_SM = tile, per_thread, per_sm
+                    BR, BM, warps = sf.resident_layout(n, m, torch.float32)
+                    P = sf.programs_per_problem(B, n, BR, C.device, per_sm)
+                    knobs = {"BR": BR, "BT": BM, "warps": warps}
+                else:
+                    sf.CONFIG = tile
+                    P = sf.programs_per_problem(B, n, tile[0], C.device, per_sm)
+                    knobs = dict(zip(("BR", "BT", "warps"), tile))
+                try:
+                    step = sf.fused_pass(C, 0.05, programs=P, resident=kernel == "resident")
+                    ms = _time(lambda: step(lv, lu, la, act))
+                except Exception as exc:  # noqa: BLE001 - an infeasible configuration is a result too
+                    ms = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                rows.append({"dtype": str(dt), "form": kernel, **knobs, "programs_per_sm": per_sm,
+                             "programs_per_problem": triton.cdiv(n, triton.cdiv(triton.cdiv(n, P), knobs["BR"])
+                                                                 * knobs["BR"]),
+                             "ms_per_iteration": ms, "fraction_one_read": C.numel() * C.element_size()
+                             / (ms * 1e-3) / bw if isinstance(ms, float) else None})
+                print(rows[-1], flush=True)
+    finally:
+        sf.RESIDENT_TILE, per_thread, sf.RESIDENT_PER_SM, sf.CONFIG = saved
+        sf.RESIDENT_PER_THREAD.clear()
+        sf.RESIDENT_PER_THREAD.update(per_thread)
     return rows
 
 

@@ -79,6 +79,23 @@ def test_gpu_sweep_agree_runs_both_forms(monkeypatch):
     assert "## torch.float32 one_pass" in md and "## torch.bfloat16 two_pass" in md
 
 
+def test_gpu_sweep_fused_runs_both_kernels(monkeypatch):
+    """The fused sweep's loops at a tiny size under the interpreter: every configuration of both
+    kernels runs through the real ``fused_pass``, and the module's knobs are restored."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the Triton kernels under TRITON_INTERPRET=1")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_sweep
+    from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
+    before = (sf.RESIDENT_TILE, dict(sf.RESIDENT_PER_THREAD), sf.RESIDENT_PER_SM, sf.CONFIG)
+    monkeypatch.setattr(gpu_sweep, "_time", lambda fn: (fn(), 1.0)[1])
+    rows = gpu_sweep.sweep_fused(1e9, device="cpu", sizes=(2, 6, 10))
+    assert (sf.RESIDENT_TILE, dict(sf.RESIDENT_PER_THREAD), sf.RESIDENT_PER_SM, sf.CONFIG) == before
+    assert all(r["ms_per_iteration"] == 1.0 for r in rows), [r for r in rows if r["ms_per_iteration"] != 1.0][:1]
+    assert {r["form"] for r in rows} == {"resident", "l2"} and len(rows) == 2 * (36 + 54)
+
+
 def test_gpu_sweep_attention_runs_every_config(monkeypatch):
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":

@@ -214,11 +214,23 @@ def test_row_then_col_hook_keeps_the_iterates():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape,programs", [((3, 13, 29), None), ((2, 37, 300), 3), ((1, 1, 5), None),
                                             ((2, 21, 1), 2)])
-def test_fused_regime_matches_reference(dtype, shape, programs):
+@pytest.mark.parametrize("kernel", ["resident", "resident-one-row", "l2"])
+def test_fused_regime_matches_reference(dtype, shape, programs, kernel, monkeypatch):
     """The one-pass regime (several programs per problem, several row blocks per program, padding,
-    early retirement) against the float64 reference and the two-pass streaming regime."""
-    from grounded_fast.triton_kernels.ot.sinkhorn_fused import sinkhorn_fused
+    early retirement) against the float64 reference and the two-pass streaming regime, with each of
+    its kernels: whole rows in registers (blocks of several rows, or of one: many blocks a program)
+    and rows streamed twice through L2."""
+    from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
     from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    sinkhorn_fused = sf.sinkhorn_fused
+    if kernel == "resident-one-row":
+        monkeypatch.setattr(sf, "RESIDENT_TILE", 1)
+    if kernel == "l2":
+        monkeypatch.setattr(sf, "RESIDENT_MAX_M", {4: 0, 8: 0})
+    launched = []
+    for name in ("_resident_rows", "_row_then_col"):
+        jit = getattr(sf, name)
+        monkeypatch.setattr(sf, name, _Spy(jit, name, launched))
     B, n, m = shape
     args = _args(B, n, m, "balanced", dtype, max_iter=400, check_every=2, warm=True)
     if B > 1 and m > 2:  # the problems converge at different paces: one retires while the other runs on
@@ -243,3 +255,68 @@ def test_fused_regime_matches_reference(dtype, shape, programs):
                      atol=1e-12 if dtype == torch.float64 else 1e-5, name=name)
     with pytest.raises(ValueError, match="balanced problems only"):
         entropic_ot_triton(*_args(B, n, m, "partial", dtype, max_iter=5), regime="fused")
+    assert set(launched) == {"_row_then_col" if kernel == "l2" else "_resident_rows"}, launched
+
+
+class _Spy:
+    """Stands in for a jitted kernel and records the launches made through ``kernel[grid](...)``."""
+
+    def __init__(self, jit, name, launched):
+        self.jit, self.name, self.launched = jit, name, launched
+
+    def __getitem__(self, grid):
+        self.launched.append(self.name)
+        return self.jit[grid]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel", ["resident", "resident-one-row", "l2"])
+def test_fused_pass_is_one_sinkhorn_iteration(dtype, kernel, monkeypatch):
+    """One call of the fused pass against its definition in torch: lu' = log a - LSE_j(lv_j - C_ij/eps)
+    for active problems (zero-weight rows -inf), lu' = lu exactly for retired ones, and the column
+    LSE_i(lu'_i - C_ij/eps) merged across programs; padded (-inf) columns of lv included."""
+    from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
+    if kernel == "resident-one-row":
+        monkeypatch.setattr(sf, "RESIDENT_TILE", 1)
+    if kernel == "l2":
+        monkeypatch.setattr(sf, "RESIDENT_MAX_M", {4: 0, 8: 0})
+    g = torch.Generator().manual_seed(3)
+    B, n, m, reg = 3, 23, 70, 0.05
+    C = torch.rand(B, n, m, generator=g, dtype=torch.float64).to(dtype)
+    dt = torch.float64 if dtype == torch.float64 else torch.float32
+    lv = torch.randn(B, m, generator=g, dtype=dt)
+    lv[:, -3:] = -math.inf
+    la = torch.log(torch.rand(B, n, generator=g, dtype=dt))
+    la[1, :4] = -math.inf
+    lu = torch.randn(B, n, generator=g, dtype=dt)
+    active = torch.tensor([True, True, False])
+    new, col = sf.fused_pass(C.to(DEVICE), reg, programs=2)(lv.to(DEVICE), lu.to(DEVICE), la.to(DEVICE),
+                                                              active.to(DEVICE))
+    new, col = new.cpu(), col.cpu()
+    c = C.to(torch.float64) / reg
+    ref = la.double() - torch.logsumexp(lv.double()[:, None, :] - c, 2)
+    ref = torch.where(active[:, None], ref, lu.double())
+    ref_col = torch.logsumexp(ref[:, :, None] - c, 1)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    assert torch.equal(new[2], lu[2]), "a retired problem's lu changed"
+    assert torch.equal(torch.isinf(new), torch.isinf(ref)) and torch.isneginf(new[1, :4]).all()
+    fin = torch.isfinite(ref)
+    assert_close(new.double()[fin], ref[fin], name="lu", **tol)
+    assert_close(col.double(), ref_col, name="column LSE", **tol)
+
+
+def test_fused_resident_layout():
+    """Rows in registers up to RESIDENT_MAX_M padded columns (by the compute type's size), blocks of
+    about RESIDENT_TILE entries and no more rows than the problem has; wider rows go through L2, and
+    asking for registers there is an error."""
+    from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
+    assert sf.resident_layout(4096, 4096, torch.float32) == (2, 4096, 8)
+    assert sf.resident_layout(4096, 8192, torch.float32) == (1, 8192, 8)
+    assert sf.resident_layout(4096, 8193, torch.float32) is None
+    assert sf.resident_layout(4096, 4096, torch.float64) == (2, 4096, 16)
+    assert sf.resident_layout(4096, 4097, torch.float64) is None
+    assert sf.resident_layout(5, 29, torch.float32) == (8, 32, 1)
+    assert sf.resident_layout(4096, 29, torch.float32)[0] == sf.RESIDENT_TILE // 32
+    C = torch.rand(1, 3, 9000)
+    with pytest.raises(ValueError, match="do not fit in registers"):
+        sf.fused_pass(C, 0.1, resident=True)

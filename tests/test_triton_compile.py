@@ -95,6 +95,7 @@ def _encode(value):
 def _ot_launches(rec):
     from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot_features
     from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    from grounded_fast.triton_kernels.ot.sinkhorn_fused import sinkhorn_fused
     from conftest import make_problem
     inf = float("inf")
     cases = [(BALANCED, inf, inf, True), (UNBALANCED, 0.7, 2.0, True), (UNBALANCED, 0.5, inf, False),
@@ -116,6 +117,10 @@ def _ot_launches(rec):
                 entropic_ot_triton(Cx, a, b, torch.zeros(1, dtype=dtype), torch.zeros(1, 40, dtype=dtype),
                                    torch.zeros(1, 150, dtype=dtype), BALANCED, 0.3, inf, inf, True, 3, 1e-9, 2,
                                    regime="fused")
+                # its kernel for rows too wide for registers (rows streamed twice through L2)
+                sinkhorn_fused(Cx, a, b, torch.zeros(1, dtype=dtype), torch.zeros(1, 40, dtype=dtype),
+                               torch.zeros(1, 150, dtype=dtype), BALANCED, 0.3, inf, inf, True, 3, 1e-9, 2,
+                               resident=False)
         # the feature kernels' constexprs: dtype, one feature chunk or several (d = 3 / 70), cost
         for feat_dtype, d, cost in ((torch.float32, 3, "sqeuclidean"), (torch.float32, 70, "cosine"),
                                     (torch.bfloat16, 3, "cosine"), (torch.bfloat16, 70, "sqeuclidean"),

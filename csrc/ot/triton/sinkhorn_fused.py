@@ -2,16 +2,22 @@
 
 The streaming regime (sinkhorn_stream.py) reads C twice an iteration, once for the row LSE and
 once for the column LSE, so at best it runs at two reads of C per iteration. Here both half-
-iterations share one read: a program owns a range of rows of one problem and, block of BR rows
-by block,
-  1. streams the block's rows (from device memory) through the online row LSE with the current
-     lv, and sets lu_i = log a_i - LSE_j(lv_j - C_ij/eps) (kept as it was for retired problems);
-  2. streams the same rows again -- BR x m entries just read, still in L2 -- to add them to the
-     program's partial column LSE of lu_i - C_ij/eps, a running (max, sum) per column kept in a
-     (B, programs, m) scratch (also L2-resident);
-then torch merges the programs' partials into the column LSE of the new lu, which the next
-iteration's lv = log b - col LSE needs. Device-memory traffic is one read of C plus the scratch,
-against two reads; the second read of each block and the scratch updates go to L2.
+iterations share one read. A program owns a range of rows of one problem and keeps, for every
+column, a running (max, sum) of the column LSE of lu_i - C_ij/eps over the rows it has done. Two
+kernels, by the width m:
+
+``_resident_rows`` (next_pow2(m) <= RESIDENT_MAX_M, e.g. m = 4096): a block of BR whole rows is
+loaded once into registers; its row LSE with the current lv gives lu_i = log a_i - LSE_j(lv_j -
+C_ij/eps) (kept as it was for retired problems), and the same registers then update the column
+partials, which also stay in registers until the program ends. Device-memory traffic: one read of
+C, plus (B, programs, m) partials written once per iteration.
+
+``_row_then_col`` (wider problems): the rows do not fit in registers, so each block of BR rows is
+streamed twice, the second time from L2 (BR x m entries just read), and the column partials live
+in a (B, programs, m) scratch that every block reads and writes (also L2 traffic).
+
+``_merge_columns`` then merges the programs' partials into the column LSE of the new lu, which the
+next iteration's lv = log b - col LSE needs.
 
 The iterates are the reference's (the driver is grounded_fast.reference.entropic_ot.
 solve_potentials with its ``row_then_col`` hook); only the summation order of the column LSE
@@ -29,9 +35,56 @@ from ...reference.entropic_ot import BALANCED, solve_potentials
 from . import device_scalars
 from .sinkhorn_stream import _online, _row_block_lse, streaming_passes
 
-# rows per block (BR x m entries must stay in L2 between the two sweeps), columns per step, warps
+# _row_then_col: rows per block (BR x m entries must stay in L2 between the two sweeps), columns per
+# step, warps
 CONFIG = (8, 512, 8)
 CONFIG_F64 = (8, 256, 8)
+# _resident_rows: the widest padded row kept in registers (by the bytes of the compute type), the
+# entries of C per block (BR = RESIDENT_TILE // BM rows, at least one), the entries of the block per
+# thread (hence the warps, 1 to 16), programs per SM (over the batch) and pipeline stages.
+RESIDENT_MAX_M = {4: 8192, 8: 4096}
+RESIDENT_TILE = 8192
+RESIDENT_PER_THREAD = {4: 32, 8: 16}
+RESIDENT_PER_SM = 2
+RESIDENT_STAGES = 2
+MERGE_BT = 512
+
+
+@triton.jit
+def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m, rows_per_prog, n_prog,
+                   inv_eps_ptr, DT: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr):
+    b = tl.program_id(0)
+    p = tl.program_id(1)
+    inv_eps = tl.load(inv_eps_ptr).to(DT)
+    active = tl.load(act_ptr + b) != 0
+    base = C_ptr + b.to(tl.int64) * n * m
+    cols = tl.arange(0, BM)
+    cin = cols < m
+    lv = tl.load(lv_ptr + b * m + cols, mask=cin, other=float("-inf")).to(DT)
+    pm = tl.full((BM,), float("-inf"), DT)  # the program's column partials, in registers throughout
+    ps = tl.zeros((BM,), DT)
+    r_begin = p * rows_per_prog
+    r_end = tl.minimum(r_begin + rows_per_prog, n)
+    for r0 in range(r_begin, r_end, BR):
+        rows = r0 + tl.arange(0, BR)
+        rin = rows < r_end
+        inb = rin[:, None] & cin[None, :]
+        s = tl.load(base + rows[:, None] * m + cols[None, :], mask=inb, other=0.0).to(DT) * inv_eps
+        # 1. the whole rows' LSE of lv_j - C_ij/eps (no online rescaling), then their new lu
+        x = tl.where(inb, lv[None, :] - s, float("-inf"))
+        mx = tl.max(x, axis=1)
+        safe = tl.where(mx == float("-inf"), 0.0, mx)
+        total = tl.sum(tl.exp(x - safe[:, None]), axis=1)
+        rl = tl.where(total > 0, safe + tl.log(total), float("-inf"))
+        la = tl.load(la_ptr + b * n + rows, mask=rin, other=float("-inf")).to(DT)
+        old = tl.load(lu_ptr + b * n + rows, mask=rin, other=float("-inf")).to(DT)
+        lu = tl.where(la == float("-inf"), float("-inf"), tl.where(active, la - rl, old))
+        tl.store(lu_ptr + b * n + rows, lu, mask=rin)
+        # 2. the same registers: these rows' share of the column LSE of lu_i - C_ij/eps
+        pm, ps = _online(pm, ps, tl.where(inb, lu[:, None] - s, float("-inf")), 0)
+    part = (b * n_prog + p).to(tl.int64) * m
+    tl.store(pmx_ptr + part + cols, pm, mask=cin)
+    tl.store(psm_ptr + part + cols, ps, mask=cin)
 
 
 @triton.jit
@@ -68,19 +121,61 @@ def _row_then_col(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m
             tl.store(psm_ptr + part + cols, ps, mask=cin)
 
 
-def programs_per_problem(B: int, n: int, BR: int, device: torch.device) -> int:
-    """Programs sharing one problem's rows: about 4 per SM over the batch, at least one block each."""
+@triton.jit
+def _merge_columns(pmx_ptr, psm_ptr, out_ptr, m, n_prog, DT: tl.constexpr, BT: tl.constexpr):
+    """out[b, j] = LSE over the programs p of (pmx[b, p, j] + log psm[b, p, j])."""
+    b = tl.program_id(0)
+    cols = tl.program_id(1) * BT + tl.arange(0, BT)
+    cin = cols < m
+    mx = tl.full((BT,), float("-inf"), DT)
+    s = tl.zeros((BT,), DT)
+    for p in range(n_prog):
+        part = (b * n_prog + p).to(tl.int64) * m
+        pm = tl.load(pmx_ptr + part + cols, mask=cin, other=float("-inf"))
+        ps = tl.load(psm_ptr + part + cols, mask=cin, other=0.0)
+        new = tl.maximum(mx, pm)
+        safe = tl.where(new == float("-inf"), 0.0, new)
+        s = s * tl.exp(mx - safe) + ps * tl.exp(pm - safe)
+        mx = new
+    safe = tl.where(mx == float("-inf"), 0.0, mx)
+    tl.store(out_ptr + b * m + cols, tl.where(s > 0, safe + tl.log(s), float("-inf")), mask=cin)
+
+
+def programs_per_problem(B: int, n: int, BR: int, device: torch.device, per_sm: int = 4) -> int:
+    """Programs sharing one problem's rows: about ``per_sm`` per SM over the batch, at least one block each."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    return int(max(1, min(triton.cdiv(4 * sms, B), triton.cdiv(n, BR))))
+    return int(max(1, min(triton.cdiv(per_sm * sms, B), triton.cdiv(n, BR))))
 
 
-def fused_pass(C, reg: float, programs: int | None = None):
-    """``row_then_col(lv, lu, la, active) -> (lu', col_lse(lu'))`` over C (B, n, m) for the driver."""
+def resident_layout(n: int, m: int, dtype: torch.dtype) -> tuple[int, int, int] | None:
+    """(BR, BM, warps) of ``_resident_rows`` for (n, m) problems computed in ``dtype`` (float32 or
+    float64), or None where a padded row exceeds RESIDENT_MAX_M."""
+    size = torch.empty((), dtype=dtype).element_size()
+    BM = triton.next_power_of_2(m)
+    if BM > RESIDENT_MAX_M[size]:
+        return None
+    BR = max(1, min(RESIDENT_TILE // BM, triton.next_power_of_2(n)))
+    warps = max(1, min(16, BR * BM // (32 * RESIDENT_PER_THREAD[size])))
+    return BR, BM, warps
+
+
+def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None = None):
+    """``row_then_col(lv, lu, la, active) -> (lu', col_lse(lu'))`` over C (B, n, m) for the driver.
+    ``resident``: None (automatic, rows in registers where ``resident_layout`` allows), True or False."""
     B, n, m = C.shape
     dt = torch.float64 if C.dtype == torch.float64 else torch.float32
     DT = tl.float64 if dt == torch.float64 else tl.float32
-    BR, BT, warps = CONFIG_F64 if dt == torch.float64 else CONFIG
-    P = programs or programs_per_problem(B, n, BR, C.device)
+    layout = resident_layout(n, m, dt) if resident is not False else None
+    if resident and layout is None:
+        raise ValueError(f"rows of {m} columns do not fit in registers (RESIDENT_MAX_M = {RESIDENT_MAX_M})")
+    if layout is not None:
+        BR, BM, warps = layout
+        kernel, meta = _resident_rows, dict(BM=BM, num_stages=RESIDENT_STAGES)
+        P = programs or programs_per_problem(B, n, BR, C.device, RESIDENT_PER_SM)
+    else:
+        BR, BT, warps = CONFIG_F64 if dt == torch.float64 else CONFIG
+        kernel, meta = _row_then_col, dict(BT=BT)
+        P = programs or programs_per_problem(B, n, BR, C.device)
     rows_per_prog = triton.cdiv(triton.cdiv(n, P), BR) * BR
     P = triton.cdiv(n, rows_per_prog)
     inv_eps = device_scalars(C.device, 1.0 / reg)
@@ -89,25 +184,25 @@ def fused_pass(C, reg: float, programs: int | None = None):
 
     def row_then_col(lv, lu, la, active):
         lu = lu.to(dt).contiguous().clone()
-        _row_then_col[(B, P)](C, lv.to(dt).contiguous(), la.to(dt).contiguous(), lu, active.to(torch.int32).contiguous(), pmx, psm, n, m,
-                              rows_per_prog, P, inv_eps, DT=DT, BR=BR, BT=BT, num_warps=warps)
-        top = pmx.amax(1)
-        safe = torch.where(top == -math.inf, 0.0, top)
-        total = (psm * torch.exp(pmx - safe[:, None, :])).sum(1)
-        return lu, torch.where(total > 0, safe + torch.log(total), -math.inf)
+        kernel[(B, P)](C, lv.to(dt).contiguous(), la.to(dt).contiguous(), lu, active.to(torch.int32).contiguous(),
+                       pmx, psm, n, m, rows_per_prog, P, inv_eps, DT=DT, BR=BR, num_warps=warps, **meta)
+        col = torch.empty(B, m, dtype=dt, device=C.device)
+        _merge_columns[(B, triton.cdiv(m, MERGE_BT))](pmx, psm, col, m, P, DT=DT, BT=MERGE_BT)
+        return lu, col
 
     return row_then_col
 
 
 def sinkhorn_fused(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
                    kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1,
-                   programs: int | None = None):
+                   programs: int | None = None, resident: bool | None = None):
     """Same inputs and outputs as sinkhorn_stream.sinkhorn_stream, balanced problems only.
-    ``programs``: programs per problem (default: about 4 per SM over the batch)."""
+    ``programs``: programs per problem (default: about RESIDENT_PER_SM, or 4, per SM over the batch);
+    ``resident``: see ``fused_pass``."""
     if problem != BALANCED:
         raise ValueError("the 'fused' regime solves balanced problems only; use regime='stream'")
     C = C.contiguous()
     row_lse, col_lse, plan_change = streaming_passes(C, reg)
     return solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
                             reg_m_b, kl_ref, max_iter, tol, check_every, history,
-                            row_then_col=fused_pass(C, reg, programs))
+                            row_then_col=fused_pass(C, reg, programs, resident))
