@@ -142,9 +142,12 @@ def _merge_columns(pmx_ptr, psm_ptr, out_ptr, m, n_prog, DT: tl.constexpr, BT: t
 
 
 def programs_per_problem(B: int, n: int, BR: int, device: torch.device, per_sm: int = 4) -> int:
-    """Programs sharing one problem's rows: about ``per_sm`` per SM over the batch, at least one block each."""
+    """Programs sharing one problem's rows: at most ``per_sm`` per SM over the batch (rounded down,
+    so that they run in one wave where ``per_sm`` programs fit on an SM: B=16 on 132 SMs at 2 per
+    SM gives 16 a problem, 256 programs; 17 would make 272, and a second wave of 8), at least one
+    each, and at most one per block of rows."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    return int(max(1, min(triton.cdiv(per_sm * sms, B), triton.cdiv(n, BR))))
+    return int(max(1, min(per_sm * sms // B, triton.cdiv(n, BR))))
 
 
 def resident_layout(n: int, m: int, dtype: torch.dtype) -> tuple[int, int, int] | None:
