@@ -72,7 +72,7 @@ def test_triton_matches_reference(regime, case, dtype):
 
 
 @pytest.mark.parametrize("regime", ["small", "stream"])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 7), (2, 5, 1), (1, 41, 133)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 7), (2, 5, 1), (1, 41, 133), (2, 9, 32), (1, 3, 48)])
 def test_triton_awkward_shapes(regime, shape):
     from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
     B, n, m = shape

@@ -29,11 +29,13 @@ from . import device_scalars
 
 # entries of the cost tile held on-chip by one program (BN x BM after padding to powers of two)
 MAX_TILE = 1 << 15
-# warps per program for tiles of 8192 entries or more (4 below). With the 64 x 256 tile of partial OT
-# every choice spills (Triton 3.6, sm_90, per thread: 4 warps 1616 B, 8 warps 712 B, 16 warps
-# 1280 B, 32 warps 352 B), and 8 warps at 255 registers already hold a whole multiprocessor's
-# register file; ``python bench/gpu_sweep.py small`` times the choices.
+# warps per program for tiles of 8192 entries or more (4 below). Spills per thread at partial OT's
+# 64 x 256 tile (Triton 3.6, sm_90, rows padded as below): 4 warps 1144 B, 8 warps 128 B (255
+# registers: a whole multiprocessor's register file), 16 warps 152 B, 32 warps 48 B (balanced: 880,
+# 0, 0, 8 B); ``python bench/gpu_sweep.py small`` times the choices.
 WARPS_LARGE_TILE = 8
+# C's rows are padded to a multiple of this many entries (see the load in _sinkhorn_small)
+ROW_ALIGN = 16
 
 
 @triton.jit
@@ -73,7 +75,7 @@ def _rel_change(x, px, s, msk):
 @triton.jit
 def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
                     lu_ptr, lv_ptr, w_ptr, niter_ptr, status_ptr, hist_ptr,
-                    n, m, scal_ptr, max_iter, check_every, hist_len,
+                    n, m, ldc, scal_ptr, max_iter, check_every, hist_len,
                     PROBLEM: tl.constexpr, KL_REF: tl.constexpr, DT: tl.constexpr,
                     BN: tl.constexpr, BM: tl.constexpr):
     pid = tl.program_id(0)
@@ -86,8 +88,12 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
     neg = float("-inf")
     la = tl.where(ma, tl.log(tl.where(ma, a, 1.0)), neg)
     lb = tl.where(mb, tl.log(tl.where(mb, b, 1.0)), neg)
-    C = tl.load(C_ptr + pid.to(tl.int64) * n * m + ri[:, None] * m + cj[None, :],
-                mask=rin[:, None] & cin[None, :], other=0.0).to(DT)
+    # rows ldc apart, ldc a multiple of 16 (the launcher pads C) and the load masked by ldc, not m: so
+    # Triton sees aligned rows and gives the tile 4 contiguous columns a thread and warps over rows
+    # too. Without it (m = 197) each thread held one column of all BN rows, every (BN,) vector took
+    # BN registers a thread, and partial OT's 64 x 256 tile spilled 720 B a thread (120 B with it).
+    C = tl.load(C_ptr + pid.to(tl.int64) * n * ldc + ri[:, None] * ldc + cj[None, :],
+                mask=rin[:, None] & (cj < ldc)[None, :], other=0.0).to(DT)
     inv_eps = tl.load(scal_ptr).to(DT)
     fa = tl.load(scal_ptr + 1).to(DT)
     fb = tl.load(scal_ptr + 2).to(DT)
@@ -229,9 +235,11 @@ def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
     fb = 1.0 if math.isinf(reg_m_b) else reg_m_b / (reg_m_b + reg)
     BN, BM = triton.next_power_of_2(n), triton.next_power_of_2(m)
     scalars = device_scalars(dev, 1.0 / reg, fa, fb, tol)
+    ldc = triton.cdiv(m, ROW_ALIGN) * ROW_ALIGN
+    C = torch.nn.functional.pad(C, (0, ldc - m)) if ldc != m else C.contiguous()
     _sinkhorn_small[(B,)](
-        C.contiguous(), a.contiguous(), b.contiguous(), mass.contiguous(), log_u0.contiguous(),
-        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, scalars, max_iter, check_every, hist_len,
+        C, a.contiguous(), b.contiguous(), mass.contiguous(), log_u0.contiguous(),
+        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, ldc, scalars, max_iter, check_every, hist_len,
         PROBLEM=problem, KL_REF=bool(kl_ref),
         DT=tl.float64 if dt == torch.float64 else tl.float32, BN=BN, BM=BM,
         num_warps=WARPS_LARGE_TILE if BN * BM >= 8192 else 4)
