@@ -6,7 +6,8 @@ constants of csrc/ot/triton/sinkhorn_stream.py, sinkhorn_fused.py and the agreem
     python bench/gpu_sweep.py cross    # the agreement products, M=40, N=1000, V=30522
     python bench/gpu_sweep.py agree    # a whole agreement chunk (same sizes): two passes vs one pass
     python bench/gpu_sweep.py attention  # Triton attention JSD, M=40, R=20000, S=72: tiles, warps, programs
-    python bench/gpu_sweep.py small    # Triton persistent OT kernel, partial B=128 x 64x197: warps per program
+    python bench/gpu_sweep.py small    # Triton persistent OT kernel, partial B=128 x 64x197 and 128x256:
+                                       # warps per program, and the streaming regime beside it
 
 Each configuration is timed alone with triton.testing.do_bench (median); the stream and fused
 sweeps report the fraction of the measured copy bandwidth (bytes of C read from device memory /
@@ -181,29 +182,35 @@ def sweep_attention(bw: float, device: str = "cuda", sizes=(40, 20000, 72)) -> l
     return rows
 
 
-def sweep_small(bw: float, device: str = "cuda", sizes=(128, 64, 197), iters=(200, 400)) -> list:
-    """The Triton persistent kernel on issue 3's case 1 (partial, m = 0.5, cosine-like costs) over
-    WARPS_LARGE_TILE: microseconds per iteration between two iteration counts (no fixed costs)."""
+def sweep_small(bw: float, device: str = "cuda", shapes=((128, 64, 197), (128, 128, 256)), iters=(200, 400)) -> list:
+    """Partial OT (m = 0.5, costs in [0, 1]) at issue 3's case 1 and at the largest tile the
+    persistent regime takes (32K entries): the persistent kernel over WARPS_LARGE_TILE, and the
+    streaming regime beside it (the regime choice, sinkhorn_small.MAX_TILE). Microseconds per
+    iteration between two iteration counts (no fixed costs)."""
     from grounded_fast.ops import PARTIAL
     from grounded_fast.triton_kernels.ot import sinkhorn_small as sm
-    B, n, m = sizes
-    g = torch.Generator(device=device).manual_seed(0)
-    C = torch.rand(B, n, m, generator=g, device=device)
-    a, b = torch.full((B, n), 1.0 / n, device=device), torch.full((B, m), 1.0 / m, device=device)
-    mass = torch.full((B,), 0.5, device=device)
-    lu0, lv0 = torch.zeros(B, n, device=device), torch.zeros(B, m, device=device)
-    inf = float("inf")
+    from grounded_fast.triton_kernels.ot.sinkhorn_stream import sinkhorn_stream
     saved = sm.WARPS_LARGE_TILE
+    inf = float("inf")
     rows = []
     try:
-        for warps in (4, 8, 16, 32):
-            sm.WARPS_LARGE_TILE = warps
-            ms = [_time(lambda: sm.sinkhorn_small(C, a, b, mass, lu0, lv0, PARTIAL, 0.05, inf, inf, True, it, 0.0,
-                                                  0, 0)) for it in iters]
-            ok = all(isinstance(t, float) for t in ms)
-            rows.append({"dtype": str(C.dtype), "warps": warps, "ms": ms[0],
-                         "us_per_iteration": (ms[1] - ms[0]) * 1e3 / (iters[1] - iters[0]) if ok else None})
-            print(rows[-1], flush=True)
+        for B, n, m in shapes:
+            g = torch.Generator(device=device).manual_seed(0)
+            C = torch.rand(B, n, m, generator=g, device=device)
+            a, b = torch.full((B, n), 1.0 / n, device=device), torch.full((B, m), 1.0 / m, device=device)
+            mass = torch.full((B,), 0.5, device=device)
+            lu0, lv0 = torch.zeros(B, n, device=device), torch.zeros(B, m, device=device)
+            for regime, warps in [("small", w) for w in (4, 8, 16, 32)] + [("stream", "-")]:
+                solve = sm.sinkhorn_small if regime == "small" else sinkhorn_stream
+                if regime == "small":
+                    sm.WARPS_LARGE_TILE = warps
+                ms = [_time(lambda: solve(C, a, b, mass, lu0, lv0, PARTIAL, 0.05, inf, inf, True, it, 0.0, 0, 0))
+                      for it in iters]
+                ok = all(isinstance(t, float) for t in ms)
+                rows.append({"dtype": str(C.dtype), "form": f"B={B} {n}x{m}", "regime": regime, "warps": warps,
+                             "ms": ms[0] if ok else next(t for t in ms if not isinstance(t, float)),
+                             "us_per_iteration": (ms[1] - ms[0]) * 1e3 / (iters[1] - iters[0]) if ok else None})
+                print(rows[-1], flush=True)
     finally:
         sm.WARPS_LARGE_TILE = saved
     return rows
@@ -211,7 +218,7 @@ def sweep_small(bw: float, device: str = "cuda", sizes=(128, 64, 197), iters=(20
 
 def render(res: dict) -> str:
     """Markdown: the five fastest configurations per dtype (and pass)."""
-    key = "ms_per_iteration" if res["kind"] == "fused" else "ms"
+    key = {"fused": "ms_per_iteration", "small": "us_per_iteration"}.get(res["kind"], "ms")
     rows = res["rows"]
     def group(r):  # the stream sweep's pass, the agree sweep's form
         return r["dtype"], r.get("pass", r.get("form", ""))

@@ -110,14 +110,21 @@ def test_gpu_sweep_attention_runs_every_config(monkeypatch):
 
 
 def test_gpu_sweep_small_runs_every_warp_count(monkeypatch):
+    """Both shapes, the persistent kernel at every warp count and the streaming regime beside it;
+    the per-iteration time is the difference of the two iteration counts; WARPS_LARGE_TILE restored."""
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("runs the Triton kernels under TRITON_INTERPRET=1")
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import gpu_sweep
     from grounded_fast.triton_kernels.ot import sinkhorn_small as sm
-    times = iter([1.0, 3.0] * 4)  # ms at 2 and 4 iterations: 1 ms per iteration
+    times = iter([1.0, 3.0] * 10)  # ms at 2 and 4 iterations: 1 ms per iteration
     monkeypatch.setattr(gpu_sweep, "_time", lambda fn: (fn(), next(times))[1])
-    rows = gpu_sweep.sweep_small(1e9, device="cpu", sizes=(2, 5, 7), iters=(2, 4))
-    assert sm.WARPS_LARGE_TILE == 8 and [r["warps"] for r in rows] == [4, 8, 16, 32]
-    assert all(r["us_per_iteration"] == 1000.0 for r in rows)
+    rows = gpu_sweep.sweep_small(1e9, device="cpu", shapes=((2, 5, 7), (1, 3, 4)), iters=(2, 4))
+    assert sm.WARPS_LARGE_TILE == 8
+    assert [(r["form"], r["regime"], r["warps"]) for r in rows[:5]] == \
+        [("B=2 5x7", "small", w) for w in (4, 8, 16, 32)] + [("B=2 5x7", "stream", "-")]
+    assert len(rows) == 10 and all(r["us_per_iteration"] == 1000.0 for r in rows)
+    md = gpu_sweep.render({"kind": "small", "device": "x", "commit": "0" * 40, "torch": "t", "triton": "3",
+                           "copy_bandwidth_Bps": 1e9, "rows": rows})
+    assert "## torch.float32 B=2 5x7" in md and "## torch.float32 B=1 3x4" in md

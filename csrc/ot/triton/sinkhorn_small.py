@@ -32,7 +32,8 @@ MAX_TILE = 1 << 15
 # warps per program for tiles of 8192 entries or more (4 below). Spills per thread at partial OT's
 # 64 x 256 tile (Triton 3.6, sm_90, rows padded as below): 4 warps 1144 B, 8 warps 128 B (255
 # registers: a whole multiprocessor's register file), 16 warps 152 B, 32 warps 48 B (balanced: 880,
-# 0, 0, 8 B); ``python bench/gpu_sweep.py small`` times the choices.
+# 0, 0, 8 B). At MAX_TILE (128 x 256) partial spills 1160 / 680 / 256 B at 8 / 16 / 32 warps.
+# ``python bench/gpu_sweep.py small`` times the choices at both sizes, and the streaming regime.
 WARPS_LARGE_TILE = 8
 # C's rows are padded to a multiple of this many entries (see the load in _sinkhorn_small)
 ROW_ALIGN = 16
