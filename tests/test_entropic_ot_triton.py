@@ -320,3 +320,14 @@ def test_fused_resident_layout():
     C = torch.rand(1, 3, 9000)
     with pytest.raises(ValueError, match="do not fit in registers"):
         sf.fused_pass(C, 0.1, resident=True)
+
+
+def test_fused_programs_per_problem():
+    """One wave of programs over the batch (rounded down), at least 64 rows each, at least one."""
+    from grounded_fast.triton_kernels.ot.sinkhorn_fused import programs_per_problem
+    cpu = torch.device("cpu")
+    assert programs_per_problem(16, 4096, 2, cpu, per_sm=2, sms=132) == 16  # 256 programs <= 264
+    assert programs_per_problem(17, 4096, 2, cpu, per_sm=2, sms=132) == 15  # 255, not 17 x 16 = 272
+    assert programs_per_problem(1, 4096, 2, cpu, per_sm=2, sms=132) == 64   # 64 rows each, not 264
+    assert programs_per_problem(600, 4096, 2, cpu, per_sm=2, sms=132) == 1
+    assert programs_per_problem(4, 50, 128, cpu, per_sm=4, sms=132) == 1

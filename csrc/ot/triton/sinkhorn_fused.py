@@ -47,7 +47,8 @@ RESIDENT_TILE = 8192
 RESIDENT_PER_THREAD = {4: 32, 8: 16}
 RESIDENT_PER_SM = 2
 RESIDENT_STAGES = 2
-MERGE_BT = 512
+MERGE_BT = 128  # columns per merge program (B x m / 128 programs)
+MIN_ROWS_PER_PROGRAM = 64
 
 
 @triton.jit
@@ -141,13 +142,16 @@ def _merge_columns(pmx_ptr, psm_ptr, out_ptr, m, n_prog, DT: tl.constexpr, BT: t
     tl.store(out_ptr + b * m + cols, tl.where(s > 0, safe + tl.log(s), float("-inf")), mask=cin)
 
 
-def programs_per_problem(B: int, n: int, BR: int, device: torch.device, per_sm: int = 4) -> int:
+def programs_per_problem(B: int, n: int, BR: int, device: torch.device, per_sm: int = 4,
+                         sms: int | None = None) -> int:
     """Programs sharing one problem's rows: at most ``per_sm`` per SM over the batch (rounded down,
     so that they run in one wave where ``per_sm`` programs fit on an SM: B=16 on 132 SMs at 2 per
     SM gives 16 a problem, 256 programs; 17 would make 272, and a second wave of 8), at least one
-    each, and at most one per block of rows."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    return int(max(1, min(per_sm * sms // B, triton.cdiv(n, BR))))
+    each, and at least MIN_ROWS_PER_PROGRAM rows (and one block) each: every program writes m
+    partials, which the merge reads, so a single problem on 132 SMs must not have 264 of them."""
+    if sms is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    return int(max(1, min(per_sm * sms // B, triton.cdiv(n, max(BR, MIN_ROWS_PER_PROGRAM)))))
 
 
 def resident_layout(n: int, m: int, dtype: torch.dtype) -> tuple[int, int, int] | None:
