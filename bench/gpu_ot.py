@@ -67,15 +67,18 @@ def _ours_features(x, y, iters, backend, backward=False):
     return run
 
 
-def _ours_triton_regime(C, iters, regime):
-    """The Triton backend's solver with a chosen regime (the op picks 'small' or 'stream' itself)."""
-    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+def _ours_regime(C, iters, regime, backend="triton"):
+    """A GPU backend's solver with a chosen regime (the op picks 'small' or 'stream' itself)."""
+    if backend == "cuda":
+        from grounded_fast.ops.cuda_ot import entropic_ot_cuda as solve
+    else:
+        from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton as solve
     B, n, m = C.shape
     a = torch.full((B, n), 1.0 / n, device=C.device)
     b = torch.full((B, m), 1.0 / m, device=C.device)
     mass, lu0, lv0 = (torch.zeros(*shape, device=C.device) for shape in ((B,), (B, n), (B, m)))
     inf = float("inf")
-    return lambda: entropic_ot_triton(C, a, b, mass, lu0, lv0, 0, 0.05, inf, inf, True, iters, 0.0, 0, regime=regime)
+    return lambda: solve(C, a, b, mass, lu0, lv0, 0, 0.05, inf, inf, True, iters, 0.0, 0, regime=regime)
 
 
 def _ours_materialised(x, y, iters, backend):
@@ -211,16 +214,17 @@ def main(argv=None) -> int:
                                                               method="log_sinkhorn"), device, rounds=2)["median_s"]
                      for k in (1, 2)]
             pot2, pot2_it = pot_t[0], (pot_t[1] - pot_t[0]) / it2
-        # the issue's float32 C for every backend; a bfloat16 C (half the bytes) for Triton, which reads it
-        # and Triton's opt-in one-pass regime ('fused': one read of C per iteration instead of two)
+        # the issue's float32 C for every backend; a bfloat16 C (half the bytes) for Triton, which reads it;
+        # and both backends' opt-in one-read regime ('fused': one read of C per iteration instead of two)
         runs2 = [(bk, C2, None) for bk in backends]
         if "triton" in backends:
-            runs2 += [("triton", C2.to(torch.bfloat16), None), ("triton", C2, "fused"),
-                      ("triton", C2.to(torch.bfloat16), "fused")]
+            runs2 += [("triton", C2.to(torch.bfloat16), None)]
+        runs2 += [(bk, C2x, "fused") for bk in backends if bk in ("cuda", "triton")
+                  for C2x in (C2, C2.to(torch.bfloat16))]
         for bk, C2x, regime in runs2:
             label = ("" if C2x.dtype == torch.float32 else ", bfloat16 C") + (f", regime {regime}" if regime else "")
             run = (lambda k: _ours(C2x, BALANCED, k, bk)) if regime is None else \
-                (lambda k: _ours_triton_regime(C2x, k, regime))
+                (lambda k: _ours_regime(C2x, k, regime, bk))
             timed = _per_iteration(run, it2, device, 3, f"case 2 {bk}{label}", notes)
             if timed is None:
                 continue

@@ -4,7 +4,9 @@ Regimes, as for the Triton backend: ``small`` — the persistent CUDA kernel, on
 with the cost tile -C/eps in shared memory for all iterations (``ot_small_cuda``), when the tile and
 the O(n + m) vectors fit the device's opt-in shared memory per block; ``stream`` — one kernel per
 pass over C in device memory (``ot_row_lse_cuda``, ``ot_col_lse_cuda``, ``ot_plan_change_cuda``)
-driven by the reference's ``solve_potentials``. The plan and objective come from the Triton
+driven by the reference's ``solve_potentials``; ``fused`` (opt-in, balanced problems, m <= 8192,
+float32 / half C) — both half-iterations in one read of C (``ot_fused_pass_cuda``,
+csrc/ot/cuda/sinkhorn_fused.cu), same driver. The plan and objective come from the Triton
 backend's fused ``finalize_triton`` (one pass over C; the torch ``finalize``, about twenty kernels
 over (B, n, m) tensors, took a third of a streamed solve and is the fallback without Triton).
 
@@ -19,10 +21,12 @@ import math
 
 import torch
 
-from ..reference.entropic_ot import finalize, nonempty_problems, solve_potentials
+from ..reference.entropic_ot import BALANCED, finalize, nonempty_problems, solve_potentials
 from ..reference.ot_features import TorchFeaturePasses, compute_dtype, kernel_norms
 
-REGIMES = ("small", "stream")
+REGIMES = ("small", "stream", "fused")
+FUSED_MAX_M = 8192  # keep in step with gf_ot_fused_max_m
+FUSED_MIN_ROWS = 64  # rows per block at least: every block writes m column partials that the merge reads
 
 
 def small_smem_bytes(n: int, m: int, dtype: torch.dtype) -> int:
@@ -54,13 +58,52 @@ def entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, re
                                                             kl_ref, max_iter, tol, check_every, hist_len)
     else:
         inv_eps = 1.0 / reg
+        fused = None
+        if regime == "fused":
+            if problem != BALANCED:
+                raise ValueError("the 'fused' regime solves balanced problems only; use regime='stream'")
+            fused = fused_pass(C, reg)
         lu, lv, w, n_iter, status, hist = solve_potentials(
             lambda lv_: ops.ot_row_lse_cuda(C, lv_, inv_eps), lambda lu_: ops.ot_col_lse_cuda(C, lu_, inv_eps),
             lambda pu, pv, pw, lu_, lv_, w_: ops.ot_plan_change_cuda(C, pu, pv, pw, lu_, lv_, w_, inv_eps).sqrt(),
-            a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history)
+            a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history,
+            row_then_col=fused)
     plan, value, value_linear = _finalize()(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
                                             nonempty_problems(a, b, mass, problem))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
+
+
+def fused_blocks(B: int, n: int, m: int, sms: int) -> int:
+    """Blocks sharing one problem's rows in the fused pass: one wave over the batch (2 blocks an SM
+    where a row fits 16 registers a thread, m <= 4096, else 1), rounded down, and at least
+    FUSED_MIN_ROWS rows each."""
+    per_sm = 2 if m <= 4096 else 1
+    return int(max(1, min(per_sm * sms // B, -(-n // FUSED_MIN_ROWS))))
+
+
+def fused_pass(C: torch.Tensor, reg: float, blocks: int | None = None):
+    """``row_then_col(lv, lu, la, active) -> (lu', col_lse(lu'))`` of the reference's driver on the
+    CUDA fused kernel, for C (B, n, m) float32 / float16 / bfloat16 with m <= FUSED_MAX_M. C's rows
+    are padded to 16 bytes once here where m needs it (the kernel reads 16-byte vectors)."""
+    B, n, m = C.shape
+    if C.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"the CUDA 'fused' regime takes float32 or half-precision costs, got {C.dtype}; "
+                         "use regime='stream'")
+    if m > FUSED_MAX_M:
+        raise ValueError(f"the CUDA 'fused' regime holds rows of at most {FUSED_MAX_M} columns, got {m}; "
+                         "use regime='stream'")
+    align = 16 // C.element_size()
+    ldc = -(-m // align) * align
+    Cp = torch.nn.functional.pad(C, (0, ldc - m)) if ldc != m else C.contiguous()
+    if Cp.data_ptr() % 16:
+        Cp = Cp.clone()
+    sms = torch.cuda.get_device_properties(C.device).multi_processor_count
+    P = blocks or fused_blocks(B, n, m, sms)
+    inv_eps = 1.0 / reg
+
+    def row_then_col(lv, lu, la, active):
+        return torch.ops.grounded_fast.ot_fused_pass_cuda(Cp, m, lv, lu, la, active, inv_eps, P)
+    return row_then_col
 
 
 def _finalize():

@@ -6,6 +6,7 @@
 //   ot_row_lse_cuda     (B,n) = LSE_j(lv_j - C_ij / eps)
 //   ot_col_lse_cuda     (B,m) = LSE_i(lu_i - C_ij / eps)
 //   ot_plan_change_cuda (B)   = ||P(pu, pv, pw) - P(lu, lv, w)||_F^2
+//   ot_fused_pass_cuda  (lu', col) of one balanced iteration in one read of C (sinkhorn_fused.cu)
 // and, with the cost recomputed from features x (B,n,d), y (B,m,d) (sinkhorn_features.cu; host side
 // FeaturePasses in grounded_fast/ops/cuda_ot.py; s, t the per-point norms of sinkhorn_cuda.h):
 //   ot_feat_lse_cuda          (B,n) = LSE_j(vec_j - C_ij / eps)   (column pass: swap x, y)
@@ -101,6 +102,36 @@ Tensor ot_plan_change_cuda(const Tensor& C, const Tensor& pu, const Tensor& pv, 
   return out;
 }
 
+// C (B, n, ldc) with the problem in its first m columns (ldc: see gf_ot_fused_pass); lv (B, m),
+// lu, la (B, n) float32; active (B) bool. Returns (lu' (B, n), col (B, m)).
+std::tuple<Tensor, Tensor> ot_fused_pass_cuda(const Tensor& C, int64_t m, const Tensor& lv, const Tensor& lu,
+                                              const Tensor& la, const Tensor& active, double inv_eps, int64_t blocks) {
+  GF_CHECK(C.dim() == 3 && C.is_contiguous(), "ot_fused_pass_cuda: C must be a contiguous (B, n, ldc) tensor");
+  const int64_t B = C.size(0), n = C.size(1), ldc = C.size(2);
+  const int ct = code(C.scalar_type());
+  const int64_t align = gf_ot_fused_row_align(ct);
+  GF_CHECK(align > 0, "ot_fused_pass_cuda: C must be float32, float16 or bfloat16, got ", C.scalar_type());
+  GF_CHECK(0 < m && m <= ldc && m <= gf_ot_fused_max_m() && ldc % align == 0, "ot_fused_pass_cuda: m = ", m,
+           ", ldc = ", ldc, " (need m <= ldc, m <= ", gf_ot_fused_max_m(), ", ldc a multiple of ", align, ")");
+  GF_CHECK(reinterpret_cast<uintptr_t>(C.data_ptr()) % 16 == 0, "ot_fused_pass_cuda: C must be 16-byte aligned");
+  GF_CHECK(1 <= blocks && blocks <= n, "ot_fused_pass_cuda: blocks must be in [1, n]");
+  c10::cuda::CUDAGuard guard(C.device());
+  const auto f = C.options().dtype(at::kFloat);
+  const Tensor v = lv.to(f).contiguous(), u = lu.to(f).contiguous(), l = la.to(f).contiguous(),
+               act = active.to(C.options().dtype(at::kBool)).contiguous();
+  GF_CHECK(v.sizes() == at::IntArrayRef({B, m}) && u.sizes() == at::IntArrayRef({B, n}) && l.sizes() == u.sizes() &&
+               act.sizes() == at::IntArrayRef({B}),
+           "ot_fused_pass_cuda: lv must be (B, m), lu and la (B, n), active (B)");
+  Tensor lu_out = at::empty({B, n}, f), col = at::empty({B, m}, f);
+  Tensor pmx = at::empty({B, blocks, m}, f), psm = at::empty({B, blocks, m}, f);
+  check(gf_ot_fused_pass(C.data_ptr(), ct, ldc, v.data_ptr<float>(), l.data_ptr<float>(), u.data_ptr<float>(),
+                         lu_out.data_ptr<float>(), reinterpret_cast<const uint8_t*>(act.data_ptr<bool>()),
+                         pmx.data_ptr<float>(), psm.data_ptr<float>(), col.data_ptr<float>(), B, n, m, blocks, inv_eps,
+                         stream()),
+        "gf_ot_fused_pass");
+  return {lu_out, col};
+}
+
 // ----------------------------------------------------------------- cost recomputed from features
 struct Feat {
   Tensor x, y, s, t;
@@ -178,6 +209,8 @@ TORCH_LIBRARY_FRAGMENT(grounded_fast, m) {
   m.def("ot_col_lse_cuda(Tensor C, Tensor lu, float inv_eps) -> Tensor");
   m.def("ot_plan_change_cuda(Tensor C, Tensor pu, Tensor pv, Tensor pw, Tensor lu, Tensor lv, Tensor w, "
         "float inv_eps) -> Tensor");
+  m.def("ot_fused_pass_cuda(Tensor C, int m, Tensor lv, Tensor lu, Tensor la, Tensor active, float inv_eps, "
+        "int blocks) -> (Tensor, Tensor)");
   m.def("ot_feat_lse_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor vec, float inv_eps, int cost, int splits) "
         "-> Tensor");
   m.def("ot_feat_plan_change_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor pu, Tensor pv, Tensor pw, Tensor lu, "
@@ -191,6 +224,7 @@ TORCH_LIBRARY_IMPL(grounded_fast, CUDA, m) {
   m.impl("ot_row_lse_cuda", &ot_row_lse_cuda);
   m.impl("ot_col_lse_cuda", &ot_col_lse_cuda);
   m.impl("ot_plan_change_cuda", &ot_plan_change_cuda);
+  m.impl("ot_fused_pass_cuda", &ot_fused_pass_cuda);
   m.impl("ot_feat_lse_cuda", &ot_feat_lse_cuda);
   m.impl("ot_feat_plan_change_cuda", &ot_feat_plan_change_cuda);
   m.impl("ot_feat_row_stats_cuda", &ot_feat_row_stats_cuda);

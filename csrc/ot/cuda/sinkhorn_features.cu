@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 #include <math_constants.h>
 
+#include "ot_device.cuh"
 #include "sinkhorn_cuda.h"
 
 namespace {
@@ -33,34 +34,8 @@ namespace {
 constexpr int kThreads = 256;  // 16 x 16
 constexpr int kKc = 16;        // feature chunk staged in shared memory
 
-template <typename T> __device__ __forceinline__ T neg_inf();
-template <> __device__ __forceinline__ float neg_inf<float>() { return -CUDART_INF_F; }
-template <> __device__ __forceinline__ double neg_inf<double>() { return -CUDART_INF; }
+using namespace gfot;  // neg_inf, cvt, gexp, glog, online, merge (ot_device.cuh)
 
-template <typename T> __device__ __forceinline__ T cvt(float v) { return T(v); }
-template <typename T> __device__ __forceinline__ T cvt(double v) { return T(v); }
-template <typename T> __device__ __forceinline__ T cvt(__half v) { return T(__half2float(v)); }
-template <typename T> __device__ __forceinline__ T cvt(__nv_bfloat16 v) { return T(__bfloat162float(v)); }
-
-__device__ __forceinline__ float gexp(float x) { return expf(x); }
-__device__ __forceinline__ double gexp(double x) { return exp(x); }
-__device__ __forceinline__ float glog(float x) { return logf(x); }
-__device__ __forceinline__ double glog(double x) { return log(x); }
-
-template <typename T> __device__ __forceinline__ void online(T& mx, T& s, T z) {
-  if (z > mx) {
-    s = s * gexp(mx - z) + T(1);
-    mx = z;
-  } else if (z != neg_inf<T>()) {
-    s += gexp(z - mx);
-  }
-}
-template <typename T> __device__ __forceinline__ void merge(T& mx, T& s, T mx2, T s2) {
-  const T nm = max(mx, mx2);
-  if (nm == neg_inf<T>()) return;
-  s = (mx == neg_inf<T>() ? T(0) : s * gexp(mx - nm)) + (mx2 == neg_inf<T>() ? T(0) : s2 * gexp(mx2 - nm));
-  mx = nm;
-}
 // Sum over the 16 threads of a half-warp (the threads sharing rows: same ty).
 template <typename T> __device__ __forceinline__ T half_warp_sum(T v) {
   for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -18,25 +18,14 @@
 #include <cuda_fp16.h>
 #include <math_constants.h>
 
+#include "ot_device.cuh"
 #include "sinkhorn_cuda.h"
 
 namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> __device__ __forceinline__ T neg_inf();
-template <> __device__ __forceinline__ float neg_inf<float>() { return -CUDART_INF_F; }
-template <> __device__ __forceinline__ double neg_inf<double>() { return -CUDART_INF; }
-
-template <typename T> __device__ __forceinline__ T load_as(const float* p) { return T(*p); }
-template <typename T> __device__ __forceinline__ T load_as(const double* p) { return T(*p); }
-template <typename T> __device__ __forceinline__ T load_as(const __half* p) { return T(__half2float(*p)); }
-template <typename T> __device__ __forceinline__ T load_as(const __nv_bfloat16* p) { return T(__bfloat162float(*p)); }
-
-__device__ __forceinline__ float gexp(float x) { return expf(x); }
-__device__ __forceinline__ double gexp(double x) { return exp(x); }
-__device__ __forceinline__ float glog(float x) { return logf(x); }
-__device__ __forceinline__ double glog(double x) { return log(x); }
+using namespace gfot;  // neg_inf, load_as, gexp, glog, online, merge (ot_device.cuh)
 
 template <typename T> __device__ __forceinline__ T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -435,20 +424,6 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
 }
 
 // ---------------------------------------------------------------------------- streaming regime
-template <typename T> __device__ __forceinline__ void online(T& mx, T& s, T x) {
-  if (x > mx) {
-    s = s * gexp(mx - x) + T(1);
-    mx = x;
-  } else if (x != neg_inf<T>()) {
-    s += gexp(x - mx);
-  }
-}
-template <typename T> __device__ __forceinline__ void merge(T& mx, T& s, T mx2, T s2) {
-  const T nm = max(mx, mx2);
-  if (nm == neg_inf<T>()) return;
-  s = (mx == neg_inf<T>() ? T(0) : s * gexp(mx - nm)) + (mx2 == neg_inf<T>() ? T(0) : s2 * gexp(mx2 - nm));
-  mx = nm;
-}
 
 template <typename TC, typename T>
 __global__ void __launch_bounds__(kThreads) row_lse_kernel(const TC* __restrict__ C, const T* __restrict__ lv,
