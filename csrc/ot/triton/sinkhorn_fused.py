@@ -82,7 +82,16 @@ def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, 
         lu = tl.where(la == float("-inf"), float("-inf"), tl.where(active, la - rl, old))
         tl.store(lu_ptr + b * n + rows, lu, mask=rin)
         # 2. the same registers: these rows' share of the column LSE of lu_i - C_ij/eps
-        pm, ps = _online(pm, ps, tl.where(inb, lu[:, None] - s, float("-inf")), 0)
+        x = tl.where(inb, lu[:, None] - s, float("-inf"))
+        if BR == 1:  # one exp an entry: d = x - pm, e = exp(-|d|); d > 0: (pm, ps) <- (x, ps e + 1), else ps += e
+            x = tl.sum(x, axis=0)  # the row itself
+            d = x - pm
+            e = tl.exp(-tl.abs(d))
+            live = x != float("-inf")
+            ps = tl.where(live, tl.where(d > 0, ps * e + 1.0, ps + e), ps)
+            pm = tl.where(live, tl.maximum(pm, x), pm)
+        else:
+            pm, ps = _online(pm, ps, x, 0)
     part = (b * n_prog + p).to(tl.int64) * m
     tl.store(pmx_ptr + part + cols, pm, mask=cin)
     tl.store(psm_ptr + part + cols, ps, mask=cin)
