@@ -52,6 +52,17 @@ MIN_ROWS_PER_PROGRAM = 64
 
 
 @triton.jit
+def _new_lu(la_ptr, lu_ptr, rows, rin, rl, active, DT: tl.constexpr):
+    """lu_i = log a_i - rl_i for an active problem (kept as it was for a retired one; -inf where
+    a_i = 0), stored over the old lu of the rows and returned."""
+    la = tl.load(la_ptr + rows, mask=rin, other=float("-inf")).to(DT)
+    old = tl.load(lu_ptr + rows, mask=rin, other=float("-inf")).to(DT)
+    lu = tl.where(la == float("-inf"), float("-inf"), tl.where(active, la - rl, old))
+    tl.store(lu_ptr + rows, lu, mask=rin)
+    return lu
+
+
+@triton.jit
 def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m, rows_per_prog, n_prog,
                    inv_eps_ptr, DT: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr):
     b = tl.program_id(0)
@@ -77,10 +88,7 @@ def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, 
         safe = tl.where(mx == float("-inf"), 0.0, mx)
         total = tl.sum(tl.exp(x - safe[:, None]), axis=1)
         rl = tl.where(total > 0, safe + tl.log(total), float("-inf"))
-        la = tl.load(la_ptr + b * n + rows, mask=rin, other=float("-inf")).to(DT)
-        old = tl.load(lu_ptr + b * n + rows, mask=rin, other=float("-inf")).to(DT)
-        lu = tl.where(la == float("-inf"), float("-inf"), tl.where(active, la - rl, old))
-        tl.store(lu_ptr + b * n + rows, lu, mask=rin)
+        lu = _new_lu(la_ptr + b * n, lu_ptr + b * n, rows, rin, rl, active, DT)
         # 2. the same registers: these rows' share of the column LSE of lu_i - C_ij/eps
         x = tl.where(inb, lu[:, None] - s, float("-inf"))
         if BR == 1:  # one exp an entry: d = x - pm, e = exp(-|d|); d > 0: (pm, ps) <- (x, ps e + 1), else ps += e
@@ -113,10 +121,7 @@ def _row_then_col(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m
         rin = rows < r_end
         # 1. row LSE of lv_j - C_ij/eps, then the new lu of these rows
         rl = _row_block_lse(base, lv_ptr + b * m, rows, rin, m, inv_eps, DT, BR, BT)
-        la = tl.load(la_ptr + b * n + rows, mask=rin, other=float("-inf")).to(DT)
-        old = tl.load(lu_ptr + b * n + rows, mask=rin, other=float("-inf")).to(DT)
-        lu = tl.where(la == float("-inf"), float("-inf"), tl.where(active, la - rl, old))
-        tl.store(lu_ptr + b * n + rows, lu, mask=rin)
+        lu = _new_lu(la_ptr + b * n, lu_ptr + b * n, rows, rin, rl, active, DT)
         # 2. these rows' share of the column LSE of lu_i - C_ij/eps, merged into the running partial
         for j0 in range(0, m, BT):
             cols = j0 + tl.arange(0, BT)
