@@ -13,7 +13,8 @@
 # sweeps     bench/gpu_sweep.py fused, agree, attention and small: the opt-in one-pass kernels (the OT
 #            fused regime, the agreement one-pass kernel) against the defaults, the Triton attention
 #            tiles and the Triton persistent OT kernel's warps, over their configurations
-#            -> bench/results/gpu-sweep-<kind>-<device>.{json,md};
+#            -> bench/results/gpu-sweep-<kind>-<device>.{json,md}; SWEEPS="fused small" runs some of
+#            them (each takes minutes: a machine lent 10 minutes a command needs them split);
 # cpu-tests  the rest of the suite (the build must not break it), last: the longest and the least
 #            informative on a GPU machine.
 # Logs go to bench/results/gpu-suite-<date>.log. Exit status: non-zero if the build or a test fails.
@@ -60,10 +61,9 @@ if [[ " $STAGES " == *" bench "* ]]; then
   $PY bench/gpu_analysis.py || status=1
 fi
 if [[ " $STAGES " == *" sweeps "* ]]; then
-  $PY bench/gpu_sweep.py fused || status=1
-  $PY bench/gpu_sweep.py agree || status=1
-  $PY bench/gpu_sweep.py attention || status=1
-  $PY bench/gpu_sweep.py small || status=1
+  for kind in ${SWEEPS:-fused agree attention small}; do
+    $PY bench/gpu_sweep.py "$kind" || status=1
+  done
 fi
 if [[ " $STAGES " == *" cpu-tests "* ]]; then
   $PY -m pytest tests -q $XDIST $(for t in $GPU_TESTS; do echo --ignore=$t; done) || status=1

@@ -102,10 +102,31 @@ def sweep_fused(bw: float, device: str = "cuda", sizes=(16, 4096, 4096)) -> list
                              "ms_per_iteration": ms, "fraction_one_read": C.numel() * C.element_size()
                              / (ms * 1e-3) / bw if isinstance(ms, float) else None})
                 print(rows[-1], flush=True)
+            rows += _sweep_cuda_fused(C, lv, lu, la, act, bw, sms)
     finally:
         sf.RESIDENT_TILE, per_thread, sf.RESIDENT_PER_SM, sf.CONFIG = saved
         sf.RESIDENT_PER_THREAD.clear()
         sf.RESIDENT_PER_THREAD.update(per_thread)
+    return rows
+
+
+def _sweep_cuda_fused(C, lv, lu, la, act, bw: float, sms: int) -> list:
+    """The CUDA fused pass (kernel + merge) at 1 to 4 blocks per SM over the batch (cuda_ot.fused_pass's
+    default: 2 where m <= 4096), where the CUDA extension is built."""
+    from grounded_fast import _backend
+    if C.device.type != "cuda" or not _backend.cuda_extension_available():
+        return []
+    from grounded_fast.ops import cuda_ot
+    B, n, m = C.shape
+    rows = []
+    for per_sm in (1, 2, 3, 4):
+        P = max(1, min(per_sm * sms // B, n))
+        step = cuda_ot.fused_pass(C, 0.05, blocks=P)
+        ms = _time(lambda: step(lv, lu, la, act))
+        rows.append({"dtype": str(C.dtype), "form": "cuda", "BR": 1, "BT": m, "warps": 8, "programs_per_sm": per_sm,
+                     "programs_per_problem": P, "ms_per_iteration": ms, "fraction_one_read":
+                     C.numel() * C.element_size() / (ms * 1e-3) / bw if isinstance(ms, float) else None})
+        print(rows[-1], flush=True)
     return rows
 
 
