@@ -120,7 +120,7 @@ def _sweep_cuda_fused(C, lv, lu, la, act, bw: float, sms: int) -> list:
     B, n, m = C.shape
     rows = []
     for per_sm in (1, 2, 3, 4):
-        P = max(1, min(per_sm * sms // B, n))
+        P = cuda_ot.fused_blocks(B, n, m, sms, per_sm)
         step = cuda_ot.fused_pass(C, 0.05, blocks=P)
         ms = _time(lambda: step(lv, lu, la, act))
         rows.append({"dtype": str(C.dtype), "form": "cuda", "BR": 1, "BT": m, "warps": 8, "programs_per_sm": per_sm,

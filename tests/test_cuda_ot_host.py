@@ -15,6 +15,7 @@ def test_fused_blocks_make_one_wave_of_at_least_64_rows():
     assert cuda_ot.fused_blocks(16, 4096, 8192, sms=132) == 8    # 32 columns a thread: 1 an SM
     assert cuda_ot.fused_blocks(1, 4096, 4096, sms=132) == 64    # 64 rows each, not 264 blocks
     assert cuda_ot.fused_blocks(500, 100, 64, sms=132) == 1
+    assert cuda_ot.fused_blocks(16, 4096, 4096, sms=132, per_sm=4) == 33  # the sweep's choice
 
 
 def _args(problem, dtype=torch.float32, m=5):

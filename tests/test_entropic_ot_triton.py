@@ -211,6 +211,15 @@ def test_row_then_col_hook_keeps_the_iterates():
             assert len(set(plain[3].tolist())) > 1  # the problems retired at different iterations
 
 
+def _use_fused_kernel(sf, kernel, monkeypatch):
+    """Steer the fused regime to one of its kernels: whole rows in registers in blocks of several rows
+    ("resident") or of one ("resident-one-row"), or rows streamed twice through L2 ("l2")."""
+    if kernel == "resident-one-row":
+        monkeypatch.setattr(sf, "RESIDENT_TILE", 1)
+    if kernel == "l2":
+        monkeypatch.setattr(sf, "RESIDENT_MAX_M", {4: 0, 8: 0})
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shape,programs", [((3, 13, 29), None), ((2, 37, 300), 3), ((1, 1, 5), None),
                                             ((2, 21, 1), 2)])
@@ -223,10 +232,7 @@ def test_fused_regime_matches_reference(dtype, shape, programs, kernel, monkeypa
     from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
     from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
     sinkhorn_fused = sf.sinkhorn_fused
-    if kernel == "resident-one-row":
-        monkeypatch.setattr(sf, "RESIDENT_TILE", 1)
-    if kernel == "l2":
-        monkeypatch.setattr(sf, "RESIDENT_MAX_M", {4: 0, 8: 0})
+    _use_fused_kernel(sf, kernel, monkeypatch)
     launched = []
     for name in ("_resident_rows", "_row_then_col"):
         jit = getattr(sf, name)
@@ -276,10 +282,7 @@ def test_fused_pass_is_one_sinkhorn_iteration(dtype, kernel, monkeypatch):
     for active problems (zero-weight rows -inf), lu' = lu exactly for retired ones, and the column
     LSE_i(lu'_i - C_ij/eps) merged across programs; padded (-inf) columns of lv included."""
     from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
-    if kernel == "resident-one-row":
-        monkeypatch.setattr(sf, "RESIDENT_TILE", 1)
-    if kernel == "l2":
-        monkeypatch.setattr(sf, "RESIDENT_MAX_M", {4: 0, 8: 0})
+    _use_fused_kernel(sf, kernel, monkeypatch)
     g = torch.Generator().manual_seed(3)
     B, n, m, reg = 3, 23, 70, 0.05
     C = torch.rand(B, n, m, generator=g, dtype=torch.float64).to(dtype)

@@ -73,11 +73,11 @@ def entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, re
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
 
 
-def fused_blocks(B: int, n: int, m: int, sms: int) -> int:
-    """Blocks sharing one problem's rows in the fused pass: one wave over the batch (2 blocks an SM
-    where a row fits 16 registers a thread, m <= 4096, else 1), rounded down, and at least
-    FUSED_MIN_ROWS rows each."""
-    per_sm = 2 if m <= 4096 else 1
+def fused_blocks(B: int, n: int, m: int, sms: int, per_sm: int | None = None) -> int:
+    """Blocks sharing one problem's rows in the fused pass: one wave of ``per_sm`` blocks an SM over
+    the batch (default: 2 where a row fits 16 registers a thread, m <= 4096, else 1), rounded down,
+    and at least FUSED_MIN_ROWS rows each."""
+    per_sm = per_sm or (2 if m <= 4096 else 1)
     return int(max(1, min(per_sm * sms // B, -(-n // FUSED_MIN_ROWS))))
 
 
