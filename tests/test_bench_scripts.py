@@ -43,6 +43,25 @@ def test_gpu_ot_bench_smoke(tmp_path):
     assert all(r["vs_pot"] > 0 for r in out["results"] if r["case"][0] in "12")  # POT is installed in CI
 
 
+def test_gpu_ot_case4_runs_both_regimes(tmp_path):
+    """Case 4 (partial and unbalanced, streaming against fused) through the Triton kernels under the
+    interpreter, at its smoke size."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("runs the Triton kernels under TRITON_INTERPRET=1")
+    stem = tmp_path / "gpu-ot-4"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_ot.py"), "--smoke", "--device", "cpu",
+                          "--backends", "triton", "--cases", "4", "--out", str(stem)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "gpu-ot-4.json").read_text())
+    runs = {(r["case"].split(" B=")[0], r["case"].split("regime ")[1].split(",")[0], r["c_reads_per_iter"])
+            for r in out["results"]}
+    assert runs == {(f"4 {k}", rg, 2 if rg == "stream" else 1) for k in ("partial m=0.5", "unbalanced reg_m=1")
+                    for rg in ("stream", "fused")}, runs
+    assert all(r["median_s"] > 0 and r["backend"] == "triton" for r in out["results"]), out["notes"]
+
+
 def test_gpu_sweep_script(tmp_path):
     """Without a GPU the sweep says so (exit 2); its table lists the fastest configurations first."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))

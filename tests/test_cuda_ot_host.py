@@ -27,7 +27,7 @@ def _args(problem, dtype=torch.float32, m=5):
 
 
 @pytest.mark.parametrize("problem,dtype,m,match", [
-    (PARTIAL, torch.float32, 5, "balanced problems only"),
+    (PARTIAL, torch.float64, 5, "float32 or half-precision"),
     (BALANCED, torch.float64, 5, "float32 or half-precision"),
     (BALANCED, torch.float32, 8193, "at most 8192 columns"),
 ])

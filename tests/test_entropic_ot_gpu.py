@@ -219,13 +219,18 @@ def test_gpu_cuda_persistent_kernel_exact_fallback(case, dtype):
                     *((1e-9, 1e-12) if dtype == torch.float64 else (2e-4, 1e-5)))
 
 
+FUSED_SHAPES = [(3, 13, 29), (2, 300, 64), (2, 70, 2049), (1, 150, 4100), (2, 130, 8192)]
+
+
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("shape", [(3, 13, 29), (2, 300, 64), (2, 70, 2049), (1, 150, 4100), (2, 130, 8192)])
-def test_gpu_fused_regime_matches_reference(backend, dtype, shape):
-    """The opt-in one-read regime of both backends (balanced) on C read as it is, against the
-    reference on its float32 values: rows of 8, 16 and 32 entries a thread in CUDA (m up to 2048,
-    4096, 8192), padded rows (m = 29, 2049, 4100), several row blocks a problem, early retirement."""
+@pytest.mark.parametrize("case,shape", [("balanced", s) for s in FUSED_SHAPES]
+                         + [(c, s) for c in ("unbalanced", "partial") for s in FUSED_SHAPES[2:4]])
+def test_gpu_fused_regime_matches_reference(backend, dtype, case, shape):
+    """The opt-in one-read regime of both backends on C read as it is, against the reference on its
+    float32 values: rows of 8, 16 and 32 entries a thread in CUDA (m up to 2048, 4096, 8192), padded
+    rows (m = 29, 2049, 4100), several row blocks a problem, early retirement; balanced problems,
+    and the scaled (unbalanced) and capped (partial) row updates."""
     solve = _solver(backend)
     B, n, m = shape
     C, a, b = make_problem(B, n, m, dtype=torch.float32, seed=m)
@@ -233,22 +238,24 @@ def test_gpu_fused_regime_matches_reference(backend, dtype, shape):
     if B > 1:  # the problems converge at different paces
         b[1] = b[1] * torch.linspace(0.05, 3.0, m, dtype=b.dtype)
         b = b / b.sum(1, keepdim=True)
-    args = [t.cuda() for t in (C, a, b, torch.zeros(B), torch.zeros(B, n), torch.zeros(B, m))]
-    args += [BALANCED, 0.1, math.inf, math.inf, True, 200, 1e-5, 4]
+    problem, (ra, rb), kl_ref = CASES[case]
+    mass = torch.full((B,), 0.6) if problem == PARTIAL else torch.zeros(B)
+    args = [t.cuda() for t in (C, a, b, mass, torch.zeros(B, n), torch.zeros(B, m))]
+    args += [problem, 0.1, ra, rb, kl_ref, 200, 1e-5, 4]
     out = solve(args[0].to(dtype), *args[1:], regime="fused")
     ref = entropic_ot_reference(*args)
     _assert_outputs(NAMES[1:4] + NAMES[6:8], out[1:4] + out[6:8], ref[1:4] + ref[6:8], torch.float32, 2e-4, 1e-5)
-    if backend == "cuda":
-        with pytest.raises(ValueError, match="balanced problems only"):
-            solve(*args[:6], PARTIAL, *args[7:], regime="fused")
+    if backend == "cuda" and case == "balanced":
         with pytest.raises(ValueError, match="float32 or half-precision"):
             solve(*(t.double() for t in args[:6]), *args[6:], regime="fused")
 
 
-def test_gpu_cuda_fused_pass_is_one_sinkhorn_iteration():
-    """One call of ot_fused_pass_cuda against its definition: lu' = log a - LSE_j(lv_j - C_ij/eps)
-    for active problems, lu exactly for a retired one, -inf rows of zero weight, and the column LSE
-    of lu' merged over 3 blocks; a padded C (ldc 72 for m 70) whose padding holds garbage."""
+@pytest.mark.parametrize("scale,cap", [(1.0, False), (0.7, False), (1.0, True)])
+def test_gpu_cuda_fused_pass_is_one_sinkhorn_iteration(scale, cap):
+    """One call of ot_fused_pass_cuda against its definition: lu' = la - scale LSE_j(lv_j - C_ij/eps)
+    (with ``cap``, at most lu) for active problems, lu exactly for a retired one, -inf rows of zero
+    weight, and the column LSE of lu' merged over 3 blocks; a padded C (ldc 72 for m 70) whose
+    padding holds garbage."""
     _solver("cuda")
     g = torch.Generator().manual_seed(3)
     B, n, m, ldc, reg = 3, 23, 70, 72, 0.05
@@ -258,13 +265,17 @@ def test_gpu_cuda_fused_pass_is_one_sinkhorn_iteration():
     lv[:, -3:] = -math.inf
     la = torch.log(torch.rand(B, n, generator=g))
     la[1, :4] = -math.inf
-    lu = torch.randn(B, n, generator=g)
+    lu = torch.randn(B, n, generator=g) - (2.5 if cap else 0.0)  # about la - LSE: the cap binds on some rows
     active = torch.tensor([True, True, False])
     new, col = torch.ops.grounded_fast.ot_fused_pass_cuda(Cp, m, lv.cuda(), lu.cuda(), la.cuda(), active.cuda(),
-                                                          1.0 / reg, 3)
+                                                          1.0 / reg, 3, scale, cap)
     new, col = new.cpu(), col.cpu()
     c = C.double() / reg
-    ref = torch.where(active[:, None], la.double() - torch.logsumexp(lv.double()[:, None, :] - c, 2), lu.double())
+    ref = la.double() - scale * torch.logsumexp(lv.double()[:, None, :] - c, 2)
+    if cap:
+        ref = torch.minimum(ref, lu.double())
+        assert (ref[:2] == lu[:2].double()).any() and (ref[:2] < lu[:2].double()).any()  # both branches taken
+    ref = torch.where(active[:, None], ref, lu.double())
     assert torch.equal(new[2], lu[2]), "a retired problem's lu changed"
     assert torch.isneginf(new[1, :4]).all() and torch.isfinite(new[1, 4:]).all()
     fin = torch.isfinite(ref)

@@ -184,29 +184,45 @@ def test_fused_finalize_matches_reference_finalize(case, dtype, n, m):
             assert_close(o.cpu(), r.cpu(), rtol=rtol, atol=atol, name=f"bf16 {name}")
 
 
-def test_row_then_col_hook_keeps_the_iterates():
+@pytest.mark.parametrize("case", list(CASES))
+def test_row_then_col_hook_keeps_the_iterates(case):
     """solve_potentials with both half-iterations handed to one callable (the fused regime's driver)
-    gives the reference's iterates exactly, torch closures on both sides (float64)."""
-    from grounded_fast.reference.entropic_ot import _masked, solve_potentials
-    C, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, _, tol, every = _args(3, 11, 17, "balanced",
-                                                                                  torch.float64, 1, warm=True)
+    gives the reference's iterates, torch closures on both sides (float64): bit for bit for balanced
+    problems, to rounding for the others (their row updates are regrouped)."""
+    from grounded_fast.reference.entropic_ot import solve_potentials
+    C, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, _, tol, every = _args(3, 11, 17, case, torch.float64, 1,
+                                                                                  warm=True)
     a, b, C, mass, lu0, lv0 = (t.cpu() for t in (a, b, C, mass, lu0, lv0))
     b[1] = b[1] * torch.linspace(0.2, 2.0, b.shape[1], dtype=b.dtype)  # converges at another pace
     b = b / b.sum(1, keepdim=True)
     K = -C / reg
     row = lambda lv: torch.logsumexp(K + lv[:, None, :], 2)  # noqa: E731
     col = lambda lu: torch.logsumexp(K + lu[:, :, None], 1)  # noqa: E731
-    def row_then_col(lv, lu, la, active):
-        new = torch.where(active[:, None], _masked(la - row(lv), a > 0), lu)
+
+    def plan_change(pu, pv, pw, lu, lv, w):
+        def plan(u, v, s):
+            return torch.exp(K + u[:, :, None] + v[:, None, :] + s[:, None, None])
+        return torch.linalg.vector_norm((plan(pu, pv, pw) - plan(lu, lv, w)).flatten(1), dim=1)
+
+    def row_then_col(lv, lu, la, active, scale, cap):
+        x = la - scale * row(lv)
+        if cap:
+            x = torch.minimum(x, lu)
+        new = torch.where(active[:, None], torch.where(la == -math.inf, -math.inf, x), lu)
         return new, col(new)
 
     for max_iter, check_every in ((7, 0), (200, 3), (200, 1)):
-        plain = solve_potentials(row, col, None, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter, 1e-9,
-                                 check_every)
-        hooked = solve_potentials(row, col, None, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter, 1e-9,
-                                  check_every, row_then_col=row_then_col)
-        for name, x, y in zip(NAMES[1:], plain, hooked):
-            assert torch.equal(x, y), f"{name} differs (max_iter {max_iter}, check_every {check_every})"
+        plain = solve_potentials(row, col, plan_change, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter,
+                                 1e-9, check_every)
+        hooked = solve_potentials(row, col, plan_change, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter,
+                                  1e-9, check_every, row_then_col=row_then_col)
+        for name, x, y in zip(("log_u", "log_v", "log_scale", "n_iter", "status", "err_history"), plain, hooked):
+            if problem == BALANCED or name in ("n_iter", "status"):
+                assert torch.equal(x, y), f"{name} differs (max_iter {max_iter}, check_every {check_every})"
+            else:
+                assert torch.equal(torch.isfinite(x), torch.isfinite(y)), f"{name}: masks differ"
+                fin = torch.isfinite(x)
+                assert_close(y[fin], x[fin], rtol=1e-11, atol=1e-11, name=f"{name} ({max_iter}, {check_every})")
         if check_every:
             assert len(set(plain[3].tolist())) > 1  # the problems retired at different iterations
 
@@ -220,15 +236,24 @@ def _use_fused_kernel(sf, kernel, monkeypatch):
         monkeypatch.setattr(sf, "RESIDENT_MAX_M", {4: 0, 8: 0})
 
 
+FUSED_SHAPES = [((3, 13, 29), None), ((2, 37, 300), 3), ((1, 1, 5), None), ((2, 21, 1), 2)]
+
+
+# every kernel on balanced problems; the other kinds differ in the row update only (_new_lu), which
+# one-row blocks share with the others
+FUSED_RUNS = ([(k, "balanced", *s) for k in ("resident", "resident-one-row", "l2") for s in FUSED_SHAPES]
+              + [(k, c, *FUSED_SHAPES[0]) for k in ("resident", "l2") for c in CASES if c != "balanced"]
+              + [(k, "partial", *FUSED_SHAPES[1]) for k in ("resident", "l2")])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("shape,programs", [((3, 13, 29), None), ((2, 37, 300), 3), ((1, 1, 5), None),
-                                            ((2, 21, 1), 2)])
-@pytest.mark.parametrize("kernel", ["resident", "resident-one-row", "l2"])
-def test_fused_regime_matches_reference(dtype, shape, programs, kernel, monkeypatch):
+@pytest.mark.parametrize("kernel,case,shape,programs", FUSED_RUNS)
+def test_fused_regime_matches_reference(dtype, kernel, case, shape, programs, monkeypatch):
     """The one-pass regime (several programs per problem, several row blocks per program, padding,
     early retirement) against the float64 reference and the two-pass streaming regime, with each of
     its kernels: whole rows in registers (blocks of several rows, or of one: many blocks a program)
-    and rows streamed twice through L2."""
+    and rows streamed twice through L2; every problem kind (unbalanced: the scaled row update;
+    partial: the capped one)."""
     from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
     from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
     sinkhorn_fused = sf.sinkhorn_fused
@@ -238,13 +263,16 @@ def test_fused_regime_matches_reference(dtype, shape, programs, kernel, monkeypa
         jit = getattr(sf, name)
         monkeypatch.setattr(sf, name, _Spy(jit, name, launched))
     B, n, m = shape
-    args = _args(B, n, m, "balanced", dtype, max_iter=400, check_every=2, warm=True)
+    # the other kinds converge more slowly: a fixed budget of iterations (the interpreter is slow)
+    args = _args(B, n, m, case, dtype, max_iter=400 if case == "balanced" else 30, check_every=2, warm=True)
+    if case != "balanced" and dtype == torch.float32:  # their regrouped row updates round otherwise, and a
+        args = (*args[:12], 1e-5, *args[13:])  # stop test at 1e-6 is then at float32's noise
     if B > 1 and m > 2:  # the problems converge at different paces: one retires while the other runs on
         b = args[2]
         b[1] = b[1] * torch.linspace(0.05, 3.0, m, dtype=b.dtype, device=b.device)
         args = (*args[:2], b / b.sum(1, keepdim=True), *args[3:])
     out = entropic_ot_triton(*args, regime="fused")
-    if B > 1 and m > 2 and dtype == torch.float64:
+    if B > 1 and m > 2 and dtype == torch.float64 and case == "balanced":
         assert len(set(out[6].tolist())) > 1 and int(out[6].max()) < 400, out[6].tolist()
     _compare(out, entropic_ot_reference(*args), dtype, f"fused {shape}")
     direct = sinkhorn_fused(*args[:3], args[3], args[4], args[5], *args[6:], programs=programs)
@@ -259,8 +287,6 @@ def test_fused_regime_matches_reference(dtype, shape, programs, kernel, monkeypa
         assert torch.equal(torch.isfinite(x), fin), f"{name}: masks differ"
         assert_close(x[fin], y[fin], rtol=1e-10 if dtype == torch.float64 else 1e-4,
                      atol=1e-12 if dtype == torch.float64 else 1e-5, name=name)
-    with pytest.raises(ValueError, match="balanced problems only"):
-        entropic_ot_triton(*_args(B, n, m, "partial", dtype, max_iter=5), regime="fused")
     assert set(launched) == {"_row_then_col" if kernel == "l2" else "_resident_rows"}, launched
 
 
@@ -277,10 +303,12 @@ class _Spy:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kernel", ["resident", "resident-one-row", "l2"])
-def test_fused_pass_is_one_sinkhorn_iteration(dtype, kernel, monkeypatch):
-    """One call of the fused pass against its definition in torch: lu' = log a - LSE_j(lv_j - C_ij/eps)
-    for active problems (zero-weight rows -inf), lu' = lu exactly for retired ones, and the column
-    LSE_i(lu'_i - C_ij/eps) merged across programs; padded (-inf) columns of lv included."""
+@pytest.mark.parametrize("scale,cap", [(1.0, False), (0.7, False), (1.0, True)])
+def test_fused_pass_is_one_sinkhorn_iteration(dtype, kernel, scale, cap, monkeypatch):
+    """One call of the fused pass against its definition in torch: lu' = la - scale LSE_j(lv_j -
+    C_ij/eps) (with ``cap``, at most lu) for active problems (zero-weight rows -inf), lu' = lu exactly
+    for retired ones, and the column LSE_i(lu'_i - C_ij/eps) merged across programs; padded (-inf)
+    columns of lv included."""
     from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
     _use_fused_kernel(sf, kernel, monkeypatch)
     g = torch.Generator().manual_seed(3)
@@ -291,13 +319,16 @@ def test_fused_pass_is_one_sinkhorn_iteration(dtype, kernel, monkeypatch):
     lv[:, -3:] = -math.inf
     la = torch.log(torch.rand(B, n, generator=g, dtype=dt))
     la[1, :4] = -math.inf
-    lu = torch.randn(B, n, generator=g, dtype=dt)
+    lu = torch.randn(B, n, generator=g, dtype=dt) - (2.5 if cap else 0.0)  # about la - LSE: some rows capped
     active = torch.tensor([True, True, False])
     new, col = sf.fused_pass(C.to(DEVICE), reg, programs=2)(lv.to(DEVICE), lu.to(DEVICE), la.to(DEVICE),
-                                                              active.to(DEVICE))
+                                                              active.to(DEVICE), scale, cap)
     new, col = new.cpu(), col.cpu()
     c = C.to(torch.float64) / reg
-    ref = la.double() - torch.logsumexp(lv.double()[:, None, :] - c, 2)
+    ref = la.double() - scale * torch.logsumexp(lv.double()[:, None, :] - c, 2)
+    if cap:
+        ref = torch.minimum(ref, lu.double())
+        assert (ref[:2] == lu[:2].double()).any() and (ref[:2] < lu[:2].double()).any()  # both branches taken
     ref = torch.where(active[:, None], ref, lu.double())
     ref_col = torch.logsumexp(ref[:, :, None] - c, 1)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)

@@ -4,8 +4,8 @@ Regimes, as for the Triton backend: ``small`` — the persistent CUDA kernel, on
 with the cost tile -C/eps in shared memory for all iterations (``ot_small_cuda``), when the tile and
 the O(n + m) vectors fit the device's opt-in shared memory per block; ``stream`` — one kernel per
 pass over C in device memory (``ot_row_lse_cuda``, ``ot_col_lse_cuda``, ``ot_plan_change_cuda``)
-driven by the reference's ``solve_potentials``; ``fused`` (opt-in, balanced problems, m <= 8192,
-float32 / half C) — both half-iterations in one read of C (``ot_fused_pass_cuda``,
+driven by the reference's ``solve_potentials``; ``fused`` (opt-in, m <= 8192, float32 / half C)
+— both half-iterations in one read of C (``ot_fused_pass_cuda``,
 csrc/ot/cuda/sinkhorn_fused.cu), same driver. The plan and objective come from the Triton
 backend's fused ``finalize_triton`` (one pass over C; the torch ``finalize``, about twenty kernels
 over (B, n, m) tensors, took a third of a streamed solve and is the fallback without Triton).
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..reference.entropic_ot import BALANCED, finalize, nonempty_problems, solve_potentials
+from ..reference.entropic_ot import finalize, nonempty_problems, solve_potentials
 from ..reference.ot_features import TorchFeaturePasses, compute_dtype, kernel_norms
 
 REGIMES = ("small", "stream", "fused")
@@ -58,11 +58,7 @@ def entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, re
                                                             kl_ref, max_iter, tol, check_every, hist_len)
     else:
         inv_eps = 1.0 / reg
-        fused = None
-        if regime == "fused":
-            if problem != BALANCED:
-                raise ValueError("the 'fused' regime solves balanced problems only; use regime='stream'")
-            fused = fused_pass(C, reg)
+        fused = fused_pass(C, reg) if regime == "fused" else None
         lu, lv, w, n_iter, status, hist = solve_potentials(
             lambda lv_: ops.ot_row_lse_cuda(C, lv_, inv_eps), lambda lu_: ops.ot_col_lse_cuda(C, lu_, inv_eps),
             lambda pu, pv, pw, lu_, lv_, w_: ops.ot_plan_change_cuda(C, pu, pv, pw, lu_, lv_, w_, inv_eps).sqrt(),
@@ -82,7 +78,7 @@ def fused_blocks(B: int, n: int, m: int, sms: int, per_sm: int | None = None) ->
 
 
 def fused_pass(C: torch.Tensor, reg: float, blocks: int | None = None):
-    """``row_then_col(lv, lu, la, active) -> (lu', col_lse(lu'))`` of the reference's driver on the
+    """``row_then_col(lv, lu, la, active, scale, cap) -> (lu', col_lse(lu'))`` of the reference's driver on the
     CUDA fused kernel, for C (B, n, m) float32 / float16 / bfloat16 with m <= FUSED_MAX_M. C's rows
     are padded to 16 bytes once here where m needs it (the kernel reads 16-byte vectors)."""
     B, n, m = C.shape
@@ -101,8 +97,9 @@ def fused_pass(C: torch.Tensor, reg: float, blocks: int | None = None):
     P = blocks or fused_blocks(B, n, m, sms)
     inv_eps = 1.0 / reg
 
-    def row_then_col(lv, lu, la, active):
-        return torch.ops.grounded_fast.ot_fused_pass_cuda(Cp, m, lv, lu, la, active, inv_eps, P)
+    def row_then_col(lv, lu, la, active, scale=1.0, cap=False):
+        return torch.ops.grounded_fast.ot_fused_pass_cuda(Cp, m, lv, lu, la, active, inv_eps, P, float(scale),
+                                                          bool(cap))
     return row_then_col
 
 

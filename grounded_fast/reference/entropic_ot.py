@@ -64,9 +64,13 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
     LSE_j(lv_j - C_ij/reg), ``col_lse(lu)`` (B,m) = LSE_i(lu_i - C_ij/reg), ``plan_change(pu, pv,
     pw, lu, lv, w)`` (B,) = ||P_prev - P||_F (partial's stop test). Returns (log_u, log_v,
     log_scale, n_iter, status, err_history).
-    ``row_then_col(lv, lu, la, active)`` (balanced only, optional): both half-iterations in one pass
-    over C, returning (lu', col_lse(lu')) with lu' = active ? masked(la - row_lse(lv)) : lu, where
-    la = log a (-inf where a = 0); the iterates are the same.
+    ``row_then_col(lv, lu, la, active, scale, cap)`` (optional): both half-iterations in one pass over
+    C, returning (lu', col_lse(lu')) with, per problem b and row i,
+        lu'_i = active_b ? (la_i = -inf ? -inf : min(la_i - scale rl_i, cap ? lu_i : +inf)) : lu_i,
+    rl = row_lse(lv). Every kind's row update has that form: balanced la = log a, scale 1;
+    unbalanced la = (1 - fa) sa + fa log a (``fused_row_target``), scale fa; partial la = log a - w,
+    scale 1, cap, with lu - p as lu. The iterates are the same (balanced: bit for bit; the others up
+    to the rounding of the regrouped sums).
     """
     B, n = a.shape
     dt = a.dtype
@@ -119,7 +123,7 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
             if row_then_col is None:
                 lu = keep(_masked(la - row_lse(lv), ma), lu)
             else:  # cl is already the next iteration's column LSE
-                lu, cl = row_then_col(lv, lu, la, active)
+                lu, cl = row_then_col(lv, lu, la, active, 1.0, False)
             pending = check_every > 0 and it % check_every == 0
         else:
             if pending:
@@ -140,10 +144,15 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
             den = torch.maximum(torch.maximum(u.abs().amax(1), up.abs().amax(1)), torch.ones_like(u[:, 0]))
             return (u - up).abs().amax(1) / den
 
+        la_f = fused_row_target(la, sa, fa, ma) if row_then_col is not None else None
         for it in range(max_iter):
             pu, pv = lu, lv
-            lu = keep(_masked((1 - fa) * sa + fa * (la - row_lse(lv)), ma), lu)
-            lv = keep(_masked((1 - fb) * sb + fb * (lb - col_lse(lu)), mb), lv)
+            if row_then_col is None:
+                lu = keep(_masked((1 - fa) * sa + fa * (la - row_lse(lv)), ma), lu)
+                cl = col_lse(lu)
+            else:  # lu' = (1 - fa) sa + fa la - fa rl
+                lu, cl = row_then_col(lv, lu, la_f, active, fa, False)
+            lv = keep(_masked((1 - fb) * sb + fb * (lb - cl), mb), lv)
             n_iter = torch.where(active, n_iter + 1, n_iter)
             if check_every > 0 and it % check_every == 0:
                 err = 0.5 * (rel(lu, pu, sa, ma) + rel(lv, pv, sb, mb))
@@ -161,10 +170,17 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
         for it in range(max_iter):
             pu, pv, pw = lu, lv, w
             lu1 = torch.where(ma, lu - p, lu)
-            p_new = torch.where(ma, torch.clamp(la - (lu1 + w[:, None] + row_lse(lv)), max=0), p)
-            lu1 = _masked(lu1 + p_new, ma)
+            if row_then_col is None:
+                p_new = torch.where(ma, torch.clamp(la - (lu1 + w[:, None] + row_lse(lv)), max=0), p)
+                lu1 = _masked(lu1 + p_new, ma)
+                cl = col_lse(lu1)
+            else:  # lu1 + min(la - (lu1 + w + rl), 0) = min(la - w - rl, lu1); retired problems: kept below
+                law = la - torch.where(active, w, torch.zeros_like(w))[:, None]
+                new, cl = row_then_col(lv, lu1, law, active, 1.0, True)
+                p_new = torch.where(ma, new - lu1, p)
+                lu1 = new
             lv1 = torch.where(mb, lv - s, lv)
-            lc = lv1 + w[:, None] + col_lse(lu1)
+            lc = lv1 + w[:, None] + cl
             s_new = torch.where(mb, torch.clamp(lb - lc, max=0), s)
             lv1 = _masked(lv1 + s_new, mb)
             total = torch.logsumexp(_masked(lc + s_new, mb), dim=1) - t
@@ -181,6 +197,12 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
     else:
         raise ValueError(f"unknown problem kind {problem}")
     return lu, lv, w, n_iter, status, hist
+
+
+def fused_row_target(la, sa, fa: float, ma):
+    """Unbalanced row update as ``row_then_col``'s la: (1 - fa) sa + fa la, -inf off the support
+    (where sa may be -inf too, and 0 x -inf is NaN)."""
+    return torch.where(ma, (1 - fa) * torch.where(ma, sa, 0) + fa * torch.where(ma, la, 0), -math.inf)
 
 
 def finalize(C, a, b, lu, lv, w, problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool, nonempty):

@@ -38,8 +38,9 @@ int gf_ot_plan_change(const void* C, int c_dtype, const void* pu, const void* pv
                       const void* lv, const void* w, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
                       double inv_eps, cudaStream_t stream);
 
-// The fused regime (sinkhorn_fused.cu), balanced problems: one read of C (B, n, m) an iteration,
-//   lu_out_i = active_b ? la_i - LSE_j(lv_j - C_ij inv_eps) : lu_in_i   (-inf where la_i = -inf)
+// The fused regime (sinkhorn_fused.cu): one read of C (B, n, m) an iteration,
+//   lu_out_i = active_b ? min(la_i - scale LSE_j(lv_j - C_ij inv_eps), cap ? lu_in_i : +inf) : lu_in_i
+//              (-inf where la_i = -inf; balanced problems: scale 1, cap 0)
 //   col_j    = LSE_i(lu_out_i - C_ij inv_eps)
 // with C's rows ldc entries apart (ldc >= m, a multiple of gf_ot_fused_row_align(c_dtype); the
 // entries past m are not read as costs), C 16-byte aligned, m <= gf_ot_fused_max_m(); c_dtype F32,
@@ -49,7 +50,7 @@ int64_t gf_ot_fused_max_m();
 int64_t gf_ot_fused_row_align(int c_dtype);
 int gf_ot_fused_pass(const void* C, int c_dtype, int64_t ldc, const float* lv, const float* la, const float* lu_in,
                      float* lu_out, const uint8_t* active, float* pmx, float* psm, float* col, int64_t B, int64_t n,
-                     int64_t m, int64_t blocks, double inv_eps, cudaStream_t stream);
+                     int64_t m, int64_t blocks, double inv_eps, double scale, int cap, cudaStream_t stream);
 
 // Streaming passes with the cost recomputed from features (sinkhorn_features.cu), never stored:
 // x (B,n,d), y (B,m,d) of f_dtype (any GfOtDtype), row-major; s (B,n), t (B,m) of v_dtype (F32, or

@@ -6,7 +6,7 @@
 //   ot_row_lse_cuda     (B,n) = LSE_j(lv_j - C_ij / eps)
 //   ot_col_lse_cuda     (B,m) = LSE_i(lu_i - C_ij / eps)
 //   ot_plan_change_cuda (B)   = ||P(pu, pv, pw) - P(lu, lv, w)||_F^2
-//   ot_fused_pass_cuda  (lu', col) of one balanced iteration in one read of C (sinkhorn_fused.cu)
+//   ot_fused_pass_cuda  (lu', col) of one iteration (any problem kind) in one read of C (sinkhorn_fused.cu)
 // and, with the cost recomputed from features x (B,n,d), y (B,m,d) (sinkhorn_features.cu; host side
 // FeaturePasses in grounded_fast/ops/cuda_ot.py; s, t the per-point norms of sinkhorn_cuda.h):
 //   ot_feat_lse_cuda          (B,n) = LSE_j(vec_j - C_ij / eps)   (column pass: swap x, y)
@@ -103,9 +103,10 @@ Tensor ot_plan_change_cuda(const Tensor& C, const Tensor& pu, const Tensor& pv, 
 }
 
 // C (B, n, ldc) with the problem in its first m columns (ldc: see gf_ot_fused_pass); lv (B, m),
-// lu, la (B, n) float32; active (B) bool. Returns (lu' (B, n), col (B, m)).
+// lu, la (B, n) float32; active (B) bool; scale, cap: see gf_ot_fused_pass. Returns (lu' (B, n), col (B, m)).
 std::tuple<Tensor, Tensor> ot_fused_pass_cuda(const Tensor& C, int64_t m, const Tensor& lv, const Tensor& lu,
-                                              const Tensor& la, const Tensor& active, double inv_eps, int64_t blocks) {
+                                              const Tensor& la, const Tensor& active, double inv_eps, int64_t blocks,
+                                              double scale, bool cap) {
   GF_CHECK(C.dim() == 3 && C.is_contiguous(), "ot_fused_pass_cuda: C must be a contiguous (B, n, ldc) tensor");
   const int64_t B = C.size(0), n = C.size(1), ldc = C.size(2);
   const int ct = code(C.scalar_type());
@@ -127,7 +128,7 @@ std::tuple<Tensor, Tensor> ot_fused_pass_cuda(const Tensor& C, int64_t m, const 
   check(gf_ot_fused_pass(C.data_ptr(), ct, ldc, v.data_ptr<float>(), l.data_ptr<float>(), u.data_ptr<float>(),
                          lu_out.data_ptr<float>(), reinterpret_cast<const uint8_t*>(act.data_ptr<bool>()),
                          pmx.data_ptr<float>(), psm.data_ptr<float>(), col.data_ptr<float>(), B, n, m, blocks, inv_eps,
-                         stream()),
+                         scale, cap ? 1 : 0, stream()),
         "gf_ot_fused_pass");
   return {lu_out, col};
 }
@@ -210,7 +211,7 @@ TORCH_LIBRARY_FRAGMENT(grounded_fast, m) {
   m.def("ot_plan_change_cuda(Tensor C, Tensor pu, Tensor pv, Tensor pw, Tensor lu, Tensor lv, Tensor w, "
         "float inv_eps) -> Tensor");
   m.def("ot_fused_pass_cuda(Tensor C, int m, Tensor lv, Tensor lu, Tensor la, Tensor active, float inv_eps, "
-        "int blocks) -> (Tensor, Tensor)");
+        "int blocks, float scale=1.0, bool cap=False) -> (Tensor, Tensor)");
   m.def("ot_feat_lse_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor vec, float inv_eps, int cost, int splits) "
         "-> Tensor");
   m.def("ot_feat_plan_change_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor pu, Tensor pv, Tensor pw, Tensor lu, "

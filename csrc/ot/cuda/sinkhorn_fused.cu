@@ -1,9 +1,12 @@
-// The 'fused' regime of the CUDA backend: both half-iterations of balanced Sinkhorn in one read of C
-// from device memory (the streaming regime of sinkhorn_kernels.cu reads it twice an iteration).
+// The 'fused' regime of the CUDA backend: both half-iterations of Sinkhorn in one read of C from
+// device memory (the streaming regime of sinkhorn_kernels.cu reads it twice an iteration).
 //
 // One call, for K = -C/eps, computes
-//   lu'_i  = active_b ? la_i - LSE_j(lv_j + K_ij) : lu_i     (lu'_i = -inf where la_i = -inf)
+//   lu'_i  = active_b ? min(la_i - scale LSE_j(lv_j + K_ij), cap ? lu_i : +inf) : lu_i
+//                                                            (lu'_i = -inf where la_i = -inf)
 //   col_j  = LSE_i(lu'_i + K_ij)                             (the next lv is log b_j - col_j)
+// Balanced problems: la = log a, scale 1, no cap; unbalanced and partial: their la, scale and cap
+// as the driver (grounded_fast/reference/entropic_ot.py, solve_potentials) defines them.
 // A block owns rows [r0, r1) of one problem and the whole width m (m <= kMaxM). Thread t holds, in
 // registers, the columns j = (k kThreads + t) VEC + e (k < CPT / VEC, e < VEC; 16-byte loads of VEC
 // entries: C's rows are ldc entries apart, ldc a multiple of VEC, and the caller pads C where m is
@@ -97,7 +100,7 @@ template <typename TC, int CPT>
 __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel(
     const TC* __restrict__ C, const float* __restrict__ lv, const float* __restrict__ la,
     const float* __restrict__ lu_in, float* __restrict__ lu_out, const uint8_t* __restrict__ active, float* pmx,
-    float* psm, int64_t n, int64_t m, int64_t ldc, int64_t rows_per_block, float inv_eps) {
+    float* psm, int64_t n, int64_t m, int64_t ldc, int64_t rows_per_block, float inv_eps, float scale, bool cap) {
   constexpr int VEC = Loader<TC>::VEC;
   // the row max goes through red[0], the row sum through red[1]: each is rewritten only after the
   // barrier of the other, which every thread reaches after reading it
@@ -133,7 +136,11 @@ __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel
     const float rl = S > 0.f ? safe + __logf(S) : neg_inf<float>();
     // 3. the new lu_i, and its row's share of the column LSE
     const float lai = la[b * n + i];
-    const float lu = lai == neg_inf<float>() ? neg_inf<float>() : (act ? lai - rl : lu_in[b * n + i]);
+    float lu = neg_inf<float>();
+    if (lai != neg_inf<float>()) {
+      const float old = lu_in[b * n + i];
+      lu = act ? (cap ? fminf(lai - scale * rl, old) : lai - scale * rl) : old;
+    }
     if (threadIdx.x == 0) lu_out[b * n + i] = lu;
     if (lu != neg_inf<float>()) {
 #pragma unroll
@@ -181,19 +188,19 @@ __global__ void __launch_bounds__(kThreads) fused_merge_kernel(const float* pmx,
 template <typename TC>
 int launch_rows(const void* C, const float* lv, const float* la, const float* lu_in, float* lu_out,
                 const uint8_t* active, float* pmx, float* psm, int64_t B, int64_t n, int64_t m, int64_t ldc,
-                int64_t P, float inv_eps, cudaStream_t st) {
+                int64_t P, float inv_eps, float scale, bool cap, cudaStream_t st) {
   const int64_t rows = (n + P - 1) / P;
   const dim3 grid(static_cast<unsigned>(P), static_cast<unsigned>(B));
   const TC* c = static_cast<const TC*>(C);
   if (m <= 8 * kThreads)
     fused_rows_kernel<TC, 8><<<grid, kThreads, 0, st>>>(c, lv, la, lu_in, lu_out, active, pmx, psm, n, m, ldc, rows,
-                                                         inv_eps);
+                                                         inv_eps, scale, cap);
   else if (m <= 16 * kThreads)
     fused_rows_kernel<TC, 16><<<grid, kThreads, 0, st>>>(c, lv, la, lu_in, lu_out, active, pmx, psm, n, m, ldc, rows,
-                                                          inv_eps);
+                                                          inv_eps, scale, cap);
   else
     fused_rows_kernel<TC, 32><<<grid, kThreads, 0, st>>>(c, lv, la, lu_in, lu_out, active, pmx, psm, n, m, ldc, rows,
-                                                          inv_eps);
+                                                          inv_eps, scale, cap);
   return int(cudaGetLastError());
 }
 
@@ -209,19 +216,20 @@ int64_t gf_ot_fused_row_align(int c_dtype) {
 
 int gf_ot_fused_pass(const void* C, int c_dtype, int64_t ldc, const float* lv, const float* la, const float* lu_in,
                      float* lu_out, const uint8_t* active, float* pmx, float* psm, float* col, int64_t B, int64_t n,
-                     int64_t m, int64_t blocks, double inv_eps, cudaStream_t stream) {
+                     int64_t m, int64_t blocks, double inv_eps, double scale, int cap, cudaStream_t stream) {
   const int64_t align = gf_ot_fused_row_align(c_dtype);
   if (!align || B <= 0 || n <= 0 || m <= 0 || m > kMaxM || ldc < m || ldc % align || blocks <= 0 || blocks > n ||
       reinterpret_cast<uintptr_t>(C) % 16)
     return int(cudaErrorInvalidValue);
-  const float ie = float(inv_eps);
+  const float ie = float(inv_eps), sc = float(scale);
   int err;
   if (c_dtype == GF_OT_F32)
-    err = launch_rows<float>(C, lv, la, lu_in, lu_out, active, pmx, psm, B, n, m, ldc, blocks, ie, stream);
+    err = launch_rows<float>(C, lv, la, lu_in, lu_out, active, pmx, psm, B, n, m, ldc, blocks, ie, sc, cap, stream);
   else if (c_dtype == GF_OT_F16)
-    err = launch_rows<__half>(C, lv, la, lu_in, lu_out, active, pmx, psm, B, n, m, ldc, blocks, ie, stream);
+    err = launch_rows<__half>(C, lv, la, lu_in, lu_out, active, pmx, psm, B, n, m, ldc, blocks, ie, sc, cap, stream);
   else
-    err = launch_rows<__nv_bfloat16>(C, lv, la, lu_in, lu_out, active, pmx, psm, B, n, m, ldc, blocks, ie, stream);
+    err = launch_rows<__nv_bfloat16>(C, lv, la, lu_in, lu_out, active, pmx, psm, B, n, m, ldc, blocks, ie, sc, cap,
+                                     stream);
   if (err) return err;
   fused_merge_kernel<<<dim3(unsigned((m + kThreads - 1) / kThreads), unsigned(B)), kThreads, 0, stream>>>(
       pmx, psm, col, m, blocks);

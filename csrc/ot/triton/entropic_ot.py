@@ -4,7 +4,7 @@ Regimes: ``small`` — the persistent kernel, one launch for the whole batch and
 the cost tile on-chip (sinkhorn_small.py), used when a problem's padded tile holds at most
 ``sinkhorn_small.MAX_TILE`` entries (e.g. 64 x 197 -> 64 x 256); ``stream`` — one launch per
 half-iteration streaming C through online log-sum-exp passes (sinkhorn_stream.py), any size;
-``fused`` (opt-in, balanced only, not yet measured on a GPU) — both half-iterations in one pass
+``fused`` (opt-in, not yet measured on a GPU) — both half-iterations in one pass
 over C from device memory (sinkhorn_fused.py).
 The plan, ``value`` and ``value_linear`` are formed from the potentials in one more pass over C
 (finalize.py, the fused twin of the reference's ``finalize``).
@@ -29,8 +29,8 @@ def entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, 
                        history: int = -1, regime: str | None = None):
     """Same contract as ``torch.ops.grounded_fast.entropic_ot`` (``domain`` is ignored: the Triton
     kernels iterate in the log domain). ``regime``: None (automatic: 'small' or 'stream'), 'small',
-    'stream' or 'fused' (balanced problems). C may be
-    bfloat16 / float16 with float32 a, b: the kernels read it as it is and accumulate in float32."""
+    'stream' or 'fused'. C may be bfloat16 / float16 with float32 a, b: the kernels read it as it is
+    and accumulate in float32."""
     B, n, m = C.shape
     regime = regime or choose_regime(n, m)
     if regime not in REGIMES:

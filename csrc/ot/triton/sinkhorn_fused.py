@@ -1,4 +1,4 @@
-"""Triton 'fused' regime for large balanced problems: one pass over C from device memory per iteration.
+"""Triton 'fused' regime for large problems: one pass over C from device memory per iteration.
 
 The streaming regime (sinkhorn_stream.py) reads C twice an iteration, once for the row LSE and
 once for the column LSE, so at best it runs at two reads of C per iteration. Here both half-
@@ -7,8 +7,10 @@ column, a running (max, sum) of the column LSE of lu_i - C_ij/eps over the rows 
 kernels, by the width m:
 
 ``_resident_rows`` (next_pow2(m) <= RESIDENT_MAX_M, e.g. m = 4096): a block of BR whole rows is
-loaded once into registers; its row LSE with the current lv gives lu_i = log a_i - LSE_j(lv_j -
-C_ij/eps) (kept as it was for retired problems), and the same registers then update the column
+loaded once into registers; its row LSE rl_i = LSE_j(lv_j - C_ij/eps) with the current lv gives
+the new lu_i = la_i - scale rl_i (balanced: la = log a, scale 1; unbalanced and partial: see
+``solve_potentials``; partial also caps it at the old lu_i; kept as it was for retired problems),
+and the same registers then update the column
 partials, which also stay in registers until the program ends. Device-memory traffic: one read of
 C, plus (B, programs, m) partials written once per iteration.
 
@@ -21,7 +23,7 @@ next iteration's lv = log b - col LSE needs.
 
 The iterates are the reference's (the driver is grounded_fast.reference.entropic_ot.
 solve_potentials with its ``row_then_col`` hook); only the summation order of the column LSE
-differs. Balanced problems only; opt-in (``regime='fused'``) until it is measured on a GPU.
+differs. Every problem kind; opt-in (``regime='fused'``) until it is measured on a GPU.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference.entropic_ot import BALANCED, solve_potentials
+from ...reference.entropic_ot import solve_potentials
 from . import device_scalars
 from .sinkhorn_stream import _online, _row_block_lse, streaming_passes
 
@@ -53,19 +55,22 @@ MIN_ROWS_PER_PROGRAM = 64
 
 
 @triton.jit
-def _new_lu(la_ptr, lu_ptr, rows, rin, rl, active, DT: tl.constexpr):
-    """lu_i = log a_i - rl_i for an active problem (kept as it was for a retired one; -inf where
-    a_i = 0), stored over the old lu of the rows and returned."""
+def _new_lu(la_ptr, lu_ptr, rows, rin, rl, active, scale, DT: tl.constexpr, CAP: tl.constexpr):
+    """lu_i = la_i - scale rl_i (with CAP at most the old lu_i) for an active problem (kept as it was
+    for a retired one; -inf where la_i = -inf), stored over the old lu of the rows and returned."""
     la = tl.load(la_ptr + rows, mask=rin, other=float("-inf")).to(DT)
     old = tl.load(lu_ptr + rows, mask=rin, other=float("-inf")).to(DT)
-    lu = tl.where(la == float("-inf"), float("-inf"), tl.where(active, la - rl, old))
+    new = la - scale * rl
+    if CAP:
+        new = tl.minimum(new, old)
+    lu = tl.where(la == float("-inf"), float("-inf"), tl.where(active, new, old))
     tl.store(lu_ptr + rows, lu, mask=rin)
     return lu
 
 
 @triton.jit
 def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m, rows_per_prog, n_prog,
-                   inv_eps_ptr, DT: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr):
+                   inv_eps_ptr, scale, DT: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr, CAP: tl.constexpr):
     b = tl.program_id(0)
     p = tl.program_id(1)
     inv_eps = tl.load(inv_eps_ptr).to(DT)
@@ -89,7 +94,7 @@ def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, 
         safe = tl.where(mx == float("-inf"), 0.0, mx)
         total = tl.sum(tl.exp(x - safe[:, None]), axis=1)
         rl = tl.where(total > 0, safe + tl.log(total), float("-inf"))
-        lu = _new_lu(la_ptr + b * n, lu_ptr + b * n, rows, rin, rl, active, DT)
+        lu = _new_lu(la_ptr + b * n, lu_ptr + b * n, rows, rin, rl, active, scale, DT, CAP)
         # 2. the same registers: these rows' share of the column LSE of lu_i - C_ij/eps
         x = tl.where(inb, lu[:, None] - s, float("-inf"))
         if BR == 1:  # one exp an entry: d = x - pm, e = exp(-|d|); d > 0: (pm, ps) <- (x, ps e + 1), else ps += e
@@ -108,7 +113,7 @@ def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, 
 
 @triton.jit
 def _row_then_col(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m, rows_per_prog, n_prog,
-                  inv_eps_ptr, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
+                  inv_eps_ptr, scale, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr, CAP: tl.constexpr):
     b = tl.program_id(0)
     p = tl.program_id(1)
     inv_eps = tl.load(inv_eps_ptr).to(DT)
@@ -122,7 +127,7 @@ def _row_then_col(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m
         rin = rows < r_end
         # 1. row LSE of lv_j - C_ij/eps, then the new lu of these rows
         rl = _row_block_lse(base, lv_ptr + b * m, rows, rin, m, inv_eps, DT, BR, BT)
-        lu = _new_lu(la_ptr + b * n, lu_ptr + b * n, rows, rin, rl, active, DT)
+        lu = _new_lu(la_ptr + b * n, lu_ptr + b * n, rows, rin, rl, active, scale, DT, CAP)
         # 2. these rows' share of the column LSE of lu_i - C_ij/eps, merged into the running partial
         for j0 in range(0, m, BT):
             cols = j0 + tl.arange(0, BT)
@@ -182,7 +187,8 @@ def resident_layout(n: int, m: int, dtype: torch.dtype) -> tuple[int, int, int] 
 
 
 def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None = None):
-    """``row_then_col(lv, lu, la, active) -> (lu', col_lse(lu'))`` over C (B, n, m) for the driver.
+    """``row_then_col(lv, lu, la, active, scale=1, cap=False) -> (lu', col_lse(lu'))`` over C (B, n, m)
+    for the driver (grounded_fast.reference.entropic_ot.solve_potentials defines it).
     ``resident``: None (automatic, rows in registers where ``resident_layout`` allows), True or False."""
     B, n, m = C.shape
     dt = torch.float64 if C.dtype == torch.float64 else torch.float32
@@ -204,10 +210,11 @@ def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None
     pmx = torch.empty(B, P, m, dtype=dt, device=C.device)
     psm = torch.empty(B, P, m, dtype=dt, device=C.device)
 
-    def row_then_col(lv, lu, la, active):
+    def row_then_col(lv, lu, la, active, scale=1.0, cap=False):
         lu = lu.to(dt).contiguous().clone()
         kernel[(B, P)](C, lv.to(dt).contiguous(), la.to(dt).contiguous(), lu, active.to(torch.int32).contiguous(),
-                       pmx, psm, n, m, rows_per_prog, P, inv_eps, DT=DT, BR=BR, num_warps=warps, **meta)
+                       pmx, psm, n, m, rows_per_prog, P, inv_eps, float(scale), DT=DT, BR=BR, CAP=bool(cap),
+                       num_warps=warps, **meta)
         col = torch.empty(B, m, dtype=dt, device=C.device)
         _merge_columns[(B, triton.cdiv(m, MERGE_BT))](pmx, psm, col, m, P, DT=DT, BT=MERGE_BT)
         return lu, col
@@ -218,11 +225,9 @@ def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None
 def sinkhorn_fused(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
                    kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1,
                    programs: int | None = None, resident: bool | None = None):
-    """Same inputs and outputs as sinkhorn_stream.sinkhorn_stream, balanced problems only.
+    """Same inputs and outputs as sinkhorn_stream.sinkhorn_stream (every problem kind).
     ``programs``: programs per problem (default: about RESIDENT_PER_SM, or 4, per SM over the batch);
     ``resident``: see ``fused_pass``."""
-    if problem != BALANCED:
-        raise ValueError("the 'fused' regime solves balanced problems only; use regime='stream'")
     C = C.contiguous()
     row_lse, col_lse, plan_change = streaming_passes(C, reg)
     return solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
