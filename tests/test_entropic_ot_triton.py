@@ -208,7 +208,7 @@ def test_row_then_col_hook_keeps_the_iterates(case):
         x = la - scale * row(lv)
         if cap:
             x = torch.minimum(x, lu)
-        new = torch.where(active[:, None], torch.where(la == -math.inf, -math.inf, x), lu)
+        new = torch.where(la == -math.inf, -math.inf, torch.where(active[:, None], x, lu))
         return new, col(new)
 
     for max_iter, check_every in ((7, 0), (200, 3), (200, 1)):

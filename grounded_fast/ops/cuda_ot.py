@@ -78,9 +78,10 @@ def fused_blocks(B: int, n: int, m: int, sms: int, per_sm: int | None = None) ->
 
 
 def fused_pass(C: torch.Tensor, reg: float, blocks: int | None = None):
-    """``row_then_col(lv, lu, la, active, scale, cap) -> (lu', col_lse(lu'))`` of the reference's driver on the
-    CUDA fused kernel, for C (B, n, m) float32 / float16 / bfloat16 with m <= FUSED_MAX_M. C's rows
-    are padded to 16 bytes once here where m needs it (the kernel reads 16-byte vectors)."""
+    """``row_then_col(lv, lu, la, active, scale=1, cap=False) -> (lu', col_lse(lu'))`` of the
+    reference's driver on the CUDA fused kernel, for C (B, n, m) float32 / float16 / bfloat16 with
+    m <= FUSED_MAX_M. C's rows are padded to 16 bytes once here where m needs it (the kernel reads
+    16-byte vectors)."""
     B, n, m = C.shape
     if C.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"the CUDA 'fused' regime takes float32 or half-precision costs, got {C.dtype}; "

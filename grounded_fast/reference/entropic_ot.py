@@ -66,7 +66,7 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
     log_scale, n_iter, status, err_history).
     ``row_then_col(lv, lu, la, active, scale, cap)`` (optional): both half-iterations in one pass over
     C, returning (lu', col_lse(lu')) with, per problem b and row i,
-        lu'_i = active_b ? (la_i = -inf ? -inf : min(la_i - scale rl_i, cap ? lu_i : +inf)) : lu_i,
+        lu'_i = la_i = -inf ? -inf : (active_b ? min(la_i - scale rl_i, cap ? lu_i : +inf) : lu_i),
     rl = row_lse(lv). Every kind's row update has that form: balanced la = log a, scale 1;
     unbalanced la = (1 - fa) sa + fa log a (``fused_row_target``), scale fa; partial la = log a - w,
     scale 1, cap, with lu - p as lu. The iterates are the same (balanced: bit for bit; the others up

@@ -10,9 +10,9 @@ kernels, by the width m:
 loaded once into registers; its row LSE rl_i = LSE_j(lv_j - C_ij/eps) with the current lv gives
 the new lu_i = la_i - scale rl_i (balanced: la = log a, scale 1; unbalanced and partial: see
 ``solve_potentials``; partial also caps it at the old lu_i; kept as it was for retired problems),
-and the same registers then update the column
-partials, which also stay in registers until the program ends. Device-memory traffic: one read of
-C, plus (B, programs, m) partials written once per iteration.
+and the same registers then update the column partials, which also stay in registers until the
+program ends. Device-memory traffic: one read of C, plus (B, programs, m) partials written once per
+iteration.
 
 ``_row_then_col`` (wider problems): the rows do not fit in registers, so each block of BR rows is
 streamed twice, the second time from L2 (BR x m entries just read), and the column partials live
