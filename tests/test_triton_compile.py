@@ -112,15 +112,15 @@ def _ot_launches(rec):
                     for half in (torch.bfloat16, torch.float16):
                         entropic_ot_triton(C.to(half), a, b, torch.full((B,), 0.5), torch.zeros(B, n),
                                            torch.zeros(B, m), PARTIAL, 0.3, inf, inf, True, 3, 1e-6, 2, regime=regime)
-            C, a, b = make_problem(1, 40, 150, dtype=dtype, seed=1)  # the one-pass regime (balanced only)
+            C, a, b = make_problem(1, 40, 150, dtype=dtype, seed=1)  # the one-pass regime
             for Cx in (C, C.to(torch.bfloat16)) if dtype == torch.float32 else (C,):
-                entropic_ot_triton(Cx, a, b, torch.zeros(1, dtype=dtype), torch.zeros(1, 40, dtype=dtype),
-                                   torch.zeros(1, 150, dtype=dtype), BALANCED, 0.3, inf, inf, True, 3, 1e-9, 2,
-                                   regime="fused")
-                # its kernel for rows too wide for registers (rows streamed twice through L2)
-                sinkhorn_fused(Cx, a, b, torch.zeros(1, dtype=dtype), torch.zeros(1, 40, dtype=dtype),
-                               torch.zeros(1, 150, dtype=dtype), BALANCED, 0.3, inf, inf, True, 3, 1e-9, 2,
-                               resident=False)
+                # balanced (no cap) and partial (the capped row update), with both kernels: rows in
+                # registers, and rows too wide for them (streamed twice through L2)
+                for problem, mass in ((BALANCED, 0.0), (PARTIAL, 0.5)):
+                    for resident in (None, False):
+                        sinkhorn_fused(Cx, a, b, torch.full((1,), mass, dtype=dtype), torch.zeros(1, 40, dtype=dtype),
+                                       torch.zeros(1, 150, dtype=dtype), problem, 0.3, inf, inf, True, 3, 1e-9, 2,
+                                       resident=resident)
         # the feature kernels' constexprs: dtype, one feature chunk or several (d = 3 / 70), cost
         for feat_dtype, d, cost in ((torch.float32, 3, "sqeuclidean"), (torch.float32, 70, "cosine"),
                                     (torch.bfloat16, 3, "cosine"), (torch.bfloat16, 70, "sqeuclidean"),

@@ -70,10 +70,11 @@ def _new_lu(la_ptr, lu_ptr, rows, rin, rl, active, scale, DT: tl.constexpr, CAP:
 
 @triton.jit
 def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m, rows_per_prog, n_prog,
-                   inv_eps_ptr, scale, DT: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr, CAP: tl.constexpr):
+                   scalars_ptr, DT: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr, CAP: tl.constexpr):
     b = tl.program_id(0)
     p = tl.program_id(1)
-    inv_eps = tl.load(inv_eps_ptr).to(DT)
+    inv_eps = tl.load(scalars_ptr).to(DT)
+    scale = tl.load(scalars_ptr + 1).to(DT)
     active = tl.load(act_ptr + b) != 0
     base = C_ptr + b.to(tl.int64) * n * m
     cols = tl.arange(0, BM)
@@ -113,10 +114,11 @@ def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, 
 
 @triton.jit
 def _row_then_col(C_ptr, lv_ptr, la_ptr, lu_ptr, act_ptr, pmx_ptr, psm_ptr, n, m, rows_per_prog, n_prog,
-                  inv_eps_ptr, scale, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr, CAP: tl.constexpr):
+                  scalars_ptr, DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr, CAP: tl.constexpr):
     b = tl.program_id(0)
     p = tl.program_id(1)
-    inv_eps = tl.load(inv_eps_ptr).to(DT)
+    inv_eps = tl.load(scalars_ptr).to(DT)
+    scale = tl.load(scalars_ptr + 1).to(DT)
     active = tl.load(act_ptr + b) != 0
     base = C_ptr + b.to(tl.int64) * n * m
     part = (b * n_prog + p).to(tl.int64) * m
@@ -206,14 +208,16 @@ def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None
         P = programs or programs_per_problem(B, n, BR, C.device)
     rows_per_prog = triton.cdiv(triton.cdiv(n, P), BR) * BR
     P = triton.cdiv(n, rows_per_prog)
-    inv_eps = device_scalars(C.device, 1.0 / reg)
+    scalars = {}  # scale -> device_scalars(1/eps, scale): a float64 solve needs both to full precision
     pmx = torch.empty(B, P, m, dtype=dt, device=C.device)
     psm = torch.empty(B, P, m, dtype=dt, device=C.device)
 
     def row_then_col(lv, lu, la, active, scale=1.0, cap=False):
+        if scale not in scalars:  # one per solve: a copy to the device each iteration would stall the host
+            scalars[scale] = device_scalars(C.device, 1.0 / reg, scale)
         lu = lu.to(dt).contiguous().clone()
         kernel[(B, P)](C, lv.to(dt).contiguous(), la.to(dt).contiguous(), lu, active.to(torch.int32).contiguous(),
-                       pmx, psm, n, m, rows_per_prog, P, inv_eps, float(scale), DT=DT, BR=BR, CAP=bool(cap),
+                       pmx, psm, n, m, rows_per_prog, P, scalars[scale], DT=DT, BR=BR, CAP=bool(cap),
                        num_warps=warps, **meta)
         col = torch.empty(B, m, dtype=dt, device=C.device)
         _merge_columns[(B, triton.cdiv(m, MERGE_BT))](pmx, psm, col, m, P, DT=DT, BT=MERGE_BT)
