@@ -15,7 +15,7 @@ BALANCED, UNBALANCED, PARTIAL = 0, 1, 2
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, x, torch.full_like(x, -math.inf))
+    return torch.where(mask, x, -math.inf)  # a scalar: one kernel, not a filled tensor and a select
 
 
 

@@ -291,7 +291,7 @@ class TritonFeaturePasses:
         sm = torch.empty_like(mx)
         _feat_lse[(self.B, triton.cdiv(nr, BLOCK_ROWS), splits)](
             X, Y, s, t, self._vec(vec), mx, sm, nr, nc, self.d, self.inv_eps, per, splits, **self.kw)
-        part = torch.where(sm > 0, mx + torch.log(sm), torch.full_like(mx, float("-inf")))
+        part = torch.where(sm > 0, mx + torch.log(sm), float("-inf"))
         return part[:, 0] if splits == 1 else torch.logsumexp(part, dim=1)
 
     def plan_change(self, pu, pv, pw, lu, lv, w):
