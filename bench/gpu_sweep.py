@@ -63,7 +63,7 @@ def sweep_stream(bw: float) -> list:
 
 
 def sweep_fused(bw: float, device: str = "cuda", sizes=(16, 4096, 4096)) -> list:
-    """One fused iteration (``fused_pass``: the kernel, the lu copy and the merge) over the knobs of
+    """One fused iteration (``fused_pass``: the kernel and the merge) over the knobs of
     both kernels: rows in registers (RESIDENT_TILE, RESIDENT_PER_THREAD -> warps, RESIDENT_PER_SM)
     and rows streamed twice through L2 (CONFIG, programs per SM)."""
     import triton
