@@ -27,7 +27,6 @@ differs. Every problem kind; opt-in (``regime='fused'``) until it is measured on
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
