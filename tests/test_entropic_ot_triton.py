@@ -227,6 +227,18 @@ def test_row_then_col_hook_keeps_the_iterates(case):
             assert len(set(plain[3].tolist())) > 1  # the problems retired at different iterations
 
 
+def test_fused_row_target():
+    """The unbalanced row update's la: (1 - fa) sa + fa la on the support, -inf off it, never NaN
+    (fa = 1, a one-sided problem, with sa = la = -inf off the support: 0 x -inf)."""
+    from grounded_fast.reference.entropic_ot import fused_row_target
+    ma = torch.tensor([[True, False, True]])
+    la = torch.log(torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64))
+    sa = torch.tensor([[0.3, -math.inf, -0.2]], dtype=torch.float64)
+    assert torch.equal(fused_row_target(la, sa, 1.0, ma), torch.where(ma, la, -math.inf))
+    got = fused_row_target(la, sa, 0.25, ma)
+    assert torch.isneginf(got[0, 1]) and torch.allclose(got[0, [0, 2]], 0.75 * sa[0, [0, 2]] + 0.25 * la[0, [0, 2]])
+
+
 def _use_fused_kernel(sf, kernel, monkeypatch):
     """Steer the fused regime to one of its kernels: whole rows in registers in blocks of several rows
     ("resident") or of one ("resident-one-row"), or rows streamed twice through L2 ("l2")."""

@@ -200,9 +200,9 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
 
 
 def fused_row_target(la, sa, fa: float, ma):
-    """Unbalanced row update as ``row_then_col``'s la: (1 - fa) sa + fa la, -inf off the support
-    (where sa may be -inf too, and 0 x -inf is NaN)."""
-    return torch.where(ma, (1 - fa) * torch.where(ma, sa, 0) + fa * torch.where(ma, la, 0), -math.inf)
+    """Unbalanced row update as ``row_then_col``'s la (B, n): (1 - fa) sa + fa la on the support,
+    -inf off it (where the sum may be NaN: 0 x -inf)."""
+    return torch.where(ma, (1 - fa) * sa + fa * la, -math.inf)
 
 
 def finalize(C, a, b, lu, lv, w, problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool, nonempty):
