@@ -175,7 +175,7 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
                 lu1 = _masked(lu1 + p_new, ma)
                 cl = col_lse(lu1)
             else:  # lu1 + min(la - (lu1 + w + rl), 0) = min(la - w - rl, lu1); retired problems: kept below
-                law = la - torch.where(active, w, torch.zeros_like(w))[:, None]
+                law = la - torch.where(active, w, 0.0)[:, None]  # an empty problem's w may be NaN
                 new, cl = row_then_col(lv, lu1, law, active, 1.0, True)
                 p_new = torch.where(ma, new - lu1, p)
                 lu1 = new
