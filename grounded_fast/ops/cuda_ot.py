@@ -27,6 +27,13 @@ from ..reference.ot_features import TorchFeaturePasses, compute_dtype, kernel_no
 REGIMES = ("small", "stream", "fused")
 FUSED_MAX_M = 8192  # keep in step with gf_ot_fused_max_m
 FUSED_MIN_ROWS = 64  # rows per block at least: every block writes m column partials that the merge reads
+# where the ``ot_*_cuda`` ops live: the tests run these host functions on the CUDA sources built for
+# the CPU (tests/cuda_sim), whose ops are ``torch.ops.grounded_fast_sim.*``
+OPS_NAMESPACE = "grounded_fast"
+
+
+def _ops():
+    return getattr(torch.ops, OPS_NAMESPACE)
 
 
 def small_smem_bytes(n: int, m: int, dtype: torch.dtype) -> int:
@@ -45,7 +52,7 @@ def entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, re
                      kl_ref: bool, max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1,
                      regime: str | None = None):
     """Same contract as ``torch.ops.grounded_fast.entropic_ot``, on CUDA tensors."""
-    ops = torch.ops.grounded_fast
+    ops = _ops()
     regime = regime or choose_regime(C)
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
@@ -99,8 +106,7 @@ def fused_pass(C: torch.Tensor, reg: float, blocks: int | None = None):
     inv_eps = 1.0 / reg
 
     def row_then_col(lv, lu, la, active, scale=1.0, cap=False):
-        return torch.ops.grounded_fast.ot_fused_pass_cuda(Cp, m, lv, lu, la, active, inv_eps, P, float(scale),
-                                                          bool(cap))
+        return _ops().ot_fused_pass_cuda(Cp, m, lv, lu, la, active, inv_eps, P, float(scale), bool(cap))
     return row_then_col
 
 
@@ -135,16 +141,15 @@ class CudaFeaturePasses:
     def lse(self, rows: bool, vec):
         X, Y, s, t, nr, nc = ((self.x, self.y, self.s, self.t, self.n, self.m) if rows
                               else (self.y, self.x, self.t, self.s, self.m, self.n))
-        return torch.ops.grounded_fast.ot_feat_lse_cuda(X, Y, s, t, vec, self.inv_eps, self.cost,
-                                                        feature_splits(self.B, nr, nc, X.device))
+        return _ops().ot_feat_lse_cuda(X, Y, s, t, vec, self.inv_eps, self.cost,
+                                       feature_splits(self.B, nr, nc, X.device))
 
     def plan_change(self, pu, pv, pw, lu, lv, w):
-        return torch.ops.grounded_fast.ot_feat_plan_change_cuda(self.x, self.y, self.s, self.t, pu, pv, pw, lu, lv, w,
-                                                                self.inv_eps, self.cost).sqrt()
+        return _ops().ot_feat_plan_change_cuda(self.x, self.y, self.s, self.t, pu, pv, pw, lu, lv, w,
+                                               self.inv_eps, self.cost).sqrt()
 
     def row_stats(self, lu, lv, w):
-        return torch.ops.grounded_fast.ot_feat_row_stats_cuda(self.x, self.y, self.s, self.t, lu, lv, w, self.inv_eps,
-                                                              self.cost)
+        return _ops().ot_feat_row_stats_cuda(self.x, self.y, self.s, self.t, lu, lv, w, self.inv_eps, self.cost)
 
     def products(self, lu, lv, w):
         if self._torch is None:

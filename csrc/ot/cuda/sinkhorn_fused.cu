@@ -34,14 +34,20 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxM = 32 * kThreads;  // columns a block holds in registers (CPT = 32)
 
+__device__ __forceinline__ __half from_bits(unsigned short u, __half) { return __ushort_as_half(u); }
+__device__ __forceinline__ __nv_bfloat16 from_bits(unsigned short u, __nv_bfloat16) { return __ushort_as_bfloat16(u); }
+
 // The VEC = 16 / sizeof(TC) entries of C at p (16-byte aligned), converted to float.
 template <typename TC> struct Loader {  // 8 half-precision entries
   static constexpr int VEC = 8;
   static __device__ __forceinline__ void run(const TC* p, float* out) {
+    // entry e is the (e % 2)-th 16 bits of word e / 2 (little-endian), taken out by shifts: reading
+    // the loaded vector through a TC pointer would break C++'s aliasing rule (cuda_sim's g++ -O2
+    // build then read zeros)
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-    const TC* h = reinterpret_cast<const TC*>(&v);
+    const unsigned w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int e = 0; e < 8; ++e) out[e] = cvt<float>(h[e]);
+    for (int e = 0; e < 8; ++e) out[e] = cvt<float>(from_bits(static_cast<unsigned short>(w[e / 2] >> (16 * (e % 2))), TC()));
   }
 };
 template <> struct Loader<float> {

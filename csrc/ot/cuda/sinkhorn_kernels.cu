@@ -489,7 +489,10 @@ template <typename T> int small_launch(const void* C, const void* a, const void*
   const size_t bytes = size_t(gf_ot_small_smem_bytes(n, m, sizeof(T) == 8 ? GF_OT_F64 : GF_OT_F32));
   auto kernel = ot_small_kernel<T>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  if (err != cudaSuccess) return int(err);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // returned here: left as the thread's last error, the next launch would report it
+    return int(err);
+  }
   kernel<<<dim3(unsigned(B)), kThreads, bytes, st>>>(
       static_cast<const T*>(C), static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(mass),
       static_cast<const T*>(lu0), static_cast<const T*>(lv0), int(n), int(m), T(inv_eps), T(fa), T(fb), problem,
