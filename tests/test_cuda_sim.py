@@ -3,11 +3,13 @@
 code (grounded_fast/ops/cuda_ot.py) or its ops, against the float64 reference. This is how CI, which
 has no GPU, executes the CUDA kernels; tests/test_*_gpu.py run the same checks on a GPU."""
 import ctypes
+import glob
 import math
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import types
 
 import pytest
@@ -216,6 +218,25 @@ def test_sim_cuda_attention_matches_reference(sim_ops, dtype, metric, M, R, S, m
                                       ATTENTION_METRICS[metric])
     ref = attention_pair_sums_reference(a, w, metric, smask if masked else None)
     assert_close(got, ref, rtol=1e-4, atol=1e-6 * R, name=metric)
+
+
+@pytest.mark.skipif(bool(os.environ.get("GFSIM_SANITIZE")), reason="this is the sanitizer's run")
+def test_sim_kernels_read_and_write_only_their_tensors(tmp_path):
+    """This file's kernel tests again, with the kernels built under AddressSanitizer, in a child
+    process that preloads its runtime: a read or write past a tensor (on a GPU, a silent wrong value
+    or a corrupted neighbour) is an error there. About 90 s (a second build of the sources)."""
+    libs = [subprocess.run(["c++", f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+            for lib in ("libasan.so", "libstdc++.so")]
+    if not all(os.path.isabs(lib) and os.path.exists(lib) for lib in libs):
+        pytest.skip("the compiler has no AddressSanitizer runtime")
+    env = dict(os.environ, GFSIM_SANITIZE="address", LD_PRELOAD=" ".join(libs),
+               ASAN_OPTIONS=f"detect_leaks=0:detect_stack_use_after_return=0:log_path={tmp_path / 'asan'}")
+    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+                          "cuda_backend or cuda_fused or persistent or features or agreement or attention"],
+                         env=env, capture_output=True, text=True, timeout=1500)
+    reports = "".join(open(f).read() for f in glob.glob(str(tmp_path / "asan*")))
+    assert run.returncode == 0 and not reports, (run.stdout[-3000:] + run.stderr[-2000:] + reports[:4000])
+    assert " passed" in run.stdout
 
 
 # ----------------------------------------------------------------- the emulator catches what it claims

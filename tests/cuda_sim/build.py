@@ -100,13 +100,22 @@ def sources() -> list[str]:
 
 
 def load(verbose: bool = False) -> None:
-    """Build (or reuse) and load the emulated CUDA extension: ops in torch.ops.grounded_fast_sim."""
+    """Build (or reuse) and load the emulated CUDA extension: ops in torch.ops.grounded_fast_sim.
+
+    With GFSIM_SANITIZE=address the kernels are built with AddressSanitizer (build/cuda_sim-address;
+    run python with LD_PRELOAD=$(c++ -print-file-name=libasan.so) and
+    ASAN_OPTIONS=detect_leaks=0): an out-of-bounds read of a kernel, silent on a GPU, stops the test."""
     from torch.utils.cpp_extension import load as load_extension
+    sanitize = os.environ.get("GFSIM_SANITIZE", "")
+    build = BUILD + (f"-{sanitize}" if sanitize else "")
+    os.makedirs(build, exist_ok=True)
     srcs = sources()
     dirs = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(CSRC, "**", "cuda", "*"), recursive=True)})
-    load_extension(name="gf_cuda_sim", sources=srcs, extra_include_paths=[INCLUDE, *dirs],
-                   extra_cflags=["-O2", "-Wno-unknown-pragmas"], build_directory=BUILD, is_python_module=False,
-                   verbose=verbose)
+    flags = ["-O2", "-Wno-unknown-pragmas"] + ([f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"] if sanitize else [])
+    load_extension(name="gf_cuda_sim" + (f"_{sanitize}" if sanitize else ""), sources=srcs,
+                   extra_include_paths=[INCLUDE, *dirs], extra_cflags=flags,
+                   extra_ldflags=[f"-fsanitize={sanitize}"] if sanitize else None, build_directory=build,
+                   is_python_module=False, verbose=verbose)
 
 
 if __name__ == "__main__":
