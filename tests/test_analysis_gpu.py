@@ -9,6 +9,7 @@ from grounded_fast.ops.analysis import attention_pair_sums, pairwise_agreement_s
 from grounded_fast.reference.analysis import attention_pair_sums_reference, pairwise_agreement_reference
 
 from conftest import assert_close
+from kernel_cases import attention_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 BACKENDS = [pytest.param("cuda", marks=pytest.mark.skipif(not _backend.cuda_extension_available(),
@@ -61,12 +62,7 @@ def test_agreement_gpu_errors_and_streaming(backend):
 @pytest.mark.parametrize("metric", ["l2", "tv", "hellinger", "jsd"])
 @pytest.mark.parametrize("M,R,S,masked", [(2, 1, 1, False), (3, 41, 72, True), (40, 300, 72, True), (17, 9, 401, False)])
 def test_attention_gpu_matches_reference(backend, dtype, metric, M, R, S, masked):
-    g = torch.Generator().manual_seed(R + S)
-    a = torch.softmax(2 * torch.randn(M, R, S, generator=g), -1).to(dtype)
-    smask = torch.rand(R, S, generator=g) > 0.3
-    smask[:, 0] = True
-    w = torch.rand(R, generator=g, dtype=torch.float64)
-    w[0] = 0.0
+    a, smask, w = attention_inputs(M, R, S, dtype)
     got = attention_pair_sums(a.cuda(), smask.cuda() if masked else None, w.cuda(), metric, backend)
     ref = attention_pair_sums_reference(a, w, metric, smask if masked else None)
     assert_close(got.cpu(), ref, rtol=1e-4, atol=1e-6 * R, name=metric)

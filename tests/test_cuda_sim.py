@@ -22,6 +22,7 @@ from grounded_fast.reference.ot_features import cost_code, entropic_ot_features_
 
 from conftest import assert_close, make_problem
 from cuda_sim import build
+from kernel_cases import attention_inputs, check_fused_pass
 from test_entropic_ot_gpu import CASES, NAMES, _assert_outputs
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("c++") is None,
@@ -98,32 +99,10 @@ def test_sim_cuda_fused_rows(host, dtype, case, shape):
 
 @pytest.mark.parametrize("scale,cap", [(1.0, False), (0.7, False), (1.0, True)])
 def test_sim_cuda_fused_pass_is_one_sinkhorn_iteration(sim_ops, scale, cap):
-    """One ot_fused_pass_cuda against its definition (the GPU twin: test_entropic_ot_gpu.py): the
-    scaled and capped row updates, a retired problem, -inf rows, 3 row blocks, padding of garbage."""
-    g = torch.Generator().manual_seed(3)
-    B, n, m, ldc, reg = 3, 23, 70, 72, 0.05
-    C = torch.rand(B, n, m, generator=g)
-    Cp = torch.cat([C, torch.full((B, n, ldc - m), -1e30)], 2)
-    lv = torch.randn(B, m, generator=g)
-    lv[:, -3:] = -math.inf
-    la = torch.log(torch.rand(B, n, generator=g))
-    la[1, :4] = -math.inf
-    lu = torch.randn(B, n, generator=g) - (2.5 if cap else 0.0)
-    active = torch.tensor([True, True, False])
-    new, col = sim_ops.ot_fused_pass_cuda(Cp, m, lv, lu, la, active, 1.0 / reg, 3, scale, cap)
-    c = C.double() / reg
-    ref = la.double() - scale * torch.logsumexp(lv.double()[:, None, :] - c, 2)
-    if cap:
-        ref = torch.minimum(ref, lu.double())
-        assert (ref[:2] == lu[:2].double()).any() and (ref[:2] < lu[:2].double()).any()
-    ref = torch.where(active[:, None], ref, lu.double())
-    assert torch.equal(new[2], lu[2]), "a retired problem's lu changed"
-    assert torch.isneginf(new[1, :4]).all() and torch.isfinite(new[1, 4:]).all()
-    fin = torch.isfinite(ref)
-    assert_close(new.double()[fin], ref[fin], rtol=1e-5, atol=1e-4, name="lu")
-    assert_close(col.double(), torch.logsumexp(ref[:, :, None] - c, 1), rtol=1e-5, atol=1e-4, name="column LSE")
-    with pytest.raises(RuntimeError, match="multiple of 4"):
-        sim_ops.ot_fused_pass_cuda(Cp[:, :, :71].contiguous(), m, lv, lu, la, active, 1.0 / reg, 3)
+    """One ot_fused_pass_cuda against its definition (kernel_cases.check_fused_pass; the GPU twin is
+    in test_entropic_ot_gpu.py): scaled and capped row updates, a retired problem, -inf rows,
+    3 row blocks, padding of garbage."""
+    check_fused_pass(sim_ops.ot_fused_pass_cuda, scale, cap)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -208,12 +187,7 @@ def test_sim_cuda_attention_matches_reference(sim_ops, dtype, metric, M, R, S, m
     """analysis_kernels.cu's attention kernels: every metric, source masks, 33 models (three 16-model
     tiles), sources in chunks of 64, a row of zero weight."""
     from grounded_fast.ops.analysis import ATTENTION_METRICS
-    g = torch.Generator().manual_seed(R + S)
-    a = torch.softmax(2 * torch.randn(M, R, S, generator=g), -1).to(dtype)
-    smask = torch.rand(R, S, generator=g) > 0.3
-    smask[:, 0] = True
-    w = torch.rand(R, generator=g, dtype=torch.float64)
-    w[0] = 0.0
+    a, smask, w = attention_inputs(M, R, S, dtype)
     got = sim_ops.attention_pair_sums(a, smask if masked else torch.empty(0, dtype=torch.bool), w,
                                       ATTENTION_METRICS[metric])
     ref = attention_pair_sums_reference(a, w, metric, smask if masked else None)

@@ -10,6 +10,7 @@ from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
 from grounded_fast.reference.entropic_ot import entropic_ot_reference
 
 from conftest import assert_close, make_problem
+from kernel_cases import check_fused_pass
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CASES = {"balanced": (BALANCED, (math.inf, math.inf), True), "unbalanced": (UNBALANCED, (0.7, 2.0), True),
@@ -252,35 +253,10 @@ def test_gpu_fused_regime_matches_reference(backend, dtype, case, shape):
 
 @pytest.mark.parametrize("scale,cap", [(1.0, False), (0.7, False), (1.0, True)])
 def test_gpu_cuda_fused_pass_is_one_sinkhorn_iteration(scale, cap):
-    """One call of ot_fused_pass_cuda against its definition: lu' = la - scale LSE_j(lv_j - C_ij/eps)
-    (with ``cap``, at most lu) for active problems, lu exactly for a retired one, -inf rows of zero
-    weight, and the column LSE of lu' merged over 3 blocks; a padded C (ldc 72 for m 70) whose
-    padding holds garbage."""
+    """One call of ot_fused_pass_cuda against its definition (kernel_cases.check_fused_pass)."""
     _solver("cuda")
-    g = torch.Generator().manual_seed(3)
-    B, n, m, ldc, reg = 3, 23, 70, 72, 0.05
-    C = torch.rand(B, n, m, generator=g)
-    Cp = torch.cat([C, torch.full((B, n, ldc - m), -1e30)], 2).cuda()  # would dominate every LSE if read
-    lv = torch.randn(B, m, generator=g)
-    lv[:, -3:] = -math.inf
-    la = torch.log(torch.rand(B, n, generator=g))
-    la[1, :4] = -math.inf
-    lu = torch.randn(B, n, generator=g) - (2.5 if cap else 0.0)  # about la - LSE: the cap binds on some rows
-    active = torch.tensor([True, True, False])
-    new, col = torch.ops.grounded_fast.ot_fused_pass_cuda(Cp, m, lv.cuda(), lu.cuda(), la.cuda(), active.cuda(),
-                                                          1.0 / reg, 3, scale, cap)
-    new, col = new.cpu(), col.cpu()
-    c = C.double() / reg
-    ref = la.double() - scale * torch.logsumexp(lv.double()[:, None, :] - c, 2)
-    if cap:
-        ref = torch.minimum(ref, lu.double())
-        assert (ref[:2] == lu[:2].double()).any() and (ref[:2] < lu[:2].double()).any()  # both branches taken
-    ref = torch.where(active[:, None], ref, lu.double())
-    assert torch.equal(new[2], lu[2]), "a retired problem's lu changed"
-    assert torch.isneginf(new[1, :4]).all() and torch.isfinite(new[1, 4:]).all()
-    fin = torch.isfinite(ref)
-    assert_close(new.double()[fin], ref[fin], rtol=1e-5, atol=1e-4, name="lu")
-    assert_close(col.double(), torch.logsumexp(ref[:, :, None] - c, 1), rtol=1e-5, atol=1e-4, name="column LSE")
-    with pytest.raises(RuntimeError, match="multiple of 4"):
-        torch.ops.grounded_fast.ot_fused_pass_cuda(Cp[:, :, :71].contiguous(), m, lv.cuda(), lu.cuda(), la.cuda(),
-                                                   active.cuda(), 1.0 / reg, 3)
+
+    def fused_pass(C, m, *args):
+        out = torch.ops.grounded_fast.ot_fused_pass_cuda(C.cuda(), m, *(t.cuda() for t in args[:4]), *args[4:])
+        return tuple(t.cpu() for t in out)
+    check_fused_pass(fused_pass, scale, cap)
