@@ -198,12 +198,14 @@ def test_sim_cuda_attention_matches_reference(sim_ops, dtype, metric, M, R, S, m
 def test_sim_kernels_read_and_write_only_their_tensors(tmp_path):
     """This file's kernel tests again, with the kernels built under AddressSanitizer, in a child
     process that preloads its runtime: a read or write past a tensor (on a GPU, a silent wrong value
-    or a corrupted neighbour) is an error there. About 90 s (a second build of the sources)."""
+    or a corrupted neighbour) is an error there. The child runs each block's threads in reverse
+    order, so that a shared-memory read missing its barrier shows whichever thread writes it.
+    About 90 s (a second build of the sources)."""
     libs = [subprocess.run(["c++", f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
             for lib in ("libasan.so", "libstdc++.so")]
     if not all(os.path.isabs(lib) and os.path.exists(lib) for lib in libs):
         pytest.skip("the compiler has no AddressSanitizer runtime")
-    env = dict(os.environ, GFSIM_SANITIZE="address", LD_PRELOAD=" ".join(libs),
+    env = dict(os.environ, GFSIM_SANITIZE="address", GFSIM_REVERSE="1", LD_PRELOAD=" ".join(libs),
                ASAN_OPTIONS=f"detect_leaks=0:detect_stack_use_after_return=0:log_path={tmp_path / 'asan'}")
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
                           "cuda_backend or cuda_fused or persistent or features or agreement or attention"],

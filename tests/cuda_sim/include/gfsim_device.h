@@ -9,9 +9,10 @@
 // shuffle) or returns. A barrier releases when every thread that has not returned reached it (a
 // shuffle: every lane of its mask), as on sm_70 and later; if none can be released the launch
 // fails ("deadlock": e.g. a warp split between a __syncthreads and a shuffle). __shared__ variables are function statics: one copy,
-// reused by each block in turn. Threads run in order up to each barrier, so a read of shared
-// memory that another thread writes without a barrier in between sees a stale value, and a
-// missing __syncthreads shows up as a wrong result. Not modelled: timing, memory ordering between
+// reused by each block in turn. Threads run in order up to each barrier (in reverse order with
+// GFSIM_REVERSE set), so a read of shared memory that another thread writes without a barrier in
+// between sees a stale value whenever the writer comes later in that order, and a missing
+// __syncthreads shows up as a wrong result. Not modelled: timing, memory ordering between
 // blocks (blocks never overlap), the launch's register and static shared memory limits.
 #pragma once
 #include <cuda_bf16.h>
@@ -119,8 +120,10 @@ inline bool run_block(Block& b, const char* name) {
     f.warp = t / 32;
     start(f.ctx, b.stacks.data() + size_t(t) * kStack, kStack, entry);
   }
+  static const bool reverse = std::getenv("GFSIM_REVERSE") != nullptr;
   for (;;) {
-    for (Fiber& f : b.fibers) {
+    for (unsigned k = 0; k < nt; ++k) {
+      Fiber& f = b.fibers[reverse ? nt - 1 - k : k];
       if (f.state != State::Ready) continue;
       b.cur = &f;
       switch_to(b.sched, f.ctx);
