@@ -194,6 +194,22 @@ def test_sim_cuda_attention_matches_reference(sim_ops, dtype, metric, M, R, S, m
     assert_close(got, ref, rtol=1e-4, atol=1e-6 * R, name=metric)
 
 
+def test_sim_cuda_attention_flags_a_bad_counted_row(sim_ops):
+    """A counted row with no mass on its valid sources, or a negative entry, is an error; the same
+    row with zero weight is not looked at."""
+    a, smask, w = attention_inputs(3, 5, 9, torch.float32)
+    w[:] = 1.0
+    for bad_value in (0.0, -0.1):
+        x = a.clone()
+        x[1, 2] = bad_value
+        with pytest.raises(RuntimeError, match="no mass"):
+            sim_ops.attention_pair_sums(x, torch.empty(0, dtype=torch.bool), w, 3)
+        w2 = w.clone()
+        w2[2] = 0.0
+        got = sim_ops.attention_pair_sums(x, torch.empty(0, dtype=torch.bool), w2, 3)
+        assert_close(got, attention_pair_sums_reference(x, w2, "jsd"), rtol=1e-4, atol=1e-6, name="jsd")
+
+
 @pytest.mark.skipif(bool(os.environ.get("GFSIM_SANITIZE")), reason="this is the sanitizer's run")
 def test_sim_kernels_read_and_write_only_their_tensors(tmp_path):
     """This file's kernel tests again, with the kernels built under AddressSanitizer, in a child
@@ -208,7 +224,7 @@ def test_sim_kernels_read_and_write_only_their_tensors(tmp_path):
     env = dict(os.environ, GFSIM_SANITIZE="address", GFSIM_REVERSE="1", LD_PRELOAD=" ".join(libs),
                ASAN_OPTIONS=f"detect_leaks=0:detect_stack_use_after_return=0:log_path={tmp_path / 'asan'}")
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-                          "cuda_backend or cuda_fused or persistent or features or agreement or attention"],
+                          "cuda_backend or cuda_fused or persistent or features or agreement or cuda_attention"],
                          env=env, capture_output=True, text=True, timeout=1500)
     reports = "".join(open(f).read() for f in glob.glob(str(tmp_path / "asan*")))
     assert run.returncode == 0 and not reports, (run.stdout[-3000:] + run.stderr[-2000:] + reports[:4000])

@@ -31,10 +31,11 @@ int gf_agreement_jsd(const void* logits, int dtype, const float* weight, const f
 // Attention distances: attn (M, R, S); source_mask (R, S) uint8 or NULL; weight (R) float.
 // partial[s, i, j] = sum over the rows of slice s of weight_r * d(a_ir, a_jr) with rows masked and
 // renormalised; metric 0 l2, 1 tv, 2 hellinger, 3 jsd. *bad is set to 1 when a counted row is
-// negative, non-finite or has no mass. partial: (slices, M, M) float.
+// negative, non-finite or has no mass. partial: (slices, M, M) float; work: 2 M R floats (each
+// row's scale and entropy term).
 int gf_attention_pairs(const void* attn, int dtype, const uint8_t* source_mask, const float* weight,
                        int64_t M, int64_t R, int64_t S, int metric, int64_t slices, float* partial,
-                       int32_t* bad, cudaStream_t stream);
+                       float* work, int32_t* bad, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

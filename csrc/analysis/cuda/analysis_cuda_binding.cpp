@@ -109,9 +109,10 @@ Tensor attention_pair_sums_cuda(const Tensor& attn, const Tensor& source_mask, c
   const int64_t slices = slices_for(R, tiles * (tiles + 1) / 2, x);  // tiles on and above the diagonal run
   Tensor part = at::zeros({slices, M, M}, attn.options().dtype(at::kFloat));
   Tensor bad = at::zeros({1}, attn.options().dtype(at::kInt));
+  Tensor work = at::empty({2, M, R}, attn.options().dtype(at::kFloat));
   check(gf_attention_pairs(x.data_ptr(), dtype_code(x.scalar_type()), masked ? mk.data_ptr<uint8_t>() : nullptr,
                            w.data_ptr<float>(), M, R, S, int(metric), slices, part.data_ptr<float>(),
-                           bad.data_ptr<int32_t>(), c10::cuda::getCurrentCUDAStream().stream()),
+                           work.data_ptr<float>(), bad.data_ptr<int32_t>(), c10::cuda::getCurrentCUDAStream().stream()),
         "gf_attention_pairs");
   GF_CHECK(bad.item<int32_t>() == 0, "attention_distance: an attention row is negative, non-finite or has no "
            "mass on the valid sources");

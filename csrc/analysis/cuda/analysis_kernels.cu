@@ -11,10 +11,10 @@
 //     4 x 4 register-tiled outer product per thread in fp32 FMA (TF32 would spoil KL, a
 //     difference of such sums). Partial tiles per slice are summed in float64 by the binding.
 //   jsd: a block owns a 16 x 16 pair tile and a slice of positions; one log per pair and entry.
-// Attention distances (rows a over S sources, masked and renormalised): a block owns a 16 x 16
-//   pair tile on or above the diagonal (the metrics are symmetric) and a slice of rows; per row,
-//   warps first reduce every model's mass and sum x log2 x, then the pair terms run over
-//   shared-memory chunks of 64 sources (the metric is a template parameter).
+// Attention distances (rows a over S sources, masked and renormalised): first a warp per (model,
+//   row) reduces its mass and sum x log2 x (once, not once per pair tile); then a block owns a
+//   16 x 16 pair tile on or above the diagonal (the metrics are symmetric) and a slice of rows,
+//   staged 4 rows x 64 sources at a time in shared memory (the metric is a template parameter).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
@@ -234,91 +234,124 @@ __global__ void __launch_bounds__(kThreads) jsd_kernel(const T* __restrict__ z, 
 }
 
 // ------------------------------------------------------------------------- attention distances
-// Every metric is symmetric: blocks below the diagonal of tiles return at once, the others write
-// both (i, j) and (j, i). JSD runs in base 2 on half rows (m = a_i / 2 + a_j / 2), times ln 2 at the end.
+// Two kernels. attention_stats_kernel: a warp per (model, row) of a counted row: the row's mass s
+// over the valid sources and sum x log2 x, stored as inv = h / s (h = 1/2 for JSD, else 1) and
+// nh = sum a log2 a of the normalised row; a bad row (negative, non-finite, no mass) sets *bad.
+// attention_kernel: a block owns a 16 x 16 pair tile on or above the diagonal of tiles (every
+// metric is symmetric: blocks below it return at once, the others write (i, j) and (j, i)) and a
+// slice of rows, taken kRows at a time: the 32 models' normalised rows of the kRows rows are staged
+// in shared memory 64 sources at a time (coalesced, independent loads scaled by inv), then thread
+// (a, b) runs over them. Per kRows rows: two barriers a chunk of sources, no reductions. JSD runs
+// in base 2 on half rows (m = a_i / 2 + a_j / 2), times ln 2 at the end.
+constexpr int kRows = 4;  // rows staged together: 4 x 32 x 65 floats = 33 KB of shared memory
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attention_stats_kernel(const T* __restrict__ x,
+                                                                   const uint8_t* __restrict__ smask,
+                                                                   const float* __restrict__ w, int64_t M, int64_t R,
+                                                                   int64_t S, float half, float* inv, float* nh,
+                                                                   int32_t* bad) {
+  const int lane = threadIdx.x & 31;
+  const int64_t q = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);  // q = model * R + r
+  if (q >= M * R) return;
+  const int64_t r = q % R;
+  if (w[r] == 0.f) {
+    if (lane == 0) inv[q] = 0.f, nh[q] = 0.f;
+    return;
+  }
+  const uint8_t* mk = smask ? smask + r * S : nullptr;
+  const T* row = x + q * S;
+  float s = 0.f, t = 0.f;
+  int invalid = 0;
+  for (int64_t c = lane; c < S; c += 32) {
+    const float v = (mk && !mk[c]) ? 0.f : to_f(row[c]);
+    invalid |= !(v >= 0.f && v <= 3.0e38f);
+    s += v;
+    t += xlog2x(v);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    s += __shfl_xor_sync(0xffffffffu, s, o);
+    t += __shfl_xor_sync(0xffffffffu, t, o);
+    invalid |= __shfl_xor_sync(0xffffffffu, invalid, o);
+  }
+  if (lane == 0) {
+    if (invalid || !(s > 0.f)) atomicExch(bad, 1);
+    const float is = s > 0.f ? 1.f / s : 0.f;
+    inv[q] = is * half;
+    nh[q] = s > 0.f ? t * is - __log2f(s) : 0.f;
+  }
+}
+
 // (kThreads, 2): with the metric a template parameter, a bare __launch_bounds__(kThreads) let ptxas
 // (CUDA 13) cap the kernel at 32 registers and spill; asking for 2 blocks per SM leaves it 64-80.
 template <typename T, int METRIC>
 __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const T* __restrict__ x, const uint8_t* __restrict__ smask,
-                                                             const float* __restrict__ w, int64_t M, int64_t R,
-                                                             int64_t S, int64_t per_slice, int tiles,
-                                                             float* partial, int32_t* bad) {
-  __shared__ float Ai[kPair][kBJ + 1];
-  __shared__ float Aj[kPair][kBJ + 1];
-  __shared__ float inv[2 * kPair], nh[2 * kPair];
+                                                             const float* __restrict__ w,
+                                                             const float* __restrict__ inv,
+                                                             const float* __restrict__ nh, int64_t M, int64_t R,
+                                                             int64_t S, int64_t per_slice, int tiles, float* partial) {
+  __shared__ float A[kRows][2 * kPair][kBJ + 1];  // [row][i models, then j models][source]
   const int ti = blockIdx.x / tiles, tj = blockIdx.x % tiles;
   if (ti > tj) return;  // the whole block: before any barrier
   const int i0 = ti * kPair, j0 = tj * kPair;
   const int64_t slice = blockIdx.y;
   const int a = threadIdx.x / kPair, b = threadIdx.x % kPair;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const float half = METRIC == 3 ? 0.5f : 1.f;
   float acc = 0.f;
-  const int64_t r_end = min(R, (slice + 1) * per_slice);
-  for (int64_t r = slice * per_slice; r < r_end; ++r) {
-    const float wr = w[r];
-    if (wr == 0.f) continue;
-    const uint8_t* mk = smask ? smask + r * S : nullptr;
-    // the 32 rows of this tile (16 i-models, 16 j-models): mass and sum x log2 x, a warp per row
-    for (int q = warp; q < 2 * kPair; q += kThreads / 32) {
-      const int64_t model = q < kPair ? i0 + q : j0 + q - kPair;
-      float s = 0.f, t = 0.f;
-      int invalid = 0;
-      if (model < M) {
-        const T* row = x + (model * R + r) * S;
-        for (int64_t c = lane; c < S; c += 32) {
-          const float v = (mk && !mk[c]) ? 0.f : to_f(row[c]);
-          invalid |= !(v >= 0.f && v <= 3.0e38f);
-          s += v;
-          if (METRIC == 3) t += xlog2x(v);
-        }
-      }
-      for (int o = 16; o > 0; o >>= 1) {
-        s += __shfl_down_sync(0xffffffffu, s, o);
-        t += __shfl_down_sync(0xffffffffu, t, o);
-        invalid |= __shfl_down_sync(0xffffffffu, invalid, o);
-      }
-      if (lane == 0) {
-        if (model < M && (invalid || !(s > 0.f))) atomicExch(bad, 1);
-        const float is = s > 0.f ? 1.f / s : 0.f;
-        inv[q] = is * half;
-        nh[q] = s > 0.f ? t * is - __log2f(s) : 0.f;  // sum a log2 a of the normalised row
-      }
-    }
-    __syncthreads();
-    float d = 0.f;
+  const int64_t r_begin = slice * per_slice, r_end = min(R, (slice + 1) * per_slice);
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += kRows) {
+    float d[kRows];
+#pragma unroll
+    for (int k = 0; k < kRows; ++k) d[k] = 0.f;
     for (int64_t c0 = 0; c0 < S; c0 += kBJ) {
-      for (int e = threadIdx.x; e < kPair * kBJ; e += kThreads) {
-        const int q = e / kBJ, c = e % kBJ;
-        const int64_t col = c0 + c, ii = i0 + q, jj = j0 + q;
-        const bool on = col < S && !(mk && !mk[col]);
-        Ai[q][c] = (on && ii < M) ? to_f(x[(ii * R + r) * S + col]) * inv[q] : 0.f;
-        Aj[q][c] = (on && jj < M) ? to_f(x[(jj * R + r) * S + col]) * inv[kPair + q] : 0.f;
+      for (int e = threadIdx.x; e < kRows * 2 * kPair * kBJ; e += kThreads) {
+        const int k = e / (2 * kPair * kBJ), q = (e / kBJ) % (2 * kPair), c = e % kBJ;
+        const int64_t r = r0 + k, col = c0 + c, model = q < kPair ? i0 + q : j0 + q - kPair;
+        float v = 0.f;
+        if (r < r_end && col < S && model < M && !(smask && !smask[r * S + col])) {
+          const float sc = inv[model * R + r];  // 0 for a row of zero weight
+          if (sc != 0.f) v = to_f(x[(model * R + r) * S + col]) * sc;
+        }
+        A[k][q][c] = v;
       }
       __syncthreads();
       const int cn = S - c0 < kBJ ? int(S - c0) : kBJ;  // S = 72: the second chunk holds 8 sources, not 64
+#pragma unroll
+      for (int k = 0; k < kRows; ++k) {
+        float dk = d[k];
 #pragma unroll 8
-      for (int c = 0; c < cn; ++c) {
-        const float u = Ai[a][c], v = Aj[b][c];
-        if (METRIC == 0) {
-          d = fmaf(u - v, u - v, d);
-        } else if (METRIC == 1) {
-          d += fabsf(u - v);
-        } else if (METRIC == 2) {
-          const float e = sqrtf(u) - sqrtf(v);
-          d = fmaf(e, e, d);
-        } else {
-          d += xlog2x(u + v);
+        for (int c = 0; c < cn; ++c) {
+          const float u = A[k][a][c], v = A[k][kPair + b][c];
+          if (METRIC == 0) {
+            dk = fmaf(u - v, u - v, dk);
+          } else if (METRIC == 1) {
+            dk += fabsf(u - v);
+          } else if (METRIC == 2) {
+            const float e = sqrtf(u) - sqrtf(v);
+            dk = fmaf(e, e, dk);
+          } else {
+            dk += xlog2x(u + v);
+          }
         }
+        d[k] = dk;
       }
-      __syncthreads();
+      __syncthreads();  // A is rewritten for the next chunk
     }
-    if (METRIC == 0) d = sqrtf(d);
-    else if (METRIC == 1) d *= 0.5f;
-    else if (METRIC == 2) d = sqrtf(0.5f * d);
-    else d = kLn2 * fmaxf(0.5f * (nh[a] + nh[kPair + b]) - d, 0.f);
-    acc += wr * d;
-    __syncthreads();  // inv / nh are rewritten for the next row
+#pragma unroll
+    for (int k = 0; k < kRows; ++k) {
+      const int64_t r = r0 + k;
+      if (r >= r_end) break;
+      const float wr = w[r];
+      if (wr == 0.f) continue;
+      float dk = d[k];
+      if (METRIC == 0) dk = sqrtf(dk);
+      else if (METRIC == 1) dk *= 0.5f;
+      else if (METRIC == 2) dk = sqrtf(0.5f * dk);
+      else {
+        const int64_t i = min(int64_t(i0 + a), M - 1), j = min(int64_t(j0 + b), M - 1);  // pads: any row
+        dk = kLn2 * fmaxf(0.5f * (nh[i * R + r] + nh[j * R + r]) - dk, 0.f);
+      }
+      acc += wr * dk;
+    }
   }
   const int64_t i = i0 + a, j = j0 + b;
   if (i < M && j < M && i != j) {
@@ -378,23 +411,29 @@ struct Jsd {
 template <typename T>
 struct Attention {
   template <int METRIC>
-  static void launch(dim3 grid, cudaStream_t st, const void* x, const uint8_t* smask, const float* w, int64_t M,
-                     int64_t R, int64_t S, int64_t per, int tiles, float* partial, int32_t* bad) {
-    attention_kernel<T, METRIC><<<grid, kThreads, 0, st>>>(static_cast<const T*>(x), smask, w, M, R, S, per, tiles,
-                                                          partial, bad);
+  static void launch(dim3 grid, cudaStream_t st, const void* x, const uint8_t* smask, const float* w,
+                     const float* inv, const float* nh, int64_t M, int64_t R, int64_t S, int64_t per, int tiles,
+                     float* partial) {
+    attention_kernel<T, METRIC><<<grid, kThreads, 0, st>>>(static_cast<const T*>(x), smask, w, inv, nh, M, R, S, per,
+                                                          tiles, partial);
   }
   static int run(const void* x, const uint8_t* smask, const float* w, int64_t M, int64_t R, int64_t S, int metric,
-                 int64_t slices, float* partial, int32_t* bad, cudaStream_t st) {
+                 int64_t slices, float* partial, float* work, int32_t* bad, cudaStream_t st) {
     if (M * R == 0 || slices <= 0) return 0;
+    if (metric < 0 || metric > 3) return int(cudaErrorInvalidValue);
+    float* inv = work;
+    float* nh = work + M * R;
+    const int64_t warps = kThreads / 32;
+    attention_stats_kernel<T><<<unsigned((M * R + warps - 1) / warps), kThreads, 0, st>>>(
+        static_cast<const T*>(x), smask, w, M, R, S, metric == 3 ? 0.5f : 1.f, inv, nh, bad);
     const int tiles = int((M + kPair - 1) / kPair);
     const int64_t per = (R + slices - 1) / slices;
     const dim3 grid(unsigned(tiles * tiles), unsigned(slices));
     switch (metric) {
-      case 0: launch<0>(grid, st, x, smask, w, M, R, S, per, tiles, partial, bad); break;
-      case 1: launch<1>(grid, st, x, smask, w, M, R, S, per, tiles, partial, bad); break;
-      case 2: launch<2>(grid, st, x, smask, w, M, R, S, per, tiles, partial, bad); break;
-      case 3: launch<3>(grid, st, x, smask, w, M, R, S, per, tiles, partial, bad); break;
-      default: return int(cudaErrorInvalidValue);
+      case 0: launch<0>(grid, st, x, smask, w, inv, nh, M, R, S, per, tiles, partial); break;
+      case 1: launch<1>(grid, st, x, smask, w, inv, nh, M, R, S, per, tiles, partial); break;
+      case 2: launch<2>(grid, st, x, smask, w, inv, nh, M, R, S, per, tiles, partial); break;
+      default: launch<3>(grid, st, x, smask, w, inv, nh, M, R, S, per, tiles, partial); break;
     }
     return int(cudaGetLastError());
   }
@@ -420,9 +459,9 @@ int gf_agreement_jsd(const void* logits, int dtype, const float* weight, const f
 }
 
 int gf_attention_pairs(const void* attn, int dtype, const uint8_t* source_mask, const float* weight, int64_t M,
-                       int64_t R, int64_t S, int metric, int64_t slices, float* partial, int32_t* bad,
+                       int64_t R, int64_t S, int metric, int64_t slices, float* partial, float* work, int32_t* bad,
                        cudaStream_t stream) {
-  return dispatch<Attention>(dtype, attn, source_mask, weight, M, R, S, metric, slices, partial, bad, stream);
+  return dispatch<Attention>(dtype, attn, source_mask, weight, M, R, S, metric, slices, partial, work, bad, stream);
 }
 
 }  // extern "C"
