@@ -32,6 +32,20 @@ template <typename T> __device__ __forceinline__ void online(T& mx, T& s, T z) {
     s += gexp(z - mx);
   }
 }
+// (mx, s) <- the running (max, sum) with U terms z added: one rescale for the U (they come from
+// independent loads, issued together by the streaming kernels so that U are in flight a thread).
+template <typename T, int U> __device__ __forceinline__ void online_block(T& mx, T& s, const T (&z)[U]) {
+  T bm = z[0];
+#pragma unroll
+  for (int u = 1; u < U; ++u) bm = max(bm, z[u]);
+  if (bm == neg_inf<T>()) return;
+  if (bm > mx) {
+    s = mx == neg_inf<T>() ? T(0) : s * gexp(mx - bm);
+    mx = bm;
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) s += gexp(z[u] - mx);  // exp(-inf) = 0
+}
 // (mx, s) <- the merge of two running (max, sum) pairs.
 template <typename T> __device__ __forceinline__ void merge(T& mx, T& s, T mx2, T s2) {
   const T nm = max(mx, mx2);

@@ -13,7 +13,10 @@
 // row_lse / col_lse / plan_change: the streaming regime, one launch per pass over C in device
 //   memory. Row pass: a warp per row, lanes striding the row (coalesced), per-lane online LSE
 //   merged across the warp. Column pass: a block per 32 columns x all rows, lane = column,
-//   8 row groups, online LSE per thread merged in shared memory.
+//   8 row groups, online LSE per thread merged in shared memory. Both take kUnroll entries a
+//   thread per step, loaded together (kUnroll loads in flight a thread instead of one behind each
+//   online update, whose branch and exp kept the compiler from overlapping them: 0.67 of the
+//   copy bandwidth on an H100 with one) and folded into the running LSE with one rescale.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
@@ -24,6 +27,7 @@
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kUnroll = 4;  // entries a thread loads together in the streaming passes
 
 using namespace gfot;  // neg_inf, load_as, gexp, glog, online, merge (ot_device.cuh)
 
@@ -434,7 +438,15 @@ __global__ void __launch_bounds__(kThreads) row_lse_kernel(const TC* __restrict_
   const TC* row = C + (pb * n + i) * m;
   const T* v = lv + pb * m;
   T mx = neg_inf<T>(), s = 0;
-  for (int64_t j = lane; j < m; j += 32) online(mx, s, v[j] - load_as<T>(row + j) * inv_eps);
+  for (int64_t j0 = lane; j0 < m; j0 += 32 * kUnroll) {
+    T z[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t j = j0 + 32 * u;
+      z[u] = j < m ? v[j] - load_as<T>(row + j) * inv_eps : neg_inf<T>();
+    }
+    online_block(mx, s, z);
+  }
   for (int o = 16; o > 0; o >>= 1) {
     const T mx2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
     merge(mx, s, mx2, s2);
@@ -449,9 +461,17 @@ __global__ void __launch_bounds__(kThreads) col_lse_kernel(const TC* __restrict_
   const int lane = threadIdx.x & 31, grp = threadIdx.x >> 5;
   const int64_t pb = blockIdx.y, j = int64_t(blockIdx.x) * 32 + lane;
   T mx = neg_inf<T>(), s = 0;
+  constexpr int kGroups = kThreads / 32;
   if (j < m)
-    for (int64_t i = grp; i < n; i += kThreads / 32)
-      online(mx, s, lu[pb * n + i] - load_as<T>(C + (pb * n + i) * m + j) * inv_eps);
+    for (int64_t i0 = grp; i0 < n; i0 += kGroups * kUnroll) {
+      T z[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = i0 + kGroups * u;
+        z[u] = i < n ? lu[pb * n + i] - load_as<T>(C + (pb * n + i) * m + j) * inv_eps : neg_inf<T>();
+      }
+      online_block(mx, s, z);
+    }
   smx[grp][lane] = mx;
   ss[grp][lane] = s;
   __syncthreads();
