@@ -216,15 +216,17 @@ def test_sim_kernels_read_and_write_only_their_tensors(tmp_path):
     process that preloads its runtime: a read or write past a tensor (on a GPU, a silent wrong value
     or a corrupted neighbour) is an error there. The child runs each block's threads in reverse
     order, so that a shared-memory read missing its barrier shows whichever thread writes it.
-    About 90 s (a second build of the sources)."""
+    About a minute, a second build of the sources included."""
     libs = [subprocess.run(["c++", f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
             for lib in ("libasan.so", "libstdc++.so")]
     if not all(os.path.isabs(lib) and os.path.exists(lib) for lib in libs):
         pytest.skip("the compiler has no AddressSanitizer runtime")
     env = dict(os.environ, GFSIM_SANITIZE="address", GFSIM_REVERSE="1", LD_PRELOAD=" ".join(libs),
                ASAN_OPTIONS=f"detect_leaks=0:detect_stack_use_after_return=0:log_path={tmp_path / 'asan'}")
+    # the float64 cases (dtype1 of most tests) left out: their indexing is the float32 cases'
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
-                          "cuda_backend or cuda_fused or persistent or features or agreement or cuda_attention"],
+                          "(cuda_backend or cuda_fused or persistent or features or agreement or cuda_attention) "
+                          "and not dtype1"],
                          env=env, capture_output=True, text=True, timeout=1500)
     reports = "".join(open(f).read() for f in glob.glob(str(tmp_path / "asan*")))
     assert run.returncode == 0 and not reports, (run.stdout[-3000:] + run.stderr[-2000:] + reports[:4000])
