@@ -93,8 +93,10 @@ def sources() -> list[str]:
         rel = os.path.relpath(path, CSRC).replace(os.sep, "_")
         dst = os.path.join(BUILD, "src", os.path.splitext(rel)[0] + ".cpp")
         if not os.path.exists(dst) or open(dst).read() != text:
-            with open(dst, "w") as f:
+            tmp = f"{dst}.{os.getpid()}"  # written whole, then renamed: pytest-xdist workers may build at once
+            with open(tmp, "w") as f:
                 f.write(text)
+            os.replace(tmp, dst)
         out.append(dst)
     return out
 
