@@ -11,8 +11,8 @@ Floors, from this device's measured rates (measured in the same run):
   A  max(logit bytes / copy bandwidth, 2 M^2 V N flop / fp32 matmul rate without TF32): the logits
      must be read once and the Gram product Y = P L^T costs 2 M^2 V flop per position;
   B  max(attention bytes / copy bandwidth, M(M-1)/2 R S logs / log rate): one log per pair-entry.
-Backends: cuda, triton, and triton_one_pass (case A only: the Triton backend with its opt-in
-one-pass agreement kernel, pairwise_agreement.ONE_PASS).
+Backends: cuda, triton, and triton_two_pass (case A only: the Triton backend with its two-pass
+agreement kernels instead of the default one-pass kernel, pairwise_agreement.ONE_PASS = False).
 Reported: median time (CUDA events, after warm-up), floor, floor / time (target >= 0.5).
 Results: bench/results/gpu-<device>.json and .md (``--out`` overrides the stem).
 """
@@ -98,26 +98,26 @@ def agreement_case(M, N, V, chunk, dtype, device, seed=0):
 
 
 def run_agreement(backend, pool, mask, N, chunk):
-    """backend 'triton_one_pass': the Triton backend with its one-pass kernel (ONE_PASS)."""
+    """backend 'triton_two_pass': the Triton backend with its two-pass kernels (ONE_PASS = False)."""
     from grounded_fast.analysis import PairwiseAgreement
-    acc = PairwiseAgreement(pool[0].shape[0], backend="triton" if backend == "triton_one_pass" else backend)
+    acc = PairwiseAgreement(pool[0].shape[0], backend="triton" if backend == "triton_two_pass" else backend)
 
     def fn():
         acc.reset()
         for k in range(N // chunk):
             acc.update(pool[k % len(pool)], mask)
         return acc.compute()
-    if backend != "triton_one_pass":
+    if backend != "triton_two_pass":
         return fn
 
-    def one_pass():
+    def two_pass():
         from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
-        saved, pa.ONE_PASS = pa.ONE_PASS, True
+        saved, pa.ONE_PASS = pa.ONE_PASS, False
         try:
             return fn()
         finally:
             pa.ONE_PASS = saved
-    return one_pass
+    return two_pass
 
 
 def run_attention(backend, attn, tmask):
@@ -195,8 +195,8 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--backends", default="cuda,triton,triton_one_pass",
-                    help="triton_one_pass: agreement only, the Triton one-pass kernel")
+    ap.add_argument("--backends", default="cuda,triton,triton_two_pass",
+                    help="triton_two_pass: agreement only, the Triton two-pass kernels")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (checks the script, not the kernels' speed)")
     ap.add_argument("--out", default=None, help="output stem (default bench/results/gpu-<device>)")
     args = ap.parse_args(argv)
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     backends = [b for b in args.backends.split(",") if b]
     usable = {"cuda": _backend.cuda_extension_available(), "triton": _backend.triton_available(),
               "cpu": _backend.cpu_extension_available(), "torch": True}
-    usable["triton_one_pass"] = usable["triton"]
+    usable["triton_two_pass"] = usable["triton"]
     skipped = [b for b in backends if not usable.get(b)]
     backends = [b for b in backends if usable.get(b)]
     M, N, V, chunk = (4, 64, 1000, 16) if args.smoke else (40, 20000, 30522, 1000)
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     tmask = torch.ones(attn.shape[1], 40, dtype=torch.bool, device=device)
     pair_entries = Mb * (Mb - 1) // 2 * R * S
     t_bw, t_lg = attn.numel() * 4 / ys["copy_bandwidth_Bps"], pair_entries / ys["log_rate_per_s"]
-    for b in (b for b in backends if b != "triton_one_pass"):
+    for b in (b for b in backends if b != "triton_two_pass"):
         t = median_time(run_attention(b, attn, tmask), device, rounds=5)
         floor = max(t_bw, t_lg)
         results.append({"case": f"B attention jsd M={Mb} R={R} S={S}", "dtype": "float32", "backend": b, **t,

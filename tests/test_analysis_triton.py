@@ -28,7 +28,7 @@ def _logits(M, N, V, dtype, seed=0):
 
 @pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("M,N,V", [(1, 3, 41), (2, 1, 1), (5, 7, 401), (17, 3, 1271)])
+@pytest.mark.parametrize("M,N,V", [(1, 3, 41), (2, 1, 1), (5, 7, 401), (16, 2, 70), (17, 3, 1271)])
 def test_triton_agreement_matches_reference(M, N, V, dtype, one_pass):
     from grounded_fast.triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
     z = _logits(M, N, V, dtype, seed=M + V)
@@ -159,6 +159,34 @@ def test_triton_agreement_api_and_errors():
     z[2, 3, 5] = float("inf")
     with pytest.raises(ValueError, match="model 2 at position 3"):
         A.pairwise_agreement(z, backend="triton")
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+def test_triton_agreement_names_the_row_with_a_non_finite_logit(value, dtype, one_pass):
+    """A non-finite logit at a counted position is an error naming its model and position, wherever
+    it is in the row (the first block, the interior, the last block), whichever model it is in (the
+    one-pass kernel tells them apart from the sums and the products' columns, not per entry), and
+    also when every model has one; at a padded position it is ignored."""
+    from grounded_fast.triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
+    M, N, V = 5, 4, 300
+    mask = torch.tensor([True, False, True, True], device=DEVICE)
+    for i, n, v in [(0, 0, 0), (3, 2, 150), (4, 3, V - 1), (2, 3, 77)]:
+        z = _logits(M, N, V, dtype, seed=v)
+        z[:, 1, 10] = value  # padded
+        z[i, n, v] = value
+        with pytest.raises(ValueError, match=f"model {i} at position {n} "):
+            pairwise_agreement_triton(z, mask, False, one_pass)
+    z = _logits(M, N, V, dtype, seed=1)
+    z[:, 2, 40] = value
+    with pytest.raises(ValueError, match="model 0 at position 2 "):
+        pairwise_agreement_triton(z, mask, False, one_pass)
+    z[:, 2, 40] = 0.0
+    z[:, 1] = value
+    got = pairwise_agreement_triton(z, mask, False, one_pass)
+    ref = pairwise_agreement_reference(z, mask, False)
+    assert_close(got[1].cpu(), ref[1].cpu(), rtol=1e-4, atol=1e-4, name="kl")
 
 
 @pytest.mark.parametrize("metric", ["l2", "tv", "hellinger", "jsd"])

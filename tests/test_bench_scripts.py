@@ -147,3 +147,32 @@ def test_gpu_sweep_small_runs_every_warp_count(monkeypatch):
     md = gpu_sweep.render({"kind": "small", "device": "x", "commit": "0" * 40, "torch": "t", "triton": "3",
                            "copy_bandwidth_Bps": 1e9, "rows": rows})
     assert "## torch.float32 B=2 5x7" in md and "## torch.float32 B=1 3x4" in md
+
+def test_sass_cost_hot_loop_skips_the_rare_branch():
+    """bench/sass_cost.py's loop finder on a made-up listing: the innermost loop (not the outer one
+    around it), without the body of its forward branch."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import sass_cost
+    listing = "\n".join(f"        /*{a:04x}*/                   {t} ;" for a, t in [
+        (0x00, "MOV R1, R2"), (0x10, "FADD R1, R1, R2"),           # outer loop head
+        (0x20, "FMUL R3, R1, R1"), (0x30, "@!P0 BRA 0x60"),          # inner loop, rare branch
+        (0x40, "MUFU.EX2 R4, R3"), (0x50, "FMUL R5, R4, R4"),        # the rare body
+        (0x60, "FFMA R6, R3, R3, R6"), (0x70, "@P1 BRA 0x20"),       # back to the inner head
+        (0x80, "@P2 BRA 0x10"), (0x90, "EXIT"), (0xa0, "BRA 0xa0")])
+    n, counts = sass_cost.hot_loop(listing)
+    assert n == 4 and counts == {"FMUL": 1, "BRA": 2, "FFMA": 1}
+
+
+def test_sass_cost_default_one_pass_config_has_no_spills():
+    """The one-pass agreement kernel at its default BM 64 configuration compiles for sm_90 without
+    register spills (bench/sass_cost.py, in a child process: compiled, not interpreted)."""
+    pytest.importorskip("triton")
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cfg = ",".join(map(str, ("fp32", 64, *pa.ONE_PASS_CONFIG[64])))
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "sass_cost.py"), "--config", cfg, "--json"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row, = json.loads(res.stdout.strip().splitlines()[-1])
+    assert row["stack"] == 0, row
+    assert 0 < row["per_entry"] < 60, row

@@ -146,6 +146,8 @@ def _analysis_launches(rec):
             pairwise_agreement_triton(z, torch.ones(5, dtype=torch.bool), False, one_pass=True)
             z = torch.randn(40, 2, 70, generator=g).to(dtype)  # the benchmark's 40 models: (64 x 64) tiles
             pairwise_agreement_triton(z, torch.ones(2, dtype=torch.bool), False, one_pass=True)
+            z = torch.randn(16, 2, 70, generator=g).to(dtype)  # a full tile: no spare row for the sums (SUM_COL)
+            pairwise_agreement_triton(z, torch.ones(2, dtype=torch.bool), False, one_pass=True)
         for dtype in (torch.float32, torch.float64):  # 67 models: the (128 x 128) tiles, the largest on-chip
             z = torch.randn(67, 2, 70, generator=g).to(dtype)
             pairwise_agreement_sums(z, torch.ones(2, dtype=torch.bool), False, "triton")

@@ -1,12 +1,17 @@
-"""GPU primitives of the analysis kernels with an interpreter twin: ``log2`` (the hardware
-approximation on a GPU, ``tl.log2`` elsewhere) and ``bf16_dot``.
+"""GPU primitives of the analysis kernels with an interpreter twin: ``log2`` and ``exp2`` (the
+hardware approximations on a GPU, ``tl.log2`` / ``tl.exp2`` elsewhere), ``bf16_dot`` and
+``dot_3xtf32``.
 
 ``tl.log`` compiles to libdevice's ``__nv_logf``, a polynomial of about 25 instructions, so the
 log-bound pair loops (JSD: one log per pair and entry) ran at the polynomial's rate. On the GPU
 ``fast_log2f`` is one ``lg2.approx.ftz.f32`` (the special-function unit; absolute error about
 2^-22 on [1/2, 2], relative 2^-22 elsewhere); x log2 x summed over a distribution then errs by at
 most ~2^-22 bits, far below the float32 accumulation's own error over thousands of terms.
-Triton's interpreter has no extern functions, so under ``TRITON_INTERPRET=1`` (how CI runs the
+``tl.exp`` / ``tl.exp2`` compile to ``ex2.approx.f32`` without flush-to-zero, which ptxas guards
+against subnormal results with a compare and two predicated multiplies around each MUFU.EX2;
+``exp2`` here is ``ex2.approx.ftz.f32`` alone (results below 2^-126 flush to 0, far below anything
+a float32 sum of probabilities resolves).
+Triton's interpreter has no extern functions or inline assembly, so under ``TRITON_INTERPRET=1`` (how CI runs the
 kernels) the same kernels take ``tl.log2``: identical math, exact to float32 rounding.
 """
 import os
@@ -44,3 +49,48 @@ def bf16_dot(a, b):
         return tl.dot(a, b)
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def exp2(x):
+    """2^x in float32: one ex2.approx.ftz on a GPU (subnormal results flush to 0)."""
+    if FAST_LOG2:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def split_tf32(x):
+    """x = hi + lo, hi = x rounded to TF32 (11 significand bits, nearest, by its bit pattern: an
+    integer add and a mask; inf and NaN stay inf and NaN, and then lo is NaN), lo = x - hi exact."""
+    hi = ((x.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    return hi, x - hi
+
+
+@triton.jit
+def _tf32(x):
+    """What a TF32 tensor-core product reads of a float32 operand: its 19 leading bits."""
+    return (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def dot_3xtf32(a, b, acc):
+    """acc + a @ b for float32 tiles at about float32 accuracy on the TF32 tensor cores:
+    a_lo b_hi + a_hi b_lo + a_hi b_hi (the a_lo b_lo term, 2^-22 relative, is dropped). Triton's own
+    ``input_precision='tf32x3'`` rounds each piece with an inf guard (about 5 instructions per
+    operand entry); here hi is rounded by ``split_tf32`` (2) and lo goes in as it is: the tensor
+    core truncates it to TF32, a relative error of 2^-21 of the entry, as with the guarded form's
+    2^-22 far below the float32 sums' own. Under the interpreter the operands are truncated to
+    TF32 first, so that the tests see the products a GPU computes."""
+    a_hi, a_lo = split_tf32(a)
+    b_hi, b_lo = split_tf32(b)
+    if FAST_LOG2:  # i.e. compiled for a GPU
+        acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+        acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(_tf32(a_lo), b_hi, acc, input_precision="ieee")
+        acc = tl.dot(a_hi, _tf32(b_lo), acc, input_precision="ieee")
+        return tl.dot(a_hi, b_hi, acc, input_precision="ieee")

@@ -20,15 +20,25 @@ Kernels:
                Up to 128 models are one (BM x BM) tile; beyond, programs also take a (64 x 64)
                (i, j) tile of models (TILED). Partial sums per program are added in float64 by torch.
   _stats_cross the one-pass form of _row_stats + _cross (one read of the logits instead of two;
-               opt-in until it is measured on a GPU, see ``one_pass``). Per position it keeps, per
-               model, the online max m, s = sum e^(z - m) and the first argmax, and the unnormalised
-               products A_ij = sum_v e^(z_i - m_i) (z_j - c_j), rescaled by e^(m_old - m_new) when a
-               row's max grows (as flash attention rescales its output), so that at the end
-                   Y_ij(n) = A_ij / s_i - (lse_j - c_j),   lse = m + log s,
+               the default up to 128 models, see ``ONE_PASS``). Per position it keeps, per model,
+               the online max m and the first argmax, and the unnormalised products
+               A_ij = sum_v 2^((z_i - c_i) log2 e - r_i) (z_j - c_j), r_i = (m_i - c_i) log2 e,
+               rescaled by 2^(r_old - r_new) when a row's max grows (as flash attention rescales its
+               output), so that at the end, with s_i = sum_v 2^(...) the row's sum,
+                   Y_ij(n) = A_ij / s_i - (lse_j - c_j),   lse_j - c_j = r_j ln 2 + log s_j,
                since sum_v p_i (z_j - lse_j) = sum_v p_i (z_j - c_j) - (lse_j - c_j). c_j is the
                row's first logit: any per-row constant works, and one inside the row's range keeps
-               the operand, and lse_j - c_j = (m_j - c_j) + log s_j, as small as the logits' spread,
-               not their offset (logits near 1e4 then lose nothing to fp32 rounding of lse).
+               the operand, and lse_j - c_j, as small as the logits' spread, not their offset
+               (logits near 1e4 then lose nothing to fp32 rounding of lse). The exponent is one FMA
+               of z - c (which the products need anyway) and the reference r, whose rounding is
+               shared by every entry of the row and by lse, so it cancels.
+               The V loop's common path is lean (bench/sass_cost.py counts it): one max per entry,
+               one row reduction per block, the exponential (ex2.approx.ftz), the 3xTF32 split
+               of P and Z - c (fast_math.dot_3xtf32) and the products. The argmax, the new
+               reference and the rescaling run only in a block where some row's max grew (one
+               branch for the program); the row sums come from the tensor cores (SUM_COL: a padding
+               row of ones); non-finite logits are found per position, not per entry (NaN or inf
+               in row i makes s_i NaN; -inf, NaN or inf in row j makes column j of A NaN).
                H_i(n) = -Y_ii(n) is the per-position entropy JSD needs. Up to 128 models (all rows'
                statistics in one program); beyond, the launcher takes the two-pass kernels.
                bfloat16 logits (BF16_Z): c = 0, so that Z itself, exact in bfloat16, is the second
@@ -53,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fast_math import bf16_dot, xlog2x
+from .fast_math import bf16_dot, dot_3xtf32, exp2, xlog2x
 
 
 @triton.jit
@@ -178,44 +188,62 @@ def _cross(z_ptr, w_ptr, lse_ptr, out_ptr, M, N, V, per_prog, n_tiles,
     tl.store(out_ptr + (pid * n_tiles * n_tiles + tile) * BM * BM + ar[:, None] * BM + ar[None, :], acc)
 
 
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
 @triton.jit
-def _online_step(base, k0, shift, total, live, c, mx, s, top, nonfinite, acc, V,
-                 MASKED: tl.constexpr, BV: tl.constexpr, BF16_Z: tl.constexpr):
-    """One V block of _stats_cross: online max / sum / first argmax and the rescaled products."""
+def _online_step(base, k0, shift, total, live, c, mx, rl, top, s, acc, V,
+                 MASKED: tl.constexpr, BV: tl.constexpr, BF16_Z: tl.constexpr, SUM_COL: tl.constexpr):
+    """One V block of _stats_cross. Per entry: one maximum, p = 2^((z - c) log2 e - rl) into the
+    slot's sum, and the products. Only in a block where some row's maximum grows (every block at
+    first, rarely later: a row's maximum grows in about ln(V / BV) of its blocks) the rows' first
+    argmax, the reference rl = (mx - c) log2 e and the rescaling of the sums and products by
+    2^(rl_old - rl): one branch for the whole program. With SUM_COL (float32 logits, M < BM) the
+    tile's last row is a padding row whose operand z - c is all ones (its masked loads read 0 and
+    its c is -1), so that the products' last column is each row's sum of p: the tensor cores add it
+    up, instead of one FADD per entry into ``s``."""
     k = k0 + tl.arange(0, BV)
-    idx = k - shift  # vocabulary index
     inb = _block_mask(live, k, shift, total, MASKED, BV)
-    z = tl.load(base[:, None] + k[None, :], mask=inb, other=0.0).to(tl.float32)
-    ok = (z == z) & (tl.abs(z) != float("inf"))
-    nonfinite += tl.sum((inb & ~ok).to(tl.int32), axis=1)
-    ok = inb & ok
-    zm = tl.where(ok, z, float("-inf"))
-    bm = tl.max(zm, axis=1)
-    barg = tl.min(tl.where(zm == bm[:, None], idx[None, :], V), axis=1)  # first index of the max
-    top = tl.where(bm > mx, barg, top)
-    new = tl.maximum(mx, bm)
-    ref = tl.where(new == float("-inf"), 0.0, new)  # rows with no entry yet (padding rows)
-    alpha = tl.exp(mx - ref)
-    p = tl.exp(zm - ref[:, None])
-    s = s * alpha + tl.sum(p, axis=1)
+    zr = tl.load(base[:, None] + k[None, :], mask=inb, other=0.0)
+    z = zr.to(tl.float32)
+    l = z - c[:, None]  # masked entries: 0 - c, finite, and p = 0 there
+    zm = tl.where(inb, z, float("-inf")) if MASKED else z
+    bm = tl.max(zm, axis=1)  # NaN is passed over here (and makes the row's sum NaN below)
+    grow = bm > mx
+    if tl.max(grow.to(tl.int32), axis=0) > 0:
+        barg = tl.min(tl.where(zm == bm[:, None], (k - shift)[None, :], V), axis=1)  # first index of the max
+        top = tl.where(grow, barg, top)
+        mx = tl.maximum(mx, bm)
+        rl_new = tl.where(mx == float("-inf"), 0.0, mx - c) * LOG2E
+        alpha = exp2(rl - rl_new)  # 0 at the first block (rl = -inf, s = acc = 0)
+        rl = rl_new
+        if not SUM_COL:
+            s = s * alpha[:, None]
+        acc = acc * alpha[:, None]
+    p = exp2(l * LOG2E - rl[:, None])
+    if MASKED:
+        p = tl.where(inb, p, 0.0)
+    if not SUM_COL:
+        s += p
     if BF16_Z:
-        # P in three bfloat16 pieces (8 + 8 + 8 significand bits, fp32's 24) times the
-        # exact bfloat16 Z: three bf16 products, half the tensor-core time of tf32x3
-        zt = tl.trans(tl.where(ok, z, 0.0).to(tl.bfloat16))
+        # P in three bfloat16 pieces (8 + 8 + 8 significand bits, fp32's 24) times the exact
+        # bfloat16 logits (c = 0): three bf16 products, half the tensor-core time of 3xTF32
+        zt = tl.trans(zr.to(tl.bfloat16))
         p1 = p.to(tl.bfloat16)
         r1 = p - p1.to(tl.float32)
         p2 = r1.to(tl.bfloat16)
         p3 = (r1 - p2.to(tl.float32)).to(tl.bfloat16)
-        prod = bf16_dot(p1, zt) + bf16_dot(p2, zt) + bf16_dot(p3, zt)
+        acc += bf16_dot(p3, zt) + bf16_dot(p2, zt) + bf16_dot(p1, zt)
     else:
-        prod = tl.dot(p, tl.trans(tl.where(ok, z - c[:, None], 0.0)), input_precision="tf32x3")
-    return new, s, top, nonfinite, acc * alpha[:, None] + prod
+        acc = dot_3xtf32(p, tl.trans(l), acc)
+    return mx, rl, top, s, acc
 
 
 @triton.jit
 def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N, V, per_prog,
                  BM: tl.constexpr, BV: tl.constexpr, BF16_Z: tl.constexpr, VEC: tl.constexpr,
-                 ALIGN: tl.constexpr):
+                 ALIGN: tl.constexpr, SUM_COL: tl.constexpr):
     pid = tl.program_id(0)
     mi = tl.arange(0, BM)
     live = mi < M
@@ -231,34 +259,44 @@ def _stats_cross(z_ptr, w_ptr, lse_ptr, top_ptr, ent_ptr, bad_ptr, out_ptr, M, N
             else:
                 c = tl.load(z_ptr + rows, mask=live, other=0.0).to(tl.float32)
                 c = tl.where((c == c) & (tl.abs(c) != float("inf")), c, 0.0)  # a non-finite row is flagged below
+                if SUM_COL:
+                    c = tl.where(mi == BM - 1, -1.0, c)
             shift = ((n % VEC) * (V % VEC)) % VEC  # the same for every model (N V % VEC == 0)
             total = V + shift
             end = (total // BV) * BV
             base = _rows_base(z_ptr, rows, shift, ALIGN)
             mx = tl.full((BM,), float("-inf"), tl.float32)
-            s = tl.zeros((BM,), tl.float32)
+            rl = tl.full((BM,), float("-inf"), tl.float32)
             top = tl.zeros((BM,), tl.int32)
-            nonfinite = tl.zeros((BM,), tl.int32)
+            s = tl.zeros((BM, 1 if SUM_COL else BV), tl.float32)
             acc = tl.zeros((BM, BM), tl.float32)
-            mx, s, top, nonfinite, acc = _online_step(base, 0, shift, total, live, c, mx, s, top, nonfinite, acc,
-                                                      V, True, BV, BF16_Z)
+            mx, rl, top, s, acc = _online_step(base, 0, shift, total, live, c, mx, rl, top, s, acc, V,
+                                               True, BV, BF16_Z, SUM_COL)
             for k0 in range(BV, end, BV):
-                mx, s, top, nonfinite, acc = _online_step(base, k0, shift, total, live, c, mx, s, top, nonfinite,
-                                                          acc, V, False, BV, BF16_Z)
+                mx, rl, top, s, acc = _online_step(base, k0, shift, total, live, c, mx, rl, top, s, acc, V,
+                                                   False, BV, BF16_Z, SUM_COL)
             if (end >= BV) & (end < total):
-                mx, s, top, nonfinite, acc = _online_step(base, end, shift, total, live, c, mx, s, top, nonfinite,
-                                                          acc, V, True, BV, BF16_Z)
-            s1 = tl.where(s > 0, s, 1.0)
-            log_s = tl.log(s1)
-            rel = (mx - c) + log_s  # lse - c without rounding lse itself (mx - c is exact)
+                mx, rl, top, s, acc = _online_step(base, end, shift, total, live, c, mx, rl, top, s, acc, V,
+                                                   True, BV, BF16_Z, SUM_COL)
+            srow = tl.sum(tl.where(mi[None, :] == BM - 1, acc, 0.0), axis=1) if SUM_COL else tl.sum(s, axis=1)
+            s1 = tl.where(srow > 0, srow, 1.0)
+            # lse - c = rl ln 2 + log s; rl = (mx - c) log2 e rounded, so as d + its rounding's
+            # share (exact by the FMA), not rl ln 2 (an error of rl's size x 2^-24, ~1e-6 nats)
+            d = tl.where(mx == float("-inf"), 0.0, mx - c)
+            rel = d - tl.fma(d, LOG2E, -rl) * LN2 + tl.log(s1)
             y = tl.where(pair, acc / s1[:, None] - rel[None, :], 0.0)
-            lse = tl.where(live, mx + log_s, 0.0)
+            # Non-finite logits, without a test per entry: NaN or +inf in row i makes its sum NaN
+            # (2^NaN, or 2^(inf - inf)); -inf, NaN or +inf in row j makes the products' column j
+            # NaN (the TF32 tail inf - inf, or 0 x inf) in every row whose own sum is finite.
+            fin = srow < float("inf")
+            nonfinite = ((tl.abs(acc) < float("inf")) == 0) & (fin & live)[:, None]
+            bad = (~fin | (tl.max(nonfinite.to(tl.int32), axis=0) > 0)) & live
             tot += y
             off = mi * N + n
-            tl.store(lse_ptr + off, lse, mask=live)
+            tl.store(lse_ptr + off, c + rel, mask=live)
             tl.store(top_ptr + off, top, mask=live)
             tl.store(ent_ptr + off, -tl.sum(tl.where(eye, y, 0.0), axis=1), mask=live)
-            tl.store(bad_ptr + off, nonfinite, mask=live)
+            tl.store(bad_ptr + off, bad.to(tl.int32), mask=live)
     tl.store(out_ptr + pid * BM * BM + mi[:, None] * BM + mi[None, :], tot)
 
 
@@ -299,13 +337,20 @@ def _jsd(z_ptr, w_ptr, lse_ptr, ent_ptr, out_ptr, M, N, V, per_prog, n_tiles,
     tl.store(base + ii[:, None] * M + jj[None, :], acc, mask=li[:, None] & lj[None, :])
 
 
-# (BV, num_warps, num_stages) of _stats_cross by BM: per BM the largest BV whose kernel compiles
-# without register spills (Triton 3.6, sm_90, cuobjdump; at BM 128 every choice spills, BV 16 least).
-# The 3xTF32 operands (head and tail of P and of Z) are what fill the 255 registers. Not yet timed
-# on a GPU: ``python bench/gpu_sweep.py agree`` sweeps it against the two-pass kernels.
-ONE_PASS_CONFIG = {16: (64, 4, 3), 32: (64, 8, 3), 64: (32, 8, 3), 128: (16, 8, 3)}
+# (BV, num_warps, num_stages) of _stats_cross by BM: per BM the configuration with the fewest
+# hot-loop instructions per logit entry among those that compile without register spills (sm_90
+# SASS, Triton 3.6 and 3.9: ``python bench/sass_cost.py``, bench/results/sass-cost-agreement.md; at
+# BM 128 every choice spills a little). One warpgroup (4 warps) beats two at BM 64: 21 against 36-43
+# lane-instructions per entry (two warpgroups split the products and exchange rows through shared
+# memory). Not yet timed on a GPU: ``python bench/gpu_sweep.py agree`` sweeps it against the two passes.
+ONE_PASS_CONFIG = {16: (64, 4, 3), 32: (32, 4, 3), 64: (32, 4, 3), 128: (32, 8, 3)}
 PROGRAMS_PER_SM = 4  # programs of _cross / _stats_cross per multiprocessor (each takes a slice of positions)
-ONE_PASS = False  # the two-pass kernels stay the default until a GPU run measures the one-pass one
+# The one-pass kernel is the default (up to 128 models): it reads the logits once instead of twice,
+# and its V loop issues 21 lane-instructions per entry (BM 64, float32; 72 before its lean rewrite)
+# against 28 + 27 for _row_stats + _cross (bench/sass_cost.py), with the same tensor-core products.
+# That is a static count, not a timing: bench/gpu_analysis.py times both ("triton" and
+# "triton_two_pass") and the GPU suite's sweep compares them.
+ONE_PASS = True
 
 
 VECTOR_LOADS = True  # aligned, peeled V loops with 16-byte loads where the layout allows (_vector_width)
@@ -370,7 +415,7 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
         obv, warps, stages = ONE_PASS_CONFIG[BM]
         _stats_cross[(progs,)](z, w, lse, top, ent, bad, part, M, N, V, per, BM=BM,
                                BV=min(obv, max(16, triton.next_power_of_2(V))), BF16_Z=z.dtype == torch.bfloat16,
-                               VEC=vec, ALIGN=align, num_warps=warps, num_stages=stages)
+                               VEC=vec, ALIGN=align, SUM_COL=M < BM and z.dtype != torch.bfloat16, num_warps=warps, num_stages=stages)
     else:
         rvec, ralign = _vector_width(z, N, V, shared_shift=False)
         _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=min(1024, triton.next_power_of_2(V)), ENT=jsd,

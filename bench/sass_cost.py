@@ -1,0 +1,179 @@
+"""Static cost of the Triton agreement kernels on a GPU, without one: compile for sm_90 (Triton's
+own ptxas), disassemble (its cuobjdump), and count the instructions of the innermost V loop.
+
+    python bench/sass_cost.py                    # one-pass kernel, every tile configuration
+    python bench/sass_cost.py --kernel cross     # the two-pass kernels, as the launcher sets them
+    python bench/sass_cost.py --config fp32,64,32,4,3 --json   # one configuration, JSON rows
+
+For each configuration: registers, spill bytes (STACK), shared memory, and the instructions of one
+iteration of the innermost loop -- the hot path, leaving out the one-pass kernel's rare branch (a
+row's maximum grew: the argmax and rescaling) -- as lane-instructions per logit entry:
+instructions x 32 x warps / entries per iteration. An H100 issues about 132 x 4 x 32 x 1.755e9 =
+2.96e13 lane-instructions per second, so at 40 models, 20 000 positions and V = 30 522 (the
+benchmark's case A; the tiled kernels compute 64 rows) each lane-instruction per entry is about 1.3
+ms of issue time (0.8 ms for _row_stats, one row per model) against a floor of 37.9 ms. It is a bound on one resource, not a timing: memory, the tensor cores
+and latency are not modelled (bench/gpu_sweep.py agree times the same configurations on a GPU).
+Results: bench/results/sass-cost-agreement.md.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ISSUE_RATE = 132 * 4 * 32 * 1.755e9   # H100 SXM lane-instructions / s
+CASE_A = (40, 64, 20000, 30522)      # models, their tile's rows, positions, vocabulary
+
+
+def _compile(fn, signature: dict, constexprs: dict, warps: int, stages: int) -> tuple[str, str]:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    sig = dict(signature, **{k: "constexpr" for k in constexprs})
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", f.name], capture_output=True,
+                              text=True, check=True).stdout
+    return res, sass
+
+
+def _instructions(sass: str) -> list[tuple[int, str]]:
+    out = []
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(2).strip()))
+    return out
+
+
+def hot_loop(sass: str) -> tuple[int, collections.Counter]:
+    """(instructions, opcode counts) of one iteration of the innermost loop (a backward branch with
+    no other backward branch inside), without the body of its forward conditional branches."""
+    ins = _instructions(sass)
+    branches = []
+    for addr, text in ins:
+        m = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
+        if m:
+            branches.append((addr, int(m.group(1), 16)))
+    loops = [(tgt, addr) for addr, tgt in branches if tgt < addr]
+    inner = [(lo, hi) for lo, hi in loops
+             if not any(lo <= l2 and h2 <= hi and (l2, h2) != (lo, hi) for l2, h2 in loops)]
+    if not inner:
+        raise RuntimeError("no loop found")
+    lo, hi = max(inner, key=lambda r: r[1] - r[0])  # the V loop: the longest innermost loop
+    skipped = [(addr + 16, tgt - 16) for addr, tgt in branches if lo < addr < hi and addr < tgt <= hi]
+    counts = collections.Counter()
+    for addr, text in ins:
+        if lo <= addr <= hi and not any(a <= addr <= b for a, b in skipped):
+            op = re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+            counts[op] += 1
+    return sum(counts.values()), counts
+
+
+AGREE_SIG = {"z_ptr": "*fp32", "w_ptr": "*fp32", "lse_ptr": "*fp32", "top_ptr": "*i32", "ent_ptr": "*fp32",
+             "bad_ptr": "*i32", "out_ptr": "*fp32", "M": "i32", "N": "i32", "V": "i32", "per_prog": "i32"}
+
+
+def one_pass_rows(configs) -> list[dict]:
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    rows = []
+    for dtype, BM, BV, warps, stages in configs:
+        bf16 = dtype == "bf16"
+        sig = dict(AGREE_SIG, z_ptr=f"*{dtype}")
+        const = dict(BM=BM, BV=BV, BF16_Z=bf16, VEC=16 // (2 if bf16 else 4), ALIGN=16, SUM_COL=not bf16)
+        rows.append(_row("one_pass", dtype, (BM, BV, warps, stages), BM * BV, warps, True,
+                         *_compile(pa._stats_cross, sig, const, warps, stages)))
+    return rows
+
+
+def two_pass_rows(dtypes) -> list[dict]:
+    from grounded_fast.triton_kernels.analysis import pairwise_agreement as pa
+    rows = []
+    for dtype in dtypes:
+        vec = 16 // (2 if dtype == "bf16" else 4)
+        sig = {k: v for k, v in AGREE_SIG.items() if k not in ("out_ptr", "M", "per_prog")}
+        sig["z_ptr"] = f"*{dtype}"
+        rows.append(_row("row_stats", dtype, (1, 1024, 4, 3), 1024, 4, False,
+                         *_compile(pa._row_stats, sig, dict(BV=1024, ENT=False, VEC=vec, ALIGN=16), 4, 3)))
+        sig = {"z_ptr": f"*{dtype}", "w_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*fp32", "M": "i32",
+               "N": "i32", "V": "i32", "per_prog": "i32", "n_tiles": "i32"}
+        rows.append(_row("cross", dtype, (64, 64, 4, 3), 64 * 64, 4, True,
+                         *_compile(pa._cross, sig, dict(BM=64, BV=64, TILED=False, VEC=vec, ALIGN=16), 4, 3)))
+    return rows
+
+
+def _row(kernel, dtype, config, entries, warps, padded, res, sass) -> dict:
+    """``padded``: the kernel's tiles hold 64 rows for case A's 40 models (else one row per model)."""
+    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", res)
+    n, counts = hot_loop(sass)
+    per_entry = n * 32 * warps / entries
+    models, tile_rows, positions, vocab = CASE_A
+    return {"kernel": kernel, "dtype": dtype, "config": config, "regs": int(usage.group(1)),
+            "stack": int(usage.group(2)), "hot": n, "per_entry": per_entry,
+            "case_a_ms": per_entry * (tile_rows if padded else models) * positions * vocab / ISSUE_RATE * 1e3,
+            "mix": ", ".join(f"{k} {v}" for k, v in counts.most_common(12))}
+
+
+def markdown(rows) -> str:
+    out = ["| kernel | logits | (BM, BV, warps, stages) | registers | spill bytes | hot loop | per entry | case A issue time |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['kernel']} | {r['dtype']} | {r['config']} | {r['regs']} | {r['stack']} | {r['hot']} | "
+                   f"{r['per_entry']:.1f} | {r['case_a_ms']:.1f} ms |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernel", choices=["one_pass", "cross", "all"], default="all")
+    ap.add_argument("--config", action="append", default=[],
+                    help="dtype,BM,BV,warps,stages of the one-pass kernel (repeatable; replaces the sweep)")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON (and write no file)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "sass-cost-agreement.md"))
+    args = ap.parse_args(argv)
+    # compiled, not interpreted (the kernels must be JIT functions), with Triton's FMA contraction
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    rows = []
+    if args.config:
+        rows = one_pass_rows([(c[0], *map(int, c[1:])) for c in (x.split(",") for x in args.config)])
+        print(json.dumps(rows) if args.json else markdown(rows))
+        return 0
+    if args.kernel in ("one_pass", "all"):
+        configs = [(dt, 64, bv, w, 3) for dt in ("fp32", "bf16") for bv in (16, 32, 64) for w in (4, 8)]
+        configs += [(dt, bm, bv, w, 3) for dt in ("fp32", "bf16")
+                    for bm, bv, w in ((16, 32, 4), (16, 64, 4), (32, 32, 4), (32, 64, 4), (128, 16, 8), (128, 32, 8))]
+        rows += one_pass_rows(configs)
+    if args.kernel in ("cross", "all"):
+        rows += two_pass_rows(("fp32", "bf16"))
+    table = markdown(rows)
+    print(table)
+    for r in rows:
+        print(r["kernel"], r["dtype"], r["config"], r["mix"], file=sys.stderr)
+    if args.out:
+        import triton
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(f"# Static cost of the agreement kernels (sm_90 SASS, Triton {triton.__version__})\n\n"
+                    "`python bench/sass_cost.py`: see its docstring. Lane-instructions per logit entry in one "
+                    "iteration of the V loop (hot path); the issue time is that count over case A's "
+                    "20 000 x 30 522 entries of 64 tile rows (40 models for _row_stats) at an H100's 2.96e13 "
+                    "lane-instructions/s. Not a timing.\n\n")
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
