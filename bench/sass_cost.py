@@ -1,8 +1,9 @@
-"""Static cost of the Triton agreement kernels on a GPU, without one: compile for sm_90 (Triton's
+"""Static cost of the Triton agreement and attention kernels on a GPU, without one: compile for sm_90 (Triton's
 own ptxas), disassemble (its cuobjdump), and count the instructions of the innermost V loop.
 
     python bench/sass_cost.py                    # one-pass kernel, every tile configuration
     python bench/sass_cost.py --kernel cross     # the two-pass kernels, as the launcher sets them
+    python bench/sass_cost.py --kernel attention # the attention pair kernels (JSD), per pair and entry
     python bench/sass_cost.py --config fp32,64,32,4,3 --json   # one configuration, JSON rows
 
 For each configuration: registers, spill bytes (STACK), shared memory, and the instructions of one
@@ -11,9 +12,11 @@ row's maximum grew: the argmax and rescaling) -- as lane-instructions per logit 
 instructions x 32 x warps / entries per iteration. An H100 issues about 132 x 4 x 32 x 1.755e9 =
 2.96e13 lane-instructions per second, so at 40 models, 20 000 positions and V = 30 522 (the
 benchmark's case A; the tiled kernels compute 64 rows) each lane-instruction per entry is about 1.3
-ms of issue time (0.8 ms for _row_stats, one row per model) against a floor of 37.9 ms. It is a bound on one resource, not a timing: memory, the tensor cores
+ms of issue time (0.8 ms for _row_stats, one row per model) against a floor of 37.9 ms; for the attention kernels (case B) the unit is a pair and source entry of
+a tile, and the time counts the 6 tiles of 16 x 16 pairs that run for 40 models, against a floor of
+2.34 ms. It is a bound on one resource, not a timing: memory, the tensor cores
 and latency are not modelled (bench/gpu_sweep.py agree times the same configurations on a GPU).
-Results: bench/results/sass-cost-agreement.md.
+Results: bench/results/sass-cost-analysis.md.
 """
 from __future__ import annotations
 
@@ -114,6 +117,25 @@ def two_pass_rows(dtypes) -> list[dict]:
     return rows
 
 
+ATTN_SIG = {"x_ptr": "*fp32", "smask_ptr": "*i8", "M": "i32", "R": "i32", "S": "i32", "per_prog": "i32",
+            "n_tiles": "i32"}
+
+
+def attention_rows() -> list[dict]:
+    """The attention kernels for case B (JSD, M = 40, R = 20 000, S = 72: tiles of 16 x 16 models, 16
+    sources a step), per pair and source entry of a tile (16 x 16 x 16 per iteration)."""
+    from grounded_fast.triton_kernels.analysis import attention_distance as ad
+    BI, BS, warps = ad.CONFIG["BI"], 16, ad.CONFIG["num_warps"]
+    const = dict(METRIC=3, HAS_MASK=False, BI=BI, BS=BS)
+    lin = dict(ATTN_SIG, scale_ptr="*fp32", out_ptr="*fp32", NB="i32")
+    per_row = dict(ATTN_SIG, w_ptr="*fp32", scale_ptr="*fp32", nh_ptr="*fp32", out_ptr="*fp32")
+    rows = []
+    for name, fn, sig in (("attention _pairs_linear", ad._pairs_linear, lin), ("attention _pairs", ad._pairs, per_row)):
+        rows.append(_row(name, "fp32", (BI, BS, warps, 3), BI * BI * BS, warps, None,
+                         *_compile(fn, {k: sig[k] for k in fn.arg_names if k not in const}, const, warps, 3)))
+    return rows
+
+
 def _row(kernel, dtype, config, entries, warps, padded, res, sass) -> dict:
     """``padded``: the kernel's tiles hold 64 rows for case A's 40 models (else one row per model)."""
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", res)
@@ -122,12 +144,15 @@ def _row(kernel, dtype, config, entries, warps, padded, res, sass) -> dict:
     models, tile_rows, positions, vocab = CASE_A
     return {"kernel": kernel, "dtype": dtype, "config": config, "regs": int(usage.group(1)),
             "stack": int(usage.group(2)), "hot": n, "per_entry": per_entry,
-            "case_a_ms": per_entry * (tile_rows if padded else models) * positions * vocab / ISSUE_RATE * 1e3,
+            "case_a_ms": (per_entry * (tile_rows if padded else models) * positions * vocab / ISSUE_RATE * 1e3
+                          if padded is not None else
+                          # case B: 6 tiles of 16 x 16 pairs on and above the diagonal, 80 sources a row
+                          per_entry * 20000 * 6 * 256 * 80 / ISSUE_RATE * 1e3),
             "mix": ", ".join(f"{k} {v}" for k, v in counts.most_common(12))}
 
 
 def markdown(rows) -> str:
-    out = ["| kernel | logits | (BM, BV, warps, stages) | registers | spill bytes | hot loop | per entry | case A issue time |",
+    out = ["| kernel | logits | (BM, BV, warps, stages) | registers | spill bytes | hot loop | per entry | issue time (case A or B) |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['kernel']} | {r['dtype']} | {r['config']} | {r['regs']} | {r['stack']} | {r['hot']} | "
@@ -137,11 +162,11 @@ def markdown(rows) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", choices=["one_pass", "cross", "all"], default="all")
+    ap.add_argument("--kernel", choices=["one_pass", "cross", "attention", "all"], default="all")
     ap.add_argument("--config", action="append", default=[],
                     help="dtype,BM,BV,warps,stages of the one-pass kernel (repeatable; replaces the sweep)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON (and write no file)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "sass-cost-agreement.md"))
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "sass-cost-analysis.md"))
     args = ap.parse_args(argv)
     # compiled, not interpreted (the kernels must be JIT functions), with Triton's FMA contraction
     os.environ.pop("TRITON_INTERPRET", None)
@@ -158,6 +183,8 @@ def main(argv=None) -> int:
         rows += one_pass_rows(configs)
     if args.kernel in ("cross", "all"):
         rows += two_pass_rows(("fp32", "bf16"))
+    if args.kernel in ("attention", "all"):
+        rows += attention_rows()
     table = markdown(rows)
     print(table)
     for r in rows:
@@ -166,11 +193,11 @@ def main(argv=None) -> int:
         import triton
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
-            f.write(f"# Static cost of the agreement kernels (sm_90 SASS, Triton {triton.__version__})\n\n"
+            f.write(f"# Static cost of the agreement and attention kernels (sm_90 SASS, Triton {triton.__version__})\n\n"
                     "`python bench/sass_cost.py`: see its docstring. Lane-instructions per logit entry in one "
                     "iteration of the V loop (hot path); the issue time is that count over case A's "
                     "20 000 x 30 522 entries of 64 tile rows (40 models for _row_stats) at an H100's 2.96e13 "
-                    "lane-instructions/s. Not a timing.\n\n")
+                    "lane-instructions/s (attention: per pair and source entry, over case B's 20 000 rows x 6 tiles x 256 pairs x 80 sources). Not a timing.\n\n")
             f.write(table + "\n")
     return 0
 

@@ -206,6 +206,30 @@ def test_triton_attention_matches_reference(metric, M, R, S, masked):
     assert_close(got.cpu(), ref, rtol=1e-4, atol=1e-6 * R, name=metric)
 
 
+@pytest.mark.parametrize("metric", ["l2", "tv", "hellinger", "jsd"])
+def test_triton_attention_weights_of_either_sign_and_bad_rows(metric):
+    """Non-negative weights send tv and jsd through the weight-folding single loop (_pairs_linear),
+    a negative weight through the row-by-row kernel: both match the reference. A row holding NaN
+    at weight 0 is never read; the same row counted is an error."""
+    from grounded_fast.triton_kernels.analysis.attention_distance import attention_pair_sums_triton
+    g = torch.Generator().manual_seed(7)
+    M, R, S = 5, 9, 37
+    a = torch.softmax(2 * torch.randn(M, R, S, generator=g), -1)
+    a[2] = a[3]  # identical models: a distance of 0
+    a[:, 4, 3] = float("nan")
+    w = torch.rand(R, generator=g, dtype=torch.float64) * 3
+    w[4] = 0.0
+    k = A.ATTENTION_METRICS.index(metric) - 1
+    empty = torch.empty(0, dtype=torch.bool, device=DEVICE)
+    for weights in (w, torch.where(torch.arange(R) == 6, -w, w)):
+        got = attention_pair_sums_triton(a.to(DEVICE), empty, weights.to(DEVICE), k)
+        ref = attention_pair_sums_reference(a, weights, metric)
+        assert_close(got.cpu(), ref, rtol=1e-4, atol=1e-5, name=metric)
+    w[4] = 1.0
+    with pytest.raises(ValueError, match="negative, non-finite or has no mass"):
+        attention_pair_sums_triton(a.to(DEVICE), empty, w.to(DEVICE), k)
+
+
 @pytest.mark.parametrize("BI,warps", [(8, 2), (32, 8)])
 def test_triton_attention_other_tile_configs(BI, warps, monkeypatch):
     """The configurations bench/gpu_sweep.py attention tries: every metric still matches."""

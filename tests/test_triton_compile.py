@@ -137,6 +137,7 @@ def _ot_launches(rec):
 
 def _analysis_launches(rec):
     from grounded_fast.ops.analysis import attention_pair_sums, pairwise_agreement_sums
+    from grounded_fast.triton_kernels.analysis.attention_distance import attention_pair_sums_triton
     from grounded_fast.triton_kernels.analysis.pairwise_agreement import pairwise_agreement_triton
     g = torch.Generator().manual_seed(0)
     with rec:
@@ -159,6 +160,10 @@ def _analysis_launches(rec):
         mask[:, 0] = True
         for k, metric in enumerate(("l2", "tv", "hellinger", "jsd")):
             attention_pair_sums(a, mask if k % 2 else None, torch.ones(4, dtype=torch.float64), metric, "triton")
+        # a negative row weight: tv and jsd row by row (_pairs) instead of the weight-folding loop
+        for k, metric in ((1, "tv"), (3, "jsd")):
+            attention_pair_sums_triton(a, torch.empty(0, dtype=torch.bool), torch.tensor([1.0, -1.0, 1.0, 1.0],
+                                       dtype=torch.float64), k)
 
 
 @pytest.fixture(scope="module")

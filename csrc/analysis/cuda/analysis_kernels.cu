@@ -43,6 +43,10 @@ __device__ __forceinline__ float lg2_ftz(float x) {
   return y;
 }
 __device__ __forceinline__ float xlog2x(float x) { return x > 1e-30f ? x * lg2_ftz(x) : 0.f; }
+// The pair loop's JSD adds kTiny to one side of every mixture instead: m = u + v >= kTiny, so m
+// log2 m needs no compare and select (lg2 never sees 0: -inf, and 0 x -inf = NaN); each term moves
+// by about kTiny (log2 m + 1.44), below 1e-27 (an empty entry: kTiny log2 kTiny = -1e-28).
+constexpr float kTiny = 1e-30f;
 constexpr float kLn2 = 0.69314718055994531f;
 
 // ------------------------------------------------------------------------- block reductions
@@ -311,7 +315,7 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const T* __restr
           const float sc = inv[model * R + r];  // 0 for a row of zero weight
           if (sc != 0.f) v = to_f(x[(model * R + r) * S + col]) * sc;
         }
-        A[k][q][c] = v;
+        A[k][q][c] = (METRIC == 3 && q < kPair) ? v + kTiny : v;
       }
       __syncthreads();
       const int cn = S - c0 < kBJ ? int(S - c0) : kBJ;  // S = 72: the second chunk holds 8 sources, not 64
@@ -329,7 +333,8 @@ __global__ void __launch_bounds__(kThreads, 2) attention_kernel(const T* __restr
             const float e = sqrtf(u) - sqrtf(v);
             dk = fmaf(e, e, dk);
           } else {
-            dk += xlog2x(u + v);
+            const float m = u + v;
+            dk = fmaf(m, lg2_ftz(m), dk);
           }
         }
         d[k] = dk;

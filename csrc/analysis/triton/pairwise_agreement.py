@@ -339,7 +339,7 @@ def _jsd(z_ptr, w_ptr, lse_ptr, ent_ptr, out_ptr, M, N, V, per_prog, n_tiles,
 
 # (BV, num_warps, num_stages) of _stats_cross by BM: per BM the configuration with the fewest
 # hot-loop instructions per logit entry among those that compile without register spills (sm_90
-# SASS, Triton 3.6 and 3.9: ``python bench/sass_cost.py``, bench/results/sass-cost-agreement.md; at
+# SASS, Triton 3.6 and 3.9: ``python bench/sass_cost.py``, bench/results/sass-cost-analysis.md; at
 # BM 128 every choice spills a little). One warpgroup (4 warps) beats two at BM 64: 21 against 36-43
 # lane-instructions per entry (two warpgroups split the products and exchange rows through shared
 # memory). Not yet timed on a GPU: ``python bench/gpu_sweep.py agree`` sweeps it against the two passes.
