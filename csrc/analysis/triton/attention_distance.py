@@ -75,6 +75,17 @@ def _row_stats(x_ptr, smask_ptr, w_ptr, scale_ptr, nh_ptr, bad_ptr, R, S, HAS_MA
 
 
 @triton.jit
+def _pair_tile(M, n_tiles, BI: tl.constexpr):
+    """The program's tile (ti, tj) of model pairs: its models ii and jj and which of them exist."""
+    tile = tl.program_id(0)
+    ti = tile // n_tiles
+    tj = tile % n_tiles
+    ii = ti * BI + tl.arange(0, BI)
+    jj = tj * BI + tl.arange(0, BI)
+    return ti, tj, ii, jj, ii < M, jj < M
+
+
+@triton.jit
 def _tile_rows(x_ptr, smask_ptr, scale_ptr, ii, jj, li, lj, r, c0, R, S, HAS_MASK: tl.constexpr, BS: tl.constexpr):
     """The (BI, BS) blocks a = x_i scale_i and b = x_j scale_j of row r at sources c0 + [0, BS);
     zero off the valid sources, for padding models and rows not counted (scale 0: never read, they
@@ -93,6 +104,24 @@ def _tile_rows(x_ptr, smask_ptr, scale_ptr, ii, jj, li, lj, r, c0, R, S, HAS_MAS
 
 
 @triton.jit
+def _pair_terms(a, b, METRIC: tl.constexpr):
+    """(BI, BI, BS) terms of every pair of rows of a and b: (a - b)^2, |a - b|, (sqrt a - sqrt b)^2,
+    or for JSD (half rows: _row_stats HALF, so that the mixture is a plain sum) m log2 m with
+    m = a + TINY + b (see _pairs_linear)."""
+    if METRIC == 0:
+        diff = a[:, None, :] - b[None, :, :]
+        return diff * diff
+    elif METRIC == 1:
+        return tl.abs(a[:, None, :] - b[None, :, :])
+    elif METRIC == 2:
+        diff = tl.sqrt(a)[:, None, :] - tl.sqrt(b)[None, :, :]
+        return diff * diff
+    else:
+        m = (a + TINY)[:, None, :] + b[None, :, :]
+        return m * log2(m)
+
+
+@triton.jit
 def _pairs_linear(x_ptr, smask_ptr, scale_ptr, out_ptr, M, R, S, per_prog, n_tiles, NB,
                   METRIC: tl.constexpr, HAS_MASK: tl.constexpr, BI: tl.constexpr, BS: tl.constexpr):
     """TV and JSD, whose weighted sums over rows are sums over (row, source) of one term per pair:
@@ -105,26 +134,17 @@ def _pairs_linear(x_ptr, smask_ptr, scale_ptr, out_ptr, M, R, S, per_prog, n_til
     to 1); the launcher adds the w log2 w and the entropies. TINY keeps lg2 away from 0 (-inf, and
     0 x -inf = NaN) without a compare and select per pair and entry; each term moves by about
     TINY (log2 m + 1.44), below 1e-27."""
-    tile = tl.program_id(0)
-    part = tl.program_id(1)
-    ti = tile // n_tiles
-    tj = tile % n_tiles
+    ti, tj, ii, jj, li, lj = _pair_tile(M, n_tiles, BI)
     if ti > tj:  # the mirror image of tile (tj, ti): every metric is symmetric
         return
-    ii = ti * BI + tl.arange(0, BI)
-    jj = tj * BI + tl.arange(0, BI)
-    li, lj = ii < M, jj < M
+    part = tl.program_id(1)
     d3 = tl.zeros((BI, BI, BS), tl.float32)
     r0 = part * per_prog
     steps = (tl.minimum(r0 + per_prog, R) - r0) * NB
     for k in range(0, steps):
         r = r0 + k // NB
         a, b = _tile_rows(x_ptr, smask_ptr, scale_ptr, ii, jj, li, lj, r, (k % NB) * BS, R, S, HAS_MASK, BS)
-        if METRIC == 1:
-            d3 += tl.abs(a[:, None, :] - b[None, :, :])
-        else:
-            m = (a + TINY)[:, None, :] + b[None, :, :]
-            d3 += m * log2(m)
+        d3 += _pair_terms(a, b, METRIC)
     tl.store(out_ptr + part * M * M + ii[:, None] * M + jj[None, :], tl.sum(d3, axis=2),
              mask=li[:, None] & lj[None, :])
 
@@ -134,15 +154,10 @@ def _pairs(x_ptr, smask_ptr, w_ptr, scale_ptr, nh_ptr, out_ptr, M, R, S, per_pro
            METRIC: tl.constexpr, HAS_MASK: tl.constexpr, BI: tl.constexpr, BS: tl.constexpr):
     """Every metric, row by row (l2 and hellinger take a square root per row; tv and jsd come here
     only with negative row weights): sum_r w_r d_r."""
-    tile = tl.program_id(0)
-    part = tl.program_id(1)
-    ti = tile // n_tiles
-    tj = tile % n_tiles
+    ti, tj, ii, jj, li, lj = _pair_tile(M, n_tiles, BI)
     if ti > tj:  # the mirror image of tile (tj, ti): every metric is symmetric
         return
-    ii = ti * BI + tl.arange(0, BI)
-    jj = tj * BI + tl.arange(0, BI)
-    li, lj = ii < M, jj < M
+    part = tl.program_id(1)
     acc = tl.zeros((BI, BI), tl.float32)
     r0 = part * per_prog
     for r in range(r0, tl.minimum(r0 + per_prog, R)):
@@ -154,17 +169,7 @@ def _pairs(x_ptr, smask_ptr, w_ptr, scale_ptr, nh_ptr, out_ptr, M, R, S, per_pro
             d3 = tl.zeros((BI, BI, BS), tl.float32)
             for c0 in range(0, S, BS):
                 a, b = _tile_rows(x_ptr, smask_ptr, scale_ptr, ii, jj, li, lj, r, c0, R, S, HAS_MASK, BS)
-                if METRIC == 0:
-                    diff = a[:, None, :] - b[None, :, :]
-                    d3 += diff * diff
-                elif METRIC == 1:
-                    d3 += tl.abs(a[:, None, :] - b[None, :, :])
-                elif METRIC == 2:
-                    diff = tl.sqrt(a)[:, None, :] - tl.sqrt(b)[None, :, :]
-                    d3 += diff * diff
-                else:  # half rows (_row_stats HALF), so that the mixture is a plain sum; see _pairs_linear
-                    m = (a + TINY)[:, None, :] + b[None, :, :]
-                    d3 += m * log2(m)
+                d3 += _pair_terms(a, b, METRIC)
             d = tl.sum(d3, axis=2)
             if METRIC == 0:
                 d = tl.sqrt(d)
