@@ -20,14 +20,14 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-FAST_LOG2 = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")  # compiled, not interpreted
+COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET") != "1")  # for a GPU, not interpreted
 # below this, x log2 x (< 1e-28) is dropped: the hardware log flushes subnormals to zero
 TINY = tl.constexpr(1e-30)
 
 
 @triton.jit
 def log2(x):
-    if FAST_LOG2:
+    if COMPILED:
         return libdevice.fast_log2f(x)
     else:
         return tl.log2(x)
@@ -45,7 +45,7 @@ def bf16_dot(a, b):
     tiles wrongly (3.6 and 3.9: their raw bits, results ~1e9), so there the tiles are widened to
     float32 first: the same products (a bf16 x bf16 product is exact in fp32), summed in another
     order."""
-    if FAST_LOG2:  # i.e. compiled for a GPU
+    if COMPILED:
         return tl.dot(a, b)
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
@@ -54,7 +54,7 @@ def bf16_dot(a, b):
 @triton.jit
 def exp2(x):
     """2^x in float32: one ex2.approx.ftz on a GPU (subnormal results flush to 0)."""
-    if FAST_LOG2:
+    if COMPILED:
         return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
     else:
@@ -86,7 +86,7 @@ def dot_3xtf32(a, b, acc):
     TF32 first, so that the tests see the products a GPU computes."""
     a_hi, a_lo = split_tf32(a)
     b_hi, b_lo = split_tf32(b)
-    if FAST_LOG2:  # i.e. compiled for a GPU
+    if COMPILED:
         acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
         acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
         return tl.dot(a_hi, b_hi, acc, input_precision="tf32")

@@ -195,8 +195,8 @@ LN2 = tl.constexpr(0.6931471805599453)
 @triton.jit
 def _online_step(base, k0, shift, total, live, c, mx, rl, top, s, acc, V,
                  MASKED: tl.constexpr, BV: tl.constexpr, BF16_Z: tl.constexpr, SUM_COL: tl.constexpr):
-    """One V block of _stats_cross. Per entry: one maximum, p = 2^((z - c) log2 e - rl) into the
-    slot's sum, and the products. Only in a block where some row's maximum grows (every block at
+    """One V block of _stats_cross. Per entry: one maximum, p = 2^((z - c) log2 e - rl) (into the
+    (BM, BV) sums unless SUM_COL), and the products. Only in a block where some row's maximum grows (every block at
     first, rarely later: a row's maximum grows in about ln(V / BV) of its blocks) the rows' first
     argmax, the reference rl = (mx - c) log2 e and the rescaling of the sums and products by
     2^(rl_old - rl): one branch for the whole program. With SUM_COL (float32 logits, M < BM) the
@@ -346,8 +346,9 @@ def _jsd(z_ptr, w_ptr, lse_ptr, ent_ptr, out_ptr, M, N, V, per_prog, n_tiles,
 ONE_PASS_CONFIG = {16: (64, 4, 3), 32: (32, 4, 3), 64: (32, 4, 3), 128: (32, 8, 3)}
 PROGRAMS_PER_SM = 4  # programs of _cross / _stats_cross per multiprocessor (each takes a slice of positions)
 # The one-pass kernel is the default (up to 128 models): it reads the logits once instead of twice,
-# and its V loop issues 21 lane-instructions per entry (BM 64, float32; 72 before its lean rewrite)
-# against 28 + 27 for _row_stats + _cross (bench/sass_cost.py), with the same tensor-core products.
+# and its V loop issues 21 lane-instructions per entry (BM 64, float32; 67 before its lean rewrite)
+# against 30 + 27 for _row_stats + _cross (Triton 3.6, bench/sass_cost.py), with the same
+# tensor-core products.
 # That is a static count, not a timing: bench/gpu_analysis.py times both ("triton" and
 # "triton_two_pass") and the GPU suite's sweep compares them.
 ONE_PASS = True
@@ -415,7 +416,8 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
         obv, warps, stages = ONE_PASS_CONFIG[BM]
         _stats_cross[(progs,)](z, w, lse, top, ent, bad, part, M, N, V, per, BM=BM,
                                BV=min(obv, max(16, triton.next_power_of_2(V))), BF16_Z=z.dtype == torch.bfloat16,
-                               VEC=vec, ALIGN=align, SUM_COL=M < BM and z.dtype != torch.bfloat16, num_warps=warps, num_stages=stages)
+                               VEC=vec, ALIGN=align, SUM_COL=M < BM and z.dtype != torch.bfloat16,
+                               num_warps=warps, num_stages=stages)
     else:
         rvec, ralign = _vector_width(z, N, V, shared_shift=False)
         _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=min(1024, triton.next_power_of_2(V)), ENT=jsd,
