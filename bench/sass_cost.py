@@ -1,5 +1,6 @@
-"""Static cost of the Triton agreement and attention kernels on a GPU, without one: compile for sm_90 (Triton's
-own ptxas), disassemble (its cuobjdump), and count the instructions of the innermost V loop.
+"""Static cost of the Triton agreement and attention kernels on a GPU, without one: compile for
+sm_90 (Triton's own ptxas), disassemble (its cuobjdump), and count the instructions of the
+innermost loop.
 
     python bench/sass_cost.py                    # one-pass kernel, every tile configuration
     python bench/sass_cost.py --kernel cross     # the two-pass kernels, as the launcher sets them
@@ -12,10 +13,11 @@ row's maximum grew: the argmax and rescaling) -- as lane-instructions per logit 
 instructions x 32 x warps / entries per iteration. An H100 issues about 132 x 4 x 32 x 1.755e9 =
 2.96e13 lane-instructions per second, so at 40 models, 20 000 positions and V = 30 522 (the
 benchmark's case A; the tiled kernels compute 64 rows) each lane-instruction per entry is about 1.3
-ms of issue time (0.8 ms for _row_stats, one row per model) against a floor of 37.9 ms; for the attention kernels (case B) the unit is a pair and source entry of
-a tile, and the time counts the 6 tiles of 16 x 16 pairs that run for 40 models, against a floor of
-2.34 ms. It is a bound on one resource, not a timing: memory, the tensor cores
-and latency are not modelled (bench/gpu_sweep.py agree times the same configurations on a GPU).
+ms of issue time (0.8 ms for _row_stats, one row per model) against a floor of 37.9 ms. For the
+attention kernels (case B) the unit is a pair and source entry of a tile, and the time counts the
+6 tiles of 16 x 16 pairs that run for 40 models, against a floor of 2.34 ms. It is a bound on one
+resource, not a timing: memory, the tensor cores and latency are not modelled (bench/gpu_sweep.py
+agree times the same configurations on a GPU).
 Results: bench/results/sass-cost-analysis.md.
 """
 from __future__ import annotations
@@ -31,7 +33,10 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ISSUE_RATE = 132 * 4 * 32 * 1.755e9   # H100 SXM lane-instructions / s
-CASE_A = (40, 64, 20000, 30522)      # models, their tile's rows, positions, vocabulary
+# entries each kernel computes for the benchmark's cases (the issue time's multiplier)
+CASE_A_TILED = 64 * 20000 * 30522     # case A: 64 tile rows (40 models padded) x positions x vocabulary
+CASE_A_ROWS = 40 * 20000 * 30522      # _row_stats: one row per model
+CASE_B_PAIRS = 20000 * 6 * 256 * 80   # case B: rows x the 6 tiles of 16 x 16 pairs that run x 80 sources
 
 
 def _compile(fn, signature: dict, constexprs: dict, warps: int, stages: int) -> tuple[str, str]:
@@ -96,7 +101,7 @@ def one_pass_rows(configs) -> list[dict]:
         bf16 = dtype == "bf16"
         sig = dict(AGREE_SIG, z_ptr=f"*{dtype}")
         const = dict(BM=BM, BV=BV, BF16_Z=bf16, VEC=16 // (2 if bf16 else 4), ALIGN=16, SUM_COL=not bf16)
-        rows.append(_row("one_pass", dtype, (BM, BV, warps, stages), BM * BV, warps, True,
+        rows.append(_row("one_pass", dtype, (BM, BV, warps, stages), BM * BV, warps, CASE_A_TILED,
                          *_compile(pa._stats_cross, sig, const, warps, stages)))
     return rows
 
@@ -108,11 +113,11 @@ def two_pass_rows(dtypes) -> list[dict]:
         vec = 16 // (2 if dtype == "bf16" else 4)
         sig = {k: v for k, v in AGREE_SIG.items() if k not in ("out_ptr", "M", "per_prog")}
         sig["z_ptr"] = f"*{dtype}"
-        rows.append(_row("row_stats", dtype, (1, 1024, 4, 3), 1024, 4, False,
+        rows.append(_row("row_stats", dtype, (1, 1024, 4, 3), 1024, 4, CASE_A_ROWS,
                          *_compile(pa._row_stats, sig, dict(BV=1024, ENT=False, VEC=vec, ALIGN=16), 4, 3)))
         sig = {"z_ptr": f"*{dtype}", "w_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*fp32", "M": "i32",
                "N": "i32", "V": "i32", "per_prog": "i32", "n_tiles": "i32"}
-        rows.append(_row("cross", dtype, (64, 64, 4, 3), 64 * 64, 4, True,
+        rows.append(_row("cross", dtype, (64, 64, 4, 3), 64 * 64, 4, CASE_A_TILED,
                          *_compile(pa._cross, sig, dict(BM=64, BV=64, TILED=False, VEC=vec, ALIGN=16), 4, 3)))
     return rows
 
@@ -131,32 +136,29 @@ def attention_rows() -> list[dict]:
     per_row = dict(ATTN_SIG, w_ptr="*fp32", scale_ptr="*fp32", nh_ptr="*fp32", out_ptr="*fp32")
     rows = []
     for name, fn, sig in (("attention _pairs_linear", ad._pairs_linear, lin), ("attention _pairs", ad._pairs, per_row)):
-        rows.append(_row(name, "fp32", (BI, BS, warps, 3), BI * BI * BS, warps, None,
+        rows.append(_row(name, "fp32", (BI, BS, warps, 3), BI * BI * BS, warps, CASE_B_PAIRS,
                          *_compile(fn, {k: sig[k] for k in fn.arg_names if k not in const}, const, warps, 3)))
     return rows
 
 
-def _row(kernel, dtype, config, entries, warps, padded, res, sass) -> dict:
-    """``padded``: the kernel's tiles hold 64 rows for case A's 40 models (else one row per model)."""
+def _row(kernel, dtype, config, entries, warps, case_entries, res, sass) -> dict:
+    """``entries``: entries one loop iteration computes; ``case_entries``: entries of the benchmark case."""
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", res)
     n, counts = hot_loop(sass)
     per_entry = n * 32 * warps / entries
-    models, tile_rows, positions, vocab = CASE_A
     return {"kernel": kernel, "dtype": dtype, "config": config, "regs": int(usage.group(1)),
             "stack": int(usage.group(2)), "hot": n, "per_entry": per_entry,
-            "case_a_ms": (per_entry * (tile_rows if padded else models) * positions * vocab / ISSUE_RATE * 1e3
-                          if padded is not None else
-                          # case B: 6 tiles of 16 x 16 pairs on and above the diagonal, 80 sources a row
-                          per_entry * 20000 * 6 * 256 * 80 / ISSUE_RATE * 1e3),
+            "case_ms": per_entry * case_entries / ISSUE_RATE * 1e3,
             "mix": ", ".join(f"{k} {v}" for k, v in counts.most_common(12))}
 
 
 def markdown(rows) -> str:
-    out = ["| kernel | logits | (BM, BV, warps, stages) | registers | spill bytes | hot loop | per entry | issue time (case A or B) |",
+    out = ["| kernel | logits | (BM, BV, warps, stages) | registers | spill bytes | hot loop | per entry "
+           "| issue time (case A or B) |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['kernel']} | {r['dtype']} | {r['config']} | {r['regs']} | {r['stack']} | {r['hot']} | "
-                   f"{r['per_entry']:.1f} | {r['case_a_ms']:.1f} ms |")
+                   f"{r['per_entry']:.1f} | {r['case_ms']:.1f} ms |")
     return "\n".join(out)
 
 
@@ -193,11 +195,13 @@ def main(argv=None) -> int:
         import triton
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
-            f.write(f"# Static cost of the agreement and attention kernels (sm_90 SASS, Triton {triton.__version__})\n\n"
+            f.write("# Static cost of the agreement and attention kernels "
+                    f"(sm_90 SASS, Triton {triton.__version__})\n\n"
                     "`python bench/sass_cost.py`: see its docstring. Lane-instructions per logit entry in one "
                     "iteration of the V loop (hot path); the issue time is that count over case A's "
                     "20 000 x 30 522 entries of 64 tile rows (40 models for _row_stats) at an H100's 2.96e13 "
-                    "lane-instructions/s (attention: per pair and source entry, over case B's 20 000 rows x 6 tiles x 256 pairs x 80 sources). Not a timing.\n\n")
+                    "lane-instructions/s (attention: per pair and source entry, over case B's 20 000 rows x "
+                    "6 tiles x 256 pairs x 80 sources). Not a timing.\n\n")
             f.write(table + "\n")
     return 0
 

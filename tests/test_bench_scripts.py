@@ -148,6 +148,7 @@ def test_gpu_sweep_small_runs_every_warp_count(monkeypatch):
                            "copy_bandwidth_Bps": 1e9, "rows": rows})
     assert "## torch.float32 B=2 5x7" in md and "## torch.float32 B=1 3x4" in md
 
+
 def test_sass_cost_hot_loop_skips_the_rare_branch():
     """bench/sass_cost.py's loop finder on a made-up listing: the innermost loop (not the outer one
     around it), without the body of its forward branch."""
