@@ -227,6 +227,60 @@ def test_pool_workers_die_with_the_main_process(tmp_path):
     assert not any(_alive(p) for p in pids), "pool workers outlived the killed main process"
 
 
+SIGINT_WORKER = """
+import concurrent.futures as cf, multiprocessing as mp, os, signal, sys, time
+from grounded_fast.experiments import executors as ex
+
+
+def slow(data, progress):
+    with open(sys.argv[1] + ".tmp", "w") as f:  # running: its pid
+        f.write(str(os.getpid()))
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(60)
+
+
+def pool():
+    ctx = mp.get_context("spawn")
+    return cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=ex._init_worker,
+                                  initargs=(os.getpid(), None, 1, ctx.SimpleQueue()))
+
+
+if __name__ == "__main__":
+    p = pool()
+    pid = p.submit(os.getpid).result(timeout=60)   # the worker is up, and then idle
+    os.kill(pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert p.submit(os.getpid).result(timeout=30) == pid, "the idle worker died"
+    exc = p.submit(ex._pool_task, "u", slow).exception(timeout=30)
+    assert isinstance(exc, KeyboardInterrupt), f"a unit after the interrupt: {exc!r}"
+    p.shutdown()
+    p = pool()
+    fut = p.submit(ex._pool_task, "u", slow)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.05)
+    t = time.monotonic()
+    os.kill(int(open(sys.argv[1]).read()), signal.SIGINT)
+    exc = fut.exception(timeout=30)
+    assert isinstance(exc, KeyboardInterrupt) and time.monotonic() - t < 10, f"the running unit: {exc!r}"
+    p.shutdown()
+    print("OK")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
+def test_sigint_in_a_pool_worker_stops_its_unit_and_spares_an_idle_one(tmp_path):
+    """Ctrl-C reaches every process of the group: a worker waiting for work must neither die with a
+    traceback (that broke the pool and printed one; test_ctrl_c_stops_cleanly_... then failed now
+    and then, when a worker was between units) nor start a new unit; a running unit stops."""
+    import signal
+    script = tmp_path / "sigint_worker.py"
+    script.write_text(SIGINT_WORKER)
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "running")], capture_output=True, text=True,
+                         timeout=240, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
 def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during a pooled run: exit

@@ -166,15 +166,33 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _on_sigint(signum, frame) -> None:
+    """SIGINT in a pool worker (Ctrl-C reaches the whole process group). A running unit stops with
+    KeyboardInterrupt, which the executor reports to the main process like any error. An idle
+    worker only remembers it and refuses its next unit: raised there, in the executor's wait for
+    work, it would end the worker with a traceback, while the main process, interrupted too, is
+    shutting the pool down anyway."""
+    _WORKER["interrupted"] = True
+    if _WORKER.get("running"):
+        raise KeyboardInterrupt
+
+
 def _init_worker(parent_pid: int, data, threads: int, progress_queue) -> None:
     _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, _on_sigint)
     torch.set_num_threads(threads)
-    _WORKER.update(data=data, queue=progress_queue)
+    _WORKER.update(data=data, queue=progress_queue, running=False, interrupted=False)
 
 
 def _pool_task(key: str, fn):
     q = _WORKER["queue"]
-    return fn(_WORKER["data"], _Throttled(lambda done, total: q.put((key, done, total))))
+    _WORKER["running"] = True  # before the test below: a SIGINT from here on raises in the unit
+    try:
+        if _WORKER["interrupted"]:
+            raise KeyboardInterrupt
+        return fn(_WORKER["data"], _Throttled(lambda done, total: q.put((key, done, total))))
+    finally:
+        _WORKER["running"] = False
 
 
 def _drive(tasks: List[Task], window: int, submit, wait_some, drain, on_result: OnResult) -> None:
