@@ -13,8 +13,10 @@ Floors, from this device's measured rates (measured in the same run):
   B  max(attention bytes / copy bandwidth, M(M-1)/2 R S logs / log rate): one log per pair-entry.
 Backends: cuda, triton, and triton_two_pass (case A only: the Triton backend with its two-pass
 agreement kernels instead of the default one-pass kernel, pairwise_agreement.ONE_PASS = False).
-Reported: median time (CUDA events, after warm-up), floor, floor / time (target >= 0.5).
-Results: bench/results/gpu-<device>.json and .md (``--out`` overrides the stem).
+Reported: median time (CUDA events, after warm-up), floor, floor / time (target >= 0.5), and a
+check of each timed backend against the float64 torch reference on a slice of the same inputs.
+Results: bench/results/gpu-<device>.json and .md (``--out`` overrides the stem), rewritten after
+every row (a run stopped at a time limit keeps what it measured).
 """
 from __future__ import annotations
 
@@ -125,6 +127,35 @@ def run_attention(backend, attn, tmask):
     return lambda: attention_distance(attn, "jsd", tmask, backend=backend)
 
 
+def check_agreement(backend, logits, mask, positions: int = 64) -> dict:
+    """Errors of ``backend`` on the first ``positions`` of a timed chunk against the float64 torch
+    reference on the same (rounded) logits: relative for KL and entropy, the largest difference
+    of an agreement rate (one argmax flip moves a rate by 1 / positions)."""
+    from grounded_fast.analysis import PairwiseAgreement
+    sub, m = logits[:, :positions], mask[:positions]
+    got = run_agreement(backend, [sub], m, sub.shape[1], sub.shape[1])()
+    ref_acc = PairwiseAgreement(sub.shape[0], backend="torch")
+    ref_acc.update(sub.double(), m)
+    ref = ref_acc.compute()
+    return {"kl": rel_err(got["kl"], ref["kl"]), "entropy": rel_err(got["entropy"], ref["entropy"]),
+            "agreement": float((got["agreement"].double() - ref["agreement"]).abs().max())}
+
+
+def check_attention(backend, attn, tmask, items: int = 5) -> dict:
+    """Relative error of ``backend``'s JSD matrix on the first ``items`` of the timed attention
+    against the float64 torch reference."""
+    from grounded_fast.analysis import attention_distance
+    sub, m = attn[:, :items], tmask[:items]
+    got = attention_distance(sub, "jsd", m, backend=backend)
+    return {"jsd": rel_err(got, attention_distance(sub.double(), "jsd", m, backend="torch"))}
+
+
+# check limits: far above float32 / 3xTF32 rounding (the tests hold the tight tolerances), far
+# below what a broken kernel gives; an agreement rate may move by two argmax flips in 64 positions
+AGREEMENT_LIMITS = {"kl": 1e-3, "entropy": 1e-3, "agreement": 2 / 64}
+ATTENTION_LIMITS = {"jsd": 1e-3}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -147,14 +178,57 @@ def short_commit(commit: str) -> str:
     return commit[:12] + ("+modified" if commit.endswith("+modified") else "")
 
 
-def write_results(res: dict, stem: str, render) -> None:
-    """stem.json (the results dict) and stem.md (``render(res)``)."""
+def write_results(res: dict, stem: str, render, announce: bool = True) -> None:
+    """stem.json (the results dict) and stem.md (``render(res)``), each written whole then renamed
+    (a run killed mid-write leaves the previous complete file)."""
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    with open(stem + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(render(res))
-    print(f"wrote {stem}.json and {stem}.md")
+    for path, text in ((stem + ".json", json.dumps(res, indent=1)), (stem + ".md", render(res))):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    if announce:
+        print(f"wrote {stem}.json and {stem}.md")
+
+
+class ResultLog:
+    """The rows and notes of one benchmark run. Each row is printed and stem.json / stem.md are
+    rewritten at once, so that a run stopped at a lease's time limit keeps every row it measured."""
+
+    def __init__(self, stem: str, render, name: str, smoke: bool, ys: dict, skipped: list):
+        self.stem, self.render = stem, render
+        self.name, self.smoke, self.ys, self.skipped = name, smoke, ys, skipped
+        self.results: list = []
+        self.notes: list = []
+
+    def add(self, row: dict) -> None:
+        self.results.append(row)
+        print(row, flush=True)
+        self.write(announce=False)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def write(self, announce: bool = True) -> None:
+        res = run_metadata(self.name, self.smoke, self.ys, self.skipped, self.results, notes=self.notes)
+        write_results(res, self.stem, self.render, announce)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 over the finite entries of ref (NaN where out is not
+    finite there: a NaN never passes)."""
+    out, ref = out.double().reshape(ref.shape), ref.double()
+    keep = torch.isfinite(ref)
+    if not bool(torch.isfinite(out[keep]).all()):
+        return float("nan")
+    den = float(ref[keep].norm())
+    return float((out[keep] - ref[keep]).norm()) / (den if den > 0 else 1.0)
+
+
+def check_label(errors: dict, limits: dict) -> str:
+    """'ok' or 'WRONG' (an error over its limit, or NaN), then the errors: the check column of the
+    result tables."""
+    bad = any(not (e <= limits[k]) for k, e in errors.items())
+    return ("WRONG " if bad else "ok ") + ", ".join(f"{k} {e:.1e}" for k, e in errors.items())
 
 
 def run_metadata(name: str, smoke: bool, ys: dict, skipped: list, results: list, **extra) -> dict:
@@ -184,10 +258,12 @@ def markdown(res: dict) -> str:
              "TFLOP/s, torch.log (cache-resident) {:.1f} G/s.".format(res["yardsticks"]["copy_bandwidth_Bps"] / 1e9,
                                                     res["yardsticks"]["fp32_matmul_flops"] / 1e12,
                                                     res["yardsticks"]["log_rate_per_s"] / 1e9), "",
-             "| case | dtype | backend | median | floor | floor / time | target |", "|---|---|---|---|---|---|---|"]
+             "| case | dtype | backend | median | floor | floor / time | target | check |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["results"]:
         lines.append(f"| {r['case']} | {r['dtype']} | {r['backend']} | {r['median_s'] * 1e3:.2f} ms | "
-                     f"{r['floor_s'] * 1e3:.2f} ms ({r['floor_bound']}) | {r['floor_fraction']:.2f} | >= 0.5 |")
+                     f"{r['floor_s'] * 1e3:.2f} ms ({r['floor_bound']}) | {r['floor_fraction']:.2f} | >= 0.5 | "
+                     f"{r.get('check', '-')} |")
     lines += [""] + [f"- {n}" for n in res.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -215,7 +291,8 @@ def main(argv=None) -> int:
     M, N, V, chunk = (4, 64, 1000, 16) if args.smoke else (40, 20000, 30522, 1000)
     Mb, R, S = (4, 200, 72) if args.smoke else (40, 20000, 72)
     ys = yardsticks(device, args.smoke)
-    results = []
+    name = device_name(device)
+    log = ResultLog(args.out or result_stem(name, "gpu-"), markdown, name, args.smoke, ys, skipped)
     for dtype in (torch.float32, torch.bfloat16):
         pool, mask = agreement_case(M, N, V, chunk, dtype, device)
         nbytes = M * N * V * pool[0].element_size()
@@ -224,11 +301,12 @@ def main(argv=None) -> int:
         t_bw, t_fl = nbytes / ys["copy_bandwidth_Bps"], 2 * M * M * V * N / ys["fp32_matmul_flops"]
         for b in backends:
             t = median_time(run_agreement(b, pool, mask, N, chunk), device, rounds=3)
+            errors = check_agreement(b, pool[0], mask)
             floor = max(t_bw, t_fl)
-            results.append({"case": f"A agreement M={M} N={N} V={V} (chunks of {chunk})", "dtype": str(dtype)[6:],
-                            "backend": b, **t, "floor_s": floor, "floor_bound": "bytes" if t_bw >= t_fl else "flops",
-                            "floor_fraction": floor / t["median_s"]})
-            print(results[-1], flush=True)
+            log.add({"case": f"A agreement M={M} N={N} V={V} (chunks of {chunk})", "dtype": str(dtype)[6:],
+                     "backend": b, **t, "floor_s": floor, "floor_bound": "bytes" if t_bw >= t_fl else "flops",
+                     "floor_fraction": floor / t["median_s"], "errors": errors,
+                     "check": check_label(errors, AGREEMENT_LIMITS)})
         del pool
     g = torch.Generator(device=device).manual_seed(1)
     attn = torch.softmax(torch.randn(Mb, R // 40 if not args.smoke else 5, 40, S, generator=g, device=device), -1)
@@ -237,14 +315,16 @@ def main(argv=None) -> int:
     t_bw, t_lg = attn.numel() * 4 / ys["copy_bandwidth_Bps"], pair_entries / ys["log_rate_per_s"]
     for b in (b for b in backends if b != "triton_two_pass"):
         t = median_time(run_attention(b, attn, tmask), device, rounds=5)
+        errors = check_attention(b, attn, tmask)
         floor = max(t_bw, t_lg)
-        results.append({"case": f"B attention jsd M={Mb} R={R} S={S}", "dtype": "float32", "backend": b, **t,
-                        "floor_s": floor, "floor_bound": "bytes" if t_bw >= t_lg else "logs",
-                        "floor_fraction": floor / t["median_s"]})
-        print(results[-1], flush=True)
-    name = device_name(device)
-    res = run_metadata(name, args.smoke, ys, skipped, results)
-    write_results(res, args.out or result_stem(name, "gpu-"), markdown)
+        log.add({"case": f"B attention jsd M={Mb} R={R} S={S}", "dtype": "float32", "backend": b, **t,
+                 "floor_s": floor, "floor_bound": "bytes" if t_bw >= t_lg else "logs",
+                 "floor_fraction": floor / t["median_s"], "errors": errors,
+                 "check": check_label(errors, ATTENTION_LIMITS)})
+    log.note("check: the backend on the first 64 positions (A) / 5 items (B) of the timed inputs against the "
+             "float64 torch reference; 'WRONG' when an error passes its limit " +
+             ", ".join(f"{k} {v:.2g}" for k, v in {**AGREEMENT_LIMITS, **ATTENTION_LIMITS}.items()))
+    log.write()
     return 0
 
 

@@ -20,11 +20,10 @@
 # Logs go to bench/results/gpu-suite-<date>.log. Exit status: non-zero if the build or a test fails.
 # A machine lent for a few minutes at a time: run the stages as separate commands.
 #
+# A machine lent for minutes rather than hours: `python3 bench/gpu_lease.py` runs the same work as
+# one command under one time budget, the open issues' benchmarks first, and packs the results.
 # Peers without internet: POT and GeomLoss are usually missing on a GPU machine. Download their
-# wheels where pip works into bench/wheels/ (git-ignored), e.g. for Python 3.12 on x86-64:
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 -d bench/wheels pot==0.9.7.post1
-#   pip download --no-deps -d bench/wheels geomloss
+# wheels where pip works into bench/wheels/ (git-ignored) with `bash bench/fetch_peer_wheels.sh`,
 # and the suite installs them into a temporary directory on the PYTHONPATH before it starts.
 # With pytest-xdist installed the tests run on several workers (a crashing test then fails alone
 # instead of ending the run; the GPU tests took 211 s with -n 14 on an H100 machine, 441 s without).

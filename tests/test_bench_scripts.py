@@ -177,3 +177,124 @@ def test_sass_cost_default_one_pass_config_has_no_spills():
     row, = json.loads(res.stdout.strip().splitlines()[-1])
     assert row["stack"] == 0, row
     assert 0 < row["per_entry"] < 60, row
+
+
+def _bench_module(name):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_bench_checks_flag_wrong_results():
+    """The check column of the GPU tables: over the limit or NaN is WRONG; a 16-bit output is allowed
+    its own rounding (the op returns a bfloat16 C's plan in bfloat16), a float32 one is not."""
+    import torch
+    ga = _bench_module("gpu_analysis")
+    go = _bench_module("gpu_ot")
+    assert ga.check_label({"kl": 1e-6, "entropy": 2e-4}, {"kl": 1e-3, "entropy": 1e-3}).startswith("ok ")
+    assert ga.check_label({"kl": 1e-6, "entropy": 2e-3}, {"kl": 1e-3, "entropy": 1e-3}).startswith("WRONG ")
+    assert ga.check_label({"kl": float("nan")}, {"kl": 1e-3}).startswith("WRONG ")
+    ref = torch.tensor([[1.0, 2.0], [3.0, float("-inf")]], dtype=torch.float64)
+    assert ga.rel_err(ref.float(), ref) == 0.0
+    assert ga.rel_err(torch.tensor([[1.0, 2.0], [float("nan"), 0.0]]), ref) != ga.rel_err(ref, ref)  # NaN
+    plan = torch.rand(2, 5, 7, dtype=torch.float64)
+    value = plan.sum((1, 2))
+    sol = type("Ref", (), {"plan": plan, "value": value})()
+    out = (plan.float(), None, None, None, value.float())
+    assert go._checked({}, out, sol)["check"].startswith("ok ")
+    assert go._checked({}, (plan.float() * 1.01, None, None, None, value.float()), sol)["check"].startswith("WRONG ")
+    rounded = (plan.to(torch.bfloat16), None, None, None, value.to(torch.bfloat16))
+    assert go._checked({}, rounded, sol)["check"].startswith("ok ")
+    assert go._checked({}, value.float(), sol)["errors"].keys() == {"value"}  # a feature path's value alone
+
+
+def test_result_log_writes_every_row(tmp_path):
+    """A run stopped at a lease's limit keeps each row it measured: the files are rewritten per row."""
+    ga = _bench_module("gpu_analysis")
+    log = ga.ResultLog(str(tmp_path / "r"), lambda res: f"{len(res['results'])} rows\n", "dev", True, {}, [])
+    log.add({"case": "x", "median_s": 1.0})
+    assert json.loads((tmp_path / "r.json").read_text())["results"] == [{"case": "x", "median_s": 1.0}]
+    log.note("a note")
+    log.add({"case": "y", "median_s": 2.0})
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert [r["case"] for r in out["results"]] == ["x", "y"] and out["notes"] == ["a note"]
+    assert (tmp_path / "r.md").read_text() == "2 rows\n" and not list(tmp_path.glob("*.tmp"))
+
+
+def test_gpu_lease_stages_limits_and_packing(tmp_path):
+    """The lease runner: a stage's limit ends its whole process group and the next stage runs; a
+    failure is reported with its exit code; a stage that would not fit is skipped; a conditional
+    stage runs only when asked; results are packed into out during a stage, not only after it."""
+    import tarfile
+    import time
+    gl = _bench_module("gpu_lease")
+    work, out = tmp_path / "work", tmp_path / "out"
+    lease = gl.Lease(60, str(out), str(work), reserve_s=0, pack_every_s=0.3)
+    res = work / "results"
+    pidfile = tmp_path / "grandchild.pid"
+    # writes a result, then checks from inside the stage that a periodic pack has already carried it
+    packed = (f"echo '{{}}' > {res}/early.json; sleep 3; python3 -c \"import tarfile; "
+              f"assert 'results/early.json' in tarfile.open('{out}/lease.tar.gz').getnames()\"")
+    stages = [gl.Stage("first", gl._sh("echo hello"), 10, 0),
+              gl.Stage("packed", gl._sh(packed), 30, 0),
+              gl.Stage("slow", gl._sh(f"sleep 60 & echo $! > {pidfile}; wait"), 1.5, 0),
+              gl.Stage("fails", gl._sh("exit 3"), 10, 0),
+              gl.Stage("only-if-first-failed", gl._sh("exit 0"), 10, 0, when=lambda st: st["first"] != "ok"),
+              gl.Stage("too-big", gl._sh("exit 0"), 10, min_s=1000)]
+    t = time.monotonic()
+    outcomes = {o.name: o.status for o in lease.run(stages)}
+    assert time.monotonic() - t < 30
+    assert outcomes == {"first": "ok", "packed": "ok", "slow": "timed out", "fails": "failed (rc 3)",
+                        "too-big": outcomes["too-big"]} and outcomes["too-big"].startswith("skipped")
+    grandchild = int(pidfile.read_text())
+    deadline = time.time() + 10
+    while os.path.exists(f"/proc/{grandchild}") and time.time() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{grandchild}"), "the stage's process group outlived its limit"
+    md = (out / "lease.md").read_text()
+    assert "| slow | timed out |" in md and "| fails | failed (rc 3) |" in md
+    with tarfile.open(out / "lease.tar.gz") as tar:
+        names = tar.getnames()
+        assert {"results/early.json", "logs/00-first.log", "logs/02-slow.log", "lease.md"} <= set(names)
+        assert "hello" in tar.extractfile("logs/00-first.log").read().decode()
+        assert "stopped at its limit" in tar.extractfile("logs/02-slow.log").read().decode()
+    report = lease.report()
+    assert "## fails (failed (rc 3))" in report and "## first" not in report
+
+
+def test_gpu_lease_stage_commands():
+    """The GPU stages name files and cases that exist (they cannot run here), in priority order."""
+    gl = _bench_module("gpu_lease")
+    go = _bench_module("gpu_ot")
+    stages = gl.gpu_stages("/tmp/results", "h100", py="python3")
+    names = [s.name for s in stages]
+    assert names[:7] == ["env", "build-cuda", "build-cpu", "peers", "ot", "analysis", "gpu-tests"]
+    assert all(os.path.exists(os.path.join(ROOT, t)) for t in gl.GPU_TESTS)
+    for s in stages:
+        scripts = [a for a in s.argv if a.startswith("bench/")]
+        assert all(os.path.exists(os.path.join(ROOT, a)) for a in scripts), s
+    ot = next(s for s in stages if s.name == "ot")
+    assert set(ot.argv[ot.argv.index("--cases") + 1].split(",")) == set(go.CASES)
+    build = next(s for s in stages if s.name == "build-cuda")
+    assert build.env["FORCE_CUDA"] == "1" and build.env["GROUNDED_FAST_CUDA_ARCHS"]
+    cpu = next(s for s in stages if s.name == "build-cpu")
+    assert cpu.when({"build-cuda": "failed (rc 1)"}) and not cpu.when({"build-cuda": "ok"})
+
+
+def test_gpu_lease_smoke(tmp_path):
+    """The runner end to end on the CPU: bench stages at smoke sizes, two files in out."""
+    import tarfile
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_lease.py"), "--smoke", "--stages",
+                          "env,analysis", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lease.md", "lease.tar.gz"]
+    assert "| analysis | ok |" in (tmp_path / "lease.md").read_text()
+    with tarfile.open(tmp_path / "lease.tar.gz") as tar:
+        assert {"results/gpu-smoke.json", "results/gpu-smoke.md", "logs/01-analysis.log"} <= set(tar.getnames())
+    assert "| A agreement" in res.stdout and "ok kl" in res.stdout  # the result tables are printed last
+
+
+def test_fetch_peer_wheels_is_valid_bash():
+    assert subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "fetch_peer_wheels.sh")]).returncode == 0
