@@ -6,6 +6,7 @@ innermost loop.
     python bench/sass_cost.py --kernel cross     # the two-pass kernels, as the launcher sets them
     python bench/sass_cost.py --kernel attention # the attention pair kernels (JSD), per pair and entry
     python bench/sass_cost.py --config fp32,64,32,4,3 --json   # one configuration, JSON rows
+    python bench/sass_cost.py --kernel fused     # the OT fused regime's resident kernel (gpu_ot case 2)
 
 For each configuration: registers, spill bytes (STACK), shared memory, and the instructions of one
 iteration of the innermost loop -- the hot path, leaving out the one-pass kernel's rare branch (a
@@ -17,8 +18,10 @@ ms of issue time (0.8 ms for _row_stats, one row per model) against a floor of 3
 attention kernels (case B) the unit is a pair and source entry of a tile, and the time counts the
 6 tiles of 16 x 16 pairs that run for 40 models, against a floor of 2.34 ms. It is a bound on one
 resource, not a timing: memory, the tensor cores and latency are not modelled (bench/gpu_sweep.py
-agree times the same configurations on a GPU).
-Results: bench/results/sass-cost-analysis.md.
+agree times the same configurations on a GPU). For the fused OT kernel the unit is an entry of C and
+the time is one Sinkhorn iteration of bench/gpu_ot.py case 2 (B=16 x 4096^2), against ~0.36 ms for
+reading its C once at the copy bandwidth.
+Results: bench/results/sass-cost-analysis.md, bench/results/sass-cost-ot.md.
 """
 from __future__ import annotations
 
@@ -39,12 +42,16 @@ CASE_A_ROWS = 40 * 20000 * 30522      # _row_stats: one row per model
 CASE_B_PAIRS = 20000 * 6 * 256 * 80   # case B: rows x the 6 tiles of 16 x 16 pairs that run x 80 sources
 
 
-def _compile(fn, signature: dict, constexprs: dict, warps: int, stages: int) -> tuple[str, str]:
+def _compile(fn, signature: dict, constexprs: dict, warps: int, stages: int, aligned=()) -> tuple[str, str]:
+    """(resource usage, SASS) of ``fn`` for sm_90. ``aligned``: arguments a launch passes as multiples
+    of 16 (pointers from torch, sizes like 4096), which the JIT specialises on: without the hint the
+    loads of a row-major tile are not vectorised."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     sig = dict(signature, **{k: "constexpr" for k in constexprs})
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in aligned}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -141,6 +148,31 @@ def attention_rows() -> list[dict]:
     return rows
 
 
+FUSED_SIG = {"C_ptr": "*fp32", "lv_ptr": "*fp32", "la_ptr": "*fp32", "lu_ptr": "*fp32", "out_ptr": "*fp32",
+             "act_ptr": "*i1", "pmx_ptr": "*fp32", "psm_ptr": "*fp32", "n": "i32", "m": "i32", "rows_per_prog": "i32",
+             "n_prog": "i32", "scalars_ptr": "*fp64"}
+CASE_2_ITERATION = 16 * 4096 * 4096   # bench/gpu_ot.py case 2: entries of C one Sinkhorn iteration reads
+
+
+def fused_rows() -> list[dict]:
+    """The fused OT regime's resident kernel as it runs on case 2 (B=16 x 4096^2: blocks of 2 rows of
+    4096 columns, float32 or bfloat16 C), balanced and capped (partial) row updates; per entry of C,
+    and the issue time of one Sinkhorn iteration (one read of C: its floor is ~0.36 ms at an H100's
+    copy bandwidth)."""
+    import torch
+    import triton.language as tl
+    from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
+    BR, BM, warps = sf.resident_layout(4096, 4096, torch.float32)
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        for name, scaled, cap in (("_resident_rows", False, False), ("_resident_rows capped", True, True)):
+            const = dict(DT=tl.float32, BR=BR, BM=BM, SCALED=scaled, CAP=cap)
+            rows.append(_row(name, dtype, (BR, BM, warps, 3), BR * BM, warps, CASE_2_ITERATION,
+                             *_compile(sf._resident_rows, dict(FUSED_SIG, C_ptr=f"*{dtype}"), const, warps, 3,
+                                       aligned=list(FUSED_SIG))))
+    return rows
+
+
 def _row(kernel, dtype, config, entries, warps, case_entries, res, sass) -> dict:
     """``entries``: entries one loop iteration computes; ``case_entries``: entries of the benchmark case."""
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", res)
@@ -153,23 +185,28 @@ def _row(kernel, dtype, config, entries, warps, case_entries, res, sass) -> dict
 
 
 def markdown(rows) -> str:
-    out = ["| kernel | logits | (BM, BV, warps, stages) | registers | spill bytes | hot loop | per entry "
-           "| issue time (case A or B) |",
+    out = ["| kernel | input | configuration | registers | spill bytes | hot loop | per entry "
+           "| issue time (its case) |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['kernel']} | {r['dtype']} | {r['config']} | {r['regs']} | {r['stack']} | {r['hot']} | "
-                   f"{r['per_entry']:.1f} | {r['case_ms']:.1f} ms |")
+                   f"{r['per_entry']:.1f} | {r['case_ms']:.3g} ms |")
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", choices=["one_pass", "cross", "attention", "all"], default="all")
+    ap.add_argument("--kernel", choices=["one_pass", "cross", "attention", "all", "fused"], default="all",
+                    help="all: the analysis kernels; fused: the OT fused regime's resident kernel")
     ap.add_argument("--config", action="append", default=[],
                     help="dtype,BM,BV,warps,stages of the one-pass kernel (repeatable; replaces the sweep)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON (and write no file)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "sass-cost-analysis.md"))
+    ap.add_argument("--out", default=None, help="default bench/results/sass-cost-analysis.md, "
+                                                  "sass-cost-ot.md for --kernel fused")
     args = ap.parse_args(argv)
+    if args.out is None and not args.json:
+        args.out = os.path.join(HERE, "results", "sass-cost-ot.md" if args.kernel == "fused" else
+                                "sass-cost-analysis.md")
     # compiled, not interpreted (the kernels must be JIT functions), with Triton's FMA contraction
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -187,6 +224,11 @@ def main(argv=None) -> int:
         rows += two_pass_rows(("fp32", "bf16"))
     if args.kernel in ("attention", "all"):
         rows += attention_rows()
+    if args.kernel == "fused":
+        rows += fused_rows()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
     table = markdown(rows)
     print(table)
     for r in rows:
@@ -195,6 +237,14 @@ def main(argv=None) -> int:
         import triton
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
+            if args.kernel == "fused":
+                f.write(f"# Static cost of the fused OT regime's resident kernel (sm_90 SASS, Triton "
+                        f"{triton.__version__})\n\n`python bench/sass_cost.py --kernel fused`: see its docstring. "
+                        "Lane-instructions per entry of C in one row block (2 x 4096 entries, 8 warps), and the "
+                        "issue time of one Sinkhorn iteration of bench/gpu_ot.py case 2 (16 x 4096^2 entries) at "
+                        "an H100's 2.96e13 lane-instructions/s, against ~0.36 ms for one read of its 1 GiB C at "
+                        "the copy bandwidth. Not a timing.\n\n" + table + "\n")
+                return 0
             f.write("# Static cost of the agreement and attention kernels "
                     f"(sm_90 SASS, Triton {triton.__version__})\n\n"
                     "`python bench/sass_cost.py`: see its docstring. Lane-instructions per logit entry in one "

@@ -239,11 +239,14 @@ def test_fused_row_target():
     assert torch.isneginf(got[0, 1]) and torch.allclose(got[0, [0, 2]], 0.75 * sa[0, [0, 2]] + 0.25 * la[0, [0, 2]])
 
 
-def _use_fused_kernel(sf, kernel, monkeypatch):
+def _use_fused_kernel(sf, kernel, monkeypatch, m: int):
     """Steer the fused regime to one of its kernels: whole rows in registers in blocks of several rows
-    ("resident") or of one ("resident-one-row"), or rows streamed twice through L2 ("l2")."""
+    ("resident"), of two (its pair form: rows of 4096 columns on a GPU) or of one ("resident-one-row"),
+    or rows streamed twice through L2 ("l2")."""
     if kernel == "resident-one-row":
         monkeypatch.setattr(sf, "RESIDENT_TILE", 1)
+    if kernel == "resident-two-rows":
+        monkeypatch.setattr(sf, "RESIDENT_TILE", 2 << (m - 1).bit_length())  # 2 x the padded row
     if kernel == "l2":
         monkeypatch.setattr(sf, "RESIDENT_MAX_M", {4: 0, 8: 0})
 
@@ -253,7 +256,8 @@ FUSED_SHAPES = [((3, 13, 29), None), ((2, 37, 300), 3), ((1, 1, 5), None), ((2, 
 
 # every kernel on balanced problems; the other kinds differ in the row update only (_new_lu), which
 # one-row blocks share with the others
-FUSED_RUNS = ([(k, "balanced", *s) for k in ("resident", "resident-one-row", "l2") for s in FUSED_SHAPES]
+FUSED_RUNS = ([(k, "balanced", *s) for k in ("resident", "resident-two-rows", "resident-one-row", "l2")
+               for s in FUSED_SHAPES]
               + [(k, c, *FUSED_SHAPES[0]) for k in ("resident", "l2") for c in CASES if c != "balanced"]
               + [(k, "partial", *FUSED_SHAPES[1]) for k in ("resident", "l2")])
 
@@ -269,7 +273,7 @@ def test_fused_regime_matches_reference(dtype, kernel, case, shape, programs, mo
     from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
     from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
     sinkhorn_fused = sf.sinkhorn_fused
-    _use_fused_kernel(sf, kernel, monkeypatch)
+    _use_fused_kernel(sf, kernel, monkeypatch, shape[2])
     launched = []
     for name in ("_resident_rows", "_row_then_col"):
         jit = getattr(sf, name)
@@ -314,7 +318,7 @@ class _Spy:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kernel", ["resident", "resident-one-row", "l2"])
+@pytest.mark.parametrize("kernel", ["resident", "resident-two-rows", "resident-one-row", "l2"])
 @pytest.mark.parametrize("scale,cap", [(1.0, False), (0.7, False), (1.0, True)])
 def test_fused_pass_is_one_sinkhorn_iteration(dtype, kernel, scale, cap, monkeypatch):
     """One call of the fused pass against its definition in torch: lu' = la - scale LSE_j(lv_j -
@@ -322,9 +326,11 @@ def test_fused_pass_is_one_sinkhorn_iteration(dtype, kernel, scale, cap, monkeyp
     for retired ones, and the column LSE_i(lu'_i - C_ij/eps) merged across programs; padded (-inf)
     columns of lv included."""
     from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
-    _use_fused_kernel(sf, kernel, monkeypatch)
-    g = torch.Generator().manual_seed(3)
     B, n, m, reg = 3, 23, 70, 0.05
+    _use_fused_kernel(sf, kernel, monkeypatch, m)
+    if kernel == "resident-two-rows":
+        assert sf.resident_layout(n, m, torch.float32)[0] == 2
+    g = torch.Generator().manual_seed(3)
     C = torch.rand(B, n, m, generator=g, dtype=torch.float64).to(dtype)
     dt = torch.float64 if dtype == torch.float64 else torch.float32
     lv = torch.randn(B, m, generator=g, dtype=dt)

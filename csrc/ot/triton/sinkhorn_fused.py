@@ -27,11 +27,14 @@ differs. Every problem kind; opt-in (``regime='fused'``) until it is measured on
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from ...reference.entropic_ot import solve_potentials
+from ..analysis.fast_math import exp2
 from . import device_scalars
 from .sinkhorn_stream import _online, _row_block_lse, streaming_passes
 
@@ -49,6 +52,7 @@ RESIDENT_TILE = 8192
 RESIDENT_PER_THREAD = {4: 32, 8: 16}
 RESIDENT_PER_SM = 2
 MERGE_BT = 128  # columns per merge program (B x m / 128 programs)
+LOG2E, LN2 = 1.0 / math.log(2.0), math.log(2.0)
 MIN_ROWS_PER_PROGRAM = 64
 
 
@@ -73,17 +77,44 @@ def _new_lu(la_ptr, lu_ptr, out_ptr, rows, rin, rl, active, scalars_ptr, DT: tl.
 
 
 @triton.jit
+def _exp2(x, DT: tl.constexpr):
+    """2^x: one ex2.approx.ftz in float32 on a GPU (fast_math.exp2; a result under 2^-126, a term
+    far below what the float32 sums resolve, flushes to 0), tl.exp2 in float64."""
+    if DT == tl.float64:
+        return tl.exp2(x)
+    else:
+        return exp2(x)
+
+
+@triton.jit
+def _col_block_online2(pm, ps, x, DT: tl.constexpr):
+    """_online along axis 0 in base 2: x and the running max pm in log2 units, ps = sum 2^(x - pm)."""
+    new = tl.maximum(pm, tl.max(x, axis=0))
+    safe = tl.where(new == float("-inf"), 0.0, new)
+    return new, ps * _exp2(pm - safe, DT) + tl.sum(_exp2(x - safe[None, :], DT), axis=0)
+
+
+# Base 2 in the resident kernel. With s_ij = C_ij log2(e)/eps (one multiply an entry, the constant
+# folded into the scale) and the potentials times log2(e), LSE_j(lv_j - C_ij/eps) =
+# ln(2) (M + log2 sum_j 2^(lv_j log2(e) - s_ij - M)): every exponential is one 2^x, the hardware's
+# own instruction (tl.exp is a multiply by log2(e) plus a guarded ex2: 4 instructions more each).
+# The column partials (pm, ps) are kept in log2 units and pm is stored in nats: ps = sum 2^(x - pm)
+# = sum e^(x ln 2 - pm ln 2) is the same in both. The constants come from the float64 scalars
+# (a float literal is float32 in Triton: the float64 solve would lose 8 digits to it).
+@triton.jit
 def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, out_ptr, act_ptr, pmx_ptr, psm_ptr, n, m, rows_per_prog, n_prog,
                    scalars_ptr, DT: tl.constexpr, BR: tl.constexpr, BM: tl.constexpr, SCALED: tl.constexpr,
                    CAP: tl.constexpr):
     b = tl.program_id(0)
     p = tl.program_id(1)
-    inv_eps = tl.load(scalars_ptr).to(DT)
+    k2 = tl.load(scalars_ptr + 2).to(DT)      # log2(e) / eps
+    ln2 = tl.load(scalars_ptr + 3).to(DT)
+    log2e = tl.load(scalars_ptr + 4).to(DT)
     active = tl.load(act_ptr + b) != 0
     base = C_ptr + b.to(tl.int64) * n * m
     cols = tl.arange(0, BM)
     cin = cols < m
-    lv = tl.load(lv_ptr + b * m + cols, mask=cin, other=float("-inf")).to(DT)
+    lv2 = tl.load(lv_ptr + b * m + cols, mask=cin, other=float("-inf")).to(DT) * log2e
     pm = tl.full((BM,), float("-inf"), DT)  # the program's column partials, in registers throughout
     ps = tl.zeros((BM,), DT)
     r_begin = p * rows_per_prog
@@ -91,29 +122,39 @@ def _resident_rows(C_ptr, lv_ptr, la_ptr, lu_ptr, out_ptr, act_ptr, pmx_ptr, psm
     for r0 in range(r_begin, r_end, BR):
         rows = r0 + tl.arange(0, BR)
         rin = rows < r_end
-        inb = rin[:, None] & cin[None, :]
-        s = tl.load(base + rows[:, None] * m + cols[None, :], mask=inb, other=0.0).to(DT) * inv_eps
+        # entries outside the problem read +inf: lv2 - s and lu2 - s are -inf there with no select
+        # (lv2 and lu2 are never +inf)
+        s = tl.load(base + rows[:, None] * m + cols[None, :], mask=rin[:, None] & cin[None, :],
+                    other=float("inf")).to(DT) * k2
         # 1. the whole rows' LSE of lv_j - C_ij/eps (no online rescaling), then their new lu
-        x = tl.where(inb, lv[None, :] - s, float("-inf"))
+        x = lv2[None, :] - s
         mx = tl.max(x, axis=1)
         safe = tl.where(mx == float("-inf"), 0.0, mx)
-        total = tl.sum(tl.exp(x - safe[:, None]), axis=1)
-        rl = tl.where(total > 0, safe + tl.log(total), float("-inf"))
+        total = tl.sum(_exp2(x - safe[:, None], DT), axis=1)
+        rl = tl.where(total > 0, (safe + tl.log2(total)) * ln2, float("-inf"))
         lu = _new_lu(la_ptr + b * n, lu_ptr + b * n, out_ptr + b * n, rows, rin, rl, active, scalars_ptr, DT,
                      SCALED, CAP)
-        # 2. the same registers: these rows' share of the column LSE of lu_i - C_ij/eps
-        x = tl.where(inb, lu[:, None] - s, float("-inf"))
-        if BR == 1:  # one exp an entry: d = x - pm, e = exp(-|d|); d > 0: (pm, ps) <- (x, ps e + 1), else ps += e
-            x = tl.sum(x, axis=0)  # the row itself
-            d = x - pm
-            e = tl.exp(-tl.abs(d))
-            live = x != float("-inf")
-            ps = tl.where(live, tl.where(d > 0, ps * e + 1.0, ps + e), ps)
-            pm = tl.where(live, tl.maximum(pm, x), pm)
+        # 2. the same registers: these rows' share of the column LSE of lu_i - C_ij/eps, with one
+        # 2^x an entry where BR <= 2: for a value x (BR 1) or the pair's (max, 1 + 2^(min - max))
+        # (BR 2) against the running (pm, ps), d = x - pm and e = 2^-|d|; d > 0: (pm, ps) <- (x, ps
+        # e + sum), else ps += sum e
+        x = (lu * log2e)[:, None] - s
+        if BR <= 2:
+            if BR == 1:
+                hi = tl.sum(x, axis=0)  # the row itself
+                add = tl.full((BM,), 1.0, DT)
+            else:
+                hi = tl.max(x, axis=0)
+                add = 1.0 + _exp2(tl.min(x, axis=0) - hi, DT)  # NaN where hi = -inf: not live, unused
+            d = hi - pm
+            e = _exp2(-tl.abs(d), DT)
+            live = hi != float("-inf")
+            ps = tl.where(live, tl.where(d > 0, ps * e + add, ps + add * e), ps)
+            pm = tl.where(live, tl.maximum(pm, hi), pm)
         else:
-            pm, ps = _online(pm, ps, x, 0)
+            pm, ps = _col_block_online2(pm, ps, x, DT)
     part = (b * n_prog + p).to(tl.int64) * m
-    tl.store(pmx_ptr + part + cols, pm, mask=cin)
+    tl.store(pmx_ptr + part + cols, pm * ln2, mask=cin)
     tl.store(psm_ptr + part + cols, ps, mask=cin)
 
 
@@ -220,7 +261,8 @@ def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None
 
     def row_then_col(lv, lu, la, active, scale=1.0, cap=False):
         if scale not in scalars:  # one per solve: a copy to the device each iteration would stall the host
-            scalars[scale] = device_scalars(C.device, 1.0 / reg, scale)
+            # 1/eps, the row update's scale, and the resident kernel's base-2 constants
+            scalars[scale] = device_scalars(C.device, 1.0 / reg, scale, LOG2E / reg, LN2, LOG2E)
         new = torch.empty(B, n, dtype=dt, device=C.device)
         kernel[(B, P)](C, lv.to(dt).contiguous(), la.to(dt).contiguous(), lu.to(dt).contiguous(), new,
                        active.contiguous(), pmx, psm, n, m, rows_per_prog, P, scalars[scale], DT=DT, BR=BR,
