@@ -28,7 +28,10 @@ not take the next with it; at its limit the whole process group is ended). Resul
 directory; ``--out`` (default $OUT, else bench/results/lease) receives, after every stage and
 every minute within one, two files: ``lease.tar.gz`` (results/ and logs/) and ``lease.md`` (the
 stage table). The bench scripts rewrite their results after every row, so a stage stopped at its
-limit, or the whole command killed, keeps what was measured. Unpack into bench/results/ with
+limit, or the whole command killed, keeps what was measured. The output ends with the stage table,
+the result tables, the end of each failed stage's log and a verdict: the open targets read off the
+results (issue 3's ratio to POT, fused against streaming per iteration, issue 4's floor fractions),
+failed checks and the GPU tests' summary. Unpack into bench/results/ with
 ``tar -xzf lease.tar.gz -C bench/results --strip-components=1 results``.
 Exit status: 0 when every stage that ran passed, 1 otherwise.
 """
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import re
 import shutil
@@ -255,7 +259,66 @@ class Lease:
                     with open(os.path.join(self.work, "logs", log), errors="replace") as f:
                         parts.append(f"## {o.name} ({o.status}): end of its log\n\n" +
                                      "".join(f.readlines()[-tail_lines:]))
+        tests = next((n for n in logs if n.endswith("-gpu-tests.log")), None)
+        parts.append(verdict(res_dir, tests and os.path.join(self.work, "logs", tests)))
         return "\n".join(parts)
+
+
+def _rows(results: str, prefix: str) -> list:
+    """The result rows of the bench JSON files in ``results`` whose names start with ``prefix``."""
+    rows = []
+    for name in sorted(os.listdir(results)) if os.path.isdir(results) else []:
+        if name.startswith(prefix) and name.endswith(".json") and not name.startswith(prefix + "sweep"):
+            with open(os.path.join(results, name)) as f:
+                rows += json.load(f).get("results", [])
+    return rows
+
+
+def verdict(results: str, test_log: Optional[str] = None) -> str:
+    """The open targets, read off this run's results: what to print at the very end.
+
+    Issue 3: the best float32-C row of case 2 against POT's solve_batch (>= 10x), and the one-read
+    fused regime against streaming per iteration (cases 2 and 4), which decides ``choose_regime``.
+    Issue 4: floor / time per backend of the agreement (A) and attention (B) cases (>= 0.5). Then
+    any row whose check failed, and the GPU tests' summary line."""
+    lines = ["## Verdict", ""]
+    ot = _rows(results, "gpu-ot-")
+    c2 = [r for r in ot if r["case"].startswith("2 ") and "bfloat16" not in r["case"] and r.get("vs_pot")]
+    if c2:
+        best = max(c2, key=lambda r: r["vs_pot"])
+        regime = "fused" if "regime fused" in best["case"] else "automatic"
+        lines.append(f"- issue 3, >= 10x POT solve_batch (float32 C): best {best['backend']} ({regime} regime; "
+                     f"{best['case']}) {best['vs_pot']:.1f}x whole solve, {best.get('vs_pot_per_iter') or 0:.1f}x "
+                     f"per iteration: {'MET' if best['vs_pot'] >= 10 else 'not met'}")
+    else:
+        lines.append("- issue 3: case 2 has no row with a POT ratio (not run, or POT missing: bench/wheels/)")
+    per_it = {}
+    for r in ot:
+        if r["case"][0] in "24" and "s_per_iter" in r:
+            kind = r["case"].split(" B=")[0] + (", bfloat16 C" if "bfloat16" in r["case"] else "")
+            per_it.setdefault((kind, r["backend"]), {})["fused" if "regime fused" in r["case"] else "stream"] = \
+                r["s_per_iter"]
+    for (kind, backend), t in sorted(per_it.items()):
+        if "fused" in t and "stream" in t:
+            lines.append(f"- fused vs two reads (case 2: the automatic regime), case {kind}, {backend}: "
+                         f"{t['stream'] * 1e3:.3f} -> {t['fused'] * 1e3:.3f} ms per iteration "
+                         f"({t['stream'] / t['fused']:.2f}x)")
+    an = _rows(results, "gpu-")
+    an = [r for r in an if r["case"][:1] in "AB" and "floor_fraction" in r]
+    for case, dtype in sorted({(r["case"][:1], r["dtype"]) for r in an}):
+        fr = ", ".join(f"{r['backend']} {r['floor_fraction']:.2f}" for r in an if (r["case"][:1], r["dtype"]) ==
+                       (case, dtype))
+        lines.append(f"- issue 4, >= 0.5 of the floor, case {case} {dtype}: {fr}")
+    if not an:
+        lines.append("- issue 4: no analysis rows (not run)")
+    wrong = [f"{r['case']} {r['backend']}: {r['check']}" for r in ot + an if str(r.get("check", "")).startswith("WRONG")]
+    lines.append("- checks against the float64 reference: " + ("; ".join(wrong) if wrong else
+                                                                 f"all ok ({len(ot) + len(an)} rows)"))
+    if test_log and os.path.exists(test_log):
+        with open(test_log, errors="replace") as f:
+            summary = [ln.strip() for ln in f if re.search(r"\d+ (passed|failed)", ln)]
+        lines.append(f"- GPU tests: {summary[-1] if summary else 'no summary line (stopped early?)'}")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

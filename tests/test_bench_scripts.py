@@ -313,3 +313,37 @@ def test_gpu_lease_smoke(tmp_path):
 
 def test_fetch_peer_wheels_is_valid_bash():
     assert subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "fetch_peer_wheels.sh")]).returncode == 0
+
+
+def test_gpu_lease_verdict(tmp_path):
+    """The verdict printed last reads the open targets off the run's JSON: issue 3's best float32 row
+    against POT and fused against streaming per iteration, issue 4's floor fractions, failed checks
+    and the GPU tests' summary line."""
+    gl = _bench_module("gpu_lease")
+    c2 = "2 balanced B=16 4096x4096 given C"
+    ot = [{"case": f"{c2}, 50 it", "backend": "triton", "vs_pot": 8.5, "vs_pot_per_iter": 8.8, "s_per_iter": 7.7e-4,
+           "check": "ok plan 1e-7"},
+          {"case": f"{c2}, regime fused, 50 it", "backend": "triton", "vs_pot": 14.2, "vs_pot_per_iter": 15.0,
+           "s_per_iter": 4.1e-4, "check": "ok plan 1e-7"},
+          {"case": f"{c2}, bfloat16 C, regime fused, 50 it", "backend": "triton", "vs_pot": 30.0,
+           "s_per_iter": 2.0e-4, "check": "ok plan 1e-7"},
+          {"case": "4 partial m=0.5 B=16 4096x4096 given C, regime stream, 50 it", "backend": "cuda",
+           "s_per_iter": 1.0e-3, "check": "ok"},
+          {"case": "4 partial m=0.5 B=16 4096x4096 given C, regime fused, 50 it", "backend": "cuda",
+           "s_per_iter": 5.0e-4, "check": "WRONG plan 3e-01"}]
+    an = [{"case": "A agreement M=40", "dtype": "float32", "backend": "triton", "floor_fraction": 0.41, "check": "ok"},
+          {"case": "B attention jsd M=40", "dtype": "float32", "backend": "cuda", "floor_fraction": 0.52,
+           "check": "ok"}]
+    (tmp_path / "gpu-ot-h100.json").write_text(json.dumps({"results": ot}))
+    (tmp_path / "gpu-h100.json").write_text(json.dumps({"results": an}))
+    (tmp_path / "gpu-sweep-fused-h100.json").write_text(json.dumps({"results": [{"case": "A x"}]}))
+    log = tmp_path / "tests.log"
+    log.write_text("....\n= 700 passed, 1 skipped in 250.0s =\n")
+    text = gl.verdict(str(tmp_path), str(log))
+    assert "best triton (fused regime; " in text and "14.2x whole solve, 15.0x per iteration: MET" in text
+    assert "case 2 balanced, triton: 0.770 -> 0.410 ms per iteration (1.88x)" in text
+    assert "case 4 partial m=0.5, cuda: 1.000 -> 0.500 ms per iteration (2.00x)" in text
+    assert "case A float32: triton 0.41" in text and "case B float32: cuda 0.52" in text
+    assert "WRONG plan 3e-01" in text and "GPU tests: = 700 passed, 1 skipped in 250.0s =" in text
+    empty = gl.verdict(str(tmp_path / "none"))
+    assert "issue 3: case 2 has no row" in empty and "issue 4: no analysis rows" in empty
