@@ -6,7 +6,7 @@ innermost loop.
     python bench/sass_cost.py --kernel cross     # the two-pass kernels, as the launcher sets them
     python bench/sass_cost.py --kernel attention # the attention pair kernels (JSD), per pair and entry
     python bench/sass_cost.py --config fp32,64,32,4,3 --json   # one configuration, JSON rows
-    python bench/sass_cost.py --kernel fused     # the OT fused regime's resident kernel (gpu_ot case 2)
+    python bench/sass_cost.py --kernel fused     # the OT fused regime's kernels, Triton and CUDA (nvcc), case 2
 
 For each configuration: registers, spill bytes (STACK), shared memory, and the instructions of one
 iteration of the innermost loop -- the hot path, leaving out the one-pass kernel's rare branch (a
@@ -173,6 +173,48 @@ def fused_rows() -> list[dict]:
     return rows
 
 
+CUDA_TYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
+
+
+def cuda_fused_rows() -> list[dict]:
+    """The CUDA backend's fused kernel (csrc/ot/cuda/sinkhorn_fused.cu, nvcc for sm_90) at 16 columns a
+    thread (rows of 4096: case 2): the whole row loop of fused_rows_kernel, every path of it (its
+    per-entry branches are taken on live entries), per entry of C (a thread does 16 of a row)."""
+    import shutil
+    import triton
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise RuntimeError("nvcc is not on the PATH")
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    src = os.path.join(os.path.dirname(HERE), "csrc", "ot", "cuda", "sinkhorn_fused.cu")
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "fused.cubin")
+        subprocess.run([nvcc, "-cubin", "-O3", "-std=c++17", "-I", os.path.dirname(os.path.dirname(os.path.dirname(src))),
+                        "-gencode", "arch=compute_90,code=sm_90", "-o", cubin, src], check=True, capture_output=True)
+        res = subprocess.run([cuobjdump, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    regs = {m.group(1): m.group(2) for m in re.finditer(r"Function (\S+):\s*REG:(\d+) STACK:(\d+)", res)}
+    stack = {m.group(1): int(m.group(3)) for m in re.finditer(r"Function (\S+):\s*REG:(\d+) STACK:(\d+)", res)}
+    rows = []
+    for part in re.split(r"\n\s*Function : ", sass)[1:]:
+        name = part.split("\n")[0].strip()
+        m = re.search(r"fused_rows_kernelI(f|6__half|13__nv_bfloat16)Li(\d+)E", name)
+        if not m or m.group(2) != "16":
+            continue
+        ins = _instructions(part)
+        loops = [(int(b.group(1), 16), a) for a, t in ins for b in [re.search(r"BRA\s.*?0x([0-9a-f]+)", t)]
+                 if b and int(b.group(1), 16) < a]
+        lo, hi = max(loops, key=lambda r: r[1] - r[0])
+        counts = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0]
+                                     for a, t in ins if lo <= a <= hi)
+        n = sum(counts.values())
+        rows.append({"kernel": "fused_rows_kernel (CUDA)", "dtype": CUDA_TYPES[m.group(1)], "config": (16, 256),
+                     "regs": int(regs.get(name, 0)), "stack": stack.get(name, 0), "hot": n, "per_entry": n / 16,
+                     "case_ms": n / 16 * CASE_2_ITERATION / ISSUE_RATE * 1e3,
+                     "mix": ", ".join(f"{k} {v}" for k, v in counts.most_common(12))})
+    return rows
+
+
 def _row(kernel, dtype, config, entries, warps, case_entries, res, sass) -> dict:
     """``entries``: entries one loop iteration computes; ``case_entries``: entries of the benchmark case."""
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", res)
@@ -225,7 +267,7 @@ def main(argv=None) -> int:
     if args.kernel in ("attention", "all"):
         rows += attention_rows()
     if args.kernel == "fused":
-        rows += fused_rows()
+        rows += fused_rows() + cuda_fused_rows()
     if args.json:
         print(json.dumps(rows))
         return 0

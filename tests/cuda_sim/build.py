@@ -2,7 +2,8 @@
 
 ``load()`` rewrites each ``csrc/**/cuda/*.cu`` into C++ (include/gfsim_device.h first; launches
 ``k<<<cfg>>>(args)`` -> ``gfsim::Launch(cfg).run("k", k, args)``; ``extern __shared__`` arrays ->
-the launch's dynamic shared memory; the two inline-PTX instructions -> their emulation), and each
+the launch's dynamic shared memory; the two inline-PTX instructions -> their emulation, in the
+device headers ``*.cuh`` too), and each
 binding ``csrc/**/cuda/*.cpp`` so that it registers its ops for CPU tensors in the namespace
 ``grounded_fast_sim`` (``torch.ops.grounded_fast_sim.<op>``) instead of for CUDA tensors in
 ``grounded_fast``. Everything is compiled with g++ by torch.utils.cpp_extension (ninja; about two
@@ -80,9 +81,36 @@ def rewrite_binding(text: str, path: str) -> str:
     return f'#line 1 "{path}"\n{text}'
 
 
+def rewrite_header(text: str, path: str) -> str:
+    """A device header (.cuh): its inline PTX as in rewrite_cu (the .cu that includes it has
+    included gfsim_device.h first)."""
+    text = _PTX.sub(r"\2 = gfsim::\1_approx_ftz(\3);", text)
+    if re.search(r"\basm\b\s*(volatile\s*)?\(", text):
+        raise RuntimeError(f"{path}: inline PTX that cuda_sim does not emulate; add it to tests/cuda_sim/build.py")
+    return f'#line 1 "{path}"\n{text}'
+
+
+def _write(dst: str, text: str) -> None:
+    """dst := text, only when it changes; written whole, then renamed: pytest-xdist workers may build at once."""
+    if not os.path.exists(dst) or open(dst).read() != text:
+        tmp = f"{dst}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, dst)
+
+
 def sources() -> list[str]:
-    """The rewritten sources, written to BUILD/src (rewritten only when they change)."""
+    """The rewritten sources, written to BUILD/src (rewritten only when they change). The device
+    headers go there too, under their own names: a rewritten source's #include "x.cuh" finds them
+    first, in its own directory."""
     os.makedirs(os.path.join(BUILD, "src"), exist_ok=True)
+    headers = sorted(glob.glob(os.path.join(CSRC, "**", "cuda", "*.cuh"), recursive=True))
+    names = [os.path.basename(h) for h in headers]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"cuda_sim keeps device headers by name: two share one in {headers}")
+    for path in headers:
+        with open(path) as f:
+            _write(os.path.join(BUILD, "src", os.path.basename(path)), rewrite_header(f.read(), path))
     out = []
     for path in sorted(glob.glob(os.path.join(CSRC, "**", "cuda", "*.cu"), recursive=True)) + sorted(
             glob.glob(os.path.join(CSRC, "**", "cuda", "*.cpp"), recursive=True)):
@@ -91,11 +119,7 @@ def sources() -> list[str]:
         text = rewrite_cu(text, path) if path.endswith(".cu") else rewrite_binding(text, path)
         rel = os.path.relpath(path, CSRC).replace(os.sep, "_")
         dst = os.path.join(BUILD, "src", os.path.splitext(rel)[0] + ".cpp")
-        if not os.path.exists(dst) or open(dst).read() != text:
-            tmp = f"{dst}.{os.getpid()}"  # written whole, then renamed: pytest-xdist workers may build at once
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, dst)
+        _write(dst, text)
         out.append(dst)
     return out
 

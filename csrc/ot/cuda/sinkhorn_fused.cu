@@ -17,6 +17,10 @@
 //   2. the row LSE as max then sum (two block reductions, exact: every exp is of a value <= 0);
 //   3. lu'_i, then each thread folds lu'_i + K_ij into its columns' partials with one exp:
 //      d = x - mx, e = exp(-|d|); d > 0: (mx, s) <- (x, s e + 1), else s <- s + e.
+// All of it in base 2: K_ij, lv_j and lu'_i are held times log2(e) (C scaled by -log2(e)/eps once),
+// so that every exp is one 2^x, the hardware's ex2 (gexp2; __expf is a multiply by log2(e) and a
+// guarded ex2: four instructions more, twice an entry); the row LSE and the stored column maxima
+// are brought back to nats with one multiply each (s = sum 2^(x - mx) = sum e^(x ln2 - mx ln2)).
 // The blocks' partials (B, P, m) are merged by fused_merge_kernel into col. Device-memory traffic
 // an iteration: one read of C, plus 2 B P m partials written and read.
 #include <cuda_bf16.h>
@@ -28,7 +32,7 @@
 
 namespace {
 
-using namespace gfot;  // neg_inf, cvt, gexp, glog (ot_device.cuh)
+using namespace gfot;  // neg_inf, cvt, gexp, glog, gexp2, glog2, kLog2e, kLn2 (ot_device.cuh)
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -115,11 +119,12 @@ __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel
   const int64_t r0 = p * rows_per_block, r1 = min(n, r0 + rows_per_block);
   const bool act = active[b] != 0;
   const TC* Cb = C + b * n * ldc;
-  float v[CPT], mx[CPT], s[CPT], cur[CPT], nxt[CPT];
+  const float k2 = -inv_eps * float(kLog2e), l2e = float(kLog2e), ln2 = float(kLn2);
+  float v[CPT], mx[CPT], s[CPT], cur[CPT], nxt[CPT];  // v, cur, mx: times log2(e)
 #pragma unroll
   for (int k = 0; k < CPT; ++k) {
     const int64_t j = column<VEC>(k);
-    v[k] = j < m ? lv[b * m + j] : neg_inf<float>();
+    v[k] = j < m ? lv[b * m + j] * l2e : neg_inf<float>();
     mx[k] = neg_inf<float>();
     s[k] = 0.f;
   }
@@ -130,16 +135,16 @@ __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel
     float z_max = neg_inf<float>();
 #pragma unroll
     for (int k = 0; k < CPT; ++k) {
-      cur[k] *= -inv_eps;  // K_ij (-inf past m)
+      cur[k] *= k2;  // K_ij log2(e) (-inf past m)
       z_max = fmaxf(z_max, v[k] + cur[k]);
     }
     const float M = block_max_all(z_max, red[0]);
     const float safe = M == neg_inf<float>() ? 0.f : M;
     float z_sum = 0.f;
 #pragma unroll
-    for (int k = 0; k < CPT; ++k) z_sum += __expf(v[k] + cur[k] - safe);
+    for (int k = 0; k < CPT; ++k) z_sum += gexp2(v[k] + cur[k] - safe);
     const float S = block_sum_all(z_sum, red[1]);
-    const float rl = S > 0.f ? safe + __logf(S) : neg_inf<float>();
+    const float rl = S > 0.f ? (safe + glog2(S)) * ln2 : neg_inf<float>();
     // 3. the new lu_i, and its row's share of the column LSE
     const float lai = la[b * n + i];
     float lu = neg_inf<float>();
@@ -149,11 +154,12 @@ __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel
     }
     if (threadIdx.x == 0) lu_out[b * n + i] = lu;
     if (lu != neg_inf<float>()) {
+      const float lu2 = lu * l2e;
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
-        const float x = lu + cur[k];
+        const float x = lu2 + cur[k];
         const float d = x - mx[k];
-        const float e = __expf(-fabsf(d));
+        const float e = gexp2(-fabsf(d));
         if (x != neg_inf<float>()) {
           s[k] = d > 0.f ? fmaf(s[k], e, 1.f) : s[k] + e;
           mx[k] = fmaxf(mx[k], x);
@@ -168,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel
   for (int k = 0; k < CPT; ++k) {
     const int64_t j = column<VEC>(k);
     if (j < m) {
-      pmx[part + j] = mx[k];
+      pmx[part + j] = mx[k] * ln2;
       psm[part + j] = s[k];
     }
   }

@@ -79,19 +79,9 @@ template <typename T> __device__ T block_lse(const T* x, int len, T* red) {
 // was too loose for the terms that matter to stay normal floats, and that row/column is redone exactly
 // (max, then sum). For costs whose range within a row (column) is below 64 eps ln 2 (e.g. cosine costs,
 // C in [0, 2], at eps >= 0.046) the exact path never runs.
-constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
-
-// ex2.approx.ftz: one MUFU.EX2 (exp2f adds a denormal-range fix-up, four instructions); relative error
-// ~2^-22; results below 2^-126 flush to 0: in a sum that passes the 2^-64 test below, such terms are
-// more than 2^-45 below its largest one (at most 2^16 terms fit on-chip), beyond float32 resolution.
-__device__ __forceinline__ float gexp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ double gexp2(double x) { return exp2(x); }
-__device__ __forceinline__ float glog2(float x) { return log2f(x); }
-__device__ __forceinline__ double glog2(double x) { return log2(x); }
+// gexp2 (ot_device.cuh): results below 2^-126 flush to 0: in a sum that passes the 2^-64 test below,
+// such terms are more than 2^-45 below its largest one (at most 2^16 terms fit on-chip), beyond
+// float32 resolution.
 template <typename T> __device__ __forceinline__ T loose_bound() { return T(5.421010862427522e-20); }  // 2^-64
 
 // max_i x_i over the block (every thread reads it); also the barrier that publishes x.
