@@ -195,10 +195,11 @@ def test_sass_cost_fused_resident_kernel_is_lean():
     rows = json.loads(res.stdout.strip().splitlines()[-1])
     fp32 = [r for r in rows if r["dtype"] == "fp32" and "CUDA" not in r["kernel"]]
     assert len(fp32) == 2 and all(r["stack"] == 0 and 0 < r["per_entry"] < 26 for r in fp32), fp32
-    # the CUDA kernel (nvcc is on CI's PATH), whole row loop: 33 in base 2, 39.5 with __expf
+    # the CUDA kernel (nvcc is on CI's PATH), every path of its row loop: 29-31 now, 33 with a test an
+    # entry and bounds-tested loads, 39.5 with __expf
     cuda = [r for r in rows if "CUDA" in r["kernel"]]
     assert {r["dtype"] for r in cuda} == {"fp32", "fp16", "bf16"}, cuda
-    assert all(r["stack"] == 0 and 0 < r["per_entry"] < 36 for r in cuda), cuda
+    assert all(r["stack"] == 0 and 0 < r["per_entry"] < 32 for r in cuda), cuda
 
 
 def _bench_module(name):

@@ -16,13 +16,16 @@
 //      latency overlaps the previous row's arithmetic);
 //   2. the row LSE as max then sum (two block reductions, exact: every exp is of a value <= 0);
 //   3. lu'_i, then each thread folds lu'_i + K_ij into its columns' partials with one exp:
-//      d = x - mx, e = exp(-|d|); d > 0: (mx, s) <- (x, s e + 1), else s <- s + e.
+//      d = x - mx, e = exp(-|d|); d > 0: (mx, s) <- (x, s e + 1), else s <- s + e. mx starts at
+//      -FLT_MAX, not -inf, so an entry x = -inf gives d = -inf, e = 0 and changes nothing, with no
+//      test (-inf - -inf would be NaN); a column with no entry is stored as (-inf, 0).
 // All of it in base 2: K_ij, lv_j and lu'_i are held times log2(e) (C scaled by -log2(e)/eps once),
 // so that every exp is one 2^x, the hardware's ex2 (gexp2; __expf is a multiply by log2(e) and a
 // guarded ex2: four instructions more, twice an entry); the row LSE and the stored column maxima
 // are brought back to nats with one multiply each (s = sum 2^(x - mx) = sum e^(x ln2 - mx ln2)).
 // The blocks' partials (B, P, m) are merged by fused_merge_kernel into col. Device-memory traffic
 // an iteration: one read of C, plus 2 B P m partials written and read.
+#include <cfloat>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
@@ -66,10 +69,18 @@ template <int VEC> __device__ __forceinline__ int64_t column(int slot) {
   return (int64_t(slot / VEC) * kThreads + threadIdx.x) * VEC + slot % VEC;
 }
 
-// The thread's entries of one row; those at or past m read as +inf, so that K = -inf there.
+// The thread's entries of one row; those at or past m read as +inf, so that K = -inf there. Where
+// all of the thread's columns are inside the row (``inside``: every thread when m is a multiple of
+// kThreads VEC, e.g. 4096) the addresses are the thread's first column plus constants and nothing
+// is tested (the tests and recomputed indices cost about 7 instructions an entry).
 template <typename TC, int CPT>
-__device__ __forceinline__ void load_row(const TC* row, int64_t m, float (&x)[CPT]) {
+__device__ __forceinline__ void load_row(const TC* row, int64_t m, bool inside, float (&x)[CPT]) {
   constexpr int VEC = Loader<TC>::VEC;
+  if (inside) {
+#pragma unroll
+    for (int k = 0; k < CPT; k += VEC) Loader<TC>::run(row + column<VEC>(k), x + k);
+    return;
+  }
 #pragma unroll
   for (int k = 0; k < CPT; k += VEC) {
     const int64_t j = column<VEC>(k);
@@ -125,12 +136,13 @@ __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel
   for (int k = 0; k < CPT; ++k) {
     const int64_t j = column<VEC>(k);
     v[k] = j < m ? lv[b * m + j] * l2e : neg_inf<float>();
-    mx[k] = neg_inf<float>();
+    mx[k] = -FLT_MAX;  // finite: x - mx is never -inf - (-inf), so no entry needs a test (see below)
     s[k] = 0.f;
   }
-  if (r0 < r1) load_row<TC, CPT>(Cb + r0 * ldc, m, cur);
+  const bool inside = column<VEC>(CPT - 1) < m;
+  if (r0 < r1) load_row<TC, CPT>(Cb + r0 * ldc, m, inside, cur);
   for (int64_t i = r0; i < r1; ++i) {
-    if (i + 1 < r1) load_row<TC, CPT>(Cb + (i + 1) * ldc, m, nxt);
+    if (i + 1 < r1) load_row<TC, CPT>(Cb + (i + 1) * ldc, m, inside, nxt);
     // 2. LSE_j(lv_j + K_ij): the block's max, then the sum of exp(z - max)
     float z_max = neg_inf<float>();
 #pragma unroll
@@ -159,11 +171,11 @@ __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel
       for (int k = 0; k < CPT; ++k) {
         const float x = lu2 + cur[k];
         const float d = x - mx[k];
+        // x = -inf (past m, or C = +inf) gives d = -inf, e = 0: (mx, s) unchanged. With a test
+        // instead, the compiler branched around each ex2 (3 instructions more an entry)
         const float e = gexp2(-fabsf(d));
-        if (x != neg_inf<float>()) {
-          s[k] = d > 0.f ? fmaf(s[k], e, 1.f) : s[k] + e;
-          mx[k] = fmaxf(mx[k], x);
-        }
+        s[k] = d > 0.f ? fmaf(s[k], e, 1.f) : s[k] + e;
+        mx[k] = fmaxf(mx[k], x);
       }
     }
 #pragma unroll
@@ -174,7 +186,7 @@ __global__ void __launch_bounds__(kThreads, CPT <= 16 ? 2 : 1) fused_rows_kernel
   for (int k = 0; k < CPT; ++k) {
     const int64_t j = column<VEC>(k);
     if (j < m) {
-      pmx[part + j] = mx[k] * ln2;
+      pmx[part + j] = s[k] > 0.f ? mx[k] * ln2 : neg_inf<float>();  // no entry: the finite floor
       psm[part + j] = s[k];
     }
   }
