@@ -57,10 +57,16 @@ def rewrite_launches(text: str) -> str:
     return "".join(out) + text[pos:]
 
 
-def rewrite_cu(text: str, path: str) -> str:
+def _rewrite_ptx(text: str, path: str) -> str:
+    """The two inline-PTX instructions -> their emulation; any other inline PTX is an error."""
     text = _PTX.sub(r"\2 = gfsim::\1_approx_ftz(\3);", text)
     if re.search(r"\basm\b\s*(volatile\s*)?\(", text):
         raise RuntimeError(f"{path}: inline PTX that cuda_sim does not emulate; add it to tests/cuda_sim/build.py")
+    return text
+
+
+def rewrite_cu(text: str, path: str) -> str:
+    text = _rewrite_ptx(text, path)
     text = _EXTERN_SHARED.sub(r"\1* \2 = reinterpret_cast<\1*>(gfsim::dynamic_smem());", text)
     text = rewrite_launches(text)
     return f'#include "gfsim_device.h"\n#line 1 "{path}"\n{text}'
@@ -84,10 +90,7 @@ def rewrite_binding(text: str, path: str) -> str:
 def rewrite_header(text: str, path: str) -> str:
     """A device header (.cuh): its inline PTX as in rewrite_cu (the .cu that includes it has
     included gfsim_device.h first)."""
-    text = _PTX.sub(r"\2 = gfsim::\1_approx_ftz(\3);", text)
-    if re.search(r"\basm\b\s*(volatile\s*)?\(", text):
-        raise RuntimeError(f"{path}: inline PTX that cuda_sim does not emulate; add it to tests/cuda_sim/build.py")
-    return f'#line 1 "{path}"\n{text}'
+    return f'#line 1 "{path}"\n{_rewrite_ptx(text, path)}'
 
 
 def _write(dst: str, text: str) -> None:
