@@ -44,10 +44,12 @@ def test_sigkill_then_resume(tmp_path):
     cfg.write_text(MICRO)
     out = tmp_path / "run"
     db = out / "results.sqlite"
-    proc = subprocess.Popen(_cmd(cfg, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # one worker, polled every 10 ms: the four training units of this tiny study take 0.1-0.2 s each,
+    # and with two workers and 0.2 s polls the run sometimes finished all four between two looks
+    proc = subprocess.Popen(_cmd(cfg, out) + ["--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while _done_train_units(db) < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read().decode()[-3000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
