@@ -53,15 +53,23 @@ def _compile(fn, signature: dict, constexprs: dict, warps: int, stages: int, ali
     attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in aligned}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
         f.flush()
-        res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", f.name], capture_output=True,
-                             text=True, check=True).stdout
-        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", f.name], capture_output=True,
-                              text=True, check=True).stdout
-    return res, sass
+        return _disassemble(f.name)
+
+
+def _disassemble(cubin: str) -> tuple[str, str]:
+    """(resource usage, SASS) of a cubin file, by the cuobjdump that ships with Triton."""
+    import triton
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return tuple(subprocess.run([cuobjdump, flag, cubin], capture_output=True, text=True, check=True).stdout
+                 for flag in ("-res-usage", "-sass"))
+
+
+def _opcode(text: str) -> str:
+    """'FADD' for '@!P0 FADD.FTZ R1, R2, R3' (no predicate, no modifiers)."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
 
 
 def _instructions(sass: str) -> list[tuple[int, str]]:
@@ -92,8 +100,7 @@ def hot_loop(sass: str) -> tuple[int, collections.Counter]:
     counts = collections.Counter()
     for addr, text in ins:
         if lo <= addr <= hi and not any(a <= addr <= b for a, b in skipped):
-            op = re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
-            counts[op] += 1
+            counts[_opcode(text)] += 1
     return sum(counts.values()), counts
 
 
@@ -181,20 +188,18 @@ def cuda_fused_rows() -> list[dict]:
     thread (rows of 4096: case 2): the whole row loop of fused_rows_kernel, every path of it (its
     per-entry branches are taken on live entries), per entry of C (a thread does 16 of a row)."""
     import shutil
-    import triton
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise RuntimeError("nvcc is not on the PATH")
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    src = os.path.join(os.path.dirname(HERE), "csrc", "ot", "cuda", "sinkhorn_fused.cu")
+    csrc = os.path.join(os.path.dirname(HERE), "csrc")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "fused.cubin")
-        subprocess.run([nvcc, "-cubin", "-O3", "-std=c++17", "-I", os.path.dirname(os.path.dirname(os.path.dirname(src))),
-                        "-gencode", "arch=compute_90,code=sm_90", "-o", cubin, src], check=True, capture_output=True)
-        res = subprocess.run([cuobjdump, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
-    regs = {m.group(1): m.group(2) for m in re.finditer(r"Function (\S+):\s*REG:(\d+) STACK:(\d+)", res)}
-    stack = {m.group(1): int(m.group(3)) for m in re.finditer(r"Function (\S+):\s*REG:(\d+) STACK:(\d+)", res)}
+        subprocess.run([nvcc, "-cubin", "-O3", "-std=c++17", "-I", csrc, "-gencode", "arch=compute_90,code=sm_90",
+                        "-o", cubin, os.path.join(csrc, "ot", "cuda", "sinkhorn_fused.cu")], check=True,
+                       capture_output=True)
+        res, sass = _disassemble(cubin)
+    usage = {m.group(1): (int(m.group(2)), int(m.group(3)))
+             for m in re.finditer(r"Function (\S+):\s*REG:(\d+) STACK:(\d+)", res)}
     rows = []
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
         name = part.split("\n")[0].strip()
@@ -205,11 +210,11 @@ def cuda_fused_rows() -> list[dict]:
         loops = [(int(b.group(1), 16), a) for a, t in ins for b in [re.search(r"BRA\s.*?0x([0-9a-f]+)", t)]
                  if b and int(b.group(1), 16) < a]
         lo, hi = max(loops, key=lambda r: r[1] - r[0])
-        counts = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0]
-                                     for a, t in ins if lo <= a <= hi)
+        counts = collections.Counter(_opcode(t) for a, t in ins if lo <= a <= hi)
         n = sum(counts.values())
+        regs, stack = usage.get(name, (0, 0))
         rows.append({"kernel": "fused_rows_kernel (CUDA)", "dtype": CUDA_TYPES[m.group(1)], "config": (16, 256),
-                     "regs": int(regs.get(name, 0)), "stack": stack.get(name, 0), "hot": n, "per_entry": n / 16,
+                     "regs": regs, "stack": stack, "hot": n, "per_entry": n / 16,
                      "case_ms": n / 16 * CASE_2_ITERATION / ISSUE_RATE * 1e3,
                      "mix": ", ".join(f"{k} {v}" for k, v in counts.most_common(12))})
     return rows
@@ -239,7 +244,7 @@ def markdown(rows) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kernel", choices=["one_pass", "cross", "attention", "all", "fused"], default="all",
-                    help="all: the analysis kernels; fused: the OT fused regime's resident kernel")
+                    help="all: the analysis kernels; fused: the OT fused regime's kernels (Triton and CUDA)")
     ap.add_argument("--config", action="append", default=[],
                     help="dtype,BM,BV,warps,stages of the one-pass kernel (repeatable; replaces the sweep)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON (and write no file)")
@@ -280,12 +285,13 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
             if args.kernel == "fused":
-                f.write(f"# Static cost of the fused OT regime's resident kernel (sm_90 SASS, Triton "
-                        f"{triton.__version__})\n\n`python bench/sass_cost.py --kernel fused`: see its docstring. "
+                f.write(f"# Static cost of the fused OT regime's kernels (sm_90 SASS: Triton {triton.__version__}; "
+                        "CUDA from nvcc)\n\n`python bench/sass_cost.py --kernel fused`: see its docstring. "
                         "Lane-instructions per entry of C in one row block (2 x 4096 entries, 8 warps), and the "
                         "issue time of one Sinkhorn iteration of bench/gpu_ot.py case 2 (16 x 4096^2 entries) at "
                         "an H100's 2.96e13 lane-instructions/s, against ~0.36 ms for one read of its 1 GiB C at "
-                        "the copy bandwidth. Not a timing.\n\n" + table + "\n")
+                        "the copy bandwidth. The CUDA kernel (16 columns of a row a thread, 256 threads) counts "
+                        "its whole row loop, every path, per entry. Not a timing.\n\n" + table + "\n")
                 return 0
             f.write("# Static cost of the agreement and attention kernels "
                     f"(sm_90 SASS, Triton {triton.__version__})\n\n"
