@@ -2,12 +2,18 @@
 architectures (sm_80, sm_90; GROUNDED_FAST_CUDA_ARCHS overrides, as in setup.py) and
 `-Xptxas -v`, failing on register spills in any kernel and printing registers / shared memory
 per kernel; each torch binding of the CUDA extension with a C++ syntax check against torch's
-headers. The kernels themselves run on a GPU machine (bench/gpu_suite.sh)."""
+headers. The kernels themselves run on a GPU machine (bench/gpu_suite.sh).
+
+The sources that include torch's headers are checked under every C++ standard those headers
+accept: setup.py passes none, so the build uses the one the installed torch's BuildExtension
+picks (C++20 from torch 2.13 on, and 2.14's ATen refuses C++17; C++17 before). The
+CPU sources are built here under one of them; the syntax check covers the other."""
 import glob
 import os
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 
 import pytest
@@ -16,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 CU = sorted(glob.glob(os.path.join(CSRC, "**", "cuda", "*.cu"), recursive=True))
 BINDINGS = sorted(glob.glob(os.path.join(CSRC, "**", "cuda", "*.cpp"), recursive=True))
+CPU_SOURCES = sorted(glob.glob(os.path.join(CSRC, "**", "cpu", "*.cpp"), recursive=True)) + [
+    os.path.join(CSRC, "bindings.cpp")]
 NVCC = shutil.which("nvcc")
 ARCHS = os.environ.get("GROUNDED_FAST_CUDA_ARCHS", "80;90").split(";")
 
@@ -90,11 +98,42 @@ def _cuda_include():
     return None
 
 
+def torch_cxx_standards():
+    """The C++ standards, of C++17 and C++20, that the installed torch's headers accept (ATen.h
+    refuses anything older than the ``__cplusplus`` value it tests)."""
+    from torch.utils.cpp_extension import include_paths
+    aten = next(os.path.join(p, "ATen", "ATen.h") for p in include_paths()
+                if os.path.exists(os.path.join(p, "ATen", "ATen.h")))
+    with open(aten) as f:
+        need = int(re.search(r"__cplusplus < (\d+)L", f.read()).group(1))
+    return [std for std, value in (("c++17", 201703), ("c++20", 202002)) if value >= need]
+
+
+def test_torch_cxx_standards_read_the_headers():
+    stds = torch_cxx_standards()
+    assert "c++20" in stds and set(stds) <= {"c++17", "c++20"}
+
+
+def _torch_syntax_check(source, std, extra_includes=()):
+    from torch.utils.cpp_extension import include_paths
+    cmd = ["g++", "-fsyntax-only", f"-std={std}", "-fopenmp", "-w", *[f"-I{p}" for p in include_paths()],
+           f"-I{sysconfig.get_paths()['include']}", *[f"-I{p}" for p in extra_includes], f"-I{CSRC}", source]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"syntax check ({std}) failed:\n{res.stderr[-4000:]}"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+@pytest.mark.parametrize("std", torch_cxx_standards())
+@pytest.mark.parametrize("source", CPU_SOURCES, ids=[os.path.relpath(p, CSRC) for p in CPU_SOURCES])
+def test_cpu_source_syntax(source, std):
+    _torch_syntax_check(source, std)
+
+
 @needs_nvcc
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no g++")
+@pytest.mark.parametrize("std", torch_cxx_standards())
 @pytest.mark.parametrize("source", BINDINGS, ids=[os.path.relpath(p, CSRC) for p in BINDINGS])
-def test_cuda_binding_syntax(source, tmp_path):
-    from torch.utils.cpp_extension import include_paths
+def test_cuda_binding_syntax(source, std, tmp_path):
     cuda_inc = _cuda_include()
     if cuda_inc is None:
         pytest.skip("CUDA headers not found")
@@ -103,7 +142,54 @@ def test_cuda_binding_syntax(source, tmp_path):
     stub = tmp_path / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
-    cmd = ["g++", "-fsyntax-only", "-std=c++17", "-w", *[f"-I{p}" for p in include_paths()],
-           f"-I{sysconfig.get_paths()['include']}", f"-I{cuda_inc}", f"-I{tmp_path}", f"-I{CSRC}", source]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, f"syntax check failed:\n{res.stderr[-4000:]}"
+    _torch_syntax_check(source, std, [cuda_inc, tmp_path])
+
+
+def _run_setup(code, prelude="", unset=(), **env):
+    """Runs setup.py as `setup.py --version` in a child (after `prelude`, with `env` and without the
+    variables in `unset`), then `code` with setup.py's globals as `g`."""
+    script = (f"import runpy, sys\n{prelude}\nsys.argv = ['setup.py', '--version']\n"
+              f"g = runpy.run_path('setup.py')\n{code}\n")
+    env = {**{k: v for k, v in os.environ.items() if k not in unset}, **env}
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+EXTENSIONS = "print([e.name for e in g['ext_modules']])"
+
+
+def test_setup_leaves_the_cxx_standard_to_torch():
+    """No -std flag of ours: it would override the one torch's headers need (torch 2.14 refuses C++17)."""
+    res = _run_setup("print([a for e in g['ext_modules'] for v in e.extra_compile_args.values() for a in v])",
+                     FORCE_CUDA="0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    args = res.stdout.splitlines()[-1]
+    assert "-O3" in args and "-std" not in args
+
+
+def test_setup_refuses_a_cuda_build_it_cannot_make(tmp_path):
+    """FORCE_CUDA=1 stops at once, with the reason, instead of failing minutes later in the compiler."""
+    import torch
+    res = _run_setup("", FORCE_CUDA="1", CUDA_HOME=str(tmp_path))
+    assert res.returncode != 0 and "FORCE_CUDA=1, but" in res.stderr
+    if torch.version.cuda is None:
+        assert "is a build without CUDA" in res.stderr and torch.__version__ in res.stderr
+    else:
+        assert "include/cuda_runtime.h" in res.stderr and str(tmp_path) in res.stderr
+
+
+def test_setup_automatic_cuda_choice_falls_back_with_a_warning(tmp_path):
+    """A CUDA torch and an nvcc on the PATH, but no toolkit headers: the CPU extension alone, and
+    one warning that says why; FORCE_CUDA=0 builds the CPU extension alone without a word."""
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text("#!/bin/sh\nexit 1\n")
+    nvcc.chmod(0o755)
+    path = f"{nvcc.parent}{os.pathsep}{os.environ['PATH']}"
+    prelude = "import torch\ntorch.version.cuda = torch.version.cuda or '13.0'"  # a CUDA torch, as far as setup.py asks
+    res = _run_setup(EXTENSIONS, prelude, unset=("FORCE_CUDA",), PATH=path, CUDA_HOME=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.splitlines()[-1] == "['grounded_fast._C']"
+    assert res.stderr.count("WARNING: building without the CUDA extension") == 1 and "cuda_runtime.h" in res.stderr
+    quiet = _run_setup(EXTENSIONS, prelude, FORCE_CUDA="0", PATH=path, CUDA_HOME=str(tmp_path))
+    assert quiet.returncode == 0 and quiet.stdout.splitlines()[-1] == "['grounded_fast._C']"
+    assert "WARNING" not in quiet.stderr
