@@ -283,8 +283,7 @@ def main(argv=None) -> int:
     import grounded_fast  # noqa: F401  (loads the extensions)
     from grounded_fast import _backend
     backends = [b for b in args.backends.split(",") if b]
-    usable = {"cuda": _backend.cuda_extension_available(), "triton": _backend.triton_available(),
-              "cpu": _backend.cpu_extension_available(), "torch": True}
+    usable = {b: _backend.backend_usable(b, device) for b in _backend.BACKENDS}
     usable["triton_two_pass"] = usable["triton"]
     skipped = [b for b in backends if not usable.get(b)]
     backends = [b for b in backends if usable.get(b)]

@@ -389,8 +389,7 @@ def main(argv=None) -> int:
     import grounded_fast  # noqa: F401
     from grounded_fast import _backend
     from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED
-    usable = {"cuda": _backend.cuda_extension_available(), "triton": _backend.triton_available(),
-              "cpu": _backend.cpu_extension_available(), "torch": True}
+    usable = {b: _backend.backend_usable(b, device) for b in _backend.BACKENDS}
     backends = [b for b in args.backends.split(",") if usable.get(b)]
     skipped = [b for b in args.backends.split(",") if b and not usable.get(b)]
     ys = yardsticks(device, args.smoke)

@@ -56,6 +56,19 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def backend_usable(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` runs ops on ``device``'s tensors in this build and environment."""
+    if backend == "torch":
+        return True
+    if backend == "cpu":
+        return device.type == "cpu" and cpu_extension_available()
+    if backend == "cuda":
+        return device.type == "cuda" and cuda_extension_available()
+    if backend == "triton":
+        return triton_available() and (device.type == "cuda" or (device.type == "cpu" and triton_interpreting()))
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def choose_backend(device: torch.device, backend: str | None = None, gpu: tuple[str, ...] = ()) -> str:
     """Return the backend that will run an op on ``device``.
 
@@ -96,6 +109,8 @@ def choose_backend(device: torch.device, backend: str | None = None, gpu: tuple[
             raise RuntimeError(f"backend='triton' requested but {reason}")
     elif backend == "cuda" and "cuda" in gpu and device.type == "cuda" and cuda_extension_available():
         return "cuda"
+    elif backend == "cuda" and "cuda" in gpu and cuda_extension_available() and explicit:
+        raise RuntimeError(f"backend='cuda' requested but the CUDA kernels need CUDA tensors, got {device.type}")
     elif backend in ("cuda", "triton") and explicit:
         raise RuntimeError(
             f"backend={backend!r} requested but no {backend} kernel for this op is available in "

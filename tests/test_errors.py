@@ -114,6 +114,26 @@ def test_explicit_backend_that_cannot_run(prob):
         entropic_ot(*prob, reg=0.1, backend="tpu")
 
 
+def test_backend_usable_follows_the_device_and_the_build(monkeypatch):
+    """A built CUDA extension does not make 'cuda' usable on CPU tensors (a build machine without a
+    GPU has one); Triton runs CPU tensors only under its interpreter."""
+    from grounded_fast import _backend
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(_backend, "_CUDA_ERROR", None)  # as if built with CUDA
+    assert not _backend.backend_usable("cuda", cpu) and _backend.backend_usable("cuda", gpu)
+    assert _backend.backend_usable("torch", cpu) and _backend.backend_usable("cpu", cpu)
+    assert not _backend.backend_usable("cpu", gpu)
+    monkeypatch.setattr(_backend, "triton_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not _backend.backend_usable("triton", cpu) and _backend.backend_usable("triton", gpu)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _backend.backend_usable("triton", cpu)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _backend.backend_usable("tpu", cpu)
+    with pytest.raises(RuntimeError, match="need CUDA tensors, got cpu"):
+        _backend.choose_backend(cpu, "cuda", gpu=("cuda",))
+
+
 def test_env_backend(prob, monkeypatch):
     monkeypatch.setenv("GROUNDED_FAST_BACKEND", "torch")
     s1 = entropic_ot(*prob, reg=0.1)
