@@ -49,10 +49,11 @@ def _compile(fn, signature: dict, constexprs: dict, warps: int, stages: int, ali
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from grounded_fast.triton_kernels.analysis.fast_math import LAUNCH  # the options the launches pass
     sig = dict(signature, **{k: "constexpr" for k in constexprs})
     attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in aligned}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages, **LAUNCH))
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
         f.flush()
@@ -82,15 +83,22 @@ def _instructions(sass: str) -> list[tuple[int, str]]:
 
 
 def hot_loop(sass: str) -> tuple[int, collections.Counter]:
-    """(instructions, opcode counts) of one iteration of the innermost loop (a backward branch with
-    no other backward branch inside), without the body of its forward conditional branches."""
+    """(instructions, opcode counts) of one iteration of the innermost loop (a conditional backward
+    branch with no other inside), without the body of its forward conditional branches.
+
+    Only a conditional branch closes a loop: the compiler may move a rare block out of line, after
+    the function's body, and end it with an unconditional jump back into the loop (Triton 3.8 does
+    so for the one-pass kernel's rescaling branch); that jump spans most of the code and is no loop.
+    """
     ins = _instructions(sass)
-    branches = []
+    branches, back_edges = [], []
     for addr, text in ins:
         m = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
         if m:
             branches.append((addr, int(m.group(1), 16)))
-    loops = [(tgt, addr) for addr, tgt in branches if tgt < addr]
+            if text.lstrip().startswith("@") and int(m.group(1), 16) < addr:
+                back_edges.append((addr, int(m.group(1), 16)))
+    loops = [(tgt, addr) for addr, tgt in back_edges]
     inner = [(lo, hi) for lo, hi in loops
              if not any(lo <= l2 and h2 <= hi and (l2, h2) != (lo, hi) for l2, h2 in loops)]
     if not inner:

@@ -165,6 +165,22 @@ def test_sass_cost_hot_loop_skips_the_rare_branch():
     assert n == 4 and counts == {"FMUL": 1, "BRA": 2, "FFMA": 1}
 
 
+def test_sass_cost_hot_loop_ignores_the_jump_back_from_an_out_of_line_block():
+    """Triton 3.8 moves the one-pass kernel's rare branch after the function's body, ending it with
+    an unconditional jump back into the loop: that backward jump spans most of the code, and taking
+    it for the V loop had counted 94 lane-instructions per entry instead of 21."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import sass_cost
+    listing = "\n".join(f"        /*{a:04x}*/                   {t} ;" for a, t in [
+        (0x00, "MOV R1, R2"), (0x10, "FADD R1, R1, R2"),
+        (0x20, "FMUL R3, R1, R1"), (0x30, "@P0 BRA 0xa0"),           # loop head; rare: out of line
+        (0x40, "FFMA R6, R3, R3, R6"), (0x50, "@P1 BRA 0x20"),       # the loop's back edge
+        (0x60, "EXIT"), (0x70, "BRA 0x70"),
+        (0xa0, "MUFU.EX2 R4, R3"), (0xb0, "FMUL R5, R4, R4"), (0xc0, "BRA 0x40")])  # the rare block
+    n, counts = sass_cost.hot_loop(listing)
+    assert n == 4 and counts == {"FMUL": 1, "BRA": 2, "FFMA": 1}
+
+
 def test_sass_cost_default_one_pass_config_has_no_spills():
     """The one-pass agreement kernel at its default BM 64 configuration compiles for sm_90 without
     register spills (bench/sass_cost.py, in a child process: compiled, not interpreted)."""
