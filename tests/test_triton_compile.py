@@ -38,7 +38,7 @@ def _is_constexpr(annotation) -> bool:
 
 class LaunchRecorder:
     """Patches the interpreter's kernel launch; ``launches`` maps a key to (module, kernel, signature,
-    constexprs, num_warps, num_stages, float arguments)."""
+    constexprs, num_warps, num_stages, enable_fp_fusion (None where not passed), float arguments)."""
 
     def __init__(self):
         self.launches = {}
@@ -79,8 +79,8 @@ class LaunchRecorder:
             else:
                 raise TypeError(f"{fn.fn.__name__}: argument {name} of type {type(value).__name__}")
         entry = (fn.fn.__module__, fn.fn.__name__, sig, const, int(kwargs.get("num_warps", 4)),
-                 int(kwargs.get("num_stages", 3)), floats)
-        self.launches.setdefault(json.dumps(entry[:6], sort_keys=True), entry)
+                 int(kwargs.get("num_stages", 3)), kwargs.get("enable_fp_fusion"), floats)
+        self.launches.setdefault(json.dumps(entry[:7], sort_keys=True), entry)
 
 
 def _encode(value):
@@ -196,6 +196,13 @@ def test_ot_kernels_take_no_python_floats(launches):
     assert not bad, f"Python float arguments (typed float32 by Triton) in {bad}: pass them in a float64 tensor"
 
 
+def test_every_launch_asks_for_fma_contraction(launches):
+    """FMA contraction is Triton's default through 3.9 and off from 3.10 unless a launch asks for it;
+    the kernels were measured with it (fast_math.LAUNCH), so every launch asks."""
+    missing = sorted({name for mod, name, *_, fp_fusion, _floats in launches if fp_fusion is not True})
+    assert not missing, f"launched without enable_fp_fusion=True (pass **fast_math.LAUNCH): {missing}"
+
+
 COMPILE = r"""
 import importlib, json, os, sys
 from concurrent.futures import ProcessPoolExecutor
@@ -205,7 +212,7 @@ SHARED_LIMIT = {90: 232448, 80: 166912}  # bytes of shared memory a block may op
 
 
 def build(job):
-    (mod, name, sig, const, num_warps, num_stages, _), (backend, cc) = job
+    (mod, name, sig, const, num_warps, num_stages, fp_fusion, _), (backend, cc) = job
     import triton, triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -214,7 +221,8 @@ def build(job):
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in values.items()})
     try:
         kernel = triton.compile(src, target=GPUTarget(backend, cc, 32),
-                                options={"num_warps": num_warps, "num_stages": num_stages})
+                                options={"num_warps": num_warps, "num_stages": num_stages,
+                                         "enable_fp_fusion": fp_fusion})
     except Exception as exc:
         return f"{name} sm_{cc} {const}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if kernel.metadata.shared > SHARED_LIMIT[cc]:  # compiles, but the launch would fail (OutOfResources)

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from ...reference.analysis import ATTENTION_METRICS
-from .fast_math import TINY, log2, xlog2x
+from .fast_math import LAUNCH, TINY, log2, xlog2x
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -221,7 +221,7 @@ def attention_pair_sums_triton(attn: torch.Tensor, source_mask: torch.Tensor, ro
     BR = 16
     BS_STATS = min(128, max(16, triton.next_power_of_2(S)))
     _row_stats[(M, triton.cdiv(R, BR))](x, sm, w, scale, nh, bad, R, S, HAS_MASK=has_mask, FOLD_W=linear,
-                                        HALF=jsd, XLOGX=jsd, BR=BR, BS=BS_STATS)
+                                        HALF=jsd, XLOGX=jsd, BR=BR, BS=BS_STATS, **LAUNCH)
     if int(bad.item()):
         raise ValueError("attention_distance: an attention row is negative, non-finite or has no mass "
                          "on the valid sources")
@@ -237,10 +237,10 @@ def attention_pair_sums_triton(attn: torch.Tensor, source_mask: torch.Tensor, ro
     if linear:
         _pairs_linear[(tiles * tiles, progs)](x, sm, scale, part, M, R, S, per, tiles, triton.cdiv(S, BS),
                                               METRIC=metric, HAS_MASK=has_mask, BI=BI, BS=BS,
-                                              num_warps=CONFIG["num_warps"])
+                                              num_warps=CONFIG["num_warps"], **LAUNCH)
     else:
         _pairs[(tiles * tiles, progs)](x, sm, w, scale, nh, part, M, R, S, per, tiles, METRIC=metric,
-                                       HAS_MASK=has_mask, BI=BI, BS=BS, num_warps=CONFIG["num_warps"])
+                                       HAS_MASK=has_mask, BI=BI, BS=BS, num_warps=CONFIG["num_warps"], **LAUNCH)
     out = part.double().sum(0)  # tiles below the diagonal stayed zero
     tile_of = torch.arange(M, device=dev) // BI
     out = torch.where(tile_of[:, None] == tile_of[None, :], out, out + out.T)

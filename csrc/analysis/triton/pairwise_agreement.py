@@ -63,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fast_math import bf16_dot, dot_3xtf32, exp2, xlog2x
+from .fast_math import LAUNCH, bf16_dot, dot_3xtf32, exp2, xlog2x
 
 
 @triton.jit
@@ -417,11 +417,11 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
         _stats_cross[(progs,)](z, w, lse, top, ent, bad, part, M, N, V, per, BM=BM,
                                BV=min(obv, max(16, triton.next_power_of_2(V))), BF16_Z=z.dtype == torch.bfloat16,
                                VEC=vec, ALIGN=align, SUM_COL=M < BM and z.dtype != torch.bfloat16,
-                               num_warps=warps, num_stages=stages)
+                               num_warps=warps, num_stages=stages, **LAUNCH)
     else:
         rvec, ralign = _vector_width(z, N, V, shared_shift=False)
         _row_stats[(M * N,)](z, w, lse, top, ent, bad, N, V, BV=min(1024, triton.next_power_of_2(V)), ENT=jsd,
-                             VEC=rvec, ALIGN=ralign)
+                             VEC=rvec, ALIGN=ralign, **LAUNCH)
     flagged = torch.nonzero(bad)
     if flagged.numel():
         i, n = flagged[0].tolist()
@@ -430,7 +430,7 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
         # the tiled kernel holds a second (BM x BV) operand: BV 32 and 8 warps compile without spills
         # (Triton 3.6, sm_90; BV 64 and 4 warps spill 2 KB)
         _cross[(progs, tiles * tiles)](z, w, lse, part, M, N, V, per, tiles, BM=BM, BV=min(bv, 32) if tiled else bv,
-                                       TILED=tiled, VEC=vec, ALIGN=align, num_warps=8 if tiled else 4)
+                                       TILED=tiled, VEC=vec, ALIGN=align, num_warps=8 if tiled else 4, **LAUNCH)
     Y = part.double().sum(0).view(tiles, tiles, BM, BM).transpose(1, 2).reshape(tiles * BM, tiles * BM)[:M, :M]
     kl = Y.diagonal()[:, None] - Y
     kl.fill_diagonal_(0.0)
@@ -445,7 +445,7 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
         jper, jprogs = _slices(N, 4)
         jpart = torch.zeros(jprogs, M, M, dtype=torch.float32, device=dev)
         _jsd[(tiles * tiles, jprogs)](z, w, lse, ent, jpart, M, N, V, jper, tiles, BI=BI,
-                                      BV=min(32, max(16, triton.next_power_of_2(V))))
+                                      BV=min(32, max(16, triton.next_power_of_2(V))), **LAUNCH)
         js = jpart.double().sum(0)
         js.fill_diagonal_(0.0)
     return agree, kl, entropy, js, count.long()

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ...reference.entropic_ot import UNBALANCED, unbalanced_value
+from ..analysis.fast_math import LAUNCH
 from . import device_scalars
 
 CONFIG = (16, 256, 8)      # rows per program, columns per step, warps (the row pass's, sinkhorn_stream.py)
@@ -71,7 +72,7 @@ def finalize_triton(C, a, b, lu, lv, w, problem: int, reg: float, reg_m_a: float
     _finalize[(B, triton.cdiv(n, BR))](
         C, a.contiguous(), b.contiguous(), lu.to(dt).contiguous(), lv.to(dt).contiguous(), w.to(dt).contiguous(),
         nonempty.to(torch.int32).contiguous(), plan, lin, xlx, r, n, m, device_scalars(C.device, 1.0 / reg), DT=DT,
-        BR=BR, BT=BT, num_warps=warps)
+        BR=BR, BT=BT, num_warps=warps, **LAUNCH)
     value_linear, xlogx = lin.sum(1), xlx.sum(1)
     if problem == UNBALANCED:
         c = plan.sum(1)

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ...reference.ot_features import COSINE, compute_dtype, kernel_norms
+from ..analysis.fast_math import LAUNCH
 from . import device_scalars
 from .sinkhorn_stream import _online
 
@@ -290,7 +291,7 @@ class TritonFeaturePasses:
         mx = torch.empty(self.B, splits, nr, dtype=self.dt, device=X.device)
         sm = torch.empty_like(mx)
         _feat_lse[(self.B, triton.cdiv(nr, BLOCK_ROWS), splits)](
-            X, Y, s, t, self._vec(vec), mx, sm, nr, nc, self.d, self.inv_eps, per, splits, **self.kw)
+            X, Y, s, t, self._vec(vec), mx, sm, nr, nc, self.d, self.inv_eps, per, splits, **self.kw, **LAUNCH)
         part = torch.where(sm > 0, mx + torch.log(sm), float("-inf"))
         return part[:, 0] if splits == 1 else torch.logsumexp(part, dim=1)
 
@@ -299,7 +300,7 @@ class TritonFeaturePasses:
         part = torch.empty(self.B, nblk, dtype=self.dt, device=self.x.device)
         vecs = [self._vec(v) for v in (pu, pv, pw, lu, lv, w)]
         _feat_plan_change[(self.B, nblk)](self.x, self.y, self.s, self.t, *vecs, part, self.n, self.m, self.d, nblk,
-                                          self.inv_eps, **self.kw)
+                                          self.inv_eps, **self.kw, **LAUNCH)
         return part.sum(1).sqrt()
 
     def row_stats(self, lu, lv, w):
@@ -307,7 +308,7 @@ class TritonFeaturePasses:
         pc, plp = torch.empty_like(r), torch.empty_like(r)
         _feat_row_stats[(self.B, triton.cdiv(self.n, BLOCK_ROWS))](
             self.x, self.y, self.s, self.t, self._vec(lu), self._vec(lv), self._vec(w), r, pc, plp, self.n, self.m,
-            self.d, self.inv_eps, **self.kw)
+            self.d, self.inv_eps, **self.kw, **LAUNCH)
         return r, pc, plp
 
     def _product(self, rows: bool, lr, lc, w):
@@ -317,7 +318,7 @@ class TritonFeaturePasses:
         bdo = max(16, min(64, triton.next_power_of_2(self.d)))
         _feat_products[(self.B, triton.cdiv(nr, BLOCK_ROWS), triton.cdiv(self.d, bdo))](
             X, Y, s, t, self._vec(lr), self._vec(lc), self._vec(w), out, r, nr, nc, self.d, self.inv_eps,
-            BDO=bdo, PREC_P=_dot_precision(self.dt), **self.kw)
+            BDO=bdo, PREC_P=_dot_precision(self.dt), **self.kw, **LAUNCH)
         return out, r
 
     def products(self, lu, lv, w):

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ...reference.entropic_ot import solve_potentials
-from ..analysis.fast_math import exp2
+from ..analysis.fast_math import LAUNCH, exp2
 from . import device_scalars
 from .sinkhorn_stream import _online, _row_block_lse, streaming_passes
 
@@ -266,9 +266,9 @@ def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None
         new = torch.empty(B, n, dtype=dt, device=C.device)
         kernel[(B, P)](C, lv.to(dt).contiguous(), la.to(dt).contiguous(), lu.to(dt).contiguous(), new,
                        active.contiguous(), pmx, psm, n, m, rows_per_prog, P, scalars[scale], DT=DT, BR=BR,
-                       SCALED=scale != 1.0, CAP=bool(cap), num_warps=warps, **meta)
+                       SCALED=scale != 1.0, CAP=bool(cap), num_warps=warps, **meta, **LAUNCH)
         col = torch.empty(B, m, dtype=dt, device=C.device)
-        _merge_columns[(B, triton.cdiv(m, MERGE_BT))](pmx, psm, col, m, P, DT=DT, BT=MERGE_BT)
+        _merge_columns[(B, triton.cdiv(m, MERGE_BT))](pmx, psm, col, m, P, DT=DT, BT=MERGE_BT, **LAUNCH)
         return new, col
 
     return row_then_col

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..analysis.fast_math import LAUNCH
 from . import device_scalars
 
 # entries of the cost tile held on-chip by one program (BN x BM after padding to powers of two)
@@ -243,5 +244,5 @@ def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
         log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, ldc, scalars, max_iter, check_every, hist_len,
         PROBLEM=problem, KL_REF=bool(kl_ref),
         DT=tl.float64 if dt == torch.float64 else tl.float32, BN=BN, BM=BM,
-        num_warps=WARPS_LARGE_TILE if BN * BM >= 8192 else 4)
+        num_warps=WARPS_LARGE_TILE if BN * BM >= 8192 else 4, **LAUNCH)
     return lu, lv, w, n_iter.long(), status.long(), hist[:, :hist_len]

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from ...reference.entropic_ot import solve_potentials
+from ..analysis.fast_math import LAUNCH
 from . import device_scalars
 
 # (rows or columns owned by one program, entries of the streamed axis per step, warps) per pass, for
@@ -128,20 +129,20 @@ def streaming_passes(C, reg: float):
     def row_lse(lv):
         out = torch.empty(B, n, dtype=dt, device=C.device)
         _row_lse[(B, triton.cdiv(n, RB))](C, lv.to(dt).contiguous(), out, n, m, inv_eps, DT=DT, BR=RB, BT=RT,
-                                          num_warps=RW)
+                                          num_warps=RW, **LAUNCH)
         return out
 
     def col_lse(lu):
         out = torch.empty(B, m, dtype=dt, device=C.device)
         _col_lse[(B, triton.cdiv(m, CB))](C, lu.to(dt).contiguous(), out, n, m, inv_eps, DT=DT, BR=CB, BT=CT,
-                                          num_warps=CW)
+                                          num_warps=CW, **LAUNCH)
         return out
 
     def plan_change(pu, pv, pw, lu, lv, w):
         nblk = triton.cdiv(n, RB)
         part = torch.empty(B, nblk, dtype=dt, device=C.device)
         args = [t.to(dt).contiguous() for t in (pu, pv, pw, lu, lv, w)]
-        _plan_change[(B, nblk)](C, *args, part, n, m, nblk, inv_eps, DT=DT, BR=RB, BT=RT, num_warps=RW)
+        _plan_change[(B, nblk)](C, *args, part, n, m, nblk, inv_eps, DT=DT, BR=RB, BT=RT, num_warps=RW, **LAUNCH)
         return part.sum(1).sqrt()
 
     return row_lse, col_lse, plan_change
