@@ -189,7 +189,10 @@ import functools, os, sys, time
 from grounded_fast.experiments.executors import ExecutorConfig, Task, run_tasks
 
 def unit(k, data, progress):
-    open(os.path.join(sys.argv[1], f"{k}.pid"), "w").write(str(os.getpid()))
+    path = os.path.join(sys.argv[1], f"{k}.pid")
+    with open(path + ".tmp", "w") as f:  # whole, or not there: the test reads it as soon as it appears
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
     time.sleep(120)
 
 if __name__ == "__main__":
