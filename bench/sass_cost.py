@@ -91,14 +91,14 @@ def hot_loop(sass: str) -> tuple[int, collections.Counter]:
     so for the one-pass kernel's rescaling branch); that jump spans most of the code and is no loop.
     """
     ins = _instructions(sass)
-    branches, back_edges = [], []
+    branches, loops = [], []
     for addr, text in ins:
         m = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
         if m:
-            branches.append((addr, int(m.group(1), 16)))
-            if text.lstrip().startswith("@") and int(m.group(1), 16) < addr:
-                back_edges.append((addr, int(m.group(1), 16)))
-    loops = [(tgt, addr) for addr, tgt in back_edges]
+            tgt = int(m.group(1), 16)
+            branches.append((addr, tgt))
+            if tgt < addr and text.lstrip().startswith("@"):
+                loops.append((tgt, addr))
     inner = [(lo, hi) for lo, hi in loops
              if not any(lo <= l2 and h2 <= hi and (l2, h2) != (lo, hi) for l2, h2 in loops)]
     if not inner:

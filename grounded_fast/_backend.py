@@ -83,31 +83,27 @@ def choose_backend(device: torch.device, backend: str | None = None, gpu: tuple[
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend is None:
-        usable = {"cuda": cuda_extension_available(), "triton": triton_available()}
-        backend = "cpu" if device.type == "cpu" else next((b for b in gpu if usable.get(b)), "cuda")
+        backend = "cpu" if device.type == "cpu" else next((b for b in gpu if backend_usable(b, device)), "cuda")
     if backend == "torch":
         return backend
     if backend == "cpu":
-        if device.type != "cpu":
-            if explicit:
-                raise ValueError(f"backend='cpu' cannot run on a {device.type} tensor")
-        elif cpu_extension_available():
+        if backend_usable("cpu", device):
             return "cpu"
-        elif explicit:
+        if explicit and device.type != "cpu":
+            raise ValueError(f"backend='cpu' cannot run on a {device.type} tensor")
+        if explicit:
             raise RuntimeError(
                 "backend='cpu' requested but the grounded_fast C++ extension failed to import "
                 f"({_CPU_ERROR}). Reinstall with `pip install --no-build-isolation -e .`."
             )
     if backend == "triton" and "triton" in gpu:
-        if not triton_available():
-            reason = "triton is not installed"
-        elif device.type == "cuda" or (device.type == "cpu" and triton_interpreting()):
+        if backend_usable("triton", device):
             return "triton"
-        else:
-            reason = f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device.type}"
         if explicit:
+            reason = ("triton is not installed" if not triton_available() else
+                      f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {device.type}")
             raise RuntimeError(f"backend='triton' requested but {reason}")
-    elif backend == "cuda" and "cuda" in gpu and device.type == "cuda" and cuda_extension_available():
+    elif backend == "cuda" and "cuda" in gpu and backend_usable("cuda", device):
         return "cuda"
     elif backend == "cuda" and "cuda" in gpu and cuda_extension_available() and explicit:
         raise RuntimeError(f"backend='cuda' requested but the CUDA kernels need CUDA tensors, got {device.type}")
