@@ -19,7 +19,7 @@ using at::Tensor;
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> entropic_ot_cpu(
     const Tensor& C, const Tensor& a, const Tensor& b, const Tensor& mass, const Tensor& lu0,
     const Tensor& lv0, int64_t problem, double reg, double reg_m_a, double reg_m_b, bool kl_ref,
-    int64_t max_iter, double tol, int64_t check_every, int64_t domain, int64_t history) {
+    int64_t max_iter, double tol, int64_t check_every, int64_t domain, int64_t history, double floor) {
   GF_CHECK(C.dim() == 3, "entropic_ot: C must be (B, n, m), got ", C.sizes());
   const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
   GF_CHECK(a.sizes() == at::IntArrayRef({B, n}), "entropic_ot: a must be (B, n)");
@@ -42,10 +42,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   o.kl_ref = kl_ref;
   o.max_iter = max_iter;
   o.tol = tol;
+  GF_CHECK(floor >= 0, "entropic_ot: floor must be >= 0");
+  o.floor = floor;
   o.check_every = check_every;
   GF_CHECK(domain == gf::kAuto || domain == gf::kLog, "entropic_ot: domain must be 0 (auto) or 1 (log)");
   o.domain = domain;
-  // history < 0: every check; otherwise at most `history` entries (0: none).
+  // history < 0: every check; otherwise at most `history` entries (0: none; when there are more
+  // checks, the last entry holds the last check).
   const int64_t checks = check_every > 0 ? max_iter / check_every + 1 : 0;
   o.hist_len = history < 0 ? checks : std::min(history, checks);
 
@@ -80,11 +83,12 @@ TORCH_LIBRARY(grounded_fast, m) {
   // plan = exp(log_u_i + log_v_j + log_scale - C_ij / reg). problem: 0 balanced, 1 unbalanced,
   // 2 partial. check_every = 0 runs exactly max_iter iterations. domain: 0 auto (stabilised scaling
   // iterations, log-domain iterations where they would underflow), 1 log-domain only.
-  // history: length of err_history (-1: every check, the default; 0: none).
+  // history: length of err_history (-1: every check, the default; 0: none). floor: the rounding
+  // floor of the stop quantity (a check with err <= floor, no smaller than the previous one, stops).
   m.def(
       "entropic_ot(Tensor C, Tensor a, Tensor b, Tensor mass, Tensor log_u0, Tensor log_v0, "
       "int problem, float reg, float reg_m_a, float reg_m_b, bool kl_ref, int max_iter, float tol, "
-      "int check_every, int domain=0, int history=-1) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int check_every, int domain=0, int history=-1, float floor=0.0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Chunk sums over the positions where mask is True, for logits (M, N, V):
   // (agree (M,M) int64 argmax-agreement counts, kl (M,M) f64 sum KL(p_i||p_j), entropy (M) f64,
   //  jsd (M,M) f64 (zeros unless jsd), count () int64).

@@ -214,7 +214,7 @@ def test_empty_problems_in_a_batch_are_zero_and_finite():
 @pytest.mark.parametrize("cost", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 13, 3), (1, 41, 37, 16), (2, 5, 9, 70)])
 def test_triton_passes_match_torch_passes(cost, shape):
-    """Every kernel (row / column LSE with 1 and 3 splits, plan change, row stats, products) on
+    """Every kernel (row / column LSE with 1 and 3 splits, row stats, products) on
     awkward shapes, d = 70 walking the features in two chunks, against the chunked torch passes."""
     from grounded_fast.triton_kernels.ot.sinkhorn_features import TritonFeaturePasses
     B, n, m, d = shape
@@ -229,9 +229,6 @@ def test_triton_passes_match_torch_passes(cost, shape):
         got = TritonFeaturePasses(x, y, code, REG[cost], splits=splits)
         assert_close(got.lse(True, lv), ref.lse(True, lv), rtol=1e-12, atol=1e-12, name=f"row lse/{splits}")
         assert_close(got.lse(False, lu), ref.lse(False, lu), rtol=1e-12, atol=1e-12, name=f"col lse/{splits}")
-    pu, pv, pw = torch.where(torch.isfinite(lu), lu + 0.1, lu), lv - 0.2, 0.5 * w
-    assert_close(got.plan_change(pu, pv, pw, lu, lv, w), ref.plan_change(pu, pv, pw, lu, lv, w), rtol=1e-11,
-                 atol=1e-14, name="plan change")
     for o, r, nm in zip(got.row_stats(lu, lv, w), ref.row_stats(lu, lv, w), ("r", "pc", "plp")):
         assert_close(o, r, rtol=1e-11, atol=1e-13, name=nm)
     for o, r, nm in zip(got.products(lu, lv, w), ref.products(lu, lv, w), ("PY", "r", "PtX", "c")):

@@ -156,9 +156,6 @@ def test_gpu_features_passes_and_half_inputs(backend, cost):
         for got in variants:
             assert_close(got.lse(True, lv).cpu(), ref.lse(True, lv).cpu(), rtol=rtol, atol=atol, name="row lse")
             assert_close(got.lse(False, lu).cpu(), ref.lse(False, lu).cpu(), rtol=rtol, atol=atol, name="col lse")
-            args = (lu + 0.1, lv - 0.1, 0.5 * w, lu, lv, w)
-            assert_close(got.plan_change(*args).cpu(), ref.plan_change(*args).cpu(), rtol=rtol * 10, atol=atol,
-                         name="plan change")
             for o, r in zip(got.row_stats(lu, lv, w), ref.row_stats(lu, lv, w)):
                 assert_close(o.cpu(), r.cpu(), rtol=rtol * 10, atol=atol, name="row stats")
             for o, r in zip(got.products(lu, lv, w), ref.products(lu, lv, w)):

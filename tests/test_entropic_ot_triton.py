@@ -41,7 +41,9 @@ def _args(B, n, m, case, dtype, max_iter, check_every=5, pad=True, seed=0, warm=
     lu0 = 0.1 * torch.randn(B, n, generator=g, dtype=torch.float64) if warm else torch.zeros(B, n, dtype=torch.float64)
     lv0 = 0.1 * torch.randn(B, m, generator=g, dtype=torch.float64) if warm else torch.zeros(B, m, dtype=torch.float64)
     tensors = [t.to(dtype).to(DEVICE) for t in (C, a, b, mass, lu0, lv0)]
-    tol = 1e-9 if dtype == torch.float64 else 1e-6
+    # float32 partial OT: its stop quantity, the log plan's change, rounds to ~1e-5 here, so a smaller
+    # tol would make the stopping iteration depend on each backend's rounding
+    tol = 1e-9 if dtype == torch.float64 else (1e-3 if problem == PARTIAL else 1e-6)
     return (*tensors, problem, 0.1, ra, rb, kl_ref, max_iter, tol, check_every)
 
 
@@ -199,11 +201,6 @@ def test_row_then_col_hook_keeps_the_iterates(case):
     row = lambda lv: torch.logsumexp(K + lv[:, None, :], 2)  # noqa: E731
     col = lambda lu: torch.logsumexp(K + lu[:, :, None], 1)  # noqa: E731
 
-    def plan_change(pu, pv, pw, lu, lv, w):
-        def plan(u, v, s):
-            return torch.exp(K + u[:, :, None] + v[:, None, :] + s[:, None, None])
-        return torch.linalg.vector_norm((plan(pu, pv, pw) - plan(lu, lv, w)).flatten(1), dim=1)
-
     def row_then_col(lv, lu, la, active, scale, cap):
         x = la - scale * row(lv)
         if cap:
@@ -212,9 +209,9 @@ def test_row_then_col_hook_keeps_the_iterates(case):
         return new, col(new)
 
     for max_iter, check_every in ((7, 0), (200, 3), (200, 1)):
-        plain = solve_potentials(row, col, plan_change, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter,
+        plain = solve_potentials(row, col, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter,
                                  1e-9, check_every)
-        hooked = solve_potentials(row, col, plan_change, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter,
+        hooked = solve_potentials(row, col, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter,
                                   1e-9, check_every, row_then_col=row_then_col)
         for name, x, y in zip(("log_u", "log_v", "log_scale", "n_iter", "status", "err_history"), plain, hooked):
             if problem == BALANCED or name in ("n_iter", "status"):

@@ -3,8 +3,8 @@
 Regimes, as for the Triton backend: ``small`` — the persistent CUDA kernel, one block per problem
 with the cost tile -C/eps in shared memory for all iterations (``ot_small_cuda``), when the tile and
 the O(n + m) vectors fit the device's opt-in shared memory per block; ``stream`` — one kernel per
-pass over C in device memory (``ot_row_lse_cuda``, ``ot_col_lse_cuda``, ``ot_plan_change_cuda``)
-driven by the reference's ``solve_potentials``; ``fused`` (opt-in, m <= 8192, float32 / half C)
+pass over C in device memory (``ot_row_lse_cuda``, ``ot_col_lse_cuda``) driven by the
+reference's ``solve_potentials``; ``fused`` (opt-in, m <= 8192, float32 / half C)
 — both half-iterations in one read of C (``ot_fused_pass_cuda``,
 csrc/ot/cuda/sinkhorn_fused.cu), same driver. The plan and objective come from the Triton
 backend's fused ``finalize_triton`` (one pass over C; the torch ``finalize``, about twenty kernels
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..reference.entropic_ot import finalize, nonempty_problems, solve_potentials
+from ..reference.entropic_ot import finalize, history_length, nonempty_problems, solve_potentials
 from ..reference.ot_features import TorchFeaturePasses, compute_dtype, kernel_norms
 
 REGIMES = ("small", "stream", "fused")
@@ -50,27 +50,25 @@ def choose_regime(C: torch.Tensor) -> str:
 
 def entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
                      kl_ref: bool, max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1,
-                     regime: str | None = None):
+                     floor: float = 0.0, regime: str | None = None):
     """Same contract as ``torch.ops.grounded_fast.entropic_ot``, on CUDA tensors."""
     ops = _ops()
     regime = regime or choose_regime(C)
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     if regime == "small":
-        checks = max_iter // check_every + 1 if check_every > 0 else 0
-        hist_len = checks if history < 0 else min(history, checks)
+        hist_len = history_length(max_iter, check_every, history)
         fa = 1.0 if math.isinf(reg_m_a) else reg_m_a / (reg_m_a + reg)
         fb = 1.0 if math.isinf(reg_m_b) else reg_m_b / (reg_m_b + reg)
         lu, lv, w, n_iter, status, hist = ops.ot_small_cuda(C, a, b, mass, log_u0, log_v0, problem, reg, fa, fb,
-                                                            kl_ref, max_iter, tol, check_every, hist_len)
+                                                            kl_ref, max_iter, tol, check_every, hist_len, floor)
     else:
         inv_eps = 1.0 / reg
         fused = fused_pass(C, reg) if regime == "fused" else None
         lu, lv, w, n_iter, status, hist = solve_potentials(
             lambda lv_: ops.ot_row_lse_cuda(C, lv_, inv_eps), lambda lu_: ops.ot_col_lse_cuda(C, lu_, inv_eps),
-            lambda pu, pv, pw, lu_, lv_, w_: ops.ot_plan_change_cuda(C, pu, pv, pw, lu_, lv_, w_, inv_eps).sqrt(),
             a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history,
-            row_then_col=fused)
+            row_then_col=fused, floor=floor)
     plan, value, value_linear = _finalize()(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
                                             nonempty_problems(a, b, mass, problem))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
@@ -144,10 +142,6 @@ class CudaFeaturePasses:
         return _ops().ot_feat_lse_cuda(X, Y, s, t, vec, self.inv_eps, self.cost,
                                        feature_splits(self.B, nr, nc, X.device))
 
-    def plan_change(self, pu, pv, pw, lu, lv, w):
-        return _ops().ot_feat_plan_change_cuda(self.x, self.y, self.s, self.t, pu, pv, pw, lu, lv, w,
-                                               self.inv_eps, self.cost).sqrt()
-
     def row_stats(self, lu, lv, w):
         return _ops().ot_feat_row_stats_cuda(self.x, self.y, self.s, self.t, lu, lv, w, self.inv_eps, self.cost)
 
@@ -159,9 +153,9 @@ class CudaFeaturePasses:
 
 def entropic_ot_features_cuda(x, y, a, b, mass, log_u0, log_v0, cost: int, problem: int, reg: float, reg_m_a: float,
                               reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
-                              history: int = -1):
+                              history: int = -1, floor: float = 0.0):
     """Solve on the CUDA feature passes; arguments and outputs as
     grounded_fast.reference.ot_features.solve_features (x (B,n,d), y (B,m,d) CUDA tensors)."""
     from ..reference.ot_features import solve_features
     return solve_features(CudaFeaturePasses(x, y, cost, reg), a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
-                          reg_m_b, kl_ref, max_iter, tol, check_every, history)
+                          reg_m_b, kl_ref, max_iter, tol, check_every, history, floor)

@@ -18,7 +18,6 @@ under autograd (exact gradient of every output, as POT's default, at O(iteration
 from __future__ import annotations
 
 import math
-import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -26,7 +25,9 @@ from torch import Tensor
 
 from .._backend import choose_backend
 from .cuda_ot import small_smem_bytes
-from ..reference.entropic_ot import BALANCED, PARTIAL, UNBALANCED, entropic_ot_reference
+from .ot_verdict import dense_marginals, floor_unit, report, verdict
+from ..reference.entropic_ot import (BALANCED, HISTORY_CAP, PARTIAL, UNBALANCED, entropic_ot_reference,
+                                     history_length, nonempty_problems)
 
 _CPU_OP = "grounded_fast::entropic_ot"
 _TORCH_OP = "grounded_fast::entropic_ot_torch"
@@ -53,46 +54,45 @@ class OTSolution(NamedTuple):
 @torch.library.custom_op(_TORCH_OP, mutates_args=())
 def _entropic_ot_torch(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                        problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
-                       max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                       max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1,
+                       floor: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     with torch.no_grad():
         out = entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
-                                    kl_ref, max_iter, tol, check_every, domain, history)
+                                    kl_ref, max_iter, tol, check_every, domain, history, floor)
     return tuple(t.clone() for t in out)
 
 
 @torch.library.custom_op(_TRITON_OP, mutates_args=())
 def _entropic_ot_triton(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                         problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
-                        max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                        max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1,
+                        floor: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Triton kernels (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1); see
     csrc/ot/triton/entropic_ot.py for the small (persistent) and streaming regimes."""
     from ..triton_kernels.ot.entropic_ot import entropic_ot_triton
     with torch.no_grad():
         out = entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
-                                 max_iter, tol, check_every, domain, history)
+                                 max_iter, tol, check_every, domain, history, floor)
     return tuple(t.clone() for t in out)
 
 
 @torch.library.custom_op(_CUDA_OP, mutates_args=())
 def _entropic_ot_cuda(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                       problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
-                      max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                      max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1,
+                      floor: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """CUDA kernels of grounded_fast._C_cuda (see grounded_fast/ops/cuda_ot.py)."""
     from .cuda_ot import entropic_ot_cuda
     with torch.no_grad():
         out = entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
-                               max_iter, tol, check_every, domain, history)
+                               max_iter, tol, check_every, domain, history, floor)
     return tuple(t.clone() for t in out)
 
 
 def _fake(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol,
-          check_every, domain=0, history=-1):
+          check_every, domain=0, history=-1, floor=0.0):
     B, n, m = C.shape
-    checks = max_iter // check_every + 1 if check_every > 0 else 0
-    hist = checks if history < 0 else min(history, checks)
+    hist = history_length(max_iter, check_every, history)
     long = dict(dtype=torch.long)  # float outputs in the weights' (compute) dtype: C may be half (Triton)
     return (a.new_empty(B, n, m), a.new_empty(B, n), a.new_empty(B, m), a.new_empty(B), a.new_empty(B),
             a.new_empty(B), a.new_empty(B, **long), a.new_empty(B, **long), a.new_empty(B, hist))
@@ -153,7 +153,7 @@ def _backward(ctx, *grads):
         grad_a = g[:, None] * ga
     if gb is not None:
         grad_b = g[:, None] * gb
-    return (grad_C, grad_a, grad_b) + (None,) * 13
+    return (grad_C, grad_a, grad_b) + (None,) * 14
 
 
 torch.library.register_fake(_CPU_OP)(_fake)
@@ -266,8 +266,8 @@ def problem_scalars(problem: int, a: Tensor, b: Tensor, mass: Optional[Tensor], 
     if problem != UNBALANCED:
         return mass, math.inf, math.inf
     rho_a, rho_b = (float(reg_m[0]), float(reg_m[1]))
-    if rho_a <= 0 or rho_b <= 0:
-        raise ValueError(f"reg_m must be > 0, got {reg_m}")
+    if not (rho_a > 0 and rho_b > 0):  # NaN fails too
+        raise ValueError(f"reg_m must be > 0 (inf for a hard marginal), got {reg_m}")
     return mass, rho_a, rho_b
 
 
@@ -277,7 +277,8 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
                 kl_ref: bool = True, max_iter: int = 1000, tol: Optional[float] = None, check_every: int = 10,
                 log_u0: Optional[Tensor] = None, log_v0: Optional[Tensor] = None,
                 backend: Optional[str] = None, grad: str = "envelope", warn: bool = True,
-                domain: str = "auto", history: bool = True, validate_inputs: bool = True) -> OTSolution:
+                domain: str = "auto", history: bool = True, validate_inputs: bool = True,
+                stop_at_floor: bool = True) -> OTSolution:
     """Solve a batch of entropic OT problems on given costs.
 
     C (B,n,m) cost; a (B,n), b (B,m) nonnegative weights (zeros = padding); reg > 0. A single
@@ -286,13 +287,23 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     or PARTIAL (``mass``: transported mass, a number or a (B,) tensor, default min(|a|,|b|)).
     ``check_every`` = 0 runs exactly ``max_iter`` iterations (benchmarks); otherwise the stop test
     (see csrc/ot/cpu/sinkhorn_cpu.cpp) runs every ``check_every`` iterations against ``tol``
-    (default 1e-9 in float64, 1e-6 in lower precision, where 1e-9 is below rounding noise).
-    ``log_u0``, ``log_v0`` (B,n), (B,m): warm start (balanced / unbalanced).
+    (default 1e-9 in float64, 1e-6 in lower precision, where 1e-9 is below rounding noise):
+    balanced ||P^T 1 - b||_2 < tol, unbalanced POT's relative change of the scalings < tol,
+    partial the change of the log plan ||log P - log P_prev||_F <= tol. With ``stop_at_floor``
+    a problem also stops once its stop quantity reaches the rounding floor (grounded_fast.ops.
+    ot_verdict), so a tol below what the dtype resolves stops where the iterates stop changing.
+    Afterwards the plan's feasibility is checked (``ot_verdict.verdict``): a problem reported
+    converged has its marginals met (balanced) or its mass m with rows <= a and columns <= b
+    (partial) to rounding; one that is not, or whose plan is not finite, gets status 2 and a
+    RuntimeWarning saying what failed.
+    ``log_u0``, ``log_v0`` (B,n), (B,m): warm start (balanced / unbalanced; finite where the
+    weights are positive).
     ``domain``: 'auto' (CPU kernel: stabilised scaling-domain iterations on an absorbed kernel,
     switching to log-domain iterations where they would underflow) or 'log' (log-sum-exp passes
     only); both
     compute the same iterates up to rounding. ``history=False`` skips ``err_history`` (an empty
-    (B, 0) tensor; it holds max_iter / check_every + 1 values per problem otherwise).
+    (B, 0) tensor); otherwise it holds one value per check, max_iter / check_every + 1, at most
+    HISTORY_CAP of them (the last slot then holds the last check), -1 after the stop.
     float16 / bfloat16 inputs are solved in float32 (plan and objective returned in the input dtype);
     the Triton kernels read such a C as it is, half the bytes per pass, the other backends a copy.
     Returns an :class:`OTSolution`; see the module docstring for gradients.
@@ -309,7 +320,8 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
                           mass=mass if not isinstance(mass, Tensor) else mass.reshape(1), reg_m=reg_m,
                           kl_ref=kl_ref, max_iter=max_iter, tol=tol, check_every=check_every,
                           log_u0=batch1(log_u0), log_v0=batch1(log_v0), backend=backend, grad=grad, warn=warn,
-                          domain=domain, history=history, validate_inputs=validate_inputs)
+                          domain=domain, history=history, validate_inputs=validate_inputs,
+                          stop_at_floor=stop_at_floor)
         return OTSolution(*(t[0] for t in sol))
     if domain not in ("auto", "log"):
         raise ValueError(f"domain must be 'auto' or 'log', got {domain!r}")
@@ -342,28 +354,49 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
         if which != "triton":
             C = C.float()
     mass, rho_a, rho_b = problem_scalars(problem, a, b, mass, reg_m)
-    lu0 = torch.zeros_like(a) if log_u0 is None else log_u0.to(a.dtype)
-    lv0 = torch.zeros_like(b) if log_v0 is None else log_v0.to(a.dtype)
+    lu0 = warm_start("log_u0", log_u0, a, problem)
+    lv0 = warm_start("log_v0", log_v0, b, problem)
     args = (C, a, b, mass.detach(), lu0.detach(), lv0.detach(), int(problem), float(reg), rho_a, rho_b,
-            bool(kl_ref), int(max_iter), float(tol), int(check_every))
+            bool(kl_ref), int(max_iter), float(tol), int(check_every), 0 if domain == "auto" else 1,
+            HISTORY_CAP if history else 0, floor_unit(a.dtype) if stop_at_floor else 0.0)
     if grad == "autodiff":
-        out = entropic_ot_reference(*args, 0, -1 if history else 0)
+        out = entropic_ot_reference(*args)
     else:
         op = {"cpu": torch.ops.grounded_fast.entropic_ot, "triton": torch.ops.grounded_fast.entropic_ot_triton,
               "cuda": torch.ops.grounded_fast.entropic_ot_cuda}.get(which, torch.ops.grounded_fast.entropic_ot_torch)
-        args = args + (0 if domain == "auto" else 1, -1 if history else 0)
         if grad == "detach":
             with torch.no_grad():
                 out = op(*args)
         else:
             out = op(*args)
     sol = OTSolution(*out)
+    if not torch.compiler.is_compiling():
+        status, reasons = verdict(problem, sol.status, sol.log_u, sol.log_v, sol.log_scale, a, b, mass, float(tol),
+                                  nonempty_problems(a, b, mass, problem), dense_marginals(sol.plan, a.dtype))
+        sol = sol._replace(status=status)
+        report(status, reasons, float(reg), warn and check_every > 0)  # check_every=0: exactly max_iter
     if orig_dtype != sol.plan.dtype:
         sol = sol._replace(plan=sol.plan.to(orig_dtype), value=sol.value.to(orig_dtype),
                            value_linear=sol.value_linear.to(orig_dtype))
-    if not torch.compiler.is_compiling():
-        _report(sol, warn and check_every > 0)  # check_every=0 asks for exactly max_iter iterations
     return sol
+
+
+def warm_start(name: str, t: Optional[Tensor], w: Tensor, problem: int) -> Tensor:
+    """The initial log-scalings (B,n) / (B,m) for weights ``w`` of that shape: zeros when ``t`` is None;
+    otherwise ``t`` checked (shape, finite wherever the weight is positive) and cast to w's dtype.
+    Partial OT always starts from POT's initial plan, so it takes no warm start."""
+    if t is None:
+        return torch.zeros_like(w)
+    if problem == PARTIAL:
+        raise ValueError(f"{name}: partial OT takes no warm start (it starts from POT's initial plan)")
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(w.shape):
+        raise ValueError(f"{name} must have shape {tuple(w.shape)}, got {tuple(t.shape)}")
+    t = t.to(w.dtype)
+    if not torch.compiler.is_compiling() and not bool((torch.isfinite(t) | (w == 0)).all()):
+        raise ValueError(f"{name} (the warm start) contains NaN or inf where the weights are positive")
+    return t
 
 
 def _gpu_preference(C: Tensor) -> tuple[str, str]:
@@ -378,14 +411,3 @@ def _gpu_preference(C: Tensor) -> tuple[str, str]:
     return ("cuda", "triton")
 
 
-def _report(sol: OTSolution, warn: bool) -> None:
-    status = sol.status
-    failed, unconverged = torch.stack([(status == 2).any(), (status == 1).any()]).tolist()  # one host read
-    if failed:
-        bad = torch.nonzero(status == 2).flatten().tolist()[:8]
-        warnings.warn(f"entropic_ot: numerical failure in problems {bad}: returned the last finite "
-                      "iterate; increase reg or rescale the cost", RuntimeWarning, stacklevel=3)
-    if warn and unconverged:
-        bad = torch.nonzero(status == 1).flatten().tolist()[:8]
-        warnings.warn(f"entropic_ot: problems {bad} did not converge within max_iter; increase "
-                      "max_iter or reg", RuntimeWarning, stacklevel=3)

@@ -27,11 +27,12 @@ import torch
 from torch import Tensor
 
 from .._backend import choose_backend, cuda_extension_available, triton_available
-from ..reference.entropic_ot import BALANCED, PARTIAL, UNBALANCED, nonempty_problems
+from ..reference.entropic_ot import BALANCED, HISTORY_CAP, PARTIAL, UNBALANCED, history_length, nonempty_problems
 from ..reference.ot_features import (FEATURE_COSTS, TorchFeaturePasses, compute_dtype, cost_code,
                                      cost_from_features, feature_grads, safe_scale, solve_features)
-from .entropic_ot import (GRAD_MODES, OTSolution, _check_tensor, _raise_first, _report, check_weights, entropic_ot,
-                          marginal_grads, problem_scalars, _raises)
+from .entropic_ot import (GRAD_MODES, OTSolution, _check_tensor, _raise_first, _raises, check_weights, entropic_ot,
+                          marginal_grads, problem_scalars, warm_start)
+from .ot_verdict import floor_unit, report, verdict
 
 _OP = "grounded_fast::entropic_ot_features"
 _PRODUCTS_OP = "grounded_fast::ot_features_products"
@@ -53,24 +54,23 @@ def _passes(x: Tensor, y: Tensor, cost: int, reg: float, backend: str):
 @torch.library.custom_op(_OP, mutates_args=())
 def _entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                           cost: int, problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
-                          max_iter: int, tol: float, check_every: int, history: int, backend: str
-                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                          max_iter: int, tol: float, check_every: int, history: int, backend: str,
+                          floor: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """x (B,n,d), y (B,m,d); a, log_u0 (B,n), b, log_v0 (B,m), mass (B,) in the compute dtype.
     -> (log_u (B,n), log_v (B,m), log_scale (B,), value (B,), value_linear (B,), n_iter (B,),
     status (B,), err_history (B,H))."""
     with torch.no_grad():
         out = solve_features(_passes(x, y, cost, reg, backend), a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
-                             reg_m_b, kl_ref, max_iter, tol, check_every, history)
+                             reg_m_b, kl_ref, max_iter, tol, check_every, history, floor)
     return tuple(t.clone() for t in out)
 
 
 @_entropic_ot_features.register_fake
 def _fake(x, y, a, b, mass, log_u0, log_v0, cost, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every,
-          history, backend):
+          history, backend, floor=0.0):
     B, n, _ = x.shape
     m = y.shape[1]
-    checks = max_iter // check_every + 1 if check_every > 0 else 0
-    hist = checks if history < 0 else min(history, checks)
+    hist = history_length(max_iter, check_every, history)
     f = dict(dtype=compute_dtype(x.dtype))
     long = dict(dtype=torch.long)
     return (x.new_empty(B, n, **f), x.new_empty(B, m, **f), x.new_empty(B, **f), x.new_empty(B, **f),
@@ -125,7 +125,7 @@ def _backward(ctx, *grads):
                             lambda: (products()[1], products()[3]), need_a, need_b)
     grad_a = None if ga is None else g[:, None] * ga
     grad_b = None if gb is None else g[:, None] * gb
-    return (grad_x, grad_y, grad_a, grad_b) + (None,) * 14
+    return (grad_x, grad_y, grad_a, grad_b) + (None,) * 15
 
 
 _entropic_ot_features.register_autograd(_backward, setup_context=_setup_context)
@@ -257,7 +257,7 @@ def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: flo
                          check_every: int = 10, log_u0: Optional[Tensor] = None, log_v0: Optional[Tensor] = None,
                          backend: Optional[str] = None, grad: str = "envelope", warn: bool = True,
                          return_plan: bool = False, history: bool = True,
-                         validate_inputs: bool = True) -> OTSolution:
+                         validate_inputs: bool = True, stop_at_floor: bool = True) -> OTSolution:
     """Entropic OT between point clouds, the cost recomputed from the features in every pass.
 
     x (B,n,d), y (B,m,d) features (float32 / float64 / bfloat16 / float16; accumulation float32,
@@ -286,7 +286,7 @@ def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: flo
             mass=mass if not isinstance(mass, Tensor) else mass.reshape(1), reg_m=reg_m, kl_ref=kl_ref,
             max_iter=max_iter, tol=tol, check_every=check_every, log_u0=batch1(log_u0), log_v0=batch1(log_v0),
             backend=backend, grad=grad, warn=warn, return_plan=return_plan, history=history,
-            validate_inputs=validate_inputs)
+            validate_inputs=validate_inputs, stop_at_floor=stop_at_floor)
         return OTSolution(*(None if t is None else t[0] for t in sol))
     if isinstance(x, Tensor) and x.dim() != 3:
         raise ValueError(f"x must be (B, n, d) or (n, d), got shape {tuple(x.shape)}")
@@ -320,20 +320,22 @@ def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: flo
     if validate_inputs:
         check_weights(a, b, mass if problem == PARTIAL else None, dt)
     mass, rho_a, rho_b = problem_scalars(problem, a, b, mass, reg_m)
-    lu0 = torch.zeros_like(a) if log_u0 is None else log_u0.to(dt)
-    lv0 = torch.zeros_like(b) if log_v0 is None else log_v0.to(dt)
+    lu0 = warm_start("log_u0", log_u0, a, problem)
+    lv0 = warm_start("log_v0", log_v0, b, problem)
 
     which = "memory" if grad == "autodiff" else choose_backend(x.device, backend, gpu=("triton", "cuda"))
     if which in ("memory", "cpu"):  # materialise C: the C++ kernel, or the unrolled reference
         C = cost_from_features(x, y, code, dt)
         sol = entropic_ot(C, a, b, reg=reg, problem=problem, mass=mass if problem == PARTIAL else None,
                           reg_m=(rho_a, rho_b), kl_ref=kl_ref, max_iter=max_iter, tol=tol, check_every=check_every,
-                          log_u0=lu0, log_v0=lv0, backend="cpu" if which == "cpu" else None, grad=grad, warn=warn,
-                          history=history, validate_inputs=False)
+                          log_u0=log_u0 if log_u0 is None else lu0, log_v0=log_v0 if log_v0 is None else lv0,
+                          backend="cpu" if which == "cpu" else None, grad=grad, warn=warn,
+                          history=history, validate_inputs=False, stop_at_floor=stop_at_floor)
         sol = sol._replace(plan=sol.plan if return_plan else None)
     else:
         args = (x, y, a, b, mass.detach(), lu0.detach(), lv0.detach(), code, int(problem), float(reg), rho_a, rho_b,
-                bool(kl_ref), int(max_iter), float(tol), int(check_every), -1 if history else 0, which)
+                bool(kl_ref), int(max_iter), float(tol), int(check_every), HISTORY_CAP if history else 0, which,
+                floor_unit(dt) if stop_at_floor else 0.0)
         if grad == "detach":
             with torch.no_grad():
                 out = torch.ops.grounded_fast.entropic_ot_features(*args)
@@ -349,11 +351,28 @@ def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: flo
                 plan = torch.where(keep, P, torch.zeros_like(P))
         sol = OTSolution(plan, *out)
         if not torch.compiler.is_compiling():
-            _report(sol, warn and check_every > 0)
+            status, reasons = verdict(problem, sol.status, lu, lv, w, a, b, mass, float(tol),
+                                      nonempty_problems(a, b, mass, problem),
+                                      _feature_marginals(x, y, code, float(reg), which, lu, lv, w, a, b, mass, problem))
+            sol = sol._replace(status=status)
+            report(status, reasons, float(reg), warn and check_every > 0)
     if orig_dtype != sol.value.dtype:
         sol = sol._replace(plan=None if sol.plan is None else sol.plan.to(orig_dtype),
                            value=sol.value.to(orig_dtype), value_linear=sol.value_linear.to(orig_dtype))
     return sol
+
+
+def _feature_marginals(x, y, code, reg, backend, lu, lv, w, a, b, mass, problem):
+    """``verdict``'s marginals of the plan exp(lu_i + lv_j + w - C_ij / reg) from two more streaming
+    passes (P 1 = exp(lu + w + LSE_j(lv_j - C_ij / reg)), P^T 1 likewise); the plan is not formed."""
+    def marginals():
+        passes = _passes(x, y, code, reg, backend)
+        ws = safe_scale(w, nonempty_problems(a, b, mass, problem))[:, None]
+        r = torch.where(a > 0, torch.exp(lu + ws + passes.lse(True, lv)), 0)
+        c = torch.where(b > 0, torch.exp(lv + ws + passes.lse(False, lu)), 0)
+        total = r.sum(1)
+        return r, c, total, torch.isfinite(total) & torch.isfinite(c).all(1)
+    return marginals
 
 
 __all__ = ["entropic_ot_features", "choose_cost_source", "feature_dim_limit", "FEATURE_COSTS", "FEATURE_BACKENDS"]

@@ -12,6 +12,16 @@ import math
 import torch
 
 BALANCED, UNBALANCED, PARTIAL = 0, 1, 2
+# err_history holds at most this many checks by default (the last slot keeps the latest check), so
+# that its memory does not grow with max_iter
+HISTORY_CAP = 10_000
+
+
+def history_length(max_iter: int, check_every: int, history: int) -> int:
+    """Length of err_history: one slot per check (``max_iter // check_every + 1``), at most
+    ``history`` of them when ``history >= 0`` (0: none)."""
+    checks = max_iter // check_every + 1 if check_every > 0 else 0
+    return checks if history < 0 else min(history, checks)
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -21,7 +31,7 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float,
                           reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
-                          domain: int = 0, history: int = -1):
+                          domain: int = 0, history: int = -1, floor: float = 0.0):
     """Same contract as ``torch.ops.grounded_fast.entropic_ot`` (``domain`` is ignored: one way
     to iterate here).
 
@@ -37,15 +47,9 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
     def col_lse(lu):  # (B,m)
         return torch.logsumexp(K + lu[:, :, None], dim=1)
 
-    def plan_change(pu, pv, pw, lu, lv, w):  # ||P(pu, pv, pw) - P(lu, lv, w)||_F per problem
-        def log_plan(lu_, lv_, w_):
-            return K + lu_[:, :, None] + lv_[:, None, :] + w_[:, None, None]
-        return torch.linalg.vector_norm((torch.exp(log_plan(pu, pv, pw)) - torch.exp(log_plan(lu, lv, w))).flatten(1),
-                                        dim=1)
-
     lu, lv, w, n_iter, status, hist = solve_potentials(
-        row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
-        max_iter, tol, check_every, history)
+        row_lse, col_lse, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
+        max_iter, tol, check_every, history, floor=floor)
     plan, value, value_linear = finalize(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
                                          nonempty_problems(a, b, mass, problem))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
@@ -57,13 +61,13 @@ def nonempty_problems(a, b, mass, problem: int):
     return nonempty & (mass > 0) if problem == PARTIAL else nonempty
 
 
-def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem: int, reg: float,
+def solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem: int, reg: float,
                      reg_m_a: float, reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
-                     history: int = -1, row_then_col=None):
+                     history: int = -1, row_then_col=None, floor: float = 0.0):
     """The iterations of every backend that streams the cost: ``row_lse(lv)`` (B,n) =
-    LSE_j(lv_j - C_ij/reg), ``col_lse(lu)`` (B,m) = LSE_i(lu_i - C_ij/reg), ``plan_change(pu, pv,
-    pw, lu, lv, w)`` (B,) = ||P_prev - P||_F (partial's stop test). Returns (log_u, log_v,
-    log_scale, n_iter, status, err_history).
+    LSE_j(lv_j - C_ij/reg), ``col_lse(lu)`` (B,m) = LSE_i(lu_i - C_ij/reg). Returns (log_u, log_v,
+    log_scale, n_iter, status, err_history). Stop tests as in csrc/ot/cpu/sinkhorn_cpu.cpp, with
+    the rounding floor of ``stop_floor`` (``floor``: the relative rounding unit, 0 = none).
     ``row_then_col(lv, lu, la, active, scale, cap)`` (optional): both half-iterations in one pass over
     C, returning (lu', col_lse(lu')) with, per problem b and row i,
         lu'_i = la_i = -inf ? -inf : (active_b ? min(la_i - scale rl_i, cap ? lu_i : +inf) : lu_i),
@@ -78,8 +82,7 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
     ma, mb = a > 0, b > 0
     la = _masked(torch.log(a.clamp_min(torch.finfo(dt).tiny)), ma)
     lb = _masked(torch.log(b.clamp_min(torch.finfo(dt).tiny)), mb)
-    checks = max_iter // check_every + 1 if check_every > 0 else 0
-    hist_len = checks if history < 0 else min(history, checks)
+    hist_len = history_length(max_iter, check_every, history)
     hist = torch.full((B, hist_len), -1.0, dtype=dt, device=device)
     n_iter = torch.zeros(B, dtype=torch.long, device=device)
     status = torch.ones(B, dtype=torch.long, device=device)
@@ -93,15 +96,23 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
         return torch.where(active.view(shape), new, old)
 
     k = 0
+    prev = torch.full((B,), math.inf, dtype=dt, device=device)
+    shape = stop_shape(problem, ma, mb, b)
 
     def check(err, done):
-        """Record the stop criterion of the active problems, retire those with ``done``;
-        True when no problem is left."""
-        nonlocal k, status, active
-        if k < hist_len:
-            hist[:, k] = torch.where(active, err.detach(), hist[:, k])
+        """Record the stop quantity of the active problems (the last history slot keeps the latest
+        once the buffer is full), retire those with ``done`` or at the rounding floor (err <=
+        stop_floor and no smaller than at the previous check); True when no problem is left."""
+        nonlocal k, status, active, prev
+        if hist_len > 0:
+            slot = min(k, hist_len - 1)
+            hist[:, slot] = torch.where(active, err.detach(), hist[:, slot])
         k += 1
+        if floor > 0:
+            at_floor = (err <= floor * rounding_scale(lu, lv, w, la, lb, ma, mb) * shape) & (err >= prev)
+            done = done | at_floor
         done = active & done
+        prev = torch.where(active, err.detach(), prev)
         status = torch.where(done, torch.zeros_like(status), status)
         active = active & ~done
         return not bool(active.any())
@@ -191,12 +202,59 @@ def solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, 
             p, s, t = keep(p_new, p), keep(s_new, s), keep(t_new, t)
             n_iter = torch.where(active, n_iter + 1, n_iter)
             if check_every > 0 and it % check_every == 0:
-                err = plan_change(pu, pv, pw, lu, lv, w)
-                if check(err, ~(err > tol)):
+                err = log_plan_change(lu - pu, lv - pv, w - pw, ma, mb)
+                if check(err, err <= tol):
                     break
     else:
         raise ValueError(f"unknown problem kind {problem}")
     return lu, lv, w, n_iter, status, hist
+
+
+def rounding_scale(lu, lv, w, la, lb, ma, mb):
+    """(B,) L = 1 + max|lu| + max|lv| + |w| + max|log a| + max|log b| over the supports (masks
+    ma (B,n), mb (B,m)): the magnitude of the log-domain quantities an iteration rounds, so that
+    eps L bounds the relative rounding of the plan's entries."""
+    def mx(x, msk):
+        return torch.where(msk, x.abs(), 0).amax(1)
+    return 1 + mx(lu, ma) + mx(lv, mb) + w.abs() + mx(la, ma) + mx(lb, mb)
+
+
+def stop_shape(problem: int, ma, mb, b):
+    """(B,) the size factor of each kind's stop quantity at the rounding floor: partial OT's
+    ||d log P||_F sums sqrt(n' m') entries, balanced ||P^T 1 - b||_2 scales with ||b||_2, the
+    unbalanced relative change is 1."""
+    if problem == PARTIAL:
+        return torch.sqrt(ma.sum(1).to(b.dtype) * mb.sum(1).to(b.dtype))
+    if problem == BALANCED:
+        return torch.linalg.vector_norm(torch.where(mb, b, 0), dim=1)
+    return torch.ones_like(b[:, 0])
+
+
+def stop_floor(problem: int, lu, lv, w, a, b, unit: float):
+    """(B,) the rounding floor of the stop quantity: ``unit`` (the relative rounding unit, e.g.
+    the dtype's eps) x rounding_scale x stop_shape. Every backend stops a problem at a check whose
+    err is at most this and no smaller than at the previous check."""
+    ma, mb = a > 0, b > 0
+    la = torch.where(ma, torch.log(torch.where(ma, a, 1)), 0)
+    lb = torch.where(mb, torch.log(torch.where(mb, b, 1)), 0)
+    return unit * rounding_scale(lu, lv, w, la, lb, ma, mb) * stop_shape(problem, ma, mb, b)
+
+
+def log_plan_change(du, dv, dw, ma, mb):
+    """||log P' - log P||_F over the support (B,), where log P'_ij - log P_ij = du_i + dv_j + dw:
+    du (B,n), dv (B,m), dw (B,) (anything off the support masks ma (B,n), mb (B,m)). Computed in
+    O(n + m) from the centred changes (no cancellation when du and dv shift in opposite directions):
+        sum_ij (du_i + dv_j + dw)^2 = m' sum_i (du_i - du_bar)^2 + n' sum_j (dv_j - dv_bar)^2
+                                      + n' m' (du_bar + dv_bar + dw)^2
+    with n' = |supp a|, m' = |supp b| and the means du_bar, dv_bar over the supports."""
+    du = torch.where(ma, du, 0)
+    dv = torch.where(mb, dv, 0)
+    nn, mm = ma.sum(1).to(du.dtype), mb.sum(1).to(du.dtype)
+    ubar = du.sum(1) / nn.clamp_min(1)
+    vbar = dv.sum(1) / mm.clamp_min(1)
+    su = torch.where(ma, du - ubar[:, None], 0).square().sum(1)
+    sv = torch.where(mb, dv - vbar[:, None], 0).square().sum(1)
+    return torch.sqrt(mm * su + nn * sv + nn * mm * (ubar + vbar + dw).square())
 
 
 def fused_row_target(la, sa, fa: float, ma):

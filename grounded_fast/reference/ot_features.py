@@ -9,11 +9,10 @@ The cost is that of ``grounded_fast.ot.costs.cost_matrix``:
 Both are symmetric under exchanging the roles of x and y, so a column pass is a row pass with the
 two point clouds swapped; every backend implements its passes once, for rows.
 
-A backend supplies an object with four streaming passes over (i, j), none of which holds the
+A backend supplies an object with three streaming passes over (i, j), none of which holds the
 (B, n, m) cost (the torch passes hold one chunk of rows or columns at a time):
     lse(rows, vec)            rows=True:  (B,n) LSE_j(vec_j - C_ij/reg)
                               rows=False: (B,m) LSE_i(vec_i - C_ij/reg)
-    plan_change(pu,pv,pw,lu,lv,w)  (B,) ||P(pu,pv,pw) - P(lu,lv,w)||_F
     row_stats(lu, lv, w)      (r, pc, plp), each (B,n): sum_j P_ij, sum_j P_ij C_ij, sum_j P_ij log P_ij
     products(lu, lv, w)       (PY (B,n,d), r (B,n), PtX (B,m,d), c (B,m)): P @ Yf, P 1, P^T @ Xf,
                               P^T 1, with Xf, Yf the features the cost is a function of (normalised
@@ -138,13 +137,6 @@ class TorchFeaturePasses:
     def _log_plan(self, C, i0, i1, lu, lv, w):
         return -C / self.reg + lu[:, i0:i1, None] + lv[:, None, :] + w[:, None, None]
 
-    def plan_change(self, pu, pv, pw, lu, lv, w) -> torch.Tensor:
-        acc = torch.zeros(self.B, dtype=self.dt, device=self.X.device)
-        for i0, i1, C in self._row_chunks():
-            dP = torch.exp(self._log_plan(C, i0, i1, pu, pv, pw)) - torch.exp(self._log_plan(C, i0, i1, lu, lv, w))
-            acc += (dP * dP).sum((1, 2))
-        return acc.sqrt()
-
     def row_stats(self, lu, lv, w):
         r = torch.empty(self.B, self.n, dtype=self.dt, device=self.X.device)
         pc, plp = torch.empty_like(r), torch.empty_like(r)
@@ -205,13 +197,13 @@ def finalize_features(passes, a, b, lu, lv, w, problem: int, reg: float, reg_m_a
 
 
 def solve_features(passes, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
-                   kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1):
+                   kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1, floor: float = 0.0):
     """The solve on streaming passes. a (B,n), b (B,m), mass (B,), log_u0 (B,n), log_v0 (B,m) in the
     compute dtype. Returns (log_u (B,n), log_v (B,m), log_scale (B,), value (B,), value_linear (B,),
     n_iter (B,) int64, status (B,) int64, err_history (B,H)) -- ``entropic_ot``'s outputs less the plan."""
     lu, lv, w, n_iter, status, hist = solve_potentials(
-        lambda v: passes.lse(True, v), lambda u: passes.lse(False, u), passes.plan_change, a, b, mass, log_u0,
-        log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history)
+        lambda v: passes.lse(True, v), lambda u: passes.lse(False, u), a, b, mass, log_u0,
+        log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history, floor=floor)
     nonempty = nonempty_problems(a, b, mass, problem)
     value, value_linear = finalize_features(passes, a, b, lu, lv, safe_scale(w, nonempty), problem, reg, reg_m_a,
                                             reg_m_b, kl_ref, nonempty)
@@ -226,12 +218,13 @@ def safe_scale(w, nonempty):
 
 def entropic_ot_features_reference(x, y, a, b, mass, log_u0, log_v0, cost: int, problem: int, reg: float,
                                    reg_m_a: float, reg_m_b: float, kl_ref: bool, max_iter: int, tol: float,
-                                   check_every: int, history: int = -1, chunk_elements: int | None = None):
+                                   check_every: int, history: int = -1, chunk_elements: int | None = None,
+                                   floor: float = 0.0):
     """The torch backend: x (B,n,d), y (B,m,d); other arguments as ``solve_features`` (``cost`` a
     code of ``cost_code``). Same outputs as ``solve_features``."""
     passes = TorchFeaturePasses(x, y, cost, reg, compute_dtype(x.dtype), chunk_elements)
     return solve_features(passes, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter,
-                          tol, check_every, history)
+                          tol, check_every, history, floor)
 
 
 def cost_from_features(x: torch.Tensor, y: torch.Tensor, cost: int, dt: torch.dtype) -> torch.Tensor:

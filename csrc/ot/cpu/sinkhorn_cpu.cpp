@@ -33,8 +33,17 @@
 //     lv -= s;  s_j = min(log b_j - log colsum_j, 0);  lv += s          (column pass)
 //     w  -= t;  t = log m - log total;                 w  += t          (O(m): from colsums)
 //   which reproduces POT's iterates exactly (up to rounding) with O(n + m) state instead of 4 n*m
-//   matrices, and never overflows. Stop test every `check_every` iterations: POT's
-//   ||P_before - P_after||_F, an extra fused pass over C.
+//   matrices, and never overflows. Stop test every `check_every` iterations: the change of the
+//   log plan over the iteration, ||log P_after - log P_before||_F (POT's
+//   `entropic_partial_wasserstein_logscale` criterion). log P_ij changes by du_i + dv_j + dw, so
+//   the norm costs O(n + m) (see log_plan_change). The change of P itself (POT's exp-domain
+//   criterion) is not used: where exp(-C/eps) underflows it reads exactly 0 long before the
+//   plan is feasible (the small entries still have to grow by orders of magnitude).
+//
+// Every kind also stops at the rounding floor of its stop quantity: a check with err <= `floor`
+// (computed by the caller from the dtype and the problem's scale) and no smaller than at the
+// previous check. So a tolerance below what rounding can resolve (POT's stopThr = 1e-100 for
+// partial OT) stops where the iterates stop changing, instead of running to max_iter.
 //
 // Zero weights (padding) are masked: their potentials hold a large finite negative sentinel in
 // the passes and the plan's rows/columns are written as exact zeros.
@@ -147,6 +156,8 @@ struct Solver {
   std::vector<char> ma, mb;    // masks: weight > 0
   std::vector<T> maf, mbf;     // masks as 1 / 0 (for branch-free loops)
   std::vector<T> rl, cl;       // row / column LSE results
+  double log_w_abs = 0;        // 1 + max |log a_i| + max |log b_j| over the supports
+  double stop_shape = 1;       // size factor of the stop quantity (see StopTest)
 
   Solver(const T* C_, int64_t n_, int64_t m_, const T* a_, const T* b_, const SolveOptions& o_,
          bool par_)
@@ -162,6 +173,22 @@ struct Solver {
       mbf[j] = mb[j] ? T(1) : T(0);
       lb[j] = mb[j] ? std::log(b[j]) : kNeg<T>;
     }
+    double amax = 0, bmax = 0, bb = 0, na = 0, nb = 0;
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) { amax = std::max(amax, std::abs(double(la[i]))); ++na; }
+    for (int64_t j = 0; j < m; ++j)
+      if (mb[j]) { bmax = std::max(bmax, std::abs(double(lb[j]))); bb += double(b[j]) * double(b[j]); ++nb; }
+    log_w_abs = 1 + amax + bmax;
+    stop_shape = o.problem == kPartial ? std::sqrt(na * nb) : (o.problem == kBalanced ? std::sqrt(bb) : 1.0);
+  }
+
+  // 1 + max|u_i| + max|v_j| + |w| + max|log a| + max|log b| over the supports, for the potentials
+  // u(i), v(j), w of the current iterate: the magnitude of what an iteration rounds (see StopTest).
+  template <class U, class V>
+  double rounding_scale(U u, V v, double w) const {
+    double mu = 0, mv = 0;
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) mu = std::max(mu, std::abs(double(u(i))));
+    for (int64_t j = 0; j < m; ++j) if (mb[j]) mv = std::max(mv, std::abs(double(v(j))));
+    return log_w_abs + mu + mv + std::abs(w);
   }
 
   // Splitting one problem across threads costs a fork/join per pass, so it only pays for large
@@ -209,9 +236,27 @@ struct Solver {
     split_for(nblk, 1, par_exp() && nblk > 1, body);
   }
 
-  void record(T* hist, int64_t& k, T err) const {
-    if (k < o.hist_len) hist[k++] = err;
-  }
+  // The stop test of one problem: records err (the last history entry keeps the latest check once
+  // the buffer is full) and says whether to stop: err below tol (at or below for partial OT, as
+  // POT compares), or at the rounding floor: err <= o.floor x L x shape (L the rounding_scale of
+  // the iterate, shape the stop quantity's size: partial sqrt(n' m') entries of the log plan,
+  // balanced ||b||_2, unbalanced 1) and no smaller than at the previous check, i.e. the iteration
+  // has stopped making progress that rounding can resolve.
+  struct StopTest {
+    const SolveOptions& o;
+    T* hist;
+    double shape;
+    int64_t k = 0;
+    T prev = std::numeric_limits<T>::infinity();
+    bool operator()(T err, double L) {
+      if (o.hist_len > 0) hist[std::min(k, o.hist_len - 1)] = err;
+      ++k;
+      const bool below = o.problem == kPartial ? err <= T(o.tol) : err < T(o.tol);
+      const bool floor = double(err) <= o.floor * L * shape && err >= prev;
+      prev = err;
+      return below || floor;
+    }
+  };
 
   // Writes the plan (1) and returns <P, C>; r / c receive the plan's marginals.
   T write_plan(const T* lu, const T* lv, T w, T* plan, std::vector<T>& r, std::vector<T>& c) {
@@ -285,7 +330,8 @@ struct Solver {
   void balanced(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
     std::vector<T> x(n), y(m), xn(n), yn(m), cs(m), plu(n), plv(m);
     T w = 0, z = 1;
-    int64_t k = 0, it = 0;
+    int64_t it = 0;
+    StopTest stop{o, hist, stop_shape};
     bool pending = false, converged = false, numerical = false;
     DomainSwitch dom{o.domain == kAuto};
     auto enter = [&]() {  // scaling domain: K = exp(lu + lv - C/eps), x = y = 1, cs = K^T x
@@ -302,12 +348,17 @@ struct Solver {
       }
       return T(std::sqrt(e));
     };
+    auto log_scale = [&]() { return rounding_scale([&](int64_t i) { return lu[i]; }, [&](int64_t j) { return lv[j]; }, 0.0); };
+    auto scaled_scale = [&]() {
+      return rounding_scale([&](int64_t i) { return double(lu[i]) + std::log(double(x[i])); },
+                            [&](int64_t j) { return double(lv[j]) + std::log(double(y[j])); },
+                            double(w) + std::log(double(z)));
+    };
     auto log_iter = [&]() -> Step {
       col_pass(lu);
       if (pending) {
         const T err = err_from([&](int64_t j) { return mb[j] ? std::exp(double(cl[j]) + double(lv[j])) : 0.0; });
-        record(hist, k, err);
-        if (err < o.tol) return Step::kConverged;
+        if (stop(err, log_scale())) return Step::kConverged;
       }
       std::copy(lu, lu + n, plu.begin());
       std::copy(lv, lv + m, plv.begin());
@@ -341,8 +392,7 @@ struct Solver {
         if (mb[j] && !positive_finite(cs[j])) return Step::kFailed;
       if (pending) {
         const T err = err_from([&](int64_t j) { return double(y[j]) * double(cs[j]); });
-        record(hist, k, err);
-        if (err < o.tol) return Step::kConverged;
+        if (stop(err, scaled_scale())) return Step::kConverged;
       }
       backup.saved = false;
       for (int64_t j = 0; j < m; ++j) if (mb[j]) yn[j] = b[j] / cs[j];
@@ -379,14 +429,16 @@ struct Solver {
       for (int64_t j = 0; scaled_ok && j < m; ++j) scaled_ok = !mb[j] || positive_finite(cs[j]);
       if (dom.scaled && !scaled_ok) { fold(lu, lv, w, x, y, z); dom.scaled = false; }
       T err;
+      double L;
       if (dom.scaled) {
         err = err_from([&](int64_t j) { return double(y[j]) * double(cs[j]); });
+        L = scaled_scale();
       } else {
         col_pass(lu);
         err = err_from([&](int64_t j) { return mb[j] ? std::exp(double(cl[j]) + double(lv[j])) : 0.0; });
+        L = log_scale();
       }
-      record(hist, k, err);
-      converged = err < o.tol;
+      converged = stop(err, L);
     }
     if (dom.scaled) fold(lu, lv, w, x, y, z);
     status = numerical ? 2 : (converged ? 0 : 1);
@@ -408,7 +460,8 @@ struct Solver {
     for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] += sb[j];
     std::vector<T> x(n), y(m), xn(n), yn(m), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m), plu(n), plv(m);
     T w = 0, z = 1;
-    int64_t k = 0, it = 0;
+    int64_t it = 0;
+    StopTest stop{o, hist, stop_shape};
     bool converged = false, numerical = false;
     DomainSwitch dom{o.domain == kAuto};
     auto refresh = [&]() {
@@ -452,8 +505,8 @@ struct Solver {
                                    [&](int64_t i) { return std::exp(double(plu[i]) - double(sa[i])); }) +
                                rel(m, mb, [&](int64_t j) { return std::exp(double(lv[j]) - double(sb[j])); },
                                    [&](int64_t j) { return std::exp(double(plv[j]) - double(sb[j])); })));
-        record(hist, k, err);
-        if (err < o.tol) return Step::kConverged;
+        if (stop(err, rounding_scale([&](int64_t i) { return lu[i]; }, [&](int64_t j) { return lv[j]; }, 0.0)))
+          return Step::kConverged;
       }
       return Step::kNext;
     };
@@ -494,8 +547,10 @@ struct Solver {
                                    [&](int64_t i) { return double(pu[i]); }) +
                                rel(m, mb, [&](int64_t j) { return double(y[j]) * double(hb[j]); },
                                    [&](int64_t j) { return double(pv[j]); })));
-        record(hist, k, err);
-        if (err < o.tol) return Step::kConverged;
+        const double L = rounding_scale([&](int64_t i) { return double(lu[i]) + std::log(double(x[i])); },
+                                        [&](int64_t j) { return double(lv[j]) + std::log(double(y[j])); },
+                                        double(w) + std::log(double(z)));
+        if (stop(err, L)) return Step::kConverged;
       }
       return Step::kNext;
     };
@@ -518,7 +573,7 @@ struct Solver {
 
   // ----------------------------------------------------------------- partial
   // Log domain: p, s, t (row / column / mass corrections); scaling domain: their exponentials
-  // P, S, Tm, which the absorptions leave untouched. Stop test: POT's ||P_before - P_after||_F
+  // P, S, Tm, which the absorptions leave untouched. Stop test: ||log P_after - log P_before||_F
   // every `check_every` iterations, counted as performed.
   // Partial OT column step, branch-free (masked columns keep y = 0, S = 1):
   //   y_j / S_j -> colsum_j = (y_j / S_j) z cs_j;  S'_j = min(b_j / colsum_j, 1);  y'_j = (y_j / S_j) S'_j
@@ -551,7 +606,8 @@ struct Solver {
     std::vector<T> xn(n), yn(m), Pn(n, T(1)), Sn(m, T(1)), plu(n), plv(m), pp(n), ps(m);
     T t = 0, z = 1, Tm = 1, pw = 0, pt = 0;
     const T lmass = std::log(mass);
-    int64_t k = 0, it = 0;
+    int64_t it = 0;
+    StopTest stop{o, hist, stop_shape};
     bool converged = false, numerical = false;
     DomainSwitch dom{o.domain == kAuto};
     auto enter = [&]() {
@@ -609,9 +665,11 @@ struct Solver {
         return Step::kNumerical;
       }
       if (check_due(it)) {
-        const T err = plan_change(plu.data(), plv.data(), pw, lu, lv, w);
-        record(hist, k, err);
-        if (!(err > o.tol)) return Step::kConverged;
+        const T err = log_plan_change([&](int64_t i) { return double(lu[i]) - double(plu[i]); },
+                                      [&](int64_t j) { return double(lv[j]) - double(plv[j]); },
+                                      double(w) - double(pw));
+        if (stop(err, rounding_scale([&](int64_t i) { return lu[i]; }, [&](int64_t j) { return lv[j]; }, w)))
+          return Step::kConverged;
       }
       return Step::kNext;
     };
@@ -672,22 +730,26 @@ struct Solver {
       }
       const bool check = check_due(it);
       T err = 0;
-      if (check) {
+      if (check) {  // log P = lu + log x + lv + log y + w + log z - C/eps, before and after
         if (!absorbed) {
-          err = scaled_change(K, x, y, z, xn, yn, zn);
-        } else {  // compare in the log domain: P = exp(lu + log x + lv + log y + w + log z - C/eps)
-          std::vector<T> u0(backup.lu), v0(backup.lv), u1(lu, lu + n), v1(lv, lv + m);
-          for (int64_t i = 0; i < n; ++i) if (ma[i]) { u0[i] += std::log(x[i]); u1[i] += std::log(xn[i]); }
-          for (int64_t j = 0; j < m; ++j) if (mb[j]) { v0[j] += std::log(y[j]); v1[j] += std::log(yn[j]); }
-          err = plan_change(u0.data(), v0.data(), backup.w + std::log(z), u1.data(), v1.data(), w + std::log(zn));
+          err = log_plan_change([&](int64_t i) { return std::log(double(xn[i]) / double(x[i])); },
+                                [&](int64_t j) { return std::log(double(yn[j]) / double(y[j])); },
+                                std::log(double(zn) / double(z)));
+        } else {
+          err = log_plan_change(
+              [&](int64_t i) { return double(lu[i]) - double(backup.lu[i]) + std::log(double(xn[i]) / double(x[i])); },
+              [&](int64_t j) { return double(lv[j]) - double(backup.lv[j]) + std::log(double(yn[j]) / double(y[j])); },
+              double(w) - double(backup.w) + std::log(double(zn) / double(z)));
         }
       }
       std::swap(x, xn); std::swap(P, Pn); std::swap(y, yn); std::swap(S, Sn);
       z = zn;
       Tm = Tmn;
       if (check) {
-        record(hist, k, err);
-        if (!(err > o.tol)) return Step::kConverged;
+        const double L = rounding_scale([&](int64_t i) { return double(lu[i]) + std::log(double(x[i])); },
+                                        [&](int64_t j) { return double(lv[j]) + std::log(double(y[j])); },
+                                        double(w) + std::log(double(z)));
+        if (stop(err, L)) return Step::kConverged;
       }
       return Step::kNext;
     };
@@ -971,56 +1033,24 @@ struct Solver {
     }
   };
 
-  static T scaled_change_row(const T* __restrict k, const T* __restrict y0, const T* __restrict y1, T s0, T s1,
-                             int64_t m) {
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < m; ++j) {
-      const T d = k[j] * (s0 * y0[j] - s1 * y1[j]);
-      s += d * d;
-    }
-    return s;
+  // ||log P' - log P||_F over the support, where log P'_ij - log P_ij = du_i + dv_j + dw (du, dv
+  // given by accessors over the unmasked rows / columns): O(n + m) from the centred changes,
+  //   sum_ij (du_i + dv_j + dw)^2 = m' sum_i (du_i - mean du)^2 + n' sum_j (dv_j - mean dv)^2
+  //                                 + n' m' (mean du + mean dv + dw)^2,
+  // n', m' the support sizes (no cancellation when du and dv move in opposite directions).
+  template <class DU, class DV>
+  T log_plan_change(DU du, DV dv, double dw) const {
+    double su = 0, sv = 0, cu = 0, cv = 0;
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) { su += du(i); ++cu; }
+    for (int64_t j = 0; j < m; ++j) if (mb[j]) { sv += dv(j); ++cv; }
+    if (cu == 0 || cv == 0) return T(0);
+    const double ubar = su / cu, vbar = sv / cv;
+    double qu = 0, qv = 0;
+    for (int64_t i = 0; i < n; ++i) if (ma[i]) { const double d = du(i) - ubar; qu += d * d; }
+    for (int64_t j = 0; j < m; ++j) if (mb[j]) { const double d = dv(j) - vbar; qv += d * d; }
+    const double c = ubar + vbar + dw;
+    return T(std::sqrt(cv * qu + cu * qv + cu * cv * c * c));
   }
-
-  // ||diag(x0) K diag(y0) z0 - diag(x1) K diag(y1) z1||_F
-  T scaled_change(const T* K, const std::vector<T>& x0, const std::vector<T>& y0, T z0,
-                  const std::vector<T>& x1, const std::vector<T>& y1, T z1) {
-    std::vector<double> acc(n, 0.0);
-    for_rows([&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        if (!ma[i]) continue;
-        acc[i] = scaled_change_row(K + i * m, y0.data(), y1.data(), x0[i] * z0, x1[i] * z1, m);
-      }
-    }, par_fma());
-    double tot = 0;
-    for (double v : acc) tot += v;
-    return T(std::sqrt(tot));
-  }
-
-  // ||P(lu0, lv0, w0) - P(lu1, lv1, w1)||_F in one fused pass.
-  T plan_change(const T* lu0, const T* lv0, T w0, const T* lu1, const T* lv1, T w1) {
-    std::vector<double> acc(n, 0.0);
-    for_rows([&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i)
-        if (ma[i]) acc[i] = change_row(C + i * m, lv0, lv1, lu0[i] + w0, lu1[i] + w1, m, inv_eps);
-    });
-    double tot = 0;
-    for (double x : acc) tot += x;
-    return T(std::sqrt(tot));
-  }
-
-  static T change_row(const T* __restrict c, const T* __restrict lv0, const T* __restrict lv1, T b0, T b1,
-                      int64_t m, T inv_eps) {
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < m; ++j) {
-      const T cj = c[j] * inv_eps;
-      const T d = exp_or_zero(b0 + lv0[j] - cj) - exp_or_zero(b1 + lv1[j] - cj);
-      s += d * d;
-    }
-    return s;
-  }
-
 };
 
 template <typename T>

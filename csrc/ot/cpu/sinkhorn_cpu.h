@@ -17,8 +17,11 @@ struct SolveOptions {
   bool kl_ref = true;           // unbalanced: reference measure a b^T (true) or 1 (false)
   int64_t max_iter = 1000;
   double tol = 1e-9;            // stop threshold (compared as POT does for each problem)
+  double floor = 0.0;           // rounding floor of the stop quantity: a check with err <= floor
+                                // and no smaller than the previous check's also stops
   int64_t check_every = 10;     // 0: never test, run exactly max_iter iterations
-  int64_t hist_len = 0;         // length of the per-problem error history buffer
+  int64_t hist_len = 0;         // length of the per-problem error history buffer (checks past
+                                // its end overwrite the last entry, which holds the last check)
   int64_t domain = kAuto;       // Domain
 };
 

@@ -21,22 +21,19 @@ int64_t gf_ot_small_smem_bytes(int64_t n, int64_t m, int dtype);
 // Persistent solve: one block per problem, the cost tile -C/eps in shared memory for all
 // iterations, stop tests in the kernel. C (B,n,m), a, lu0, lu (B,n), b, lv0, lv (B,m), mass, w (B),
 // n_iter, status (B) int32, hist (B, hist_len); all float arrays in `dtype` (F32 or F64).
-// problem: 0 balanced, 1 unbalanced (fa, fb = rho / (rho + eps); kl_ref), 2 partial.
+// problem: 0 balanced, 1 unbalanced (fa, fb = rho / (rho + eps); kl_ref), 2 partial. unit: the
+// relative rounding unit of the floor stop (0: none); checks past hist_len overwrite its last slot.
 int gf_ot_small(const void* C, const void* a, const void* b, const void* mass, const void* lu0, const void* lv0,
                 int dtype, int64_t B, int64_t n, int64_t m, double inv_eps, double fa, double fb, int problem,
-                int kl_ref, int64_t max_iter, double tol, int64_t check_every, int64_t hist_len, void* lu, void* lv,
-                void* w, int32_t* n_iter, int32_t* status, void* hist, cudaStream_t stream);
+                int kl_ref, int64_t max_iter, double tol, double unit, int64_t check_every, int64_t hist_len,
+                void* lu, void* lv, void* w, int32_t* n_iter, int32_t* status, void* hist, cudaStream_t stream);
 
 // Streaming passes over C (B,n,m) of type c_dtype; vectors of type v_dtype (F32, or F64 for F64 C):
 //   row:  out (B,n) = LSE_j(lv_j - C_ij inv_eps)      col: out (B,m) = LSE_i(lu_i - C_ij inv_eps)
-//   plan_change: out (B) = sum_ij (exp(pu_i + pv_j + pw - C_ij inv_eps) - exp(lu_i + lv_j + w - C_ij inv_eps))^2
 int gf_ot_row_lse(const void* C, int c_dtype, const void* lv, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
                   double inv_eps, cudaStream_t stream);
 int gf_ot_col_lse(const void* C, int c_dtype, const void* lu, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
                   double inv_eps, cudaStream_t stream);
-int gf_ot_plan_change(const void* C, int c_dtype, const void* pu, const void* pv, const void* pw, const void* lu,
-                      const void* lv, const void* w, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
-                      double inv_eps, cudaStream_t stream);
 
 // The fused regime (sinkhorn_fused.cu): one read of C (B, n, m) an iteration,
 //   lu_out_i = active_b ? min(la_i - scale LSE_j(lv_j - C_ij inv_eps), cap ? lu_in_i : +inf) : lu_in_i
@@ -60,18 +57,12 @@ int gf_ot_fused_pass(const void* C, int c_dtype, int64_t ldc, const float* lv, c
 //   lse:         out (B,n) = LSE_j(vec_j - C_ij inv_eps); the streamed axis is cut into `splits`
 //                ranges (more blocks for small B); work: gf_ot_feat_lse_work(B, n, splits) elements
 //                of v_dtype (NULL when splits == 1)
-//   plan_change: out (B) += sum_ij (exp(pu_i + pv_j + pw - C_ij inv_eps) - exp(lu_i + lv_j + w - C_ij inv_eps))^2
-//                (out zeroed by the caller)
 //   row_stats:   r, pc, plp (B,n) = sum_j P_ij, sum_j P_ij C_ij, sum_j P_ij log P_ij,
 //                P_ij = exp(lu_i + lv_j + w - C_ij inv_eps)
 int64_t gf_ot_feat_lse_work(int64_t B, int64_t n, int64_t splits);
 int gf_ot_feat_lse(const void* x, const void* y, int f_dtype, const void* s, const void* t, const void* vec, void* out,
                    void* work, int v_dtype, int64_t B, int64_t n, int64_t m, int64_t d, int cost, double inv_eps,
                    int64_t splits, cudaStream_t stream);
-int gf_ot_feat_plan_change(const void* x, const void* y, int f_dtype, const void* s, const void* t, const void* pu,
-                           const void* pv, const void* pw, const void* lu, const void* lv, const void* w, void* out,
-                           int v_dtype, int64_t B, int64_t n, int64_t m, int64_t d, int cost, double inv_eps,
-                           cudaStream_t stream);
 int gf_ot_feat_row_stats(const void* x, const void* y, int f_dtype, const void* s, const void* t, const void* lu,
                          const void* lv, const void* w, void* r, void* pc, void* plp, int v_dtype, int64_t B,
                          int64_t n, int64_t m, int64_t d, int cost, double inv_eps, cudaStream_t stream);

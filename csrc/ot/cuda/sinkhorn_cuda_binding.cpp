@@ -5,12 +5,10 @@
 //   ot_small_cuda       the persistent solve -> (log_u, log_v, log_scale, n_iter, status, err_history)
 //   ot_row_lse_cuda     (B,n) = LSE_j(lv_j - C_ij / eps)
 //   ot_col_lse_cuda     (B,m) = LSE_i(lu_i - C_ij / eps)
-//   ot_plan_change_cuda (B)   = ||P(pu, pv, pw) - P(lu, lv, w)||_F^2
 //   ot_fused_pass_cuda  (lu', col) of one iteration (any problem kind) in one read of C (sinkhorn_fused.cu)
 // and, with the cost recomputed from features x (B,n,d), y (B,m,d) (sinkhorn_features.cu; host side
 // FeaturePasses in grounded_fast/ops/cuda_ot.py; s, t the per-point norms of sinkhorn_cuda.h):
 //   ot_feat_lse_cuda          (B,n) = LSE_j(vec_j - C_ij / eps)   (column pass: swap x, y)
-//   ot_feat_plan_change_cuda  (B)   = ||P(pu, pv, pw) - P(lu, lv, w)||_F^2
 //   ot_feat_row_stats_cuda    (r, pc, plp) (B,n) = sum_j P_ij, sum_j P_ij C_ij, sum_j P_ij log P_ij
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -43,7 +41,7 @@ cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ot_small_cuda(
     const Tensor& C, const Tensor& a, const Tensor& b, const Tensor& mass, const Tensor& lu0, const Tensor& lv0,
     int64_t problem, double reg, double fa, double fb, bool kl_ref, int64_t max_iter, double tol, int64_t check_every,
-    int64_t hist_len) {
+    int64_t hist_len, double floor) {
   GF_CHECK(C.dim() == 3, "ot_small_cuda: C must be (B, n, m)");
   GF_CHECK(C.scalar_type() == at::kFloat || C.scalar_type() == at::kDouble, "ot_small_cuda: float32 or float64");
   const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
@@ -58,7 +56,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ot_small_cuda(
   Tensor hist = at::full({B, std::max<int64_t>(hist_len, 1)}, -1.0, C.options());
   check(gf_ot_small(Cc.data_ptr(), ac.data_ptr(), bc.data_ptr(), mc.data_ptr(), u0.data_ptr(), v0.data_ptr(),
                     code(C.scalar_type()), B, n, m, 1.0 / reg, fa, fb, int(problem), int(kl_ref), max_iter, tol,
-                    check_every, hist_len, lu.data_ptr(), lv.data_ptr(), w.data_ptr(), it.data_ptr<int32_t>(),
+                    floor, check_every, hist_len, lu.data_ptr(), lv.data_ptr(), w.data_ptr(), it.data_ptr<int32_t>(),
                     st.data_ptr<int32_t>(), hist.data_ptr(), stream()),
         "gf_ot_small");
   return {lu, lv, w, it.to(at::kLong), st.to(at::kLong), hist.narrow(1, 0, hist_len)};
@@ -84,23 +82,6 @@ Tensor lse_pass(const Tensor& C, const Tensor& vec, double inv_eps, bool rows) {
 
 Tensor ot_row_lse_cuda(const Tensor& C, const Tensor& lv, double inv_eps) { return lse_pass(C, lv, inv_eps, true); }
 Tensor ot_col_lse_cuda(const Tensor& C, const Tensor& lu, double inv_eps) { return lse_pass(C, lu, inv_eps, false); }
-
-Tensor ot_plan_change_cuda(const Tensor& C, const Tensor& pu, const Tensor& pv, const Tensor& pw, const Tensor& lu,
-                           const Tensor& lv, const Tensor& w, double inv_eps) {
-  GF_CHECK(C.dim() == 3, "ot_plan_change_cuda: C must be (B, n, m)");
-  const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
-  c10::cuda::CUDAGuard guard(C.device());
-  const auto vt = vector_type(C);
-  const Tensor Cc = C.contiguous();
-  Tensor v[6] = {pu.to(vt).contiguous(), pv.to(vt).contiguous(), pw.to(vt).contiguous(),
-                 lu.to(vt).contiguous(), lv.to(vt).contiguous(), w.to(vt).contiguous()};
-  Tensor out = at::zeros({B}, C.options().dtype(vt));
-  check(gf_ot_plan_change(Cc.data_ptr(), code(C.scalar_type()), v[0].data_ptr(), v[1].data_ptr(), v[2].data_ptr(),
-                          v[3].data_ptr(), v[4].data_ptr(), v[5].data_ptr(), out.data_ptr(), code(vt), B, n, m,
-                          inv_eps, stream()),
-        "gf_ot_plan_change");
-  return out;
-}
 
 // C (B, n, ldc) with the problem in its first m columns (ldc: see gf_ot_fused_pass); lv (B, m),
 // lu, la (B, n) float32; active (B) bool; scale, cap: see gf_ot_fused_pass. Returns (lu' (B, n), col (B, m)).
@@ -170,22 +151,6 @@ Tensor ot_feat_lse_cuda(const Tensor& x, const Tensor& y, const Tensor& s, const
   return out;
 }
 
-Tensor ot_feat_plan_change_cuda(const Tensor& x, const Tensor& y, const Tensor& s, const Tensor& t, const Tensor& pu,
-                                const Tensor& pv, const Tensor& pw, const Tensor& lu, const Tensor& lv, const Tensor& w,
-                                double inv_eps, int64_t cost) {
-  c10::cuda::CUDAGuard guard(x.device());
-  const Feat f = features("ot_feat_plan_change_cuda", x, y, s, t);
-  Tensor v[6] = {pu.to(f.vt).contiguous(), pv.to(f.vt).contiguous(), pw.to(f.vt).contiguous(),
-                 lu.to(f.vt).contiguous(), lv.to(f.vt).contiguous(), w.to(f.vt).contiguous()};
-  Tensor out = at::zeros({f.B}, x.options().dtype(f.vt));
-  check(gf_ot_feat_plan_change(f.x.data_ptr(), f.y.data_ptr(), code(x.scalar_type()), f.s.data_ptr(), f.t.data_ptr(),
-                               v[0].data_ptr(), v[1].data_ptr(), v[2].data_ptr(), v[3].data_ptr(), v[4].data_ptr(),
-                               v[5].data_ptr(), out.data_ptr(), code(f.vt), f.B, f.n, f.m, f.d, int(cost), inv_eps,
-                               stream()),
-        "gf_ot_feat_plan_change");
-  return out;
-}
-
 std::tuple<Tensor, Tensor, Tensor> ot_feat_row_stats_cuda(const Tensor& x, const Tensor& y, const Tensor& s,
                                                           const Tensor& t, const Tensor& lu, const Tensor& lv,
                                                           const Tensor& w, double inv_eps, int64_t cost) {
@@ -204,18 +169,15 @@ std::tuple<Tensor, Tensor, Tensor> ot_feat_row_stats_cuda(const Tensor& x, const
 
 TORCH_LIBRARY_FRAGMENT(grounded_fast, m) {
   m.def("ot_small_cuda(Tensor C, Tensor a, Tensor b, Tensor mass, Tensor log_u0, Tensor log_v0, int problem, "
-        "float reg, float fa, float fb, bool kl_ref, int max_iter, float tol, int check_every, int hist_len) "
+        "float reg, float fa, float fb, bool kl_ref, int max_iter, float tol, int check_every, int hist_len, "
+        "float floor=0.0) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("ot_row_lse_cuda(Tensor C, Tensor lv, float inv_eps) -> Tensor");
   m.def("ot_col_lse_cuda(Tensor C, Tensor lu, float inv_eps) -> Tensor");
-  m.def("ot_plan_change_cuda(Tensor C, Tensor pu, Tensor pv, Tensor pw, Tensor lu, Tensor lv, Tensor w, "
-        "float inv_eps) -> Tensor");
   m.def("ot_fused_pass_cuda(Tensor C, int m, Tensor lv, Tensor lu, Tensor la, Tensor active, float inv_eps, "
         "int blocks, float scale=1.0, bool cap=False) -> (Tensor, Tensor)");
   m.def("ot_feat_lse_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor vec, float inv_eps, int cost, int splits) "
         "-> Tensor");
-  m.def("ot_feat_plan_change_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor pu, Tensor pv, Tensor pw, Tensor lu, "
-        "Tensor lv, Tensor w, float inv_eps, int cost) -> Tensor");
   m.def("ot_feat_row_stats_cuda(Tensor x, Tensor y, Tensor s, Tensor t, Tensor lu, Tensor lv, Tensor w, "
         "float inv_eps, int cost) -> (Tensor, Tensor, Tensor)");
 }
@@ -224,9 +186,7 @@ TORCH_LIBRARY_IMPL(grounded_fast, CUDA, m) {
   m.impl("ot_small_cuda", &ot_small_cuda);
   m.impl("ot_row_lse_cuda", &ot_row_lse_cuda);
   m.impl("ot_col_lse_cuda", &ot_col_lse_cuda);
-  m.impl("ot_plan_change_cuda", &ot_plan_change_cuda);
   m.impl("ot_fused_pass_cuda", &ot_fused_pass_cuda);
   m.impl("ot_feat_lse_cuda", &ot_feat_lse_cuda);
-  m.impl("ot_feat_plan_change_cuda", &ot_feat_plan_change_cuda);
   m.impl("ot_feat_row_stats_cuda", &ot_feat_row_stats_cuda);
 }

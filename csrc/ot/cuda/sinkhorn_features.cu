@@ -17,7 +17,6 @@
 //                      merged over the 16 threads sharing a row with shuffles; with `splits` > 1
 //                      the streamed axis is cut into ranges (grid.y) whose (max, sum) pairs a second
 //                      kernel merges, so that one problem (B = 1) still fills the GPU;
-//   feat_plan_change:  partial OT's stop test, sum_ij (P'_ij - P_ij)^2 (block sum, one atomicAdd);
 //   feat_row_stats:    r_i = sum_j P_ij, pc_i = sum_j P_ij C_ij, plp_i = sum_j P_ij log P_ij with
 //                      log P_ij = lu_i + lv_j + w - C_ij eps^-1 (the objective; 0 log 0 = 0).
 // The host side (grounded_fast/ops/cuda_ot.py) drives them with the reference's solve_potentials;
@@ -161,61 +160,6 @@ __global__ void __launch_bounds__(kThreads) feat_lse_merge_kernel(const T* work,
   out[q] = s > 0 ? mx + glog(s) : neg_inf<T>();
 }
 
-// out[b] += sum over the block's rows of (P'_ij - P_ij)^2 (partial OT's stop test). Grid (row blocks, 1, B).
-template <typename TF, typename T, int TM>
-__global__ void __launch_bounds__(kThreads) feat_plan_change_kernel(
-    const TF* __restrict__ X, const TF* __restrict__ Y, const T* __restrict__ S, const T* __restrict__ Tn,
-    const T* __restrict__ pu, const T* __restrict__ pv, const T* __restrict__ pw, const T* __restrict__ lu,
-    const T* __restrict__ lv, const T* __restrict__ w, T* out, int64_t n, int64_t m, int d, int cost, T inv_eps) {
-  __shared__ Stage<T, TM> st;
-  __shared__ T red[kThreads / 32];
-  constexpr int kR = Stage<T, TM>::kR;
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-  const int64_t pb = blockIdx.z, i0 = int64_t(blockIdx.x) * kR;
-  const TF* Xb = X + pb * n * d;
-  const TF* Yb = Y + pb * m * d;
-  const T pws = pw[pb], ws = w[pb];
-  T s[TM], a0[TM], a1[TM];
-#pragma unroll
-  for (int u = 0; u < TM; ++u) {
-    const int64_t i = i0 + ty + 16 * u;
-    const bool in = i < n;
-    s[u] = in ? S[pb * n + i] : T(0);
-    a0[u] = in ? pu[pb * n + i] + pws : neg_inf<T>();
-    a1[u] = in ? lu[pb * n + i] + ws : neg_inf<T>();
-  }
-  T acc = 0;
-  for (int64_t j0 = 0; j0 < m; j0 += kR) {
-    T t[TM], b0[TM], b1[TM], c[TM][TM];
-#pragma unroll
-    for (int v = 0; v < TM; ++v) {
-      const int64_t j = j0 + tx + 16 * v;
-      const bool in = j < m;
-      t[v] = in ? Tn[pb * m + j] : T(0);
-      b0[v] = in ? pv[pb * m + j] : neg_inf<T>();
-      b1[v] = in ? lv[pb * m + j] : neg_inf<T>();
-    }
-    cost_tile<TF, T, TM>(st, Xb, Yb, n, m, d, i0, j0, s, t, cost, c);
-#pragma unroll
-    for (int u = 0; u < TM; ++u)
-#pragma unroll
-      for (int v = 0; v < TM; ++v) {
-        const T k = -c[u][v] * inv_eps;
-        const T e0 = (a0[u] == neg_inf<T>() || b0[v] == neg_inf<T>()) ? T(0) : gexp(k + a0[u] + b0[v]);
-        const T e1 = (a1[u] == neg_inf<T>() || b1[v] == neg_inf<T>()) ? T(0) : gexp(k + a1[u] + b1[v]);
-        acc += (e0 - e1) * (e0 - e1);
-      }
-  }
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    T total = 0;
-    for (int k = 0; k < kThreads / 32; ++k) total += red[k];
-    atomicAdd(out + pb, total);
-  }
-}
-
 // r, pc, plp (B, n): the objective's row sums (file comment). Grid (row blocks, 1, B).
 template <typename TF, typename T, int TM>
 __global__ void __launch_bounds__(kThreads) feat_row_stats_kernel(
@@ -270,14 +214,14 @@ __global__ void __launch_bounds__(kThreads) feat_row_stats_kernel(
   }
 }
 
-enum FeatPass { kLse, kChange, kStats };
+enum FeatPass { kLse, kStats };
 
 struct FeatArgs {
   const void* x;
   const void* y;
   const void* s;
   const void* t;
-  const void* v[6];
+  const void* v[3];
   void* out[3];
   void* work;
   int64_t B, n, m, d, splits;
@@ -311,11 +255,6 @@ int feat_launch(FeatPass pass, const FeatArgs& q, cudaStream_t st) {
       }
       break;
     }
-    case kChange:
-      feat_plan_change_kernel<TF, T, TM><<<dim3(blocks, 1, unsigned(q.B)), kThreads, 0, st>>>(
-          X, Y, S, Tn, vec(0), vec(1), vec(2), vec(3), vec(4), vec(5), static_cast<T*>(q.out[0]), q.n, q.m, d, q.cost,
-          inv_eps);
-      break;
     default:
       feat_row_stats_kernel<TF, T, TM><<<dim3(blocks, 1, unsigned(q.B)), kThreads, 0, st>>>(
           X, Y, S, Tn, vec(0), vec(1), vec(2), static_cast<T*>(q.out[0]), static_cast<T*>(q.out[1]),
@@ -352,14 +291,6 @@ int gf_ot_feat_lse(const void* x, const void* y, int f_dtype, const void* s, con
   if (splits > 1 && work == nullptr) return int(cudaErrorInvalidValue);
   FeatArgs q{x, y, s, t, {vec}, {out}, work, B, n, m, d, splits, cost, inv_eps};
   return feat_dispatch(kLse, f_dtype, v_dtype, q, stream);
-}
-
-int gf_ot_feat_plan_change(const void* x, const void* y, int f_dtype, const void* s, const void* t, const void* pu,
-                           const void* pv, const void* pw, const void* lu, const void* lv, const void* w, void* out,
-                           int v_dtype, int64_t B, int64_t n, int64_t m, int64_t d, int cost, double inv_eps,
-                           cudaStream_t stream) {
-  FeatArgs q{x, y, s, t, {pu, pv, pw, lu, lv, w}, {out}, nullptr, B, n, m, d, 1, cost, inv_eps};
-  return feat_dispatch(kChange, f_dtype, v_dtype, q, stream);
 }
 
 int gf_ot_feat_row_stats(const void* x, const void* y, int f_dtype, const void* s, const void* t, const void* lu,

@@ -2,7 +2,9 @@
 //   balanced    lv = log b - LSE_i(lu_i + K_ij),  lu = log a - LSE_j(lv_j + K_ij),  K = -C / eps;
 //               stop: ||P^T 1 - b||_2 < tol from the next iteration's column LSE;
 //   unbalanced  lu = (1 - fa) s_a + fa (log a - LSE_j(lv_j + K_ij)), then lv alike; POT's stop test;
-//   partial     Dykstra with vector corrections p, s and scalar t; stop ||P - P_prev||_F <= tol.
+//   partial     Dykstra with vector corrections p, s and scalar t; stop ||log P - log P_prev||_F <= tol
+//               (O(n + m) from the potentials' changes).
+//   Every kind also stops at the rounding floor of its stop quantity (see ot_small_kernel).
 //
 // ot_small_kernel: the persistent regime. One block per problem; K (n x m, pre-scaled by log2 e)
 //   lives in shared memory for all iterations together with every O(n + m) vector; a warp per row
@@ -10,7 +12,7 @@
 //   columns: no bank conflicts), each in one pass with exp2 and a shift bounded in advance (see
 //   "persistent regime" below); loop control is block-uniform (scalars come out of block
 //   reductions that every thread reads).
-// row_lse / col_lse / plan_change: the streaming regime, one launch per pass over C in device
+// row_lse / col_lse: the streaming regime, one launch per pass over C in device
 //   memory. Row pass: a warp per row, lanes striding the row (coalesced), per-lane online LSE
 //   merged across the warp. Column pass: a block per 32 columns x all rows, lane = column,
 //   8 row groups, online LSE per thread merged in shared memory. Both take kUnroll entries a
@@ -181,11 +183,38 @@ template <typename T> __device__ T rel_change(const T* x, const T* px, const T* 
   return nu / max(nd, T(1));
 }
 
-// err_history[k] = err (while there is room); returns k + 1.
+// err_history[k] = err (the last slot keeps the latest check once the history is full); returns k + 1.
 template <typename T>
 __device__ __forceinline__ int64_t record(T* hist, int64_t pb, int64_t hist_len, int64_t k, T err) {
-  if (k < hist_len && threadIdx.x == 0) hist[pb * hist_len + k] = err;
+  if (hist_len > 0 && threadIdx.x == 0) hist[pb * hist_len + min(k, hist_len - 1)] = err;
   return k + 1;
+}
+
+// max |x_i| over the entries that are not -inf (masked), 0 if none; every thread gets it.
+template <typename T> __device__ T block_absmax(const T* x, int len, T* red) {
+  T mx = 0;
+  for (int i = threadIdx.x; i < len; i += blockDim.x)
+    if (x[i] != neg_inf<T>()) mx = max(mx, abs(x[i]));
+  return block_max(mx, red);
+}
+
+// ||log P' - log P||_F over the support with log P'_ij - log P_ij = (x_i - px_i) + (y_j - py_j) + dw
+// (entries where the log weight lw is -inf are off the support), from the centred changes:
+//   m' sum_i (du_i - mean du)^2 + n' sum_j (dv_j - mean dv)^2 + n' m' (mean du + mean dv + dw)^2.
+template <typename T>
+__device__ T log_plan_change(const T* x, const T* px, const T* la, int n, const T* y, const T* py, const T* lb,
+                             int m, T dw, T na, T nb, T* red) {
+  T su = 0, sv = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) if (la[i] != neg_inf<T>()) su += x[i] - px[i];
+  for (int j = threadIdx.x; j < m; j += blockDim.x) if (lb[j] != neg_inf<T>()) sv += y[j] - py[j];
+  const T ubar = block_sum(su, red) / max(na, T(1)), vbar = block_sum(sv, red) / max(nb, T(1));
+  T qu = 0, qv = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    if (la[i] != neg_inf<T>()) { const T d = x[i] - px[i] - ubar; qu += d * d; }
+  for (int j = threadIdx.x; j < m; j += blockDim.x)
+    if (lb[j] != neg_inf<T>()) { const T d = y[j] - py[j] - vbar; qv += d * d; }
+  const T c = ubar + vbar + dw;
+  return sqrt(nb * block_sum(qu, red) + na * block_sum(qv, red) + na * nb * c * c);
 }
 
 // Block-wide max and sum of two values at once (one pair of barriers instead of two).
@@ -211,8 +240,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
     const T* __restrict__ C, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ mass,
     const T* __restrict__ lu0, const T* __restrict__ lv0, int n, int m, T inv_eps, T fa, T fb, int problem,
-    int kl_ref, int64_t max_iter, T tol, int64_t check_every, int64_t hist_len, T* lu_out, T* lv_out, T* w_out,
-    int32_t* niter_out, int32_t* status_out, T* hist) {
+    int kl_ref, int64_t max_iter, T tol, T unit, int64_t check_every, int64_t hist_len, T* lu_out, T* lv_out,
+    T* w_out, int32_t* niter_out, int32_t* status_out, T* hist) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ T red[2 * (kThreads / 32)];
   const int64_t pb = blockIdx.x;
@@ -269,6 +298,25 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
   int status = nonempty ? 1 : 0;
   bool go = nonempty;
   T w = 0;
+  // The rounding floor of the stop quantity: unit (1 + max|lu| + max|lv| + |w| + max|log a| +
+  // max|log b|) x (partial sqrt(n' m'), balanced ||b||_2, unbalanced 1); a check at or below it
+  // and no smaller than the previous check stops (grounded_fast.reference.entropic_ot.stop_floor).
+  const T base = 1 + block_absmax(la, n, red) + block_absmax(lb, m, red);
+  T shape = 1;
+  if (problem == 0) {
+    T bb = 0;
+    for (int j = threadIdx.x; j < m; j += blockDim.x) bb += lb[j] != NEG ? bw[j] * bw[j] : T(0);
+    shape = sqrt(block_sum(bb, red));
+  } else if (problem == 2) {
+    shape = sqrt(na * nb);
+  }
+  T prev = -neg_inf<T>();
+  auto at_floor = [&](T err, T wabs) {
+    const T fl = unit * (base + block_absmax(lu, n, red) + block_absmax(lv, m, red) + wabs) * shape;
+    const bool r = err <= fl && err >= prev;
+    prev = err;
+    return r;
+  };
   if (problem == 0) {  // ------------------------------------------------ balanced
     bool pending = false;
     T umax = block_vmax(lu, n, red);
@@ -283,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
         }
         const T err = sqrt(block_sum(e, red));
         k = record(hist, pb, hist_len, k, err);
-        if (err < tol) { status = 0; go = false; }
+        if (at_floor(err, T(0)) || err < tol) { status = 0; go = false; }
       }
       if (go) {
         for (int j = threadIdx.x; j < m; j += blockDim.x) lv[j] = lb[j] != NEG ? lb[j] - cl[j] : NEG;
@@ -306,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
             }
             const T err = sqrt(block_sum(e, red));
             k = record(hist, pb, hist_len, k, err);
-            if (err < tol) status = 0;
+            if (at_floor(err, T(0)) || err < tol) status = 0;
           }
         }
       }
@@ -339,7 +387,7 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
       if (check_every > 0 && it % check_every == 0) {
         const T err = T(0.5) * (rel_change(lu, pu, sa, n, red) + rel_change(lv, pv, sb, m, red));
         k = record(hist, pb, hist_len, k, err);
-        if (err < tol) { status = 0; go = false; }
+        if (at_floor(err, T(0)) || err < tol) { status = 0; go = false; }
       }
       ++it;
       if (it >= max_iter) go = false;
@@ -392,16 +440,9 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
       t = lmass - total;
       w = w + t;
       if (check_every > 0 && it % check_every == 0) {
-        T e = 0;
-        for (int q = threadIdx.x; q < nm; q += blockDim.x) {
-          const int i = q / m, j = q % m;
-          const T kq = K[q] * LN2;
-          const T d = gexp(kq + pu[i] + pv[j] + pw) - gexp(kq + lu[i] + lv[j] + w);
-          e += d * d;
-        }
-        const T err = sqrt(block_sum(e, red));
+        const T err = log_plan_change(lu, pu, la, n, lv, pv, lb, m, w - pw, na, nb, red);
         k = record(hist, pb, hist_len, k, err);
-        if (!(err > tol)) { status = 0; go = false; }
+        if (at_floor(err, abs(w)) || err <= tol) { status = 0; go = false; }
       }
       ++it;
       if (it >= max_iter) go = false;
@@ -471,29 +512,10 @@ __global__ void __launch_bounds__(kThreads) col_lse_kernel(const TC* __restrict_
   }
 }
 
-template <typename TC, typename T>
-__global__ void __launch_bounds__(kThreads, 1) plan_change_kernel(const TC* __restrict__ C, const T* pu, const T* pv,
-                                                               const T* pw, const T* lu, const T* lv, const T* w,
-                                                               T* out, int64_t n, int64_t m, T inv_eps) {
-  const int lane = threadIdx.x & 31;
-  const int64_t pb = blockIdx.y, i = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
-  if (i >= n) return;
-  const TC* row = C + (pb * n + i) * m;
-  const T a0 = pu[pb * n + i] + pw[pb], a1 = lu[pb * n + i] + w[pb];
-  T acc = 0;
-  for (int64_t j = lane; j < m; j += 32) {
-    const T k = -load_as<T>(row + j) * inv_eps;
-    const T d = gexp(k + a0 + pv[pb * m + j]) - gexp(k + a1 + lv[pb * m + j]);
-    acc += d * d;
-  }
-  acc = warp_sum(acc);
-  if (lane == 0) atomicAdd(out + pb, acc);
-}
-
 template <typename T> int small_launch(const void* C, const void* a, const void* b, const void* mass, const void* lu0,
                                        const void* lv0, int64_t B, int64_t n, int64_t m, double inv_eps, double fa,
                                        double fb, int problem, int kl_ref, int64_t max_iter, double tol,
-                                       int64_t check_every, int64_t hist_len, void* lu, void* lv, void* w,
+                                       double unit, int64_t check_every, int64_t hist_len, void* lu, void* lv, void* w,
                                        int32_t* n_iter, int32_t* status, void* hist, cudaStream_t st) {
   if (B == 0) return 0;
   const size_t bytes = size_t(gf_ot_small_smem_bytes(n, m, sizeof(T) == 8 ? GF_OT_F64 : GF_OT_F32));
@@ -506,12 +528,13 @@ template <typename T> int small_launch(const void* C, const void* a, const void*
   kernel<<<dim3(unsigned(B)), kThreads, bytes, st>>>(
       static_cast<const T*>(C), static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(mass),
       static_cast<const T*>(lu0), static_cast<const T*>(lv0), int(n), int(m), T(inv_eps), T(fa), T(fb), problem,
-      kl_ref, max_iter, T(tol), check_every, hist_len, static_cast<T*>(lu), static_cast<T*>(lv), static_cast<T*>(w),
+      kl_ref, max_iter, T(tol), T(unit), check_every, hist_len, static_cast<T*>(lu), static_cast<T*>(lv),
+      static_cast<T*>(w),
       n_iter, status, static_cast<T*>(hist));
   return int(cudaGetLastError());
 }
 
-enum Pass { kRow, kCol, kChange };
+enum Pass { kRow, kCol };
 
 template <typename TC, typename T>
 int pass_launch(Pass pass, const void* C, const void* const* v, void* out, int64_t B, int64_t n, int64_t m,
@@ -528,12 +551,6 @@ int pass_launch(Pass pass, const void* C, const void* const* v, void* out, int64
       col_lse_kernel<TC, T><<<dim3(unsigned((m + 31) / 32), unsigned(B)), kThreads, 0, st>>>(
           c, static_cast<const T*>(v[0]), static_cast<T*>(out), n, m, T(inv_eps));
       break;
-    default:
-      plan_change_kernel<TC, T><<<dim3(unsigned((n + rows_per_block - 1) / rows_per_block), unsigned(B)), kThreads, 0,
-                                  st>>>(c, static_cast<const T*>(v[0]), static_cast<const T*>(v[1]),
-                                        static_cast<const T*>(v[2]), static_cast<const T*>(v[3]),
-                                        static_cast<const T*>(v[4]), static_cast<const T*>(v[5]),
-                                        static_cast<T*>(out), n, m, T(inv_eps));
   }
   return int(cudaGetLastError());
 }
@@ -563,15 +580,15 @@ int64_t gf_ot_small_smem_bytes(int64_t n, int64_t m, int dtype) {
 
 int gf_ot_small(const void* C, const void* a, const void* b, const void* mass, const void* lu0, const void* lv0,
                 int dtype, int64_t B, int64_t n, int64_t m, double inv_eps, double fa, double fb, int problem,
-                int kl_ref, int64_t max_iter, double tol, int64_t check_every, int64_t hist_len, void* lu, void* lv,
-                void* w, int32_t* n_iter, int32_t* status, void* hist, cudaStream_t stream) {
+                int kl_ref, int64_t max_iter, double tol, double unit, int64_t check_every, int64_t hist_len,
+                void* lu, void* lv, void* w, int32_t* n_iter, int32_t* status, void* hist, cudaStream_t stream) {
   if (problem < 0 || problem > 2) return int(cudaErrorInvalidValue);
   if (dtype == GF_OT_F64)
     return small_launch<double>(C, a, b, mass, lu0, lv0, B, n, m, inv_eps, fa, fb, problem, kl_ref, max_iter, tol,
-                                check_every, hist_len, lu, lv, w, n_iter, status, hist, stream);
+                                unit, check_every, hist_len, lu, lv, w, n_iter, status, hist, stream);
   if (dtype == GF_OT_F32)
     return small_launch<float>(C, a, b, mass, lu0, lv0, B, n, m, inv_eps, fa, fb, problem, kl_ref, max_iter, tol,
-                               check_every, hist_len, lu, lv, w, n_iter, status, hist, stream);
+                               unit, check_every, hist_len, lu, lv, w, n_iter, status, hist, stream);
   return int(cudaErrorInvalidValue);
 }
 
@@ -585,13 +602,6 @@ int gf_ot_col_lse(const void* C, int c_dtype, const void* lu, void* out, int v_d
                   double inv_eps, cudaStream_t stream) {
   const void* v[1] = {lu};
   return pass_dispatch(kCol, C, c_dtype, v, out, v_dtype, B, n, m, inv_eps, stream);
-}
-
-int gf_ot_plan_change(const void* C, int c_dtype, const void* pu, const void* pv, const void* pw, const void* lu,
-                      const void* lv, const void* w, void* out, int v_dtype, int64_t B, int64_t n, int64_t m,
-                      double inv_eps, cudaStream_t stream) {
-  const void* v[6] = {pu, pv, pw, lu, lv, w};
-  return pass_dispatch(kChange, C, c_dtype, v, out, v_dtype, B, n, m, inv_eps, stream);
 }
 
 }  // extern "C"

@@ -26,7 +26,7 @@ def choose_regime(n: int, m: int) -> str:
 
 def entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
                        kl_ref: bool, max_iter: int, tol: float, check_every: int, domain: int = 0,
-                       history: int = -1, regime: str | None = None):
+                       history: int = -1, floor: float = 0.0, regime: str | None = None):
     """Same contract as ``torch.ops.grounded_fast.entropic_ot`` (``domain`` is ignored: the Triton
     kernels iterate in the log domain). ``regime``: None (automatic: 'small' or 'stream'), 'small',
     'stream' or 'fused'. C may be bfloat16 / float16 with float32 a, b: the kernels read it as it is
@@ -37,7 +37,7 @@ def entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, 
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     solve = {"small": sinkhorn_small, "stream": sinkhorn_stream, "fused": sinkhorn_fused}[regime]
     lu, lv, w, n_iter, status, hist = solve(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
-                                            kl_ref, max_iter, tol, check_every, history)
+                                            kl_ref, max_iter, tol, check_every, history, floor)
     plan, value, value_linear = finalize_triton(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
                                                 nonempty_problems(a, b, mass, problem))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist

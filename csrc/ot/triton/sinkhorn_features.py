@@ -117,44 +117,6 @@ def _feat_lse(x_ptr, y_ptr, s_ptr, t_ptr, v_ptr, mx_ptr, sm_ptr, n, m, d, inv_ep
     tl.store(sm_ptr + off, sm, mask=rin)
 
 
-# Partial OT's stop test, per row block: sum_i sum_j (P'_ij - P_ij)^2 with
-#   P'_ij = exp(pu_i + pv_j + pw - C_ij/eps),  P_ij = exp(lu_i + lv_j + w - C_ij/eps).
-@triton.jit
-def _feat_plan_change(x_ptr, y_ptr, s_ptr, t_ptr, pu_ptr, pv_ptr, pw_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr,
-                      n, m, d, nblk, inv_eps_ptr, ONE_K: tl.constexpr, COSINE_: tl.constexpr, DT: tl.constexpr,
-                      PREC: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    pid_b = tl.program_id(0)
-    inv_eps = tl.load(inv_eps_ptr).to(DT)
-    blk = tl.program_id(1)
-    rows = blk * BR + tl.arange(0, BR)
-    rin = rows < n
-    xb = x_ptr + pid_b.to(tl.int64) * n * d
-    yb = y_ptr + pid_b.to(tl.int64) * m * d
-    s = tl.load(s_ptr + pid_b * n + rows, mask=rin, other=0.0).to(DT)
-    pu = tl.load(pu_ptr + pid_b * n + rows, mask=rin, other=float("-inf")).to(DT)
-    lu = tl.load(lu_ptr + pid_b * n + rows, mask=rin, other=float("-inf")).to(DT)
-    pw = tl.load(pw_ptr + pid_b).to(DT)
-    w = tl.load(w_ptr + pid_b).to(DT)
-    if ONE_K:
-        xt = _load_rows(xb, rows, rin, 0, d, BK, UPCAST)
-    else:
-        xt = 0.0
-    acc = tl.zeros((BR,), DT)
-    for j0 in range(0, m, BT):
-        cols = j0 + tl.arange(0, BT)
-        cin = cols < m
-        inb = rin[:, None] & cin[None, :]
-        t = tl.load(t_ptr + pid_b * m + cols, mask=cin, other=0.0).to(DT)
-        pv = tl.load(pv_ptr + pid_b * m + cols, mask=cin, other=float("-inf")).to(DT)
-        lv = tl.load(lv_ptr + pid_b * m + cols, mask=cin, other=float("-inf")).to(DT)
-        c = _cost_tile(xb, yb, rows, cols, rin, cin, d, xt, s, t, ONE_K, COSINE_, DT, PREC, UPCAST, BR, BT, BK)
-        k = -c * inv_eps
-        dp = tl.exp(k + pu[:, None] + pv[None, :] + pw) - tl.exp(k + lu[:, None] + lv[None, :] + w)
-        dp = tl.where(inb, dp, 0.0)
-        acc += tl.sum(dp * dp, axis=1)
-    tl.store(out_ptr + pid_b * nblk + blk, tl.sum(acc, axis=0))
-
-
 # The objective's row sums, with log P_ij = lu_i + lv_j + w - C_ij/eps and P = exp(log P):
 #   r_i = sum_j P_ij,   pc_i = sum_j P_ij C_ij,   plp_i = sum_j P_ij log P_ij   (0 log 0 = 0)
 # value_linear = sum_i pc_i and the entropy term sum_i plp_i (reference.ot_features.finalize_features).
@@ -295,14 +257,6 @@ class TritonFeaturePasses:
         part = torch.where(sm > 0, mx + torch.log(sm), float("-inf"))
         return part[:, 0] if splits == 1 else torch.logsumexp(part, dim=1)
 
-    def plan_change(self, pu, pv, pw, lu, lv, w):
-        nblk = triton.cdiv(self.n, BLOCK_ROWS)
-        part = torch.empty(self.B, nblk, dtype=self.dt, device=self.x.device)
-        vecs = [self._vec(v) for v in (pu, pv, pw, lu, lv, w)]
-        _feat_plan_change[(self.B, nblk)](self.x, self.y, self.s, self.t, *vecs, part, self.n, self.m, self.d, nblk,
-                                          self.inv_eps, **self.kw, **LAUNCH)
-        return part.sum(1).sqrt()
-
     def row_stats(self, lu, lv, w):
         r = torch.empty(self.B, self.n, dtype=self.dt, device=self.x.device)
         pc, plp = torch.empty_like(r), torch.empty_like(r)
@@ -329,11 +283,11 @@ class TritonFeaturePasses:
 
 def entropic_ot_features_triton(x, y, a, b, mass, log_u0, log_v0, cost: int, problem: int, reg: float,
                                 reg_m_a: float, reg_m_b: float, kl_ref: bool, max_iter: int, tol: float,
-                                check_every: int, history: int = -1, splits: int | None = None):
+                                check_every: int, history: int = -1, splits: int | None = None, floor: float = 0.0):
     """Solve on the Triton passes. x (B,n,d), y (B,m,d); a, log_u0 (B,n), b, log_v0 (B,m), mass (B,) in
     the compute dtype. Returns (log_u, log_v, log_scale, value, value_linear, n_iter, status,
     err_history) as grounded_fast.reference.ot_features.solve_features."""
     from ...reference.ot_features import solve_features
     passes = TritonFeaturePasses(x, y, cost, reg, splits)
     return solve_features(passes, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol,
-                          check_every, history)
+                          check_every, history, floor)

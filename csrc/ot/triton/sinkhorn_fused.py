@@ -276,12 +276,12 @@ def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None
 
 def sinkhorn_fused(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
                    kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1,
-                   programs: int | None = None, resident: bool | None = None):
+                   floor: float = 0.0, programs: int | None = None, resident: bool | None = None):
     """Same inputs and outputs as sinkhorn_stream.sinkhorn_stream (every problem kind).
     ``programs``: programs per problem (default: about RESIDENT_PER_SM, or 4, per SM over the batch);
     ``resident``: see ``fused_pass``."""
     C = C.contiguous()
-    row_lse, col_lse, plan_change = streaming_passes(C, reg)
-    return solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
+    row_lse, col_lse = streaming_passes(C, reg)
+    return solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
                             reg_m_b, kl_ref, max_iter, tol, check_every, history,
-                            row_then_col=fused_pass(C, reg, programs, resident))
+                            row_then_col=fused_pass(C, reg, programs, resident), floor=floor)

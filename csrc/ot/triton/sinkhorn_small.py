@@ -11,7 +11,9 @@ the log domain:
   unbalanced  lu = (1 - fa) s_a + fa (log a - LSE_j(lv_j + K_ij)), then lv alike
               stop: POT's mean relative change of the scalings, max|u - u'| / max(|u|, |u'|, 1);
   partial     Dykstra projections on {P1 <= a}, {P^T 1 <= b}, {sum P = m} with vector / scalar
-              corrections p, s, t (log domain); stop: ||P - P_prev||_F <= tol.
+              corrections p, s, t (log domain); stop: ||log P - log P_prev||_F <= tol, O(n + m)
+              from the potentials' changes.
+Every kind also stops at the rounding floor of its stop quantity (see the kernel).
 
 The launcher returns (log_u, log_v, log_scale, n_iter, status, err_history); the plan and
 objective are formed from them afterwards (grounded_fast.reference.entropic_ot.finalize).
@@ -25,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...reference.entropic_ot import history_length
 from ..analysis.fast_math import LAUNCH
 from . import device_scalars
 
@@ -75,6 +78,35 @@ def _rel_change(x, px, s, msk):
 
 
 @triton.jit
+def _log_plan_change(du, dv, dw, ma, mb):
+    """||log P' - log P||_F with log P'_ij - log P_ij = du_i + dv_j + dw over the support, from the
+    centred changes (grounded_fast.reference.entropic_ot.log_plan_change)."""
+    nn = tl.sum(ma.to(du.dtype), axis=0)
+    mm = tl.sum(mb.to(du.dtype), axis=0)
+    du = tl.where(ma, du, 0.0)
+    dv = tl.where(mb, dv, 0.0)
+    ubar = tl.sum(du, axis=0) / tl.maximum(nn, 1.0)
+    vbar = tl.sum(dv, axis=0) / tl.maximum(mm, 1.0)
+    eu = tl.where(ma, du - ubar, 0.0)
+    ev = tl.where(mb, dv - vbar, 0.0)
+    c = ubar + vbar + dw
+    return tl.sqrt(mm * tl.sum(eu * eu, axis=0) + nn * tl.sum(ev * ev, axis=0) + nn * mm * c * c)
+
+
+@triton.jit
+def _absmax(x, msk):
+    """max |x| over the entries where msk (0 if none)."""
+    return tl.max(tl.where(msk, tl.abs(x), 0.0), axis=0)
+
+
+@triton.jit
+def _record(hist_ptr, pid, hist_len, k, err):
+    """Store err at check k (the last slot keeps the latest check once the history is full)."""
+    if hist_len > 0:
+        tl.store(hist_ptr + pid * hist_len + tl.minimum(k, hist_len - 1), err)
+
+
+@triton.jit
 def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
                     lu_ptr, lv_ptr, w_ptr, niter_ptr, status_ptr, hist_ptr,
                     n, m, ldc, scal_ptr, max_iter, check_every, hist_len,
@@ -100,6 +132,7 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
     fa = tl.load(scal_ptr + 1).to(DT)
     fb = tl.load(scal_ptr + 2).to(DT)
     tol = tl.load(scal_ptr + 3).to(DT)
+    unit = tl.load(scal_ptr + 4).to(DT)  # the rounding floor's unit (0: no floor stop)
     K = tl.where(rin[:, None] & cin[None, :], -C * inv_eps, neg)
     lu = tl.where(ma, tl.load(lu0_ptr + pid * n + ri, mask=rin, other=0.0).to(DT), neg)
     lv = tl.where(mb, tl.load(lv0_ptr + pid * m + cj, mask=cin, other=0.0).to(DT), neg)
@@ -112,6 +145,17 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
     k = 0
     status = tl.where(nonempty, 1, 0)
     go = nonempty
+    # the rounding floor of the stop quantity: unit x (1 + max|lu| + max|lv| + |w| + max|log a| +
+    # max|log b|) x (partial sqrt(n' m'), balanced ||b||_2, unbalanced 1); a check at or below it and
+    # no smaller than the previous check stops (grounded_fast.reference.entropic_ot.stop_floor)
+    base = 1.0 + _absmax(la, ma) + _absmax(lb, mb)
+    if PROBLEM == 0:
+        shape = tl.sqrt(tl.sum(tl.where(mb, b * b, 0.0), axis=0))
+    elif PROBLEM == 2:
+        shape = tl.sqrt(tl.sum(ma.to(DT), axis=0) * tl.sum(mb.to(DT), axis=0))
+    else:
+        shape = tl.full((), 1.0, DT)
+    prev = tl.full((), float("inf"), DT)
     if PROBLEM == 0:  # balanced
         pending = False
         while go:
@@ -119,12 +163,13 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
             if pending:
                 diff = tl.where(mb, tl.exp(cl + lv), 0.0) - b
                 err = tl.sqrt(tl.sum(diff * diff, axis=0))
-                if k < hist_len:
-                    tl.store(hist_ptr + pid * hist_len + k, err)
+                _record(hist_ptr, pid, hist_len, k, err)
                 k += 1
-                if err < tol:
+                floor = unit * (base + _absmax(lu, ma) + _absmax(lv, mb)) * shape
+                if (err < tol) | ((err <= floor) & (err >= prev)):
                     status = 0
                     go = False
+                prev = err
             if go:
                 lv = tl.where(mb, lb - cl, neg)
                 lu = tl.where(ma, la - _lse_rows(K, lv), neg)
@@ -135,10 +180,10 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
                     if pending:
                         diff = tl.where(mb, tl.exp(_lse_cols(K, lu) + lv), 0.0) - b
                         err = tl.sqrt(tl.sum(diff * diff, axis=0))
-                        if k < hist_len:
-                            tl.store(hist_ptr + pid * hist_len + k, err)
+                        _record(hist_ptr, pid, hist_len, k, err)
                         k += 1
-                        if err < tol:
+                        floor = unit * (base + _absmax(lu, ma) + _absmax(lv, mb)) * shape
+                        if (err < tol) | ((err <= floor) & (err >= prev)):
                             status = 0
     elif PROBLEM == 1:  # unbalanced (KL)
         if KL_REF:
@@ -156,12 +201,13 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
             lv = tl.where(mb, (1 - fb) * sb + fb * (lb - _lse_cols(K, lu)), neg)
             if (check_every > 0) & (it % tl.maximum(check_every, 1) == 0):
                 err = 0.5 * (_rel_change(lu, pu, sa, ma) + _rel_change(lv, pv, sb, mb))
-                if k < hist_len:
-                    tl.store(hist_ptr + pid * hist_len + k, err)
+                _record(hist_ptr, pid, hist_len, k, err)
                 k += 1
-                if err < tol:
+                floor = unit * (base + _absmax(lu, ma) + _absmax(lv, mb)) * shape
+                if (err < tol) | ((err <= floor) & (err >= prev)):
                     status = 0
                     go = False
+                prev = err
             it += 1
             if it >= max_iter:
                 go = False
@@ -192,14 +238,14 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
                 t = lmass - total
                 w = w + t
                 if (check_every > 0) & (it % tl.maximum(check_every, 1) == 0):
-                    dP = tl.exp(K + pu[:, None] + pv[None, :] + pw) - tl.exp(K + lu[:, None] + lv[None, :] + w)
-                    err = tl.sqrt(tl.sum(tl.sum(dP * dP, axis=1), axis=0))
-                    if k < hist_len:
-                        tl.store(hist_ptr + pid * hist_len + k, err)
+                    err = _log_plan_change(lu - pu, lv - pv, w - pw, ma, mb)
+                    _record(hist_ptr, pid, hist_len, k, err)
                     k += 1
-                    if not (err > tol):
+                    floor = unit * (base + _absmax(lu, ma) + _absmax(lv, mb) + tl.abs(w)) * shape
+                    if (err <= tol) | ((err <= floor) & (err >= prev)):
                         status = 0
                         go = False
+                    prev = err
                 it += 1
     tl.store(lu_ptr + pid * n + ri, lu, mask=rin)
     tl.store(lv_ptr + pid * m + cj, lv, mask=cin)
@@ -214,7 +260,8 @@ def fits(n: int, m: int) -> bool:
 
 
 def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
-                   kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1):
+                   kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1,
+                   floor: float = 0.0):
     """Solve a batch of small problems, one persistent program each.
 
     C (B, n, m) float32/float64, or bfloat16/float16 with float32 weights; a (B, n), b (B, m),
@@ -225,8 +272,7 @@ def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
     if not fits(n, m):
         raise ValueError(f"sinkhorn_small: a {n} x {m} problem does not fit the on-chip tile ({MAX_TILE} entries)")
     dev, dt = C.device, a.dtype  # C may be half precision, read as it is and upcast on-chip
-    checks = max_iter // check_every + 1 if check_every > 0 else 0
-    hist_len = checks if history < 0 else min(history, checks)
+    hist_len = history_length(max_iter, check_every, history)
     lu = torch.empty(B, n, dtype=dt, device=dev)
     lv = torch.empty(B, m, dtype=dt, device=dev)
     w = torch.empty(B, dtype=dt, device=dev)
@@ -236,7 +282,7 @@ def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_
     fa = 1.0 if math.isinf(reg_m_a) else reg_m_a / (reg_m_a + reg)
     fb = 1.0 if math.isinf(reg_m_b) else reg_m_b / (reg_m_b + reg)
     BN, BM = triton.next_power_of_2(n), triton.next_power_of_2(m)
-    scalars = device_scalars(dev, 1.0 / reg, fa, fb, tol)
+    scalars = device_scalars(dev, 1.0 / reg, fa, fb, tol, floor)
     ldc = triton.cdiv(m, ROW_ALIGN) * ROW_ALIGN
     C = torch.nn.functional.pad(C, (0, ldc - m)) if ldc != m else C.contiguous()
     _sinkhorn_small[(B,)](

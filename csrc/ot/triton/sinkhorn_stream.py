@@ -8,7 +8,6 @@ online log-sum-exp
 x_ij = lv_j - C_ij / eps (row pass) or lu_i - C_ij / eps (column pass). The O(n + m) updates
 between passes and the stop tests are those of the reference driver
 (grounded_fast.reference.entropic_ot.solve_potentials), so the iterates are the reference's.
-Partial OT's stop test ||P_prev - P||_F is one more fused pass (``_plan_change``).
 Regime choice (see grounded_fast/ops/entropic_ot.py): problems whose padded tile fits on-chip
 go to the persistent kernel (sinkhorn_small.py), larger ones stream here.
 """
@@ -89,36 +88,8 @@ def _col_lse(C_ptr, lu_ptr, out_ptr, n, m, inv_eps_ptr, DT: tl.constexpr, BR: tl
     tl.store(out_ptr + pid_b * m + cols, lse, mask=cin)
 
 
-@triton.jit
-def _plan_change(C_ptr, pu_ptr, pv_ptr, pw_ptr, lu_ptr, lv_ptr, w_ptr, out_ptr, n, m, nblk, inv_eps_ptr,
-                 DT: tl.constexpr, BR: tl.constexpr, BT: tl.constexpr):
-    """out[b, blk] = sum over the block's rows of (P_prev - P)^2, P = exp(lu_i + lv_j + w - C_ij/eps)."""
-    pid_b = tl.program_id(0)
-    inv_eps = tl.load(inv_eps_ptr).to(DT)
-    blk = tl.program_id(1)
-    rows = blk * BR + tl.arange(0, BR)
-    rin = rows < n
-    base = C_ptr + pid_b.to(tl.int64) * n * m
-    pu = tl.load(pu_ptr + pid_b * n + rows, mask=rin, other=float("-inf")).to(DT)
-    lu = tl.load(lu_ptr + pid_b * n + rows, mask=rin, other=float("-inf")).to(DT)
-    pw = tl.load(pw_ptr + pid_b).to(DT)
-    w = tl.load(w_ptr + pid_b).to(DT)
-    acc = tl.zeros((BR,), DT)
-    for j0 in range(0, m, BT):
-        cols = j0 + tl.arange(0, BT)
-        cin = cols < m
-        inb = rin[:, None] & cin[None, :]
-        pv = tl.load(pv_ptr + pid_b * m + cols, mask=cin, other=float("-inf")).to(DT)
-        lv = tl.load(lv_ptr + pid_b * m + cols, mask=cin, other=float("-inf")).to(DT)
-        k = -tl.load(base + rows[:, None] * m + cols[None, :], mask=inb, other=0.0).to(DT) * inv_eps
-        d = tl.exp(k + pu[:, None] + pv[None, :] + pw) - tl.exp(k + lu[:, None] + lv[None, :] + w)
-        d = tl.where(inb, d, 0.0)
-        acc += tl.sum(d * d, axis=1)
-    tl.store(out_ptr + pid_b * nblk + blk, tl.sum(acc, axis=0))
-
-
 def streaming_passes(C, reg: float):
-    """(row_lse, col_lse, plan_change) callables over C (B, n, m) for the reference driver."""
+    """(row_lse, col_lse) callables over C (B, n, m) for the reference driver."""
     B, n, m = C.shape
     C = C.contiguous()
     dt = torch.float64 if C.dtype == torch.float64 else torch.float32
@@ -138,19 +109,13 @@ def streaming_passes(C, reg: float):
                                           num_warps=CW, **LAUNCH)
         return out
 
-    def plan_change(pu, pv, pw, lu, lv, w):
-        nblk = triton.cdiv(n, RB)
-        part = torch.empty(B, nblk, dtype=dt, device=C.device)
-        args = [t.to(dt).contiguous() for t in (pu, pv, pw, lu, lv, w)]
-        _plan_change[(B, nblk)](C, *args, part, n, m, nblk, inv_eps, DT=DT, BR=RB, BT=RT, num_warps=RW, **LAUNCH)
-        return part.sum(1).sqrt()
-
-    return row_lse, col_lse, plan_change
+    return row_lse, col_lse
 
 
 def sinkhorn_stream(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
-                    kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1):
+                    kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1,
+                    floor: float = 0.0):
     """Same inputs and outputs as sinkhorn_small.sinkhorn_small, for problems of any size."""
-    row_lse, col_lse, plan_change = streaming_passes(C, reg)
-    return solve_potentials(row_lse, col_lse, plan_change, a, b, mass, log_u0, log_v0, problem, reg,
-                            reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history)
+    row_lse, col_lse = streaming_passes(C, reg)
+    return solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem, reg,
+                            reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history, floor=floor)
