@@ -150,10 +150,11 @@ def solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem: int,
         lv = _masked(lv + sb, mb)
 
         def rel(x, px, s, msk):
-            u = torch.where(msk, torch.exp(x - s), 0)
-            up = torch.where(msk, torch.exp(px - s), 0)
-            den = torch.maximum(torch.maximum(u.abs().amax(1), up.abs().amax(1)), torch.ones_like(u[:, 0]))
-            return (u - up).abs().amax(1) / den
+            # POT's max|u - u'| / max(|u|, |u'|, 1) for u = exp(x - s), u' = exp(px - s), shifted by
+            # S = max(0, max log u, max log u') so that the denominator is exactly 1 and u cannot overflow
+            lu_, lp = torch.where(msk, x - s, -math.inf), torch.where(msk, px - s, -math.inf)
+            S = torch.maximum(torch.maximum(lu_.amax(1), lp.amax(1)), torch.zeros_like(lu_[:, 0]))[:, None]
+            return torch.where(msk, torch.exp(lu_ - S) - torch.exp(lp - S), 0).abs().amax(1)
 
         la_f = fused_row_target(la, sa, fa, ma) if row_then_col is not None else None
         for it in range(max_iter):

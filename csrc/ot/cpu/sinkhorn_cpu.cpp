@@ -22,7 +22,10 @@
 // iterates u <- (a / K v)^fa with K = exp(-C/eps) * c and c = a b^T (reg_type 'kl') or 1
 // ('entropy'), fa = rho_a / (rho_a + eps). With lu = log u + s_a (s_a = log a or 0):
 //     lu_i = (1 - fa) s_a_i + fa (log a_i - LSE_j(lv_j - C_ij/eps)), and symmetrically for lv.
-//   Stop test every iteration, POT's: mean of max|u - u'| / max(|u|, |u'|, 1) over u and v.
+//   Stop test every iteration, POT's: mean of max|u - u'| / max(|u|, |u'|, 1) over u and v,
+//   computed from log u, log u' shifted by S = max(0, max log u, max log u'), which makes the
+//   denominator exactly 1: max_i |exp(log u_i - S) - exp(log u'_i - S)| (u itself overflows
+//   float32 once the potentials pass ~88).
 //
 // Partial (POT `entropic_partial_wasserstein`): Dykstra's algorithm over three convex sets
 // {P 1 <= a}, {P^T 1 <= b}, {sum P = m} starting from K = exp(-C/eps) m / sum(exp(-C/eps)).
@@ -449,7 +452,7 @@ struct Solver {
   // Scaling domain: with K absorbed from (lu, lv), the log update
   //   lu_i = (1 - fa) s_a_i + fa (log a_i - LSE_j(lv_j - C_ij/eps)),  LSE = log (K y)_i - lu_i
   // becomes x_i = g_i (a_i / (K y)_i)^fa with g_i = exp((1 - fa)(s_a_i - lu_i)) fixed between
-  // absorptions; POT's u_i = exp(LU_i - s_a_i) = x_i h_i with h_i = exp(lu_i - s_a_i).
+  // absorptions; POT's log u_i = LU_i - s_a_i = log x_i + lu_i - s_a_i.
   // Stop test every `check_every` iterations after the update (POT: every iteration).
   void unbalanced(T* lu, T* lv, T* K, int64_t& it_out, int64_t& status, T* hist) {
     const T fa = T(o.fi_a), fb = T(o.fi_b);
@@ -458,7 +461,7 @@ struct Solver {
     // On entry lu, lv hold POT's log u, log v (warm start, 0 by default): shift by s_a, s_b.
     for (int64_t i = 0; i < n; ++i) if (ma[i]) lu[i] += sa[i];
     for (int64_t j = 0; j < m; ++j) if (mb[j]) lv[j] += sb[j];
-    std::vector<T> x(n), y(m), xn(n), yn(m), cs(m), ga(n), gb(m), ha(n), hb(m), pu(n), pv(m), plu(n), plv(m);
+    std::vector<T> x(n), y(m), xn(n), yn(m), cs(m), ga(n), gb(m), pu(n), pv(m), plu(n), plv(m);
     T w = 0, z = 1;
     int64_t it = 0;
     StopTest stop{o, hist, stop_shape};
@@ -467,26 +470,24 @@ struct Solver {
     auto refresh = [&]() {
       absorb(lu, lv, w, K);
       for (int64_t i = 0; i < n; ++i)
-        if (ma[i]) { ga[i] = std::exp((T(1) - fa) * (sa[i] - lu[i])); ha[i] = std::exp(lu[i] - sa[i]); }
+        if (ma[i]) ga[i] = std::exp((T(1) - fa) * (sa[i] - lu[i]));
       for (int64_t j = 0; j < m; ++j)
-        if (mb[j]) { gb[j] = std::exp((T(1) - fb) * (sb[j] - lv[j])); hb[j] = std::exp(lv[j] - sb[j]); }
+        if (mb[j]) gb[j] = std::exp((T(1) - fb) * (sb[j] - lv[j]));
     };
     auto enter = [&]() {
       for (int64_t i = 0; i < n; ++i) x[i] = xn[i] = ma[i] ? T(1) : T(0);
       for (int64_t j = 0; j < m; ++j) y[j] = yn[j] = mb[j] ? T(1) : T(0);
       refresh();
     };
-    // max |u - u'| / max(|u|, |u'|, 1) over unmasked entries, u and u' given by accessors.
+    // max |u - u'| / max(|u|, |u'|, 1) over unmasked entries, from log u, log u' given by accessors
+    // (shifted by S = max(0, max log u, max log u'), so that the denominator is exactly 1).
     auto rel = [](int64_t len, const std::vector<char>& msk, auto now, auto before) {
-      double dmax = 0, xmax = 0, pmax = 0;
-      for (int64_t i = 0; i < len; ++i) {
-        if (!msk[i]) continue;
-        const double u = now(i), up = before(i);
-        dmax = std::max(dmax, std::abs(u - up));
-        xmax = std::max(xmax, std::abs(u));
-        pmax = std::max(pmax, std::abs(up));
-      }
-      return dmax / std::max({xmax, pmax, 1.0});
+      double S = 0;
+      for (int64_t i = 0; i < len; ++i) if (msk[i]) S = std::max({S, double(now(i)), double(before(i))});
+      double dmax = 0;
+      for (int64_t i = 0; i < len; ++i)
+        if (msk[i]) dmax = std::max(dmax, std::abs(std::exp(double(now(i)) - S) - std::exp(double(before(i)) - S)));
+      return dmax;
     };
     auto log_iter = [&](int64_t it) -> Step {
       std::copy(lu, lu + n, plu.begin());
@@ -501,10 +502,10 @@ struct Solver {
         return Step::kNumerical;
       }
       if (check_due(it)) {
-        const T err = T(0.5 * (rel(n, ma, [&](int64_t i) { return std::exp(double(lu[i]) - double(sa[i])); },
-                                   [&](int64_t i) { return std::exp(double(plu[i]) - double(sa[i])); }) +
-                               rel(m, mb, [&](int64_t j) { return std::exp(double(lv[j]) - double(sb[j])); },
-                                   [&](int64_t j) { return std::exp(double(plv[j]) - double(sb[j])); })));
+        const T err = T(0.5 * (rel(n, ma, [&](int64_t i) { return double(lu[i]) - double(sa[i]); },
+                                   [&](int64_t i) { return double(plu[i]) - double(sa[i]); }) +
+                               rel(m, mb, [&](int64_t j) { return double(lv[j]) - double(sb[j]); },
+                                   [&](int64_t j) { return double(plv[j]) - double(sb[j]); })));
         if (stop(err, rounding_scale([&](int64_t i) { return lu[i]; }, [&](int64_t j) { return lv[j]; }, 0.0)))
           return Step::kConverged;
       }
@@ -513,9 +514,9 @@ struct Solver {
     LogBackup backup;
     auto scaled_iter = [&](int64_t it) -> Step {
       const bool check = check_due(it);
-      if (check) {  // POT's u, v at the start of the iteration
-        for (int64_t i = 0; i < n; ++i) pu[i] = x[i] * ha[i];
-        for (int64_t j = 0; j < m; ++j) pv[j] = y[j] * hb[j];
+      if (check) {  // POT's log u, log v at the start of the iteration
+        for (int64_t i = 0; i < n; ++i) if (ma[i]) pu[i] = std::log(x[i]) + lu[i] - sa[i];
+        for (int64_t j = 0; j < m; ++j) if (mb[j]) pv[j] = std::log(y[j]) + lv[j] - sb[j];
       }
       backup.saved = false;
       const bool ok = sweep(K, y.data(), xn.data(), cs.data(), [&](int64_t i0, const T* rs, int cnt) {
@@ -543,9 +544,9 @@ struct Solver {
       std::swap(x, xn);
       std::swap(y, yn);
       if (check) {
-        const T err = T(0.5 * (rel(n, ma, [&](int64_t i) { return double(x[i]) * double(ha[i]); },
+        const T err = T(0.5 * (rel(n, ma, [&](int64_t i) { return std::log(double(x[i])) + double(lu[i]) - double(sa[i]); },
                                    [&](int64_t i) { return double(pu[i]); }) +
-                               rel(m, mb, [&](int64_t j) { return double(y[j]) * double(hb[j]); },
+                               rel(m, mb, [&](int64_t j) { return std::log(double(y[j])) + double(lv[j]) - double(sb[j]); },
                                    [&](int64_t j) { return double(pv[j]); })));
         const double L = rounding_scale([&](int64_t i) { return double(lu[i]) + std::log(double(x[i])); },
                                         [&](int64_t j) { return double(lv[j]) + std::log(double(y[j])); },

@@ -171,16 +171,18 @@ __device__ void tile_col_lse(const T* K2, const T* lu, T umax, const T* kc, T* o
 
 // POT's unbalanced stop quantity for one scaling vector: max|u - u'| / max(|u|, |u'|, 1).
 template <typename T> __device__ T rel_change(const T* x, const T* px, const T* sref, int len, T* red) {
-  T nu = 0, nd = 0;
+  // from log u = x - sref shifted by S = max(0, max log u, max log u'): the denominator is then
+  // exactly 1, and u (which overflows float32 once the potentials pass ~88) is never formed
+  T S = 0;
+  for (int i = threadIdx.x; i < len; i += blockDim.x)
+    if (x[i] != neg_inf<T>()) S = max(S, max(x[i] - sref[i], px[i] - sref[i]));
+  S = block_max(S, red);
+  T nu = 0;
   for (int i = threadIdx.x; i < len; i += blockDim.x) {
     if (x[i] == neg_inf<T>()) continue;  // masked entry
-    const T u = gexp(x[i] - sref[i]), up = gexp(px[i] - sref[i]);
-    nu = max(nu, abs(u - up));
-    nd = max(nd, max(abs(u), abs(up)));
+    nu = max(nu, abs(gexp(x[i] - sref[i] - S) - gexp(px[i] - sref[i] - S)));
   }
-  nu = block_max(nu, red);
-  nd = block_max(nd, red);
-  return nu / max(nd, T(1));
+  return block_max(nu, red);
 }
 
 // err_history[k] = err (the last slot keeps the latest check once the history is full); returns k + 1.

@@ -70,11 +70,13 @@ def _lse_vec(x):
 
 @triton.jit
 def _rel_change(x, px, s, msk):
-    """POT's unbalanced stop quantity for one scaling vector (exp(x - s) vs exp(px - s))."""
-    u = tl.where(msk, tl.exp(tl.where(msk, x - s, 0.0)), 0.0)
-    up = tl.where(msk, tl.exp(tl.where(msk, px - s, 0.0)), 0.0)
-    den = tl.maximum(tl.maximum(tl.max(tl.abs(u), axis=0), tl.max(tl.abs(up), axis=0)), 1.0)
-    return tl.max(tl.abs(u - up), axis=0) / den
+    """POT's unbalanced stop quantity for one scaling vector, max|u - u'| / max(|u|, |u'|, 1) with
+    u = exp(x - s), u' = exp(px - s), from the logs shifted by S = max(0, max log u, max log u')
+    (the denominator is then exactly 1, and u cannot overflow)."""
+    lu = tl.where(msk, x - s, float("-inf"))
+    lp = tl.where(msk, px - s, float("-inf"))
+    S = tl.maximum(tl.maximum(tl.max(lu, axis=0), tl.max(lp, axis=0)), 0.0)
+    return tl.max(tl.where(msk, tl.abs(tl.exp(lu - S) - tl.exp(lp - S)), 0.0), axis=0)
 
 
 @triton.jit
