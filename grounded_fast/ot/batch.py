@@ -16,6 +16,10 @@ import torch
 from ..ops import BALANCED, entropic_ot
 from ..reference.entropic_ot import entropic_ot_reference
 from ._convert import Converter
+from ._pot import delegating as _delegating
+
+__all__ = ["solve_batch", "OTResult"]
+__getattr__, __dir__ = _delegating(__name__)  # other POT names: the installed POT's (see _pot)
 
 
 @dataclass

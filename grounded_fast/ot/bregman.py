@@ -14,6 +14,10 @@ import torch
 
 from ..ops import BALANCED, entropic_ot
 from ._common import check_reg, envelope_loss, err_list, prepare, print_verbose, solve, warn_not_converged
+from ._pot import delegating as _delegating
+
+__all__ = ["sinkhorn", "sinkhorn2", "sinkhorn_log", "sinkhorn_knopp"]
+__getattr__, __dir__ = _delegating(__name__)  # other POT names: the installed POT's (see _pot)
 
 _METHODS = ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized", "sinkhorn_epsilon_scaling")
 

@@ -11,6 +11,10 @@ import torch
 
 from ..ops import PARTIAL
 from ._common import check_reg, err_list, prepare, print_verbose, solve
+from ._pot import delegating as _delegating
+
+__all__ = ["entropic_partial_wasserstein", "entropic_partial_wasserstein_logscale"]
+__getattr__, __dir__ = _delegating(__name__)  # other POT names: the installed POT's (see _pot)
 
 
 def entropic_partial_wasserstein(a, b, M, reg, m=None, method="sinkhorn", numItermax=1000, stopThr=1e-100,

@@ -13,6 +13,10 @@ import torch
 
 from ..ops import UNBALANCED
 from ._common import check_reg, err_list, prepare, print_verbose, solve
+from ._pot import delegating as _delegating
+
+__all__ = ["sinkhorn_unbalanced", "sinkhorn_unbalanced2"]
+__getattr__, __dir__ = _delegating(__name__)  # other POT names: the installed POT's (see _pot)
 
 _METHODS = ("sinkhorn", "sinkhorn_stabilized", "sinkhorn_reg_scaling", "sinkhorn_translation_invariant")
 
