@@ -37,19 +37,23 @@ def err_list(conv: Converter, hist: torch.Tensor) -> list:
     return [v for v in h] if conv.torch_in else [float(v) for v in h.cpu()]
 
 
-def print_verbose(hist: torch.Tensor, every: int) -> None:
+def print_verbose(hist: torch.Tensor, every: int, header_every: int = 200) -> None:
+    """POT's verbose table of the stop criterion (checked every ``every`` iterations)."""
     h = hist[hist >= 0].tolist()
     for k, e in enumerate(h):
         it = k * every
-        if it % 200 == 0:
+        if it % header_every == 0:
             print("{:5s}|{:12s}".format("It.", "Err") + "\n" + "-" * 19)
         print("{:5d}|{:8e}|".format(it, e))
 
 
+NOT_CONVERGED = ("Sinkhorn did not converge. You might want to increase the number of iterations "
+                 "`numItermax` or the regularization parameter `reg`.")  # POT's words
+
+
 def warn_not_converged(sol: OTSolution, warn: bool) -> None:
     if warn and (sol.status == 1).any():
-        warnings.warn("Sinkhorn did not converge. You might want to increase the number of iterations "
-                      "`numItermax` or the regularization parameter `reg`.", UserWarning, stacklevel=3)
+        warnings.warn(NOT_CONVERGED, UserWarning, stacklevel=3)
 
 
 def envelope_loss(sol: OTSolution) -> torch.Tensor:

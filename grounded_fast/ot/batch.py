@@ -8,34 +8,16 @@ iteration, as POT).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 
 from ..ops import BALANCED, entropic_ot
 from ..reference.entropic_ot import entropic_ot_reference
 from ._convert import Converter
 from ._pot import delegating as _delegating
+from .utils import OTResult
 
 __all__ = ["solve_batch", "OTResult"]
 __getattr__, __dir__ = _delegating(__name__)  # other POT names: the installed POT's (see _pot)
-
-
-@dataclass
-class OTResult:
-    """Subset of POT's ``OTResult``: value, value_linear, plan, potentials, log."""
-
-    value: Any = None
-    value_linear: Any = None
-    plan: Any = None
-    potentials: Any = None
-    log: dict = field(default_factory=dict)
-    status: Any = None
-
-    @property
-    def n_iter(self):
-        return self.log.get("n_iter")
 
 
 def solve_batch(M, reg=None, a=None, b=None, max_iter=1000, tol=1e-5, method="auto", inner_iter=1,

@@ -65,21 +65,33 @@ def _solve(a, b, M, reg, reg_m, reg_type, c, warmstart, numItermax, stopThr, ver
     return conv, a, b, M, reg, r1, r2, sol
 
 
-def _log(conv, a, b, M, reg, r1, r2, reg_type, sol):
-    plan = sol.plan[0]
+def pot_scalings(sol, a, b, reg_type):
+    """POT's log['logu'], log['logv'] (n,), (m,) from the op's solution of one problem."""
     kl = reg_type.lower() == "kl"
     sa = torch.log(a) if kl else torch.zeros_like(a)
     sb = torch.log(b) if kl else torch.zeros_like(b)
     logu = torch.log(torch.exp(sol.log_u[0] - sa).nan_to_num(0.0) + 1e-300)
     logv = torch.log(torch.exp(sol.log_v[0] - sb).nan_to_num(0.0) + 1e-300)
+    return logu, logv
+
+
+def pot_costs(plan, M, a, b, reg, r1, r2, reg_type):
+    """POT's log['cost'] <P, M> and log['total_cost'] for plan (n, m) (differentiable)."""
+    kl = reg_type.lower() == "kl"
+    ref = a[:, None] * b[None, :] if kl else torch.ones_like(plan)
+    cost = (plan * M).sum()
+    total = cost + reg * _kl(plan, ref)
+    if not math.isinf(r1):
+        total = total + r1 * _kl(plan.sum(1), a)
+    if not math.isinf(r2):
+        total = total + r2 * _kl(plan.sum(0), b)
+    return cost, total
+
+
+def _log(conv, a, b, M, reg, r1, r2, reg_type, sol):
+    logu, logv = pot_scalings(sol, a, b, reg_type)
     with torch.no_grad():
-        ref = a[:, None] * b[None, :] if kl else torch.ones_like(plan)
-        cost = (plan * M).sum()
-        total = cost + reg * _kl(plan, ref)
-        if not math.isinf(r1):
-            total = total + r1 * _kl(plan.sum(1), a)
-        if not math.isinf(r2):
-            total = total + r2 * _kl(plan.sum(0), b)
+        cost, total = pot_costs(sol.plan[0], M, a, b, reg, r1, r2, reg_type)
     return {"err": err_list(conv, sol.err_history[0]), "logu": conv.out(logu), "logv": conv.out(logv),
             "cost": conv.out(cost), "total_cost": conv.out(total)}
 
