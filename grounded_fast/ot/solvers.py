@@ -132,16 +132,15 @@ def _balanced(M, a, b, reg, reg_type, max_iter, tol, verbose, grad, backend):
 def _unbalanced_kl(M, a, b, reg, unbalanced, max_iter, tol, verbose, potentials_init, backend):
     """POT's KL-unbalanced entropic branch (sinkhorn_knopp_unbalanced, reference a b^T)."""
     mode = "autodiff" if _needs_grad(M, a, b) else "envelope"
-    conv, a, b, M, reg, r1, r2, sol = _unbalanced._solve(
-        [] if a is None else a, [] if b is None else b, M, reg, unbalanced, "kl", None, potentials_init,
-        1000 if max_iter is None else max_iter, 1e-9 if tol is None else tol, verbose, "sinkhorn",
-        {"backend": backend, "grad": mode}, log=False)
-    plan = sol.plan[0]
-    logu, logv = _unbalanced.pot_scalings(sol, a, b, "kl")
-    value_linear, value = _unbalanced.pot_costs(plan, M, a, b, reg, r1, r2, "kl")
-    out = conv.out
-    return OTResult(potentials=(out(logu), out(logv)), value=out(value), value_linear=out(value_linear),
-                    plan=out(plan))
+    pb = _unbalanced._Problem(
+        [] if a is None else a, [] if b is None else b, M, reg, unbalanced, "sinkhorn", "kl", None, potentials_init,
+        1000 if max_iter is None else max_iter, 1e-9 if tol is None else tol, verbose, False,
+        {"backend": backend, "grad": mode})
+    lg = pb.log()  # POT's logu, logv, in the user's array type
+    value_linear, value = pb.costs()
+    out = pb.conv.out
+    return OTResult(potentials=(lg["logu"], lg["logv"]), value=out(value), value_linear=out(value_linear),
+                    plan=out(pb.plan()))
 
 
 def solve(M, a=None, b=None, reg=None, c=None, reg_type="KL", unbalanced=None, unbalanced_type="KL", method=None,
