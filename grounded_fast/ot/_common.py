@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
+import numpy as np
 import torch
 
 from ..ops import OTSolution, entropic_ot
@@ -78,3 +80,44 @@ def check_reg(reg) -> float:
     if not isinstance(reg, (int, float)) or not math.isfinite(reg) or reg <= 0:
         raise ValueError(f"reg must be a finite number > 0, got {reg!r}")
     return float(reg)
+
+
+_ZERO_REG_M = 2.0 ** -100   # reg_m = 0 is handed to the op as this times reg: fi = reg_m / (reg_m + reg) ~ 1e-30
+
+
+def reg_m_pair(reg_m, name: str = "reg_m") -> tuple[float, float]:
+    """POT's marginal relaxation: a number (both sides) or 1 or 2 entries (tuple, list, numpy
+    array, torch tensor). Returns (reg_m1, reg_m2), each >= 0 or inf."""
+    if isinstance(reg_m, torch.Tensor):
+        if reg_m.requires_grad:
+            raise NotImplementedError(f"gradients with respect to {name} are not supported; pass a number")
+        if reg_m.dim() > 1:
+            raise ValueError(f"{name} must be a number or have 1 or 2 entries, got shape {tuple(reg_m.shape)}")
+        vals = reg_m.detach().cpu().reshape(-1).tolist()
+    elif isinstance(reg_m, np.ndarray):
+        if reg_m.ndim > 1:
+            raise ValueError(f"{name} must be a number or have 1 or 2 entries, got shape {reg_m.shape}")
+        vals = reg_m.reshape(-1).tolist()
+    elif isinstance(reg_m, (tuple, list)):
+        vals = list(reg_m)
+    else:
+        vals = [reg_m]
+    if len(vals) not in (1, 2):
+        raise ValueError(f"{name} must be a number or have 1 or 2 entries, got {len(vals)}")
+    out = []
+    for v in vals:
+        if isinstance(v, torch.Tensor) and v.dim() == 0:
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.generic)):
+            raise TypeError(f"{name} entries must be numbers, got {type(v).__name__}")
+        v = float(v)
+        if math.isnan(v) or v < 0:
+            raise ValueError(f"{name} must be >= 0 (or inf), got {reg_m!r}")
+        out.append(v)
+    return (out[0], out[-1])
+
+
+def op_reg_m(r: float, reg: float) -> float:
+    """The op's penalty for POT's reg_m: the op needs > 0, and a penalty 2^-100 reg iterates as 0
+    (fi = 0 in every digit, POT's u = 1)."""
+    return r if r > 0 else _ZERO_REG_M * reg

@@ -19,7 +19,6 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import inspect
 import sys
 import threading
 import types

@@ -41,10 +41,9 @@ import torch
 
 from ..ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
 from ..reference.entropic_ot import unbalanced_value
-from ._common import check_reg
+from ._common import check_reg, op_reg_m, reg_m_pair
 from ._convert import Converter
 from ._pot import delegating as _delegating
-from .unbalanced import op_reg_m, reg_m_pair
 from .utils import OTResult
 
 __all__ = ["solve_batch", "OTResult"]

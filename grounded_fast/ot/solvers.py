@@ -36,6 +36,10 @@ from ..ops import BALANCED, entropic_ot
 from . import unbalanced as _unbalanced
 from ._common import check_reg, prepare, print_verbose, warn_not_converged
 from .utils import OTResult
+from ._pot import delegating as _delegating
+
+__all__ = ["solve"]
+__getattr__, __dir__ = _delegating(__name__)  # other POT names: the installed POT's (see _pot)
 
 _VALID_METHODS = ["sinkhorn", "sinkhorn_log", "mm", "lbfgsb"]  # POT's lst_valid_methods_solve
 _GRADS = ("autodiff", "envelope", "detach", "last_step")

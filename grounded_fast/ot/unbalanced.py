@@ -42,14 +42,12 @@ Deliberate differences from POT:
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
-import numpy as np
 import torch
 
 from ..ops import UNBALANCED, entropic_ot
-from ._common import check_reg, err_list, prepare, print_verbose, solve
+from ._common import check_reg, err_list, op_reg_m, prepare, print_verbose, reg_m_pair, solve
 from ._convert import Converter
 from ._pot import delegating as _delegating
 
@@ -60,52 +58,13 @@ __getattr__, __dir__ = _delegating(__name__)  # other POT names: the installed P
 _METHODS = ("sinkhorn", "sinkhorn_stabilized", "sinkhorn_reg_scaling", "sinkhorn_translation_invariant")
 _IGNORED_KWARGS = ("tau",)  # POT's stabilisation threshold: the kernel absorbs on its own
 _FORBIDDEN = 1e30           # folded cost where c = 0, in units of reg (capped below the dtype's max)
-_ZERO_REG_M = 2.0 ** -100   # reg_m = 0 is handed to the op as this times reg: fi = reg_m / (reg_m + reg) ~ 1e-30
-
-
-def reg_m_pair(reg_m, name: str = "reg_m") -> tuple[float, float]:
-    """POT's marginal relaxation: a number (both sides) or 1 or 2 entries (tuple, list, numpy
-    array, torch tensor). Returns (reg_m1, reg_m2), each >= 0 or inf."""
-    if isinstance(reg_m, torch.Tensor):
-        if reg_m.requires_grad:
-            raise NotImplementedError(f"gradients with respect to {name} are not supported; pass a number")
-        if reg_m.dim() > 1:
-            raise ValueError(f"{name} must be a number or have 1 or 2 entries, got shape {tuple(reg_m.shape)}")
-        vals = reg_m.detach().cpu().reshape(-1).tolist()
-    elif isinstance(reg_m, np.ndarray):
-        if reg_m.ndim > 1:
-            raise ValueError(f"{name} must be a number or have 1 or 2 entries, got shape {reg_m.shape}")
-        vals = reg_m.reshape(-1).tolist()
-    elif isinstance(reg_m, (tuple, list)):
-        vals = list(reg_m)
-    else:
-        vals = [reg_m]
-    if len(vals) not in (1, 2):
-        raise ValueError(f"{name} must be a number or have 1 or 2 entries, got {len(vals)}")
-    out = []
-    for v in vals:
-        if isinstance(v, torch.Tensor) and v.dim() == 0:
-            v = v.item()
-        if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.generic)):
-            raise TypeError(f"{name} entries must be numbers, got {type(v).__name__}")
-        v = float(v)
-        if math.isnan(v) or v < 0:
-            raise ValueError(f"{name} must be >= 0 (or inf), got {reg_m!r}")
-        out.append(v)
-    return (out[0], out[-1])
-
-
-def op_reg_m(r: float, reg: float) -> float:
-    """The op's penalty for POT's reg_m: the op needs > 0, and a penalty 2^-100 reg iterates as 0
-    (fi = 0 in every digit, POT's u = 1)."""
-    return r if r > 0 else _ZERO_REG_M * reg
 
 
 def _safe_log(x):  # log x where x > 0 (0 elsewhere), with finite gradients
     return torch.log(torch.where(x > 0, x, torch.ones_like(x)))
 
 
-def fold_reference(M: torch.Tensor, c: torch.Tensor, reg: float):
+def _fold_reference(M: torch.Tensor, c: torch.Tensor, reg: float):
     """Fold a reference measure c (n, m) >= 0 into the cost: M - reg log c where c > 0, a sentinel
     cost where c = 0 (its plan entry underflows to 0). Returns (cost (n, m), rows (n,), cols (m,)),
     rows / cols False where c's row / column is all zero (solved as zero weights)."""
@@ -168,7 +127,7 @@ class _Problem:
                 raise ValueError(f"c must have the shape of M {(n, m)}, got {tuple(c.shape)}")
             if not bool(torch.isfinite(c).all()) or bool((c < 0).any()):
                 raise ValueError("c (the reference measure) must be finite and >= 0")
-            cost, rows, cols = fold_reference(M, c, reg)
+            cost, rows, cols = _fold_reference(M, c, reg)
             a_s, b_s = torch.where(rows, a, 0), torch.where(cols, b, 0)
             self.c, kl_ref = c, False
         self.kl_ref = kl_ref

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import torch
 
+from ._pot import delegating as _delegating
+
+__all__ = ["OTResult"]
+__getattr__, __dir__ = _delegating(__name__)  # other POT names: the installed POT's (see _pot)
+
 
 class OTResult:
     """The attributes of POT 0.9.7's ``ot.utils.OTResult`` (read-only properties): ``value``,
