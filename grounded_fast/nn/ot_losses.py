@@ -109,6 +109,8 @@ class SinkhornLoss(_OTLoss):
     def __init__(self, reg: float = 0.05, cost: Optional[str] = "sqeuclidean", reg_m: Optional[float] = None,
                  **kw):
         super().__init__(reg, cost, **kw)
+        if reg_m is not None and not (isinstance(reg_m, (int, float)) and not isinstance(reg_m, bool) and reg_m > 0):
+            raise ValueError(f"reg_m must be a number > 0 (inf for a hard marginal) or None, got {reg_m!r}")
         self.reg_m = reg_m
         if reg_m is not None:
             self.problem = UNBALANCED

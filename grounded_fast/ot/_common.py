@@ -30,6 +30,9 @@ def prepare(a, b, M):
         raise ValueError(f"a must have shape ({n},) to match M {tuple(M.shape)}, got {tuple(a.shape)}")
     if b.dim() not in (1, 2) or b.shape[0] != m:
         raise ValueError(f"b must have shape ({m},) or ({m}, k) to match M {tuple(M.shape)}, got {tuple(b.shape)}")
+    for name, w in (("a", a), ("b", b)):  # one problem: an all-zero histogram is no problem at all
+        if bool((w.sum(0) == 0).any()):
+            raise ValueError(f"{name} (the {'source' if name == 'a' else 'target'} weights) sums to 0")
     return conv, a, b, M
 
 
