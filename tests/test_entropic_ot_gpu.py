@@ -35,11 +35,19 @@ def _solver(backend, features=False):
     return entropic_ot_triton
 
 
-def _assert_outputs(names, out, ref, dtype, rtol, atol):
+# float32 partial OT: its stop quantity, the log plan's change, rounds to ~1e-5 x sqrt(n m) (the
+# history's values there are rounding noise), so tol sits above it and the history gets this atol
+F32_PARTIAL_TOL, F32_PARTIAL_HIST_ATOL = 1e-3, 2e-3
+
+
+def _assert_outputs(names, out, ref, dtype, rtol, atol, hist_atol=None):
     """Solver outputs against the reference's: counts and status exactly; potentials where finite
-    (same finite pattern; float32 atol at least 1e-4); the rest within rtol / atol."""
+    (same finite pattern; float32 atol at least 1e-4); err_history within rtol / ``hist_atol``
+    (default atol); the rest within rtol / atol."""
     for nm, o, r in zip(names, out, ref):
-        if nm in ("n_iter", "status"):
+        if nm == "err_history" and hist_atol is not None:
+            assert_close(o.cpu(), r.cpu(), rtol=rtol, atol=hist_atol, name=nm)
+        elif nm in ("n_iter", "status"):
             assert torch.equal(o.cpu(), r.cpu()), f"{nm}: {o.tolist()} != {r.tolist()}"
         elif nm in ("log_u", "log_v"):
             fin = torch.isfinite(r)
@@ -65,13 +73,16 @@ def test_gpu_backend_matches_reference(backend, regime, case, dtype, shape):
     problem, (ra, rb), kl_ref = CASES[case]
     mass = torch.full((B,), 0.6, dtype=dtype) if problem == PARTIAL else torch.zeros(B, dtype=dtype)
     args = [t.cuda() for t in (C, a, b, mass, torch.zeros(B, n, dtype=dtype), torch.zeros(B, m, dtype=dtype))]
-    args += [problem, 0.1, ra, rb, kl_ref, 60, 1e-9 if dtype == torch.float64 else 1e-6, 5]
+    f32_partial = dtype == torch.float32 and problem == PARTIAL
+    args += [problem, 0.1, ra, rb, kl_ref, 60, 1e-9 if dtype == torch.float64 else
+             (F32_PARTIAL_TOL if f32_partial else 1e-6), 5]
     if regime == "small" and backend == "triton" and not __import__(
             "grounded_fast.triton_kernels.ot.sinkhorn_small", fromlist=["fits"]).fits(n, m):
         pytest.skip("tile too large for the Triton persistent kernel")
     out = solve(*args, regime=regime)
     ref = entropic_ot_reference(*args)
-    _assert_outputs(NAMES, out, ref, dtype, *((1e-9, 1e-12) if dtype == torch.float64 else (2e-4, 1e-5)))
+    _assert_outputs(NAMES, out, ref, dtype, *((1e-9, 1e-12) if dtype == torch.float64 else (2e-4, 1e-5)),
+                    hist_atol=F32_PARTIAL_HIST_ATOL if f32_partial else None)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -120,11 +131,14 @@ def test_gpu_features_backend_matches_reference(backend, case, cost, dtype, shap
     mass = torch.full((B,), kw.get("mass", 0.0), dtype=dtype, device="cuda")
     ra, rb = kw.get("reg_m", (math.inf, math.inf))
     reg = 0.3 if cost == "sqeuclidean" else 0.1
+    f32_partial = dtype == torch.float32 and problem == PARTIAL
     args = [x, y, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), cost_code(cost), problem, reg, ra, rb, True,
-            60, 1e-9 if dtype == torch.float64 else 1e-5, 5]  # float32: a tol well above rounding, so n_iter is stable
+            60, 1e-9 if dtype == torch.float64 else (F32_PARTIAL_TOL if f32_partial else 1e-5),
+            5]  # float32: a tol well above rounding, so n_iter is stable
     out, ref = solve(*args), entropic_ot_features_reference(*args)
     names = ("log_u", "log_v", "log_scale", "value", "value_linear", "n_iter", "status", "err_history")
-    _assert_outputs(names, out, ref, dtype, *((1e-9, 1e-12) if dtype == torch.float64 else (5e-4, 2e-5)))
+    _assert_outputs(names, out, ref, dtype, *((1e-9, 1e-12) if dtype == torch.float64 else (5e-4, 2e-5)),
+                    hist_atol=F32_PARTIAL_HIST_ATOL if f32_partial else None)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -212,9 +226,11 @@ def test_gpu_cuda_persistent_kernel_exact_fallback(case, dtype):
     problem, (ra, rb), kl_ref = CASES[case]
     mass = torch.full((B,), 0.6, dtype=dtype) if problem == PARTIAL else torch.zeros(B, dtype=dtype)
     args = [t.cuda() for t in (C, a, b, mass, torch.zeros(B, n, dtype=dtype), torch.zeros(B, m, dtype=dtype))]
-    args += [problem, 0.1, ra, rb, kl_ref, 80, 1e-9 if dtype == torch.float64 else 1e-6, 5]
+    f32_partial = dtype == torch.float32 and problem == PARTIAL
+    args += [problem, 0.1, ra, rb, kl_ref, 80, 1e-9 if dtype == torch.float64 else (1e-2 if f32_partial else 1e-6), 5]
     _assert_outputs(NAMES, solve(*args, regime="small"), entropic_ot_reference(*args), dtype,
-                    *((1e-9, 1e-12) if dtype == torch.float64 else (2e-4, 1e-5)))
+                    *((1e-9, 1e-12) if dtype == torch.float64 else (2e-4, 1e-5)),
+                    hist_atol=F32_PARTIAL_HIST_ATOL if f32_partial else None)
 
 
 FUSED_SHAPES = [(3, 13, 29), (2, 300, 64), (2, 70, 2049), (1, 150, 4100), (2, 130, 8192)]

@@ -71,7 +71,8 @@ def test_partial_stable_where_pot_is_nan(rng):
     with np.errstate(all="ignore"):  # POT prints "numerical errors" and returns NaN
         P_pot = pot.partial.entropic_partial_wasserstein(a, b, M, 0.01, m=0.5)
     assert not np.isfinite(P_pot).all()  # POT's exp-domain solver breaks down
-    P = ot.partial.entropic_partial_wasserstein(a, b, M, 0.01, m=0.5)
+    with pytest.warns(UserWarning, match="did not converge"):  # 1000 iterations are not enough here (nor for POT)
+        P = ot.partial.entropic_partial_wasserstein(a, b, M, 0.01, m=0.5)
     assert np.isfinite(P).all() and P.sum() == pytest.approx(0.5, rel=1e-9)
     P_log = pot.partial.entropic_partial_wasserstein(a, b, M, 0.01, m=0.5, method="sinkhorn_log")
     assert_close(P, P_log, rtol=1e-6, atol=1e-12)
@@ -153,3 +154,79 @@ def test_unbalanced2_total_cost_torch(rng):
     tot = ot.unbalanced.sinkhorn_unbalanced2(torch.tensor(a), torch.tensor(b), torch.tensor(M), 0.1, 1.0,
                                              returnCost="total")
     assert isinstance(tot, torch.Tensor) and float(tot) == pytest.approx(l1["total_cost"], rel=1e-8)
+
+
+def test_partial_logscale_matches_pot_log_domain(rng):
+    """method='sinkhorn_log' / entropic_partial_wasserstein_logscale: POT's log-domain solver's plan,
+    distance and stop quantity, check for check (both measure ||log P - log P_prev||_F)."""
+    a, b, M = _problem(rng, scale=5.0)
+    b = b * 1.3
+    for reg in (0.1, 0.01):
+        P1, l1 = pot.partial.entropic_partial_wasserstein_logscale(a, b, M, reg, m=0.6, log=True)
+        P2, l2 = ot.partial.entropic_partial_wasserstein_logscale(a, b, M, reg, m=0.6, log=True)
+        P3, l3 = ot.partial.entropic_partial_wasserstein(a, b, M, reg, m=0.6, method="sinkhorn_log", log=True)
+        assert_close(P2, P1, rtol=1e-8, atol=1e-14, name=f"plan {reg}")
+        assert_close(P3, P2, rtol=0, atol=0, name="same solver")
+        assert l2["partial_w_dist"] == pytest.approx(l1["partial_w_dist"], rel=1e-9)
+        k = min(len(l1["err"]), len(l2["err"]))
+        big = [i for i in range(k) if l1["err"][i] > 1e-9]  # above the rounding level
+        assert_close(np.array(l2["err"])[big], np.array(l1["err"])[big], rtol=1e-6, atol=1e-12, name=f"err {reg}")
+        assert len(l2["err"]) <= len(l1["err"]) + 1  # ours also stops at the rounding floor
+
+
+def test_partial_distance_gradients(rng):
+    """log['partial_w_dist'] with torch inputs that require grad: envelope gradients of the
+    regularised objective (dM = P, da = reg log_u, db = reg log_v) by default, POT's unrolled
+    gradient of <P, M> with grad='autodiff' (checked against POT's torch autodiff)."""
+    a, b, M = _problem(rng, n=7, m=9)
+    b = b * 1.5
+
+    def leaves():
+        return [torch.tensor(x, requires_grad=True) for x in (a, b, M)]
+
+    ta, tb, tM = leaves()
+    P, lg = ot.partial.entropic_partial_wasserstein(ta, tb, tM, 0.2, m=0.5, log=True, stopThr=1e-14)
+    lg["partial_w_dist"].backward()
+    assert_close(tM.grad, P.detach(), rtol=1e-12, atol=1e-15, name="dM = P")
+    assert ta.grad is not None and tb.grad is not None and bool((ta.grad <= 1e-12).all())  # multipliers <= 0
+    # the envelope gradient is the regularised objective's: check dM against finite differences of it
+    def objective(Mx):
+        with torch.no_grad():
+            Px = ot.partial.entropic_partial_wasserstein(torch.tensor(a), torch.tensor(b), Mx, 0.2, m=0.5, stopThr=1e-14)
+            return float((Px * Mx).sum() + 0.2 * (Px * torch.log(Px)).sum())
+    E = torch.zeros_like(tM)
+    E[2, 3] = 1e-6
+    fd = (objective(tM.detach() + E) - objective(tM.detach() - E)) / 2e-6
+    assert fd == pytest.approx(float(tM.grad[2, 3]), rel=1e-5)
+    ta, tb, tM = leaves()
+    _, lg = ot.partial.entropic_partial_wasserstein(ta, tb, tM, 0.2, m=0.5, log=True, grad="autodiff", numItermax=200)
+    lg["partial_w_dist"].backward()
+    pa, pb, pM = leaves()
+    _, lp = pot.partial.entropic_partial_wasserstein(pa, pb, pM, 0.2, m=0.5, log=True, numItermax=200)
+    lp["partial_w_dist"].backward()
+    for name, x, y in (("M", tM, pM), ("a", ta, pa), ("b", tb, pb)):
+        assert_close(x.grad, y.grad, rtol=1e-6, atol=1e-9, name=f"autodiff d{name}")
+
+
+def test_partial_batch_extension_matches_single_problems(rng):
+    """M (B, n, m) with a (B, n), b (B, m), m (B,): each problem as solved alone; zero weights pad."""
+    probs = [_problem(rng, n=11, m=13) for _ in range(3)]
+    A = np.stack([p[0] for p in probs])
+    Bw = np.stack([p[1] * 1.2 for p in probs])
+    Ms = np.stack([p[2] for p in probs])
+    A[1, -2:] = 0  # padding
+    A[1] /= A[1].sum()
+    masses = np.array([0.3, 0.5, 0.9])
+    P, lg = ot.partial.entropic_partial_wasserstein(A, Bw, Ms, 0.1, m=masses, log=True)
+    assert P.shape == (3, 11, 13) and lg["partial_w_dist"].shape == (3,) and len(lg["err"]) == 3
+    assert np.all(P[1, -2:] == 0)
+    for k in range(3):
+        Pk, lk = ot.partial.entropic_partial_wasserstein(A[k], Bw[k], Ms[k], 0.1, m=masses[k], log=True)
+        assert_close(P[k], Pk, rtol=1e-9, atol=1e-15, name=f"problem {k}")
+        assert lg["partial_w_dist"][k] == pytest.approx(lk["partial_w_dist"], rel=1e-9)
+        P_pot = pot.partial.entropic_partial_wasserstein(A[k][A[k] > 0], Bw[k], Ms[k][A[k] > 0], 0.1, m=masses[k])
+        assert_close(P[k][A[k] > 0], P_pot, rtol=1e-6, atol=1e-12, name=f"POT {k}")
+    with pytest.raises(ValueError, match="m must be a number or have shape"):
+        ot.partial.entropic_partial_wasserstein(A, Bw, Ms, 0.1, m=np.ones(2) * 0.3)
+    with pytest.raises(ValueError, match="a must have shape"):
+        ot.partial.entropic_partial_wasserstein(A[0], Bw, Ms, 0.1)
