@@ -47,11 +47,15 @@ def _args(B, n, m, case, dtype, max_iter, check_every=5, pad=True, seed=0, warm=
     return (*tensors, problem, 0.1, ra, rb, kl_ref, max_iter, tol, check_every)
 
 
-def _compare(out, ref, dtype, name=""):
+def _compare(out, ref, dtype, name="", partial=False):
+    """Outputs against the reference's; float32 partial OT's err_history (its log-plan change, which
+    rounds to ~1e-5 sqrt(n m)) within 2e-3."""
     rtol, atol = (TOL[dtype]["rtol"], TOL[dtype]["atol"]) if dtype == torch.float64 else (2e-4, 1e-5)
     for nm, o, r in zip(NAMES, out, ref):
         o, r = o.cpu(), r.cpu()
-        if nm in ("n_iter", "status"):
+        if nm == "err_history" and partial and dtype == torch.float32:
+            assert_close(o, r, rtol=rtol, atol=2e-3, name=f"{name} {nm}")
+        elif nm in ("n_iter", "status"):
             assert torch.equal(o, r), f"{name} {nm}: {o.tolist()} != {r.tolist()}"
         elif nm in ("log_u", "log_v"):
             fin = torch.isfinite(r)
@@ -70,7 +74,7 @@ def test_triton_matches_reference(regime, case, dtype):
     args = _args(3, 13, 29, case, dtype, max_iter=40 if regime == "small" else 25)
     out = entropic_ot_triton(*args, regime=regime)
     ref = entropic_ot_reference(*args)
-    _compare(out, ref, dtype, f"{regime}/{case}")
+    _compare(out, ref, dtype, f"{regime}/{case}", partial=case == "partial")
 
 
 @pytest.mark.parametrize("regime", ["small", "stream"])
@@ -279,7 +283,8 @@ def test_fused_regime_matches_reference(dtype, kernel, case, shape, programs, mo
     # the other kinds converge more slowly: a fixed budget of iterations (the interpreter is slow)
     args = _args(B, n, m, case, dtype, max_iter=400 if case == "balanced" else 30, check_every=2, warm=True)
     if case != "balanced" and dtype == torch.float32:  # their regrouped row updates round otherwise, and a
-        args = (*args[:12], 1e-5, *args[13:])  # stop test at 1e-6 is then at float32's noise
+        args = (*args[:12], 1e-3 if case == "partial" else 1e-5, *args[13:])  # stop test at 1e-6 is then at
+        # float32's noise (partial OT's log-plan change: ~1e-5 sqrt(n m))
     if B > 1 and m > 2:  # the problems converge at different paces: one retires while the other runs on
         b = args[2]
         b[1] = b[1] * torch.linspace(0.05, 3.0, m, dtype=b.dtype, device=b.device)
@@ -287,7 +292,7 @@ def test_fused_regime_matches_reference(dtype, kernel, case, shape, programs, mo
     out = entropic_ot_triton(*args, regime="fused")
     if B > 1 and m > 2 and dtype == torch.float64 and case == "balanced":
         assert len(set(out[6].tolist())) > 1 and int(out[6].max()) < 400, out[6].tolist()
-    _compare(out, entropic_ot_reference(*args), dtype, f"fused {shape}")
+    _compare(out, entropic_ot_reference(*args), dtype, f"fused {shape}", partial=case == "partial")
     direct = sinkhorn_fused(*args[:3], args[3], args[4], args[5], *args[6:], programs=programs)
     stream = entropic_ot_triton(*args, regime="stream")
     for name, x, y in zip(("log_u", "log_v", "log_scale", "n_iter", "status", "err_history"), direct,
@@ -298,8 +303,9 @@ def test_fused_regime_matches_reference(dtype, kernel, case, shape, programs, mo
             continue
         fin = torch.isfinite(y)
         assert torch.equal(torch.isfinite(x), fin), f"{name}: masks differ"
+        f32_hist = dtype == torch.float32 and case == "partial" and name == "err_history"  # see _compare
         assert_close(x[fin], y[fin], rtol=1e-10 if dtype == torch.float64 else 1e-4,
-                     atol=1e-12 if dtype == torch.float64 else 1e-5, name=name)
+                     atol=1e-12 if dtype == torch.float64 else (2e-3 if f32_hist else 1e-5), name=name)
     assert set(launched) == {"_row_then_col" if kernel == "l2" else "_resident_rows"}, launched
 
 

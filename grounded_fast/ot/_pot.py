@@ -264,11 +264,7 @@ def patch_pot() -> PotPatch:
             if by_original.setdefault(id(orig), (orig, ours))[1] is not ours or \
                     by_ours.setdefault(id(ours), (ours, orig))[1] is not orig:
                 raise RuntimeError(f"{path}: POT's function and grounded_fast's are not paired one to one")
-        for mod in _pot_modules():
-            for name, val in list(vars(mod).items()):
-                hit = by_original.get(id(val))
-                if hit is not None and hit[0] is val:
-                    setattr(mod, name, hit[1])
+        _swap(by_original)
         _PATCHED = by_ours
         return PotPatch(applied=True)
 
@@ -281,12 +277,18 @@ def unpatch_pot() -> None:
     with _LOCK:
         if _PATCHED is None:
             return
-        for mod in _pot_modules():
-            for name, val in list(vars(mod).items()):
-                hit = _PATCHED.get(id(val))
-                if hit is not None and hit[0] is val:
-                    setattr(mod, name, hit[1])
+        _swap(_PATCHED)
         _PATCHED = None
+
+
+def _swap(pairs: dict) -> None:
+    """In every loaded POT module, replace each attribute that is (by identity) the first object of a
+    pair in ``pairs`` ({id(obj): (obj, replacement)}) with its replacement."""
+    for mod in _pot_modules():
+        for name, val in list(vars(mod).items()):
+            hit = pairs.get(id(val))
+            if hit is not None and hit[0] is val:
+                setattr(mod, name, hit[1])
 
 
 def is_pot_patched() -> bool:
