@@ -19,6 +19,7 @@ import contextlib
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -213,30 +214,67 @@ def session_info():
 
 # ------------------------------------------------------------------------------ helpers
 IDLE_WAIT_S = float(os.environ.get("BENCH_IDLE_WAIT", "30"))
+RETRIES = int(os.environ.get("BENCH_RETRIES", "2"))
+CONTAMINATED = 0.10  # share of the CPUs taken by other processes above which a timing is measured again
+
+
+def _foreign(t0, t1) -> tuple[float, float]:
+    """(other processes' share, this process's share) of the machine's CPU time between two _ticks()."""
+    (b0, a0, o0), (b1, a1, o1) = t0, t1
+    return max(0.0, ((b1 - b0) - (o1 - o0)) / max(a1 - a0, 1)), (o1 - o0) / max(a1 - a0, 1)
 
 
 def run_bench(benchmark, fn, *, rounds: int, warmup_rounds: int = 1):
-    """benchmark.pedantic(fn, rounds, iterations=1, warmup_rounds); returns (fn's last output,
-    median seconds) and records the thread counts in force (``threads``). Before timing, waits up to BENCH_IDLE_WAIT seconds (default 30) for other
-    processes to leave the CPUs (< 10% busy over 1 s). Records in extra_info
-    ``foreign_cpu_fraction``: the share of the machine's CPU time used by *other* processes while
-    this benchmark ran (contamination indicator), and the idle wait."""
+    """Time ``fn``: ``rounds`` timed calls after ``warmup_rounds``; returns (fn's last output, median
+    seconds) and records in extra_info the thread counts in force (``threads``), the spread
+    (``min_s``, ``max_s``) and ``foreign_cpu_fraction``: the share of the machine's CPU time used by
+    *other* processes meanwhile. Before timing, waits up to BENCH_IDLE_WAIT seconds (default 30) for
+    the CPUs to be idle (< 10% busy over 1 s). A timing during which other processes took more than
+    10% is measured again, up to BENCH_RETRIES (default 2) more times; the least contaminated
+    attempt is kept (the first through pytest-benchmark's pedantic, later ones by the same loop
+    here: then ``timing`` holds the kept samples and bench/report.py uses them); every attempt's
+    figures are in ``attempts``."""
     box = {"threads": thread_state()}  # the pools' thread counts as the timed calls run
+    info = benchmark.extra_info
 
     def call():
         box["out"] = fn()
 
-    if IDLE_WAIT_S > 0:
-        benchmark.extra_info["idle_wait"] = throughput.wait_idle(IDLE_WAIT_S, window=1.0)
-    b0, t0, o0 = throughput._ticks()
-    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
-    b1, t1, o1 = throughput._ticks()
-    benchmark.extra_info["foreign_cpu_fraction"] = max(0.0, ((b1 - b0) - (o1 - o0)) / max(t1 - t0, 1))
-    benchmark.extra_info["own_cpu_fraction"] = (o1 - o0) / max(t1 - t0, 1)
-    benchmark.extra_info["min_s"] = benchmark.stats.stats.min
-    benchmark.extra_info["max_s"] = benchmark.stats.stats.max
-    benchmark.extra_info["threads"] = box["threads"]
-    return box.get("out"), benchmark.stats.stats.median
+    attempts = []
+    for k in range(1 + RETRIES):
+        wait = throughput.wait_idle(IDLE_WAIT_S, window=1.0) if IDLE_WAIT_S > 0 else None
+        t0 = throughput._ticks()
+        if k == 0:
+            benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+            st = benchmark.stats.stats
+            samples = None
+            med, lo, hi = st.median, st.min, st.max
+        else:
+            for _ in range(warmup_rounds):
+                call()
+            samples = []
+            for _ in range(rounds):
+                s = time.perf_counter()
+                call()
+                samples.append(time.perf_counter() - s)
+            med, lo, hi = statistics.median(samples), min(samples), max(samples)
+        foreign, own = _foreign(t0, throughput._ticks())
+        attempts.append({"median_s": med, "min_s": lo, "max_s": hi, "samples": samples, "foreign_cpu_fraction": foreign,
+                         "own_cpu_fraction": own, "idle_wait": wait})
+        if foreign <= CONTAMINATED:
+            break
+    best = min(attempts, key=lambda a: a["foreign_cpu_fraction"])
+    info["idle_wait"] = best["idle_wait"]
+    info["foreign_cpu_fraction"] = best["foreign_cpu_fraction"]
+    info["own_cpu_fraction"] = best["own_cpu_fraction"]
+    info["min_s"], info["max_s"] = best["min_s"], best["max_s"]
+    if best["samples"] is not None:  # not pytest-benchmark's own attempt
+        info["timing"] = {"min": best["min_s"], "max": best["max_s"], "median": best["median_s"],
+                          "rounds": len(best["samples"]), "samples": best["samples"]}
+    if len(attempts) > 1:
+        info["attempts"] = [{k: v for k, v in a.items() if k != "samples"} for a in attempts]
+    info["threads"] = box["threads"]
+    return box.get("out"), best["median_s"]
 
 
 def record(benchmark, registry, key: str, median: float, result, *, case: str, side: str, impl: str,

@@ -13,7 +13,9 @@
 # WAIT_IDLE=SECONDS (default 120) waits up to that long for the machine to be idle before starting
 # (the timings are sensitive to other processes on a 2-core machine; the wait's outcome is printed
 # and the run goes ahead either way); BENCH_IDLE_WAIT=SECONDS (default 30) does the same before each
-# benchmark. Extra arguments go to pytest. GeomLoss rows need `pip install geomloss==0.3.1`
+# benchmark; BENCH_RETRIES=K (default 2): a benchmark during which other processes took > 10% of the
+# CPU time is measured again up to K times, the least contaminated attempt kept. Extra arguments go
+# to pytest. GeomLoss rows need `pip install geomloss==0.3.1`
 # (skipped, with the reason, without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."

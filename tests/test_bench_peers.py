@@ -25,6 +25,18 @@ def _load(name, path):
     return mod
 
 
+class Bench:
+    """pytest-benchmark's fixture, as far as bench/conftest.py's run_bench uses it (1 s a round)."""
+
+    def __init__(self):
+        self.extra_info = {}
+        self.stats = type("S", (), {"stats": type("T", (), {"min": 1.0, "max": 1.0, "median": 1.0})})()
+
+    def pedantic(self, fn, rounds, iterations, warmup_rounds):
+        for _ in range(rounds + warmup_rounds):
+            fn()
+
+
 def test_ratios_below_one_print_as_such(capsys):
     assert [fmt_ratio(r) for r in (0.42, 0.0042, 1.0, 3.14159, 42.13, 2107.4)] == \
         ["0.42x", "0.0042x", "1.00x", "3.14x", "42.1x", "2107x"]
@@ -72,15 +84,6 @@ def test_bench_suite_pins_both_sides(monkeypatch):
     assert bc.THREADS == 1
     monkeypatch.setattr(bc, "IDLE_WAIT_S", 0)
 
-    class Bench:  # pytest-benchmark's fixture, as far as run_bench uses it
-        def __init__(self):
-            self.extra_info = {}
-            self.stats = type("S", (), {"stats": type("T", (), {"min": 1.0, "max": 1.0, "median": 1.0})})()
-
-        def pedantic(self, fn, rounds, iterations, warmup_rounds):
-            for _ in range(rounds + warmup_rounds):
-                fn()
-
     p = cases.points2d(16, seed=1)
     seen = {}
     with bc.session_threads(bc.THREADS):
@@ -91,6 +94,25 @@ def test_bench_suite_pins_both_sides(monkeypatch):
             assert set(b.extra_info["threads"].values()) == {1}, b.extra_info["threads"]
     assert set(seen["pot"].values()) == set(seen["ours"].values()) == {1}
     assert any(k.startswith("openblas") for k in seen["pot"])
+
+
+def test_bench_suite_measures_a_contaminated_row_again(monkeypatch):
+    """A row during which other processes took > 10% of the CPU time is timed again and the cleaner
+    attempt kept; a clean first attempt is not repeated."""
+    bc = _load("bench_conftest", os.path.join(BENCH, "conftest.py"))
+    monkeypatch.setattr(bc, "IDLE_WAIT_S", 0)
+    # /proc/stat ticks (busy, all, ours) before and after each attempt: 80% foreign, then 2%
+    ticks = iter([(0, 0, 0), (90, 100, 10), (0, 0, 0), (12, 100, 10)])
+    monkeypatch.setattr(bc.throughput, "_ticks", lambda: next(ticks))
+    b = Bench()
+    out, med = bc.run_bench(b, lambda: 7, rounds=3)
+    info = b.extra_info
+    assert out == 7 and med < 0.5 and info["timing"]["rounds"] == 3 and len(info["timing"]["samples"]) == 3
+    assert info["foreign_cpu_fraction"] == pytest.approx(0.02) and len(info["attempts"]) == 2
+    ticks = iter([(0, 0, 0), (12, 100, 10)])
+    b = Bench()
+    assert bc.run_bench(b, lambda: 7, rounds=3) == (7, 1.0) and "timing" not in b.extra_info
+    assert "attempts" not in b.extra_info
 
 
 def test_geomloss_wrapper_solves_our_problem():
@@ -133,7 +155,9 @@ def _raw(commit="0b528c6e08bd0000000000000000000000000000", date="2026-12-06 02:
                            bench("test_case4_balanced2048_pot[t32]", "case4/pot_t32", "peer", 1e-3, peer="POT",
                                  solver="sinkhorn (exp domain)", array="t32", array_label="torch f32"),
                            bench("test_case4_balanced2048_pot[np64]", "case4/pot_np64", "peer", 8e-3, peer="POT",
-                                 solver="sinkhorn (exp domain)", array="np64", array_label="numpy f64")],
+                                 solver="sinkhorn (exp domain)", array="np64", array_label="numpy f64",
+                                 timing={"min": 7e-3, "max": 9e-3, "median": 8e-3, "rounds": 3},  # a 2nd attempt kept
+                                 attempts=[{"foreign_cpu_fraction": 0.5}, {"foreign_cpu_fraction": 0.01}])],
             "grounded_fast": {"environment": env, "started": "2026-12-07 09:30:00", "memory": {}}}
 
 
@@ -154,7 +178,8 @@ def test_cpu_results_file_names_commit_device_date_threads(tmp_path, capsys):
     # ratio against our f32 is the separate, labelled column
     row = next(line for line in md.splitlines() if "| torch f32 |" in line)
     assert "**0.5x**" in row and "2 ms (1.8-3)" in row
-    assert "| numpy f64 |" in md and md.count("| 4.00x |") == 1
+    assert "| numpy f64 | 8 ms (7-9) |" in md and md.count("| 4.00x |") == 1 and "pot_np64: " in md
+    assert "(foreign CPU 1% (2 attempts))" in md
     assert "Peer faster than ours (like for like) in:** case 4: pot_t32 vs ours f32 (0.5x)" in md
     s = json.loads((out / "cpu-vm-0b528c6.json").read_text())
     assert (s["kernel_commit"], s["device"], s["threads"]) == ("0b528c6", "2-core CPU VM (AMD EPYC)", 2)
