@@ -7,6 +7,8 @@ Cases (results: bench/results/cpu.md, produced by bench/run_cpu.sh):
   2  partial OT, one 512 x 512 problem, squared-Euclidean cost of random 2-d points (max 1).
   3  balanced OT, the case-1 costs (B=64 of 64 x 197), reg=0.05.
   4  balanced OT, one 2048 x 2048 problem, squared-Euclidean cost of random 2-d points (max 1).
+Peers: POT 0.9.7 on torch float32 / float64 tensors (like for like) and numpy float64; GeomLoss
+0.3.1's batched matrix solver (case 3) on torch tensors.
 """
 from __future__ import annotations
 
@@ -113,33 +115,72 @@ def reference_partial(p: Problem, idx, mass: float = MASS, reg: float = REG, bac
                        check_every=10, warn=False, backend=backend)
 
 
-# ------------------------------------------------------------------------------ POT solvers
-def pot_partial_loop(p: Problem, idx, iters: int, mass: float = MASS, reg: float = REG):
-    """POT's entropic partial OT (numpy float64) looped over problems ``idx``. stopThr=-1 so that
+# ------------------------------------------------------------------------------ peers
+# The array types a peer is run on: like for like, POT gets torch tensors of our dtype; POT on numpy
+# float64 (its usual use) is kept beside them.
+ARRAYS = {"t32": "torch f32", "t64": "torch f64", "np64": "numpy f64"}
+ARRAY_DTYPE = {"t32": "f32", "t64": "f64", "np64": "f64"}
+
+
+def arrays(p: Problem, array: str):
+    """(C, a, b) of ``p`` as the peer gets them: 't32' / 't64' torch, 'np64' numpy float64."""
+    return {"t32": (p.C32, p.a32, p.b32), "t64": (p.C64, p.a64, p.b64), "np64": (p.Cn, p.an, p.bn)}[array]
+
+
+def to_numpy(x) -> np.ndarray:
+    return x.detach().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+
+
+def pot_partial_loop(p: Problem, idx, iters: int, mass: float = MASS, reg: float = REG, method: str = "sinkhorn",
+                     array: str = "np64"):
+    """POT's entropic partial OT looped over problems ``idx``: ``method`` 'sinkhorn' (its default,
+    exp domain) or 'sinkhorn_log' (entropic_partial_wasserstein_logscale). stopThr=-1 so that
     exactly ``iters`` iterations run (POT stops when its error is <= stopThr, and on these
     problems its error reaches exactly 0.0 after ~10 iterations)."""
     import ot
-    return [ot.partial.entropic_partial_wasserstein(p.an[i], p.bn[i], p.Cn[i], reg, m=mass, numItermax=iters,
-                                                    stopThr=-1.0) for i in idx]
+    C, a, b = arrays(p, array)
+    # POT's log-domain partial takes log(m) with its backend: m must be a tensor for torch arrays
+    m = mass if array == "np64" else torch.tensor(mass, dtype=C.dtype)
+    return [ot.partial.entropic_partial_wasserstein(a[i], b[i], C[i], reg, m=m, numItermax=iters, stopThr=-1.0,
+                                                    method=method) for i in idx]
 
 
-def pot_sinkhorn_log_loop(p: Problem, idx, iters: int, reg: float = REG):
+def pot_sinkhorn_log_loop(p: Problem, idx, iters: int, reg: float = REG, array: str = "np64"):
     import ot
+    C, a, b = arrays(p, array)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "did not converge": expected with stopThr=0
-        return [ot.bregman.sinkhorn_log(p.an[i], p.bn[i], p.Cn[i], reg, numItermax=iters, stopThr=0)
-                for i in idx]
+        return [ot.bregman.sinkhorn_log(a[i], b[i], C[i], reg, numItermax=iters, stopThr=0) for i in idx]
 
 
-def pot_solve_batch(p: Problem, iters: int, reg: float = REG):
+def pot_solve_batch(p: Problem, iters: int, reg: float = REG, array: str = "np64"):
     import ot
-    return ot.batch.solve_batch(p.Cn, reg, p.an, p.bn, max_iter=iters, tol=0, method="log_sinkhorn")
+    C, a, b = arrays(p, array)
+    return ot.batch.solve_batch(C, reg, a, b, max_iter=iters, tol=0, method="log_sinkhorn")
 
 
-def pot_sinkhorn(p: Problem, iters: int, reg: float = REG, shift: float = 0.0):
-    """POT's exp-domain Sinkhorn-Knopp (numpy float64) on the single problem of ``p``."""
+def pot_sinkhorn(p: Problem, iters: int, reg: float = REG, shift: float = 0.0, array: str = "np64"):
+    """POT's exp-domain Sinkhorn-Knopp on the single problem of ``p``."""
     import ot
-    M = p.Cn[0] + shift if shift else p.Cn[0]
+    C, a, b = arrays(p, array)
+    M = C[0] + shift if shift else C[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ot.sinkhorn(p.an[0], p.bn[0], M, reg, numItermax=iters, stopThr=0)
+        return ot.sinkhorn(a[0], b[0], M, reg, numItermax=iters, stopThr=0)
+
+
+def geomloss_batch(p: Problem, iters: int, reg: float = REG, array: str = "t32"):
+    """GeomLoss's batched matrix solver (geomloss.ot.solve_batch, method 'auto') on the whole batch:
+    eps annealed from the cost range to ``reg`` over ``iters`` updates, then one at ``reg``
+    (see grounded_fast._bench.geomloss_solve_batch). Returns (plan, value)."""
+    from grounded_fast._bench import geomloss_solve_batch
+    C, a, b = arrays(p, array)
+    return geomloss_solve_batch(C, a, b, reg=reg, iters=iters)
+
+
+def kl_value(value, a, b, reg: float = REG):
+    """Our / POT's objective (<P, C> + reg sum P log P) in GeomLoss's convention
+    (<P, C> + reg KL(P | a b^T)), for a feasible balanced plan."""
+    a, b = to_numpy(a), to_numpy(b)
+    ent = lambda w: np.where(w > 0, w * np.log(np.where(w > 0, w, 1)), 0).sum(-1)  # noqa: E731
+    return to_numpy(value) - reg * (ent(a) + ent(b))

@@ -15,9 +15,11 @@ What goes into the JSON:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -31,7 +33,13 @@ if HERE not in sys.path:
 
 import throughput  # noqa: E402
 
-THREADS = 2
+from grounded_fast._bench import default_threads, pinned_threads, thread_state  # noqa: E402
+
+# threads of every side (torch's intra-op pool and every BLAS / OpenMP pool): BENCH_THREADS, default all cores
+THREADS = int(os.environ.get("BENCH_THREADS") or default_threads())
+# the package files whose last commit names the kernels a run measured
+KERNEL_PATHS = ["csrc", "setup.py", "grounded_fast/ops", "grounded_fast/ot", "grounded_fast/reference",
+                "grounded_fast/_backend.py", "grounded_fast/triton_kernels"]
 _SESSION: dict = {"memory": {}, "notes": []}
 
 
@@ -74,16 +82,40 @@ def _environment() -> dict:
         "grounded_fast": getattr(grounded_fast, "__version__", "?"),
         "git_commit": _run(["git", "rev-parse", "HEAD"]),
         "git_last_csrc_commit": _run(["git", "log", "-1", "--format=%h %ci", "--", "csrc", "setup.py"]),
+        "git_kernel_commit": _run(["git", "log", "-1", "--format=%H %ci", "--", *KERNEL_PATHS]),
+        "git_dirty_kernel_files": [ln[3:] for ln in _run(["git", "status", "--porcelain", "--", *KERNEL_PATHS]).splitlines()],
         "git_dirty_package_files": [ln[3:] for ln in dirty.splitlines()],
+        "geomloss": _version("geomloss"),
+        "torchmatch": _version("torchmatch"),
         "extension_mtime": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(so_path)))
         if so_path else None,
         "torch_threads": torch.get_num_threads(),
+        "threads_pinned": THREADS,
+        "thread_state": thread_state(),
         "torch_parallel_info": [ln for ln in torch.__config__.parallel_info().splitlines()
                                 if "OpenMP" in ln or "threads" in ln.lower()][:4],
         "blas_numpy": _numpy_blas(),
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                                "OMP_WAIT_POLICY", "GROUNDED_FAST_BACKEND")},
     }
+
+
+def _version(module: str):
+    """The installed version of an optional peer, or None."""
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def load_peers() -> None:
+    """Import every library timed here, so that their BLAS / OpenMP pools exist when the threads are
+    pinned (a pool loaded later keeps its default)."""
+    import numpy  # noqa: F401
+    import ot  # noqa: F401
+    import scipy.linalg  # noqa: F401
+    import torch  # noqa: F401
+    _version("geomloss")
 
 
 def _numpy_blas() -> str:
@@ -116,14 +148,25 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_environment(request):
-    """Measure the machine before the benchmarks (and again after): CPU busy fraction, exp / FMA
-    throughput. Sets torch to THREADS intra-op threads."""
+    """Pin every side to THREADS threads (torch and every BLAS / OpenMP pool) for the whole session;
+    measure the machine before the benchmarks (and again after): CPU busy fraction, exp / FMA
+    throughput."""
     if not _enabled(request.config):
         yield
         return
-    import torch
+    with session_threads(THREADS):
+        yield from _measured_session()
 
-    torch.set_num_threads(THREADS)
+
+@contextlib.contextmanager
+def session_threads(n: int):
+    """Every peer imported, then torch and every BLAS / OpenMP pool pinned to ``n`` threads."""
+    load_peers()
+    with pinned_threads(n):
+        yield
+
+
+def _measured_session():
     _SESSION["environment"] = _environment()
     _SESSION["cpu_busy_before"] = throughput.cpu_busy_fraction(1.0)
     _SESSION["loadavg_before"] = os.getloadavg()
@@ -171,28 +214,67 @@ def session_info():
 
 # ------------------------------------------------------------------------------ helpers
 IDLE_WAIT_S = float(os.environ.get("BENCH_IDLE_WAIT", "30"))
+RETRIES = int(os.environ.get("BENCH_RETRIES", "2"))
+CONTAMINATED = 0.10  # share of the CPUs taken by other processes above which a timing is measured again
+
+
+def _foreign(t0, t1) -> tuple[float, float]:
+    """(other processes' share, this process's share) of the machine's CPU time between two _ticks()."""
+    (b0, a0, o0), (b1, a1, o1) = t0, t1
+    return max(0.0, ((b1 - b0) - (o1 - o0)) / max(a1 - a0, 1)), (o1 - o0) / max(a1 - a0, 1)
 
 
 def run_bench(benchmark, fn, *, rounds: int, warmup_rounds: int = 1):
-    """benchmark.pedantic(fn, rounds, iterations=1, warmup_rounds); returns (fn's last output,
-    median seconds). Before timing, waits up to BENCH_IDLE_WAIT seconds (default 30) for other
-    processes to leave the CPUs (< 10% busy over 1 s). Records in extra_info
-    ``foreign_cpu_fraction``: the share of the machine's CPU time used by *other* processes while
-    this benchmark ran (contamination indicator), and the idle wait."""
-    box = {}
+    """Time ``fn``: ``rounds`` timed calls after ``warmup_rounds``; returns (fn's last output, median
+    seconds) and records in extra_info the thread counts in force (``threads``), the spread
+    (``min_s``, ``max_s``) and ``foreign_cpu_fraction``: the share of the machine's CPU time used by
+    *other* processes meanwhile. Before timing, waits up to BENCH_IDLE_WAIT seconds (default 30) for
+    the CPUs to be idle (< 10% busy over 1 s). A timing during which other processes took more than
+    10% is measured again, up to BENCH_RETRIES (default 2) more times; the least contaminated
+    attempt is kept (the first through pytest-benchmark's pedantic, later ones by the same loop
+    here: then ``timing`` holds the kept samples and bench/report.py uses them); every attempt's
+    figures are in ``attempts``."""
+    box = {"threads": thread_state()}  # the pools' thread counts as the timed calls run
+    info = benchmark.extra_info
 
     def call():
         box["out"] = fn()
 
-    if IDLE_WAIT_S > 0:
-        benchmark.extra_info["idle_wait"] = throughput.wait_idle(IDLE_WAIT_S, window=1.0)
-    b0, t0, o0 = throughput._ticks()
-    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
-    b1, t1, o1 = throughput._ticks()
-    benchmark.extra_info["foreign_cpu_fraction"] = max(0.0, ((b1 - b0) - (o1 - o0)) / max(t1 - t0, 1))
-    benchmark.extra_info["own_cpu_fraction"] = (o1 - o0) / max(t1 - t0, 1)
-    benchmark.extra_info["min_s"] = benchmark.stats.stats.min
-    return box.get("out"), benchmark.stats.stats.median
+    attempts = []
+    for k in range(1 + RETRIES):
+        wait = throughput.wait_idle(IDLE_WAIT_S, window=1.0) if IDLE_WAIT_S > 0 else None
+        t0 = throughput._ticks()
+        if k == 0:
+            benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+            st = benchmark.stats.stats
+            samples = None
+            med, lo, hi = st.median, st.min, st.max
+        else:
+            for _ in range(warmup_rounds):
+                call()
+            samples = []
+            for _ in range(rounds):
+                s = time.perf_counter()
+                call()
+                samples.append(time.perf_counter() - s)
+            med, lo, hi = statistics.median(samples), min(samples), max(samples)
+        foreign, own = _foreign(t0, throughput._ticks())
+        attempts.append({"median_s": med, "min_s": lo, "max_s": hi, "samples": samples, "foreign_cpu_fraction": foreign,
+                         "own_cpu_fraction": own, "idle_wait": wait})
+        if foreign <= CONTAMINATED:
+            break
+    best = min(attempts, key=lambda a: a["foreign_cpu_fraction"])
+    info["idle_wait"] = best["idle_wait"]
+    info["foreign_cpu_fraction"] = best["foreign_cpu_fraction"]
+    info["own_cpu_fraction"] = best["own_cpu_fraction"]
+    info["min_s"], info["max_s"] = best["min_s"], best["max_s"]
+    if best["samples"] is not None:  # not pytest-benchmark's own attempt
+        info["timing"] = {"min": best["min_s"], "max": best["max_s"], "median": best["median_s"],
+                          "rounds": len(best["samples"]), "samples": best["samples"]}
+    if len(attempts) > 1:
+        info["attempts"] = [{k: v for k, v in a.items() if k != "samples"} for a in attempts]
+    info["threads"] = box["threads"]
+    return box.get("out"), best["median_s"]
 
 
 def record(benchmark, registry, key: str, median: float, result, *, case: str, side: str, impl: str,

@@ -25,10 +25,11 @@ ADDCMUL_BYTES_PER_FMA = 16
 def _row(b: dict) -> dict:
     ei = b["extra_info"]
     f = ei["extrapolation_factor"]
+    st = ei.get("timing") or b["stats"]  # a re-measured attempt kept over pytest-benchmark's own (conftest.run_bench)
     return {"key": ei["key"], "case": ei["case"], "side": ei["side"], "benchmark": b["name"], "impl": ei["impl"],
             "shape": ei["shape"], "dtype": ei["dtype"], "median_s": ei["effective_median_s"],
-            "min_s": b["stats"]["min"] * f, "timed_median_s": ei["median_s"], "extrapolation_factor": f,
-            "rounds": b["stats"]["rounds"], "timed_note": ei.get("timed_note"), "rounds_note": ei.get("rounds_note"),
+            "min_s": st["min"] * f, "timed_median_s": ei["median_s"], "extrapolation_factor": f,
+            "rounds": st["rounds"], "timed_note": ei.get("timed_note"), "rounds_note": ei.get("rounds_note"),
             "work": ei["work"], "rates": ei["rates"], "ratio": ei.get("ratio"), "target": ei["target"],
             "target_met": ei.get("target_met"), "accuracy": ei.get("accuracy"), "result": ei.get("result"),
             "memory": ei.get("memory"), "foreign_cpu_fraction": ei.get("foreign_cpu_fraction"),

@@ -1,12 +1,14 @@
 """``grounded-fast`` command line.
 
-    grounded-fast compare-pot [--iters N]   short OT comparison against POT (prints a table)
+    grounded-fast compare-pot [--iters N] [--threads N] [--repeat R]
+                                            short OT comparison against POT (prints a table)
     grounded-fast run grounding|flava-ablation|groundedbert [--preset tiny|small|paper] [--config FILE] [--out DIR]
                       [--executor local|ray] [--workers N] [--threads-per-unit T] [--ray-address ADDR] [--resume]
                                             run or resume a study, then write its report
     grounded-fast report DIR                rebuild the report of a finished or partial run
     grounded-fast export DIR [--format csv|parquet]   the run's result tables as files
-    grounded-fast bench [--quick]           the OT speed comparison against POT (GeomLoss too if installed)
+    grounded-fast bench [--quick] [--threads N] [--repeat R]
+                                            the OT speed comparison against POT (GeomLoss too if installed)
 """
 from __future__ import annotations
 
@@ -20,78 +22,111 @@ import numpy as np
 import torch
 
 
-def _time(fn, repeat=3):
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def compare_pot(iters: int = 100) -> list[dict]:
-    """Time grounded_fast against POT at equal iteration counts on a few small cases; returns rows."""
+def _peer_rows(iters: int, repeat: int, quick: bool, geomloss: bool) -> list[dict]:
+    """The comparison rows (see :func:`compare_pot`), run under the caller's thread pinning."""
     import ot as pot
 
     import grounded_fast.ot as got
-    from grounded_fast.ops import PARTIAL, entropic_ot
+    from grounded_fast.ops import BALANCED, PARTIAL, entropic_ot
 
-    rng = np.random.default_rng(0)
+    from ._bench import geomloss_solve_batch, time_repeats
+
+    T = lambda fn, scale=1.0: time_repeats(fn, repeat=repeat, scale=scale)  # noqa: E731
+    g = torch.Generator().manual_seed(0)
     rows = []
     # partial OT at GroundedBERT's shape: B problems of 64 tokens x 197 patches, cosine cost
     B, n, m, d = 16, 64, 197, 384
-    x = torch.randn(B, n, d)
-    y = torch.randn(B, m, d)
-    C = got.cost_matrix(x, y, "cosine")
-    a, b = torch.full((B, n), 1 / n), torch.full((B, m), 1 / m)
-    mass = torch.full((B,), 0.5)
-    ours = _time(lambda: entropic_ot(C, a, b, reg=0.05, problem=PARTIAL, mass=mass, max_iter=iters,
-                                     check_every=0, warn=False))
-    Cn, an, bn = C.double().numpy(), a[0].double().numpy(), b[0].double().numpy()
-    k = 2  # POT is timed on k problems and scaled to B
-    # stopThr=-1: POT runs all iterations (its default stops once its error is exactly 0)
-    pot_t = _time(lambda: [pot.partial.entropic_partial_wasserstein(an, bn, Cn[i], 0.05, m=0.5, numItermax=iters,
-                                                                    stopThr=-1) for i in range(k)],
-                  repeat=1) * B / k
-    ref = entropic_ot(C[:1].double(), a[:1].double(), b[:1].double(), reg=0.05, problem=PARTIAL,
-                      mass=mass[:1].double(), max_iter=iters, check_every=0, warn=False).plan[0].numpy()
-    pot_plan = pot.partial.entropic_partial_wasserstein(an, bn, Cn[0], 0.05, m=0.5, numItermax=iters,
-                                                        stopThr=-1)
-    rows.append(dict(case=f"partial B={B} {n}x{m} cosine, {iters} it", ours_s=ours, pot_s=pot_t,
-                     max_diff=float(np.abs(ref - pot_plan).max())))
-    # balanced, one 1024 x 1024 problem
-    N = 1024
+    C32 = got.cost_matrix(torch.randn(B, n, d, generator=g), torch.randn(B, m, d, generator=g), "cosine")
+    k = 2  # POT loops over problems: timed on k of them, scaled to B
+    case = f"partial B={B} {n}x{m} cosine {{}}, {iters} it"
+    for dt, peers in ((torch.float32, (("sinkhorn", "torch"), ("sinkhorn_log", "torch"))),
+                      (torch.float64, (("sinkhorn", "numpy"),))):
+        C, a, b = C32.to(dt), torch.full((B, n), 1 / n, dtype=dt), torch.full((B, m), 1 / m, dtype=dt)
+        mass = torch.full((B,), 0.5, dtype=dt)
+        run = lambda: entropic_ot(C, a, b, reg=0.05, problem=PARTIAL, mass=mass, max_iter=iters,  # noqa: E731
+                                  check_every=0, warn=False)
+        ours, plan = T(run), run().plan[0]
+        for method, lib in peers:
+            Cp, ap, bp = (C.numpy(), a.numpy(), b.numpy()) if lib == "numpy" else (C, a, b)
+            mp = 0.5 if lib == "numpy" else mass[0]  # POT's log-domain partial needs m as a tensor of the backend
+            # stopThr=-1: POT runs all iterations (its default stops once its error is exactly 0)
+            solve = lambda i: pot.partial.entropic_partial_wasserstein(  # noqa: E731
+                ap[i], bp[i], Cp[i], 0.05, m=mp, numItermax=iters, stopThr=-1, method=method)
+            theirs = T(lambda: [solve(i) for i in range(k)], scale=B / k)
+            diff = float(np.abs(np.asarray(solve(0), dtype=np.float64) - plan.double().numpy()).max())
+            name = "entropic_partial_wasserstein" + (" sinkhorn_log" if method == "sinkhorn_log" else "")
+            rows.append(dict(case=case.format(_DT[dt]), peer=f"POT {name}, {lib} {_DT[dt]}",
+                             ours=ours, theirs=theirs, check=f"max |dP| {diff:.1e}"))
+    # balanced, one N x N problem, POT's exp-domain Sinkhorn
+    N = 256 if quick else 1024
+    rng = np.random.default_rng(0)
     M = pot.dist(rng.normal(size=(N, 2)), rng.normal(size=(N, 2)))
     M /= M.max()
     u = np.full(N, 1 / N)
-    Mt, ut = torch.tensor(M), torch.tensor(u)
-    ours = _time(lambda: got.sinkhorn(ut, ut, Mt, 0.05, numItermax=iters, stopThr=0, warn=False))
-    pot_t = _time(lambda: pot.sinkhorn(u, u, M, 0.05, numItermax=iters, stopThr=0, warn=False), repeat=1)
-    diff = np.abs(got.sinkhorn(u, u, M, 0.05, numItermax=iters, stopThr=0, warn=False)
-                  - pot.sinkhorn(u, u, M, 0.05, numItermax=iters, stopThr=0, warn=False)).max()
-    rows.append(dict(case=f"balanced {N}x{N} float64 vs exp-domain, {iters} it", ours_s=ours, pot_s=pot_t,
-                     max_diff=float(diff)))
-    # stability at small reg: marginal violation of the returned plan
+    for dt, lib in ((torch.float32, "torch"), (torch.float64, "numpy")):
+        Mt, ut = torch.tensor(M, dtype=dt), torch.tensor(u, dtype=dt)
+        Mp, up = (M, u) if lib == "numpy" else (Mt, ut)
+        ours_fn = lambda: got.sinkhorn(ut, ut, Mt, 0.05, numItermax=iters, stopThr=0, warn=False)  # noqa: E731
+        pot_fn = lambda: pot.sinkhorn(up, up, Mp, 0.05, numItermax=iters, stopThr=0, warn=False)  # noqa: E731
+        diff = float(np.abs(np.asarray(ours_fn(), dtype=np.float64) - np.asarray(pot_fn(), dtype=np.float64)).max())
+        rows.append(dict(case=f"balanced {N}x{N} sqeuclidean {_DT[dt]}, {iters} it", peer=f"POT sinkhorn (exp domain), "
+                         f"{lib} {_DT[dt]}", ours=T(ours_fn), theirs=T(pot_fn), check=f"max |dP| {diff:.1e}"))
+    if geomloss:
+        # GeomLoss's batched matrix solver on the partial case's costs, balanced, same reg and iterations
+        a, b = torch.full((B, n), 1 / n), torch.full((B, m), 1 / m)
+        ours_fn = lambda: entropic_ot(C32, a, b, reg=0.05, problem=BALANCED, max_iter=iters,  # noqa: E731
+                                      check_every=0, warn=False).plan
+        gl_fn = lambda: geomloss_solve_batch(C32, a, b, reg=0.05, iters=iters)[0]  # noqa: E731
+        err = lambda P: float(((P.double().sum(2) - a).abs().sum(1) + (P.double().sum(1) - b).abs().sum(1)).max())  # noqa: E731
+        rows.append(dict(case=f"balanced B={B} {n}x{m} cosine f32, {iters} it",
+                         peer="GeomLoss ot.solve_batch (eps annealed to reg), torch f32", ours=T(ours_fn),
+                         theirs=T(gl_fn), check=f"marginal err ours {err(ours_fn()):.1e}, GeomLoss {err(gl_fn()):.1e}"))
+    # stability at small reg: marginal violation of the returned plan (not timed)
     u2, M2 = u[:256] * 4, M[:256, :256]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # POT warns "numerical errors" here: the point of the row
         p_small = pot.sinkhorn(u2, u2, M2, 1e-4, numItermax=1000, warn=False)
     o_small = got.sinkhorn(u2, u2, M2, 1e-4, numItermax=1000, warn=False)
-    viol = lambda P: float(np.nan_to_num(np.abs(P.sum(1) - u2).sum() + np.abs(P.sum(0) - u2).sum(), nan=np.inf))
-    rows.append(dict(case="balanced 256x256, reg=1e-4, 1000 it: marginal error", ours_s=None, pot_s=None,
-                     max_diff=None, ours_finite=f"{viol(o_small):.1e}", pot_finite=f"{viol(p_small):.1e}"))
+    viol = lambda P: float(np.nan_to_num(np.abs(P.sum(1) - u2).sum() + np.abs(P.sum(0) - u2).sum(), nan=np.inf))  # noqa: E731
+    rows.append(dict(case="balanced 256x256 reg=1e-4 f64, 1000 it", peer="POT sinkhorn (exp domain), numpy f64",
+                     ours=None, theirs=None, check=f"marginal error ours {viol(o_small):.1e}, POT {viol(p_small):.1e}"))
     return rows
 
 
+_DT = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def compare_pot(iters: int = 100, threads: int | None = None, repeat: int = 5, quick: bool = False,
+                geomloss: bool = False) -> list[dict]:
+    """Time grounded_fast against POT at equal iteration counts (and against GeomLoss's batched matrix
+    solver with ``geomloss``; it must be installed). Both sides run pinned to ``threads`` threads
+    (torch and every BLAS / OpenMP pool; default: all cores), every timing is ``repeat`` runs after
+    a warm-up. Returns rows: case, peer, ``ours`` and ``theirs`` (:class:`grounded_fast._bench.Timing`,
+    None for the untimed accuracy row) and a check (plans' max difference or marginal errors)."""
+    import ot  # noqa: F401  (loaded before pinning: its OpenMP pool must exist to be pinned)
+    if geomloss:
+        import geomloss as _  # noqa: F401
+    from ._bench import default_threads, pinned_threads
+    with pinned_threads(default_threads() if threads is None else threads):
+        return _peer_rows(iters, repeat, quick, geomloss)
+
+
 def _print(rows):
-    print(f"{'case':<52} {'grounded_fast':>14} {'POT':>11} {'speed-up':>9} {'max |dP|':>10}")
+    from ._bench import fmt_ratio, fmt_threads
+    timed = [r for r in rows if r["ours"] is not None]
+    states = {fmt_threads(t.threads) for r in timed for t in (r["ours"], r["theirs"])}
+    reps = {len(t.samples) for r in timed for t in (r["ours"], r["theirs"])}
+    same = f"{states.pop()}, the same for grounded_fast and every peer" if len(states) == 1 else \
+        f"NOT the same in every row: {' | '.join(sorted(states))}"
+    print(f"threads: {same}; each time: median (min-max) of {'/'.join(map(str, sorted(reps)))} runs after a "
+          "warm-up; POT's per-problem loops timed on 2 problems, scaled to the batch")
+    print(f"{'case':<42} {'peer':<57} {'grounded_fast':>22} {'peer':>22} {'speed-up':>9}  check")
     for r in rows:
-        if r["ours_s"] is None:
-            print(f"{r['case']:<52} {r['ours_finite']:>14} {r['pot_finite']:>11}")
+        if r["ours"] is None:
+            print(f"{r['case']:<42} {r['peer']:<57} {'':>22} {'':>22} {'':>9}  {r['check']}")
             continue
-        print(f"{r['case']:<52} {r['ours_s'] * 1e3:>11.1f} ms {r['pot_s'] * 1e3:>8.0f} ms "
-              f"{r['pot_s'] / r['ours_s']:>8.0f}x {r['max_diff']:>10.1e}")
+        ratio = fmt_ratio(r["theirs"].median / r["ours"].median)
+        print(f"{r['case']:<42} {r['peer']:<57} {str(r['ours']):>22} {str(r['theirs']):>22} {ratio:>9}  {r['check']}")
 
 
 def _have_pot(command: str) -> bool:
@@ -102,27 +137,12 @@ def _have_pot(command: str) -> bool:
     return True
 
 
-def _geomloss_line(quick: bool) -> None:
-    """One balanced case against GeomLoss' tensorized Sinkhorn, per iteration, if GeomLoss is installed."""
-    try:
-        from geomloss import SamplesLoss
-        from geomloss.sinkhorn_divergence import epsilon_schedule
-    except ImportError:
-        print("GeomLoss not installed: no GeomLoss comparison")
-        return
-    from grounded_fast.ops import entropic_ot
-    n = 256 if quick else 1024
-    x, y = torch.randn(n, 3), torch.randn(n, 3)
-    C = (torch.cdist(x, y) ** 2 / 2)[None]
-    a = torch.full((1, n), 1.0 / n)
-    iters = 20
-    ours = _time(lambda: entropic_ot(C, a, a, reg=0.05, max_iter=iters, check_every=0, warn=False)) / iters
-    steps = len(epsilon_schedule(2, float((torch.cat([x, y]).amax(0) - torch.cat([x, y]).amin(0)).norm()),
-                                 0.05 ** 0.5, 0.9))
-    loss = SamplesLoss("sinkhorn", p=2, blur=0.05 ** 0.5, scaling=0.9, debias=False, backend="tensorized")
-    theirs = _time(lambda: loss(x, y)) / steps
-    print(f"{'balanced ' + str(n) + 'x' + str(n) + ' vs GeomLoss tensorized (per iteration)':<52} "
-          f"{ours * 1e6:>11.1f} us {theirs * 1e6:>8.0f} us {theirs / ours:>8.1f}x")
+def _have_geomloss() -> bool:
+    import importlib.util
+    if importlib.util.find_spec("geomloss") is None:
+        print("GeomLoss not installed (pip install geomloss==0.3.1): no GeomLoss row")
+        return False
+    return True
 
 
 def load_config_file(path: str) -> dict:
@@ -217,12 +237,29 @@ def _run_and_report(study: str, cfg, out: str, progress: bool, executor) -> int:
     return 0
 
 
+def _positive_int(s: str) -> int:
+    n = int(s)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return n
+
+
+def _timing_args(p) -> None:
+    from ._bench import default_threads
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help=f"threads of both sides: torch's and every BLAS / OpenMP pool (default: all cores, "
+                        f"{default_threads()} here)")
+    p.add_argument("--repeat", type=_positive_int, default=None,
+                   help="timed runs of each side after a warm-up; the median and min-max are printed (default 5)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="grounded-fast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("compare-pot", help="short OT comparison against POT (needs `pip install pot`)")
     p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
+    _timing_args(p)
     r = sub.add_parser("run", help="run (or resume: rerun the same command) a study")
     r.add_argument("study", choices=["grounding", "flava-ablation", "groundedbert"], help="the study")
     r.add_argument("--preset", default=None, choices=["tiny", "small", "paper"], help="scale (default tiny)")
@@ -248,6 +285,7 @@ def main(argv=None) -> int:
     ex.add_argument("--to", default=None, help="output directory (default DIR/export)")
     bp = sub.add_parser("bench", help="OT speed comparison against POT (and GeomLoss if installed)")
     bp.add_argument("--quick", action="store_true", help="few iterations (a smoke check)")
+    _timing_args(bp)
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return _run_study(args)
@@ -264,9 +302,9 @@ def main(argv=None) -> int:
     if args.cmd == "bench":
         if not _have_pot("bench"):
             return 2
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; equal iterations")
-        _print(compare_pot(10 if args.quick else 200))
-        _geomloss_line(quick=args.quick)
+        print(f"torch {torch.__version__}; equal iterations")
+        _print(compare_pot(10 if args.quick else 200, args.threads, args.repeat or (3 if args.quick else 5),
+                           quick=args.quick, geomloss=_have_geomloss()))
         return 0
     if args.cmd == "report":
         from .experiments.runner import flava_report, grounding_report, groundedbert_report
@@ -279,8 +317,8 @@ def main(argv=None) -> int:
     if args.cmd == "compare-pot":
         if not _have_pot("compare-pot"):
             return 2
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        _print(compare_pot(args.iters))
+        print(f"torch {torch.__version__}; equal iterations")
+        _print(compare_pot(args.iters, args.threads, args.repeat or 5))
     return 0
 
 
