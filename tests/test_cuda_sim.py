@@ -84,7 +84,8 @@ def test_sim_cuda_backend_matches_reference(host, regime, case, dtype, shape):
             host.entropic_ot_cuda(*args, regime=regime)
         return
     out, ref = host.entropic_ot_cuda(*args, regime=regime), entropic_ot_reference(*args)
-    _assert_outputs(NAMES, out, ref, dtype, *(F64 if dtype == torch.float64 else F32), hist_atol=_hist_atol(dtype, case))
+    _assert_outputs(NAMES, out, ref, dtype, *(F64 if dtype == torch.float64 else F32),
+                    hist_atol=_hist_atol(dtype, case))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -165,7 +166,8 @@ def test_sim_cuda_features_match_reference(host, case, cost, dtype, shape):
     ref = entropic_ot_features_reference(x.to(vt), y.to(vt), a, b, mass, torch.zeros_like(a), torch.zeros_like(b),
                                          *tail)
     names = ("log_u", "log_v", "log_scale", "value", "value_linear", "n_iter", "status", "err_history")
-    _assert_outputs(names, out, ref, vt, *(F64 if vt == torch.float64 else (5e-4, 2e-5)), hist_atol=_hist_atol(vt, case))
+    _assert_outputs(names, out, ref, vt, *(F64 if vt == torch.float64 else (5e-4, 2e-5)),
+                    hist_atol=_hist_atol(vt, case))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])

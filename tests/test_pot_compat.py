@@ -192,7 +192,8 @@ def test_partial_distance_gradients(rng):
     # the envelope gradient is the regularised objective's: check dM against finite differences of it
     def objective(Mx):
         with torch.no_grad():
-            Px = ot.partial.entropic_partial_wasserstein(torch.tensor(a), torch.tensor(b), Mx, 0.2, m=0.5, stopThr=1e-14)
+            Px = ot.partial.entropic_partial_wasserstein(torch.tensor(a), torch.tensor(b), Mx, 0.2, m=0.5,
+                                                         stopThr=1e-14)
             return float((Px * Mx).sum() + 0.2 * (Px * torch.log(Px)).sum())
     E = torch.zeros_like(tM)
     E[2, 3] = 1e-6

@@ -34,6 +34,7 @@ _TORCH_OP = "grounded_fast::entropic_ot_torch"
 _TRITON_OP = "grounded_fast::entropic_ot_triton"
 _CUDA_OP = "grounded_fast::entropic_ot_cuda"
 GRAD_MODES = ("envelope", "autodiff", "detach")
+_Outputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # the ops' nine outputs
 
 
 class OTSolution(NamedTuple):
@@ -55,7 +56,7 @@ class OTSolution(NamedTuple):
 def _entropic_ot_torch(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                        problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
                        max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1,
-                       floor: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                       floor: float = 0.0) -> _Outputs:
     with torch.no_grad():
         out = entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
                                     kl_ref, max_iter, tol, check_every, domain, history, floor)
@@ -66,7 +67,7 @@ def _entropic_ot_torch(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Te
 def _entropic_ot_triton(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                         problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
                         max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1,
-                        floor: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                        floor: float = 0.0) -> _Outputs:
     """Triton kernels (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1); see
     csrc/ot/triton/entropic_ot.py for the small (persistent) and streaming regimes."""
     from ..triton_kernels.ot.entropic_ot import entropic_ot_triton
@@ -80,7 +81,7 @@ def _entropic_ot_triton(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: T
 def _entropic_ot_cuda(C: Tensor, a: Tensor, b: Tensor, mass: Tensor, log_u0: Tensor, log_v0: Tensor,
                       problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
                       max_iter: int, tol: float, check_every: int, domain: int = 0, history: int = -1,
-                      floor: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                      floor: float = 0.0) -> _Outputs:
     """CUDA kernels of grounded_fast._C_cuda (see grounded_fast/ops/cuda_ot.py)."""
     from .cuda_ot import entropic_ot_cuda
     with torch.no_grad():

@@ -74,7 +74,8 @@ def entropic_partial_wasserstein(a, b, M, reg, m=None, method="sinkhorn", numIte
     """Entropic partial OT plan transporting mass ``m`` (default min(|a|_1, |b|_1)) between a (n,) and
     b (m,) under cost M (n, m), like POT's; or a batch: M (B, n, m), a (B, n), b (B, m), m a number or
     (B,), plans (B, n, m). ``log=True`` adds {'err', 'partial_w_dist', 'stopped_at_floor'} (batched:
-    'err' a list per problem, 'partial_w_dist' (B,), 'stopped_at_floor' a list of bools). Keywords ``backend=``, ``grad=``."""
+    'err' a list per problem, 'partial_w_dist' (B,), 'stopped_at_floor' a list of bools). Keywords
+    ``backend=``, ``grad=``."""
     if not isinstance(method, str) or method.lower() not in ("sinkhorn", "sinkhorn_log"):
         raise ValueError("Unknown method '%s'." % method)
     reg = check_reg(reg)
