@@ -238,6 +238,7 @@ def _check(sol, C, a, b, mass, dtype, problem):
     if problem == PARTIAL:
         e = partial_violation(P, a, b, mass)
     else:
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
         e = max(float((P.sum(1) - a).abs().sum()), float((P.sum(0) - b).abs().sum()))
     assert e <= FEASIBLE[dtype], f"reported converged, but infeasible by {e:.3g}"
 

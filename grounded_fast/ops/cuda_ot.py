@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..reference.entropic_ot import finalize, history_length, nonempty_problems, solve_potentials
+from ..reference.entropic_ot import finalize, history_length, nonempty_problems, plan_marginals, solve_potentials, verdict
 from ..reference.ot_features import TorchFeaturePasses, compute_dtype, kernel_norms
 
 REGIMES = ("small", "stream", "fused")
@@ -69,8 +69,9 @@ def entropic_ot_cuda(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, re
             lambda lv_: ops.ot_row_lse_cuda(C, lv_, inv_eps), lambda lu_: ops.ot_col_lse_cuda(C, lu_, inv_eps),
             a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history,
             row_then_col=fused, floor=floor)
-    plan, value, value_linear = _finalize()(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
-                                            nonempty_problems(a, b, mass, problem))
+    nonempty = nonempty_problems(a, b, mass, problem)
+    plan, value, value_linear = _finalize()(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref, nonempty)
+    status = verdict(problem, status, lu, lv, w, a, b, mass, tol, nonempty, *plan_marginals(plan))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
 
 

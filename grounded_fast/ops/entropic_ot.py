@@ -25,9 +25,9 @@ from torch import Tensor
 
 from .._backend import choose_backend
 from .cuda_ot import small_smem_bytes
-from .ot_verdict import dense_marginals, floor_unit, report, verdict
+from .ot_verdict import failure_reasons, floor_unit, report
 from ..reference.entropic_ot import (BALANCED, HISTORY_CAP, PARTIAL, UNBALANCED, entropic_ot_reference,
-                                     history_length, nonempty_problems)
+                                     history_length, nonempty_problems, plan_marginals)
 
 _CPU_OP = "grounded_fast::entropic_ot"
 _TORCH_OP = "grounded_fast::entropic_ot_torch"
@@ -293,10 +293,10 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
     partial the change of the log plan ||log P - log P_prev||_F <= tol. With ``stop_at_floor``
     a problem also stops once its stop quantity reaches the rounding floor (grounded_fast.ops.
     ot_verdict), so a tol below what the dtype resolves stops where the iterates stop changing.
-    Afterwards the plan's feasibility is checked (``ot_verdict.verdict``): a problem reported
-    converged has its marginals met (balanced) or its mass m with rows <= a and columns <= b
-    (partial) to rounding; one that is not, or whose plan is not finite, gets status 2 and a
-    RuntimeWarning saying what failed.
+    Every backend checks the returned plan's feasibility (``reference.entropic_ot.verdict``): a
+    problem reported converged has its marginals met (balanced) or its mass m with rows <= a and
+    columns <= b (partial) to its tolerance or rounding; one that is not, or whose plan is not
+    finite, gets status 2, and a RuntimeWarning says what failed (``ot_verdict``).
     ``log_u0``, ``log_v0`` (B,n), (B,m): warm start (balanced / unbalanced; finite where the
     weights are positive).
     ``domain``: 'auto' (CPU kernel: stabilised scaling-domain iterations on an absorbed kernel,
@@ -371,11 +371,11 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
         else:
             out = op(*args)
     sol = OTSolution(*out)
-    if not torch.compiler.is_compiling():
-        status, reasons = verdict(problem, sol.status, sol.log_u, sol.log_v, sol.log_scale, a, b, mass, float(tol),
-                                  nonempty_problems(a, b, mass, problem), dense_marginals(sol.plan, a.dtype))
-        sol = sol._replace(status=status)
-        report(status, reasons, float(reg), warn and check_every > 0)  # check_every=0: exactly max_iter
+    if not torch.compiler.is_compiling():  # (the status already holds the verdict: every backend applies it)
+        report(sol.status, lambda: failure_reasons(problem, sol.status, sol.log_u, sol.log_v, sol.log_scale, a, b,
+                                                   mass, float(tol), nonempty_problems(a, b, mass, problem),
+                                                   lambda: plan_marginals(sol.plan.to(a.dtype))),
+               float(reg), warn and check_every > 0)  # check_every=0: exactly max_iter
     if orig_dtype != sol.plan.dtype:
         sol = sol._replace(plan=sol.plan.to(orig_dtype), value=sol.value.to(orig_dtype),
                            value_linear=sol.value_linear.to(orig_dtype))

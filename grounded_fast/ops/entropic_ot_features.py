@@ -29,10 +29,11 @@ from torch import Tensor
 from .._backend import choose_backend, cuda_extension_available, triton_available
 from ..reference.entropic_ot import BALANCED, HISTORY_CAP, PARTIAL, UNBALANCED, history_length, nonempty_problems
 from ..reference.ot_features import (FEATURE_COSTS, TorchFeaturePasses, compute_dtype, cost_code,
-                                     cost_from_features, feature_grads, safe_scale, solve_features)
+                                     cost_from_features, feature_grads, feature_marginals, safe_scale,
+                                     solve_features)
 from .entropic_ot import (GRAD_MODES, OTSolution, _check_tensor, _raise_first, _raises, check_weights, entropic_ot,
                           marginal_grads, problem_scalars, warm_start)
-from .ot_verdict import floor_unit, report, verdict
+from .ot_verdict import failure_reasons, floor_unit, report
 
 _OP = "grounded_fast::entropic_ot_features"
 _PRODUCTS_OP = "grounded_fast::ot_features_products"
@@ -350,29 +351,16 @@ def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: flo
                 keep = (a > 0)[:, :, None] & (b > 0)[:, None, :] & nonempty[:, None, None]
                 plan = torch.where(keep, P, torch.zeros_like(P))
         sol = OTSolution(plan, *out)
-        if not torch.compiler.is_compiling():
-            status, reasons = verdict(problem, sol.status, lu, lv, w, a, b, mass, float(tol),
-                                      nonempty_problems(a, b, mass, problem),
-                                      _feature_marginals(x, y, code, float(reg), which, lu, lv, w, a, b, mass, problem))
-            sol = sol._replace(status=status)
-            report(status, reasons, float(reg), warn and check_every > 0)
+        if not torch.compiler.is_compiling():  # (the status already holds the verdict: solve_features applies it)
+            report(sol.status, lambda: failure_reasons(problem, sol.status, lu, lv, w, a, b, mass, float(tol),
+                                                       nonempty_problems(a, b, mass, problem),
+                                                       lambda: feature_marginals(_passes(x, y, code, float(reg), which),
+                                                                                 a, b, mass, problem, lu, lv, w)),
+                   float(reg), warn and check_every > 0)
     if orig_dtype != sol.value.dtype:
         sol = sol._replace(plan=None if sol.plan is None else sol.plan.to(orig_dtype),
                            value=sol.value.to(orig_dtype), value_linear=sol.value_linear.to(orig_dtype))
     return sol
-
-
-def _feature_marginals(x, y, code, reg, backend, lu, lv, w, a, b, mass, problem):
-    """``verdict``'s marginals of the plan exp(lu_i + lv_j + w - C_ij / reg) from two more streaming
-    passes (P 1 = exp(lu + w + LSE_j(lv_j - C_ij / reg)), P^T 1 likewise); the plan is not formed."""
-    def marginals():
-        passes = _passes(x, y, code, reg, backend)
-        ws = safe_scale(w, nonempty_problems(a, b, mass, problem))[:, None]
-        r = torch.where(a > 0, torch.exp(lu + ws + passes.lse(True, lv)), 0)
-        c = torch.where(b > 0, torch.exp(lv + ws + passes.lse(False, lu)), 0)
-        total = r.sum(1)
-        return r, c, total, torch.isfinite(total) & torch.isfinite(c).all(1)
-    return marginals
 
 
 __all__ = ["entropic_ot_features", "choose_cost_source", "feature_dim_limit", "FEATURE_COSTS", "FEATURE_BACKENDS"]

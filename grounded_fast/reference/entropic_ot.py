@@ -50,8 +50,9 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
     lu, lv, w, n_iter, status, hist = solve_potentials(
         row_lse, col_lse, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
         max_iter, tol, check_every, history, floor=floor)
-    plan, value, value_linear = finalize(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
-                                         nonempty_problems(a, b, mass, problem))
+    nonempty = nonempty_problems(a, b, mass, problem)
+    plan, value, value_linear = finalize(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref, nonempty)
+    status = verdict(problem, status, lu, lv, w, a, b, mass, tol, nonempty, *plan_marginals(plan))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
 
 
@@ -239,6 +240,71 @@ def stop_floor(problem: int, lu, lv, w, a, b, unit: float):
     la = torch.where(ma, torch.log(torch.where(ma, a, 1)), 0)
     lb = torch.where(mb, torch.log(torch.where(mb, b, 1)), 0)
     return unit * rounding_scale(lu, lv, w, la, lb, ma, mb) * stop_shape(problem, ma, mb, b)
+
+
+# The feasibility verdict (every backend applies it to its returned plan; the CPU kernel's twin is
+# Solver::verdict in csrc/ot/cpu/sinkhorn_cpu.cpp, with the same constants). Each kind's last update
+# enforces one constraint exactly (balanced: rows P 1 = a; partial: the mass sum P = m); the stop
+# test bounds the others (balanced ||P^T 1 - b||_2 < tol; partial: rows <= a, columns <= b to about
+# the log plan's change). In relative errors
+#     balanced  e_exact = ||P 1 - a||_1 / |a|_1,  e_rest = ||P^T 1 - b||_1 / |b|_1
+#     partial   e_exact = |sum P - m| / m,        e_rest = (||(P 1 - a)_+||_1 + ||(P^T 1 - b)_+||_1) / m
+# a nonempty problem becomes a numerical failure (status 2) if its plan is not finite, if e_exact
+# exceeds tau = min(VERDICT_UNIT eps L, MAX_ROUNDING) (L = rounding_scale), or if it reports
+# convergence with e_rest above max(tau, the bound its tol implies: balanced 2 sqrt(m) tol / |b|_1,
+# partial 2 tol). Converged plans measured in the property tests (tests/test_ot_feasibility.py) have
+# e <= 4 eps L; MAX_ROUNDING caps the claim where the dtype cannot resolve the plan. Unbalanced
+# problems have no hard constraint: only finiteness is checked.
+VERDICT_UNIT = 32.0
+MAX_ROUNDING = 1e-2
+
+
+def plan_marginals(plan):
+    """(P 1 (B,n), P^T 1 (B,m), sum P (B,)) of a plan (B,n,m)."""
+    r = plan.detach().sum(2)
+    return r, plan.detach().sum(1), r.sum(1)
+
+
+def feasibility(problem: int, lu, lv, w, a, b, mass, tol: float, r, c, total):
+    """(e_exact, e_rest, tau, slack, L), each (B,): the verdict's errors, its rounding tolerance, the
+    tolerance of e_rest (max(tau, the bound tol implies)) and rounding_scale, for the potentials
+    lu (B,n), lv (B,m), w (B,) and the plan's marginals r (B,n), c (B,m), total (B,)."""
+    ma, mb = a > 0, b > 0
+    la = torch.where(ma, torch.log(torch.where(ma, a, 1)), 0)
+    lb = torch.where(mb, torch.log(torch.where(mb, b, 1)), 0)
+    L = rounding_scale(lu, lv, w, la, lb, ma, mb)
+    tau = (VERDICT_UNIT * torch.finfo(a.dtype).eps * L).clamp_max(MAX_ROUNDING)
+    if problem == BALANCED:
+        sa, sb = a.sum(1), b.sum(1)
+        e_exact = (r - a).abs().sum(1) / sa
+        e_rest = (c - b).abs().sum(1) / sb
+        slack = torch.maximum(tau, 2 * math.sqrt(b.shape[1]) * tol / sb)  # ||.||_1 <= sqrt(m) ||.||_2
+    elif problem == PARTIAL:
+        e_exact = (total - mass).abs() / mass
+        e_rest = ((r - a).clamp_min(0).sum(1) + (c - b).clamp_min(0).sum(1)) / mass
+        slack = tau.clamp_min(2 * tol)
+    else:
+        e_exact = e_rest = torch.zeros_like(tau)
+        slack = tau
+    return e_exact, e_rest, tau, slack, L
+
+
+def verdict_failures(problem: int, status, lu, lv, w, a, b, mass, tol: float, nonempty, r, c, total):
+    """(not_finite, exact_missed, rest_missed), (B,) bools: why the verdict fails each problem
+    (problems the kernel already failed, status 2, are left out)."""
+    e_exact, e_rest, tau, slack, _ = feasibility(problem, lu, lv, w, a, b, mass, tol, r, c, total)
+    live = nonempty & (status != 2)
+    finite = torch.isfinite(total) & torch.isfinite(c.sum(1))  # P >= 0: a NaN or inf entry shows in the sums
+    not_finite = live & ~finite
+    exact_missed = live & finite & (e_exact > tau)
+    rest_missed = live & finite & ~exact_missed & (status == 0) & (e_rest > slack)
+    return not_finite, exact_missed, rest_missed
+
+
+def verdict(problem: int, status, lu, lv, w, a, b, mass, tol: float, nonempty, r, c, total):
+    """The status (B,) int64 after the feasibility verdict (above): 2 where it fails. No host read."""
+    fails = verdict_failures(problem, status, lu, lv, w, a, b, mass, tol, nonempty, r, c, total)
+    return torch.where(fails[0] | fails[1] | fails[2], torch.full_like(status, 2), status)
 
 
 def log_plan_change(du, dv, dw, ma, mb):

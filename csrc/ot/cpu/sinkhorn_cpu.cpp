@@ -771,6 +771,41 @@ struct Solver {
     it_out = it;
   }
 
+  // The feasibility verdict of grounded_fast/reference/entropic_ot.py (see there) on the returned plan,
+  // whose row and column sums are r, c: whether it fails (not finite; the constraint the last update
+  // enforces exactly missed beyond rounding; or reported converged with the others missed beyond
+  // the tolerance).
+  bool verdict_fails(const std::vector<T>& r, const std::vector<T>& c, const T* lu, const T* lv, T w, T mass,
+                     int64_t status) const {
+    double tot = 0, ctot = 0, sa = 0, sb = 0, rows = 0, rows_over = 0, cols = 0, cols_over = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!ma[i]) continue;
+      const double d = double(r[i]) - double(a[i]);
+      tot += r[i]; sa += a[i]; rows += std::abs(d); rows_over += std::max(d, 0.0);
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      if (!mb[j]) continue;
+      const double d = double(c[j]) - double(b[j]);
+      ctot += c[j]; sb += b[j]; cols += std::abs(d); cols_over += std::max(d, 0.0);
+    }
+    if (!std::isfinite(tot) || !std::isfinite(ctot)) return true;
+    if (o.problem == kUnbalanced) return false;
+    const double L = rounding_scale([&](int64_t i) { return lu[i]; }, [&](int64_t j) { return lv[j]; },
+                                    o.problem == kPartial ? double(w) : 0.0);
+    const double tau = std::min(kVerdictUnit * double(std::numeric_limits<T>::epsilon()) * L, kMaxRounding);
+    double e_exact, e_rest, slack;
+    if (o.problem == kBalanced) {
+      e_exact = rows / sa;
+      e_rest = cols / sb;
+      slack = std::max(tau, 2 * std::sqrt(double(m)) * o.tol / sb);  // ||.||_1 <= sqrt(m) ||.||_2
+    } else {
+      e_exact = std::abs(tot - double(mass)) / double(mass);
+      e_rest = (rows_over + cols_over) / double(mass);
+      slack = std::max(tau, 2 * o.tol);
+    }
+    return e_exact > tau || (status == 0 && e_rest > slack);
+  }
+
   bool finite_state(const T* lu, const T* lv) const {
     for (int64_t i = 0; i < n; ++i) if (!std::isfinite(lu[i])) return false;
     for (int64_t j = 0; j < m; ++j) if (!std::isfinite(lv[j])) return false;
@@ -1114,6 +1149,7 @@ void solve_one(const T* C, int64_t n, int64_t m, const T* a, const T* b, T mass,
     if (std::isfinite(o.reg_m_b)) val += o.reg_m_b * xlogy_sum(c, b, m);
   }
   *value = T(val);
+  if (*status != 2 && s.verdict_fails(r, c, lu, lv, w, mass, *status)) *status = 2;
   for (int64_t i = 0; i < n; ++i) if (!s.ma[i]) lu[i] = ninf;  // masked potentials: -inf, as log 0
   for (int64_t j = 0; j < m; ++j) if (!s.mb[j]) lv[j] = ninf;
 }

@@ -9,6 +9,11 @@ enum Problem : int64_t { kBalanced = 0, kUnbalanced = 1, kPartial = 2 };
 // log-domain iterations wherever they would underflow; kLog: log-sum-exp passes only.
 enum Domain : int64_t { kAuto = 0, kLog = 1 };
 
+// The feasibility verdict on the returned plan (Solver::verdict; the definition and its measured
+// basis are in grounded_fast/reference/entropic_ot.py, whose VERDICT_UNIT and MAX_ROUNDING these are).
+constexpr double kVerdictUnit = 32.0;
+constexpr double kMaxRounding = 1e-2;
+
 struct SolveOptions {
   int64_t problem = kBalanced;
   double reg = 1.0;             // entropic regularisation eps (> 0)
@@ -30,7 +35,8 @@ struct SolveOptions {
 // the final ones on exit; lw (B) receives the global log-scale (partial; 0 otherwise), so that
 // plan = exp(lu_i + lv_j + lw - C_ij / reg).
 // value: regularised objective; value_linear: <P, C>; n_iter: iterations performed;
-// status: 0 converged, 1 iteration limit, 2 numerical failure (state of the last good iteration).
+// status: 0 converged, 1 iteration limit, 2 numerical failure (state of the last good iteration,
+// or a plan that fails the feasibility verdict).
 template <typename T>
 void solve_batch_cpu(const T* C, int64_t B, int64_t n, int64_t m, const T* a, const T* b, const T* mass,
                      const SolveOptions& o, T* plan, T* lu, T* lv, T* lw, T* value, T* value_linear,

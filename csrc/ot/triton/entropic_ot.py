@@ -11,7 +11,7 @@ The plan, ``value`` and ``value_linear`` are formed from the potentials in one m
 """
 from __future__ import annotations
 
-from ...reference.entropic_ot import nonempty_problems
+from ...reference.entropic_ot import nonempty_problems, plan_marginals, verdict
 from .finalize import finalize_triton
 from .sinkhorn_fused import sinkhorn_fused
 from .sinkhorn_small import fits, sinkhorn_small
@@ -38,6 +38,7 @@ def entropic_ot_triton(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, 
     solve = {"small": sinkhorn_small, "stream": sinkhorn_stream, "fused": sinkhorn_fused}[regime]
     lu, lv, w, n_iter, status, hist = solve(C, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b,
                                             kl_ref, max_iter, tol, check_every, history, floor)
-    plan, value, value_linear = finalize_triton(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref,
-                                                nonempty_problems(a, b, mass, problem))
+    nonempty = nonempty_problems(a, b, mass, problem)
+    plan, value, value_linear = finalize_triton(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref, nonempty)
+    status = verdict(problem, status, lu, lv, w, a, b, mass, tol, nonempty, *plan_marginals(plan))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
