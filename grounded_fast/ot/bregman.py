@@ -124,10 +124,20 @@ class _Problem:
     def niter(self, sol) -> int:
         return int(sol.n_iter.max()) - 1  # POT's last iteration index
 
-    def report(self, sol, warn: bool, numerical) -> None:
+    def report(self, sol, warn: bool, numerical, stacklevel: int = 4) -> None:
         if numerical is not None and (sol.status == 2).any():
-            warnings.warn(numerical % self.niter(sol), UserWarning, stacklevel=4)
+            warnings.warn(numerical % self.niter(sol), UserWarning, stacklevel=stacklevel)
         warn_not_converged(sol, warn)
+
+    def run(self, lu0, lv0, max_iter, tol, every: int, verbose: bool, log: bool, warn: bool, numerical,
+            header_every: int = 200):
+        """``solve`` at ``self.reg`` with POT's check cadence ``every``, then POT's verbose table and
+        warnings (``numerical``: POT's numerical-error message of the method, or None)."""
+        sol = self.solve(lu0, lv0, self.reg, max_iter, tol, every, log or verbose)
+        if verbose:
+            print_verbose(self.history(sol), every, header_every=header_every)
+        self.report(sol, warn, numerical, stacklevel=5)
+        return sol
 
     def result(self, sol):
         """The plan (n, m), or the k losses for several histograms."""
@@ -153,10 +163,7 @@ def _sinkhorn_knopp(a, b, M, reg, numItermax, stopThr, verbose, log, warn, warms
         lu0, lv0 = p.full(p.n, -math.log(p.n)), p.full(p.m, -math.log(p.m))
     else:
         lu0, lv0 = p.tensor(warmstart[0]), p.tensor(warmstart[1])
-    sol = p.solve(lu0, lv0, p.reg, numItermax, stopThr, 10, log or verbose)
-    if verbose:
-        print_verbose(p.history(sol), 10)
-    p.report(sol, warn, _KNOPP_NUMERICAL)
+    sol = p.run(lu0, lv0, numItermax, stopThr, 10, verbose, log, warn, _KNOPP_NUMERICAL)
     lg = None
     if log:
         lg = {"err": err_list(p.conv, p.history(sol)), "niter": p.niter(sol),
@@ -170,10 +177,7 @@ def _sinkhorn_log(a, b, M, reg, numItermax, stopThr, verbose, log, warn, warmsta
         lu0, lv0 = p.full(p.n, 0.0), p.full(p.m, 0.0)
     else:
         lu0, lv0 = _pairs(p, warmstart)
-    sol = p.solve(lu0, lv0, p.reg, numItermax, stopThr, 10, log or verbose)
-    if verbose:
-        print_verbose(p.history(sol), 10)
-    p.report(sol, warn, None)
+    sol = p.run(lu0, lv0, numItermax, stopThr, 10, verbose, log, warn, None)
     lg = None
     if log:
         lg = {} if p.k else {"err": err_list(p.conv, p.history(sol)), "niter": p.niter(sol)}
@@ -193,11 +197,8 @@ def _sinkhorn_stabilized(a, b, M, reg, numItermax, tau, stopThr, warmstart, verb
                          kwargs):
     p = _Problem(a, b, M, reg, kwargs)
     alpha, beta = (None, None) if warmstart is None else (p.tensor(warmstart[0]), p.tensor(warmstart[1]))
-    sol = p.solve(*_stabilized_start(p, p.reg, alpha, beta), p.reg, numItermax, stopThr, print_period,
-                  log or verbose)
-    if verbose:
-        print_verbose(p.history(sol), print_period, header_every=print_period * 20)
-    p.report(sol, warn, _STABILIZED_NUMERICAL)
+    sol = p.run(*_stabilized_start(p, p.reg, alpha, beta), numItermax, stopThr, print_period, verbose, log, warn,
+                _STABILIZED_NUMERICAL, header_every=print_period * 20)
     lg = None
     if log:
         logu, logv = p.cols(sol.log_u), p.cols(sol.log_v)
