@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from ..reference.entropic_ot import finalize, history_length, nonempty_problems, plan_marginals, solve_potentials, verdict
+from ..reference.entropic_ot import (finalize, history_length, nonempty_problems, plan_marginals, solve_potentials,
+                                     verdict)
 from ..reference.ot_features import TorchFeaturePasses, compute_dtype, kernel_norms
 
 REGIMES = ("small", "stream", "fused")

@@ -9,7 +9,7 @@ floor, see csrc/ot/cpu/sinkhorn_cpu.cpp), so a tolerance below what rounding res
 the iterates stop changing.
 
 Verdict. Every backend checks its returned plan before it reports (grounded_fast.reference.
-entropic_ot.verdict, defined there; the CPU kernel's twin is Solver::verdict): a problem whose plan
+entropic_ot.verdict, defined there; the CPU kernel's twin is Solver::verdict_fails): a problem whose plan
 is not finite, misses the constraint its last update enforces exactly, or reports convergence while
 missing the others beyond its tolerance, gets status 2. ``failure_reasons`` turns those statuses
 into words for the warning.
@@ -40,12 +40,12 @@ def failure_reasons(problem: int, status: Tensor, lu: Tensor, lv: Tensor, w: Ten
     iterates that stopped being finite. a (B,n), b (B,m), mass (B,) in the compute dtype."""
     failed = status == 2
     r, c, total = marginals()
+    feas = feasibility(problem, lu, lv, w, a, b, mass, tol, r, c, total)
+    e_exact, e_rest, tau, _, L = feas
     # the verdict as if the kernel had not applied it: which of the failed problems it explains
     as_run = torch.where(failed, torch.zeros_like(status), status)
-    not_finite, exact, rest = (f & failed for f in
-                               verdict_failures(problem, as_run, lu, lv, w, a, b, mass, tol, nonempty, r, c, total))
+    not_finite, exact, rest = (f & failed for f in verdict_failures(feas, as_run, nonempty, c, total))
     kernel = failed & ~(not_finite | exact | rest)
-    e_exact, e_rest, tau, _, L = feasibility(problem, lu, lv, w, a, b, mass, tol, r, c, total)
     flags = torch.stack([kernel.any(), not_finite.any(), exact.any(), rest.any()]).tolist()  # one host read
     dtype = str(a.dtype).replace("torch.", "")
     what = {BALANCED: "row sums a", PARTIAL: "transported mass m"}.get(problem, "")

@@ -28,6 +28,7 @@ import warnings
 import torch
 
 from ..ops import PARTIAL, entropic_ot
+from ..ops.entropic_ot import mass_rtol
 from ._common import check_reg, envelope_loss, err_list, print_verbose
 from ._convert import Converter
 from ._pot import delegating as _delegating
@@ -63,8 +64,7 @@ def _mass(m, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"m (the transported mass) must be finite, got {m!r}")
     if bool((mass < 0).any()):
         raise ValueError("Problem infeasible. Parameter m should be greater than 0.")
-    rtol = 1e-12 if a.dtype == torch.float64 else 1e-6
-    if bool((mass > cap * (1 + rtol)).any()):
+    if bool((mass > cap * (1 + mass_rtol(a.dtype))).any()):
         raise ValueError("Problem infeasible. Parameter m should lower or equal than min(|a|_1, |b|_1).")
     return torch.minimum(mass, cap)
 

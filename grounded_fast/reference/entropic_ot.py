@@ -68,7 +68,8 @@ def solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem: int,
     """The iterations of every backend that streams the cost: ``row_lse(lv)`` (B,n) =
     LSE_j(lv_j - C_ij/reg), ``col_lse(lu)`` (B,m) = LSE_i(lu_i - C_ij/reg). Returns (log_u, log_v,
     log_scale, n_iter, status, err_history). Stop tests as in csrc/ot/cpu/sinkhorn_cpu.cpp, with
-    the rounding floor of ``stop_floor`` (``floor``: the relative rounding unit, 0 = none).
+    the rounding floor ``floor`` x rounding_scale x stop_shape (``floor``: the relative rounding
+    unit, 0 = none; see ``check``).
     ``row_then_col(lv, lu, la, active, scale, cap)`` (optional): both half-iterations in one pass over
     C, returning (lu', col_lse(lu')) with, per problem b and row i,
         lu'_i = la_i = -inf ? -inf : (active_b ? min(la_i - scale rl_i, cap ? lu_i : +inf) : lu_i),
@@ -102,8 +103,9 @@ def solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem: int,
 
     def check(err, done):
         """Record the stop quantity of the active problems (the last history slot keeps the latest
-        once the buffer is full), retire those with ``done`` or at the rounding floor (err <=
-        stop_floor and no smaller than at the previous check); True when no problem is left."""
+        once the buffer is full), retire those with ``done`` or at the rounding floor (err <= floor x
+        rounding_scale x stop_shape, and no smaller than at the previous check); True when no problem
+        is left."""
         nonlocal k, status, active, prev
         if hist_len > 0:
             slot = min(k, hist_len - 1)
@@ -232,18 +234,8 @@ def stop_shape(problem: int, ma, mb, b):
     return torch.ones_like(b[:, 0])
 
 
-def stop_floor(problem: int, lu, lv, w, a, b, unit: float):
-    """(B,) the rounding floor of the stop quantity: ``unit`` (the relative rounding unit, e.g.
-    the dtype's eps) x rounding_scale x stop_shape. Every backend stops a problem at a check whose
-    err is at most this and no smaller than at the previous check."""
-    ma, mb = a > 0, b > 0
-    la = torch.where(ma, torch.log(torch.where(ma, a, 1)), 0)
-    lb = torch.where(mb, torch.log(torch.where(mb, b, 1)), 0)
-    return unit * rounding_scale(lu, lv, w, la, lb, ma, mb) * stop_shape(problem, ma, mb, b)
-
-
 # The feasibility verdict (every backend applies it to its returned plan; the CPU kernel's twin is
-# Solver::verdict in csrc/ot/cpu/sinkhorn_cpu.cpp, with the same constants). Each kind's last update
+# Solver::verdict_fails in csrc/ot/cpu/sinkhorn_cpu.cpp, with the same constants). Each kind's last update
 # enforces one constraint exactly (balanced: rows P 1 = a; partial: the mass sum P = m); the stop
 # test bounds the others (balanced ||P^T 1 - b||_2 < tol; partial: rows <= a, columns <= b to about
 # the log plan's change). In relative errors
@@ -289,10 +281,11 @@ def feasibility(problem: int, lu, lv, w, a, b, mass, tol: float, r, c, total):
     return e_exact, e_rest, tau, slack, L
 
 
-def verdict_failures(problem: int, status, lu, lv, w, a, b, mass, tol: float, nonempty, r, c, total):
-    """(not_finite, exact_missed, rest_missed), (B,) bools: why the verdict fails each problem
-    (problems the kernel already failed, status 2, are left out)."""
-    e_exact, e_rest, tau, slack, _ = feasibility(problem, lu, lv, w, a, b, mass, tol, r, c, total)
+def verdict_failures(feas, status, nonempty, c, total):
+    """(not_finite, exact_missed, rest_missed), (B,) bools: why the verdict fails each problem, from
+    ``feasibility``'s output ``feas`` and the plan's column sums c (B,m) and total (B,) (problems the
+    kernel already failed, status 2, are left out)."""
+    e_exact, e_rest, tau, slack, _ = feas
     live = nonempty & (status != 2)
     finite = torch.isfinite(total) & torch.isfinite(c.sum(1))  # P >= 0: a NaN or inf entry shows in the sums
     not_finite = live & ~finite
@@ -303,7 +296,8 @@ def verdict_failures(problem: int, status, lu, lv, w, a, b, mass, tol: float, no
 
 def verdict(problem: int, status, lu, lv, w, a, b, mass, tol: float, nonempty, r, c, total):
     """The status (B,) int64 after the feasibility verdict (above): 2 where it fails. No host read."""
-    fails = verdict_failures(problem, status, lu, lv, w, a, b, mass, tol, nonempty, r, c, total)
+    fails = verdict_failures(feasibility(problem, lu, lv, w, a, b, mass, tol, r, c, total), status, nonempty, c,
+                             total)
     return torch.where(fails[0] | fails[1] | fails[2], torch.full_like(status, 2), status)
 
 

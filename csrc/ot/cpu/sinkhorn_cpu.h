@@ -9,7 +9,7 @@ enum Problem : int64_t { kBalanced = 0, kUnbalanced = 1, kPartial = 2 };
 // log-domain iterations wherever they would underflow; kLog: log-sum-exp passes only.
 enum Domain : int64_t { kAuto = 0, kLog = 1 };
 
-// The feasibility verdict on the returned plan (Solver::verdict; the definition and its measured
+// The feasibility verdict on the returned plan (Solver::verdict_fails; the definition and its measured
 // basis are in grounded_fast/reference/entropic_ot.py, whose VERDICT_UNIT and MAX_ROUNDING these are).
 constexpr double kVerdictUnit = 32.0;
 constexpr double kMaxRounding = 1e-2;

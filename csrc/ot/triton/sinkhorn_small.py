@@ -149,7 +149,8 @@ def _sinkhorn_small(C_ptr, a_ptr, b_ptr, mass_ptr, lu0_ptr, lv0_ptr,
     go = nonempty
     # the rounding floor of the stop quantity: unit x (1 + max|lu| + max|lv| + |w| + max|log a| +
     # max|log b|) x (partial sqrt(n' m'), balanced ||b||_2, unbalanced 1); a check at or below it and
-    # no smaller than the previous check stops (grounded_fast.reference.entropic_ot.stop_floor)
+    # no smaller than the previous check stops (solve_potentials' check in
+    # grounded_fast/reference/entropic_ot.py)
     base = 1.0 + _absmax(la, ma) + _absmax(lb, mb)
     if PROBLEM == 0:
         shape = tl.sqrt(tl.sum(tl.where(mb, b * b, 0.0), axis=0))
