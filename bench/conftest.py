@@ -19,7 +19,6 @@ import contextlib
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ if HERE not in sys.path:
 
 import throughput  # noqa: E402
 
-from grounded_fast._bench import default_threads, pinned_threads, thread_state  # noqa: E402
+from grounded_fast._bench import default_threads, pinned_threads, thread_state, time_repeats  # noqa: E402
 
 # threads of every side (torch's intra-op pool and every BLAS / OpenMP pool): BENCH_THREADS, default all cores
 THREADS = int(os.environ.get("BENCH_THREADS") or default_threads())
@@ -71,6 +70,7 @@ def _environment() -> dict:
     so = [f for f in os.listdir(os.path.dirname(grounded_fast.__file__)) if f.startswith("_C")]
     so_path = os.path.join(os.path.dirname(grounded_fast.__file__), so[0]) if so else None
     dirty = _run(["git", "status", "--porcelain", "--", "grounded_fast", "csrc", "setup.py", "pyproject.toml"])
+    kernel_dirty = _run(["git", "status", "--porcelain", "--", *KERNEL_PATHS])
     return {
         "hostname": socket.gethostname(),
         "lscpu": _lscpu(),
@@ -83,7 +83,7 @@ def _environment() -> dict:
         "git_commit": _run(["git", "rev-parse", "HEAD"]),
         "git_last_csrc_commit": _run(["git", "log", "-1", "--format=%h %ci", "--", "csrc", "setup.py"]),
         "git_kernel_commit": _run(["git", "log", "-1", "--format=%H %ci", "--", *KERNEL_PATHS]),
-        "git_dirty_kernel_files": [ln[3:] for ln in _run(["git", "status", "--porcelain", "--", *KERNEL_PATHS]).splitlines()],
+        "git_dirty_kernel_files": [ln[3:] for ln in kernel_dirty.splitlines()],
         "git_dirty_package_files": [ln[3:] for ln in dirty.splitlines()],
         "geomloss": _version("geomloss"),
         "torchmatch": _version("torchmatch"),
@@ -250,14 +250,9 @@ def run_bench(benchmark, fn, *, rounds: int, warmup_rounds: int = 1):
             samples = None
             med, lo, hi = st.median, st.min, st.max
         else:
-            for _ in range(warmup_rounds):
-                call()
-            samples = []
-            for _ in range(rounds):
-                s = time.perf_counter()
-                call()
-                samples.append(time.perf_counter() - s)
-            med, lo, hi = statistics.median(samples), min(samples), max(samples)
+            timing = time_repeats(call, rounds, warmup_rounds)
+            samples = timing.samples
+            med, lo, hi = timing.median, timing.min, timing.max
         foreign, own = _foreign(t0, throughput._ticks())
         attempts.append({"median_s": med, "min_s": lo, "max_s": hi, "samples": samples, "foreign_cpu_fraction": foreign,
                          "own_cpu_fraction": own, "idle_wait": wait})

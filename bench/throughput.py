@@ -23,20 +23,15 @@ import argparse
 import json
 import time
 
+from grounded_fast._bench import time_repeats
+
 N_BIG = 16 * 1024 * 1024
 N_CACHE = 256 * 1024
 
 
 def _best_time(fn, reps: int, warmup: int = 2) -> float:
     """Shortest of ``reps`` timed calls (a peak-rate yardstick: best-of-N is the least noisy)."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+    return time_repeats(fn, reps, warmup).min
 
 
 def measure(threads: int = 2) -> dict:
