@@ -443,7 +443,7 @@ def test_solve_batch_argument_errors():
         ot.batch.solve_batch(Ms, 0.1, A, Bw, m=0.5, grad="last_step")
     with pytest.raises(ValueError, match="m must be"):
         ot.batch.solve_batch(Ms, 0.1, A, Bw, m=np.array([0.5, 0.5]))
-    with pytest.raises(ValueError, match=r"m must be <= min"):
+    with pytest.raises(ValueError, match=r"lower or equal than min"):
         ot.batch.solve_batch(Ms, 0.1, A, Bw, m=1.5)
     with pytest.raises(ValueError, match="reg_m"):
         ot.batch.solve_batch(Ms, 0.1, A, Bw, reg_m=-1.0)
@@ -455,6 +455,18 @@ def test_solve_batch_argument_errors():
             ot.batch.solve_batch(Ms, 0.1, **kw)
     with pytest.raises(ValueError, match="strictly positive reg"):
         ot.batch.solve_batch(Ms, None, method="log_sinkhorn")
+
+
+@pytest.mark.parametrize("m, err, msg", [(-0.1, ValueError, "greater than 0"), (float("nan"), ValueError, "finite"),
+                                          (1.5, ValueError, "lower or equal"), ("half", TypeError, "m must be"),
+                                          (torch.tensor(0.5, requires_grad=True), NotImplementedError, "gradients")])
+def test_partial_and_solve_batch_check_m_alike(m, err, msg):
+    """entropic_partial_wasserstein and solve_batch(m=...) take the transported mass through one check."""
+    Ms, A, Bw = _batch()
+    with pytest.raises(err, match=msg):
+        ot.batch.solve_batch(Ms, 0.1, A, Bw, m=m)
+    with pytest.raises(err, match=msg):
+        ot.partial.entropic_partial_wasserstein(A, Bw, Ms, 0.1, m=m)
 
 
 def test_solve_batch_first_u_in_blocks():

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..ops import OTSolution, entropic_ot
+from ..ops.entropic_ot import mass_rtol
 from ._convert import Converter
 
 
@@ -34,6 +35,34 @@ def prepare(a, b, M):
         if bool((w.sum(0) == 0).any()):
             raise ValueError(f"{name} (the {'source' if name == 'a' else 'target'} weights) sums to 0")
     return conv, a, b, M
+
+
+def transported_mass(m, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Partial OT's transported mass as a (B,) tensor in a's dtype and device, for a (B, n), b (B, m).
+
+    ``m``: None (min(|a|_1, |b|_1)), a number, or B numbers (list, array, tensor). Checked finite,
+    >= 0 and <= min(|a|_1, |b|_1) up to the op's relative rounding tolerance (torch's and numpy's sums
+    of the same weights differ by an ulp), then clipped to that cap. Gradients with respect to m are
+    not provided: a tensor m that requires grad raises."""
+    cap = torch.minimum(a.sum(-1), b.sum(-1))
+    if m is None:
+        return cap
+    if isinstance(m, torch.Tensor) and m.requires_grad:
+        raise NotImplementedError("gradients with respect to m (the transported mass) are not supported")
+    if isinstance(m, bool) or not isinstance(m, (numbers.Real, np.generic, torch.Tensor, np.ndarray, list, tuple)):
+        raise TypeError(f"m must be a number or have shape ({cap.shape[0]},), got {type(m).__name__}")
+    mass = m if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m, dtype=np.float64))
+    mass = mass.to(device=a.device, dtype=a.dtype)
+    if mass.dim() > 1 or (mass.dim() == 1 and mass.shape[0] != cap.shape[0]):
+        raise ValueError(f"m must be a number or have shape ({cap.shape[0]},), got shape {tuple(mass.shape)}")
+    mass = mass.expand(cap.shape)
+    if not bool(torch.isfinite(mass).all()):
+        raise ValueError(f"m (the transported mass) must be finite, got {m!r}")
+    if bool((mass < 0).any()):
+        raise ValueError("Problem infeasible. Parameter m should be greater than 0.")
+    if bool((mass > cap * (1 + mass_rtol(a.dtype))).any()):
+        raise ValueError("Problem infeasible. Parameter m should lower or equal than min(|a|_1, |b|_1).")
+    return torch.minimum(mass, cap)
 
 
 def err_list(conv: Converter, hist: torch.Tensor) -> list:

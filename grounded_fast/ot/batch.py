@@ -34,14 +34,12 @@ B x n x m temporaries. Extra: ``backend=``, ``OTResult.status`` per problem (0 c
 from __future__ import annotations
 
 import math
-import numbers
 
-import numpy as np
 import torch
 
 from ..ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
 from ..reference.entropic_ot import unbalanced_value
-from ._common import check_reg, op_reg_m, reg_m_pair
+from ._common import check_reg, op_reg_m, reg_m_pair, transported_mass
 from ._convert import Converter
 from ._pot import delegating as _delegating
 from .utils import OTResult
@@ -62,23 +60,6 @@ def _log0(x: torch.Tensor) -> torch.Tensor:
 
 def _masked_log(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, _log0(x), -math.inf)
-
-
-def _mass(m, B: int, like: torch.Tensor) -> torch.Tensor:
-    """Partial OT's transported mass as a (B,) tensor."""
-    if isinstance(m, torch.Tensor) and m.requires_grad:
-        raise NotImplementedError("gradients with respect to m (the transported mass) are not supported")
-    if isinstance(m, (numbers.Real, np.generic)) and not isinstance(m, bool):
-        return torch.full((B,), float(m), dtype=like.dtype, device=like.device)
-    if not isinstance(m, (torch.Tensor, np.ndarray, list, tuple)):
-        raise TypeError(f"m must be a number or have shape ({B},), got {type(m).__name__}")
-    t = (m if isinstance(m, torch.Tensor) else torch.as_tensor(np.asarray(m, dtype=np.float64)))
-    t = t.detach().to(like.dtype).to(like.device)
-    if t.dim() == 0:
-        return t.expand(B)
-    if tuple(t.shape) != (B,):
-        raise ValueError(f"m must be a number or have shape ({B},), got shape {tuple(t.shape)}")
-    return t
 
 
 def _row_lse(M: torch.Tensor, reg: float, chunk: int = 1 << 22) -> torch.Tensor:
@@ -194,7 +175,7 @@ def solve_batch(M, reg=None, a=None, b=None, max_iter=1000, tol=1e-5, method="au
         opts.update(reg_m=(op_reg_m(r1, reg), op_reg_m(r2, reg)), kl_ref=kl)
     cost = M
     if problem == PARTIAL:
-        opts["mass"] = _mass(m, B, M)
+        opts["mass"] = transported_mass(m, a.expand(B, n), b.expand(B, mm))
         if kl:  # KL(P | a b^T) = sum P log P - <P, log a_i + log b_j>: a cost shift
             cost = M - reg * (_log0(a)[:, :, None] + _log0(b)[:, None, :])
     if problem == BALANCED and a.shape == (B, n):

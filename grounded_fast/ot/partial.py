@@ -28,8 +28,7 @@ import warnings
 import torch
 
 from ..ops import PARTIAL, entropic_ot
-from ..ops.entropic_ot import mass_rtol
-from ._common import check_reg, envelope_loss, err_list, print_verbose
+from ._common import check_reg, envelope_loss, err_list, print_verbose, transported_mass
 from ._convert import Converter
 from ._pot import delegating as _delegating
 
@@ -47,26 +46,6 @@ def _weights(conv: Converter, w, shape: tuple, M: torch.Tensor, name: str) -> to
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape} to match M {tuple(M.shape)}, got {tuple(t.shape)}")
     return t
-
-
-def _mass(m, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The transported mass (B,): min(|a|_1, |b|_1) when None; else checked >= 0 and <= that cap up to
-    the op's relative rounding tolerance (torch's and numpy's sums of the same weights differ by an ulp)."""
-    cap = torch.minimum(a.sum(-1), b.sum(-1))
-    if m is None:
-        return cap
-    mass = (m if isinstance(m, torch.Tensor) else torch.as_tensor(m, dtype=torch.float64)).detach()
-    mass = mass.to(device=a.device, dtype=a.dtype)
-    if mass.dim() > 1 or (mass.dim() == 1 and mass.shape[0] != cap.shape[0]):
-        raise ValueError(f"m must be a number or have shape ({cap.shape[0]},), got shape {tuple(mass.shape)}")
-    mass = mass.expand(cap.shape)
-    if not bool(torch.isfinite(mass).all()):
-        raise ValueError(f"m (the transported mass) must be finite, got {m!r}")
-    if bool((mass < 0).any()):
-        raise ValueError("Problem infeasible. Parameter m should be greater than 0.")
-    if bool((mass > cap * (1 + mass_rtol(a.dtype))).any()):
-        raise ValueError("Problem infeasible. Parameter m should lower or equal than min(|a|_1, |b|_1).")
-    return torch.minimum(mass, cap)
 
 
 def entropic_partial_wasserstein(a, b, M, reg, m=None, method="sinkhorn", numItermax=1000, stopThr=1e-100,
@@ -97,7 +76,7 @@ def entropic_partial_wasserstein(a, b, M, reg, m=None, method="sinkhorn", numIte
             if bool((w.sum() == 0).all()):
                 raise ValueError(f"{name} (the {'source' if name == 'a' else 'target'} weights) sums to 0")
     Mb, ab, bb = (M, a, b) if batched else (M[None], a[None], b[None])
-    mass = _mass(m, ab, bb)
+    mass = transported_mass(m, ab, bb)
     sol = entropic_ot(Mb, ab, bb, reg=reg, problem=PARTIAL, mass=mass, max_iter=int(numItermax),
                       tol=float(stopThr), check_every=_CHECK_EVERY, warn=False, history=bool(log or verbose),
                       **opts)
