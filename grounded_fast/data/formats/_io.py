@@ -12,6 +12,7 @@ import csv
 import gzip
 import io
 import os
+import zipfile
 import zlib
 from contextlib import contextmanager
 from typing import IO, Iterator, List, Optional, Tuple, Union
@@ -23,6 +24,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CSV_FIELD_LIMIT = 1 << 30
+# What gzip and zip members raise on damaged data: a bad header or trailer (OSError, incl.
+# gzip.BadGzipFile), a truncated stream (EOFError), a bad deflate block (zlib.error), a CRC
+# mismatch in a zip member (zipfile.BadZipFile).
+_DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile)
 
 
 class DataFormatError(ValueError):
@@ -53,31 +58,43 @@ def _maybe_gunzip(stream: IO[bytes], name: str) -> IO[bytes]:
     return stream
 
 
-@contextmanager
-def open_binary(path: PathLike) -> Iterator[IO[bytes]]:
-    """Open ``path`` for reading bytes, decompressing gzip transparently.
-
-    A missing file raises DataFormatError (``path: file not found``).
-    """
+def _open_file(path: PathLike) -> IO[bytes]:
     try:
-        raw = open(path, "rb")
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataFormatError(path, None, "file not found") from None
     except IsADirectoryError:
         raise DataFormatError(path, None, "is a directory, expected a file") from None
+
+
+def _corrupt(name: str, lines_read: int, err: BaseException) -> DataFormatError:
+    where = f"after line {lines_read}" if lines_read else "at the start"
+    return DataFormatError(name, None, f"cannot read compressed data ({where}): {err}; the file "
+                           "is damaged or truncated, download or extract it again")
+
+
+@contextmanager
+def open_binary(path: PathLike) -> Iterator[IO[bytes]]:
+    """Open ``path`` for reading bytes, decompressing gzip transparently.
+
+    A missing file raises DataFormatError (``path: file not found``); damaged gzip data shows
+    on reading, as the errors in ``_DECOMPRESSION_ERRORS`` (the caller's to report).
+    """
+    raw = _open_file(path)
     try:
-        yield _maybe_gunzip(raw, os.fspath(path))
+        yield _maybe_gunzip(raw, os.fspath(path))  # reads no compressed data yet
     finally:
         raw.close()
 
 
 def iter_stream_lines(stream: IO[bytes], name: str) -> Iterator[Tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line of a binary stream (gzip detected), 1-based,
-    without the line terminator. ``name`` is used in error messages."""
-    stream = _maybe_gunzip(stream, name)
+    without the line terminator. ``name`` is used in error messages: invalid UTF-8 names the
+    line; damaged compressed data (gzip, or a zip member's deflate data or CRC) raises
+    DataFormatError chained from the decompressor's error."""
     lineno = 0
     try:
-        for raw in stream:
+        for raw in _maybe_gunzip(stream, name):
             lineno += 1
             if raw.endswith(b"\n"):
                 raw = raw[:-1]
@@ -91,13 +108,13 @@ def iter_stream_lines(stream: IO[bytes], name: str) -> Iterator[Tuple[int, str]]
                 raise DataFormatError(name, lineno, f"not valid UTF-8 (byte {raw[e.start]:#04x} "
                                       f"at column {e.start + 1})") from None
             yield lineno, text
-    except (OSError, EOFError, zlib.error) as e:  # corrupt or truncated gzip
-        raise DataFormatError(name, lineno + 1, f"cannot read compressed data: {e}") from None
+    except _DECOMPRESSION_ERRORS as e:
+        raise _corrupt(name, lineno, e) from e
 
 
 def iter_lines(path: PathLike) -> Iterator[Tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line of the file at ``path`` (see module doc)."""
-    with open_binary(path) as f:
+    with _open_file(path) as f:
         yield from iter_stream_lines(f, os.fspath(path))
 
 
@@ -118,8 +135,8 @@ def read_text(path: PathLike) -> str:
     with open_binary(path) as f:
         try:
             data = f.read()
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataFormatError(path, None, f"cannot read compressed data: {e}") from None
+        except _DECOMPRESSION_ERRORS as e:
+            raise _corrupt(os.fspath(path), 0, e) from e
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     try:
