@@ -145,20 +145,26 @@ def read_text(path: PathLike) -> str:
         raise DataFormatError(path, line_of_offset(data, e.start), "not valid UTF-8") from None
 
 
-def iter_tsv(path: PathLike, quoted: bool = False) -> Iterator[Tuple[int, List[str]]]:
-    """Yield ``(line_number, fields)`` for each non-blank record of a tab-separated file.
+_QUOTING_HINT = "read with quoted=False if the file does not use csv quoting"
 
-    quoted=False: every line is one record, split on tabs, quotes are ordinary characters (the
-    GLUE convention). quoted=True: csv-style quoting (a field may be enclosed in ``"``, with ``""``
-    for a quote and tabs/newlines inside, as pandas ``to_csv(sep="\\t")`` writes it); the line
-    number is the record's first line; broken quoting raises DataFormatError.
+
+def iter_tsv(path: PathLike, quoted: bool = False, delimiter: str = "\t",
+             quoting_hint: str = _QUOTING_HINT) -> Iterator[Tuple[int, List[str]]]:
+    """Yield ``(line_number, fields)`` for each non-blank record of a tab-separated file (or one
+    separated by another single-character ``delimiter``, e.g. ``","``).
+
+    quoted=False: every line is one record, split on the delimiter, quotes are ordinary
+    characters (the GLUE convention). quoted=True: csv-style quoting (a field may be enclosed in
+    ``"``, with ``""`` for a quote and delimiters/newlines inside, as pandas ``to_csv`` writes
+    it); the line number is the record's first line; broken quoting raises DataFormatError
+    whose message ends with ``quoting_hint`` (what to do).
     Lines that are empty after removing the terminator are skipped.
     """
     name = os.fspath(path)
     if not quoted:
         for lineno, text in iter_lines(path):
             if text:
-                yield lineno, text.split("\t")
+                yield lineno, text.split(delimiter)
         return
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # base64 images are larger than the default
         csv.field_size_limit(_CSV_FIELD_LIMIT)
@@ -169,7 +175,7 @@ def iter_tsv(path: PathLike, quoted: bool = False) -> Iterator[Tuple[int, List[s
             last[0] = lineno
             yield text + "\n"
 
-    reader = csv.reader(feed(), delimiter="\t", quotechar='"', doublequote=True, strict=True)
+    reader = csv.reader(feed(), delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
     start = 1
     while True:
         try:
@@ -178,7 +184,7 @@ def iter_tsv(path: PathLike, quoted: bool = False) -> Iterator[Tuple[int, List[s
             return
         except csv.Error as e:
             raise DataFormatError(name, start, f"bad quoting in the record starting here: {e} "
-                                  "(read with quoted=False if the file does not use csv quoting)") from None
+                                  f"({quoting_hint})") from None
         if row and row != [""]:
             yield start, row
         start = last[0] + 1
