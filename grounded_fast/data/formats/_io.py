@@ -3,7 +3,9 @@
 Lines are split on ``\\n`` only (a trailing ``\\r`` is dropped, so CRLF files read like LF files;
 other Unicode line separators inside a field are kept), a UTF-8 byte-order mark at the start of a
 file is dropped, and gzip input is recognised by its magic bytes whatever the file is called.
-Each line is decoded separately so that invalid UTF-8 is reported with its line number.
+Each line is decoded separately so that invalid UTF-8 is reported with its line number; damaged
+compressed data (a bad deflate block, a truncated stream, a CRC mismatch) raises DataFormatError
+naming the file, chained from the decompressor's error.
 """
 from __future__ import annotations
 
