@@ -127,6 +127,13 @@ def test_damaged_gzip_is_a_data_format_error(tmp_path, loader, text):
         loader(p)
 
 
+def test_gzip_is_decompressed_once(tmp_path):
+    p = tmp_path / "train.tsv.gz"  # a gzip file inside a gzip file: one level, like zcat and read_text
+    p.write_bytes(gzip.compress(gzip.compress(SST2_TEXT.encode())))
+    with raises_at(p, 1, match="not valid UTF-8"):
+        load_sst2(p)
+
+
 def test_missing_file(tmp_path):
     with raises_at(tmp_path / "nope.tsv", None, match="file not found"):
         load_sst2(tmp_path / "nope.tsv")
