@@ -10,6 +10,7 @@ from sklearn.metrics import silhouette_score
 from grounded_fast.analysis.concreteness import (DEFAULT_NORMS_PATH, ConcretenessNorms,
                                                  concreteness_silhouette, load_concreteness_norms,
                                                  select_concreteness_words)
+from grounded_fast.data.loaders import DataFormatError
 
 ORIGINAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "concreteness" / \
     "Concreteness_ratings_Brysbaert_et_al_BRM.txt"
@@ -73,17 +74,95 @@ def test_gz_and_plain_and_no_bigram_column(tmp_path):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("Word\tBigram\tConc.SD\nidea\t0\t1.0\n", r"norms\.txt: header has no 'Conc\.M' column"),
-    ("Words\tConc.M\nidea\t1.0\n", r"norms\.txt: header has no 'Word' column"),
-    (HEADER + "idea\t0\t1.5\t0.5\nwhale\t0\t4.9\n", r"norms\.txt, line 3: expected 4 .*got 3"),
-    (HEADER + "idea\t0\t1.5\t0.5\n\nwhale\t0\tlots\t0.1\n", r"norms\.txt, line 4: Conc\.M 'lots' is not a number"),
-    (HEADER + "idea\t0\tnan\t0.5\n", r"norms\.txt, line 2: Conc\.M is 'nan'"),
-    (HEADER + "idea\tyes\t1.5\t0.5\n", r"norms\.txt, line 2: Bigram 'yes'"),
-    (HEADER + "\t0\t1.5\t0.5\n", r"norms\.txt, line 2: empty Word"),
+    ("Word\tBigram\tConc.SD\nidea\t0\t1.0\n", r"norms\.txt:1: header has no 'Conc\.M' column"),
+    ("Words\tConc.M\nidea\t1.0\n", r"norms\.txt:1: header has no 'Word' column"),
+    (HEADER + "idea\t0\t1.5\t0.5\nwhale\t0\t4.9\n", r"norms\.txt:3: expected 4 .*got 3"),
+    (HEADER + "idea\t0\t1.5\t0.5\n\nwhale\t0\tlots\t0.1\n", r"norms\.txt:4: Conc\.M 'lots' is not a number"),
+    (HEADER + "idea\t0\tnan\t0.5\n", r"norms\.txt:2: Conc\.M is 'nan'"),
+    (HEADER + "idea\tyes\t1.5\t0.5\n", r"norms\.txt:2: Bigram 'yes'"),
+    (HEADER + "\t0\t1.5\t0.5\n", r"norms\.txt:2: empty Word"),
+    (HEADER + "\n\n", r"norms\.txt: no rows after the header"),
+    ("", r"norms\.txt: empty file"),
+    ("Word\tWord\tConc.M\nidea\tidea\t1.5\n", r"norms\.txt:1: duplicate column name\(s\) \['Word'\]"),
 ])
 def test_malformed_files(tmp_path, text, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(DataFormatError, match=match):
         load_concreteness_norms(write(tmp_path, text))
+
+
+def test_encoding_and_compression_errors_name_the_file(tmp_path):
+    p = tmp_path / "norms.txt"
+    p.write_bytes(HEADER.encode() + b"idea\t0\t1.5\t0.5\nna\xefve\t0\t2.0\t0.5\n")
+    with pytest.raises(DataFormatError, match="not valid UTF-8") as info:
+        load_concreteness_norms(p)
+    assert (info.value.path, info.value.line) == (str(p), 3)
+    body = HEADER + "".join(f"word{i}\t0\t{1 + i % 4}.5\t0.5\n" for i in range(2000))
+    gz = tmp_path / "norms.tsv.gz"
+    gz.write_bytes(gzip.compress(body.encode())[:-40])  # truncated
+    with pytest.raises(DataFormatError, match="compressed data") as info:
+        load_concreteness_norms(gz)
+    assert info.value.path == str(gz) and isinstance(info.value.__cause__, (EOFError, OSError))
+    unnamed = tmp_path / "norms.txt"  # gzip content, no .gz in the name
+    unnamed.write_bytes(gzip.compress(body.encode()))
+    n = load_concreteness_norms(unnamed)
+    assert len(n) == 2000 and n.words[-1] == "word1999" and n.concreteness[-1] == 4.5
+    with pytest.raises(DataFormatError, match="file not found"):
+        load_concreteness_norms(tmp_path / "missing.tsv")
+
+
+BRYSBAERT_CSV = ("Word,Bigram,Conc.M,Conc.SD,Unknown,Total,Percent_known,SUBTLEX,Dom_Pos\r\n"
+                 "apple,0,5,0,0,29,1,1863,Noun\r\n"
+                 "justice,0,1.45,0.83,0,29,1,4033,Noun\r\n"
+                 '"hot, dog",1,4.9,0.3,0,29,1,10,#N/A\r\n'
+                 "bring,0,2.3,1.1,0,30,1,9000,Verb\r\n")
+
+
+def test_comma_separated_file_sniffed_or_forced(tmp_path):
+    n = load_concreteness_norms(write(tmp_path, BRYSBAERT_CSV, "norms.csv"))
+    assert n.words == ["apple", "justice", "hot, dog", "bring"]  # csv quoting understood
+    assert n.concreteness.tolist() == [5.0, 1.45, 4.9, 2.3] and n.bigram.tolist() == [False, False, True, False]
+    assert list(n.extra) == ["Conc.SD", "Unknown", "Total", "Percent_known", "SUBTLEX", "Dom_Pos"]
+    assert n.extra["Dom_Pos"] == ["Noun", "Noun", "#N/A", "Verb"] and n.extra["SUBTLEX"][0] == "1863"
+    tab = load_concreteness_norms(write(tmp_path, BRYSBAERT_CSV.replace('"hot, dog"', "hot dog")
+                                        .replace(",", "\t"), "norms.tsv"))
+    assert tab.extra == {**n.extra} and tab.words[2] == "hot dog"
+    semi = write(tmp_path, "Word;Conc.M\nidea;1.5\n", "semi.txt")
+    assert load_concreteness_norms(semi, delimiter=";").words == ["idea"]
+    with pytest.raises(DataFormatError, match=r"semi\.txt:1: header has no 'Word' column.*pass delimiter="):
+        load_concreteness_norms(semi)
+    with pytest.raises(DataFormatError, match=r"norms\.csv:1: header has no 'Word'.*tab-separated"):
+        load_concreteness_norms(tmp_path / "norms.csv", delimiter="\t")
+    with pytest.raises(DataFormatError, match=r'norms\.csv:4: bad quoting.*must end with one'):
+        load_concreteness_norms(write(tmp_path, BRYSBAERT_CSV.replace('"hot, dog"', '"hot, dog'), "norms.csv"))
+    for bad in ("", ",;", '"', "\n", 9):
+        with pytest.raises(ValueError, match="delimiter must be one character"):
+            load_concreteness_norms(semi, delimiter=bad)
+
+
+def test_shipped_norms_keep_the_part_of_speech(norms):
+    pos = norms.extra["Dom_Pos"]
+    assert len(pos) == len(norms) and pos[norms.words.index("apple")] == "Noun"
+    assert pos[norms.words.index("bring")] == "Verb"
+    assert sorted(norms.extra) == ["Conc.SD", "Dom_Pos", "Percent_known", "SUBTLEX", "Total", "Unknown"]
+
+
+def test_selection_by_part_of_speech(norms):
+    n = toy_norms()
+    pos = ["Noun", "Noun", "Noun", "Verb", "Noun", "Noun", "Noun", "Noun", "noun", "Noun", "Noun", "Noun",
+           "Adjective", "Noun"]
+    tagged = ConcretenessNorms(n.words, n.concreteness, n.bigram, extra={"Dom_Pos": pos})
+    abstract, concrete = select_concreteness_words(tagged, n_per_class=3, pos="noun")
+    assert abstract == ["essence", "truth", "notion"] and concrete == ["apple", "banana", "zebra"]
+    abstract, concrete = select_concreteness_words(tagged, n_per_class=1, pos={"Verb", "Adjective"})
+    assert (abstract, concrete) == (["hope"], ["whale"])
+    with pytest.raises(ValueError, match=r"no part-of-speech column 'Dom_Pos'"):
+        select_concreteness_words(n, n_per_class=1, pos="Noun")
+    with pytest.raises(ValueError, match=r"no word has part of speech \['nouns'\].*'Adjective'"):
+        select_concreteness_words(tagged, n_per_class=1, pos="Nouns")
+    with pytest.raises(ValueError, match="only 1 eligible words"):
+        select_concreteness_words(tagged, n_per_class=1, pos="Verb")
+    nouns = select_concreteness_words(norms, n_per_class=200, pos="Noun")
+    assert all(norms.extra["Dom_Pos"][norms.words.index(w)] == "Noun" for w in nouns[0] + nouns[1])
 
 
 def toy_norms():

@@ -10,6 +10,7 @@ import io
 import json
 import pickle
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,6 +90,48 @@ def test_truncated_gzip_is_a_data_format_error(tmp_path):
     with pytest.raises(DataFormatError, match="compressed") as info:
         load_sst2(p)
     assert info.value.path == str(p)
+
+
+def damaged_gzip(path, text):
+    """Write ``text`` gzipped with 30 bytes of its deflate stream inverted (a bad block, not a
+    truncation); returns ``path``."""
+    data = bytearray(gzip.compress(text.encode("utf-8"), mtime=0))
+    data[30:60] = bytes(b ^ 0xFF for b in data[30:60])
+    path.write_bytes(bytes(data))
+    return path
+
+
+@contextmanager
+def raises_corrupt(path):
+    """Expect a DataFormatError naming ``path`` (no line) chained from the decompressor's error."""
+    with raises_at(path, None, match="cannot read compressed data") as info:
+        yield info
+    assert isinstance(info.value.__cause__, (zlib.error, OSError, EOFError, zipfile.BadZipFile)), \
+        repr(info.value.__cause__)
+
+
+MULTI30K_JSONL = "".join(json.dumps({"image": f"{i}.jpg", "en": [f"a {i}"] * 5, "de": [f"b {i}"] * 5}) + "\n"
+                         for i in range(300))
+WIT_PLAIN = "image_url\tcaption_reference_description\n" + "".join(f"{i}.jpg\tcaption {i}\n" for i in range(600))
+
+
+@pytest.mark.parametrize("loader,text", [
+    (load_sst2, SST2_TEXT + "a sentence that goes on\t1\n" * 600),
+    (lambda p: load_wit_tsv(p, page_column=None, section_column=None), WIT_PLAIN),
+    (lambda p: load_wit_tsv(p, page_column=None, section_column=None, quoted=False), WIT_PLAIN),
+    (load_multi30k_jsonl, MULTI30K_JSONL),
+], ids=["glue", "wit", "wit-plain", "multi30k-jsonl"])
+def test_damaged_gzip_is_a_data_format_error(tmp_path, loader, text):
+    p = damaged_gzip(tmp_path / "data.gz", text)
+    with raises_corrupt(p):
+        loader(p)
+
+
+def test_gzip_is_decompressed_once(tmp_path):
+    p = tmp_path / "train.tsv.gz"  # a gzip file inside a gzip file: one level, like zcat and read_text
+    p.write_bytes(gzip.compress(gzip.compress(SST2_TEXT.encode())))
+    with raises_at(p, 1, match="not valid UTF-8"):
+        load_sst2(p)
 
 
 def test_missing_file(tmp_path):
@@ -489,6 +532,39 @@ def test_blimp_errors_name_member_and_line(tmp_path):
         load_blimp(tmp_path / "not.zip")
 
 
+def blimp_zip_bytes(path, lines, compression):
+    """A one-member BLiMP zip (``data/aa_test.jsonl``); returns its bytes and the offset where
+    the member's data start."""
+    with zipfile.ZipFile(path, "w", compression=compression) as z:
+        z.writestr("data/aa_test.jsonl", "\n".join(lines) + "\n")
+    raw = bytearray(path.read_bytes())
+    return raw, raw.index(b"data/aa_test.jsonl") + len("data/aa_test.jsonl")  # no extra field
+
+
+def test_blimp_damaged_zip_member_names_archive_and_member(tmp_path):
+    lines = [blimp_line("aa_test", i) for i in range(300)]
+    member = "d.zip!data/aa_test.jsonl"
+    z = tmp_path / "d.zip"
+    raw, start = blimp_zip_bytes(z, lines, zipfile.ZIP_DEFLATED)
+    raw[start + 20:start + 50] = bytes(b ^ 0xFF for b in raw[start + 20:start + 50])  # a bad deflate block
+    z.write_bytes(raw)
+    with raises_corrupt(member):
+        load_blimp(z)
+    raw, _ = blimp_zip_bytes(z, lines, zipfile.ZIP_STORED)
+    i = raw.index(b"Good sentence 100.")
+    raw[i:i + 1] = b"H"  # still valid JSON: only the member's CRC tells
+    z.write_bytes(raw)
+    with raises_corrupt(member) as info:
+        load_blimp(z)
+    assert "CRC" in str(info.value)
+    raw, _ = blimp_zip_bytes(z, lines, zipfile.ZIP_STORED)
+    raw[0:4] = b"XXXX"  # the member's local header signature
+    z.write_bytes(raw)
+    with raises_at(member, None, match="cannot open the archive member.*download it again") as info:
+        load_blimp(z)
+    assert isinstance(info.value.__cause__, zipfile.BadZipFile)
+
+
 # ---------------------------------------------------------------- GLUE
 COLA_TRAIN = ("gj04\t1\t\tOur friends won't buy this analysis, let alone the next one we propose.\n"
               "gj04\t1\t\tOne more pseudo generalization and I'm giving up.\n"
@@ -566,6 +642,43 @@ def test_glue_errors_name_file_and_line(tmp_path):
     p = write_bytes(tmp_path / "sts.tsv", "sentence1\tsentence2\tscore\nA.\tB.\tnan\n")
     with raises_at(p, 2, match="finite"):
         load_glue_tsv(p, "stsb")
+
+
+# ---------------------------------------------------------------- empty splits, every loader
+def empty_multi30k(tmp_path):
+    make_multi30k(tmp_path, n=0)
+    return tmp_path / "task2" / "image_splits" / "val_images.txt"
+
+
+@pytest.mark.parametrize("make,load,match", [
+    (lambda d: write_bytes(d / "train.tsv", ""), load_sst2, "empty file"),
+    (lambda d: write_bytes(d / "train.tsv", "\r\n\n", gz=True), load_cola, "empty file"),
+    (lambda d: write_bytes(d / "train.tsv", "sentence\tlabel\n\n"), load_sst2, "no examples"),
+    (lambda d: write_bytes(d / "test.tsv", "index\tsentence\n"), load_cola, "no examples"),
+    (lambda d: write_bytes(d / "sub.jsonl", ""), load_multi30k_jsonl, "no images"),
+    (lambda d: write_bytes(d / "sub.jsonl.gz", "\n \n", gz=True), load_multi30k_jsonl, "no images"),
+    (empty_multi30k, lambda p: load_multi30k(p.parents[1], "val"), "no images in split 'val'"),
+    (lambda d: write_bytes(d / "ann.json", "[ ]\n"), load_vatex, "no videos"),
+    (lambda d: write_bytes(d / "wit.tsv", "\t".join(WIT_COLUMNS) + "\n"), load_wit_tsv, "no rows"),
+    (lambda d: write_bytes(d / "aa_test.jsonl", "\n"), load_blimp, "no minimal pairs"),
+], ids=["glue-0-bytes", "glue-blank-lines", "glue-header-only", "cola-test-header-only", "multi30k-jsonl",
+        "multi30k-jsonl-blank-gz", "multi30k", "vatex", "wit-header-only", "blimp-dir"])
+def test_empty_split_is_an_error(tmp_path, make, load, match):
+    p = make(tmp_path)
+    with raises_at(p, None, match=match):
+        load(p if p.name != "aa_test.jsonl" else p.parent)
+
+
+def test_blimp_empty_member_in_zip_is_named(tmp_path):
+    z = make_blimp_zip(tmp_path / "b.zip", {"aa_test": [blimp_line("aa_test", 0)], "bb_test": []})
+    with raises_at("b.zip!data/bb_test.jsonl", None, match="no minimal pairs"):
+        load_blimp(z)
+    assert len(load_blimp(z, "aa_test")) == 1
+
+
+def test_wit_rows_all_filtered_out_is_not_an_error(tmp_path):
+    p = make_wit(tmp_path / "wit.tsv", [wit_row(0, "Ein Bild", lang="de"), wit_row(1, "")])
+    assert load_wit_tsv(p, languages={"en"}) == [] and load_wit_tsv(p, max_records=0) == []
 
 
 # ---------------------------------------------------------------- concreteness norms (re-export)

@@ -2,7 +2,9 @@
 
 Every loader validates its input and raises :class:`DataFormatError` (a ``ValueError`` with
 ``path`` and ``line`` attributes, message ``"path:line: what is wrong"``) on malformed or missing
-data. Text input may be gzipped (detected by content), CRLF, and UTF-8 with or without a BOM.
+data. Text input may be gzipped (detected by content), CRLF, and UTF-8 with or without a BOM;
+damaged compressed data (gzip, a zip member) names the file, and a split without records (an
+empty file, a header only) is an error too.
 
 ========================  =====================================================================
 VATEX                     :func:`load_vatex` -> :class:`VatexDataset` of :class:`VatexVideo`

@@ -3,7 +3,9 @@
 Lines are split on ``\\n`` only (a trailing ``\\r`` is dropped, so CRLF files read like LF files;
 other Unicode line separators inside a field are kept), a UTF-8 byte-order mark at the start of a
 file is dropped, and gzip input is recognised by its magic bytes whatever the file is called.
-Each line is decoded separately so that invalid UTF-8 is reported with its line number.
+Each line is decoded separately so that invalid UTF-8 is reported with its line number; damaged
+compressed data (a bad deflate block, a truncated stream, a CRC mismatch) raises DataFormatError
+naming the file, chained from the decompressor's error.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import csv
 import gzip
 import io
 import os
+import zipfile
 import zlib
 from contextlib import contextmanager
 from typing import IO, Iterator, List, Optional, Tuple, Union
@@ -23,6 +26,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CSV_FIELD_LIMIT = 1 << 30
+# What gzip and zip members raise on damaged data: a bad header or trailer (OSError, incl.
+# gzip.BadGzipFile), a truncated stream (EOFError), a bad deflate block (zlib.error), a CRC
+# mismatch in a zip member (zipfile.BadZipFile).
+_DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, zipfile.BadZipFile)
 
 
 class DataFormatError(ValueError):
@@ -53,31 +60,43 @@ def _maybe_gunzip(stream: IO[bytes], name: str) -> IO[bytes]:
     return stream
 
 
-@contextmanager
-def open_binary(path: PathLike) -> Iterator[IO[bytes]]:
-    """Open ``path`` for reading bytes, decompressing gzip transparently.
-
-    A missing file raises DataFormatError (``path: file not found``).
-    """
+def _open_file(path: PathLike) -> IO[bytes]:
     try:
-        raw = open(path, "rb")
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataFormatError(path, None, "file not found") from None
     except IsADirectoryError:
         raise DataFormatError(path, None, "is a directory, expected a file") from None
+
+
+def _corrupt(name: str, lines_read: int, err: BaseException) -> DataFormatError:
+    where = f"after line {lines_read}" if lines_read else "at the start"
+    return DataFormatError(name, None, f"cannot read compressed data ({where}): {err}; the file "
+                           "is damaged or truncated, download or extract it again")
+
+
+@contextmanager
+def open_binary(path: PathLike) -> Iterator[IO[bytes]]:
+    """Open ``path`` for reading bytes, decompressing gzip transparently.
+
+    A missing file raises DataFormatError (``path: file not found``); damaged gzip data shows
+    on reading, as the errors in ``_DECOMPRESSION_ERRORS`` (the caller's to report).
+    """
+    raw = _open_file(path)
     try:
-        yield _maybe_gunzip(raw, os.fspath(path))
+        yield _maybe_gunzip(raw, os.fspath(path))  # reads no compressed data yet
     finally:
         raw.close()
 
 
 def iter_stream_lines(stream: IO[bytes], name: str) -> Iterator[Tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line of a binary stream (gzip detected), 1-based,
-    without the line terminator. ``name`` is used in error messages."""
-    stream = _maybe_gunzip(stream, name)
+    without the line terminator. ``name`` is used in error messages: invalid UTF-8 names the
+    line; damaged compressed data (gzip, or a zip member's deflate data or CRC) raises
+    DataFormatError chained from the decompressor's error."""
     lineno = 0
     try:
-        for raw in stream:
+        for raw in _maybe_gunzip(stream, name):
             lineno += 1
             if raw.endswith(b"\n"):
                 raw = raw[:-1]
@@ -91,13 +110,13 @@ def iter_stream_lines(stream: IO[bytes], name: str) -> Iterator[Tuple[int, str]]
                 raise DataFormatError(name, lineno, f"not valid UTF-8 (byte {raw[e.start]:#04x} "
                                       f"at column {e.start + 1})") from None
             yield lineno, text
-    except (OSError, EOFError, zlib.error) as e:  # corrupt or truncated gzip
-        raise DataFormatError(name, lineno + 1, f"cannot read compressed data: {e}") from None
+    except _DECOMPRESSION_ERRORS as e:
+        raise _corrupt(name, lineno, e) from e
 
 
 def iter_lines(path: PathLike) -> Iterator[Tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line of the file at ``path`` (see module doc)."""
-    with open_binary(path) as f:
+    with _open_file(path) as f:
         yield from iter_stream_lines(f, os.fspath(path))
 
 
@@ -118,8 +137,8 @@ def read_text(path: PathLike) -> str:
     with open_binary(path) as f:
         try:
             data = f.read()
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataFormatError(path, None, f"cannot read compressed data: {e}") from None
+        except _DECOMPRESSION_ERRORS as e:
+            raise _corrupt(os.fspath(path), 0, e) from e
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     try:
@@ -128,20 +147,26 @@ def read_text(path: PathLike) -> str:
         raise DataFormatError(path, line_of_offset(data, e.start), "not valid UTF-8") from None
 
 
-def iter_tsv(path: PathLike, quoted: bool = False) -> Iterator[Tuple[int, List[str]]]:
-    """Yield ``(line_number, fields)`` for each non-blank record of a tab-separated file.
+_QUOTING_HINT = "read with quoted=False if the file does not use csv quoting"
 
-    quoted=False: every line is one record, split on tabs, quotes are ordinary characters (the
-    GLUE convention). quoted=True: csv-style quoting (a field may be enclosed in ``"``, with ``""``
-    for a quote and tabs/newlines inside, as pandas ``to_csv(sep="\\t")`` writes it); the line
-    number is the record's first line; broken quoting raises DataFormatError.
+
+def iter_tsv(path: PathLike, quoted: bool = False, delimiter: str = "\t",
+             quoting_hint: str = _QUOTING_HINT) -> Iterator[Tuple[int, List[str]]]:
+    """Yield ``(line_number, fields)`` for each non-blank record of a tab-separated file (or one
+    separated by another single-character ``delimiter``, e.g. ``","``).
+
+    quoted=False: every line is one record, split on the delimiter, quotes are ordinary
+    characters (the GLUE convention). quoted=True: csv-style quoting (a field may be enclosed in
+    ``"``, with ``""`` for a quote and delimiters/newlines inside, as pandas ``to_csv`` writes
+    it); the line number is the record's first line; broken quoting raises DataFormatError
+    whose message ends with ``quoting_hint`` (what to do).
     Lines that are empty after removing the terminator are skipped.
     """
     name = os.fspath(path)
     if not quoted:
         for lineno, text in iter_lines(path):
             if text:
-                yield lineno, text.split("\t")
+                yield lineno, text.split(delimiter)
         return
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # base64 images are larger than the default
         csv.field_size_limit(_CSV_FIELD_LIMIT)
@@ -152,7 +177,7 @@ def iter_tsv(path: PathLike, quoted: bool = False) -> Iterator[Tuple[int, List[s
             last[0] = lineno
             yield text + "\n"
 
-    reader = csv.reader(feed(), delimiter="\t", quotechar='"', doublequote=True, strict=True)
+    reader = csv.reader(feed(), delimiter=delimiter, quotechar='"', doublequote=True, strict=True)
     start = 1
     while True:
         try:
@@ -161,7 +186,7 @@ def iter_tsv(path: PathLike, quoted: bool = False) -> Iterator[Tuple[int, List[s
             return
         except csv.Error as e:
             raise DataFormatError(name, start, f"bad quoting in the record starting here: {e} "
-                                  "(read with quoted=False if the file does not use csv quoting)") from None
+                                  f"({quoting_hint})") from None
         if row and row != [""]:
             yield start, row
         start = last[0] + 1

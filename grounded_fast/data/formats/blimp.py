@@ -75,8 +75,16 @@ def _members(source: Path) -> Tuple[_Members, Optional[zipfile.ZipFile]]:
                                       f"(also {out[uid][0]})")
 
             def opener(name: str = name, display: str = display) -> Iterator[Tuple[int, str]]:
-                with zf.open(name) as f:
-                    yield from iter_stream_lines(f, display)
+                try:
+                    member = zf.open(name)
+                except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+                    # a damaged local header; an unsupported compression method or encryption
+                    advice = ("the archive is damaged, download it again" if isinstance(e, zipfile.BadZipFile)
+                              else "extract the archive and pass the directory instead")
+                    raise DataFormatError(display, None, f"cannot open the archive member: {e}; "
+                                          f"{advice}") from e
+                with member:
+                    yield from iter_stream_lines(member, display)
             out[uid] = (display, opener)
     return out, zf
 
@@ -122,7 +130,9 @@ def load_blimp(source: PathLike, phenomena: Union[str, Iterable[str], None] = No
 
     Returns :class:`BlimpPair` records ordered by UID, then by line. Blank lines are skipped.
     Raises DataFormatError naming the file (``archive.zip!member`` for the zip) and line for
-    invalid JSON, missing keys, wrong types, or a UID that differs from the file name.
+    invalid JSON, missing keys, wrong types, or a UID that differs from the file name; and
+    naming the file (or member) for a paradigm file without pairs and for damaged compressed
+    data (a corrupt deflate stream, a CRC mismatch).
     """
     src = Path(os.fspath(source))
     members, zf = _members(src)
@@ -142,6 +152,7 @@ def load_blimp(source: PathLike, phenomena: Union[str, Iterable[str], None] = No
         out: List[BlimpPair] = []
         for uid in wanted:
             name, opener = members[uid]
+            n_before = len(out)
             for lineno, text in opener():
                 if not text.strip():
                     continue
@@ -150,6 +161,8 @@ def load_blimp(source: PathLike, phenomena: Union[str, Iterable[str], None] = No
                 except json.JSONDecodeError as e:
                     raise DataFormatError(name, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
                 out.append(_parse(obj, name, lineno, uid))
+            if len(out) == n_before:
+                raise DataFormatError(name, None, "no minimal pairs (the file is empty)")
         return out
     finally:
         if zf is not None:

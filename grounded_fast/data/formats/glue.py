@@ -112,7 +112,7 @@ def load_glue_tsv(path: PathLike, task: Union[str, GlueTask], *, labels: Optiona
     ``label`` an int in ``0..num_labels-1`` (float when ``num_labels == 1``) or None.
     Raises DataFormatError naming file and line for: a missing header or missing text/label
     columns, a row whose field count differs from the header's (or the task's column count),
-    an empty text, an invalid label.
+    an empty text, an invalid label; naming the file for an empty split (no examples).
     """
     spec = _task(task)
     if not spec.header and len(spec.columns) == 0:
@@ -121,9 +121,7 @@ def load_glue_tsv(path: PathLike, task: Union[str, GlueTask], *, labels: Optiona
     rows = iter_tsv(path, quoted=False)
     first = next(rows, None)
     if first is None:
-        if labels:
-            raise DataFormatError(name, None, "empty file, labels required")
-        return []
+        raise DataFormatError(name, None, "empty file: no header and no examples")
     lineno, fields = first
     pending: List[Tuple[int, List[str]]] = []
     if spec.header or all(c in fields for c in spec.text_columns):  # headerless tasks: test header
@@ -159,6 +157,8 @@ def load_glue_tsv(path: PathLike, task: Union[str, GlueTask], *, labels: Optiona
         record(lineno, fields)
     for lineno, fields in rows:
         record(lineno, fields)
+    if not out:
+        raise DataFormatError(name, None, "no examples after the header row")
     return out
 
 

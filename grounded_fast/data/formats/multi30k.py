@@ -92,9 +92,9 @@ def load_multi30k(root: PathLike, split: str = "train") -> List[Multi30kImage]:
 
     Returns one :class:`Multi30kImage` per line of ``image_splits/{split}_images.txt`` (in file
     order), each with 5 English and 5 German descriptions (leading/trailing whitespace removed).
-    Raises DataFormatError for missing files (all of them named), an empty line (file and line),
-    a duplicate image id (file and line), and line counts that differ from the image list (every
-    differing file named with its count).
+    Raises DataFormatError for missing files (all of them named), an empty image list (the
+    file), an empty line (file and line), a duplicate image id (file and line), and line counts
+    that differ from the image list (every differing file named with its count).
     """
     base = _resolve_root(root)
     image_file = base / "image_splits" / f"{split}_images.txt"
@@ -105,6 +105,8 @@ def load_multi30k(root: PathLike, split: str = "train") -> List[Multi30kImage]:
         raise DataFormatError(missing[0], None, f"file not found ({len(missing)} file(s) of split "
                               f"{split!r} missing: {', '.join(str(p) for p in missing)})")
     images = _read_nonempty(image_file, "an image file name")
+    if not images:
+        raise DataFormatError(image_file, None, f"no images in split {split!r} (the file is empty)")
     first_seen: Dict[str, int] = {}
     for i, img in enumerate(images):
         if img in first_seen:
@@ -142,7 +144,7 @@ def load_multi30k_jsonl(path: PathLike, n_captions: Optional[int] = _N_DESCRIPTI
 
     n_captions: descriptions required per language (None: any non-zero number). Raises
     DataFormatError naming file and line for bad JSON, missing keys, wrong types, empty
-    descriptions or a wrong count.
+    descriptions or a wrong count, and naming the file when it holds no image.
     """
     out: List[Multi30kImage] = []
     for lineno, text in iter_lines(path):
@@ -165,6 +167,8 @@ def load_multi30k_jsonl(path: PathLike, n_captions: Optional[int] = _N_DESCRIPTI
                 raise DataFormatError(path, lineno, f"{lang!r} has {len(c)} descriptions, expected {n_captions}")
             caps.append(tuple(c))
         out.append(Multi30kImage(obj["image"], caps[0], caps[1]))
+    if not out:
+        raise DataFormatError(path, None, "no images (the file is empty)")
     return out
 
 

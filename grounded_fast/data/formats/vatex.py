@@ -162,7 +162,7 @@ def load_vatex(annotations: PathLike, feature_dir: Optional[PathLike] = None, *,
     :meth:`VatexVideo.features` is called).
 
     Returns a :class:`VatexDataset` of :class:`VatexVideo` in file order. Raises DataFormatError:
-    invalid JSON (file and line), an item that is not an object or lacks keys, wrong caption
+    invalid JSON (file and line), an empty list, an item that is not an object or lacks keys, wrong caption
     counts or empty captions, duplicate video ids (file, line and item index), missing feature
     files (names the first missing files and their count), bad feature shapes.
     """
@@ -192,6 +192,8 @@ def load_vatex(annotations: PathLike, feature_dir: Optional[PathLike] = None, *,
         zh = _captions(item, "chCap", n_captions, path, line, index) if "chCap" in item else ()
         fpath = fdir / f"{vid}.npy" if fdir is not None else None
         videos.append(VatexVideo(vid, en, zh, fpath, line, feature_dim))
+    if not videos:
+        raise DataFormatError(path, None, "no videos (the JSON list is empty)")
     if fdir is not None:
         missing_files = [v.feature_path for v in videos if not v.feature_path.is_file()]  # type: ignore[union-attr]
         if missing_files:

@@ -57,9 +57,10 @@ def load_wit_tsv(path: PathLike, *, caption_column: str = "caption_reference_des
     csv-style quoting (False: split every line on tabs, quotes are literal). max_records: stop
     after this many records.
 
-    Returns :class:`WitRecord` in file order. Raises DataFormatError naming file and line for a
-    missing header or required column, a row with the wrong number of fields, an empty image
-    field, undecodable base64, or broken quoting.
+    Returns :class:`WitRecord` in file order (empty when every row is filtered out). Raises
+    DataFormatError naming file and line for a missing header or required column, a row with
+    the wrong number of fields, an empty image field, undecodable base64, or broken quoting;
+    naming the file when no row follows the header.
     """
     name = os.fspath(path)
     if image_column is None and base64_column is None:
@@ -86,7 +87,9 @@ def load_wit_tsv(path: PathLike, *, caption_column: str = "caption_reference_des
     out: List[WitRecord] = []
     if max_records is not None and max_records <= 0:
         return out
+    n_rows = 0
     for lineno, row in rows:
+        n_rows += 1
         if len(row) != len(columns):
             raise DataFormatError(name, lineno, f"expected {len(columns)} tab-separated fields "
                                   f"(as in the header), got {len(row)}")
@@ -116,4 +119,6 @@ def load_wit_tsv(path: PathLike, *, caption_column: str = "caption_reference_des
             line=lineno, fields={c: v for c, v in zip(columns, row) if c != base64_column}))
         if max_records is not None and len(out) >= max_records:
             break
+    if n_rows == 0:
+        raise DataFormatError(name, None, "no rows after the header row")
     return out
