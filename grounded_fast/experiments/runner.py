@@ -2,8 +2,9 @@
 
 ``run_grounding`` (features, one training run per grid point, analysis), ``run_flava`` (one unit per
 grid cell) and ``run_groundedbert`` (one unit per variant) leave in ``out_dir``: ``results.sqlite``
-(the store), the encoder-feature cache, the checkpoints and ``run.log``; ``*_report`` rebuild
-``report.md`` / ``report.html`` from the store. Every unit commits its results in one transaction
+(the store), the encoder-feature cache, the checkpoints, ``run.log`` and ``run.lock`` (held while a
+run is going: a second run on ``out_dir`` raises ``RunDirBusyError``); ``*_report`` rebuild
+``report.md`` / ``report.html`` from the store, which they only read. Every unit commits its results in one transaction
 after its files are completely written, so killing the process at any moment (SIGKILL included)
 and rerunning the same command continues at the first unit not done: a half-done unit is redone
 from its seed (deterministic), checkpoints of done units are verified by sha256 before they count.

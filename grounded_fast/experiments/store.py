@@ -457,7 +457,7 @@ class ResultStore:
             self._conn = conn
             self._ensure_schema()
             return conn
-        except Exception as e:
+        except BaseException as e:
             conn.close()
             self._conn = None
             if isinstance(e, sqlite3.OperationalError):
