@@ -5,8 +5,8 @@
     grounded-fast run grounding|flava-ablation|groundedbert [--preset tiny|small|paper] [--config FILE] [--out DIR]
                       [--executor local|ray] [--workers N] [--threads-per-unit T] [--ray-address ADDR] [--resume]
                                             run or resume a study, then write its report
-    grounded-fast report DIR                rebuild the report of a finished or partial run
-    grounded-fast export DIR [--format csv|parquet]   the run's result tables as files
+    grounded-fast report DIR [--to OUT]     rebuild the report of a finished or partial run
+    grounded-fast export DIR [--format csv|parquet] [--to OUT]   the run's result tables as files
     grounded-fast bench [--quick] [--threads N] [--repeat R]
                                             the OT speed comparison against POT (GeomLoss too if installed)
 """
@@ -168,7 +168,7 @@ def _study_config(args, config_cls, db: str):
     if args.resume and not os.path.exists(db):
         raise ValueError(f"--resume: no run to resume in {os.path.dirname(db) or '.'} (no results.sqlite)")
     if args.resume and not (args.preset or args.config):
-        with ResultStore(db) as store:
+        with ResultStore(db, read_only=True) as store:
             info = store.study_info()
         if info.get("name") != args.study:
             raise ValueError(f"--resume: {os.path.dirname(db)} holds a {info.get('name')!r} run, not {args.study!r}")
@@ -182,13 +182,17 @@ def _run_study(args) -> int:
     from .experiments.flava_ablation import FlavaStudyConfig
     from .experiments.groundedbert_study import GroundedBertStudyConfig
     from .experiments.grounding import GroundingStudyConfig
-    from .experiments.store import StudyMismatchError
+    from .experiments.run_lock import RunDirBusyError
+    from .experiments.store import StoreError, StudyMismatchError
     config_cls = {"grounding": GroundingStudyConfig, "flava-ablation": FlavaStudyConfig,
                   "groundedbert": GroundedBertStudyConfig}[args.study]
     out = args.out or os.path.join("runs", f"{args.study}-{args.preset or 'tiny'}")
     try:
         executor = ExecutorConfig(args.executor, args.workers, args.threads_per_unit, args.ray_address)
         cfg = _study_config(args, config_cls, os.path.join(out, "results.sqlite"))
+    except StoreError as exc:
+        print(f"grounded-fast run: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError) as exc:
         print(f"grounded-fast run: bad config: {exc}", file=sys.stderr)
         return 2
@@ -199,7 +203,7 @@ def _run_study(args) -> int:
     try:
         with session(executor):
             return _run_and_report(args.study, cfg, out, not args.no_progress, executor)
-    except ConnectionError as exc:
+    except (ConnectionError, RunDirBusyError, StoreError) as exc:
         print(f"grounded-fast run: {exc}", file=sys.stderr)
         return 2
     except StudyMismatchError as exc:
@@ -235,6 +239,28 @@ def _run_and_report(study: str, cfg, out: str, progress: bool, executor) -> int:
     print(f"{study} done in {time.time() - t0:.0f} s; report: {md} and {html}")
     print("\n".join(lines))
     return 0
+
+
+def _open_run(command: str, run_dir: str):
+    """The read-only store of the run in ``run_dir``, or None after printing why there is none
+    (no directory, no ``results.sqlite``, a damaged one, or no study recorded in it)."""
+    from .experiments.store import ResultStore, StoreError
+    db = os.path.join(run_dir, "results.sqlite")
+    if not os.path.isdir(run_dir) or not os.path.exists(db):
+        what = "no such directory" if not os.path.isdir(run_dir) else "no results.sqlite in it"
+        print(f"grounded-fast {command}: {run_dir} holds no run ({what}); give the --out directory of a "
+              "`grounded-fast run`", file=sys.stderr)
+        return None
+    try:
+        store = ResultStore(db, read_only=True)
+    except StoreError as exc:
+        print(f"grounded-fast {command}: {exc}", file=sys.stderr)
+        return None
+    if store.study_info().get("name") is None:
+        store.close()
+        print(f"grounded-fast {command}: {db} holds no run (no study was ever started in it)", file=sys.stderr)
+        return None
+    return store
 
 
 def _positive_int(s: str) -> int:
@@ -279,6 +305,7 @@ def main(argv=None) -> int:
                    help="Ray cluster address for --executor ray (default: RAY_ADDRESS, else a local Ray instance)")
     rp = sub.add_parser("report", help="rebuild the report (report.md, report.html) of a run directory")
     rp.add_argument("dir")
+    rp.add_argument("--to", default=None, help="output directory (default DIR; DIR itself is only read)")
     ex = sub.add_parser("export", help="write a run's result tables (runs, units, checkpoints, metrics, pairwise)")
     ex.add_argument("dir")
     ex.add_argument("--format", choices=["csv", "parquet"], default="csv")
@@ -290,8 +317,10 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         return _run_study(args)
     if args.cmd == "export":
-        from .experiments.store import ResultStore
-        with ResultStore(os.path.join(args.dir, "results.sqlite")) as store:
+        store = _open_run("export", args.dir)
+        if store is None:
+            return 2
+        with store:
             try:
                 paths = store.export(args.to or os.path.join(args.dir, "export"), format=args.format)
             except ImportError as exc:
@@ -308,11 +337,13 @@ def main(argv=None) -> int:
         return 0
     if args.cmd == "report":
         from .experiments.runner import flava_report, grounding_report, groundedbert_report
-        from .experiments.store import ResultStore
-        with ResultStore(os.path.join(args.dir, "results.sqlite")) as store:
+        store = _open_run("report", args.dir)
+        if store is None:
+            return 2
+        with store:
             study = store.study_info().get("name")
         report = {"flava-ablation": flava_report, "groundedbert": groundedbert_report}.get(study, grounding_report)
-        print(*report(args.dir), sep="\n")
+        print(*report(args.dir, args.to), sep="\n")
         return 0
     if args.cmd == "compare-pot":
         if not _have_pot("compare-pot"):

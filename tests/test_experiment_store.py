@@ -84,6 +84,92 @@ def test_not_a_results_database(tmp_path):
         ResultStore(other)
 
 
+def _filled_store(path):
+    with ResultStore(path) as s:
+        s.begin_study("demo", CONFIG)
+        for u in range(40):
+            s.complete_unit(f"u{u}", "train", {"pad": "x" * 500},
+                            metrics=[{"run_id": f"r{u}", "epoch": e, "name": "acc", "value": 0.5} for e in range(10)])
+    return path.read_bytes()
+
+
+def test_empty_or_truncated_file_is_refused_and_left_alone(tmp_path):
+    empty = tmp_path / "empty" / "results.sqlite"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match=r"0 bytes\): restore it from a backup, or move it aside"):
+            ResultStore(empty, read_only=read_only)
+    assert empty.read_bytes() == b"" and os.listdir(empty.parent) == ["results.sqlite"]
+    cut = tmp_path / "cut" / "results.sqlite"
+    data = _filled_store(cut)
+    cut.write_bytes(data[:len(data) // 2])
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match=r"malformed\): restore it from a backup, or move it aside"):
+            ResultStore(cut, read_only=read_only)
+    assert cut.read_bytes() == data[:len(data) // 2]
+
+
+def test_new_database_appears_only_complete(tmp_path, monkeypatch):
+    path = tmp_path / "results.sqlite"
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultStore, "_ensure_schema", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ResultStore(path)
+    assert os.listdir(tmp_path) == []  # no empty results.sqlite to be mistaken for a lost one
+    monkeypatch.undo()
+    with ResultStore(path) as s:
+        s.begin_study("demo", CONFIG)
+    assert os.listdir(tmp_path) == ["results.sqlite"]
+
+
+def test_read_only_open_writes_nothing(tmp_path):
+    with pytest.raises(StoreError, match="no results database"):
+        ResultStore(tmp_path / "absent" / "results.sqlite", read_only=True)
+    assert os.listdir(tmp_path) == []
+    path = tmp_path / "results.sqlite"
+    data = _filled_store(path)
+    con = sqlite3.connect(path)  # a store in rollback-journal mode must stay so when only read
+    assert con.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    con.close()
+    data = path.read_bytes()
+    with ResultStore(path, read_only=True) as s:
+        assert s.study_info()["name"] == "demo" and len(s.metrics(name="acc")) == 400
+        with pytest.raises(StoreError, match="read-only"):
+            s.complete_unit("new", "train")
+        clone = pickle.loads(pickle.dumps(s))
+        assert clone.read_only and clone.unit_done("u3")
+        clone.close()
+    assert path.read_bytes() == data and os.listdir(tmp_path) == ["results.sqlite"]
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    con.close()
+    # another SQLite database is refused, not given a schema
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="not a grounded_fast results database"):
+        ResultStore(other, read_only=True)
+
+
+def test_read_only_open_beside_a_writer(tmp_path):
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as w:
+        w.begin_study("demo", CONFIG)
+        w.complete_unit("u1", "train")
+        with w.transaction():  # a run in the middle of committing a unit
+            w.complete_unit("u2", "train")
+            t0 = time.time()
+            with ResultStore(path, read_only=True, timeout=30) as r:
+                assert r.done_units() == {"u1"}
+            assert time.time() - t0 < 5
+
+
 def test_begin_study_idempotent_and_mismatch(tmp_path):
     path = tmp_path / "r.sqlite"
     with ResultStore(path) as s:

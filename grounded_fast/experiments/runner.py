@@ -2,8 +2,9 @@
 
 ``run_grounding`` (features, one training run per grid point, analysis), ``run_flava`` (one unit per
 grid cell) and ``run_groundedbert`` (one unit per variant) leave in ``out_dir``: ``results.sqlite``
-(the store), the encoder-feature cache, the checkpoints and ``run.log``; ``*_report`` rebuild
-``report.md`` / ``report.html`` from the store. Every unit commits its results in one transaction
+(the store), the encoder-feature cache, the checkpoints, ``run.log`` and ``run.lock`` (held while a
+run is going: a second run on ``out_dir`` raises ``RunDirBusyError``); ``*_report`` rebuild
+``report.md`` / ``report.html`` from the store, which they only read. Every unit commits its results in one transaction
 after its files are completely written, so killing the process at any moment (SIGKILL included)
 and rerunning the same command continues at the first unit not done: a half-done unit is redone
 from its seed (deterministic), checkpoints of done units are verified by sha256 before they count.
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .executors import ExecutorConfig, Task, run_tasks
 from .grounding import GroundingStudyConfig, analyse, plan_runs, train_run
+from .run_lock import hold_run_lock
 from .store import ResultStore
 
 log = logging.getLogger("grounded_fast.experiments")
@@ -69,16 +71,16 @@ class _UnitBars:
 
 @contextlib.contextmanager
 def _study(name: str, cfg, out_dir: str):
-    """The result store of study ``name`` in ``out_dir`` (created or resumed), with ``run.log``."""
-    os.makedirs(out_dir, exist_ok=True)
-    handler = _logger(out_dir)
-    try:
-        with ResultStore(os.path.join(out_dir, "results.sqlite")) as store:
-            store.begin_study(name, cfg.to_dict())
+    """The result store of study ``name`` in ``out_dir`` (created or resumed), with ``run.log``,
+    under the directory's run lock (a second run on ``out_dir`` raises ``RunDirBusyError``)."""
+    with hold_run_lock(out_dir), ResultStore(os.path.join(out_dir, "results.sqlite")) as store:
+        store.begin_study(name, cfg.to_dict())
+        handler = _logger(out_dir)
+        try:
             yield store
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+        finally:
+            log.removeHandler(handler)
+            handler.close()
 
 
 def _unit_result(start: float, checkpoints: List[tuple], metrics: List[dict], payload: Optional[dict] = None) -> dict:
@@ -217,11 +219,12 @@ def _jsonable(x):
     return x
 
 
-def grounding_report(out_dir: str) -> tuple:
-    """Rebuild ``report.md`` / ``report.html`` of a finished or partial grounding run from its store."""
+def grounding_report(out_dir: str, to: Optional[str] = None) -> tuple:
+    """Rebuild ``report.md`` / ``report.html`` of a finished or partial grounding run from its store
+    (only read) into ``to`` (default ``out_dir``)."""
     from .report import Report, agreement_heatmap, distance_vs_agreement_scatter, silhouette_boxplot
 
-    store = ResultStore(os.path.join(out_dir, "results.sqlite"))
+    store = ResultStore(os.path.join(out_dir, "results.sqlite"), read_only=True)
     info = store.study_info()
     rep = Report("Grounded and Well-rounded: a reproduction on the demo corpus")
     rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(info.get('config', {}))}`.")
@@ -285,7 +288,7 @@ def grounding_report(out_dir: str) -> tuple:
         rep.add_table(["population pair", "mean agreement"], None)
         rep.add_reference("grounding", ours=None)
     store.close()
-    return rep.write(out_dir)
+    return rep.write(to or out_dir)
 
 
 def _flava_unit(cell, cfg, out_dir: str, data, progress) -> dict:
@@ -310,12 +313,12 @@ def run_flava(cfg, out_dir: str, progress: bool = True, executor: Optional[Execu
         return grid_rows(store.metrics(split="best"))
 
 
-def flava_report(out_dir: str) -> tuple:
-    """Rebuild the FLAVA ablation's report from its store."""
+def flava_report(out_dir: str, to: Optional[str] = None) -> tuple:
+    """Rebuild the FLAVA ablation's report from its store (only read) into ``to`` (default ``out_dir``)."""
     from .flava_ablation import grid_rows
     from .report import Report, flava_grid_heatmap, flava_grid_table
 
-    with ResultStore(os.path.join(out_dir, "results.sqlite")) as store:
+    with ResultStore(os.path.join(out_dir, "results.sqlite"), read_only=True) as store:
         info = store.study_info()
         rows = grid_rows(store.metrics(split="best"))
     rep = Report("Acquiring linguistic knowledge from multimodal input: the ablation grid, small scale")
@@ -326,7 +329,7 @@ def flava_report(out_dir: str) -> tuple:
     rep.add_reference("flava-ablation", ours=flava_grid_table(grid) if grid else None)
     if grid:
         rep.add_figure(flava_grid_heatmap(grid), "flava_grid", "BLiMP accuracy and pseudo-perplexity per cell")
-    return rep.write(out_dir)
+    return rep.write(to or out_dir)
 
 
 def _groundedbert_unit(variant: str, cfg, out_dir: str, data, progress) -> dict:
@@ -352,12 +355,12 @@ def run_groundedbert(cfg, out_dir: str, progress: bool = True,
         return variant_rows(store.metrics())
 
 
-def groundedbert_report(out_dir: str) -> tuple:
-    """Rebuild the GroundedBERT study's report from its store."""
+def groundedbert_report(out_dir: str, to: Optional[str] = None) -> tuple:
+    """Rebuild the GroundedBERT study's report from its store (only read) into ``to`` (default ``out_dir``)."""
     from .groundedbert_study import variant_rows
     from .report import Report, Table
 
-    with ResultStore(os.path.join(out_dir, "results.sqlite")) as store:
+    with ResultStore(os.path.join(out_dir, "results.sqlite"), read_only=True) as store:
         info = store.study_info()
         rows = variant_rows(store.metrics())
     cfg = info.get("config", {})
@@ -370,4 +373,4 @@ def groundedbert_report(out_dir: str) -> tuple:
                    f"{r['pretrain_match_first']:.3f} -> {r['pretrain_match_last']:.3f}" if "pretrain_match_last" in r
                    else "-", r.get("pretrain_ot_last", "-"), r.get("ot_share_of_step_time", "-")] for r in rows])
     rep.add_reference("groundedbert", ours=ours if rows else None)
-    return rep.write(out_dir)
+    return rep.write(to or out_dir)

@@ -8,7 +8,13 @@ skips what is already done.
 
 Durability and resumption
 -------------------------
-* The database is opened in WAL mode with ``synchronous=FULL`` and ``foreign_keys=ON``.
+* The database is opened in WAL mode with ``synchronous=FULL`` and ``foreign_keys=ON``. A new
+  database is built beside its path and linked into place complete, so an existing empty (0-byte)
+  or unreadable ``results.sqlite`` is always damage: opening it raises :class:`StoreError` (with
+  what to do) instead of silently starting an empty study over it.
+* ``ResultStore(path, read_only=True)`` only reads: an SQLite ``mode=ro`` connection, no WAL
+  switch, no schema creation, nothing created when the file is absent; it works in a read-only
+  directory and beside a run that is writing.
 * Every write is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``). :meth:`ResultStore.complete_unit`
   writes a unit's status row *and* all of its results (run updates, checkpoints, metrics, pairwise
   values) in a single transaction, so a process killed at any point (SIGKILL included) leaves either
@@ -403,14 +409,20 @@ class ResultStore:
         timeout: seconds a writer waits for another connection's lock before failing.
         synchronous: SQLite ``synchronous`` level; ``'FULL'`` (default) makes every committed unit
             survive power loss too, ``'NORMAL'`` only process crashes.
+        read_only: open an existing database for reading only (see the module docstring); writes
+            raise :class:`StoreError`.
 
     Use as a context manager (``with ResultStore(p) as store: ...``) or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0, synchronous: str = "FULL"):
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0, synchronous: str = "FULL",
+                 read_only: bool = False):
         self.memory = os.fspath(path) == ":memory:"
         self.path = Path(path) if not self.memory else None
         self.timeout = float(timeout)
+        self.read_only = bool(read_only)
+        if self.read_only and self.memory:
+            raise ValueError("read_only needs a database file, not ':memory:'")
         self.synchronous = synchronous.upper()
         if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, got {synchronous!r}")
@@ -425,9 +437,18 @@ class ResultStore:
         self._pid = os.getpid()
         self._lock = threading.RLock()
         self._depth = 0
-        target = ":memory:" if self.memory else str(self.path)
+        if self.read_only:
+            self._conn = self._open_read_only()
+            return
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._refuse_empty_file()
+            if not self.path.exists():
+                self._create_file()
+        self._conn = self._open(":memory:" if self.memory else str(self.path))
+
+    def _open(self, target: str) -> sqlite3.Connection:
+        """A read-write connection to ``target`` in WAL mode, with the schema created or checked."""
         conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         try:
             self.journal_mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -435,13 +456,93 @@ class ResultStore:
             conn.execute("PRAGMA foreign_keys=ON")
             self._conn = conn
             self._ensure_schema()
-        except Exception as e:
+            return conn
+        except BaseException as e:
             conn.close()
             self._conn = None
-            if isinstance(e, sqlite3.DatabaseError) and not (
-                    isinstance(e, sqlite3.OperationalError) and "locked" in str(e)):
-                raise StoreError(f"{target} cannot be opened as a results database: {e}") from e
+            if isinstance(e, sqlite3.OperationalError):
+                if "locked" in str(e):
+                    raise
+                raise StoreError(f"{target} cannot be opened for writing ({e}): check that its directory "
+                                 "is writable (to only read it, open it with read_only=True)") from e
+            if isinstance(e, sqlite3.DatabaseError):
+                raise StoreError(self._damaged(e)) from e
             raise
+
+    def _create_file(self) -> None:
+        """Build an empty results database beside ``self.path`` and link it into place complete
+        (a process killed meanwhile leaves no half-made file; a concurrent creator's file wins)."""
+        assert self.path is not None
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            self._open(str(tmp)).close()
+            self._conn = None
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links on this file system
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+    def _refuse_empty_file(self) -> None:
+        assert self.path is not None
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_size == 0:
+                raise StoreError(self._damaged("it is empty: 0 bytes"))
+
+    def _damaged(self, why: Any) -> str:
+        return (f"{self.path if self.path is not None else ':memory:'} cannot be opened as a results "
+                f"database ({why}): restore it from a backup, or move it aside and rerun the study to "
+                "start it afresh (every unit is then recomputed)")
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A ``mode=ro`` connection to the existing database; in a read-only directory where SQLite
+        cannot create its shared-memory file, ``immutable=1`` when no write-ahead log is pending."""
+        assert self.path is not None
+        if not self.path.is_file():
+            raise StoreError(f"no results database at {self.path}")
+        self._refuse_empty_file()
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = self._read_only_connection(f"{uri}?mode=ro")
+        except sqlite3.OperationalError as e:
+            wal = Path(f"{self.path}-wal")
+            try:
+                if "locked" in str(e) or (wal.exists() and wal.stat().st_size > 0):
+                    raise
+                conn = self._read_only_connection(f"{uri}?immutable=1")
+            except sqlite3.OperationalError:
+                raise StoreError(f"{self.path} cannot be read ({e}); if its directory is read-only, copy "
+                                 "the run directory somewhere writable and read the copy") from e
+        self.journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        return conn
+
+    def _read_only_connection(self, uri: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if isinstance(e, sqlite3.OperationalError):  # cannot open or lock: the caller decides
+                raise
+            raise StoreError(self._damaged(e)) from e
+        problem = None
+        if version > SCHEMA_VERSION:
+            problem = (f"schema version {version} is newer than this grounded_fast understands "
+                       f"({SCHEMA_VERSION}); upgrade the package")
+        elif version == 0 or not set(TABLES) <= tables:
+            problem = f"{self.path} is an SQLite database but not a grounded_fast results database"
+        if problem:
+            conn.close()
+            raise StoreError(problem)
+        return conn
 
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
@@ -484,10 +585,11 @@ class ResultStore:
 
     def __getstate__(self) -> dict:
         return {"path": ":memory:" if self.memory else os.fspath(self.path), "timeout": self.timeout,
-                "synchronous": self.synchronous}
+                "synchronous": self.synchronous, "read_only": self.read_only}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], timeout=state["timeout"], synchronous=state["synchronous"])
+        self.__init__(state["path"], timeout=state["timeout"], synchronous=state["synchronous"],
+                      read_only=state.get("read_only", False))
 
     def __repr__(self) -> str:
         return f"ResultStore({'memory' if self.memory else str(self.path)!r})"
@@ -499,6 +601,8 @@ class ResultStore:
         Nested ``transaction()`` blocks join the outermost one. Public write methods use it, so a
         caller can group several of them into one atomic step.
         """
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only: open it without read_only=True to write")
         conn = self._connection()
         with self._lock:
             if self._depth:
