@@ -69,7 +69,9 @@ class _UnitBars:
 
 @contextlib.contextmanager
 def _study(name: str, cfg, out_dir: str):
-    """The result store of study ``name`` in ``out_dir`` (created or resumed), with ``run.log``."""
+    """The result store of study ``name`` in ``out_dir`` (created or resumed), with ``run.log``.
+    ``cfg`` is checked first (it may have changed since its construction): a bad value writes nothing."""
+    cfg.check()
     os.makedirs(out_dir, exist_ok=True)
     handler = _logger(out_dir)
     try:
