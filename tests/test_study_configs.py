@@ -60,7 +60,7 @@ BAD_VALUES = [
     ("groundedbert", "batch_size = 1", "batch_size = 1: must be >= 2"),
     ("grounding", 'model_preset = "huge"', "model_preset = 'huge': must be one of"),
     ("grounding", "p_threshold = 0.0", "p_threshold = 0.0: must be in (0, 1]"),
-    ("grounding", "seeds = [0, -1]", "seeds = [0, -1]: every seed must be in [0, 2**32)"),
+    ("grounding", "seeds = [0, -1]", "seeds = [0, -1]: every value must be in [0, 2**32)"),
     ("grounding", "noise_levels = [0.1, 0.1000001]", "noise_levels = [0.1, 0.1000001]: must not repeat"),
     ("grounding", "num_scenes = 5", "num_scenes = 5: must be >= 10"),
     ("flava-ablation", 'model_preset = "huge"', "model_preset = 'huge': must be one of"),

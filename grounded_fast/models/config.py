@@ -110,28 +110,28 @@ class ModelConfig:
         if not ok:
             raise ValueError(f"{type(self).__name__}.{key} = {_show(getattr(self, key))}: {allowed}")
 
+    def _each(self, key: str):
+        """(the key's values: its elements for a sequence, else the value alone; 'every value ' or '')."""
+        v = getattr(self, key)
+        many = isinstance(v, (tuple, list))
+        return (v if many else (v,)), ("every value " if many else "")
+
     def require_at_least(self, low: float, *keys: str) -> None:
         """Every key's value (every element of a sequence) >= ``low``."""
         for key in keys:
-            v = getattr(self, key)
-            many = isinstance(v, (tuple, list))
-            self.require(key, all(x >= low for x in (v if many else (v,))),
-                         f"{'every value ' if many else ''}must be >= {low}")
+            values, every = self._each(key)
+            self.require(key, all(x >= low for x in values), f"{every}must be >= {low}")
 
     def require_seed(self, *keys: str) -> None:
         """Every key's value (every element of a sequence) is a seed every generator accepts."""
         for key in keys:
-            v = getattr(self, key)
-            many = isinstance(v, (tuple, list))
-            self.require(key, all(0 <= x < 2 ** 32 for x in (v if many else (v,))),
-                         f"{'every seed ' if many else ''}must be in [0, 2**32)")
+            values, every = self._each(key)
+            self.require(key, all(0 <= x < 2 ** 32 for x in values), f"{every}must be in [0, 2**32)")
 
     def require_one_of(self, key: str, choices) -> None:
         """The key's value (every element of a sequence) is one of ``choices``."""
-        v = getattr(self, key)
-        many = isinstance(v, (tuple, list))
-        self.require(key, all(x in choices for x in (v if many else (v,))),
-                     f"{'every value ' if many else ''}must be one of {list(choices)}")
+        values, every = self._each(key)
+        self.require(key, all(x in choices for x in values), f"{every}must be one of {list(choices)}")
 
     def require_distinct(self, *keys: str, label=lambda x: x) -> None:
         """Each sequence key: non-empty, without repeats (compared by ``label(value)``)."""
