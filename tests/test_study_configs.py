@@ -1,6 +1,7 @@
 """Study configs are checked in full before a run writes anything: a bad value (or a bad config
 file) is one line naming the file, the key, the value and what is allowed, the CLI exits 2, the
 output directory is left as it was, and the corrected command then runs on the same --out."""
+import json
 import os
 
 import pytest
@@ -80,25 +81,25 @@ def test_bad_value_is_one_line_and_writes_nothing(tmp_path, capsys, study_start,
     assert not out.exists() and study_start == []
 
 
-@pytest.mark.parametrize("study, bad, good", [
-    ("grounding", 'model_preset = "huge"', 'model_preset = "tiny"'),
-    ("flava-ablation", "text_volumes = [1000000]", "text_volumes = [1000]"),
-    ("groundedbert", "ot_reg = -1", "ot_reg = 0.1"),
+@pytest.mark.parametrize("study, bad, key, good", [
+    ("grounding", 'model_preset = "huge"', "model_preset", "tiny"),
+    ("flava-ablation", "text_volumes = [1000000]", "text_volumes", [1000]),
+    ("groundedbert", "ot_reg = -1", "ot_reg", 0.1),
 ])
-def test_bad_config_writes_nothing_and_the_corrected_rerun_works(tmp_path, capsys, study_start, study, bad, good):
+def test_bad_config_writes_nothing_and_the_corrected_rerun_works(tmp_path, capsys, study_start, study, bad, key, good):
     out = tmp_path / "out"
+    corrected = f"{key} = {json.dumps(good)}\n"
     assert _run(tmp_path, study, bad, out) == 2
     _one_line_error(capsys)
     assert not out.exists()
-    assert _run(tmp_path, study, good, out) == 0 and study_start == [study]
-    key, value = (s.strip() for s in good.split("="))
+    assert _run(tmp_path, study, corrected, out) == 0 and study_start == [study]
     with ResultStore(str(out / "results.sqlite")) as store:
-        assert str(store.study_info()["config"][key]).replace("'", '"') in value.replace(" ", ", ")
+        assert store.study_info()["config"][key] == good
     before = _snapshot(out)
     assert _run(tmp_path, study, bad, out) == 2          # on the existing run: refused, nothing touched
     _one_line_error(capsys)
     assert _snapshot(out) == before
-    assert _run(tmp_path, study, good, out) == 0 and study_start == [study, study]
+    assert _run(tmp_path, study, corrected, out) == 0 and study_start == [study, study]
 
 
 def test_runner_checks_a_config_changed_after_construction(tmp_path, monkeypatch):
