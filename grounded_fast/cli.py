@@ -146,20 +146,50 @@ def _have_geomloss() -> bool:
 
 
 def load_config_file(path: str) -> dict:
-    """Overrides from a YAML (.yaml / .yml) or TOML (.toml) file, as a dict."""
+    """Overrides from a YAML (.yaml / .yml: plain values only, no tags) or TOML (.toml) file, as a
+    dict. Raises ValueError naming the file (and the line of a syntax error), OSError if unreadable."""
+    if not path.endswith((".toml", ".yaml", ".yml")):
+        raise ValueError(f"{path}: config files must end in .toml, .yaml or .yml")
     with open(path, "rb") as f:
         raw = f.read()
     if path.endswith(".toml"):
         import tomllib
-        data = tomllib.loads(raw.decode())
-    elif path.endswith((".yaml", ".yml")):
-        import yaml
-        data = yaml.safe_load(raw) or {}
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise ValueError(f"{path}: line {line}: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:   # its message ends "(at line L, column C)"
+            raise ValueError(f"{path}: invalid TOML: {exc}") from None
     else:
-        raise ValueError(f"{path}: config files must end in .toml, .yaml or .yml")
+        import yaml
+        try:
+            data = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: {_yaml_problem(exc)}") from None
+        data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the config must be a mapping of keys to values")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"{path}: config keys must be names, got {bad[0]!r}")
     return data
+
+
+def _yaml_problem(exc) -> str:
+    """One line: where (line, column) and what is wrong in a YAML file PyYAML refused."""
+    import re
+
+    import yaml
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if isinstance(exc, yaml.constructor.ConstructorError) and tag:
+        name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return (f"{where}the YAML tag {name} is not accepted (a config holds plain values: numbers, strings, "
+                "lists, mappings)")
+    return f"invalid YAML: {where}{' '.join(problem.split())}"
 
 
 def _study_config(args, config_cls, db: str):
@@ -174,7 +204,11 @@ def _study_config(args, config_cls, db: str):
             raise ValueError(f"--resume: {os.path.dirname(db)} holds a {info.get('name')!r} run, not {args.study!r}")
         return config_cls.from_dict(info["config"])
     overrides = load_config_file(args.config) if args.config else {}
-    return config_cls.from_preset(args.preset or "tiny", **overrides)
+    try:
+        return config_cls.from_preset(args.preset or "tiny", **overrides)
+    except (ValueError, TypeError) as exc:
+        raise (TypeError if isinstance(exc, TypeError) else ValueError)(
+            f"{args.config}: {exc}" if args.config else str(exc)) from None
 
 
 def _run_study(args) -> int:

@@ -34,3 +34,28 @@ def test_sdist_carries_the_sources_and_the_data(tmp_path):
     missing = sorted(set(wanted) - names)
     assert not missing, f"missing from the sdist: {missing}"
     assert not [n for n in names if n.endswith((".so", ".o", ".pyc"))]
+
+
+def test_every_torch_load_is_weights_only():
+    """No pickle code runs when loading: every ``torch.load`` in the package passes
+    ``weights_only=True`` (no fallback without it: the required torch has it)."""
+    import ast
+    import re
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        major, minor = map(int, re.search(r'"torch>=(\d+)\.(\d+)', f.read()).groups())
+    assert (major, minor) >= (1, 13), "torch.load(weights_only=...) needs torch >= 1.13"
+    unsafe = []
+    for folder, _, files in os.walk(os.path.join(ROOT, "grounded_fast")):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                    kw = {k.arg: k.value for k in node.keywords}
+                    if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                        unsafe.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+    assert not unsafe, f"torch.load without weights_only=True at {unsafe}"

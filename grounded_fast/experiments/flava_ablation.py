@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -43,15 +44,28 @@ class FlavaStudyConfig(ModelConfig):
     }
 
     def validate(self) -> None:
-        if not self.text_volumes or min(self.text_volumes) < 1:
-            raise ValueError(f"FlavaStudyConfig.text_volumes must be >= 1 words, got {self.text_volumes}")
-        if min(self.image_volumes, default=0) < 0:
-            raise ValueError(f"FlavaStudyConfig.image_volumes must be >= 0, got {self.image_volumes}")
-        for key in ("steps", "batch_size", "eval_every", "max_text_len", "pppl_sentences", "blimp_pairs_per_phenomenon"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"FlavaStudyConfig.{key} must be >= 1, got {getattr(self, key)}")
-        if not 1 <= self.blimp_pairs_per_phenomenon <= 20:
-            raise ValueError("FlavaStudyConfig.blimp_pairs_per_phenomenon must be in [1, 20] (the shipped subset)")
+        from ..models.flava import FlavaConfig
+        words, held_out = _text_pool_sizes()
+        self.require_at_least(1, "text_volumes", "steps", "batch_size", "eval_every", "max_text_len", "pppl_sentences")
+        self.require_at_least(0, "image_volumes")
+        self.require_seed("seeds", "corpus_seed")
+        self.require_distinct("text_volumes", "image_volumes", "seeds")
+        self.require("text_volumes", max(self.text_volumes) <= words,
+                     f"every value must be <= {words} (the words of the shipped Multi30k training captions)")
+        self.require("pppl_sentences", self.pppl_sentences <= held_out,
+                     f"must be <= {held_out} (the shipped held-out Multi30k captions)")
+        self.require("blimp_pairs_per_phenomenon", 1 <= self.blimp_pairs_per_phenomenon <= 20,
+                     "must be in [1, 20] (the shipped subset)")
+        self.require_one_of("model_preset", sorted(FlavaConfig.presets))
+
+
+@functools.lru_cache(maxsize=1)
+def _text_pool_sizes() -> Tuple[int, int]:
+    """(words of the shipped Multi30k training captions, number of held-out captions): the most
+    ``text_volumes`` and ``pppl_sentences`` can ask for (see :func:`prepare`)."""
+    from ..data import load_multi30k_builtin
+    words = sum(len(s.split()) for im in load_multi30k_builtin("train") for s in im.en)
+    return words, len(load_multi30k_builtin("val"))
 
 
 def cell_id(text: int, images: int, seed: int) -> str:

@@ -47,13 +47,38 @@ class GroundedBertStudyConfig(ModelConfig):
     }
 
     def validate(self) -> None:
+        from ..data.formats.glue import GLUE_TASKS
+        from ..models.groundedbert import GroundedBERTConfig
+        from .grounding import MIN_DEMO_SCENES, MIN_DEMO_SCENES_RULE
+        self.require("num_scenes", self.num_scenes >= MIN_DEMO_SCENES, MIN_DEMO_SCENES_RULE)
+        self.require_seed("corpus_seed", "seed")
+        self.require_distinct("variants")
         for v in self.variants:
-            if v not in (TEXT_ONLY, "none", "balanced") and not (v.startswith("partial-") and _mass(v) is not None):
-                raise ValueError(f"GroundedBertStudyConfig.variants: {v!r} is not text-only, none, balanced or "
-                                 "partial-<mass in (0, 1]>")
-        for key in ("num_scenes", "pretrain_steps", "finetune_steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"GroundedBertStudyConfig.{key} must be >= 1, got {getattr(self, key)}")
+            self.require("variants", v in (TEXT_ONLY, "none", "balanced") or
+                         (v.startswith("partial-") and _mass(v) is not None),
+                         f"{v!r} is not text-only, none, balanced or partial-<mass in (0, 1]>")
+        self.require_at_least(1, "pretrain_steps", "finetune_steps", "batch_size")
+        self.require("batch_size", self.batch_size >= 2 or self.variants == (TEXT_ONLY,),
+                     "must be >= 2 (pre-training matches each caption against the others of its batch)")
+        self.require_one_of("model_preset", sorted(GroundedBERTConfig.presets))
+        self.require("ot_reg", self.ot_reg > 0, "must be a finite number > 0")
+        self.require("ot_weight", self.ot_weight >= 0, "must be a finite number >= 0")
+        task = _glue_task(self.glue_task)
+        self.require("glue_task", task is not None and task.num_labels > 1, "must be a GLUE classification task, "
+                     f"one of {[n for n, t in GLUE_TASKS.items() if t.num_labels > 1]}")
+        if self.glue_dir:
+            missing = [f for f in ("train.tsv", "dev.tsv") if not os.path.isfile(os.path.join(self.glue_dir, f))]
+            self.require("glue_dir", not missing, f"must be a directory holding train.tsv and dev.tsv (missing: "
+                         f"{', '.join(missing)}); empty for the built-in demo task")
+
+
+def _glue_task(name: str):
+    """The GLUE task ``name`` names in any spelling ``load_glue_tsv`` accepts ('SST-2'), or None."""
+    from ..data.formats.glue import _task
+    try:
+        return _task(name)
+    except ValueError:
+        return None
 
 
 def _mass(variant: str):

@@ -49,22 +49,25 @@ class GroundingStudyConfig(ModelConfig):
     }
 
     def validate(self) -> None:
-        bad = [s for s in self.setups if s not in SETUP_NAMES]
-        if bad:
-            raise ValueError(f"GroundingStudyConfig.setups: unknown {bad}; choose from {SETUP_NAMES}")
-        if len(set(self.setups)) < 2:
-            raise ValueError(f"GroundingStudyConfig.setups needs at least 2 distinct setups to compare, got "
-                             f"{list(self.setups)}")
-        if self.pivot not in self.setups:
-            raise ValueError(f"GroundingStudyConfig.pivot {self.pivot!r} must be one of setups {self.setups}")
-        if not self.checkpoint_epochs or max(self.checkpoint_epochs) > self.epochs or min(self.checkpoint_epochs) < 1:
-            raise ValueError(f"GroundingStudyConfig.checkpoint_epochs must lie in [1, epochs={self.epochs}], "
-                             f"got {self.checkpoint_epochs}")
-        for key in ("num_scenes", "epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"GroundingStudyConfig.{key} must be >= 1, got {getattr(self, key)}")
-        if any(s < 0 for s in self.noise_levels):
-            raise ValueError(f"GroundingStudyConfig.noise_levels must be >= 0, got {self.noise_levels}")
+        from ..models.grounding_seq2seq import GroundingSeq2SeqConfig
+        self.require("num_scenes", self.num_scenes >= MIN_DEMO_SCENES, MIN_DEMO_SCENES_RULE)
+        self.require_seed("corpus_seed", "seeds")
+        self.require_at_least(0, "noise_levels")
+        self.require_at_least(1, "epochs", "checkpoint_epochs", "batch_size", "max_target_len")
+        self.require_one_of("setups", SETUP_NAMES)
+        self.require_distinct("setups", "seeds", "checkpoint_epochs")
+        self.require_distinct("noise_levels", label=lambda n: f"{n:g}")   # as they appear in run ids
+        self.require("setups", len(self.setups) >= 2, "needs at least 2 distinct setups to compare")
+        self.require("pivot", self.pivot in self.setups, f"must be one of setups {list(self.setups)}")
+        self.require("checkpoint_epochs", max(self.checkpoint_epochs) <= self.epochs,
+                     f"every value must lie in [1, epochs={self.epochs}]")
+        self.require("p_threshold", 0 < self.p_threshold <= 1, "must be in (0, 1]")
+        self.require_one_of("model_preset", sorted(GroundingSeq2SeqConfig.presets))
+
+
+#: the demo corpus's 80 / 10 / 10 split gives val and test at least one scene each from this size on
+MIN_DEMO_SCENES = 10
+MIN_DEMO_SCENES_RULE = f"must be >= {MIN_DEMO_SCENES} (val and test each need a scene of the demo corpus)"
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ class _UnitBars:
 @contextlib.contextmanager
 def _study(name: str, cfg, out_dir: str):
     """The result store of study ``name`` in ``out_dir`` (created or resumed), with ``run.log``,
-    under the directory's run lock (a second run on ``out_dir`` raises ``RunDirBusyError``)."""
+    under the directory's run lock (a second run on ``out_dir`` raises ``RunDirBusyError``).
+    ``cfg`` is checked first (it may have changed since its construction): a bad value writes nothing."""
+    cfg.check()
     with hold_run_lock(out_dir), ResultStore(os.path.join(out_dir, "results.sqlite")) as store:
         store.begin_study(name, cfg.to_dict())
         handler = _logger(out_dir)

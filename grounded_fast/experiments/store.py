@@ -36,7 +36,8 @@ Timestamps are ISO-8601 UTC strings with milliseconds (``2024-05-01T12:00:00.123
 ``study`` — key/value metadata, one row per key
     ``key TEXT PRIMARY KEY``  one of: ``name`` (study name), ``config`` (canonical JSON of the
     study config, sorted keys), ``schema_version``, ``package_version`` and ``git_commit`` /
-    ``git_dirty`` (of the code that created the study; commit NULL outside a git checkout),
+    ``git_dirty`` (of the code that created the study; NULL outside a git checkout of this project:
+    see ``_git_info``),
     ``last_package_version`` / ``last_git_commit`` (of the code that last called ``begin_study``),
     ``created``, ``updated`` (times of creation / of the last ``begin_study``).
     ``value TEXT``  the value (NULL when unknown).
@@ -100,10 +101,12 @@ import json
 import math
 import os
 import secrets
+import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -186,7 +189,8 @@ _ORDER = {"study": "key", "runs": "run_id", "checkpoints": "run_id, epoch", "met
 _RUN_FIELDS = ("setup", "noise", "seed", "status", "started", "finished", "wall_seconds", "error")
 _METRIC_KEYS = frozenset({"run_id", "epoch", "split", "name", "value"})
 _PAIR_KEYS = frozenset({"analysis", "population", "model_a", "model_b", "value"})
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[2]   # the checkout holding the package, when it is one
+_GIT_TIMEOUT_S = 5.0                               # all git commands of one _git_info call together
 
 
 class StoreError(RuntimeError):
@@ -372,19 +376,53 @@ def _package_version() -> str | None:
         return None
 
 
-def _git_info() -> tuple[str | None, str | None]:
-    """(commit, 'true'/'false' dirty) of the checkout holding this package, or (None, None)."""
+def _is_project_checkout(root: Path) -> bool:
+    """Whether ``root`` looks like a git checkout of this project (``.git`` and this project's
+    ``pyproject.toml``); reads two files, runs nothing."""
     try:
-        out = subprocess.run(["git", "-C", str(_REPO_ROOT), "rev-parse", "--show-toplevel", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        lines = out.stdout.split()
-        if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != _REPO_ROOT:
+        import tomllib
+        if not (root / ".git").exists():
+            return False
+        with open(root / "pyproject.toml", "rb") as f:
+            return tomllib.load(f).get("project", {}).get("name") in ("grounded_fast", "grounded-fast")
+    except Exception:
+        return False
+
+
+def _git_info(root: Path | None = None) -> tuple[str | None, str | None]:
+    """(HEAD commit, 'true' / 'false': tracked files modified) of this project's checkout at ``root``
+    (default: the one holding this package), or (None, None).
+
+    Git runs only when ``root`` is a checkout of this project (:func:`_is_project_checkout`) that git
+    reports as its work tree's top level: an installed package records its version only. It runs
+    read-only (``--no-optional-locks``: ``git status`` does not refresh the index file), without the
+    user's ``GIT_*`` variables, within ``_GIT_TIMEOUT_S`` seconds in all; any failure (git missing, a
+    timeout, not a repository, "dubious ownership", ...) gives (None, None): never raises.
+    """
+    root = _REPO_ROOT if root is None else Path(root)
+    try:
+        git = shutil.which("git")
+        if git is None or not _is_project_checkout(root):
             return None, None
-        st = subprocess.run(["git", "-C", str(_REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                            capture_output=True, text=True, timeout=10)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}   # no GIT_DIR redirect
+        env.update(GIT_OPTIONAL_LOCKS="0", GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+        deadline = time.monotonic() + _GIT_TIMEOUT_S
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(args, _GIT_TIMEOUT_S)
+            return subprocess.run([git, "--no-optional-locks", "-c", "core.fsmonitor=false", "-C", str(root), *args],
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=left, env=env)
+
+        out = run("rev-parse", "--show-toplevel", "HEAD")
+        lines = out.stdout.decode("utf-8", "replace").splitlines()
+        if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
+            return None, None
+        st = run("status", "--porcelain", "--untracked-files=no")
         dirty = None if st.returncode != 0 else ("true" if st.stdout.strip() else "false")
-        return lines[1], dirty
-    except (OSError, subprocess.SubprocessError):
+        return lines[1].strip(), dirty
+    except Exception:
         return None, None
 
 

@@ -738,10 +738,7 @@ def _load_state_dict(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except TypeError:  # pragma: no cover - torch < 1.13
-        state = torch.load(str(path), map_location="cpu")
+    state = torch.load(str(path), map_location="cpu", weights_only=True)   # tensors only: never runs pickled code
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

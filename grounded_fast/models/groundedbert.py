@@ -59,6 +59,8 @@ class GroundedBERTConfig(ModelConfig):
             raise ValueError(f"GroundedBERTConfig.ot_mass must be in (0, 1], got {self.ot_mass}")
         if not self.ot_reg > 0:
             raise ValueError(f"GroundedBERTConfig.ot_reg must be > 0, got {self.ot_reg}")
+        if not self.ot_weight >= 0:
+            raise ValueError(f"GroundedBERTConfig.ot_weight must be >= 0, got {self.ot_weight}")
         for key in ("text_dim", "vision_dim", "ground_dim", "hidden_dim", "num_labels", "ot_max_iter"):
             if getattr(self, key) < 1:
                 raise ValueError(f"GroundedBERTConfig.{key} must be >= 1, got {getattr(self, key)}")
