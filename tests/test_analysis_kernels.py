@@ -267,6 +267,52 @@ def test_attention_errors():
         A.attention_distance(a, "tv", torch.zeros(2, 4, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -0.5, 0.0], ids=["nan", "inf", "negative", "no_mass"])
+def test_every_attention_metric_checks_the_rows_alike(value):
+    """segment_l2 rejects what the four per-row metrics reject, with the same message (model and row),
+    and like them ignores what a masked source or an uncounted row holds."""
+    a = attention(3, 2, 4, 5)
+    seg = torch.tensor([0, 0, 1, 1, 2])
+    bad = a.clone()
+    if value == 0.0:
+        bad[1, 1, 2] = 0.0  # item 1, target 2: row 1 * 4 + 2 = 6
+    else:
+        bad[1, 1, 2, 3] = value
+    msg = (r"^attention_distance: the attention of model 1 in row 6 is negative, non-finite or has no mass "
+           r"on the valid sources \(row r = item \* T \+ target position, T = 4\)$")
+    runs = [("segment_l2", None)] + [(m, b) for m in ("jsd", "tv", "hellinger", "l2") for b in ("cpu", "torch")]
+    for metric, backend in runs:
+        with pytest.raises(ValueError, match=msg):
+            A.attention_distance(bad, metric, segments=seg, backend=backend)
+    tmask = torch.ones(2, 4, dtype=torch.bool)
+    tmask[1, 2] = False
+    smask = torch.ones(2, 5, dtype=torch.bool)
+    smask[1, 3] = False
+    hidden = a.clone()
+    hidden[1, 1, 2, 3] = value  # at a masked source: ignored, when the row keeps some mass
+    for metric, backend in runs:
+        assert torch.isfinite(A.attention_distance(bad, metric, tmask, segments=seg, backend=backend)).all()
+        if value != 0.0:
+            got = A.attention_distance(hidden, metric, None, smask, seg, backend=backend)
+            assert torch.isfinite(got).all(), (metric, backend)
+
+
+def test_segment_ids_are_checked_against_the_number_of_segments():
+    a = attention(2, 2, 3, 4)
+    huge = torch.tensor([0, 1, 1_000_000_000, -1])  # was a 32 GB allocation
+    with pytest.raises(ValueError, match=r"id 1000000000.*below the number of sources S = 4.*num_segments"):
+        A.attention_distance(a, "segment_l2", segments=huge)
+    with pytest.raises(ValueError, match=r"id 3, but num_segments = 3 allows ids 0 \.\. 2"):
+        A.attention_distance(a, "segment_l2", segments=torch.tensor([0, 1, 2, 3]), num_segments=3)
+    with pytest.raises(ValueError, match="num_segments"):
+        A.AttentionDistance(2, "segment_l2", num_segments=0)
+    acc = A.AttentionDistance(2, "segment_l2", num_segments=6)  # ids above S with num_segments; fixed K
+    acc.update(a, segments=torch.tensor([0, 5, 5, -1]))
+    shares = acc.segment_shares()
+    assert shares.shape == (2, 6) and torch.all(shares[:, 1:5] == 0)
+    assert_close(shares.sum(1), torch.ones(2, dtype=torch.float64), rtol=1e-12, atol=1e-12, name="sums")
+
+
 def test_attention_opcheck():
     a = attention(3, 1, 6, 5)[:, 0]
     smask = torch.ones(6, 5, dtype=torch.bool)

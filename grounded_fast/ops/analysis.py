@@ -11,6 +11,8 @@ for one chunk.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -107,12 +109,30 @@ def attention_pair_sums(attn: Tensor, source_mask: Tensor | None, row_weight: Te
             if "no mass on the valid sources" in str(exc):
                 raise ValueError(str(exc).splitlines()[0]) from None
             raise
-    counted = row_weight != 0
-    rows = attn[:, counted]
-    if mask.numel():
-        rows = rows * mask[counted]
-    if not (bool(torch.isfinite(rows).all()) and bool((rows >= 0).all()) and bool((rows.sum(-1) > 0).all())):
-        raise ValueError("attention_distance: an attention row is negative, non-finite or has no mass "
-                         "on the valid sources")
+    check_attention_rows(attn, source_mask, row_weight)
+    if mask.numel():  # the kernels ignore what masked sources hold (even NaN): so does the reference
+        attn = torch.where(mask, attn, torch.zeros((), dtype=attn.dtype, device=attn.device))
     return torch.ops.grounded_fast.attention_pair_sums_torch(attn.detach(), mask, row_weight,
                                                              ATTENTION_METRICS[metric])
+
+
+def check_attention_rows(attn: Tensor, source_mask: Tensor | None, row_weight: Tensor) -> None:
+    """Raise the kernels' ValueError for the first counted attention row that is negative,
+    non-finite or has no mass on the valid sources.
+
+    attn (M, R, S) float; source_mask (R, S) bool or None (what masked sources hold is ignored);
+    row_weight (R,) (rows of weight 0 are not counted, so not checked). The message names the
+    model i and the row r, as the C++ kernel's does.
+    """
+    counted = (row_weight != 0).to(attn.device)
+    rows = attn.detach()[:, counted]
+    if source_mask is not None and source_mask.numel():
+        rows = torch.where(source_mask.to(attn.device)[counted], rows, torch.zeros((), dtype=rows.dtype,
+                                                                                    device=rows.device))
+    mass = rows.sum(-1, dtype=torch.float64)
+    bad = ~((rows >= 0) & (rows <= torch.finfo(rows.dtype).max)).all(-1) | ~((mass > 0) & (mass < math.inf))
+    if bool(bad.any()):
+        r, i = bad.t().nonzero()[0].tolist()  # the first row, then its first model
+        r = int(counted.nonzero()[r])
+        raise ValueError(f"attention_distance: the attention of model {i} in row {r} is negative, "
+                         "non-finite or has no mass on the valid sources")
