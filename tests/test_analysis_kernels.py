@@ -131,6 +131,47 @@ def test_agreement_errors():
     A.pairwise_agreement(bad, masked)
 
 
+def test_agreement_mask_must_have_the_positions_shape():
+    z = logits(2, 12, 7).reshape(2, 3, 4, 7)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[0, 3] = False
+    msg = r"mask must have shape \(3, 4\) \(\(B, T\) for \(M, B, T, V\) logits\), got shape \(4, 3\)"
+    with pytest.raises(ValueError, match=msg):  # the transposed mask has the right size
+        A.pairwise_agreement(z, mask.T)
+    with pytest.raises(ValueError, match=msg):
+        A.PairwiseAgreement(2).update(z, mask.T.contiguous())
+    with pytest.raises(ValueError, match=r"mask must have shape \(12,\)"):
+        A.pairwise_agreement(z.reshape(2, 12, 7), mask.reshape(12, 1))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("value,dtype", [(3e38, torch.float32), (-3.4e38, torch.float32), (1e25, torch.float32),
+                                         (3e38, torch.bfloat16)], ids=["3e38", "finfo_min", "1e25", "bf16_3e38"])
+def test_agreement_refuses_logits_beyond_the_float32_range(backend, value, dtype):
+    """Finite logits near 3e38 gave KL NaN, entropy inf and JSD 0: refused, naming model and position."""
+    z = logits(3, 4, 6).to(dtype)
+    z[1, 2, 4] = value
+    msg = (r"^pairwise_agreement: the logits of model 1 at position 2 reach [0-9.e+]+ in magnitude, "
+           r"beyond MAX_ABS_LOGIT = 1e\+20")
+    with pytest.raises(ValueError, match=msg):
+        A.pairwise_agreement(z, jsd=True, backend=backend)
+    with pytest.raises(ValueError, match=msg + r".*\(position n = batch index \* T \+ t, T = 2\)$"):
+        A.pairwise_agreement(z.reshape(3, 2, 2, 6), jsd=True, backend=backend)
+    counted = torch.tensor([True, True, False, True])  # at an uncounted position: ignored
+    assert torch.isfinite(A.pairwise_agreement(z, counted, jsd=True, backend=backend)["kl"]).all()
+
+
+def test_agreement_takes_a_large_mask_fill():
+    """-1e9 for masked vocabulary entries (inside the limit) gives the reference's values."""
+    z = logits(3, 5, 9)
+    z[:, :, 0] = -1e9
+    z[1, :, 4] = -1e20
+    got = A.pairwise_agreement(z, jsd=True, backend="cpu")
+    ref = A.pairwise_agreement(z, jsd=True, backend="torch")
+    for k in ("kl", "entropy", "jsd"):
+        assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, name=k)
+
+
 def test_agreement_opcheck():
     z = logits(3, 5, 11)
     mask = torch.tensor([True, False, True, True, True])
