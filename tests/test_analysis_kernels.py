@@ -131,6 +131,47 @@ def test_agreement_errors():
     A.pairwise_agreement(bad, masked)
 
 
+def test_agreement_mask_must_have_the_positions_shape():
+    z = logits(2, 12, 7).reshape(2, 3, 4, 7)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[0, 3] = False
+    msg = r"mask must have shape \(3, 4\) \(\(B, T\) for \(M, B, T, V\) logits\), got shape \(4, 3\)"
+    with pytest.raises(ValueError, match=msg):  # the transposed mask has the right size
+        A.pairwise_agreement(z, mask.T)
+    with pytest.raises(ValueError, match=msg):
+        A.PairwiseAgreement(2).update(z, mask.T.contiguous())
+    with pytest.raises(ValueError, match=r"mask must have shape \(12,\)"):
+        A.pairwise_agreement(z.reshape(2, 12, 7), mask.reshape(12, 1))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("value,dtype", [(3e38, torch.float32), (-3.4e38, torch.float32), (1e25, torch.float32),
+                                         (3e38, torch.bfloat16)], ids=["3e38", "finfo_min", "1e25", "bf16_3e38"])
+def test_agreement_refuses_logits_beyond_the_float32_range(backend, value, dtype):
+    """Finite logits near 3e38 gave KL NaN, entropy inf and JSD 0: refused, naming model and position."""
+    z = logits(3, 4, 6).to(dtype)
+    z[1, 2, 4] = value
+    msg = (r"^pairwise_agreement: the logits of model 1 at position 2 reach [0-9.e+]+ in magnitude, "
+           r"beyond MAX_ABS_LOGIT = 1e\+20")
+    with pytest.raises(ValueError, match=msg):
+        A.pairwise_agreement(z, jsd=True, backend=backend)
+    with pytest.raises(ValueError, match=msg + r".*\(position n = batch index \* T \+ t, T = 2\)$"):
+        A.pairwise_agreement(z.reshape(3, 2, 2, 6), jsd=True, backend=backend)
+    counted = torch.tensor([True, True, False, True])  # at an uncounted position: ignored
+    assert torch.isfinite(A.pairwise_agreement(z, counted, jsd=True, backend=backend)["kl"]).all()
+
+
+def test_agreement_takes_a_large_mask_fill():
+    """-1e9 for masked vocabulary entries (inside the limit) gives the reference's values."""
+    z = logits(3, 5, 9)
+    z[:, :, 0] = -1e9
+    z[1, :, 4] = -1e20
+    got = A.pairwise_agreement(z, jsd=True, backend="cpu")
+    ref = A.pairwise_agreement(z, jsd=True, backend="torch")
+    for k in ("kl", "entropy", "jsd"):
+        assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, name=k)
+
+
 def test_agreement_opcheck():
     z = logits(3, 5, 11)
     mask = torch.tensor([True, False, True, True, True])
@@ -265,6 +306,52 @@ def test_attention_errors():
     A.attention_distance(b, "jsd", tmask)
     with pytest.raises(RuntimeError, match="no target row"):
         A.attention_distance(a, "tv", torch.zeros(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -0.5, 0.0], ids=["nan", "inf", "negative", "no_mass"])
+def test_every_attention_metric_checks_the_rows_alike(value):
+    """segment_l2 rejects what the four per-row metrics reject, with the same message (model and row),
+    and like them ignores what a masked source or an uncounted row holds."""
+    a = attention(3, 2, 4, 5)
+    seg = torch.tensor([0, 0, 1, 1, 2])
+    bad = a.clone()
+    if value == 0.0:
+        bad[1, 1, 2] = 0.0  # item 1, target 2: row 1 * 4 + 2 = 6
+    else:
+        bad[1, 1, 2, 3] = value
+    msg = (r"^attention_distance: the attention of model 1 in row 6 is negative, non-finite or has no mass "
+           r"on the valid sources \(row r = item \* T \+ target position, T = 4\)$")
+    runs = [("segment_l2", None)] + [(m, b) for m in ("jsd", "tv", "hellinger", "l2") for b in ("cpu", "torch")]
+    for metric, backend in runs:
+        with pytest.raises(ValueError, match=msg):
+            A.attention_distance(bad, metric, segments=seg, backend=backend)
+    tmask = torch.ones(2, 4, dtype=torch.bool)
+    tmask[1, 2] = False
+    smask = torch.ones(2, 5, dtype=torch.bool)
+    smask[1, 3] = False
+    hidden = a.clone()
+    hidden[1, 1, 2, 3] = value  # at a masked source: ignored, when the row keeps some mass
+    for metric, backend in runs:
+        assert torch.isfinite(A.attention_distance(bad, metric, tmask, segments=seg, backend=backend)).all()
+        if value != 0.0:
+            got = A.attention_distance(hidden, metric, None, smask, seg, backend=backend)
+            assert torch.isfinite(got).all(), (metric, backend)
+
+
+def test_segment_ids_are_checked_against_the_number_of_segments():
+    a = attention(2, 2, 3, 4)
+    huge = torch.tensor([0, 1, 1_000_000_000, -1])  # was a 32 GB allocation
+    with pytest.raises(ValueError, match=r"id 1000000000.*below the number of sources S = 4.*num_segments"):
+        A.attention_distance(a, "segment_l2", segments=huge)
+    with pytest.raises(ValueError, match=r"id 3, but num_segments = 3 allows ids 0 \.\. 2"):
+        A.attention_distance(a, "segment_l2", segments=torch.tensor([0, 1, 2, 3]), num_segments=3)
+    with pytest.raises(ValueError, match="num_segments"):
+        A.AttentionDistance(2, "segment_l2", num_segments=0)
+    acc = A.AttentionDistance(2, "segment_l2", num_segments=6)  # ids above S with num_segments; fixed K
+    acc.update(a, segments=torch.tensor([0, 5, 5, -1]))
+    shares = acc.segment_shares()
+    assert shares.shape == (2, 6) and torch.all(shares[:, 1:5] == 0)
+    assert_close(shares.sum(1), torch.ones(2, dtype=torch.float64), rtol=1e-12, atol=1e-12, name="sums")
 
 
 def test_attention_opcheck():

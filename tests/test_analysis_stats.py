@@ -189,6 +189,25 @@ def test_mantel_seeded_reproducible(rng):
     assert mantel(A, B, permutations=2000, seed=43).pvalue != r1.pvalue
 
 
+def test_mantel_default_is_reproducible_and_result_carries_the_seed(rng):
+    A = sym(rng, 12)
+    B = sym(rng, 12, noise=3.0, base=A)
+    first = mantel(A, B, permutations=500)
+    assert first == mantel(A, B, permutations=500)  # a fixed default seed, not fresh entropy
+    assert first.seed == 0 and first == mantel(A, B, permutations=500, seed=0)
+    assert mantel(A, B, permutations=500, seed=7).seed == 7
+    fresh = mantel(A, B, permutations=500, seed=None)  # entropy drawn, and recorded to rerun
+    assert isinstance(fresh.seed, int) and mantel(A, B, permutations=500, seed=fresh.seed) == fresh
+    assert mantel(A, B, permutations=500, seed=np.random.default_rng(1)).seed is None
+    assert mantel(A[:5, :5], B[:5, :5]).seed is None  # every permutation enumerated: no seed
+
+
+@pytest.mark.parametrize("fn", [kruskal_wallis, mann_whitney])
+def test_group_tests_warn_that_model_pairs_are_not_independent(fn):
+    doc = " ".join(fn.__doc__.split())
+    assert "not independent" in doc and "`mantel`" in doc and "sharing a model" in doc
+
+
 def test_mantel_batches_do_not_change_result(rng, monkeypatch):
     import grounded_fast.analysis.stats as st
     A = sym(rng, 6)

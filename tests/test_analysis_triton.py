@@ -161,6 +161,31 @@ def test_triton_agreement_api_and_errors():
         A.pairwise_agreement(z, backend="triton")
 
 
+@pytest.mark.parametrize("value,dtype", [(3e38, torch.float32), (-3.4e38, torch.float32), (1e25, torch.float32),
+                                         (3e38, torch.bfloat16)], ids=["3e38", "finfo_min", "1e25", "bf16_3e38"])
+def test_triton_agreement_refuses_logits_beyond_the_float32_range(value, dtype):
+    """The same error as the C++ kernel and the reference (tests/test_analysis_kernels.py)."""
+    z = _logits(3, 4, 6, dtype)
+    z[1, 2, 4] = value
+    with pytest.raises(ValueError, match=r"^pairwise_agreement: the logits of model 1 at position 2 reach "
+                                         r"[0-9.e+]+ in magnitude, beyond MAX_ABS_LOGIT = 1e\+20"):
+        A.pairwise_agreement(z, jsd=True, backend="triton")
+
+
+@pytest.mark.parametrize("fill", [-1e6, -1e9, -1e20])
+def test_triton_agreement_far_first_logit_takes_the_two_pass_kernels(fill):
+    """A masked vocabulary entry 0 (the one-pass kernel's per-row shift) far below the rest: the
+    one-pass kernel's float32 rounding grows with that distance (entropy off by 0.2 nats at -1e6),
+    so the op runs the two-pass kernels, and matches the reference."""
+    z = _logits(3, 5, 300, torch.float32)
+    z[:, :, 0] = fill
+    z[2, :, 0] = 0.0  # one model with an ordinary first logit
+    got = A.pairwise_agreement(z, jsd=True, backend="triton")
+    ref = A.pairwise_agreement(z.cpu(), jsd=True, backend="torch")
+    for k in ("agreement", "kl", "entropy", "jsd"):
+        assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, name=k)
+
+
 @pytest.mark.parametrize("one_pass", [False, True], ids=["two_pass", "one_pass"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])

@@ -10,6 +10,11 @@ M^2 pairwise sums into a matrix product; see csrc/analysis/cpu/pairwise_agreemen
     for logits, mask in chunks:          # logits (M, N, V), mask (N,) True = counted position
         acc.update(logits, mask)
     res = acc.compute()                   # agreement, kl, entropy, count (and jsd if requested)
+
+The logits at counted positions must be finite with |logit| <= 1e20
+(``grounded_fast.ops.analysis.MAX_ABS_LOGIT``): beyond, float32 intermediate terms overflow, so a
+ValueError names the model and the position (on every backend). Mask vocabulary entries with a
+moderate fill such as -1e9, not -inf or finfo.min.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ def _flatten_chunk(logits, mask, num_models: Optional[int]) -> tuple[Tensor, Ten
     logits = _as_tensor(logits, "logits")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
+    positions = tuple(logits.shape[1:-1])  # the shape a mask must have: (N,) or (B, T)
     if logits.dim() == 4:
         M, B, T, V = logits.shape
         logits = logits.reshape(M, B * T, V)
@@ -49,8 +55,9 @@ def _flatten_chunk(logits, mask, num_models: Optional[int]) -> tuple[Tensor, Ten
         mask = torch.ones(N, dtype=torch.bool, device=logits.device)
     else:
         mask = _as_tensor(mask, "mask")
-        if mask.numel() != N:
-            raise ValueError(f"mask must have one entry per position ({N}), got shape {tuple(mask.shape)}")
+        if tuple(mask.shape) != positions:  # a (T, B) mask of (M, B, T, V) logits has the right size
+            layout = "(N,) for (M, N, V) logits" if len(positions) == 1 else "(B, T) for (M, B, T, V) logits"
+            raise ValueError(f"mask must have shape {positions} ({layout}), got shape {tuple(mask.shape)}")
         if mask.dtype != torch.bool:
             if not ((mask == 0) | (mask == 1)).all():
                 raise ValueError("mask must be boolean (or 0/1)")
@@ -65,6 +72,7 @@ class PairwiseAgreement:
     ``num_models`` M; ``jsd=True`` also accumulates the Jensen-Shannon divergence (one log per
     pair and vocabulary entry: markedly slower for large M and V). ``backend``: None (automatic),
     'cpu' (C++ kernel) or 'torch' (float64 reference). Sums are kept in float64 on the CPU.
+    Counted logits must be finite with |logit| <= 1e20 (ValueError naming model and position).
     """
 
     def __init__(self, num_models: int, jsd: bool = False, backend: Optional[str] = None):
@@ -82,11 +90,18 @@ class PairwiseAgreement:
         self._count = 0
 
     def update(self, logits, mask=None) -> None:
-        """Add a chunk: logits (M, N, V) or (M, B, T, V) float; mask (N,) or (B, T), True/1 = counted."""
+        """Add a chunk: logits (M, N, V) or (M, B, T, V) float; mask of the positions' shape, (N,)
+        or (B, T), True/1 = counted. Position n of (M, B, T, V) logits in errors is b * T + t."""
+        T = logits.shape[2] if getattr(logits, "ndim", 0) == 4 else None
         logits, mask = _flatten_chunk(logits, mask, self.num_models)
         if logits.shape[1] == 0:
             return
-        agree, kl, ent, js, count = pairwise_agreement_sums(logits, mask, self.jsd, self.backend)
+        try:
+            agree, kl, ent, js, count = pairwise_agreement_sums(logits, mask, self.jsd, self.backend)
+        except ValueError as exc:
+            if T is None:
+                raise
+            raise ValueError(f"{exc} (position n = batch index * T + t, T = {T})") from None
         self._agree += agree.cpu()
         self._kl += kl.cpu()
         self._ent += ent.cpu()
@@ -116,8 +131,9 @@ class PairwiseAgreement:
 
 
 def pairwise_agreement(logits, mask=None, jsd: bool = False, backend: Optional[str] = None) -> dict:
-    """One-shot :class:`PairwiseAgreement`: logits (M, N, V) or (M, B, T, V), mask or None."""
-    logits_t, mask_t = _flatten_chunk(logits, mask, None)
+    """One-shot :class:`PairwiseAgreement`: logits (M, N, V) or (M, B, T, V), mask of the
+    positions' shape ((N,) or (B, T)) or None. Counted logits: finite, |logit| <= 1e20."""
+    logits_t, _ = _flatten_chunk(logits, mask, None)
     acc = PairwiseAgreement(int(logits_t.shape[0]), jsd=jsd, backend=backend)
-    acc.update(logits_t, mask_t)
+    acc.update(logits, mask)
     return acc.compute()

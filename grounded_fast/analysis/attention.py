@@ -11,7 +11,12 @@ them and renormalised). Metrics:
 - ``segment_l2`` ("Grounded and Well-rounded"): per model, the attention mass on each source
   segment (``segments``: e.g. caption / paraphrase / translation parts of a multimodal memory)
   summed over counted targets and items and normalised to shares; then the Euclidean distance
-  between two models' share vectors.
+  between two models' share vectors. Segment ids are the columns of the shares: 0 .. K-1 with
+  K = ``num_segments`` when given, else below the number of sources S; a negative id marks a
+  source that belongs to no segment.
+
+Every metric checks the counted rows the same way: an attention row that is negative, non-finite
+or has no mass on the valid sources is a ValueError naming the model and the row.
 
 The per-row metrics run in the fused kernel csrc/analysis/cpu/attention_distance_cpu.cpp.
 """
@@ -22,7 +27,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..ops.analysis import attention_pair_sums
+from ..ops.analysis import attention_pair_sums, check_attention_rows
 from .agreement import _as_tensor
 from ..reference.analysis import ATTENTION_METRICS
 
@@ -40,7 +45,8 @@ def _bool_mask(x, name: str, shape: tuple, device) -> Tensor:
     return x.to(device)
 
 
-def _prepare(attn, target_mask, source_mask, segments, num_models: Optional[int]):
+def _prepare(attn, target_mask, source_mask, segments, num_models: Optional[int],
+             num_segments: Optional[int] = None):
     attn = _as_tensor(attn, "attn")
     if not attn.is_floating_point():
         raise TypeError(f"attn must be a floating-point tensor, got {attn.dtype}")
@@ -65,7 +71,24 @@ def _prepare(attn, target_mask, source_mask, segments, num_models: Optional[int]
         if tuple(seg.shape) != (N, S):
             raise ValueError(f"segments must have shape (S,) = ({S},) or (N, S) = {(N, S)}, got {tuple(seg.shape)}")
         seg = seg.to(attn.device, torch.long)
+        _check_segment_ids(seg, S, num_segments)
     return attn, tmask, smask, seg
+
+
+def _check_segment_ids(seg: Tensor, S: int, num_segments: Optional[int]) -> None:
+    """Segment ids must index the columns of the shares: below num_segments, else below S."""
+    if not seg.numel():
+        return
+    top = int(seg.max())
+    limit = S if num_segments is None else num_segments
+    if top < limit:
+        return
+    if num_segments is None:
+        raise ValueError(f"segments holds the id {top}, but without num_segments the ids must be below the "
+                         f"number of sources S = {S} (0, 1, ...: they are the columns of segment_shares()); "
+                         "relabel them, or pass num_segments=K for K segments")
+    raise ValueError(f"segments holds the id {top}, but num_segments = {num_segments} allows ids "
+                     f"0 .. {num_segments - 1} (negative ids mark sources outside every segment)")
 
 
 class AttentionDistance:
@@ -73,42 +96,53 @@ class AttentionDistance:
 
     ``metric``: one of ``METRICS``. ``update(attn, target_mask, source_mask, segments)`` adds a
     chunk of items; ``compute()`` returns the (M, M) float64 distance matrix (zero diagonal).
-    For ``segment_l2``, ``segments`` is required (ids >= 0; negative ids are ignored) and
-    ``segment_shares()`` returns the (M, K) shares.
+    For ``segment_l2``, ``segments`` is required and ``segment_shares()`` returns the (M, K)
+    shares, one column per segment id. ``num_segments`` K fixes the number of segments (ids
+    0 .. K-1); without it K is the largest id seen + 1, and ids must be below the number of
+    sources S. Negative ids are ignored; a larger id is a ValueError.
     """
 
-    def __init__(self, num_models: int, metric: str = "jsd", backend: Optional[str] = None):
+    def __init__(self, num_models: int, metric: str = "jsd", backend: Optional[str] = None,
+                 num_segments: Optional[int] = None):
         if not isinstance(num_models, int) or num_models < 1:
             raise ValueError(f"num_models must be a positive int, got {num_models!r}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if num_segments is not None and (isinstance(num_segments, bool) or not isinstance(num_segments, int)
+                                         or num_segments < 1):
+            raise ValueError(f"num_segments must be a positive int or None, got {num_segments!r}")
         self.num_models, self.metric, self.backend = num_models, metric, backend
+        self.num_segments = num_segments
         self.reset()
 
     def reset(self) -> None:
         M = self.num_models
         self._sums = torch.zeros(M, M, dtype=torch.float64)
-        self._mass = torch.zeros(M, 0, dtype=torch.float64)
+        self._mass = torch.zeros(M, self.num_segments or 0, dtype=torch.float64)
         self._rows = 0
 
     def update(self, attn, target_mask=None, source_mask=None, segments=None) -> None:
         """attn (M, N, T, S) or (M, N, H, T, S); target_mask (N, T); source_mask (N, S);
         segments (S,) or (N, S) integer ids (``segment_l2`` only)."""
-        attn, tmask, smask, seg = _prepare(attn, target_mask, source_mask, segments, self.num_models)
+        attn, tmask, smask, seg = _prepare(attn, target_mask, source_mask, segments, self.num_models,
+                                           self.num_segments)
         M, N, T, S = attn.shape
+        if self.metric == "segment_l2" and seg is None:
+            raise ValueError("metric='segment_l2' needs segments (source segment ids)")
+        R = N * T
+        rows = attn.reshape(M, R, S)
+        row_mask = None if smask is None else smask[:, None, :].expand(N, T, S).reshape(R, S)
+        weight = tmask.reshape(R).to(torch.float64)
+        try:
+            if self.metric == "segment_l2":  # the rows' check of the per-row metrics' reference backend
+                check_attention_rows(rows, row_mask, weight)
+            else:
+                sums = attention_pair_sums(rows, row_mask, weight, self.metric, self.backend).cpu()
+        except ValueError as exc:
+            raise ValueError(f"{exc} (row r = item * T + target position, T = {T})") from None
         if self.metric == "segment_l2":
-            if seg is None:
-                raise ValueError("metric='segment_l2' needs segments (source segment ids)")
             self._add_segment_mass(attn, tmask, smask, seg)
         else:
-            R = N * T
-            rows = attn.reshape(M, R, S)
-            row_mask = None if smask is None else smask[:, None, :].expand(N, T, S).reshape(R, S)
-            weight = tmask.reshape(R).to(torch.float64)
-            try:
-                sums = attention_pair_sums(rows, row_mask, weight, self.metric, self.backend).cpu()
-            except ValueError as exc:
-                raise ValueError(f"{exc} (row r = item * T + target position, T = {T})") from None
             if not torch.isfinite(sums).all():
                 raise ValueError("attention rows with no mass on the valid sources (or non-finite values)")
             self._sums += sums
@@ -116,13 +150,12 @@ class AttentionDistance:
 
     def _add_segment_mass(self, attn, tmask, smask, seg) -> None:
         M, N, T, S = attn.shape
-        a = attn.double()
-        valid = torch.ones(N, S, dtype=torch.float64, device=a.device) if smask is None else smask.double()
-        norm = torch.einsum("mnts,ns->mnt", a, valid)                    # row mass on valid sources
-        counted = tmask.double()[None] / torch.where(norm > 0, norm, torch.ones_like(norm))
-        if bool(((norm <= 0) & tmask[None]).any()):
-            raise ValueError("attention rows with no mass on the valid sources")
-        per_source = torch.einsum("mnts,mnt->mns", a, counted) * valid     # (M, N, S)
+        # rows already checked; what masked sources and uncounted rows hold (even NaN) is dropped
+        keep_entry = tmask[:, :, None] if smask is None else tmask[:, :, None] & smask[:, None, :]
+        a = torch.where(keep_entry[None], attn.double(), torch.zeros((), dtype=torch.float64, device=attn.device))
+        norm = a.sum(-1)                                                 # row mass on valid sources
+        inv = 1.0 / torch.where(norm > 0, norm, torch.ones_like(norm))  # uncounted rows: all zeros
+        per_source = torch.einsum("mnts,mnt->mns", a, inv)              # (M, N, S)
         keep = seg >= 0
         K = int(seg[keep].max()) + 1 if bool(keep.any()) else 0
         if K > self._mass.shape[1]:
@@ -153,17 +186,19 @@ class AttentionDistance:
 
 
 def attention_distance(attn, metric: str = "jsd", target_mask=None, source_mask=None, segments=None,
-                       backend: Optional[str] = None) -> Tensor:
+                       backend: Optional[str] = None, num_segments: Optional[int] = None) -> Tensor:
     """All-pairs distance between M models' attention patterns.
 
     attn (M, N, T, S) or (M, N, H, T, S) (heads averaged); target_mask (N, T) and source_mask
     (N, S) bool (True = real position); segments (S,) or (N, S) integer source-segment ids for
-    ``metric='segment_l2'``. Returns an (M, M) float64 tensor (zero diagonal). For N too large
-    for memory, feed chunks of items to :class:`AttentionDistance`.
+    ``metric='segment_l2'`` (0 .. num_segments-1, or below S without num_segments; negative =
+    no segment). Counted rows must be non-negative and finite with mass on the valid sources
+    (ValueError otherwise, for every metric). Returns an (M, M) float64 tensor (zero diagonal).
+    For N too large for memory, feed chunks of items to :class:`AttentionDistance`.
     """
     a = _as_tensor(attn, "attn")
     if a.dim() not in (4, 5):
         raise ValueError(f"attn must be (M, N, T, S) or (M, N, H, T, S), got shape {tuple(a.shape)}")
-    acc = AttentionDistance(int(a.shape[0]), metric, backend)
+    acc = AttentionDistance(int(a.shape[0]), metric, backend, num_segments)
     acc.update(a, target_mask, source_mask, segments)
     return acc.compute()

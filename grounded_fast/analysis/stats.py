@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from scipy import stats as _sps
@@ -30,6 +30,8 @@ _PERM_EPS = 1e-10
 _BATCH_ELEMENTS = 1 << 21
 # `permutations="exact"` is refused above this M (11! = 39,916,800 permutations).
 MAX_EXACT_M = 10
+# `mantel`'s default seed: the same call gives the same p-value on every run.
+DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,16 @@ class CorrelationResult:
 @dataclass(frozen=True)
 class MantelResult:
     """Mantel test: ``statistic`` (r or rho of the upper triangles, as `matrix_correlation`),
-    permutation ``pvalue``, the number of ``permutations`` used (M! when ``exact``), ``method``
-    and ``alternative``."""
+    permutation ``pvalue``, the number of ``permutations`` used (M! when ``exact``), ``method``,
+    ``alternative`` and the ``seed`` of the random permutations (the int passed, None when a
+    numpy Generator was passed or every permutation was enumerated)."""
     statistic: float
     pvalue: float
     permutations: int
     exact: bool
     method: str
     alternative: str
+    seed: Optional[int] = None
 
 
 # ----------------------------------------------------------------------------- input helpers
@@ -142,6 +146,10 @@ def kruskal_wallis(*groups: Any) -> KruskalResult:
     groups: two or more non-empty 1-d samples (arrays, tensors or sequences) of finite values.
     Raises ValueError for fewer than two groups, an empty / non-finite / non-1-d group, or when
     every value is identical (H is 0/0: undefined).
+    The p-value assumes independent values. Values of model pairs (e.g. the agreement of every
+    two models) are not independent: pairs sharing a model are correlated, and the p-value comes
+    out too small. For those, use the permutation test `mantel`, against an (M, M) matrix that
+    codes the groups (e.g. 1 where models i and j are in the same population, else 0).
     """
     if len(groups) < 2:
         raise ValueError(f"kruskal_wallis needs at least 2 groups, got {len(groups)}")
@@ -158,6 +166,10 @@ def mann_whitney(x: Any, y: Any, alternative: str = "two-sided") -> MannWhitneyR
 
     x: (n1,), y: (n2,) non-empty finite samples. alternative: "two-sided", "greater" (x tends to
     be larger) or "less". Returns U of x, the p-value and the effect size U / (n1 * n2).
+    The p-value assumes independent values. Values of model pairs (e.g. the KL of every two
+    models) are not independent: pairs sharing a model are correlated, and the p-value comes out
+    too small. For those, use the permutation test `mantel`, against an (M, M) matrix that codes
+    the two groups of pairs.
     """
     _check_choice(alternative, _ALTERNATIVES, "alternative")
     xs, ys = _sample(x, "x"), _sample(y, "y")
@@ -234,7 +246,7 @@ def _permutation_batches(M: int, permutations: Union[int, str], rng: np.random.G
 
 
 def mantel(A: Any, B: Any, method: str = "pearson", permutations: Union[int, str] = 9999,
-           alternative: str = "two-sided", seed: Any = None) -> MantelResult:
+           alternative: str = "two-sided", seed: Any = DEFAULT_SEED) -> MantelResult:
     """Mantel permutation test of the correlation between two symmetric (M, M) matrices.
 
     The statistic is `matrix_correlation(A, B, method)` over the upper triangles. The null
@@ -248,8 +260,9 @@ def mantel(A: Any, B: Any, method: str = "pearson", permutations: Union[int, str
 
     Vectorised: both triangles are ranked (spearman) and standardised once, after which each
     permuted correlation is a dot product of gathered entries, computed for batches of
-    permutations at a time (bounded memory). seed: None, an int or a numpy Generator.
-    Returns `MantelResult`.
+    permutations at a time (bounded memory). seed: an int (default ``DEFAULT_SEED`` = 0, so that
+    a call is reproducible), a numpy Generator, or None for fresh OS entropy; the int that ran
+    is drawn for None and recorded in the result's ``seed``. Returns `MantelResult`.
     """
     _check_choice(method, _METHODS, "method")
     _check_choice(alternative, _ALTERNATIVES, "alternative")
@@ -276,6 +289,9 @@ def mantel(A: Any, B: Any, method: str = "pearson", permutations: Union[int, str
     x = xs[iu, ju]
     r_obs = float(x @ ys[iu, ju])  # same arithmetic as the permuted values below
 
+    if seed is None:  # fresh entropy, but drawn here so that the result can say which seed ran
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+    recorded = int(seed) if isinstance(seed, (int, np.integer)) else None
     rng = np.random.default_rng(seed)
     batch = max(1, _BATCH_ELEMENTS // iu.size)
     count = total = 0
@@ -291,4 +307,5 @@ def mantel(A: Any, B: Any, method: str = "pearson", permutations: Union[int, str
 
     exact = permutations == "exact"
     pvalue = count / total if exact else (count + 1) / (total + 1)
-    return MantelResult(float(observed), float(pvalue), int(total), exact, method, alternative)
+    return MantelResult(float(observed), float(pvalue), int(total), exact, method, alternative,
+                        None if exact else recorded)
