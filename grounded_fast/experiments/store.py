@@ -16,8 +16,8 @@ Durability and resumption
   open. A unit counts as done only when its row says ``status = 'done'`` (:meth:`unit_done`).
 * Checkpoint files are hashed (sha256 + size) when they are registered; :meth:`verify_checkpoint`,
   :meth:`latest_checkpoint` and :meth:`integrity_check` recompute the hash, so a truncated or
-  corrupted file is never resumed from. Write checkpoint files with :func:`atomic_path` (temporary
-  file, fsync, rename) *before* registering them.
+  corrupted file is never resumed from. Write checkpoint files with :func:`atomic_path` or
+  :func:`grounded_fast._atomic.write_atomic` (temporary file, fsync, rename) *before* registering them.
 * Several processes may open the same file (the runner's workers write through their own
   connections): writers wait up to ``timeout`` seconds for the lock. A store object re-opens its
   connection in a forked child and can be pickled (it re-opens by path). Within one process the
@@ -89,11 +89,9 @@ import csv
 import dataclasses
 import datetime as _dt
 import enum
-import hashlib
 import json
 import math
 import os
-import secrets
 import sqlite3
 import subprocess
 import sys
@@ -102,6 +100,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from .._atomic import atomic_path, check_file, sha256_file
 
 __all__ = [
     "ResultStore", "StoreError", "StudyMismatchError", "make_run_id", "atomic_path",
@@ -305,54 +305,6 @@ def _opt_epoch(value: Any, what: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise TypeError(f"{what}: epoch must be a non-negative integer or None, got {value!r}")
     return int(value)
-
-
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Write a file atomically: yields a temporary path beside ``path`` to write to.
-
-    On normal exit the temporary file is fsynced and renamed over ``path`` (so readers, and a rerun
-    after a crash, see either the old file or the complete new one); on an exception it is removed.
-    Example: ``with atomic_path(ckpt) as tmp: torch.save(state, tmp)``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"atomic_path: nothing was written to the temporary file {tmp}")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _package_version() -> str | None:
@@ -805,7 +757,7 @@ class ResultStore:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint of {run_id!r} epoch {ep}: no file at {p}")
-        sha, size = _sha256_file(p)
+        sha, size = sha256_file(p)
         return run_id, ep, self._store_path(p), sha, size, _now()
 
     @staticmethod
@@ -838,16 +790,7 @@ class ResultStore:
 
     def _check_file(self, row: dict) -> str | None:
         """None if the checkpoint file matches its record, else what is wrong."""
-        p = self._resolve_path(row["path"])
-        if not p.is_file():
-            return f"missing file {p}"
-        size = p.stat().st_size
-        if size != row["size_bytes"]:
-            return f"size {size} bytes, recorded {row['size_bytes']} (truncated or rewritten): {p}"
-        sha, _ = _sha256_file(p)
-        if sha != row["sha256"]:
-            return f"sha256 {sha[:12]}… differs from the recorded {row['sha256'][:12]}… (corrupted): {p}"
-        return None
+        return check_file(self._resolve_path(row["path"]), row["sha256"], row["size_bytes"])
 
     # -- metrics --------------------------------------------------------------------------------
     def record_metrics(self, rows: Iterable[Mapping[str, Any]]) -> int:
