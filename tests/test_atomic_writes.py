@@ -1,7 +1,7 @@
 """The one atomic, hashed writer (grounded_fast/_atomic.py) and the artefacts written through it:
 a failure at any point leaves the previous file intact and no temporary file; every artefact
 (model checkpoints and configs, head.pt, reports and figures, task files, feature-cache shards,
-exports) is fsync'ed under a temporary name and renamed into place."""
+exports, saved corpora) is fsync'ed under a temporary name and renamed into place."""
 import errno
 import hashlib
 import io
@@ -122,7 +122,7 @@ def _variant_cfg():
 
 def test_every_artefact_goes_through_the_atomic_writer(tmp_path, file_events):
     import numpy as np
-    from grounded_fast.data import DemoCorpus
+    from grounded_fast.data import DemoCorpus, Multi30kImage, load_multi30k_jsonl, write_multi30k_jsonl
     from grounded_fast.data.features import FeatureCache
     from grounded_fast.experiments.groundedbert_study import demo_glue_task, run_variant
     from grounded_fast.experiments.report import Report, Table
@@ -135,8 +135,19 @@ def test_every_artefact_goes_through_the_atomic_writer(tmp_path, file_events):
     _, files = result
     assert sorted(files) == names and all(check_file(w.path, w.sha256, w.size) is None for w in files.values())
 
-    demo_glue_task(DemoCorpus(20, 0), str(tmp_path / "glue"))
+    corpus = DemoCorpus(20, 0)
+    demo_glue_task(corpus, str(tmp_path / "glue"))
     assert_written_atomically(file_events, [tmp_path / "glue" / "train.tsv", tmp_path / "glue" / "dev.tsv"])
+    saved = corpus.save(tmp_path / "corpus", images=True)
+    assert_written_atomically(file_events, [p for p in saved.rglob("*") if p.is_file()])
+    assert DemoCorpus.load(saved).texts() == corpus.texts()
+
+    images = [Multi30kImage(f"{k}.jpg", tuple(f"en {k} {j}" for j in range(5)), tuple(f"de {k} {j}" for j in range(5)))
+              for k in range(3)]
+    for name in ("m.jsonl", "m.jsonl.gz"):
+        write_multi30k_jsonl(images, tmp_path / name)
+        assert_written_atomically(file_events, [tmp_path / name])
+        assert load_multi30k_jsonl(tmp_path / name) == images
 
     rep = Report("t")
     rep.add_table(Table(["a"], [[1]]), "t")
