@@ -335,3 +335,19 @@ def test_index_entries_outside_the_cache_are_refused(tmp_path, kind):
             assert str(index) in str(ei.value)
     assert outside.read_text() == "keep me"
     assert index.is_file()
+
+
+def test_discard_refuses_names_that_are_not_shards_and_malformed_entries_are_named(tmp_path):
+    cache = FeatureCache(tmp_path, progress=False)
+    key = CountingEncoder.cache_key
+    cache.get_or_compute(["0"], ident, CountingEncoder())
+    index = cache.path_for(key) / "index.json"
+    with pytest.raises(ValueError, match="'index.json' is not a shard file name"):
+        cache.discard(key, ["index.json"])
+    assert index.is_file() and cache.cached_ids(key) == ["0"]
+    meta = json.loads(index.read_text())
+    (shard, entry), = meta["shards"].items()
+    entry["ids"] = "0"
+    index.write_text(json.dumps(meta))
+    with pytest.raises(CorruptCacheError, match=rf"{re.escape(str(index))}.*entry '{shard}' has no list of item ids"):
+        FeatureCache(tmp_path, progress=False).get(key, ["0"])

@@ -189,8 +189,10 @@ class _Namespace:
         try:
             raw = self.index_path.read_bytes()
             index = json.loads(raw.decode("utf-8"))
-            if not isinstance(index, dict) or index.get("format") != _FORMAT or not isinstance(index.get("shards"), dict):
-                raise ValueError(f"unknown format {index.get('format') if isinstance(index, dict) else index!r}")
+            if not isinstance(index, dict):
+                raise ValueError(f"not a JSON object: {str(index)[:40]!r}")
+            if index.get("format") != _FORMAT or not isinstance(index.get("shards"), dict):
+                raise ValueError(f"unknown format {index.get('format')!r}")
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptCacheError(self.index_path, f"cannot parse the index ({e})", advice) from e
         if index.get("key") != self.key:
