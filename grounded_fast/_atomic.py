@@ -86,14 +86,13 @@ def _commit(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def write_atomic(path: PathLike, content: Union[bytes, bytearray, memoryview, Callable[[BinaryIO], object]]) -> Written:
+def write_atomic(path: PathLike, content: Union[bytes, bytearray, Callable[[BinaryIO], object]]) -> Written:
     """Write ``content`` to ``path`` atomically (parent directories created) and return its hash.
 
     ``content`` is the bytes, or a function called with the temporary file opened for binary
     writing (e.g. ``lambda f: torch.save(state, f)``); the written file is then read back to hash it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with open(tmp, "xb") as f:
             if callable(content):
