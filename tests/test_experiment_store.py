@@ -424,8 +424,13 @@ N_METRICS, N_PAIRS = 60, 8
 # The worker loads store.py by path (no torch import: fast start) and writes units in a loop,
 # skipping completed ones: rerunning the same command resumes.
 WORKER = textwrap.dedent(f"""
-    import importlib.util, sys, time
-    spec = importlib.util.spec_from_file_location("gf_store", {str(STORE_FILE)!r})
+    import importlib.util, sys, time, types
+    # the store and the atomic writer it imports, without the package's __init__ (torch): fast start
+    for name, path in (("grounded_fast", {str(STORE_FILE.parents[1])!r}),
+                       ("grounded_fast.experiments", {str(STORE_FILE.parent)!r})):
+        sys.modules[name] = types.ModuleType(name)
+        sys.modules[name].__path__ = [path]
+    spec = importlib.util.spec_from_file_location("grounded_fast.experiments.store", {str(STORE_FILE)!r})
     st = importlib.util.module_from_spec(spec); spec.loader.exec_module(st)
     db_path, prefix, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
     stall = int(sys.argv[4]) if len(sys.argv) > 4 else -1

@@ -2,12 +2,14 @@
 writes are atomic.  Uses a cheap deterministic fake encoder (the real ones: tests/test_encoders.py)."""
 import json
 import os
+import re
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from grounded_fast.data.features import CorruptCacheError, FeatureCache
+from grounded_fast.data.features import CorruptCacheError, CorruptCacheWarning, FeatureCache, UnsafeCacheIndexError
 
 
 def feat(i):
@@ -133,10 +135,10 @@ def test_corrupted_shard_raises_naming_the_file(tmp_path):
         FeatureCache(tmp_path, progress=False).get(key, ids)
     assert str(victim) in str(ei.value) and "sha256" in str(ei.value)
     assert ei.value.path == str(victim)
-    # truncated file: size check (even with verify=False)
+    # truncated file: size check
     victim.write_bytes(bytes(data[:100]))
     with pytest.raises(CorruptCacheError, match=str(victim.name)):
-        FeatureCache(tmp_path, progress=False, verify=False).get(key, ids)
+        FeatureCache(tmp_path, progress=False).get(key, ids)
     with pytest.raises(CorruptCacheError, match=str(victim.name)):
         cache.verify_all(key)
     # recovery: discard the shard, recompute only its items
@@ -157,7 +159,7 @@ def test_corrupted_index_raises_naming_it(tmp_path):
 
 
 def test_shape_mismatch_with_index_is_reported(tmp_path):
-    cache = FeatureCache(tmp_path, progress=False, verify=False)
+    cache = FeatureCache(tmp_path, progress=False)
     cache.get_or_compute(["1", "2"], ident, CountingEncoder())
     key = CountingEncoder.cache_key
     index = cache.path_for(key) / "index.json"
@@ -166,7 +168,7 @@ def test_shape_mismatch_with_index_is_reported(tmp_path):
     entry["arrays"][0]["dtype"] = "<f8"
     index.write_text(json.dumps(meta))
     with pytest.raises(CorruptCacheError, match=rf"{shard}.*dtype"):
-        FeatureCache(tmp_path, progress=False, verify=False).get(key, ["1"])
+        FeatureCache(tmp_path, progress=False).get(key, ["1"])
 
 
 @pytest.mark.parametrize("fail_at", ["fsync", "replace"])
@@ -226,3 +228,126 @@ def test_progress_bar_and_errors(tmp_path, capsys):
     assert cache.cached_ids("bad") == []
     with pytest.raises(ValueError, match="batch_size"):
         cache.get_or_compute(["5"], ident, CountingEncoder(), batch_size=0)
+
+
+def flip_byte(path, offset=-40):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_corrupt_or_missing_shard_is_dropped_and_recomputed(tmp_path, damage):
+    """The rerun after a damaged shard recovers on its own: one warning naming the shard, only its
+    items recomputed, the same features; the next rerun is quiet."""
+    ids = [str(i) for i in range(6)]
+    FeatureCache(tmp_path, progress=False).get_or_compute(ids, ident, CountingEncoder(), batch_size=2)
+    cache = FeatureCache(tmp_path, progress=False)
+    key = CountingEncoder.cache_key
+    victim = cache.path_for(key) / shard_files(cache, key)[1]
+    flip_byte(victim) if damage == "flip" else victim.unlink()
+    enc = CountingEncoder()
+    with pytest.warns(CorruptCacheWarning) as record:
+        out = FeatureCache(tmp_path, progress=False).get_or_compute(ids, ident, enc, batch_size=2)
+    assert len(record) == 1 and victim.name in str(record[0].message)
+    assert enc.items == 2
+    np.testing.assert_array_equal(out, np.stack([feat(i) for i in ids]))
+    assert victim.name not in shard_files(cache, key) and len(shard_files(cache, key)) == 3
+    enc2 = CountingEncoder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = FeatureCache(tmp_path, progress=False).get_or_compute(ids, ident, enc2, batch_size=2)
+    assert enc2.calls == 0
+    np.testing.assert_array_equal(again, out)
+
+
+def test_corrupt_shard_in_a_study_cache_recovers_on_rerun(tmp_path):
+    """The real pipeline: MiniLM token states cached as the studies cache them (two shards), a
+    flipped byte in one, a rerun: one warning, identical features."""
+    from grounded_fast.data.sources import cached_text_states
+    from grounded_fast.models.encoders import TextEncoder
+
+    encoder = TextEncoder.from_pretrained()
+    texts = {f"s{k}": f"the {'red blue green'.split()[k % 3]} ball is {k % 7} steps left of the cube"
+             for k in range(70)}
+    ids = list(texts)
+    states, mask = cached_text_states(FeatureCache(tmp_path, progress=False), ids, texts, encoder, progress=False)
+    cache = FeatureCache(tmp_path, progress=False)
+    key = f"{encoder.cache_key}/states"
+    shards = shard_files(cache, key)
+    assert len(shards) == 2
+    victim = cache.path_for(key) / shards[0]
+    flip_byte(victim, offset=len(victim.read_bytes()) // 2)
+    with pytest.raises(CorruptCacheError, match=victim.name):
+        FeatureCache(tmp_path, progress=False).verify_all(key)
+    with pytest.warns(CorruptCacheWarning) as record:
+        states2, mask2 = cached_text_states(FeatureCache(tmp_path, progress=False), ids, texts, encoder,
+                                            progress=False)
+    assert len(record) == 1 and victim.name in str(record[0].message)
+    assert torch.equal(mask2, mask) and torch.allclose(states2, states, atol=1e-5)
+    assert FeatureCache(tmp_path, progress=False).verify_all(key) == 2
+
+
+def test_get_names_the_corrupt_shard_and_how_to_recover(tmp_path):
+    cache = FeatureCache(tmp_path, progress=False)
+    cache.get_or_compute(["0", "1"], ident, CountingEncoder())
+    key = CountingEncoder.cache_key
+    victim = cache.path_for(key) / shard_files(cache, key)[0]
+    victim.unlink()
+    with pytest.raises(CorruptCacheError, match="missing") as ei:
+        cache.get(key, ["0"])
+    assert str(victim) in str(ei.value) and "get_or_compute drops it" in str(ei.value)
+    assert "Delete it" not in str(ei.value)
+
+
+def crafted_index(cache, key, entry):
+    """Point the (only) index entry of ``key`` at ``entry``."""
+    index = cache.path_for(key) / "index.json"
+    meta = json.loads(index.read_text())
+    (_, value), = meta["shards"].items()
+    meta["shards"] = {entry: value}
+    index.write_text(json.dumps(meta))
+    return index
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_index_entries_outside_the_cache_are_refused(tmp_path, kind):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    root = tmp_path / "cache"
+    cache = FeatureCache(root, progress=False)
+    key = CountingEncoder.cache_key
+    cache.get_or_compute(["0"], ident, CountingEncoder())
+    d = cache.path_for(key)
+    if kind == "dotdot":
+        entry = os.path.relpath(outside, d)
+    elif kind == "absolute":
+        entry = str(outside)
+    else:
+        entry = "shard-link.npz"
+        (d / entry).symlink_to(outside)
+    index = crafted_index(cache, key, entry)
+    for call in (lambda c: c.discard(key), lambda c: c.discard(key, [entry]),
+                 lambda c: c.get_or_compute(["0"], ident, CountingEncoder())):
+        with pytest.raises((UnsafeCacheIndexError, ValueError), match=re.escape(repr(entry))) as ei:
+            call(FeatureCache(root, progress=False))
+        if isinstance(ei.value, UnsafeCacheIndexError):
+            assert str(index) in str(ei.value)
+    assert outside.read_text() == "keep me"
+    assert index.is_file()
+
+
+def test_discard_refuses_names_that_are_not_shards_and_malformed_entries_are_named(tmp_path):
+    cache = FeatureCache(tmp_path, progress=False)
+    key = CountingEncoder.cache_key
+    cache.get_or_compute(["0"], ident, CountingEncoder())
+    index = cache.path_for(key) / "index.json"
+    with pytest.raises(ValueError, match="'index.json' is not a shard file name"):
+        cache.discard(key, ["index.json"])
+    assert index.is_file() and cache.cached_ids(key) == ["0"]
+    meta = json.loads(index.read_text())
+    (shard, entry), = meta["shards"].items()
+    entry["ids"] = "0"
+    index.write_text(json.dumps(meta))
+    with pytest.raises(CorruptCacheError, match=rf"{re.escape(str(index))}.*entry '{shard}' has no list of item ids"):
+        FeatureCache(tmp_path, progress=False).get(key, ["0"])

@@ -52,6 +52,8 @@ from typing import Optional, TypeVar, Union
 
 import numpy as np
 
+from .._atomic import write_atomic
+
 __all__ = [
     "SHAPES", "COLOURS", "SIZES", "RELATIONS", "TASKS", "SPLITS", "SPECIAL_TOKENS", "MAX_PARAPHRASES",
     "SceneObject", "Relation", "SceneGraph", "DemoItem", "DemoCorpus", "Vocab",
@@ -504,18 +506,16 @@ class DemoCorpus(Sequence):
 
     def save(self, directory: Union[str, os.PathLike], images: bool = False) -> Path:
         """Write ``corpus.json``, ``scenes.jsonl`` (UTF-8) and, with ``images``,
-        ``images/<scene_id>.png`` into ``directory`` (created); returns its path."""
+        ``images/<scene_id>.png`` into ``directory`` (created), each file atomically; returns its path."""
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
         settings = {"format": _FORMAT, "seed": self.seed, "image_size": self.image_size,
                     "num_paraphrases": self.num_paraphrases, "split_fractions": list(self.split_fractions)}
-        (path / "corpus.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        write_atomic(path / "corpus.json", (json.dumps(settings, indent=2) + "\n").encode("utf-8"))
         lines = (json.dumps(item.to_json(), ensure_ascii=False) + "\n" for item in self.items)
-        (path / "scenes.jsonl").write_text("".join(lines), encoding="utf-8")
+        write_atomic(path / "scenes.jsonl", "".join(lines).encode("utf-8"))
         if images:
-            (path / "images").mkdir(exist_ok=True)
             for item in self.items:
-                (path / "images" / f"{item.scene_id}.png").write_bytes(encode_png(item.image))
+                write_atomic(path / "images" / f"{item.scene_id}.png", encode_png(item.image))
         return path
 
     @classmethod

@@ -20,9 +20,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .._atomic import Written, write_atomic
 from ..models.config import ModelConfig
 
 TEXT_ONLY = "text-only"
+HEAD_FILE = "head.pt"
 
 
 @dataclasses.dataclass
@@ -103,11 +105,8 @@ def demo_glue_task(corpus, directory: str) -> str:
         for s in [it.target] + list(it.paraphrases):
             rows[split].append((s, label))
     for split, items in rows.items():
-        tmp = os.path.join(directory, f".{split}.tsv.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n")
-            f.writelines(f"{s}\t{y}\n" for s, y in items)
-        os.replace(tmp, os.path.join(directory, f"{split}.tsv"))
+        text = "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in items)
+        write_atomic(os.path.join(directory, f"{split}.tsv"), text.encode("utf-8"))
     return directory
 
 
@@ -144,9 +143,11 @@ def _head_input(model, cls_states: torch.Tensor, grounded: bool) -> torch.Tensor
 
 
 def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir: str,
-                progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
-    """Pre-train (unless text-only), then fit and score the downstream classifier.
-    ``progress(step, steps)`` is called after every pre-training and fine-tuning step."""
+                progress: Optional[Callable[[int, int], None]] = None) -> Tuple[Dict[str, float], Dict[str, Written]]:
+    """Pre-train (unless text-only), then fit and score the downstream classifier; save the model
+    (``config.json``, ``model.pt``) and the classifier (``head.pt``) to ``out_dir``, each atomically.
+    ``progress(step, steps)`` is called after every pre-training and fine-tuning step.
+    Returns (metrics, {file name: its path, sha256 and size})."""
     import grounded_fast.models as gm
     from ..models.groundedbert import _mlp
 
@@ -206,10 +207,9 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
     head.eval()
     with torch.no_grad():
         out["dev_accuracy"] = float((head(hdev).argmax(1) == ydev).float().mean())
-    os.makedirs(out_dir, exist_ok=True)
-    gm.save(model, out_dir)
-    torch.save(head.state_dict(), os.path.join(out_dir, "head.pt"))
-    return out
+    files = gm.save(model, out_dir)
+    files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(head.state_dict(), f))
+    return out, files
 
 
 def variant_rows(metrics: List[dict]) -> List[dict]:

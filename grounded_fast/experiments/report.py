@@ -14,7 +14,8 @@ Pieces
   * `Report` -- a small builder: headings, paragraphs, tables, figures, reference blocks;
     `Report.write(directory)` writes ``report.md`` (figures as relative links under
     ``figures/``) and ``report.html`` (figures embedded as base64 PNG data URIs, inline CSS, no
-    external resource), each written atomically (temporary file + ``os.replace``).
+    external resource), each written atomically (:func:`grounded_fast._atomic.write_atomic`:
+    temporary file, fsync, ``os.replace``).
 
 Partial runs: missing data never fail the report. ``add_table(header, None)``,
 ``add_figure(None, ...)`` and ``add_reference(study, None)`` print the placeholder
@@ -36,7 +37,6 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from .._atomic import write_atomic
 
 __all__ = [
     "NOT_COMPUTED", "REFERENCE_PATH", "STUDIES", "MissingData", "require",
@@ -373,26 +375,6 @@ def _as_array(x: Any, name: str, ndim: int) -> np.ndarray:
     return a
 
 
-def _atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def figure_to_png(fig: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (Agg canvas)."""
     if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
@@ -404,7 +386,7 @@ def figure_to_png(fig: Figure, dpi: int = 100) -> bytes:
 
 def _maybe_save(fig: Figure, path: Optional[Union[str, os.PathLike]], dpi: int = 100) -> Figure:
     if path is not None:
-        _atomic_write_bytes(path, figure_to_png(fig, dpi))
+        write_atomic(path, figure_to_png(fig, dpi))
     return fig
 
 
@@ -1041,7 +1023,7 @@ class Report:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         for f, name in self._figure_names():
-            _atomic_write_bytes(d / "figures" / f"{name}.png", f.png)
-        md = _atomic_write_bytes(d / "report.md", self.to_markdown("figures").encode("utf-8"))
-        page = _atomic_write_bytes(d / "report.html", self.to_html().encode("utf-8"))
-        return md, page
+            write_atomic(d / "figures" / f"{name}.png", f.png)
+        md = write_atomic(d / "report.md", self.to_markdown("figures").encode("utf-8"))
+        page = write_atomic(d / "report.html", self.to_html().encode("utf-8"))
+        return md.path, page.path

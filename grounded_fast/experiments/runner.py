@@ -7,7 +7,8 @@ run is going: a second run on ``out_dir`` raises ``RunDirBusyError``); ``*_repor
 ``report.md`` / ``report.html`` from the store, which they only read. Every unit commits its results in one transaction
 after its files are completely written, so killing the process at any moment (SIGKILL included)
 and rerunning the same command continues at the first unit not done: a half-done unit is redone
-from its seed (deterministic), checkpoints of done units are verified by sha256 before they count.
+from its seed (deterministic), checkpoints and the other files of done units (recorded with their
+sha256 in the unit's payload under ``files``) are verified before they count.
 Training units run on an executor (``executors.py``: a local process pool by default, or Ray)
 with identical results; only this process writes the store.
 """
@@ -24,6 +25,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._atomic import Written, check_file
 from .executors import ExecutorConfig, Task, run_tasks
 from .grounding import GroundingStudyConfig, analyse, plan_runs, train_run
 from .run_lock import hold_run_lock
@@ -102,11 +104,26 @@ def _commit(store: ResultStore, task: Task, out: dict) -> None:
     log.info("%s done in %.1f s: %s", run_id, out["wall_seconds"], json.dumps(out["metrics"]))
 
 
+def _file_records(out_dir: str, written: List[Written]) -> Dict[str, dict]:
+    """{path relative to ``out_dir``: {"sha256", "size"}} of files written by the atomic writer,
+    for a unit's payload (verified by :func:`_units_done`)."""
+    return {os.path.relpath(w.path, out_dir): {"sha256": w.sha256, "size": w.size} for w in written}
+
+
 def _units_done(store: ResultStore, unit: str, run_id: str) -> bool:
-    """Whether ``unit`` is recorded as done and all its run's checkpoints (at least one) verify."""
+    """Whether ``unit`` is recorded as done, all its run's checkpoints (at least one) verify and
+    so do the files recorded in its payload."""
     ckpts = store.checkpoints(run_id)
-    return store.unit_done(unit) and bool(ckpts) and all(store.verify_checkpoint(c["run_id"], c["epoch"])
-                                                         for c in ckpts)
+    if not (store.unit_done(unit) and ckpts and all(store.verify_checkpoint(c["run_id"], c["epoch"])
+                                                    for c in ckpts)):
+        return False
+    root = os.path.dirname(os.path.abspath(store.path))
+    for rel, rec in store.unit(unit)["payload"].get("files", {}).items():
+        problem = check_file(os.path.join(root, rel), rec["sha256"], rec["size"])
+        if problem:
+            log.warning("%s is redone: %s", unit, problem)
+            return False
+    return True
 
 
 def _run_units(store: ResultStore, items: List[tuple], bar, progress: bool, executor: ExecutorConfig,
@@ -336,12 +353,13 @@ def flava_report(out_dir: str, to: Optional[str] = None) -> tuple:
 
 def _groundedbert_unit(variant: str, cfg, out_dir: str, data, progress) -> dict:
     """Unit of the GroundedBERT study: one variant (see ``run_variant``); runs on the executor."""
-    from .groundedbert_study import run_variant
+    from .groundedbert_study import HEAD_FILE, run_variant
 
     start, vdir = time.time(), os.path.join(out_dir, "variants", variant)
-    res = run_variant(variant, cfg, data, vdir, progress=progress)
-    return _unit_result(start, [(0, os.path.join(vdir, "model.pt"))],
-                        [{"split": "", "name": k, "value": float(v)} for k, v in res.items()], res)
+    res, files = run_variant(variant, cfg, data, vdir, progress=progress)
+    return _unit_result(start, [(0, str(files["model.pt"].path))],
+                        [{"split": "", "name": k, "value": float(v)} for k, v in res.items()],
+                        {**res, "files": _file_records(out_dir, [files[HEAD_FILE]])})
 
 
 def run_groundedbert(cfg, out_dir: str, progress: bool = True,

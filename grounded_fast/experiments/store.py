@@ -22,8 +22,8 @@ Durability and resumption
   open. A unit counts as done only when its row says ``status = 'done'`` (:meth:`unit_done`).
 * Checkpoint files are hashed (sha256 + size) when they are registered; :meth:`verify_checkpoint`,
   :meth:`latest_checkpoint` and :meth:`integrity_check` recompute the hash, so a truncated or
-  corrupted file is never resumed from. Write checkpoint files with :func:`atomic_path` (temporary
-  file, fsync, rename) *before* registering them.
+  corrupted file is never resumed from. Write checkpoint files with :func:`atomic_path` or
+  :func:`grounded_fast._atomic.write_atomic` (temporary file, fsync, rename) *before* registering them.
 * Several processes may open the same file (the runner's workers write through their own
   connections): writers wait up to ``timeout`` seconds for the lock. A store object re-opens its
   connection in a forked child and can be pickled (it re-opens by path). Within one process the
@@ -96,11 +96,9 @@ import csv
 import dataclasses
 import datetime as _dt
 import enum
-import hashlib
 import json
 import math
 import os
-import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -111,6 +109,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from .._atomic import atomic_path, check_file, fsync_dir, sha256_file, temp_name
 
 __all__ = [
     "ResultStore", "StoreError", "StudyMismatchError", "make_run_id", "atomic_path",
@@ -317,54 +317,6 @@ def _opt_epoch(value: Any, what: str) -> int | None:
     return int(value)
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Write a file atomically: yields a temporary path beside ``path`` to write to.
-
-    On normal exit the temporary file is fsynced and renamed over ``path`` (so readers, and a rerun
-    after a crash, see either the old file or the complete new one); on an exception it is removed.
-    Example: ``with atomic_path(ckpt) as tmp: torch.save(state, tmp)``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"atomic_path: nothing was written to the temporary file {tmp}")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def _package_version() -> str | None:
     mod = sys.modules.get("grounded_fast")
     if mod is not None and getattr(mod, "__version__", None):
@@ -511,7 +463,7 @@ class ResultStore:
         """Build an empty results database beside ``self.path`` and link it into place complete
         (a process killed meanwhile leaves no half-made file; a concurrent creator's file wins)."""
         assert self.path is not None
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = temp_name(self.path)
         try:
             self._open(str(tmp)).close()
             self._conn = None
@@ -522,7 +474,7 @@ class ResultStore:
             except OSError:  # no hard links on this file system
                 if not self.path.exists():
                     os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         finally:
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
                 with contextlib.suppress(OSError):
@@ -947,7 +899,7 @@ class ResultStore:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint of {run_id!r} epoch {ep}: no file at {p}")
-        sha, size = _sha256_file(p)
+        sha, size = sha256_file(p)
         return run_id, ep, self._store_path(p), sha, size, _now()
 
     @staticmethod
@@ -980,16 +932,7 @@ class ResultStore:
 
     def _check_file(self, row: dict) -> str | None:
         """None if the checkpoint file matches its record, else what is wrong."""
-        p = self._resolve_path(row["path"])
-        if not p.is_file():
-            return f"missing file {p}"
-        size = p.stat().st_size
-        if size != row["size_bytes"]:
-            return f"size {size} bytes, recorded {row['size_bytes']} (truncated or rewritten): {p}"
-        sha, _ = _sha256_file(p)
-        if sha != row["sha256"]:
-            return f"sha256 {sha[:12]}… differs from the recorded {row['sha256'][:12]}… (corrupted): {p}"
-        return None
+        return check_file(self._resolve_path(row["path"]), row["sha256"], row["size_bytes"])
 
     # -- metrics --------------------------------------------------------------------------------
     def record_metrics(self, rows: Iterable[Mapping[str, Any]]) -> int:

@@ -12,11 +12,12 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import typing
 from typing import Any, ClassVar, Dict
 
 import torch
+
+from .._atomic import Written, write_atomic
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
@@ -159,25 +160,13 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_model(model: torch.nn.Module, directory: str, name: str) -> None:
-    """Write ``config.json`` (model name + config) and ``model.pt`` (state dict), atomically."""
-    os.makedirs(directory, exist_ok=True)
+def save_model(model: torch.nn.Module, directory: str, name: str) -> Dict[str, Written]:
+    """Write ``config.json`` (model name + config) and ``model.pt`` (state dict), each atomically;
+    returns {file name: its path, sha256 and size}."""
     meta = {"model": name, "config": model.config.to_dict()}
-    _atomic_write(os.path.join(directory, CONFIG_FILE), lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    _atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda f: torch.save(model.state_dict(), f))
+    return {CONFIG_FILE: write_atomic(os.path.join(directory, CONFIG_FILE), json.dumps(meta, indent=1).encode()),
+            WEIGHTS_FILE: write_atomic(os.path.join(directory, WEIGHTS_FILE),
+                                       lambda f: torch.save(model.state_dict(), f))}
 
 
 def read_saved(directory: str) -> tuple[str, Dict[str, Any], Dict[str, torch.Tensor]]:

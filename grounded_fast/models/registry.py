@@ -6,6 +6,7 @@ from typing import Callable, Dict, List, Type
 
 import torch
 
+from .._atomic import Written
 from .config import ModelConfig, read_saved, save_model
 
 
@@ -39,12 +40,13 @@ def build(name: str, preset: str = "tiny", **overrides) -> torch.nn.Module:
     return entry.model_cls(entry.config_cls.from_preset(preset, **overrides))
 
 
-def save(model: torch.nn.Module, directory: str) -> None:
-    """Save a registered model (config + weights) to ``directory``."""
+def save(model: torch.nn.Module, directory: str) -> Dict[str, Written]:
+    """Save a registered model (config + weights) to ``directory``, each file atomically; returns
+    {file name: its path, sha256 and size}."""
     name = next((n for n, e in _REGISTRY.items() if isinstance(model, e.model_cls)), None)
     if name is None:
         raise TypeError(f"{type(model).__name__} is not a registered model")
-    save_model(model, directory, name)
+    return save_model(model, directory, name)
 
 
 def load(directory: str, map_location: str | torch.device = "cpu") -> torch.nn.Module:

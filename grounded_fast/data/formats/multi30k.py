@@ -24,6 +24,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from ..._atomic import write_atomic
 from ._io import DataFormatError, PathLike, iter_lines
 
 __all__ = ["Multi30kImage", "MULTI30K_LANGUAGES", "load_multi30k", "load_multi30k_jsonl",
@@ -127,16 +128,15 @@ def load_multi30k(root: PathLike, split: str = "train") -> List[Multi30kImage]:
 
 def write_multi30k_jsonl(images: Iterable[Multi30kImage], path: PathLike) -> None:
     """Write images as JSON lines ``{"image": id, "en": [...], "de": [...]}``, gzipped when
-    ``path`` ends in ``.gz`` (byte-reproducible: the gzip timestamp is 0)."""
+    ``path`` ends in ``.gz`` (byte-reproducible: the gzip timestamp is 0), atomically."""
     lines = "".join(json.dumps({"image": im.image_id, "en": list(im.en), "de": list(im.de)},
                                ensure_ascii=False) + "\n" for im in images).encode("utf-8")
-    path = Path(path)
-    if path.name.endswith(".gz"):
-        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                    compresslevel=9, mtime=0) as f:
+
+    def gzipped(raw):
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as f:
             f.write(lines)
-    else:
-        path.write_bytes(lines)
+
+    write_atomic(path, gzipped if Path(path).name.endswith(".gz") else lines)
 
 
 def load_multi30k_jsonl(path: PathLike, n_captions: Optional[int] = _N_DESCRIPTIONS) -> List[Multi30kImage]:
