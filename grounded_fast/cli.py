@@ -236,13 +236,14 @@ def _run_study(args) -> int:
         return 2
     try:
         with session(executor):
-            return _run_and_report(args.study, cfg, out, not args.no_progress, executor)
+            return _run_and_report(args.study, cfg, out, not args.no_progress, executor, args.force_new)
     except (ConnectionError, RunDirBusyError, StoreError) as exc:
         print(f"grounded-fast run: {exc}", file=sys.stderr)
         return 2
     except StudyMismatchError as exc:
         print(f"grounded-fast run: {out} holds another run ({exc}); rerun with that run's settings, use "
-              "--resume to continue it as it was, or choose another --out", file=sys.stderr)
+              "--resume to continue it as it was, --force-new to start afresh there (its store is kept, "
+              "renamed), or choose another --out", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ngrounded-fast run: interrupted; the finished units are recorded in {out}: rerun the same "
@@ -250,23 +251,23 @@ def _run_study(args) -> int:
         return 130
 
 
-def _run_and_report(study: str, cfg, out: str, progress: bool, executor) -> int:
+def _run_and_report(study: str, cfg, out: str, progress: bool, executor, force_new: bool = False) -> int:
     from .experiments.runner import (flava_report, grounding_report, groundedbert_report, run_flava, run_grounding,
                                      run_groundedbert)
     t0 = time.time()
     if study == "grounding":
-        res = run_grounding(cfg, out, progress=progress, executor=executor)
+        res = run_grounding(cfg, out, progress=progress, executor=executor, force_new=force_new)
         md, html = grounding_report(out)
         lines = [f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f}"
                  for pair, row in sorted(res.get("pair_table", {}).items())]
     elif study == "groundedbert":
-        rows = run_groundedbert(cfg, out, progress=progress, executor=executor)
+        rows = run_groundedbert(cfg, out, progress=progress, executor=executor, force_new=force_new)
         md, html = groundedbert_report(out)
         lines = [f"  {r['variant']:12s} dev accuracy {r.get('dev_accuracy', float('nan')):.3f}"
                  + (f"  OT share of step time {r['ot_share_of_step_time']:.2f}" if "ot_share_of_step_time" in r else "")
                  for r in rows]
     else:
-        rows = run_flava(cfg, out, progress=progress, executor=executor)
+        rows = run_flava(cfg, out, progress=progress, executor=executor, force_new=force_new)
         md, html = flava_report(out)
         lines = [f"  text {r['text']:>6} images {r['images']:>5} seed {r['seed']}: BLiMP {r.get('blimp', 0):.1f}% "
                  f"PPPL {r.get('pppl', float('nan')):.1f}" for r in rows]
@@ -326,9 +327,13 @@ def main(argv=None) -> int:
     r.add_argument("--config", help="YAML or TOML file of config overrides (validated: unknown keys are errors)")
     r.add_argument("--out", default=None, help="output directory (default runs/<study>-<preset>)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--resume", action="store_true",
-                   help="continue the run in --out with the config stored in it (rerunning the same command "
-                        "resumes too; --resume also works without repeating --preset / --config)")
+    fresh = r.add_mutually_exclusive_group()
+    fresh.add_argument("--resume", action="store_true",
+                       help="continue the run in --out with the config stored in it (rerunning the same command "
+                            "resumes too; --resume also works without repeating --preset / --config)")
+    fresh.add_argument("--force-new", action="store_true",
+                       help="start afresh in --out: its results.sqlite (damaged, or another run's) is kept as "
+                            "results.sqlite.set-aside-<time> and every unit is recomputed")
     r.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where training units run: a local process pool (default) or Ray; results are identical")
     r.add_argument("--workers", type=int, default=None,

@@ -62,8 +62,49 @@ def test_damaged_store_is_one_clear_error_and_nothing_is_overwritten(tmp_path, c
     assert main(["export", str(run_dir)]) == 2
     assert main(["run", "groundedbert", "--out", str(run_dir), "--no-progress", "--workers", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all("restore it from a backup, or move it aside" in line for line in err), err
+    assert len(err) == 3 and all("restore it from a backup, or start the study afresh with `grounded-fast run "
+                                 "... --force-new`" in line for line in err), err
     assert {f: (run_dir / f).read_bytes() for f in _listing(run_dir) if f != "run.lock"} == before
+
+
+@pytest.fixture
+def start_only(monkeypatch):
+    """``run``'s study work replaced by the runner's start (lock, store, config recorded)."""
+    from grounded_fast import cli
+    from grounded_fast.experiments.runner import _study
+
+    def start(study, cfg, out, progress, executor, force_new=False):
+        with _study(study, cfg, out, force_new):
+            pass
+        return 0
+    monkeypatch.setattr(cli, "_run_and_report", start)
+
+
+def test_force_new_sets_a_damaged_or_other_store_aside_and_starts_afresh(tmp_path, capsys, start_only):
+    run_dir = _groundedbert_run(tmp_path / "run")
+    db = run_dir / "results.sqlite"
+    db.write_bytes(b"")
+    run = ["run", "groundedbert", "--out", str(run_dir), "--no-progress"]
+    assert main(run) == 2
+    assert main(run + ["--force-new"]) == 0
+    kept = [f for f in os.listdir(run_dir) if f.startswith("results.sqlite.set-aside-") and "-wal" not in f
+            and "-shm" not in f]
+    assert len(kept) == 1 and (run_dir / kept[0]).read_bytes() == b""
+    with ResultStore(db, read_only=True) as store:
+        assert store.study_info()["name"] == "groundedbert" and not store.units()
+    # another study's store in --out: refused, then set aside with --force-new
+    capsys.readouterr()
+    other = ["run", "grounding", "--out", str(run_dir), "--no-progress"]
+    assert main(other) == 2
+    assert "--force-new to start afresh" in capsys.readouterr().err
+    assert main(other + ["--force-new"]) == 0
+    with ResultStore(db, read_only=True) as store:
+        assert store.study_info()["name"] == "grounding"
+    assert len([f for f in os.listdir(run_dir) if f.startswith("results.sqlite.set-aside-")
+                and not f.endswith(("-wal", "-shm"))]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(run + ["--force-new", "--resume"])
+    assert exit_.value.code == 2
 
 
 def _run_without_root_override(code):

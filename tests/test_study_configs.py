@@ -23,8 +23,8 @@ def study_start(monkeypatch):
     from grounded_fast.experiments.runner import _study
     calls = []
 
-    def start_only(study, cfg, out, progress, executor):
-        with _study(study, cfg, out):
+    def start_only(study, cfg, out, progress, executor, force_new=False):
+        with _study(study, cfg, out, force_new):
             calls.append(study)
         return 0
 

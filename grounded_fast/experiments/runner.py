@@ -29,7 +29,7 @@ from .._atomic import Written, check_file
 from .executors import ExecutorConfig, Task, run_tasks
 from .grounding import GroundingStudyConfig, analyse, plan_runs, train_run
 from .run_lock import hold_run_lock
-from .store import ResultStore
+from .store import ResultStore, set_aside
 
 log = logging.getLogger("grounded_fast.experiments")
 
@@ -72,19 +72,26 @@ class _UnitBars:
 
 
 @contextlib.contextmanager
-def _study(name: str, cfg, out_dir: str):
+def _study(name: str, cfg, out_dir: str, force_new: bool = False):
     """The result store of study ``name`` in ``out_dir`` (created or resumed), with ``run.log``,
     under the directory's run lock (a second run on ``out_dir`` raises ``RunDirBusyError``).
-    ``cfg`` is checked first (it may have changed since its construction): a bad value writes nothing."""
+    ``cfg`` is checked first (it may have changed since its construction): a bad value writes nothing.
+    ``force_new``: an existing ``results.sqlite`` (damaged, or another run's) is set aside (renamed,
+    see ``store.set_aside``) and the study starts afresh."""
     cfg.check()
-    with hold_run_lock(out_dir), ResultStore(os.path.join(out_dir, "results.sqlite")) as store:
-        store.begin_study(name, cfg.to_dict())
-        handler = _logger(out_dir)
-        try:
-            yield store
-        finally:
-            log.removeHandler(handler)
-            handler.close()
+    db = os.path.join(out_dir, "results.sqlite")
+    with hold_run_lock(out_dir):
+        kept = set_aside(db) if force_new else None
+        with ResultStore(db) as store:
+            store.begin_study(name, cfg.to_dict())
+            handler = _logger(out_dir)
+            if kept is not None:
+                log.info("--force-new: the previous results.sqlite was kept as %s", kept)
+            try:
+                yield store
+            finally:
+                log.removeHandler(handler)
+                handler.close()
 
 
 def _unit_result(start: float, checkpoints: List[tuple], metrics: List[dict], payload: Optional[dict] = None) -> dict:
@@ -176,13 +183,14 @@ def _train_grounding(spec, cfg, out_dir: str, shared, progress) -> dict:
 
 
 def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True,
-                  executor: Optional[ExecutorConfig] = None) -> Dict:
+                  executor: Optional[ExecutorConfig] = None, force_new: bool = False) -> Dict:
     """Run (or resume) the grounding study in ``out_dir``; returns the analysis results. The
-    training runs go to ``executor`` (default: the local pool); features and analysis run here."""
+    training runs go to ``executor`` (default: the local pool); features and analysis run here.
+    ``force_new``: start afresh, the existing store set aside (see ``_study``)."""
     from ..data import DemoCorpus
     from ..data.sources import demo_grounding_data
 
-    with _study("grounding", cfg, out_dir) as store:
+    with _study("grounding", cfg, out_dir, force_new) as store:
         specs = plan_runs(cfg)
         todo = [spec for spec in specs if not _units_done(store, f"train/{spec.run_id}", spec.run_id)]
         bar = _progress(len(specs) + 2, "grounding study", progress)
@@ -320,12 +328,13 @@ def _flava_unit(cell, cfg, out_dir: str, data, progress) -> dict:
                         [{"split": "best", "name": k, "value": float(v)} for k, v in res.items()], res)
 
 
-def run_flava(cfg, out_dir: str, progress: bool = True, executor: Optional[ExecutorConfig] = None) -> List[dict]:
+def run_flava(cfg, out_dir: str, progress: bool = True, executor: Optional[ExecutorConfig] = None,
+              force_new: bool = False) -> List[dict]:
     """Run (or resume) the FLAVA ablation grid in ``out_dir`` (cells on ``executor``); returns one
-    row per cell."""
+    row per cell. ``force_new``: start afresh, the existing store set aside (see ``_study``)."""
     from .flava_ablation import cell_id, grid_rows, plan_cells, prepare
 
-    with _study("flava-ablation", cfg, out_dir) as store:
+    with _study("flava-ablation", cfg, out_dir, force_new) as store:
         items = [(f"cell/{cell_id(*c)}", functools.partial(_flava_unit, c, cfg, out_dir)) for c in plan_cells(cfg)]
         with _progress(len(items), "flava ablation", progress) as bar:
             _run_units(store, items, bar, progress, executor or ExecutorConfig(), lambda: prepare(cfg))
@@ -363,12 +372,12 @@ def _groundedbert_unit(variant: str, cfg, out_dir: str, data, progress) -> dict:
 
 
 def run_groundedbert(cfg, out_dir: str, progress: bool = True,
-                     executor: Optional[ExecutorConfig] = None) -> List[dict]:
+                     executor: Optional[ExecutorConfig] = None, force_new: bool = False) -> List[dict]:
     """Run (or resume) the GroundedBERT study in ``out_dir`` (variants on ``executor``); returns
-    one row per variant."""
+    one row per variant. ``force_new``: start afresh, the existing store set aside (see ``_study``)."""
     from .groundedbert_study import prepare, variant_rows
 
-    with _study("groundedbert", cfg, out_dir) as store:
+    with _study("groundedbert", cfg, out_dir, force_new) as store:
         items = [(f"variant/{v}", functools.partial(_groundedbert_unit, v, cfg, out_dir)) for v in cfg.variants]
         with _progress(len(items), "groundedbert study", progress) as bar:
             _run_units(store, items, bar, progress, executor or ExecutorConfig(), lambda: prepare(cfg, out_dir))

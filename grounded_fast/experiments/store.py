@@ -113,7 +113,7 @@ import numpy as np
 from .._atomic import atomic_path, check_file, fsync_dir, sha256_file, temp_name
 
 __all__ = [
-    "ResultStore", "StoreError", "StudyMismatchError", "make_run_id", "atomic_path",
+    "ResultStore", "StoreError", "StudyMismatchError", "make_run_id", "atomic_path", "set_aside",
     "SCHEMA_VERSION", "STATUSES", "TABLES",
 ]
 
@@ -391,6 +391,23 @@ def _check_row_keys(row: Any, keys: frozenset, kind: str) -> None:
         raise TypeError(f"{kind} row {dict(row)!r}: unknown key(s) {sorted(unknown)}; known: {sorted(keys)}")
 
 
+def set_aside(path: str | os.PathLike) -> Path | None:
+    """Rename the results database at ``path`` (and its ``-wal`` / ``-shm`` files) to
+    ``<name>.set-aside-<UTC time>``, so that a fresh store can start there; nothing is deleted.
+    Returns the new name of the database, or None when there was none. The caller holds the run lock."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = path.with_name(f"{path.name}.set-aside-{stamp}")
+    for suffix in ("-wal", "-shm", ""):  # the database last: a crash leaves it in place, with its log
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            os.replace(src, f"{target}{suffix}")
+    fsync_dir(path.parent)
+    return target
+
+
 class ResultStore:
     """A study's results database (see the module docstring for the schema).
 
@@ -488,8 +505,9 @@ class ResultStore:
 
     def _damaged(self, why: Any) -> str:
         return (f"{self.path if self.path is not None else ':memory:'} cannot be opened as a results "
-                f"database ({why}): restore it from a backup, or move it aside and rerun the study to "
-                "start it afresh (every unit is then recomputed)")
+                f"database ({why}): restore it from a backup, or start the study afresh with "
+                "`grounded-fast run ... --force-new` (force_new=True in Python; the file is kept, renamed, "
+                "and every unit is recomputed)")
 
     def _open_read_only(self) -> sqlite3.Connection:
         """A ``mode=ro`` connection to the existing database; in a read-only directory where SQLite
