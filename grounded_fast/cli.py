@@ -298,6 +298,21 @@ def _open_run(command: str, run_dir: str):
     return store
 
 
+def _verify_run(command: str, run_dir: str) -> int:
+    """Check the run directory (see ``experiments.verify``): 0 when healthy, else 1 after one line
+    per problem on stderr."""
+    from .experiments.verify import check_run
+    result = check_run(run_dir)
+    if not result.problems:
+        print(f"{run_dir}: {result.summary()}")
+        return 0
+    for problem in result.problems:
+        print(f"grounded-fast {command}: {problem}", file=sys.stderr)
+    print(f"grounded-fast {command}: {run_dir}: {result.summary()}; rerun the study (the same command) to "
+          "recompute what is damaged", file=sys.stderr)
+    return 1
+
+
 def _positive_int(s: str) -> int:
     n = int(s)
     if n < 1:
@@ -345,6 +360,12 @@ def main(argv=None) -> int:
     rp = sub.add_parser("report", help="rebuild the report (report.md, report.html) of a run directory")
     rp.add_argument("dir")
     rp.add_argument("--to", default=None, help="output directory (default DIR; DIR itself is only read)")
+    rp.add_argument("--no-verify", action="store_true",
+                    help="skip the check of DIR's checkpoints, files and feature caches against their hashes "
+                         "(`grounded-fast verify DIR` alone; exit 1 when something is damaged)")
+    vp = sub.add_parser("verify", help="check a run directory's store, checkpoints, files and feature caches "
+                                       "against their recorded hashes (exit 1 when something is damaged)")
+    vp.add_argument("dir", help="the run directory (--out of `grounded-fast run`)")
     ex = sub.add_parser("export", help="write a run's result tables (runs, units, checkpoints, metrics, pairwise)")
     ex.add_argument("dir")
     ex.add_argument("--format", choices=["csv", "parquet"], default="csv")
@@ -383,7 +404,13 @@ def main(argv=None) -> int:
             study = store.study_info().get("name")
         report = {"flava-ablation": flava_report, "groundedbert": groundedbert_report}.get(study, grounding_report)
         print(*report(args.dir, args.to), sep="\n")
-        return 0
+        return 0 if args.no_verify else _verify_run("report", args.dir)
+    if args.cmd == "verify":
+        store = _open_run("verify", args.dir)
+        if store is None:
+            return 2
+        store.close()
+        return _verify_run("verify", args.dir)
     if args.cmd == "compare-pot":
         if not _have_pot("compare-pot"):
             return 2

@@ -193,3 +193,46 @@ def test_second_run_on_one_out_dir_is_refused(tmp_path, capsys):
         holder.stdout.close()
     with hold_run_lock(out):
         pass
+
+
+def _run_with_files(run_dir):
+    """A run directory whose unit recorded a file (as a variant's head.pt) and with a feature cache of
+    two shards (as the studies' encoder caches)."""
+    import numpy as np
+
+    from grounded_fast._atomic import write_atomic
+    from grounded_fast.data.features import FeatureCache
+    head = write_atomic(run_dir / "variants" / "bert" / "head.pt", bytes(range(200)))
+    with ResultStore(run_dir / "results.sqlite") as store:
+        store.begin_study("groundedbert", {"variants": ["bert"]})
+        store.complete_unit("variant/bert", "variant",
+                            {"files": {"variants/bert/head.pt": {"sha256": head.sha256, "size": head.size}}},
+                            metrics=[{"run_id": "bert", "name": "dev_accuracy", "value": 0.5}])
+    FeatureCache(run_dir / "features", progress=False).get_or_compute(
+        [str(i) for i in range(4)], list, lambda ids: np.stack([np.full(3, float(i)) for i in ids]),
+        batch_size=2, key="encoder:v1")
+    return run_dir
+
+
+@pytest.mark.parametrize("damage", ["shard", "head", "none"])
+def test_report_and_verify_check_shards_and_recorded_files(tmp_path, capsys, damage):
+    run_dir = _run_with_files(tmp_path / "run")
+    shards = sorted(run_dir.glob("features/*/shard-*.npz"))
+    assert len(shards) == 2
+    target = {"shard": shards[0], "head": run_dir / "variants" / "bert" / "head.pt"}.get(damage)
+    if target is not None:
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    capsys.readouterr()
+    expected = 0 if target is None else 1
+    assert main(["verify", str(run_dir)]) == expected
+    assert main(["report", str(run_dir)]) == expected
+    assert main(["report", str(run_dir), "--no-verify"]) == 0
+    out, err = capsys.readouterr()
+    if target is None:
+        assert "ok: 0 checkpoints, 1 files, 2 feature shards verified" in out and not err
+    else:
+        lines = err.strip().splitlines()
+        assert len(lines) == 4 and str(target) in lines[0] and "1 problem(s)" in lines[1], lines
+    assert main(["verify", str(tmp_path / "nothing")]) == 2

@@ -480,6 +480,41 @@ class FeatureCache:
             ns.load_shard(fname)
         return len(ns.shards)
 
+    def keys(self) -> List[str]:
+        """The keys with an index in this cache directory (read from each ``<key dir>/index.json``)."""
+        keys = []
+        for index in sorted(self.directory.glob(f"*/{_INDEX}")):
+            try:
+                key = json.loads(index.read_bytes().decode("utf-8")).get("key")
+            except (ValueError, UnicodeDecodeError, AttributeError) as e:
+                raise CorruptCacheError(index, f"cannot parse the index ({e})",
+                                        "Delete it: the features of this key are then recomputed") from e
+            if isinstance(key, str):
+                keys.append(key)
+        return keys
+
+    def problems(self) -> Tuple[List[str], int]:
+        """Check every shard of every key against its index (size, sha256, arrays); returns
+        (one line per damaged index or shard, the number of shards that verified)."""
+        found, ok = [], 0
+        try:
+            keys = self.keys()
+        except CorruptCacheError as e:
+            return [str(e)], 0
+        for key in keys:
+            try:
+                ns = self._namespace(key)
+            except CorruptCacheError as e:
+                found.append(str(e))
+                continue
+            for fname in list(ns.shards):
+                try:
+                    ns.load_shard(fname)
+                    ok += 1
+                except CorruptCacheError as e:
+                    found.append(str(e))
+        return found, ok
+
     def discard(self, key: str, shard_files: Optional[Sequence[str]] = None) -> None:
         """Forget shards of ``key`` (all if ``shard_files`` is None) and delete their files.
 
