@@ -186,8 +186,8 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
             opt.step()
             step_time += time.perf_counter() - t0
             advance()
-            first = first or {k: float(v) for k, v in losses.items()}
-            last = {k: float(v) for k, v in losses.items()}
+            last = {k: float(v.detach()) for k, v in losses.items()}
+            first = first or last
         out.update({"pretrain_match_first": first["match"], "pretrain_match_last": last["match"],
                     "pretrain_ot_last": last["ot"], "ot_share_of_step_time": ot_time[0] / step_time})
     model.eval()
