@@ -70,18 +70,23 @@ def test_schema_created(tmp_path):
             conn.execute("INSERT INTO checkpoints VALUES ('nope', 0, 'x', 'y', 1, 'now')")
 
 
+def _other_sqlite(directory):
+    """An SQLite database that is not a results store (one unrelated table)."""
+    other = directory / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    return other
+
+
 def test_not_a_results_database(tmp_path):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot be opened"):
         ResultStore(junk)
-    other = tmp_path / "other.sqlite"
-    con = sqlite3.connect(other)
-    con.execute("CREATE TABLE t (x)")
-    con.commit()
-    con.close()
     with pytest.raises(StoreError, match="not a grounded_fast results database"):
-        ResultStore(other)
+        ResultStore(_other_sqlite(tmp_path))
 
 
 def _filled_store(path):
@@ -147,14 +152,8 @@ def test_read_only_open_writes_nothing(tmp_path):
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     con.close()
-    # another SQLite database is refused, not given a schema
-    other = tmp_path / "other.sqlite"
-    con = sqlite3.connect(other)
-    con.execute("CREATE TABLE t (x)")
-    con.commit()
-    con.close()
-    with pytest.raises(StoreError, match="not a grounded_fast results database"):
-        ResultStore(other, read_only=True)
+    with pytest.raises(StoreError, match="not a grounded_fast results database"):  # refused, not given a schema
+        ResultStore(_other_sqlite(tmp_path), read_only=True)
 
 
 def test_read_only_open_beside_a_writer(tmp_path):
