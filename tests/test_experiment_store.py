@@ -70,6 +70,9 @@ def test_schema_created(tmp_path):
             conn.execute("INSERT INTO checkpoints VALUES ('nope', 0, 'x', 'y', 1, 'now')")
 
 
+DAMAGE_ADVICE = r"restore it from a backup, or start the study afresh with `grounded-fast run \.\.\. --force-new`"
+
+
 def _other_sqlite(directory):
     """An SQLite database that is not a results store (one unrelated table)."""
     other = directory / "other.sqlite"
@@ -103,14 +106,14 @@ def test_empty_or_truncated_file_is_refused_and_left_alone(tmp_path):
     empty.parent.mkdir()
     empty.write_bytes(b"")
     for read_only in (False, True):
-        with pytest.raises(StoreError, match=r"0 bytes\): restore it from a backup, or move it aside"):
+        with pytest.raises(StoreError, match=r"0 bytes\): " + DAMAGE_ADVICE):
             ResultStore(empty, read_only=read_only)
     assert empty.read_bytes() == b"" and os.listdir(empty.parent) == ["results.sqlite"]
     cut = tmp_path / "cut" / "results.sqlite"
     data = _filled_store(cut)
     cut.write_bytes(data[:len(data) // 2])
     for read_only in (False, True):
-        with pytest.raises(StoreError, match=r"malformed\): restore it from a backup, or move it aside"):
+        with pytest.raises(StoreError, match=r"malformed\): " + DAMAGE_ADVICE):
             ResultStore(cut, read_only=read_only)
     assert cut.read_bytes() == data[:len(data) // 2]
 
