@@ -153,7 +153,7 @@ def load_config_file(path: str) -> dict:
     with open(path, "rb") as f:
         raw = f.read()
     if path.endswith(".toml"):
-        import tomllib
+        from ._toml import tomllib
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:

@@ -332,7 +332,7 @@ def _is_project_checkout(root: Path) -> bool:
     """Whether ``root`` looks like a git checkout of this project (``.git`` and this project's
     ``pyproject.toml``); reads two files, runs nothing."""
     try:
-        import tomllib
+        from .._toml import tomllib
         if not (root / ".git").exists():
             return False
         with open(root / "pyproject.toml", "rb") as f:
