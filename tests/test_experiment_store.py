@@ -16,7 +16,8 @@ import pytest
 
 from grounded_fast.experiments import store as store_mod
 from grounded_fast.experiments.store import (
-    TABLES, ResultStore, StoreError, StudyMismatchError, atomic_path, make_run_id)
+    TABLES, ResultStore, StoreError, StudyMismatchError, atomic_path)
+from grounded_fast.experiments.grounding import make_run_id
 
 STORE_FILE = Path(store_mod.__file__).resolve()
 CONFIG = {"setups": ["P", "C", "T"], "seeds": 3, "train": {"epochs": 5, "lr": 1e-3}, "workers": 2}
@@ -24,7 +25,7 @@ CONFIG = {"setups": ["P", "C", "T"], "seeds": 3, "train": {"epochs": 5, "lr": 1e
 # the documented columns of every table
 COLUMNS = {
     "study": ["key", "value"],
-    "runs": ["run_id", "setup", "noise", "seed", "status", "started", "finished", "wall_seconds", "error"],
+    "runs": ["run_id", "labels", "status", "started", "finished", "wall_seconds", "error"],
     "checkpoints": ["run_id", "epoch", "path", "sha256", "size_bytes", "created"],
     "metrics": ["metric_id", "run_id", "epoch", "split", "name", "value", "unit_id", "recorded"],
     "pairwise": ["pair_id", "analysis", "population", "model_a", "model_b", "value", "unit_id", "recorded"],
@@ -179,7 +180,7 @@ def test_begin_study_idempotent_and_mismatch(tmp_path):
         again = s.begin_study("demo", json.loads(json.dumps(CONFIG)))
         assert first["created"] == again["created"]
         assert again["config"] == CONFIG and again["name"] == "demo"
-        assert again["package_version"] and again["schema_version"] == "1"
+        assert again["package_version"] and again["schema_version"] == str(store_mod.SCHEMA_VERSION)
     with ResultStore(path) as s:
         assert s.begin_study("demo", {**CONFIG, "seeds": 3.0})["created"] == first["created"]  # 3 == 3.0
         with pytest.raises(StudyMismatchError, match=r"'other'.*'demo'|'demo'.*'other'"):
@@ -220,16 +221,16 @@ def test_complete_unit_atomic_on_failure_mid_transaction(tmp_path, db, monkeypat
         db.complete_unit("u1", "train", {"x": 1},
                          metrics=[{"run_id": "r1", "name": "acc", "value": 0.5}],
                          pairwise=[{"analysis": "kl", "model_a": "r1", "model_b": "r2", "value": 1.0}],
-                         checkpoints=[("r1", 3, ck)], runs=[{"run_id": "r1", "status": "done", "seed": 1}])
+                         checkpoints=[("r1", 3, ck)], runs=[{"run_id": "r1", "status": "done", "labels": {"seed": 1}}])
     assert not db.unit_done("u1")
     assert _counts(db.path) | {"study": 0} == {t: 0 for t in TABLES}  # units, runs, metrics, ... all empty
     monkeypatch.undo()
     # the store is usable afterwards and the same call now records everything
     db.complete_unit("u1", "train", {"x": 1}, metrics=[{"run_id": "r1", "name": "acc", "value": 0.5}],
                      pairwise=[{"analysis": "kl", "model_a": "r1", "model_b": "r2", "value": 1.0}],
-                     checkpoints=[("r1", 3, ck)], runs=[{"run_id": "r1", "status": "done", "seed": 1}])
+                     checkpoints=[("r1", 3, ck)], runs=[{"run_id": "r1", "status": "done", "labels": {"seed": 1}}])
     assert db.unit_done("u1") and db.unit("u1")["payload"] == {"x": 1}
-    assert db.run("r1")["status"] == "done" and db.run("r1")["seed"] == 1
+    assert db.run("r1")["status"] == "done" and db.run("r1")["labels"] == {"seed": 1}
     c = _counts(db.path)
     assert (c["units"], c["metrics"], c["pairwise"], c["checkpoints"], c["runs"]) == (1, 1, 1, 1, 1)
 
@@ -283,14 +284,14 @@ def test_duplicates_are_replaced_not_duplicated(db):
 def test_mark_run(db):
     rid = make_run_id("P", 0.1, 2)
     assert rid == "P-noise0.1-seed2"
-    r = db.mark_run(rid, setup="P", noise=0.1, seed=2, status="running")
+    r = db.mark_run(rid, labels={"setup": "P", "noise": 0.1, "seed": 2}, status="running")
     assert r["status"] == "running" and r["started"] and r["finished"] is None
     r = db.mark_run(rid, status="failed", error=RuntimeError("oom"))
-    assert r["finished"] and r["error"] == "RuntimeError: oom" and r["setup"] == "P"
+    assert r["finished"] and r["error"] == "RuntimeError: oom" and r["labels"]["setup"] == "P"
     r = db.mark_run(rid, status="running")  # a retry clears the failure
     assert r["error"] is None and r["finished"] is None
     r = db.mark_run(rid, status="done", wall_seconds=12.5)
-    assert (r["status"], r["wall_seconds"], r["noise"], r["seed"]) == ("done", 12.5, 0.1, 2)
+    assert (r["status"], r["wall_seconds"], r["labels"]) == ("done", 12.5, {"noise": 0.1, "seed": 2, "setup": "P"})
     with pytest.raises(ValueError, match="status must be one of"):
         db.mark_run(rid, status="finished")
     with pytest.raises(TypeError, match="unknown run field"):
@@ -358,7 +359,7 @@ def test_pairwise_matrix_symmetric(db):
 def _populate(db, tmp_path):
     ck = tmp_path / "ck.pt"
     ck.write_bytes(b"abc")
-    db.mark_run("P-noise0.1-seed0", setup="P", noise=0.1, seed=0, status="done", wall_seconds=1.25)
+    db.mark_run("P-noise0.1-seed0", labels={"setup": "P", "noise": 0.1, "seed": 0}, status="done", wall_seconds=1.25)
     db.complete_unit("train:P0", "train", {"note": 'quotes " and, commas\nnewline'},
                      metrics=[{"run_id": "P-noise0.1-seed0", "epoch": 1, "split": "valid", "name": "acc", "value": 0.1 + 0.2},
                               {"name": "silhouette", "value": 1 / 3}],
@@ -452,7 +453,7 @@ WORKER = textwrap.dedent(f"""
             if s.unit_done(uid):
                 continue
             run = f"{{prefix}}run{{i}}"
-            s.mark_run(run, setup=prefix, seed=i, status="running")
+            s.mark_run(run, labels={{"setup": prefix, "seed": i}}, status="running")
             ck = s.path.parent / "ckpt" / f"{{run}}.pt"
             with st.atomic_path(ck) as tmp:
                 tmp.write_bytes(uid.encode() * 2000)

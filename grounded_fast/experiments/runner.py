@@ -206,7 +206,8 @@ def run_grounding(cfg: GroundingStudyConfig, out_dir: str, progress: bool = True
                 log.info("features ready in %.1f s", time.time() - t0)
         bar.update(1 + len(specs) - len(todo))
         for spec in todo:
-            store.mark_run(spec.run_id, setup=spec.setup, noise=spec.noise, seed=spec.seed, status="pending")
+            store.mark_run(spec.run_id, labels={"setup": spec.setup, "noise": spec.noise, "seed": spec.seed},
+                           status="pending")
         _run_units(store, [(f"train/{s.run_id}", functools.partial(_train_grounding, s, cfg, out_dir)) for s in todo],
                    bar, progress, executor or ExecutorConfig(), lambda: (data, vocab), "epoch")
         if store.unit_done("analysis"):
