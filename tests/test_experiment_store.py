@@ -1,5 +1,6 @@
 """Tests of the experiments' embedded results database (grounded_fast/experiments/store.py)."""
 import csv
+import hashlib
 import json
 import os
 import pickle
@@ -359,7 +360,8 @@ def test_pairwise_matrix_symmetric(db):
 def _populate(db, tmp_path):
     ck = tmp_path / "ck.pt"
     ck.write_bytes(b"abc")
-    db.mark_run("P-noise0.1-seed0", labels={"setup": "P", "noise": 0.1, "seed": 0}, status="done", wall_seconds=1.25)
+    db.mark_run("P-noise0.1-seed0", labels={"setup": "P", "noise": 0.1, "seed": 0}, status="done",
+                wall_seconds=1.25)
     db.complete_unit("train:P0", "train", {"note": 'quotes " and, commas\nnewline'},
                      metrics=[{"run_id": "P-noise0.1-seed0", "epoch": 1, "split": "valid", "name": "acc", "value": 0.1 + 0.2},
                               {"name": "silhouette", "value": 1 / 3}],
@@ -543,3 +545,135 @@ def test_concurrent_writer_processes(tmp_path):
     for k in range(3):
         assert len(_check_complete(path, f"w{k}-")) == 8
     assert _counts(path)["units"] == 24
+
+
+# ---- schema 1: the store before the study registry (its DDL copied verbatim from that version)
+_V1_STATUS_CHECK = "CHECK (status IN ('pending', 'running', 'done', 'failed'))"
+_V1_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS study (
+        key TEXT PRIMARY KEY,
+        value TEXT
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY CHECK (run_id <> ''),
+        setup TEXT,
+        noise REAL,
+        seed INTEGER,
+        status TEXT NOT NULL DEFAULT 'pending' {_V1_STATUS_CHECK},
+        started TEXT,
+        finished TEXT,
+        wall_seconds REAL,
+        error TEXT
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS units (
+        unit_id TEXT PRIMARY KEY CHECK (unit_id <> ''),
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL {_V1_STATUS_CHECK},
+        payload TEXT NOT NULL DEFAULT '{{}}',
+        error TEXT,
+        finished TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL CHECK (epoch >= 0),
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        created TEXT NOT NULL,
+        PRIMARY KEY (run_id, epoch)
+    )""",
+    """CREATE TABLE IF NOT EXISTS metrics (
+        metric_id INTEGER PRIMARY KEY,
+        run_id TEXT REFERENCES runs(run_id) ON DELETE CASCADE,
+        epoch INTEGER CHECK (epoch IS NULL OR epoch >= 0),
+        split TEXT NOT NULL DEFAULT '',
+        name TEXT NOT NULL CHECK (name <> ''),
+        value REAL NOT NULL,
+        unit_id TEXT REFERENCES units(unit_id) ON DELETE CASCADE,
+        recorded TEXT NOT NULL
+    )""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS metrics_key
+        ON metrics (IFNULL(run_id, ''), IFNULL(epoch, -1), split, name)""",
+    "CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, split)",
+    "CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id)",
+    "CREATE INDEX IF NOT EXISTS metrics_unit ON metrics (unit_id)",
+    """CREATE TABLE IF NOT EXISTS pairwise (
+        pair_id INTEGER PRIMARY KEY,
+        analysis TEXT NOT NULL CHECK (analysis <> ''),
+        population TEXT,
+        model_a TEXT NOT NULL,
+        model_b TEXT NOT NULL,
+        value REAL NOT NULL,
+        unit_id TEXT REFERENCES units(unit_id) ON DELETE CASCADE,
+        recorded TEXT NOT NULL,
+        UNIQUE (analysis, model_a, model_b)
+    )""",
+    "CREATE INDEX IF NOT EXISTS pairwise_unit ON pairwise (unit_id)",
+    "CREATE INDEX IF NOT EXISTS units_kind ON units (kind, status)",
+]
+
+
+def _schema_1_store(path, tmp_path):
+    """A results database as schema 1 wrote it: a grounding run with setup / noise / seed columns."""
+    ck = tmp_path / "ck1.pt"
+    ck.write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("BEGIN")
+    for stmt in _V1_SCHEMA:
+        con.execute(stmt)
+    con.execute("PRAGMA user_version=1")
+    con.executemany("INSERT INTO study VALUES (?, ?)", [("name", "grounding"), ("config", '{"seeds":[0]}'),
+                                                         ("schema_version", "1")])
+    con.execute("INSERT INTO runs(run_id, setup, noise, seed, status, wall_seconds) VALUES "
+                "('P-noise0.1-seed0', 'P', 0.1, 0, 'done', 1.5), ('orphan', NULL, NULL, NULL, 'pending', NULL)")
+    con.execute("INSERT INTO units VALUES ('train/P-noise0.1-seed0', 'train', 'done', '{}', NULL, 't')")
+    con.execute("INSERT INTO checkpoints VALUES ('P-noise0.1-seed0', 1, ?, ?, 7, 't')", (str(ck), sha))
+    con.execute("INSERT INTO metrics(run_id, epoch, split, name, value, unit_id, recorded) VALUES "
+                "('P-noise0.1-seed0', 1, 'val', 'acc', 0.5, 'train/P-noise0.1-seed0', 't')")
+    con.execute("COMMIT")
+    con.close()
+
+
+def test_schema_1_store_read_only_in_place_and_migrated_for_writing(tmp_path):
+    path = tmp_path / "results.sqlite"
+    _schema_1_store(path, tmp_path)
+    before = path.read_bytes()
+    want = [("P-noise0.1-seed0", {"noise": 0.1, "seed": 0, "setup": "P"}, "done", 1.5), ("orphan", {}, "pending", None)]
+
+    def rows(s):
+        return [(r["run_id"], r["labels"], r["status"], r["wall_seconds"]) for r in s.runs()]
+
+    with ResultStore(path, read_only=True) as s:
+        assert rows(s) == want
+        assert s.verify_checkpoint("P-noise0.1-seed0", 1) and s.metrics(name="acc")[0]["value"] == 0.5
+        assert s.study_info()["schema_version"] == str(store_mod.SCHEMA_VERSION)
+    assert path.read_bytes() == before                                  # never written
+    with ResultStore(path) as s:
+        assert rows(s) == want and s.runs(labels={"setup": "P"})[0]["run_id"] == "P-noise0.1-seed0"
+        assert s.checkpoints()[0]["sha256"] and s.unit_done("train/P-noise0.1-seed0")
+        assert s.integrity_check() == []
+        s.begin_study("grounding", {"seeds": [0]})                      # the run resumes
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
+    assert [c[1] for c in con.execute("PRAGMA table_info(runs)")] == COLUMNS["runs"]
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE name LIKE 'runs%'")] == ["runs"]
+    assert con.execute("SELECT count(*) FROM metrics").fetchone()[0] == 1
+    con.close()
+
+
+def test_a_failed_migration_leaves_schema_1(tmp_path, monkeypatch):
+    path = tmp_path / "results.sqlite"
+    _schema_1_store(path, tmp_path)
+
+    def broken(conn):
+        conn.execute("ALTER TABLE runs RENAME TO runs_gone")
+        raise sqlite3.OperationalError("disk I/O error")
+    monkeypatch.setattr(store_mod, "_migrate", broken)
+    with pytest.raises(StoreError):
+        ResultStore(path)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert con.execute("SELECT setup FROM runs WHERE run_id = 'P-noise0.1-seed0'").fetchone() == ("P",)
+    con.close()
