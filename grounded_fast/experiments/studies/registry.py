@@ -49,7 +49,9 @@ class Study:
     prepare(cfg, out_dir, progress) -> shared: the inputs every unit and step needs, computed once
         in the main process (only when something is left to do) and shipped to the workers.
     run_unit(spec, cfg, out_dir, shared, progress) -> ``runner.unit_result(...)``: one unit, on the
-        executor; a module-level function (pickled for the process pool and Ray).
+        executor; a module-level function (pickled for the process pool and Ray). It returns at
+        least one checkpoint (a unit counts as done only while its checkpoints, and the files its
+        payload records with ``runner.file_records``, verify); ``progress(done, total)`` feeds its bar.
     results(store, cfg) -> what ``run_study`` returns (read from the store).
     summary(results) -> the lines the CLI prints after a run.
     report(store, out_dir) -> a ``report.Report`` of the run (the store is only read; partial runs
