@@ -78,6 +78,13 @@ def test_the_three_studies_are_registered_and_unknown_names_are_one_clear_error(
     assert studies.get("grounding").config_cls.__name__ == "GroundingStudyConfig"
     with pytest.raises(ValueError, match=r"unknown study 'nope'; available: \['flava-ablation'"):
         studies.get("nope")
+    grounding = studies.get("grounding")
+    units = grounding.plan(grounding.config_cls.from_preset("tiny"))
+    assert len(units) == 5 * 2 * 3 and units[0].unit_id == "train/P-noise0-seed0"
+    assert units[-1].labels == {"setup": "multimodal", "noise": 0.5, "seed": 2}
+    flava = studies.get("flava-ablation")
+    assert [u.unit_id for u in flava.plan(flava.config_cls.from_preset("tiny"))][:2] == [
+        "cell/text10000-images0-seed0", "cell/text10000-images50-seed0"]
 
 
 def test_a_study_registered_in_a_test_runs_end_to_end_through_the_cli(tmp_path, capsys, toy):
