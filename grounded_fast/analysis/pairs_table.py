@@ -328,7 +328,7 @@ def _directionality(path: str, metric: str, v: np.ndarray, lines: Dict[Tuple[int
     complete = bool(both.all())
     if declared or (asymmetric is None and complete and differ.any()):
         if not complete:
-            i, j = (int(k) for k in np.argwhere(~both)[0])
+            i, j = (int(k) for k in np.argwhere(given.T & ~given)[0])  # (j, i) given, (i, j) not
             raise PairsTableError(f"{path}: {metric} is directional but ({models[i]}, {models[j]}) has no row "
                                   f"(line {lines[(j, i)]} gives the other order); give both orders of every pair")
         return "declared" if declared else "detected"
