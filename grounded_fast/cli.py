@@ -351,6 +351,7 @@ def _analyse_pairs(args) -> int:
         p = m.permutation
         print(f"  {name} ({m.handling}): mean(within) - mean(between) = {p.difference:.4g}, permutation p = "
               f"{p.pvalue:.3g} ({p.permutations} {'orderings, exact' if p.exact else f'permutations, seed {p.seed}'})")
+    print("  (the report's Kruskal-Wallis / Mann-Whitney p-values assume independent pairs; these do not)")
     print(f"report: {md} and {html}")
     return 0
 

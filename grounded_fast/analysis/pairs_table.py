@@ -501,7 +501,7 @@ def _analyse_metric(name: str, raw: np.ndarray, how: str, directional: str, pops
     within, between = filled[mask & same], filled[mask & ~same]
     pooled = np.concatenate(groups)
     if np.all(pooled == pooled[0]):
-        raise PairsTableError(f"{name}: every pair has the same value ({pooled[0]!r}); nothing to compare")
+        raise PairsTableError(f"{name}: every pair has the same value ({float(pooled[0])!r}); nothing to compare")
     kruskal = kruskal_wallis(*groups) if len(groups) >= 2 else None
     mw = mann_whitney(within, between)
     perm = population_permutation_test(filled, pops, permutations, seed, ordered)
