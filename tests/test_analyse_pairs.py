@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-import grounded_fast.analysis.pairs_table as pairs_table
+from grounded_fast.analysis import pairs_table
 from grounded_fast.analysis.pairs_table import (INDEPENDENCE_CAVEAT, PairsTableError, analyse_pairs,
                                                 assign_populations, load_pairs, load_population_csv,
                                                 population_permutation_test)

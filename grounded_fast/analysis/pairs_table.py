@@ -311,7 +311,6 @@ def _directionality(path: str, metric: str, v: np.ndarray, lines: Dict[Tuple[int
                     models: List[str], asymmetric: Optional[Sequence[str]]) -> str:
     """'symmetric', 'declared' or 'detected' (see the module docstring); raises for a missing pair,
     a missing direction of a directional metric, or conflicting values of a symmetric one."""
-    M = v.shape[0]
     given = np.isfinite(v)
     np.fill_diagonal(given, True)
     missing = ~(given | given.T)
