@@ -78,6 +78,24 @@ def test_hand_computed_summaries_and_tests(small):
                                                                       permutations="exact").pvalue)
 
 
+def test_diagonal_and_both_orders_of_a_symmetric_metric_are_accepted(tmp_path, small):
+    """The same table with a diagonal and each pair in both orders (equal values, one within float32
+    rounding) analyses exactly like the one-order table without a diagonal."""
+    rows = [[x, x, 0.0, 0.0] for x in A + B]
+    for x, y in itertools.permutations(A + B, 2):
+        v = _hand_value(*sorted((x, y)))
+        rows.append([x, y, v * (1 + 1e-8 if x > y else 1), -v ** 2])
+    full = load_pairs(_write(tmp_path / "full.csv", ["model_1", "model_2", "dist", "neg"], rows))
+    assert full.directional == {"dist": "symmetric", "neg": "symmetric"} and np.diag(full.values["dist"]).sum() == 0
+    kw = dict(regex=r"^(\w)", permutations=200, bootstrap=100, seed=1)
+    one, both = analyse_pairs(load_pairs(small), **kw), analyse_pairs(full, **kw)
+    for name in ("dist", "neg"):
+        assert [b.n_pairs for b in both.metrics[name].blocks] == [b.n_pairs for b in one.metrics[name].blocks]
+        assert [v for b in both.metrics[name].blocks for v in (b.mean, b.ci_low, b.ci_high)] == pytest.approx(
+            [v for b in one.metrics[name].blocks for v in (b.mean, b.ci_low, b.ci_high)], rel=1e-7)
+        assert both.metrics[name].permutation.pvalue == one.metrics[name].permutation.pvalue
+
+
 def test_bootstrap_ci_resamples_models_as_a_loop_does(small):
     """The vectorised bootstrap against a plain loop over the same draws (models resampled within each
     population; a within block's pairs of one model with itself left out)."""
