@@ -8,6 +8,8 @@
                                             groundedbert, ...), then write its report
     grounded-fast report DIR [--to OUT]     rebuild the report of a finished or partial run
     grounded-fast export DIR [--format csv|parquet] [--to OUT]   the run's result tables as files
+    grounded-fast analyse PAIRS.csv [--populations-regex RE | --populations FILE] [--to OUT]
+                                            populations compared on a table of model pairs (report)
     grounded-fast bench [--quick] [--threads N] [--repeat R]
                                             the OT speed comparison against POT (GeomLoss too if installed)
 """
@@ -314,6 +316,31 @@ def _timing_args(p) -> None:
                    help="timed runs of each side after a warm-up; the median and min-max are printed (default 5)")
 
 
+def _analyse_pairs(args) -> int:
+    """``grounded-fast analyse``: load, analyse, write the report; exit 2 on a bad input."""
+    from .analysis.pairs_table import PairsTableError, analyse_pairs, load_pairs
+    from .experiments.pairs_report import pairs_report
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    try:
+        table = load_pairs(args.pairs, metrics=split(args.metrics), model_columns=split(args.model_columns),
+                           asymmetric=args.asymmetric)
+        result = analyse_pairs(table, args.populations, regex=args.populations_regex, directional=args.directional,
+                               permutations=args.permutations, bootstrap=args.bootstrap, seed=args.seed)
+    except (PairsTableError, OSError) as exc:
+        print(f"grounded-fast analyse: {exc}", file=sys.stderr)
+        return 2
+    out = args.to or os.path.splitext(args.pairs)[0] + "-analysis"
+    md, html = pairs_report(result, out)
+    print(f"{len(result.models)} models, populations {result.sizes}")
+    for name, m in result.metrics.items():
+        p = m.permutation
+        print(f"  {name} ({m.handling}): mean(within) - mean(between) = {p.difference:.4g}, permutation p = "
+              f"{p.pvalue:.3g} ({p.permutations} {'orderings, exact' if p.exact else f'permutations, seed {p.seed}'})")
+    print("  (the report's Kruskal-Wallis / Mann-Whitney p-values assume independent pairs; these do not)")
+    print(f"report: {md} and {html}")
+    return 0
+
+
 def main(argv=None) -> int:
     from .experiments import studies
     parser = argparse.ArgumentParser(prog="grounded-fast", description=__doc__,
@@ -356,6 +383,25 @@ def main(argv=None) -> int:
     ex.add_argument("dir")
     ex.add_argument("--format", choices=["csv", "parquet"], default="csv")
     ex.add_argument("--to", default=None, help="output directory (default DIR/export)")
+    an = sub.add_parser("analyse", help="compare populations of models on a CSV of model pairs (yours, or a "
+                                        "store's pairwise.csv from `export`): matrices, tests, report")
+    an.add_argument("pairs", help="CSV: model_1, model_2 and one column per metric, or a pairwise.csv export")
+    pops = an.add_mutually_exclusive_group()
+    pops.add_argument("--populations-regex", default=None,
+                      help="regex whose first capture group is a model's population, e.g. '^([A-Z]+)-' "
+                           "(default for a pairwise.csv export: the run id's first '-' field)")
+    pops.add_argument("--populations", default=None, help="CSV with the columns model, population")
+    an.add_argument("--metrics", default=None, help="comma-separated metrics to analyse (default: all)")
+    an.add_argument("--model-columns", default=None, help="the two model columns, e.g. 'a,b' (default model_1,model_2)")
+    an.add_argument("--asymmetric", action="append", default=None, metavar="METRIC",
+                    help="a directional metric such as KL (both orders of every pair given); repeatable. "
+                         "Default: detected (both orders everywhere, values differ)")
+    an.add_argument("--directional", choices=["mean", "ordered"], default="mean",
+                    help="directional metrics: 'mean' of both directions (default), or 'ordered' pairs kept")
+    an.add_argument("--permutations", type=_positive_int, default=9999, help="label shufflings (default 9999)")
+    an.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates of the CIs (default 2000)")
+    an.add_argument("--seed", type=int, default=0, help="seed of the permutations and bootstrap (default 0)")
+    an.add_argument("--to", default=None, help="report directory (default PAIRS-analysis beside the CSV)")
     bp = sub.add_parser("bench", help="OT speed comparison against POT (and GeomLoss if installed)")
     bp.add_argument("--quick", action="store_true", help="few iterations (a smoke check)")
     _timing_args(bp)
@@ -374,6 +420,8 @@ def main(argv=None) -> int:
                 return 2
         print(*paths, sep="\n")
         return 0
+    if args.cmd == "analyse":
+        return _analyse_pairs(args)
     if args.cmd == "bench":
         if not _have_pot("bench"):
             return 2

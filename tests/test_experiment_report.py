@@ -1,7 +1,8 @@
-"""Study reports: reference parsing, plot helpers, the Markdown / self-contained HTML writer."""
+"""Study reports: the reference values, plot helpers, the Markdown / self-contained HTML writer."""
 import base64
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,13 +38,17 @@ def test_reference_grounding_values():
 
 
 def test_reference_flava_and_groundedbert():
-    (grid,) = reference_tables("flava-ablation")
+    grid, categories = reference_tables("flava-ablation")
     assert grid.header == ["words", "images", "BLiMP (%)", "PPPL"]
     assert len(grid.rows) == 8
     assert grid.value({"words": "100M", "images": "none"}, "BLiMP (%)") == pytest.approx(71.32)
     assert grid.value({"words": "10M", "images": "4M"}, "PPPL") == pytest.approx(25.86)
+    assert grid.text_rows[4][3] == "6.90"  # printed verbatim
     with pytest.raises(KeyError):
         grid.value("10M", "PPPL")  # four rows start with 10M: ambiguous
+    assert categories.header == ["category", "10M words", "100M words"] and len(categories.rows) == 12
+    assert categories.value("island effects", "100M words") == pytest.approx(48.4)
+    assert "pseudo-perplexity" in grid.units and "%" in categories.units
     assert any("does not consistently help" in f for f in reference_findings("flava"))
     assert reference_tables("groundedbert") == []
     assert any("GLUE" in f for f in reference_findings("groundedbert"))
@@ -51,19 +56,115 @@ def test_reference_flava_and_groundedbert():
         reference_tables("no-such-study")
 
 
-def test_reference_parser_on_other_file(tmp_path):
-    p = tmp_path / "ref.md"
-    p.write_text("# Title\n\nIntro line.\n\n## GroundedBERT (someone)\nSource: somewhere.\n\n"
-                 "Scores per task:\n\n| task | score | n |\n|:--|--:|---|\n| SST-2 | 91.5 | 1,000 |\n"
-                 "| a \\| b | | x |\n\nClaim one.\n", encoding="utf-8")
+def _published_markdown():
+    """The original REFERENCE_RESULTS.md in a ``shared/`` folder beside the checkout (or beside a
+    folder of worktrees), or None."""
+    for folder in Path(__file__).resolve().parents[1:4]:
+        p = folder / "shared" / "REFERENCE_RESULTS.md"
+        if p.is_file():
+            return p
+    return None
+
+
+def _parse_published_markdown(text):
+    """REFERENCE_RESULTS.md -> (preamble, {heading: [("p", paragraph) | ("t", rows of cell texts)]}):
+    '## ' starts a section, '|' lines make a table (its separator row dropped), other lines join
+    into paragraphs."""
+    preamble, sections, current, para, table = [], {}, None, [], []
+
+    def flush():
+        if para:
+            (current if current is not None else preamble).append(("p", " ".join(para)) if current is not None
+                                                                   else " ".join(para))
+            para.clear()
+        if table:
+            current.append(("t", [[c.strip() for c in re.split(r"(?<!\\)\|", ln.strip()[1:-1])] for ln in table
+                                  if not re.fullmatch(r"\|(\s*:?-{2,}:?\s*\|)+", ln.strip())]))
+            table.clear()
+
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("## "):
+            flush()
+            current = sections[s[3:]] = []
+        elif s.startswith("# ") or not s:
+            flush()
+        elif s.startswith("|"):
+            if para:
+                flush()
+            table.append(s)
+        else:
+            if table:
+                flush()
+            para.append(s)
+    flush()
+    return " ".join(preamble), sections
+
+
+def test_reference_data_holds_the_published_values():
+    """reference_results.toml has exactly the values, captions, sources and findings of
+    ../shared/REFERENCE_RESULTS.md (it was generated from it; no value retyped)."""
+    path = _published_markdown()
+    if path is None:
+        pytest.skip("shared/REFERENCE_RESULTS.md not beside this checkout")
+    preamble, sections = _parse_published_markdown(path.read_text(encoding="utf-8"))
+    assert rep.reference_preamble() == preamble
+    titles = {reference_section(key).title: key for key in rep.STUDIES}
+    assert sorted(titles) == sorted(sections)
+    for title, blocks in sections.items():
+        source, findings, tables, captions = "", [], [], {}
+        for i, (kind, block) in enumerate(blocks):
+            if kind == "t":
+                tables.append(block)
+            elif block.endswith(":") and i + 1 < len(blocks) and blocks[i + 1][0] == "t":
+                captions[len(tables)] = block[:-1].rstrip(",; ")  # a paragraph introducing a table
+            elif block.startswith("Source:") and not source:
+                source = block
+            else:
+                findings.append(block)
+        sec = reference_section(titles[title])
+        assert (sec.source, sec.findings) == (source, findings)
+        assert [[t.header] + t.text_rows for t in sec.tables] == tables
+        assert {j: sec.tables[j].caption for j in captions} == captions
+        assert all(t.caption and t.units for t in sec.tables)  # the others are captioned in the data file
+
+
+def test_reference_data_from_another_file(tmp_path):
+    p = tmp_path / "ref.toml"
+    p.write_text('preamble = "Intro line."\n[studies.groundedbert]\ntitle = "GroundedBERT (someone)"\n'
+                 'source = "Source: somewhere."\nfindings = ["Claim one."]\n[[studies.groundedbert.tables]]\n'
+                 'caption = "Scores per task"\nunits = "accuracy in %"\nheader = ["task", "score", "n"]\n'
+                 'rows = [["SST-2", "91.5", "1,000"], ["a | b", "", "x"]]\n', encoding="utf-8")
     sec = reference_section("groundedbert", path=p)
     (t,) = sec.tables
-    assert t.caption == "Scores per task"
+    assert t.caption == "Scores per task" and t.units == "accuracy in %"
     assert t.value("SST-2", "score") == pytest.approx(91.5)
     assert t.value("SST-2", "n") == 1000.0
-    assert t.rows[1] == ["a \\| b", None, "x"]
+    assert t.rows[1] == ["a | b", None, "x"] and t.text_rows[1] == ["a | b", "", "x"]
     assert sec.source == "Source: somewhere." and sec.findings == ["Claim one."]
     assert rep.reference_preamble(p) == "Intro line."
+    with pytest.raises(KeyError, match=r"no \[studies.grounding\]"):
+        reference_section("grounding", path=p)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("studies = 3", "no \\[studies"),
+    ('[studies.grounding]\nsource = "x"', "studies.grounding.title: expected a string"),
+    ('[studies.grounding]\ntitle = "t"\nfinding = ["x"]', "unknown key.*'finding'"),
+    ('[studies.grounding]\ntitle = "t"\n[[studies.grounding.tables]]\nheader = ["a", "b"]\nrows = [["1"]]',
+     r"studies.grounding.tables\[0\].rows\[0\]: 1 cells, the header has 2"),
+    ('[studies.grounding]\ntitle = "t"\n[[studies.grounding.tables]]\nheader = ["a"]\nrows = [[0.5]]',
+     r"tables\[0\].rows\[0\]: expected a list of strings"),
+    ("[studies.grounding\n", "not valid TOML"),
+])
+def test_malformed_reference_data_is_one_clear_error(tmp_path, body, message):
+    p = tmp_path / "ref.toml"
+    p.write_text(body, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as info:
+        reference_section("grounding", path=p)
+    assert str(p) in str(info.value) and "\n" not in str(info.value)
+    page = Report("t", reference_path=p).add_reference("grounding", None).to_markdown()
+    assert "reference values unavailable" in page and str(p) in page  # the report still renders
 
 
 # ----------------------------------------------------------------------------- number formatting
@@ -274,7 +375,7 @@ def test_html_and_markdown_escaping(tmp_path):
     r.add_table(["a|b", "<th>"], [["x|y\nz", "<td>"]], caption="<i>cap</i>")
     md_path, html_path = r.write(tmp_path)
     page = html_path.read_text(encoding="utf-8")
-    assert "<script>" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "<title>A &lt;b&gt;bold&lt;/b&gt; &amp; title</title>" in page
     assert "<th>&lt;th&gt;</th>" in page and "<td>&lt;td&gt;</td>" in page and "<i>" not in page
@@ -348,3 +449,60 @@ def test_table_digits_and_validation():
     assert "| 0.12 |" in md
     with pytest.raises(ValueError, match="cells"):
         Table(["a", "b"], [[1]])
+
+
+def test_markdown_layout_and_units(tmp_path):
+    """The Markdown template's exact output: one blank line between blocks, a caption above its
+    table, units below; the same blocks in the HTML page."""
+    p = tmp_path / "ref.toml"
+    p.write_text('preamble = "Read me."\n[studies.groundedbert]\ntitle = "GB (someone)"\nsource = "Source: x."\n'
+                 'findings = ["Claim."]\n[[studies.groundedbert.tables]]\ncaption = "Published"\nunits = "%"\n'
+                 'header = ["task", "score"]\nrows = [["SST-2", "91.5"]]\n', encoding="utf-8")
+    r = Report("T", reference_path=p)
+    r.add_heading("H", level=3).add_paragraph("text").add_table(["a", "b"], [["x", 0.5]], caption="cap")
+    r.add_reference("groundedbert", Table(["task", "score"], [["SST-2", 90.04]], units="% accuracy"))
+    r.add_table(["a"], None, caption="later")
+    assert r.to_markdown() == """# T
+
+### H
+
+text
+
+*cap*
+
+| a | b |
+|---|---:|
+| x | 0.500 |
+
+### Ours vs the reference: GB (someone)
+
+**Ours**
+
+| task | score |
+|---|---:|
+| SST-2 | 90.0 |
+
+*Units: % accuracy*
+
+**Reference (original study)**
+
+*Read me.*
+
+Source: x.
+
+*Published*
+
+| task | score |
+|---|---:|
+| SST-2 | 91.5 |
+
+*Units: %*
+
+Claim.
+
+> *not computed yet (run incomplete): later*
+"""
+    page = r.to_html()
+    assert '<p class="note">Units: % accuracy</p>' in page and '<p class="note">Units: %</p>' in page
+    assert '<td class="num">91.5</td>' in page and "<caption>Published</caption>" in page
+    assert page.index("<h3>H</h3>") < page.index("<caption>cap</caption>") < page.index('<div class="compare">')

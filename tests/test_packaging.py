@@ -12,13 +12,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# .git is a folder in a clone, a file in a worktree
+needs_git_checkout = pytest.mark.skipif(shutil.which("git") is None or not os.path.exists(os.path.join(ROOT, ".git")),
+                                        reason="needs the git checkout")
+
+
 def _tracked(*prefixes):
     out = subprocess.run(["git", "ls-files", *prefixes], cwd=ROOT, capture_output=True, text=True, check=True)
     return out.stdout.split()
 
 
-@pytest.mark.skipif(shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")),
-                    reason="needs the git checkout")
+@needs_git_checkout
 def test_sdist_carries_the_sources_and_the_data(tmp_path):
     tree = tmp_path / "tree"
     for path in _tracked():  # a copy of the tracked files: the build writes its egg-info beside them
@@ -59,3 +63,21 @@ def test_every_torch_load_is_weights_only():
                     if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
                         unsafe.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
     assert not unsafe, f"torch.load without weights_only=True at {unsafe}"
+
+
+@needs_git_checkout
+def test_wheel_carries_the_package_data(tmp_path):
+    """What a wheel installs besides the compiled extensions (``build_py``: the modules and the
+    package data of pyproject's package-data) is every tracked file of the package, e.g. the report
+    templates and the reference values, which are read at run time."""
+    tree = tmp_path / "tree"
+    for path in _tracked():
+        os.makedirs(tree / os.path.dirname(path), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, path), tree / path)
+    res = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+                         cwd=tree, capture_output=True, text=True, env={**os.environ, "FORCE_CUDA": "0"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    built = {p.relative_to(tmp_path / "lib").as_posix() for p in (tmp_path / "lib").rglob("*") if p.is_file()}
+    missing = sorted(set(_tracked("grounded_fast")) - built)
+    assert not missing, f"missing from the wheel (add them to [tool.setuptools.package-data]): {missing}"
+    assert "grounded_fast/experiments/templates/report.html.j2" in built

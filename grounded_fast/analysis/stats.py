@@ -102,7 +102,7 @@ def _sample(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _square(x: Any, name: str) -> np.ndarray:
+def _square(x: Any, name: str, symmetric: bool = True) -> np.ndarray:
     arr = _as_float64(x, name)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise ValueError(f"{name} must be a square (M, M) matrix, got shape {arr.shape}")
@@ -110,6 +110,8 @@ def _square(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} is {arr.shape[0]}x{arr.shape[0]}; need M >= 3 (at least 3 pairs)")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or inf ({int((~np.isfinite(arr)).sum())} values)")
+    if not symmetric:
+        return arr
     asym = float(np.abs(arr - arr.T).max())
     scale = max(1.0, float(np.abs(arr).max()))
     if asym > SYMMETRY_RTOL * scale:
@@ -117,8 +119,8 @@ def _square(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _matrix_pair(A: Any, B: Any, names=("A", "B")) -> tuple:
-    a, b = _square(A, names[0]), _square(B, names[1])
+def _matrix_pair(A: Any, B: Any, names=("A", "B"), symmetric: bool = True) -> tuple:
+    a, b = _square(A, names[0], symmetric), _square(B, names[1], symmetric)
     if a.shape != b.shape:
         raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {a.shape} and {b.shape}")
     return a, b
@@ -127,6 +129,15 @@ def _matrix_pair(A: Any, B: Any, names=("A", "B")) -> tuple:
 def _upper(m: np.ndarray) -> np.ndarray:
     """Upper-triangle entries (i < j) in row-major order, shape (M(M-1)/2,)."""
     return m[np.triu_indices(m.shape[0], k=1)]
+
+
+def _pair_indices(M: int, ordered: bool) -> tuple:
+    """Row and column indices of the pairs compared: i < j, or every i != j when ``ordered``
+    (row-major order; M(M-1)/2 or M(M-1) pairs)."""
+    if not ordered:
+        return np.triu_indices(M, k=1)
+    i, j = np.nonzero(~np.eye(M, dtype=bool))
+    return i, j
 
 
 def _check_not_constant(v: np.ndarray, name: str) -> None:
@@ -179,17 +190,20 @@ def mann_whitney(x: Any, y: Any, alternative: str = "two-sided") -> MannWhitneyR
 
 
 # ----------------------------------------------------------------------------- matrices
-def matrix_correlation(A: Any, B: Any, method: str = "pearson") -> CorrelationResult:
+def matrix_correlation(A: Any, B: Any, method: str = "pearson", ordered: bool = False) -> CorrelationResult:
     """Correlation of the upper triangles (i < j, diagonal excluded) of two M x M matrices.
 
     A, B: symmetric (M, M), M >= 3, finite — e.g. agreement vs attention distance between M
     models. method: "pearson" (``scipy.stats.pearsonr``) or "spearman" (``spearmanr``).
-    The p-value treats the M(M-1)/2 pairs as independent, which they are not (each model appears
+    ``ordered=True`` compares every off-diagonal entry (i != j, M(M-1) ordered pairs) instead,
+    and A, B need not be symmetric: for directional measures such as KL(i ‖ j).
+    The p-value treats the pairs as independent, which they are not (each model appears
     in M-1 pairs); use `mantel` for a valid test.
     """
     _check_choice(method, _METHODS, "method")
-    a, b = _matrix_pair(A, B)
-    x, y = _upper(a), _upper(b)
+    a, b = _matrix_pair(A, B, symmetric=not ordered)
+    iu = _pair_indices(a.shape[0], ordered)
+    x, y = a[iu], b[iu]
     _check_not_constant(x, "A")
     _check_not_constant(y, "B")
     res = _sps.pearsonr(x, y) if method == "pearson" else _sps.spearmanr(x, y)
@@ -213,10 +227,11 @@ def rsa(D1: Any, D2: Any) -> CorrelationResult:
     return CorrelationResult(float(res[0]), float(res[1]), int(x.size), "spearman")
 
 
-def _standardised_matrix(m: np.ndarray, spearman: bool) -> np.ndarray:
+def _standardised_matrix(m: np.ndarray, spearman: bool, ordered: bool = False) -> np.ndarray:
     """Symmetric matrix whose upper triangle is the (ranked, if spearman) upper triangle of m,
-    centred and scaled to unit norm; so r = <x_std, y_std> for two such triangles."""
-    iu = np.triu_indices(m.shape[0], k=1)
+    centred and scaled to unit norm; so r = <x_std, y_std> for two such triangles. ``ordered``:
+    every off-diagonal entry standardised likewise, not symmetrised."""
+    iu = _pair_indices(m.shape[0], ordered)
     v = m[iu]
     if spearman:
         v = _sps.rankdata(v)  # average ranks for ties, as spearmanr
@@ -224,7 +239,7 @@ def _standardised_matrix(m: np.ndarray, spearman: bool) -> np.ndarray:
     v = v / np.linalg.norm(v)
     out = np.zeros_like(m)
     out[iu] = v
-    return out + out.T
+    return out if ordered else out + out.T
 
 
 def _permutation_batches(M: int, permutations: Union[int, str], rng: np.random.Generator, batch: int):
@@ -246,8 +261,12 @@ def _permutation_batches(M: int, permutations: Union[int, str], rng: np.random.G
 
 
 def mantel(A: Any, B: Any, method: str = "pearson", permutations: Union[int, str] = 9999,
-           alternative: str = "two-sided", seed: Any = DEFAULT_SEED) -> MantelResult:
+           alternative: str = "two-sided", seed: Any = DEFAULT_SEED, ordered: bool = False) -> MantelResult:
     """Mantel permutation test of the correlation between two symmetric (M, M) matrices.
+
+    ``ordered=True``: the matrices may be asymmetric (directional measures such as KL(i ‖ j)),
+    and the correlation runs over all M(M-1) ordered pairs i != j (`matrix_correlation` with
+    ``ordered=True``); the permutations are the same (rows and columns of B together).
 
     The statistic is `matrix_correlation(A, B, method)` over the upper triangles. The null
     distribution permutes the rows and columns of B simultaneously (B[p][:, p]) and recomputes
@@ -266,7 +285,7 @@ def mantel(A: Any, B: Any, method: str = "pearson", permutations: Union[int, str
     """
     _check_choice(method, _METHODS, "method")
     _check_choice(alternative, _ALTERNATIVES, "alternative")
-    a, b = _matrix_pair(A, B)
+    a, b = _matrix_pair(A, B, symmetric=not ordered)
     M = a.shape[0]
     if isinstance(permutations, str):
         if permutations != "exact":
@@ -282,10 +301,10 @@ def mantel(A: Any, B: Any, method: str = "pearson", permutations: Union[int, str
         if M <= MAX_EXACT_M and math.factorial(M) <= permutations:
             permutations = "exact"
 
-    observed = matrix_correlation(a, b, method).statistic
+    observed = matrix_correlation(a, b, method, ordered).statistic
     spearman = method == "spearman"
-    xs, ys = _standardised_matrix(a, spearman), _standardised_matrix(b, spearman)
-    iu, ju = np.triu_indices(M, k=1)
+    xs, ys = _standardised_matrix(a, spearman, ordered), _standardised_matrix(b, spearman, ordered)
+    iu, ju = _pair_indices(M, ordered)
     x = xs[iu, ju]
     r_obs = float(x @ ys[iu, ju])  # same arithmetic as the permuted values below
 

@@ -6,7 +6,7 @@
   ``study_report(out_dir)``;
 - :mod:`.store`: :class:`ResultStore` (schema in its docstring), export to CSV / Parquet;
 - :mod:`.report`: Markdown + self-contained HTML reports with matplotlib figures, beside the
-  reference values of the original studies.
+  reference values of the original studies (``reference_results.toml``).
 Command line: ``grounded-fast run grounding --preset tiny``, ``grounded-fast report DIR``.
 """
 from .grounding import GroundingStudyConfig, RunSpec, plan_runs

@@ -5,17 +5,20 @@ The report is decoupled from the result store: every function here takes plain P
 
 Pieces
   * `reference_tables` / `reference_section` -- the published figures of the original studies,
-    parsed from ``reference_results.md`` (shipped next to this module), for printing beside ours.
+    read from the data file ``reference_results.toml`` (shipped next to this module: per study
+    the paper, the source of the values, the tables with their units, the findings), for
+    printing beside ours.
   * plot helpers returning `matplotlib.figure.Figure` objects (drawn with the Agg canvas, never
     through pyplot, so no window opens and no global figure list grows); each accepts ``path=``
     to also save a PNG (atomically): `agreement_heatmap`, `distance_vs_agreement_scatter`,
     `silhouette_boxplot`, `flava_grid_heatmap`; and `flava_grid_table` for the FLAVA grid as a
     `Table` (ours beside the reference cells that match).
   * `Report` -- a small builder: headings, paragraphs, tables, figures, reference blocks;
-    `Report.write(directory)` writes ``report.md`` (figures as relative links under
-    ``figures/``) and ``report.html`` (figures embedded as base64 PNG data URIs, inline CSS, no
-    external resource), each written atomically (:func:`grounded_fast._atomic.write_atomic`:
-    temporary file, fsync, ``os.replace``).
+    `Report.write(directory)` renders one document model through two Jinja2 templates
+    (``templates/report.md.j2``, ``templates/report.html.j2``) into ``report.md`` (figures as
+    relative links under ``figures/``) and ``report.html`` (figures embedded as base64 PNG data
+    URIs, inline CSS, no external resource), each written atomically
+    (:func:`grounded_fast._atomic.write_atomic`: temporary file, fsync, ``os.replace``).
 
 Partial runs: missing data never fail the report. ``add_table(header, None)``,
 ``add_figure(None, ...)`` and ``add_reference(study, None)`` print the placeholder
@@ -31,7 +34,6 @@ from __future__ import annotations
 import base64
 import copy
 import functools
-import html
 import io
 import math
 import numbers
@@ -42,11 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+import jinja2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._atomic import write_atomic
+from .._toml import tomllib
 
 __all__ = [
     "NOT_COMPUTED", "REFERENCE_PATH", "STUDIES", "MissingData", "require",
@@ -57,9 +61,9 @@ __all__ = [
 ]
 
 NOT_COMPUTED = "not computed yet (run incomplete)"
-REFERENCE_PATH = Path(__file__).with_name("reference_results.md")
+REFERENCE_PATH = Path(__file__).with_name("reference_results.toml")
 
-# study key -> a phrase of its section heading in reference_results.md
+# study key -> its name when the reference values cannot be read
 STUDIES: Dict[str, str] = {
     "grounding": "Grounded and Well-rounded",
     "flava-ablation": "Acquiring Linguistic Knowledge",
@@ -93,7 +97,7 @@ _THOUSANDS_RE = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$")
 
 
 def _parse_cell(text: str) -> Any:
-    """Markdown cell text -> float for numbers (".687" -> 0.687), None for empty, else the text."""
+    """Published cell text -> float for numbers (".687" -> 0.687), None for empty, else the text."""
     t = text.strip()
     if not t:
         return None
@@ -114,13 +118,15 @@ class Table:
 
     ``text_rows`` (optional) holds the cells as text to print verbatim (reference tables keep the
     published formatting, e.g. ".687"); otherwise cells are formatted with `format_number` to
-    ``digits`` significant digits (None: the report's default).
+    ``digits`` significant digits (None: the report's default). ``units`` (optional) is printed
+    under the table.
     """
     header: List[str]
     rows: List[List[Any]]
     caption: str = ""
     text_rows: Optional[List[List[str]]] = None
     digits: Optional[int] = None
+    units: str = ""
 
     def __post_init__(self) -> None:
         self.header = [str(h) for h in self.header]
@@ -170,7 +176,8 @@ class Table:
 
 @dataclass
 class ReferenceSection:
-    """One study's section of reference_results.md: heading, source line, tables, findings."""
+    """One study's published values (a ``[studies.<key>]`` table of the reference data file):
+    title (paper and venue), source line, tables, findings."""
     study: str
     title: str
     source: str = ""
@@ -178,70 +185,74 @@ class ReferenceSection:
     findings: List[str] = field(default_factory=list)
 
 
-def _split_row(line: str) -> List[str]:
-    s = line.strip()
-    if s.startswith("|"):
-        s = s[1:]
-    if s.endswith("|"):
-        s = s[:-1]
-    return [c.strip() for c in re.split(r"(?<!\\)\|", s)]
+_STUDY_KEYS = {"title", "source", "findings", "tables"}
+_TABLE_KEYS = {"caption", "units", "header", "rows"}
 
 
-def _is_separator(cells: List[str]) -> bool:
-    return bool(cells) and all(re.fullmatch(r":?-{2,}:?", c) for c in cells)
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
+    return value
 
 
-def _parse_table(lines: List[str], caption: str) -> Table:
-    rows = [_split_row(ln) for ln in lines]
-    header, body = rows[0], [r for r in rows[1:] if not _is_separator(r)]
-    text_rows = [(r + [""] * len(header))[:len(header)] for r in body]
-    return Table(header=header, rows=[[_parse_cell(c) for c in r] for r in text_rows], caption=caption,
-                 text_rows=text_rows)
+def _texts(value: Any, where: str) -> List[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where}: expected a list of strings")
+    return list(value)
+
+
+def _no_unknown_keys(entry: Mapping[str, Any], allowed: set, where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _reference_table(entry: Any, where: str) -> Table:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where}: expected a table of caption, units, header, rows")
+    _no_unknown_keys(entry, _TABLE_KEYS, where)
+    header = _texts(entry.get("header"), f"{where}.header")
+    rows = entry.get("rows")
+    if not isinstance(rows, list):
+        raise ValueError(f"{where}.rows: expected a list of rows (lists of strings)")
+    text_rows = []
+    for i, row in enumerate(rows):
+        row = _texts(row, f"{where}.rows[{i}]")
+        if len(row) != len(header):
+            raise ValueError(f"{where}.rows[{i}]: {len(row)} cells, the header has {len(header)}")
+        text_rows.append(row)
+    return Table(header=header, rows=[[_parse_cell(c) for c in r] for r in text_rows],
+                 caption=_text(entry.get("caption", ""), f"{where}.caption"), text_rows=text_rows,
+                 units=_text(entry.get("units", ""), f"{where}.units"))
 
 
 @functools.lru_cache(maxsize=4)
-def _parse_reference_file(path: str, mtime: float) -> Tuple[str, Dict[str, Tuple[str, List[Any]]]]:
-    """-> (preamble, {heading: (heading, blocks)}) where blocks are ("p", text) / ("t", lines)."""
-    text = Path(path).read_text(encoding="utf-8")
-    preamble: List[str] = []
-    sections: Dict[str, List[Any]] = {}
-    current: Optional[List[Any]] = None
-    para: List[str] = []
-    table: List[str] = []
-
-    def flush() -> None:
-        target = current if current is not None else None
-        if para:
-            if target is not None:
-                target.append(("p", " ".join(para)))
-            else:
-                preamble.append(" ".join(para))
-            para.clear()
-        if table:
-            if target is not None:
-                target.append(("t", list(table)))
-            table.clear()
-
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("## "):
-            flush()
-            current = []
-            sections[s[3:].strip()] = current
-        elif s.startswith("# "):
-            flush()
-        elif s.startswith("|"):
-            if para:
-                flush()
-            table.append(s)
-        elif not s:
-            flush()
-        else:
-            if table:
-                flush()
-            para.append(s)
-    flush()
-    return " ".join(preamble), {k: (k, v) for k, v in sections.items()}
+def _load_reference_file(path: str, mtime: float) -> Tuple[str, Dict[str, ReferenceSection]]:
+    """-> (preamble, {study key: section}) of a reference data file, checked (ValueError naming the
+    file and the key otherwise)."""
+    with open(path, "rb") as f:
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML ({e})") from e
+    studies = data.get("studies")
+    if not isinstance(studies, Mapping):
+        raise ValueError(f"{path}: no [studies.<name>] tables")
+    sections = {}
+    for key, entry in studies.items():
+        where = f"{path}: studies.{key}"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: expected a table")
+        _no_unknown_keys(entry, _STUDY_KEYS, where)
+        tables = entry.get("tables", [])
+        if not isinstance(tables, list):
+            raise ValueError(f"{where}.tables: expected [[studies.{key}.tables]] entries")
+        sections[key] = ReferenceSection(
+            study=key, title=_text(entry.get("title"), f"{where}.title"),
+            source=_text(entry.get("source", ""), f"{where}.source"),
+            tables=[_reference_table(t, f"{where}.tables[{i}]") for i, t in enumerate(tables)],
+            findings=_texts(entry.get("findings", []), f"{where}.findings"))
+    return _text(data.get("preamble", ""), f"{path}: preamble"), sections
 
 
 def _study_key(study: str) -> str:
@@ -251,39 +262,22 @@ def _study_key(study: str) -> str:
     return key
 
 
-def _reference_data(path: Optional[Union[str, os.PathLike]]) -> Tuple[str, Dict[str, Tuple[str, List[Any]]]]:
+def _reference_data(path: Optional[Union[str, os.PathLike]]) -> Tuple[str, Dict[str, ReferenceSection]]:
     p = Path(path) if path is not None else REFERENCE_PATH
-    return _parse_reference_file(str(p), p.stat().st_mtime)
+    return _load_reference_file(str(p), p.stat().st_mtime)
 
 
 def reference_section(study: str, path: Optional[Union[str, os.PathLike]] = None) -> ReferenceSection:
-    """The section of ``reference_results.md`` for ``study`` ('grounding', 'flava-ablation',
-    'groundedbert'): its tables (numbers parsed to float, text kept verbatim in ``text_rows``),
-    the ``Source:`` paragraph and the other prose paragraphs (``findings``). A paragraph ending in
-    ':' right before a table becomes that table's caption."""
+    """The published values of ``study`` ('grounding', 'flava-ablation', 'groundedbert'; aliases
+    such as 'flava' accepted) from the reference data file (``path``, default the shipped
+    `REFERENCE_PATH`): its tables (cells parsed to float where numeric, the published text kept in
+    ``text_rows``), source line and findings. KeyError for an unknown study or one the file lacks;
+    ValueError for a malformed file; OSError for a missing one."""
     key = _study_key(study)
     _, sections = _reference_data(path)
-    titles = [t for t in sections if STUDIES[key].lower() in t.lower()]
-    if len(titles) != 1:
-        raise KeyError(f"reference section for {study!r} ({STUDIES[key]!r}) not found in "
-                       f"{path or REFERENCE_PATH}: sections {list(sections)}")
-    title, blocks = sections[titles[0]]
-    out = ReferenceSection(study=key, title=title)
-    pending: Optional[str] = None
-    for i, (kind, content) in enumerate(blocks):
-        if kind == "p":
-            nxt = blocks[i + 1][0] if i + 1 < len(blocks) else None
-            if content.endswith(":") and nxt == "t":
-                pending = content.rstrip(":").rstrip(",; ").strip()
-            elif content.lower().startswith("source:") and not out.source:
-                out.source = content
-            else:
-                out.findings.append(content)
-        else:
-            caption = pending or f"reference table {len(out.tables) + 1}"
-            out.tables.append(_parse_table(content, caption))
-            pending = None
-    return copy.deepcopy(out)
+    if key not in sections:
+        raise KeyError(f"no [studies.{key}] in {path or REFERENCE_PATH}: it has {sorted(sections)}")
+    return copy.deepcopy(sections[key])
 
 
 def reference_tables(study: str, path: Optional[Union[str, os.PathLike]] = None) -> List[Table]:
@@ -292,12 +286,12 @@ def reference_tables(study: str, path: Optional[Union[str, os.PathLike]] = None)
 
 
 def reference_findings(study: str, path: Optional[Union[str, os.PathLike]] = None) -> List[str]:
-    """The prose paragraphs (findings, claims) of ``study``'s reference section."""
+    """The prose paragraphs (findings, claims) of ``study``'s published values."""
     return reference_section(study, path).findings
 
 
 def reference_preamble(path: Optional[Union[str, os.PathLike]] = None) -> str:
-    """The file's introduction (how to read the reference values)."""
+    """The data file's introduction (how to read the reference values)."""
     return _reference_data(path)[0]
 
 
@@ -740,35 +734,35 @@ def _md_text(s: Any) -> str:
     return _TAG_START.sub("&lt;", str(s))
 
 
-def _md_cell(s: str) -> str:
+def _md_cell(s: Any) -> str:
+    """A Markdown table cell: prose escaping, '|' and '\\' escaped, on one line."""
     return _md_text(s).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _h(s: Any) -> str:
-    return html.escape(str(s), quote=True)
+def _md_alt(s: Any) -> str:
+    """Markdown image alt text: no brackets or line breaks, prose escaping."""
+    return _md_text(re.sub(r"[\[\]\n]", " ", str(s)))
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@functools.lru_cache(maxsize=None)
+def _template(name: str) -> jinja2.Template:
+    """``templates/<name>`` (shipped with the package): HTML-escaped when it ends in .html.j2;
+    the Markdown template escapes through the ``md`` / ``md_cell`` / ``md_alt`` filters."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("grounded_fast.experiments", "templates"),
+                             autoescape=name.endswith(".html.j2"), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(md=_md_text, md_cell=_md_cell, md_alt=_md_alt, base64=_base64)
+    return env.get_template(name)
 
 
 def _safe_name(name: str) -> str:
     stem = name[:-4] if name.lower().endswith(".png") else name
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip(".-_")
     return stem or "figure"
-
-
-_CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;line-height:1.45;color:#222;
-margin:0;background:#fafafa}
-main{max-width:1100px;margin:0 auto;padding:1.5em 2em;background:#fff}
-h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{border-bottom:1px solid #eee;padding-bottom:.2em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
-caption{caption-side:top;text-align:left;font-style:italic;color:#555;padding-bottom:.3em}
-th,td{border:1px solid #ccc;padding:.25em .6em}th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tbody tr:nth-child(even){background:#fafafa}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-style:italic;color:#555;font-size:.92em}
-.placeholder{color:#a15c00;background:#fff6e5;border-left:4px solid #f0a020;padding:.4em .8em}
-.compare{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}.compare>div{flex:1 1 420px;min-width:0;overflow-x:auto}
-.note{color:#666;font-size:.9em}
-""".strip()
 
 
 @dataclass
@@ -782,7 +776,9 @@ class Report:
     """Builder of a study report; see the module docstring. Blocks are kept in order and
     rendered by `to_markdown` / `to_html`; `write` puts both files (and the PNGs) on disk.
 
-    ``digits``: significant digits of numbers in our tables; ``dpi``: PNG resolution.
+    ``digits``: significant digits of numbers in our tables; ``dpi``: PNG resolution;
+    ``reference_path``: a reference data file other than the shipped `REFERENCE_PATH` (same TOML
+    layout).
     """
 
     def __init__(self, title: str, *, digits: int = 3, dpi: int = 100,
@@ -861,7 +857,7 @@ class Report:
         try:
             ref: Optional[ReferenceSection] = reference_section(key, self.reference_path)
             preamble = reference_preamble(self.reference_path)
-        except (OSError, KeyError) as e:
+        except (OSError, KeyError, ValueError) as e:  # missing or malformed data file: the report still renders
             ref, preamble = None, f"reference values unavailable ({e})"
         self._blocks.append(("reference", dict(study=key, ours=ours_t, ref=ref, preamble=preamble,
                                                heading=heading, level=level,
@@ -882,7 +878,7 @@ class Report:
             del self._blocks[mark:]
             self.add_placeholder(str(e) or None)
 
-    # ---- rendering
+    # ---- rendering: one document model, two templates
     def _figure_names(self) -> List[Tuple[_Figure, str]]:
         used: set = set()
         out = []
@@ -896,126 +892,64 @@ class Report:
                 out.append((b, name))
         return out
 
-    def _cells(self, t: Table) -> Tuple[List[List[str]], List[bool]]:
+    def _table_model(self, t: Table) -> Dict[str, Any]:
+        """A table as the templates print it: caption, header, cells as text, which columns are
+        numeric (right-aligned), units."""
         digits = self.digits if t.digits is None else t.digits
         if t.text_rows is not None:
-            text = [list(r) for r in t.text_rows]
+            cells = [list(r) for r in t.text_rows]
         else:
-            text = [[format_number(c, digits) for c in r] for r in t.rows]
+            cells = [[format_number(c, digits) for c in r] for r in t.rows]
         numeric = []
         for j in range(len(t.header)):
             col = [r[j] for r in t.rows if r[j] is not None and r[j] != ""]
             numeric.append(bool(col) and all(_is_numeric_cell(c) for c in col))
-        return text, numeric
+        return dict(caption=t.caption, header=list(t.header), cells=cells, numeric=numeric, units=t.units)
 
-    def _md_table(self, t: Table, caption: Optional[str] = None) -> List[str]:
-        text, numeric = self._cells(t)
-        out = []
-        cap = caption if caption is not None else t.caption
-        if cap:
-            out += [f"*{_md_text(cap)}*", ""]
-        out.append("| " + " | ".join(_md_cell(h) for h in t.header) + " |")
-        out.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
-        out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in text]
-        return out + [""]
+    def _reference_model(self, b: Dict[str, Any]) -> Dict[str, Any]:
+        ref: Optional[ReferenceSection] = b["ref"]
+        title = b["heading"] or f"Ours vs the reference: {ref.title if ref is not None else STUDIES[b['study']]}"
+        return dict(title=title, level=b["level"], sublevel=min(b["level"] + 1, 6),
+                    ours=None if b["ours"] is None else self._table_model(b["ours"]),
+                    preamble=b["preamble"], source=ref.source if ref is not None else "",
+                    tables=[self._table_model(t) for t in ref.tables] if ref is not None else [],
+                    findings=list(ref.findings) if ref is not None else [])
 
-    def _html_table(self, t: Table, caption: Optional[str] = None) -> str:
-        text, numeric = self._cells(t)
-        cap = caption if caption is not None else t.caption
-        parts = ["<table>"]
-        if cap:
-            parts.append(f"<caption>{_h(cap)}</caption>")
-        parts.append("<thead><tr>" + "".join(f"<th>{_h(h)}</th>" for h in t.header) + "</tr></thead><tbody>")
-        for r in text:
-            parts.append("<tr>" + "".join(f'<td class="num">{_h(c)}</td>' if n else f"<td>{_h(c)}</td>"
-                                          for c, n in zip(r, numeric)) + "</tr>")
-        parts.append("</tbody></table>")
-        return "".join(parts)
-
-    def _ref_title(self, b: Dict[str, Any]) -> str:
-        if b["heading"]:
-            return b["heading"]
-        name = b["ref"].title if b["ref"] is not None else STUDIES[b["study"]]
-        return f"Ours vs the reference: {name}"
+    def _document(self, figure_dir: str) -> Dict[str, Any]:
+        """The report as plain data for the templates: the title, ``not_computed`` (the
+        placeholder text) and ``blocks``, each a dict with ``kind`` ('heading': level, text;
+        'paragraph' / 'placeholder': text; 'table': table; 'figure': number, name, caption, alt,
+        path (``<figure_dir>/<name>.png``), png (bytes); 'reference': title, level, sublevel,
+        ours (a table or None), preamble, source, tables, findings), tables as `_table_model`."""
+        names = {id(f): n for f, n in self._figure_names()}
+        blocks: List[Dict[str, Any]] = []
+        fig_no = 0
+        for kind, b in self._blocks:
+            if kind == "heading":
+                blocks.append(dict(kind=kind, level=b[0], text=b[1]))
+            elif kind in ("paragraph", "placeholder"):
+                blocks.append(dict(kind=kind, text=b))
+            elif kind == "table":
+                blocks.append(dict(kind=kind, table=self._table_model(b)))
+            elif kind == "figure":
+                fig_no += 1
+                name = names[id(b)]
+                blocks.append(dict(kind=kind, number=fig_no, name=name, caption=b.caption,
+                                   alt=b.caption or name, path=f"{figure_dir}/{name}.png", png=b.png))
+            elif kind == "reference":
+                blocks.append(dict(kind=kind, **self._reference_model(b)))
+        return dict(title=self.title, not_computed=NOT_COMPUTED, blocks=blocks)
 
     def to_markdown(self, figure_dir: str = "figures") -> str:
-        """The report as Markdown; figures link to ``<figure_dir>/<name>.png``."""
-        names = {id(f): n for f, n in self._figure_names()}
-        lines = [f"# {_md_text(self.title)}", ""]
-        fig_no = 0
-        for kind, b in self._blocks:
-            if kind == "heading":
-                lines += [f"{'#' * b[0]} {_md_text(b[1])}", ""]
-            elif kind == "paragraph":
-                lines += [_md_text(b), ""]
-            elif kind == "placeholder":
-                lines += [f"> *{_md_text(b)}*", ""]
-            elif kind == "table":
-                lines += self._md_table(b)
-            elif kind == "figure":
-                fig_no += 1
-                alt = re.sub(r"[\[\]\n]", " ", b.caption or names[id(b)])
-                lines += [f"![{_md_text(alt)}]({figure_dir}/{names[id(b)]}.png)", ""]
-                lines += [f"*Figure {fig_no}{': ' + _md_text(b.caption) if b.caption else ''}*", ""]
-            elif kind == "reference":
-                lines += [f"{'#' * b['level']} {_md_text(self._ref_title(b))}", "", "**Ours**", ""]
-                if b["ours"] is None:
-                    lines += [f"> *{NOT_COMPUTED}*", ""]
-                else:
-                    lines += self._md_table(b["ours"])
-                ref = b["ref"]
-                lines += ["**Reference (original study)**", ""]
-                if b["preamble"]:
-                    lines += [f"*{_md_text(b['preamble'])}*", ""]
-                if ref is not None:
-                    if ref.source:
-                        lines += [_md_text(ref.source), ""]
-                    for t in ref.tables:
-                        lines += self._md_table(t)
-                    lines += [_md_text(p) + "\n" for p in ref.findings]
-        return "\n".join(lines).rstrip() + "\n"
+        """The report as Markdown (``templates/report.md.j2``); figures link to
+        ``<figure_dir>/<name>.png``."""
+        text = _template("report.md.j2").render(self._document(figure_dir))
+        return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"  # one blank line between blocks
 
     def to_html(self) -> str:
-        """The report as one self-contained HTML page (figures as base64 PNG data URIs)."""
-        names = {id(f): n for f, n in self._figure_names()}
-        body = [f"<h1>{_h(self.title)}</h1>"]
-        fig_no = 0
-        for kind, b in self._blocks:
-            if kind == "heading":
-                body.append(f"<h{b[0]}>{_h(b[1])}</h{b[0]}>")
-            elif kind == "paragraph":
-                body.append(f"<p>{_h(b)}</p>")
-            elif kind == "placeholder":
-                body.append(f'<p class="placeholder">{_h(b)}</p>')
-            elif kind == "table":
-                body.append(self._html_table(b))
-            elif kind == "figure":
-                fig_no += 1
-                data = base64.b64encode(b.png).decode("ascii")
-                cap = f"Figure {fig_no}" + (f": {b.caption}" if b.caption else "")
-                body.append(f'<figure id="fig-{_h(names[id(b)])}"><img alt="{_h(b.caption or names[id(b)])}" '
-                            f'src="data:image/png;base64,{data}"><figcaption>{_h(cap)}</figcaption></figure>')
-            elif kind == "reference":
-                lvl = b["level"]
-                ours = (f'<p class="placeholder">{_h(NOT_COMPUTED)}</p>' if b["ours"] is None
-                        else self._html_table(b["ours"]))
-                ref = b["ref"]
-                right = []
-                if b["preamble"]:
-                    right.append(f'<p class="note">{_h(b["preamble"])}</p>')
-                if ref is not None:
-                    if ref.source:
-                        right.append(f'<p class="note">{_h(ref.source)}</p>')
-                    right += [self._html_table(t) for t in ref.tables]
-                    right += [f"<p>{_h(p)}</p>" for p in ref.findings]
-                body.append(f"<h{lvl}>{_h(self._ref_title(b))}</h{lvl}>"
-                            f'<div class="compare"><div class="ours"><h{min(lvl + 1, 6)}>Ours</h{min(lvl + 1, 6)}>'
-                            f"{ours}</div><div class=\"ref\"><h{min(lvl + 1, 6)}>Reference (original study)"
-                            f"</h{min(lvl + 1, 6)}>{''.join(right)}</div></div>")
-        return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-                f"<title>{_h(self.title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n<main>\n"
-                + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
+        """The report as one self-contained HTML page (``templates/report.html.j2``: inline CSS,
+        figures as base64 PNG data URIs)."""
+        return _template("report.html.j2").render(self._document("figures"))
 
     def write(self, directory: Union[str, os.PathLike]) -> Tuple[Path, Path]:
         """Write ``figures/*.png``, ``report.md`` and ``report.html`` under ``directory`` (created),
