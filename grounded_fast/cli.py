@@ -2,9 +2,10 @@
 
     grounded-fast compare-pot [--iters N] [--threads N] [--repeat R]
                                             short OT comparison against POT (prints a table)
-    grounded-fast run grounding|flava-ablation|groundedbert [--preset tiny|small|paper] [--config FILE] [--out DIR]
+    grounded-fast run STUDY [--preset tiny|small|paper] [--config FILE] [--out DIR]
                       [--executor local|ray] [--workers N] [--threads-per-unit T] [--ray-address ADDR] [--resume]
-                                            run or resume a study, then write its report
+                                            run or resume a study (grounding, flava-ablation,
+                                            groundedbert, ...), then write its report
     grounded-fast report DIR [--to OUT]     rebuild the report of a finished or partial run
     grounded-fast export DIR [--format csv|parquet] [--to OUT]   the run's result tables as files
     grounded-fast analyse PAIRS.csv [--populations-regex RE | --populations FILE] [--to OUT]
@@ -214,14 +215,11 @@ def _study_config(args, config_cls, db: str):
 
 
 def _run_study(args) -> int:
+    from .experiments import studies
     from .experiments.executors import ExecutorConfig, session
-    from .experiments.flava_ablation import FlavaStudyConfig
-    from .experiments.groundedbert_study import GroundedBertStudyConfig
-    from .experiments.grounding import GroundingStudyConfig
     from .experiments.run_lock import RunDirBusyError
     from .experiments.store import StoreError, StudyMismatchError
-    config_cls = {"grounding": GroundingStudyConfig, "flava-ablation": FlavaStudyConfig,
-                  "groundedbert": GroundedBertStudyConfig}[args.study]
+    config_cls = studies.get(args.study).config_cls
     out = args.out or os.path.join("runs", f"{args.study}-{args.preset or 'tiny'}")
     try:
         executor = ExecutorConfig(args.executor, args.workers, args.threads_per_unit, args.ray_address)
@@ -254,27 +252,14 @@ def _run_study(args) -> int:
 
 
 def _run_and_report(study: str, cfg, out: str, progress: bool, executor, force_new: bool = False) -> int:
-    from .experiments.runner import (flava_report, grounding_report, groundedbert_report, run_flava, run_grounding,
-                                     run_groundedbert)
+    from .experiments import studies
+    from .experiments.runner import run_study, study_report
     t0 = time.time()
-    if study == "grounding":
-        res = run_grounding(cfg, out, progress=progress, executor=executor, force_new=force_new)
-        md, html = grounding_report(out)
-        lines = [f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f}"
-                 for pair, row in sorted(res.get("pair_table", {}).items())]
-    elif study == "groundedbert":
-        rows = run_groundedbert(cfg, out, progress=progress, executor=executor, force_new=force_new)
-        md, html = groundedbert_report(out)
-        lines = [f"  {r['variant']:12s} dev accuracy {r.get('dev_accuracy', float('nan')):.3f}"
-                 + (f"  OT share of step time {r['ot_share_of_step_time']:.2f}" if "ot_share_of_step_time" in r else "")
-                 for r in rows]
-    else:
-        rows = run_flava(cfg, out, progress=progress, executor=executor, force_new=force_new)
-        md, html = flava_report(out)
-        lines = [f"  text {r['text']:>6} images {r['images']:>5} seed {r['seed']}: BLiMP {r.get('blimp', 0):.1f}% "
-                 f"PPPL {r.get('pppl', float('nan')):.1f}" for r in rows]
+    entry = studies.get(study)
+    res = run_study(entry, cfg, out, progress=progress, executor=executor, force_new=force_new)
+    md, html = study_report(out)
     print(f"{study} done in {time.time() - t0:.0f} s; report: {md} and {html}")
-    print("\n".join(lines))
+    print("\n".join(entry.summary(res)))
     return 0
 
 
@@ -357,6 +342,7 @@ def _analyse_pairs(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .experiments import studies
     parser = argparse.ArgumentParser(prog="grounded-fast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -364,8 +350,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
     _timing_args(p)
     r = sub.add_parser("run", help="run (or resume: rerun the same command) a study")
-    r.add_argument("study", choices=["grounding", "flava-ablation", "groundedbert"], help="the study")
-    r.add_argument("--preset", default=None, choices=["tiny", "small", "paper"], help="scale (default tiny)")
+    r.add_argument("study", choices=studies.available(), help="the study")
+    r.add_argument("--preset", default=None, choices=studies.presets(), help="scale (default tiny)")
     r.add_argument("--config", help="YAML or TOML file of config overrides (validated: unknown keys are errors)")
     r.add_argument("--out", default=None, help="output directory (default runs/<study>-<preset>)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -444,14 +430,18 @@ def main(argv=None) -> int:
                            quick=args.quick, geomloss=_have_geomloss()))
         return 0
     if args.cmd == "report":
-        from .experiments.runner import flava_report, grounding_report, groundedbert_report
+        from .experiments import studies
+        from .experiments.runner import study_report
         store = _open_run("report", args.dir)
         if store is None:
             return 2
         with store:
             study = store.study_info().get("name")
-        report = {"flava-ablation": flava_report, "groundedbert": groundedbert_report}.get(study, grounding_report)
-        print(*report(args.dir, args.to), sep="\n")
+        if study not in studies.available():
+            print(f"grounded-fast report: {args.dir} holds a {study!r} run, a study this grounded_fast does not "
+                  f"know (known: {', '.join(studies.available())}); register it before reporting", file=sys.stderr)
+            return 2
+        print(*study_report(args.dir, args.to), sep="\n")
         return 0 if args.no_verify else _verify_run("report", args.dir)
     if args.cmd == "verify":
         store = _open_run("verify", args.dir)

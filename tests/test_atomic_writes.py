@@ -199,11 +199,12 @@ def test_head_pt_left_intact_when_the_disk_fills_up(tmp_path, monkeypatch):
 def test_a_corrupt_head_pt_makes_the_variant_rerun(tmp_path):
     """head.pt's sha256 is recorded with the unit; a damaged head.pt means the unit is not done."""
     from grounded_fast.experiments.executors import Task
-    from grounded_fast.experiments.runner import _commit, _groundedbert_unit, _units_done
+    from grounded_fast.experiments.runner import _commit, _units_done
+    from grounded_fast.experiments.studies.groundedbert import run_unit
     from grounded_fast.experiments.store import ResultStore
 
     out = str(tmp_path)
-    result = _groundedbert_unit("text-only", _variant_cfg(), out, _tiny_task(), None)
+    result = run_unit("text-only", _variant_cfg(), out, _tiny_task(), None)
     with ResultStore(tmp_path / "results.sqlite") as store:
         _commit(store, Task("variant/text-only", None), result)
         assert _units_done(store, "variant/text-only", "text-only")

@@ -1,5 +1,6 @@
 """Tests of the experiments' embedded results database (grounded_fast/experiments/store.py)."""
 import csv
+import hashlib
 import json
 import os
 import pickle
@@ -16,7 +17,8 @@ import pytest
 
 from grounded_fast.experiments import store as store_mod
 from grounded_fast.experiments.store import (
-    TABLES, ResultStore, StoreError, StudyMismatchError, atomic_path, make_run_id)
+    TABLES, ResultStore, StoreError, StudyMismatchError, atomic_path)
+from grounded_fast.experiments.grounding import make_run_id
 
 STORE_FILE = Path(store_mod.__file__).resolve()
 CONFIG = {"setups": ["P", "C", "T"], "seeds": 3, "train": {"epochs": 5, "lr": 1e-3}, "workers": 2}
@@ -24,7 +26,7 @@ CONFIG = {"setups": ["P", "C", "T"], "seeds": 3, "train": {"epochs": 5, "lr": 1e
 # the documented columns of every table
 COLUMNS = {
     "study": ["key", "value"],
-    "runs": ["run_id", "setup", "noise", "seed", "status", "started", "finished", "wall_seconds", "error"],
+    "runs": ["run_id", "labels", "status", "started", "finished", "wall_seconds", "error"],
     "checkpoints": ["run_id", "epoch", "path", "sha256", "size_bytes", "created"],
     "metrics": ["metric_id", "run_id", "epoch", "split", "name", "value", "unit_id", "recorded"],
     "pairwise": ["pair_id", "analysis", "population", "model_a", "model_b", "value", "unit_id", "recorded"],
@@ -179,7 +181,7 @@ def test_begin_study_idempotent_and_mismatch(tmp_path):
         again = s.begin_study("demo", json.loads(json.dumps(CONFIG)))
         assert first["created"] == again["created"]
         assert again["config"] == CONFIG and again["name"] == "demo"
-        assert again["package_version"] and again["schema_version"] == "1"
+        assert again["package_version"] and again["schema_version"] == str(store_mod.SCHEMA_VERSION)
     with ResultStore(path) as s:
         assert s.begin_study("demo", {**CONFIG, "seeds": 3.0})["created"] == first["created"]  # 3 == 3.0
         with pytest.raises(StudyMismatchError, match=r"'other'.*'demo'|'demo'.*'other'"):
@@ -220,16 +222,16 @@ def test_complete_unit_atomic_on_failure_mid_transaction(tmp_path, db, monkeypat
         db.complete_unit("u1", "train", {"x": 1},
                          metrics=[{"run_id": "r1", "name": "acc", "value": 0.5}],
                          pairwise=[{"analysis": "kl", "model_a": "r1", "model_b": "r2", "value": 1.0}],
-                         checkpoints=[("r1", 3, ck)], runs=[{"run_id": "r1", "status": "done", "seed": 1}])
+                         checkpoints=[("r1", 3, ck)], runs=[{"run_id": "r1", "status": "done", "labels": {"seed": 1}}])
     assert not db.unit_done("u1")
     assert _counts(db.path) | {"study": 0} == {t: 0 for t in TABLES}  # units, runs, metrics, ... all empty
     monkeypatch.undo()
     # the store is usable afterwards and the same call now records everything
     db.complete_unit("u1", "train", {"x": 1}, metrics=[{"run_id": "r1", "name": "acc", "value": 0.5}],
                      pairwise=[{"analysis": "kl", "model_a": "r1", "model_b": "r2", "value": 1.0}],
-                     checkpoints=[("r1", 3, ck)], runs=[{"run_id": "r1", "status": "done", "seed": 1}])
+                     checkpoints=[("r1", 3, ck)], runs=[{"run_id": "r1", "status": "done", "labels": {"seed": 1}}])
     assert db.unit_done("u1") and db.unit("u1")["payload"] == {"x": 1}
-    assert db.run("r1")["status"] == "done" and db.run("r1")["seed"] == 1
+    assert db.run("r1")["status"] == "done" and db.run("r1")["labels"] == {"seed": 1}
     c = _counts(db.path)
     assert (c["units"], c["metrics"], c["pairwise"], c["checkpoints"], c["runs"]) == (1, 1, 1, 1, 1)
 
@@ -283,14 +285,14 @@ def test_duplicates_are_replaced_not_duplicated(db):
 def test_mark_run(db):
     rid = make_run_id("P", 0.1, 2)
     assert rid == "P-noise0.1-seed2"
-    r = db.mark_run(rid, setup="P", noise=0.1, seed=2, status="running")
+    r = db.mark_run(rid, labels={"setup": "P", "noise": 0.1, "seed": 2}, status="running")
     assert r["status"] == "running" and r["started"] and r["finished"] is None
     r = db.mark_run(rid, status="failed", error=RuntimeError("oom"))
-    assert r["finished"] and r["error"] == "RuntimeError: oom" and r["setup"] == "P"
+    assert r["finished"] and r["error"] == "RuntimeError: oom" and r["labels"]["setup"] == "P"
     r = db.mark_run(rid, status="running")  # a retry clears the failure
     assert r["error"] is None and r["finished"] is None
     r = db.mark_run(rid, status="done", wall_seconds=12.5)
-    assert (r["status"], r["wall_seconds"], r["noise"], r["seed"]) == ("done", 12.5, 0.1, 2)
+    assert (r["status"], r["wall_seconds"], r["labels"]) == ("done", 12.5, {"noise": 0.1, "seed": 2, "setup": "P"})
     with pytest.raises(ValueError, match="status must be one of"):
         db.mark_run(rid, status="finished")
     with pytest.raises(TypeError, match="unknown run field"):
@@ -358,7 +360,8 @@ def test_pairwise_matrix_symmetric(db):
 def _populate(db, tmp_path):
     ck = tmp_path / "ck.pt"
     ck.write_bytes(b"abc")
-    db.mark_run("P-noise0.1-seed0", setup="P", noise=0.1, seed=0, status="done", wall_seconds=1.25)
+    db.mark_run("P-noise0.1-seed0", labels={"setup": "P", "noise": 0.1, "seed": 0}, status="done",
+                wall_seconds=1.25)
     db.complete_unit("train:P0", "train", {"note": 'quotes " and, commas\nnewline'},
                      metrics=[{"run_id": "P-noise0.1-seed0", "epoch": 1, "split": "valid", "name": "acc", "value": 0.1 + 0.2},
                               {"name": "silhouette", "value": 1 / 3}],
@@ -452,7 +455,7 @@ WORKER = textwrap.dedent(f"""
             if s.unit_done(uid):
                 continue
             run = f"{{prefix}}run{{i}}"
-            s.mark_run(run, setup=prefix, seed=i, status="running")
+            s.mark_run(run, labels={{"setup": prefix, "seed": i}}, status="running")
             ck = s.path.parent / "ckpt" / f"{{run}}.pt"
             with st.atomic_path(ck) as tmp:
                 tmp.write_bytes(uid.encode() * 2000)
@@ -542,3 +545,135 @@ def test_concurrent_writer_processes(tmp_path):
     for k in range(3):
         assert len(_check_complete(path, f"w{k}-")) == 8
     assert _counts(path)["units"] == 24
+
+
+# ---- schema 1: the store before the study registry (its DDL copied verbatim from that version)
+_V1_STATUS_CHECK = "CHECK (status IN ('pending', 'running', 'done', 'failed'))"
+_V1_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS study (
+        key TEXT PRIMARY KEY,
+        value TEXT
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY CHECK (run_id <> ''),
+        setup TEXT,
+        noise REAL,
+        seed INTEGER,
+        status TEXT NOT NULL DEFAULT 'pending' {_V1_STATUS_CHECK},
+        started TEXT,
+        finished TEXT,
+        wall_seconds REAL,
+        error TEXT
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS units (
+        unit_id TEXT PRIMARY KEY CHECK (unit_id <> ''),
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL {_V1_STATUS_CHECK},
+        payload TEXT NOT NULL DEFAULT '{{}}',
+        error TEXT,
+        finished TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+        epoch INTEGER NOT NULL CHECK (epoch >= 0),
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        created TEXT NOT NULL,
+        PRIMARY KEY (run_id, epoch)
+    )""",
+    """CREATE TABLE IF NOT EXISTS metrics (
+        metric_id INTEGER PRIMARY KEY,
+        run_id TEXT REFERENCES runs(run_id) ON DELETE CASCADE,
+        epoch INTEGER CHECK (epoch IS NULL OR epoch >= 0),
+        split TEXT NOT NULL DEFAULT '',
+        name TEXT NOT NULL CHECK (name <> ''),
+        value REAL NOT NULL,
+        unit_id TEXT REFERENCES units(unit_id) ON DELETE CASCADE,
+        recorded TEXT NOT NULL
+    )""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS metrics_key
+        ON metrics (IFNULL(run_id, ''), IFNULL(epoch, -1), split, name)""",
+    "CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, split)",
+    "CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id)",
+    "CREATE INDEX IF NOT EXISTS metrics_unit ON metrics (unit_id)",
+    """CREATE TABLE IF NOT EXISTS pairwise (
+        pair_id INTEGER PRIMARY KEY,
+        analysis TEXT NOT NULL CHECK (analysis <> ''),
+        population TEXT,
+        model_a TEXT NOT NULL,
+        model_b TEXT NOT NULL,
+        value REAL NOT NULL,
+        unit_id TEXT REFERENCES units(unit_id) ON DELETE CASCADE,
+        recorded TEXT NOT NULL,
+        UNIQUE (analysis, model_a, model_b)
+    )""",
+    "CREATE INDEX IF NOT EXISTS pairwise_unit ON pairwise (unit_id)",
+    "CREATE INDEX IF NOT EXISTS units_kind ON units (kind, status)",
+]
+
+
+def _schema_1_store(path, tmp_path):
+    """A results database as schema 1 wrote it: a grounding run with setup / noise / seed columns."""
+    ck = tmp_path / "ck1.pt"
+    ck.write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("BEGIN")
+    for stmt in _V1_SCHEMA:
+        con.execute(stmt)
+    con.execute("PRAGMA user_version=1")
+    con.executemany("INSERT INTO study VALUES (?, ?)", [("name", "grounding"), ("config", '{"seeds":[0]}'),
+                                                         ("schema_version", "1")])
+    con.execute("INSERT INTO runs(run_id, setup, noise, seed, status, wall_seconds) VALUES "
+                "('P-noise0.1-seed0', 'P', 0.1, 0, 'done', 1.5), ('orphan', NULL, NULL, NULL, 'pending', NULL)")
+    con.execute("INSERT INTO units VALUES ('train/P-noise0.1-seed0', 'train', 'done', '{}', NULL, 't')")
+    con.execute("INSERT INTO checkpoints VALUES ('P-noise0.1-seed0', 1, ?, ?, 7, 't')", (str(ck), sha))
+    con.execute("INSERT INTO metrics(run_id, epoch, split, name, value, unit_id, recorded) VALUES "
+                "('P-noise0.1-seed0', 1, 'val', 'acc', 0.5, 'train/P-noise0.1-seed0', 't')")
+    con.execute("COMMIT")
+    con.close()
+
+
+def test_schema_1_store_read_only_in_place_and_migrated_for_writing(tmp_path):
+    path = tmp_path / "results.sqlite"
+    _schema_1_store(path, tmp_path)
+    before = path.read_bytes()
+    want = [("P-noise0.1-seed0", {"noise": 0.1, "seed": 0, "setup": "P"}, "done", 1.5), ("orphan", {}, "pending", None)]
+
+    def rows(s):
+        return [(r["run_id"], r["labels"], r["status"], r["wall_seconds"]) for r in s.runs()]
+
+    with ResultStore(path, read_only=True) as s:
+        assert rows(s) == want
+        assert s.verify_checkpoint("P-noise0.1-seed0", 1) and s.metrics(name="acc")[0]["value"] == 0.5
+        assert s.study_info()["schema_version"] == str(store_mod.SCHEMA_VERSION)
+    assert path.read_bytes() == before                                  # never written
+    with ResultStore(path) as s:
+        assert rows(s) == want and s.runs(labels={"setup": "P"})[0]["run_id"] == "P-noise0.1-seed0"
+        assert s.checkpoints()[0]["sha256"] and s.unit_done("train/P-noise0.1-seed0")
+        assert s.integrity_check() == []
+        s.begin_study("grounding", {"seeds": [0]})                      # the run resumes
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
+    assert [c[1] for c in con.execute("PRAGMA table_info(runs)")] == COLUMNS["runs"]
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE name LIKE 'runs%'")] == ["runs"]
+    assert con.execute("SELECT count(*) FROM metrics").fetchone()[0] == 1
+    con.close()
+
+
+def test_a_failed_migration_leaves_schema_1(tmp_path, monkeypatch):
+    path = tmp_path / "results.sqlite"
+    _schema_1_store(path, tmp_path)
+
+    def broken(conn):
+        conn.execute("ALTER TABLE runs RENAME TO runs_gone")
+        raise sqlite3.OperationalError("disk I/O error")
+    monkeypatch.setattr(store_mod, "_migrate", broken)
+    with pytest.raises(StoreError):
+        ResultStore(path)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert con.execute("SELECT setup FROM runs WHERE run_id = 'P-noise0.1-seed0'").fetchone() == ("P",)
+    con.close()

@@ -103,8 +103,9 @@ def test_bad_config_writes_nothing_and_the_corrected_rerun_works(tmp_path, capsy
 
 
 def test_runner_checks_a_config_changed_after_construction(tmp_path, monkeypatch):
-    import grounded_fast.experiments.groundedbert_study as gb
-    from grounded_fast.experiments.runner import run_groundedbert
+    import grounded_fast.experiments.studies.groundedbert as gb
+    from grounded_fast.experiments.runner import run_study
+    from grounded_fast.experiments.studies import get
 
     def prepare(*args):
         raise AssertionError("the study started with a bad config")
@@ -113,7 +114,7 @@ def test_runner_checks_a_config_changed_after_construction(tmp_path, monkeypatch
     cfg = GroundedBertStudyConfig.from_preset("tiny")
     cfg.ot_weight = float("inf")
     with pytest.raises(ValueError, match=r"GroundedBertStudyConfig\.ot_weight = inf"):
-        run_groundedbert(cfg, str(tmp_path / "out"), progress=False)
+        run_study(get("groundedbert"), cfg, str(tmp_path / "out"), progress=False)
     assert not (tmp_path / "out").exists()
 
 

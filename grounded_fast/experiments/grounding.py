@@ -78,7 +78,12 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        return f"{self.setup}-noise{self.noise:g}-seed{self.seed}"
+        return make_run_id(self.setup, self.noise, self.seed)
+
+
+def make_run_id(setup: str, noise: float, seed: int) -> str:
+    """Deterministic run id, e.g. ``make_run_id('P', 0.1, 2) == 'P-noise0.1-seed2'``."""
+    return f"{setup}-noise{float(noise):g}-seed{int(seed)}"
 
 
 def plan_runs(cfg: GroundingStudyConfig) -> List[RunSpec]:

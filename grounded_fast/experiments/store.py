@@ -29,7 +29,7 @@ Durability and resumption
   connection in a forked child and can be pickled (it re-opens by path). Within one process the
   object may be shared by threads (an internal lock serialises access).
 
-Schema (version 1, kept in ``PRAGMA user_version``)
+Schema (version 2, kept in ``PRAGMA user_version``)
 ---------------------------------------------------
 Timestamps are ISO-8601 UTC strings with milliseconds (``2024-05-01T12:00:00.123+00:00``).
 
@@ -42,10 +42,10 @@ Timestamps are ISO-8601 UTC strings with milliseconds (``2024-05-01T12:00:00.123
     ``created``, ``updated`` (times of creation / of the last ``begin_study``).
     ``value TEXT``  the value (NULL when unknown).
 
-``runs`` — one row per trained model
-    ``run_id TEXT PRIMARY KEY``  deterministic id, e.g. ``'P-noise0.1-seed2'`` (:func:`make_run_id`);
-    ``setup TEXT``  the training setup / population label (e.g. ``'P'``, ``'PC'``);
-    ``noise REAL``  the noise level; ``seed INTEGER``  the random seed;
+``runs`` — one row per trained model (or other unit result a study names a run)
+    ``run_id TEXT PRIMARY KEY``  deterministic id chosen by the study, e.g. ``'P-noise0.1-seed2'``;
+    ``labels TEXT NOT NULL DEFAULT '{}'``  JSON object of the study's labels of the run (grounding:
+    ``{"noise": 0.1, "seed": 2, "setup": "P"}``; the FLAVA ablation: text, images, seed), sorted keys;
     ``status TEXT NOT NULL DEFAULT 'pending'``  one of ``pending | running | done | failed``;
     ``started TEXT``, ``finished TEXT``  timestamps; ``wall_seconds REAL``  training wall time;
     ``error TEXT``  the error of a failed run. A run row is created as ``pending`` on first mention
@@ -86,6 +86,17 @@ Timestamps are ISO-8601 UTC strings with milliseconds (``2024-05-01T12:00:00.123
     Re-completing a unit first deletes the metrics and pairwise rows it recorded before, so a unit's
     results are exactly those of its last completion.
 
+Older schemas
+-------------
+Version 1 (grounded_fast before the study registry) had grounding's ``setup TEXT, noise REAL,
+seed INTEGER`` columns in ``runs`` instead of ``labels``. Opening a version-1 database for writing
+migrates it in place, in one transaction (the non-NULL ones of the three columns become the
+``labels`` JSON, the columns are dropped, ``user_version`` and the study's ``schema_version``
+become 2; a crash leaves it version 1).
+A read-only open never writes: the database is copied into memory (``sqlite3`` backup API, one
+consistent snapshot) and the same migration runs on the copy, so ``report`` / ``export`` /
+``verify`` see version 2 whatever the file holds.
+
 Export: :meth:`ResultStore.export` writes one file per table (``<table>.csv`` or
 ``<table>.parquet``), NULL as an empty CSV field, floats with ``repr`` precision (exact round trip).
 """
@@ -113,11 +124,11 @@ import numpy as np
 from .._atomic import atomic_path, check_file, fsync_dir, sha256_file, temp_name
 
 __all__ = [
-    "ResultStore", "StoreError", "StudyMismatchError", "make_run_id", "atomic_path", "set_aside",
+    "ResultStore", "StoreError", "StudyMismatchError", "atomic_path", "set_aside",
     "SCHEMA_VERSION", "STATUSES", "TABLES",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("pending", "running", "done", "failed")
 TABLES = ("study", "runs", "checkpoints", "metrics", "pairwise", "units")
 
@@ -129,9 +140,7 @@ _SCHEMA = [
     )""",
     f"""CREATE TABLE IF NOT EXISTS runs (
         run_id TEXT PRIMARY KEY CHECK (run_id <> ''),
-        setup TEXT,
-        noise REAL,
-        seed INTEGER,
+        labels TEXT NOT NULL DEFAULT '{{}}',
         status TEXT NOT NULL DEFAULT 'pending' {_STATUS_CHECK},
         started TEXT,
         finished TEXT,
@@ -184,9 +193,37 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS pairwise_unit ON pairwise (unit_id)",
     "CREATE INDEX IF NOT EXISTS units_kind ON units (kind, status)",
 ]
+_RUNS_V1_LABELS = ("setup", "noise", "seed")   # version 1's grounding-specific columns of ``runs``
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a version-1 database to version 2 inside the caller's transaction, foreign keys off
+    (SQLite's table-rebuild procedure: the new ``runs`` replaces the old one, whose dropping must
+    not cascade to the checkpoints and metrics that refer to it)."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] != 1:
+        return
+    new_runs = _SCHEMA[1].replace("IF NOT EXISTS runs", "runs_v2")
+    conn.execute(new_runs)
+    rows = conn.execute(f"SELECT run_id, {', '.join(_RUNS_V1_LABELS)}, status, started, finished, wall_seconds, "
+                        "error FROM runs").fetchall()
+    conn.executemany(
+        "INSERT INTO runs_v2(run_id, labels, status, started, finished, wall_seconds, error) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(r[0], _dumps({k: v for k, v in zip(_RUNS_V1_LABELS, r[1:4]) if v is not None}, "labels")) + tuple(r[4:])
+         for r in rows])
+    conn.execute("DROP TABLE runs")
+    conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
+    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise StoreError(f"migrating the results database to schema version {SCHEMA_VERSION}: "
+                         f"{len(broken)} row(s) refer to missing rows")
+    conn.execute("UPDATE study SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
 _ORDER = {"study": "key", "runs": "run_id", "checkpoints": "run_id, epoch", "metrics": "metric_id",
           "pairwise": "pair_id", "units": "unit_id"}
-_RUN_FIELDS = ("setup", "noise", "seed", "status", "started", "finished", "wall_seconds", "error")
+_RUN_FIELDS = ("labels", "status", "started", "finished", "wall_seconds", "error")
 _METRIC_KEYS = frozenset({"run_id", "epoch", "split", "name", "value"})
 _PAIR_KEYS = frozenset({"analysis", "population", "model_a", "model_b", "value"})
 _REPO_ROOT = Path(__file__).resolve().parents[2]   # the checkout holding the package, when it is one
@@ -207,11 +244,6 @@ class StudyMismatchError(ValueError):
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def make_run_id(setup: str, noise: float, seed: int) -> str:
-    """Deterministic run id, e.g. ``make_run_id('P', 0.1, 2) == 'P-noise0.1-seed2'``."""
-    return f"{setup}-noise{float(noise):g}-seed{int(seed)}"
 
 
 def _jsonable(obj: Any, where: str = "config") -> Any:
@@ -529,7 +561,25 @@ class ResultStore:
                 raise StoreError(f"{self.path} cannot be read ({e}); if its directory is read-only, copy "
                                  "the run directory somewhere writable and read the copy") from e
         self.journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            conn = self._migrated_copy(conn)
         return conn
+
+    def _migrated_copy(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """An in-memory copy of an older-schema database (``conn``, closed here), migrated: a
+        read-only open sees the current schema and the file is never written."""
+        copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            conn.backup(copy)
+            copy.execute("BEGIN IMMEDIATE")
+            _migrate(copy)
+            copy.execute("COMMIT")
+        except BaseException:
+            copy.close()
+            raise
+        finally:
+            conn.close()
+        return copy
 
     def _read_only_connection(self, uri: str) -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False)
@@ -564,6 +614,16 @@ class ResultStore:
         return self._conn
 
     def _ensure_schema(self) -> None:
+        """Create the schema in a new database, migrate an older one (one transaction, see the
+        module docstring), refuse a newer one or a foreign SQLite file."""
+        conn = self._connection()
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 1:
+            conn.execute("PRAGMA foreign_keys=OFF")   # outside a transaction only; see _migrate
+            try:
+                with self.transaction() as c:
+                    _migrate(c)
+            finally:
+                conn.execute("PRAGMA foreign_keys=ON")
         with self.transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -801,8 +861,9 @@ class ResultStore:
     def mark_run(self, run_id: str, **fields: Any) -> dict:
         """Create or update a run row; returns the row.
 
-        Fields: ``setup, noise, seed, status, started, finished, wall_seconds, error`` (others
-        raise). ``status='running'`` stamps ``started`` (and clears ``finished``, ``error``,
+        Fields: ``labels`` (a mapping of the study's labels of the run, JSON values; replaces the
+        stored labels), ``status, started, finished, wall_seconds, error`` (others raise).
+        ``status='running'`` stamps ``started`` (and clears ``finished``, ``error``,
         ``wall_seconds``) unless given; ``'done'`` / ``'failed'`` stamp ``finished`` unless given.
         ``error`` may be an exception.
         """
@@ -814,13 +875,20 @@ class ResultStore:
         return row
 
     def run(self, run_id: str) -> dict | None:
-        """The run's row, or None."""
-        rows = self._select("runs", {"run_id": run_id})
+        """The run's row (``labels`` decoded), or None."""
+        rows = self.runs(run_id=run_id)
         return rows[0] if rows else None
 
-    def runs(self, status: str | None = None, setup: str | None = None) -> list[dict]:
-        """Run rows, filtered by status / setup, ordered by run_id."""
-        return self._select("runs", {"status": status, "setup": setup})
+    def runs(self, status: str | None = None, labels: Mapping[str, Any] | None = None, *,
+             run_id: str | None = None) -> list[dict]:
+        """Run rows (``labels`` decoded to a dict), ordered by run_id, filtered by status and by
+        ``labels`` (rows whose labels hold every given key with an equal value)."""
+        rows = self._select("runs", {"status": status, "run_id": run_id})
+        for r in rows:
+            r["labels"] = json.loads(r["labels"])
+        if labels:
+            rows = [r for r in rows if all(k in r["labels"] and _same(r["labels"][k], v) for k, v in labels.items())]
+        return rows
 
     @staticmethod
     def _run_update(fields: dict) -> dict:
@@ -837,14 +905,14 @@ class ResultStore:
                 if v not in STATUSES:
                     raise ValueError(f"{what}: status must be one of {STATUSES}, got {v!r}")
                 out[k] = v
-            elif k in ("noise", "wall_seconds"):
+            elif k == "wall_seconds":
                 out[k] = _finite(v, what)
-                if k == "wall_seconds" and out[k] < 0:
+                if out[k] < 0:
                     raise ValueError(f"{what}: negative wall time {v!r}")
-            elif k == "seed":
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                    raise TypeError(f"{what}: seed must be an integer, got {v!r}")
-                out[k] = int(v)
+            elif k == "labels":
+                if not isinstance(v, Mapping):
+                    raise TypeError(f"{what}: labels must be a mapping of names to JSON values, got {v!r}")
+                out[k] = _dumps(v, f"run {run_id!r} labels")
             elif k in ("started", "finished"):
                 out[k] = v.isoformat(timespec="milliseconds") if isinstance(v, _dt.datetime) else _opt_str(v, what)
             elif k == "error":
