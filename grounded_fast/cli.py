@@ -253,13 +253,19 @@ def _run_study(args) -> int:
 
 def _run_and_report(study: str, cfg, out: str, progress: bool, executor, force_new: bool = False) -> int:
     from .experiments import studies
-    from .experiments.runner import run_study, study_report
+    from .experiments.runner import run_study, study_report, warning_counts
+    from .experiments.store import ResultStore
     t0 = time.time()
     entry = studies.get(study)
     res = run_study(entry, cfg, out, progress=progress, executor=executor, force_new=force_new)
     md, html = study_report(out)
     print(f"{study} done in {time.time() - t0:.0f} s; report: {md} and {html}")
     print("\n".join(entry.summary(res)))
+    with ResultStore(os.path.join(out, "results.sqlite"), read_only=True) as store:
+        counted = warning_counts(store)
+    if counted:
+        print(f"{sum(sum(u.values()) for u in counted.values())} warnings of {len(counted)} kinds were raised "
+              f"inside the units: counted in {os.path.join(out, 'run.log')} and the report's last section")
     return 0
 
 

@@ -123,6 +123,48 @@ def test_report_of_a_study_this_version_does_not_know_is_one_line_exit_2(tmp_pat
     assert err.count("\n") == 1 and "holds a 'toy' run" in err and not (tmp_path / "r").exists()
 
 
+def _warning_unit(k, cfg, out_dir, shared, progress):
+    """The toy unit, warning as a training loop whose OT loss does not always converge."""
+    import warnings
+    for bad in ([0, 3], [k]):
+        warnings.warn(f"entropic_ot: problems {bad} did not converge within max_iter", RuntimeWarning)
+    return _run_unit(k, cfg, out_dir, shared, progress)
+
+
+def _warning_total(store, cfg, out_dir, shared):
+    import warnings
+    warnings.warn("a step's warning", UserWarning)
+    return _total(store, cfg, out_dir, shared)
+
+
+def test_warnings_inside_units_are_counted_not_printed(tmp_path, capfd, monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, "toy", dataclasses.replace(
+        TOY, run_unit=_warning_unit, after=(studies.Step("total", _warning_total),)))
+    out = tmp_path / "run"
+    assert main(["run", "toy", "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    printed, err = capfd.readouterr()
+    assert "did not converge" not in err and "a step's warning" not in err
+    assert "7 warnings of 2 kinds were raised inside the units" in printed
+    kind = "RuntimeWarning: entropic_ot: problems [...] did not converge within max_iter"
+    with ResultStore(out / "results.sqlite", read_only=True) as store:
+        assert store.unit("square/k1")["payload"]["warnings"] == {kind: 2}
+        assert store.unit("total")["payload"]["warnings"] == {"UserWarning: a step's warning": 1}
+    log = (out / "run.log").read_text()
+    assert f"square/k2: 2 x {kind}" in log and "total: 1 x UserWarning: a step's warning" in log
+    report = (out / "report.md").read_text()
+    assert "## Warnings during the run" in report and f"| {kind} | 3 | 6 |" in report
+
+
+def test_progress_without_a_terminal_is_plain_lines(tmp_path, capfd, toy):
+    """stderr is not a terminal here (as in a log file): one line per unit, no \\r or escape codes."""
+    assert main(["run", "toy", "--out", str(tmp_path / "run"), "--workers", "1"]) == 0
+    err = capfd.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    assert [line.split(" (")[0] for line in err.splitlines() if "(" in line] == [
+        "k0: 1/1 steps", "toy study: 1/4 units", "k1: 1/1 steps", "toy study: 2/4 units", "k2: 1/1 steps",
+        "toy study: 3/4 units", "toy study: 4/4 units"], err
+
+
 # ---- results directories written by schema 1 (runs with grounding's setup / noise / seed columns)
 _V1_RUNS = """CREATE TABLE runs_v1 (
     run_id TEXT PRIMARY KEY CHECK (run_id <> ''),

@@ -15,12 +15,16 @@ with identical results; only this process writes the store.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
 import logging
 import os
+import re
+import sys
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -42,8 +46,35 @@ def _logger(out_dir: str) -> logging.Handler:
     return handler
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    return tqdm(total=total, desc=desc, disable=not enabled, unit="unit")
+def _progress(total: int, desc: str, enabled: bool, unit: str = "unit", every: int = 1, **bar):
+    """A progress bar on a terminal; where stderr is not one (a log file, a batch job) plain lines
+    instead (:class:`_LineProgress`, one per ``every`` steps), without carriage returns or escape codes."""
+    if enabled and not _stderr_is_terminal():
+        return _LineProgress(total, desc, unit, every)
+    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, **bar)
+
+
+def _stderr_is_terminal() -> bool:
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+class _LineProgress:
+    """The part of tqdm's interface the runner uses (``n``, ``total``, ``update``, ``close``),
+    printing one line to stderr per ``every`` steps and at the end."""
+
+    def __init__(self, total: int, desc: str, unit: str, every: int = 1):
+        self.n, self.total, self.desc, self.unit, self.every = 0, total, desc, unit, max(1, every)
+        self.start, self._printed = time.time(), 0
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if k and (self.n - self._printed >= self.every or self.n >= (self.total or 0)):
+            self._printed = self.n
+            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({time.time() - self.start:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 class _UnitBars:
@@ -59,8 +90,9 @@ class _UnitBars:
         if bar is None:
             used = set(self.positions.values())
             self.positions[task.key] = next(p for p in range(1, len(self.bars) + 2) if p not in used)
-            bar = self.bars[task.key] = tqdm(total=total, desc=task.key.split("/", 1)[-1], unit=self.unit,
-                                             leave=False, position=self.positions[task.key])
+            bar = self.bars[task.key] = _progress(total, task.key.split("/", 1)[-1], True, self.unit,
+                                                  every=max(1, total // 10), leave=False,
+                                                  position=self.positions[task.key])
         bar.total = total
         bar.update(done - bar.n)
 
@@ -109,6 +141,7 @@ def _commit(store: ResultStore, task: Task, out: dict) -> None:
                         checkpoints=[(run_id, epoch, path) for epoch, path in out["checkpoints"]],
                         runs=[{"run_id": run_id, "status": "done", "wall_seconds": out["wall_seconds"]}])
     log.info("%s done in %.1f s: %s", run_id, out["wall_seconds"], json.dumps(out["metrics"]))
+    _log_warnings(task.key, out["payload"])
 
 
 def file_records(out_dir: str, written: List[Written]) -> Dict[str, dict]:
@@ -198,7 +231,8 @@ def run_study(study, cfg, out_dir: str, progress: bool = True, executor: Optiona
         for u in todo:
             store.mark_run(u.run_id, labels=dict(u.labels), status="pending")
         bar.update(len(units) - len(todo))
-        _run_units(store, [(u.unit_id, functools.partial(study.run_unit, u.spec, cfg, out_dir)) for u in todo],
+        _run_units(store, [(u.unit_id, functools.partial(_counting_warnings, functools.partial(
+                       study.run_unit, u.spec, cfg, out_dir))) for u in todo],
                    bar, progress, executor or ExecutorConfig(), prepared, study.progress_unit)
         for step in study.after:
             _run_step(store, step, cfg, out_dir, prepared, bar)
@@ -210,11 +244,50 @@ def _run_step(store: ResultStore, step, cfg, out_dir: str, prepared: Callable[[]
     """A main-process step (``studies.Step``): run unless done, its record committed in one transaction."""
     if not store.unit_done(step.unit_id):
         t0 = time.time()
-        out = step.run(store, cfg, out_dir, prepared())
+        data = prepared()
+        out = _counting_warnings(lambda *_: step.run(store, cfg, out_dir, data), None, None)
         store.complete_unit(step.unit_id, step.unit_id, jsonable(out.get("payload", {})),
                             metrics=out.get("metrics", ()), pairwise=out.get("pairwise", ()))
         log.info("%s done in %.1f s", step.unit_id, time.time() - t0)
+        _log_warnings(step.unit_id, out.get("payload", {}))
     bar.update(1)
+
+
+def _counting_warnings(work: Callable[[Any, Any], dict], data, progress) -> dict:
+    """``work(data, progress)`` with the Python warnings it raises recorded instead of printed
+    (expected ones, such as the OT loss not converging in some training steps, would flood the
+    console): its result's payload gains ``warnings`` {kind: count} (see :func:`warning_kind`),
+    which ``run.log``, the report and the CLI's last line show."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = work(data, progress)
+    if caught:
+        counts = collections.Counter(warning_kind(w.message, w.category) for w in caught)
+        out["payload"] = {**out.get("payload", {}), "warnings": dict(sorted(counts.items()))}
+    return out
+
+
+_BRACKETED = re.compile(r"\[[^\]]*\]")
+
+
+def warning_kind(message, category) -> str:
+    """A warning as one counted kind: its category and message, with bracketed lists (e.g. the
+    indices of the problems that did not converge) shown as ``[...]``."""
+    return f"{category.__name__}: {_BRACKETED.sub('[...]', str(message))}"
+
+
+def _log_warnings(unit_id: str, payload: dict) -> None:
+    for kind, n in payload.get("warnings", {}).items():
+        log.warning("%s: %d x %s", unit_id, n, kind)
+
+
+def warning_counts(store: ResultStore) -> Dict[str, Dict[str, int]]:
+    """{warning kind: {unit id: count}} over the units the store records."""
+    table: Dict[str, Dict[str, int]] = collections.defaultdict(dict)
+    for unit in store.units():
+        for kind, n in unit["payload"].get("warnings", {}).items():
+            table[kind][unit["unit_id"]] = int(n)
+    return dict(table)
 
 
 def jsonable(x):
@@ -239,4 +312,11 @@ def study_report(out_dir: str, to: Optional[str] = None) -> tuple:
     with ResultStore(os.path.join(out_dir, "results.sqlite"), read_only=True) as store:
         study = get(store.study_info().get("name"))
         rep = study.report(store, out_dir)
+        counted = warning_counts(store)
+    if counted:
+        rep.add_heading("Warnings during the run")
+        rep.add_paragraph("Python warnings raised inside the units, counted instead of printed (also in "
+                          "`run.log`, one line per unit and kind).")
+        rep.add_table(["warning", "units", "times"],
+                      [[kind, len(units), sum(units.values())] for kind, units in sorted(counted.items())])
     return rep.write(to or out_dir)
