@@ -264,7 +264,8 @@ def _run_and_report(study: str, cfg, out: str, progress: bool, executor, force_n
     with ResultStore(os.path.join(out, "results.sqlite"), read_only=True) as store:
         counted = warning_counts(store)
     if counted:
-        print(f"{sum(sum(u.values()) for u in counted.values())} warnings of {len(counted)} kinds were raised "
+        total = sum(sum(u.values()) for u in counted.values())
+        print(f"{total} warning{'s' * (total != 1)} of {len(counted)} kind{'s' * (len(counted) != 1)} raised "
               f"inside the units: counted in {os.path.join(out, 'run.log')} and the report's last section")
     return 0
 

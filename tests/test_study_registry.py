@@ -144,7 +144,7 @@ def test_warnings_inside_units_are_counted_not_printed(tmp_path, capfd, monkeypa
     assert main(["run", "toy", "--out", str(out), "--no-progress", "--workers", "1"]) == 0
     printed, err = capfd.readouterr()
     assert "did not converge" not in err and "a step's warning" not in err
-    assert "7 warnings of 2 kinds were raised inside the units" in printed
+    assert "7 warnings of 2 kinds raised inside the units" in printed
     kind = "RuntimeWarning: entropic_ot: problems [...] did not converge within max_iter"
     with ResultStore(out / "results.sqlite", read_only=True) as store:
         assert store.unit("square/k1")["payload"]["warnings"] == {kind: 2}
