@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_schema_v1 import V1_SCHEMA
 
 from grounded_fast.experiments import store as store_mod
 from grounded_fast.experiments.store import (
@@ -547,70 +548,7 @@ def test_concurrent_writer_processes(tmp_path):
     assert _counts(path)["units"] == 24
 
 
-# ---- schema 1: the store before the study registry (its DDL copied verbatim from that version)
-_V1_STATUS_CHECK = "CHECK (status IN ('pending', 'running', 'done', 'failed'))"
-_V1_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS study (
-        key TEXT PRIMARY KEY,
-        value TEXT
-    )""",
-    f"""CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY CHECK (run_id <> ''),
-        setup TEXT,
-        noise REAL,
-        seed INTEGER,
-        status TEXT NOT NULL DEFAULT 'pending' {_V1_STATUS_CHECK},
-        started TEXT,
-        finished TEXT,
-        wall_seconds REAL,
-        error TEXT
-    )""",
-    f"""CREATE TABLE IF NOT EXISTS units (
-        unit_id TEXT PRIMARY KEY CHECK (unit_id <> ''),
-        kind TEXT NOT NULL,
-        status TEXT NOT NULL {_V1_STATUS_CHECK},
-        payload TEXT NOT NULL DEFAULT '{{}}',
-        error TEXT,
-        finished TEXT
-    )""",
-    """CREATE TABLE IF NOT EXISTS checkpoints (
-        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-        epoch INTEGER NOT NULL CHECK (epoch >= 0),
-        path TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size_bytes INTEGER NOT NULL,
-        created TEXT NOT NULL,
-        PRIMARY KEY (run_id, epoch)
-    )""",
-    """CREATE TABLE IF NOT EXISTS metrics (
-        metric_id INTEGER PRIMARY KEY,
-        run_id TEXT REFERENCES runs(run_id) ON DELETE CASCADE,
-        epoch INTEGER CHECK (epoch IS NULL OR epoch >= 0),
-        split TEXT NOT NULL DEFAULT '',
-        name TEXT NOT NULL CHECK (name <> ''),
-        value REAL NOT NULL,
-        unit_id TEXT REFERENCES units(unit_id) ON DELETE CASCADE,
-        recorded TEXT NOT NULL
-    )""",
-    """CREATE UNIQUE INDEX IF NOT EXISTS metrics_key
-        ON metrics (IFNULL(run_id, ''), IFNULL(epoch, -1), split, name)""",
-    "CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, split)",
-    "CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id)",
-    "CREATE INDEX IF NOT EXISTS metrics_unit ON metrics (unit_id)",
-    """CREATE TABLE IF NOT EXISTS pairwise (
-        pair_id INTEGER PRIMARY KEY,
-        analysis TEXT NOT NULL CHECK (analysis <> ''),
-        population TEXT,
-        model_a TEXT NOT NULL,
-        model_b TEXT NOT NULL,
-        value REAL NOT NULL,
-        unit_id TEXT REFERENCES units(unit_id) ON DELETE CASCADE,
-        recorded TEXT NOT NULL,
-        UNIQUE (analysis, model_a, model_b)
-    )""",
-    "CREATE INDEX IF NOT EXISTS pairwise_unit ON pairwise (unit_id)",
-    "CREATE INDEX IF NOT EXISTS units_kind ON units (kind, status)",
-]
+# ---- schema 1: the store before the study registry (tests/store_schema_v1.py)
 
 
 def _schema_1_store(path, tmp_path):
@@ -621,7 +559,7 @@ def _schema_1_store(path, tmp_path):
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("BEGIN")
-    for stmt in _V1_SCHEMA:
+    for stmt in V1_SCHEMA:
         con.execute(stmt)
     con.execute("PRAGMA user_version=1")
     con.executemany("INSERT INTO study VALUES (?, ?)", [("name", "grounding"), ("config", '{"seeds":[0]}'),

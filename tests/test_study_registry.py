@@ -8,6 +8,7 @@ import sqlite3
 import time
 
 import pytest
+from store_schema_v1 import V1_SCHEMA
 
 from grounded_fast.cli import main
 from grounded_fast.experiments import studies
@@ -166,17 +167,8 @@ def test_progress_without_a_terminal_is_plain_lines(tmp_path, capfd, toy):
 
 
 # ---- results directories written by schema 1 (runs with grounding's setup / noise / seed columns)
-_V1_RUNS = """CREATE TABLE runs_v1 (
-    run_id TEXT PRIMARY KEY CHECK (run_id <> ''),
-    setup TEXT,
-    noise REAL,
-    seed INTEGER,
-    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    started TEXT,
-    finished TEXT,
-    wall_seconds REAL,
-    error TEXT
-)"""
+_V1_RUNS = next(stmt for stmt in V1_SCHEMA if "EXISTS runs (" in stmt).replace(
+    "CREATE TABLE IF NOT EXISTS runs (", "CREATE TABLE runs_v1 (")
 
 
 def _as_schema_1(db):
