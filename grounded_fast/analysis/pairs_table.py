@@ -60,7 +60,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .stats import (KruskalResult, MannWhitneyResult, MantelResult, kruskal_wallis, mann_whitney, mantel)
+from .stats import (KruskalResult, MannWhitneyResult, MantelResult, kruskal_wallis, mann_whitney, mantel,
+                    pair_mask)
 
 __all__ = ["PairsTableError", "PairsTable", "BlockSummary", "PermutationTest", "MetricAnalysis",
            "MetricComparison", "PairsAnalysis", "load_pairs", "load_population_csv", "assign_populations",
@@ -407,11 +408,6 @@ def assign_populations(models: Sequence[str], regex: Optional[str] = None,
 
 
 # ----------------------------------------------------------------------------- statistics
-def _pair_mask(M: int, ordered: bool) -> np.ndarray:
-    """(M, M) bool: the pairs analysed, i < j, or every i != j when ordered."""
-    return ~np.eye(M, dtype=bool) if ordered else np.triu(np.ones((M, M), dtype=bool), k=1)
-
-
 def population_permutation_test(matrix: np.ndarray, populations: Sequence[str], permutations: int = 9999,
                                 seed: int = 0, ordered: bool = False) -> PermutationTest:
     """Permutation test of mean(within-population) − mean(between-population) pair values.
@@ -426,7 +422,7 @@ def population_permutation_test(matrix: np.ndarray, populations: Sequence[str], 
     np.fill_diagonal(m, 0.0)
     labels = np.asarray(populations)
     same = (labels[:, None] == labels[None, :]).astype(np.float64)
-    mask = _pair_mask(m.shape[0], ordered)
+    mask = pair_mask(m.shape[0], ordered)
     within, between = m[mask & (same == 1)], m[mask & (same == 0)]
     res = mantel(m, same, method="pearson", permutations=permutations, seed=seed, ordered=ordered)
     return PermutationTest(float(within.mean() - between.mean()), res.statistic, res.pvalue, res.permutations,
@@ -436,7 +432,7 @@ def population_permutation_test(matrix: np.ndarray, populations: Sequence[str], 
 def _block_values(m: np.ndarray, ia: np.ndarray, ib: np.ndarray, ordered: bool) -> np.ndarray:
     sub = m[np.ix_(ia, ib)]
     if ia is ib:
-        return sub[_pair_mask(ia.size, ordered)]
+        return sub[pair_mask(ia.size, ordered)]
     return sub.ravel()
 
 
@@ -456,7 +452,7 @@ def _bootstrap_ci(m: np.ndarray, ia: np.ndarray, ib: np.ndarray, ordered: bool, 
         db = da if within else ib[rng.integers(0, n_b, (b, n_b))]
         vals = m[da[:, :, None], db[:, None, :]]  # (b, n_a, n_b)
         if within:
-            keep = _pair_mask(n_a, ordered)[None] & (da[:, :, None] != db[:, None, :])
+            keep = pair_mask(n_a, ordered)[None] & (da[:, :, None] != db[:, None, :])
             total, count = np.where(keep, vals, 0.0).sum((1, 2)), keep.sum((1, 2))
             ok = count > 0
             means.append(total[ok] / count[ok])
@@ -495,7 +491,7 @@ def _analyse_metric(name: str, raw: np.ndarray, how: str, directional: str, pops
             lo, hi = _bootstrap_ci(filled, ia, ib, ordered, bootstrap, confidence, rng)
             blocks.append(BlockSummary((a, b), int(vals.size), float(vals.mean()), lo, hi))
             groups.append(vals)
-    mask = _pair_mask(len(pops), ordered)
+    mask = pair_mask(len(pops), ordered)
     same = labels[:, None] == labels[None, :]
     within, between = filled[mask & same], filled[mask & ~same]
     pooled = np.concatenate(groups)

@@ -131,13 +131,15 @@ def _upper(m: np.ndarray) -> np.ndarray:
     return m[np.triu_indices(m.shape[0], k=1)]
 
 
+def pair_mask(M: int, ordered: bool) -> np.ndarray:
+    """(M, M) bool: the pairs compared, i < j, or every i != j when ``ordered``."""
+    return ~np.eye(M, dtype=bool) if ordered else np.triu(np.ones((M, M), dtype=bool), k=1)
+
+
 def _pair_indices(M: int, ordered: bool) -> tuple:
-    """Row and column indices of the pairs compared: i < j, or every i != j when ``ordered``
-    (row-major order; M(M-1)/2 or M(M-1) pairs)."""
-    if not ordered:
-        return np.triu_indices(M, k=1)
-    i, j = np.nonzero(~np.eye(M, dtype=bool))
-    return i, j
+    """Row and column indices of the pairs compared (:func:`pair_mask`), in row-major order:
+    M(M-1)/2 or M(M-1) pairs."""
+    return np.nonzero(pair_mask(M, ordered))
 
 
 def _check_not_constant(v: np.ndarray, name: str) -> None:
