@@ -168,13 +168,12 @@ def _units_done(store: ResultStore, unit: str, run_id: str) -> bool:
 
 def _run_units(store: ResultStore, items: List[tuple], bar, progress: bool, executor: ExecutorConfig,
                prepare: Callable[[], object], unit: str = "step") -> None:
-    """Independent units: ``items`` are (unit_id '<kind>/<run_id>', work); a unit recorded as done
-    with verified checkpoints is skipped (``bar`` advanced); ``prepare()`` (the shared inputs) runs
-    only if some unit is left; ``work(data, progress) -> unit_result(...)`` runs on ``executor``
-    and each result is committed here as it arrives. A run is marked 'running' when it first
+    """Independent units left to do (the caller skips those :func:`_units_done` accepts): ``items``
+    are (unit_id '<kind>/<run_id>', work); ``prepare()`` (the shared inputs) runs only if some unit
+    is left; ``work(data, progress) -> unit_result(...)`` runs on ``executor`` and each result is
+    committed here as it arrives (``bar`` advanced). A run is marked 'running' when it first
     reports progress and 'failed' (with the error) when it raises."""
-    tasks = [Task(uid, work) for uid, work in items if not _units_done(store, uid, uid.split("/", 1)[1])]
-    bar.update(len(items) - len(tasks))
+    tasks = [Task(uid, work) for uid, work in items]
     if not tasks:
         return
     bars, started = _UnitBars(progress, unit), set()
