@@ -9,6 +9,8 @@ empty file, a header only) is an error too.
 ========================  =====================================================================
 VATEX                     :func:`load_vatex` -> :class:`VatexDataset` of :class:`VatexVideo`
                           (10 en + 10 zh captions, lazily memory-mapped (T, D) features)
+COCO Captions             :func:`load_coco_captions` -> list of :class:`CocoImage` (captions
+                          grouped per image, image files located)
 Multi30k task 2           :func:`load_multi30k` -> list of :class:`Multi30kImage` (5 en + 5 de);
                           :func:`load_multi30k_builtin` (shipped subset), ``*_jsonl`` read/write
 WiT-style TSV             :func:`load_wit_tsv` -> list of :class:`WitRecord`
@@ -21,6 +23,7 @@ Concreteness norms        :func:`load_concreteness_norms` (from :mod:`grounded_f
 """
 from ..analysis.concreteness import load_concreteness_norms
 from .formats._io import DataFormatError
+from .formats.coco import CocoImage, load_coco_captions
 from .formats.blimp import BlimpPair, list_blimp_phenomena, load_blimp
 from .formats.glue import GLUE_TASKS, GlueExample, GlueTask, load_cola, load_glue_tsv, load_mrpc, load_sst2
 from .formats.multi30k import (MULTI30K_BUILTIN_FILES, Multi30kImage, load_multi30k, load_multi30k_builtin,
@@ -31,6 +34,7 @@ from .formats.wit import WitRecord, load_wit_tsv
 __all__ = [
     "DataFormatError",
     "VatexVideo", "VatexDataset", "load_vatex", "I3D_FEATURE_DIM",
+    "CocoImage", "load_coco_captions",
     "Multi30kImage", "load_multi30k", "load_multi30k_jsonl", "write_multi30k_jsonl",
     "load_multi30k_builtin", "MULTI30K_BUILTIN_FILES",
     "WitRecord", "load_wit_tsv",
