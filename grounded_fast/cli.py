@@ -218,6 +218,7 @@ def _run_study(args) -> int:
     from .experiments import studies
     from .experiments.executors import ExecutorConfig, session
     from .experiments.run_lock import RunDirBusyError
+    from .experiments.runner import StudyDataError
     from .experiments.store import StoreError, StudyMismatchError
     config_cls = studies.get(args.study).config_cls
     out = args.out or os.path.join("runs", f"{args.study}-{args.preset or 'tiny'}")
@@ -239,6 +240,10 @@ def _run_study(args) -> int:
             return _run_and_report(args.study, cfg, out, not args.no_progress, executor, args.force_new)
     except (ConnectionError, RunDirBusyError, StoreError) as exc:
         print(f"grounded-fast run: {exc}", file=sys.stderr)
+        return 2
+    except StudyDataError as exc:
+        print(f"grounded-fast run: data: {exc} (no unit was started; details in {os.path.join(out, 'run.log')})",
+              file=sys.stderr)
         return 2
     except StudyMismatchError as exc:
         print(f"grounded-fast run: {out} holds another run ({exc}); rerun with that run's settings, use "

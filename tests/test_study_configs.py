@@ -54,9 +54,23 @@ BAD_VALUES = [
     ("groundedbert", "ot_reg = nan", "ot_reg = nan: must be a finite number"),
     ("groundedbert", "ot_weight = inf", "ot_weight = inf: must be a finite number"),
     ("groundedbert", 'model_preset = "huge"', "model_preset = 'huge': must be one of ['paper', 'small', 'tiny']"),
-    ("groundedbert", 'glue_task = "nope"', "glue_task = 'nope': must be a GLUE classification task"),
-    ("groundedbert", 'glue_task = "stsb"', "glue_task = 'stsb': must be a GLUE classification task"),
-    ("groundedbert", 'glue_dir = "{missing}"', "glue_dir = '{missing}': must be a directory holding train.tsv"),
+    ("groundedbert", '[downstream]\ntask = "nope"', "downstream.task = 'nope': must be a GLUE classification task"),
+    ("groundedbert", '[downstream]\ntask = "stsb"', "downstream.task = 'stsb': must be a GLUE classification task"),
+    ("groundedbert", '[downstream]\nkind = "glue"\npath = "{missing}"',
+     "downstream.path = '{missing}': no such file or directory"),
+    ("groundedbert", '[downstream]\nkind = "glue"\npath = "{here}"',
+     "downstream.path = '{here}': must be a GLUE task directory holding train.tsv and dev.tsv (missing: train.tsv, "
+     "dev.tsv)"),
+    ("groundedbert", '[data]\nkind = "wit"', "data.kind = 'wit': must be one of ['demo', 'coco'] for this study"),
+    ("groundedbert", '[data]\ntext_encoder = "{here}"',
+     "data.text_encoder = '{here}': not a Hugging Face model directory (no config.json in it)"),
+    ("grounding", '[data]\nkind = "vatex"', "data.path = '': must name the vatex data"),
+    ("grounding", '[data]\npath = "{here}"', "data.path = '{here}': must be empty for kind 'demo'"),
+    ("grounding", '[data]\nkind = "vatex"\npath = "{here}"', "data.path = '{here}': not a vatex data set: "),
+    ("grounding", '[data]\nsplit = "x"', "unknown GroundingStudyConfig.data key(s) ['split']"),
+    ("grounding", 'data = 3', "data = 3: must be a mapping"),
+    ("flava-ablation", '[blimp]\nkind = "blimp"\npath = "{missing}"', "blimp.path = '{missing}': no such file"),
+    ("flava-ablation", '[text]\nkind = "glue"', "text.kind = 'glue': must be one of"),
     ("groundedbert", "variants = [1, 2]", "variants[0] = 1: must be a string"),
     ("groundedbert", "batch_size = 1", "batch_size = 1: must be >= 2"),
     ("grounding", 'model_preset = "huge"', "model_preset = 'huge': must be one of"),
@@ -73,11 +87,13 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("study, line, message", BAD_VALUES, ids=[f"{s}:{ln}" for s, ln, _ in BAD_VALUES])
 def test_bad_value_is_one_line_and_writes_nothing(tmp_path, capsys, study_start, study, line, message):
-    missing = str(tmp_path / "no-such-glue-dir")
+    paths = {"missing": str(tmp_path / "no-such-dir"), "here": str(tmp_path)}
     out = tmp_path / "out"
-    assert _run(tmp_path, study, line.format(missing=missing) + "\n", out) == 2
+    assert _run(tmp_path, study, line.format(**paths) + "\n", out) == 2
     err = _one_line_error(capsys)
-    assert "config.toml" in err and f"{CONFIGS[study].__name__}.{message.format(missing=missing)}" in err
+    expected = message.format(**paths)
+    expected = expected if expected.startswith("unknown") else f"{CONFIGS[study].__name__}.{expected}"
+    assert "config.toml" in err and expected in err
     assert not out.exists() and study_start == []
 
 
@@ -126,7 +142,7 @@ def test_runner_checks_a_config_changed_after_construction(tmp_path, monkeypatch
     ("broken.yaml", "ot_reg: 0.1\nvariants: [none, balanced\n", "broken.yaml: invalid YAML: line 3, column 1: "),
     ("broken.yaml", "ot_reg: 0.1\n  seed: 2\n", "broken.yaml: invalid YAML: line 2, column 7: "),
     ("broken.toml", "ot_reg = 0.1\nseed = \n", "broken.toml: invalid TOML: Invalid value (at line 2, column 8)"),
-    ("latin1.toml", "seed = 1\nglue_task = \"caf\xe9\"\n", "latin1.toml: line 2: not UTF-8 text"),
+    ("latin1.toml", "seed = 1\nmodel_preset = \"caf\xe9\"\n", "latin1.toml: line 2: not UTF-8 text"),
     ("list.yaml", "- ot_reg\n", "list.yaml: the config must be a mapping of keys to values"),
     ("conf.json", "[1]", "conf.json: config files must end in .toml, .yaml or .yml"),
 ])

@@ -8,9 +8,16 @@ For every target sentence the three sources of the same content:
 and the target as word ids of a :class:`~grounded_fast.data.demo.Vocab` (BOS / EOS added).
 Features are extracted once and kept in a :class:`~grounded_fast.data.features.FeatureCache`.
 Multi30k has no images: it gives P and T only (target = caption 1, P = caption 2, T = German 1).
+
+From a real corpus (:func:`corpus_grounding_data`, items of
+:func:`grounded_fast.data.corpora.read_corpus`): target = English caption 1, P = English caption 2,
+T = the first second-language caption (VATEX Chinese, Multi30k German) through the translation
+encoder, C = the item's precomputed features (e.g. VATEX I3D clips) or its image through the
+vision encoder.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -128,4 +135,105 @@ def demo_grounding_data(corpus: DemoCorpus, cache_dir: str, text_encoder=None, v
             sources={"C": (patches[rows].float(), c_mask), "P": (p_states[rows], p_mask[rows]),
                      "T": (t_states[rows], t_mask[rows])},
             targets=all_targets[rows], ids=[ids[k] for k in rows.tolist()], texts=[targets[k] for k in rows.tolist()])
+    return out, vocab
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+def _padded_features(items: Sequence, what: str) -> Tuple[Tensor, Tensor]:
+    """Each item's precomputed (T_i, D) features, zero-padded to (N, max T, D) float32, and the
+    (N, max T) mask of real rows."""
+    arrays = [it.features() for it in items]
+    dims = {a.shape[1] for a in arrays}
+    if len(dims) != 1:
+        first = next(it for it, a in zip(items, arrays) if a.shape[1] != arrays[0].shape[1])
+        raise ValueError(f"{what}: feature files differ in their dimension ({sorted(dims)}; e.g. "
+                         f"{first.features_path} against {items[0].features_path})")
+    longest = max(a.shape[0] for a in arrays)
+    out = torch.zeros(len(arrays), longest, dims.pop())
+    mask = torch.zeros(len(arrays), longest, dtype=torch.bool)
+    for k, a in enumerate(arrays):
+        out[k, :a.shape[0]] = torch.from_numpy(a.astype("float32", copy=False))
+        mask[k, :a.shape[0]] = True
+    return out, mask
+
+
+def visual_source(items: Sequence, cache: FeatureCache, what: str, tag: str, vision_encoder=None,
+                  use_features: bool = False, progress: bool = True) -> Tuple[Tensor, Tensor]:
+    """The visual source of corpus items: (features (N, S, D) float32, mask (N, S) bool), from the
+    items' precomputed feature files (``use_features``; zero-padded to the longest) or their images
+    through ``vision_encoder`` (patches, cached under the item id and a digest of the image bytes).
+    ``what`` names the items in errors (e.g. 'coco train')."""
+    if use_features:
+        return _padded_features(items, what)
+    by_id = {}
+    for it in items:
+        raw = it.image_bytes if it.image_bytes is not None else (
+            it.image_path.read_bytes() if it.image_path is not None else None)
+        if raw is None:
+            raise ValueError(f"{what} item {it.item_id!r}: has no image (give data.images or data.features)")
+        by_id[f"{tag}/{it.item_id}/C:{_digest(raw)}"] = it
+    patches = cache.get_or_compute(list(by_id), lambda b: [by_id[i].image() for i in b],
+                                   lambda batch: vision_encoder.patches(batch).cpu().numpy(), batch_size=16,
+                                   key=f"{vision_encoder.cache_key}/patches", progress=progress,
+                                   return_tensors="pt").float()
+    return patches, torch.ones(patches.shape[:2], dtype=torch.bool)
+
+
+def corpus_caption_image_data(items: Sequence, cache_dir: str, *, tag: str, text_encoder=None, vision_encoder=None,
+                              use_features: bool = False, progress: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """Caption-image pairs of corpus items (e.g. COCO): the first caption's token states (N, L, d)
+    and mask (N, L) from ``text_encoder`` (default the shipped MiniLM), and the visual source
+    (N, S, D) (see :func:`visual_source`; default vision encoder the shipped EfficientNet-Lite0)."""
+    from ..models.encoders import TextEncoder, VisionEncoder
+    text_encoder = text_encoder or TextEncoder.from_pretrained()
+    if not use_features:
+        vision_encoder = vision_encoder or VisionEncoder.from_pretrained()
+    cache = FeatureCache(cache_dir, progress=progress)
+    text = {f"{tag}/{it.item_id}/caption:{_digest(it.captions[0].encode())}": it.captions[0] for it in items}
+    states, mask = cached_text_states(cache, list(text), text, text_encoder, progress)
+    patches, _ = visual_source(items, cache, tag, tag, vision_encoder, use_features, progress)
+    return states, mask, patches
+
+
+def corpus_grounding_data(items: Dict[str, Sequence], cache_dir: str, *, tag: str, text_encoder=None,
+                          translation_encoder=None, vision_encoder=None, use_features: bool = False,
+                          max_target_len: int = 48, vocab: Optional[Vocab] = None,
+                          progress: bool = True) -> Tuple[Dict[str, GroundingData], Vocab]:
+    """Per split, the C / P / T sources and targets of a real corpus.
+
+    items: split -> :class:`~grounded_fast.data.corpora.CorpusItem` list ('train', 'val', 'test').
+    Target = ``captions[0]``, P = ``captions[1]`` (text encoder), T = ``other[0]`` (translation
+    encoder, default the text encoder), C = the item's features (``use_features``) or its image
+    (vision encoder). Encoded text and images are cached under
+    ``cache_dir``, keyed by ``tag``, the item id and a digest of the text / image bytes (an edited
+    caption is re-encoded). ValueError naming the split and item when an item lacks a source.
+    Returns ({split: GroundingData}, vocab built on the training targets unless given).
+    """
+    from ..models.encoders import TextEncoder, VisionEncoder
+    text_encoder = text_encoder or TextEncoder.from_pretrained()
+    translation_encoder = translation_encoder or text_encoder
+    cache = FeatureCache(cache_dir, progress=progress)
+    for split, its in items.items():
+        for it in its:
+            if len(it.captions) < 2:
+                raise ValueError(f"{tag} {split} item {it.item_id!r}: needs 2 English captions (the target and a "
+                                 f"paraphrase, the P source), has {len(it.captions)}")
+            if not it.other:
+                raise ValueError(f"{tag} {split} item {it.item_id!r}: has no second-language caption (the T source)")
+    if not use_features:
+        vision_encoder = vision_encoder or VisionEncoder.from_pretrained()
+    vocab = vocab or build_vocab([it.captions[0] for it in items["train"]])
+    out = {}
+    for split, its in items.items():
+        p_text = {f"{tag}/{it.item_id}/P:{_digest(it.captions[1].encode())}": it.captions[1] for it in its}
+        t_text = {f"{tag}/{it.item_id}/T:{_digest(it.other[0].encode())}": it.other[0] for it in its}
+        sources = {"P": cached_text_states(cache, list(p_text), p_text, text_encoder, progress),
+                   "T": cached_text_states(cache, list(t_text), t_text, translation_encoder, progress),
+                   "C": visual_source(its, cache, f"{tag} {split}", tag, vision_encoder, use_features, progress)}
+        targets = [it.captions[0] for it in its]
+        out[split] = GroundingData(sources=sources, targets=_pad_targets(vocab, targets, max_target_len),
+                                   ids=[it.item_id for it in its], texts=targets)
     return out, vocab

@@ -1,13 +1,14 @@
 """The FLAVA ablation ("Acquiring Linguistic Knowledge from Multimodal Input"), at small scale.
 
 A grid of text volume x image volume (none and three image volumes): for each cell a FLAVA-style
-model is trained on that many words of English text (whole sentences of the shipped Multi30k
-captions, about 60K words, MLM) and that many
-image-caption pairs (the demo corpus, MIM / MMM / ITM / contrastive), with the paper's
+model is trained on that many words of English text (``text``: whole sentences of the shipped
+Multi30k captions, about 60K words, or the captions of a corpus read from a path; MLM) and that many
+image-caption pairs (``data``: the demo corpus, or COCO / WiT captions with their images; MIM / MMM /
+ITM / contrastive), with the paper's
 modality-specific loss scheduler; every ``eval_every`` steps the validation losses drive the
 scheduler and the pseudo-perplexity (PPPL) of held-out sentences selects the checkpoint. The
-selected checkpoint's BLiMP accuracy (pseudo-log-likelihood, good > bad; the shipped 67 x 20
-subset) and PPPL are the cell's results. Tokenizer: the shipped MiniLM's WordPiece.
+selected checkpoint's BLiMP accuracy (pseudo-log-likelihood, good > bad; ``blimp``: the shipped
+67 x 20 subset or the release read from a path) and PPPL are the cell's results. Tokenizer: the shipped MiniLM's WordPiece.
 """
 from __future__ import annotations
 
@@ -17,9 +18,30 @@ import functools
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
+from ..data.config import DataConfig
 from ..models.config import ModelConfig
+
+
+@dataclasses.dataclass
+class FlavaPairsDataConfig(DataConfig):
+    """Image-caption pairs: the demo corpus, or COCO / WiT captions with their images."""
+    kinds = ("demo", "coco", "wit")
+
+
+@dataclasses.dataclass
+class FlavaTextDataConfig(DataConfig):
+    """The text corpus (every English caption of its train split; held-out sentences: the first
+    caption of each val item): the shipped Multi30k subset (``demo``) or a corpus from a path."""
+    kinds = ("demo", "multi30k", "coco", "wit", "vatex")
+
+
+@dataclasses.dataclass
+class BlimpDataConfig(DataConfig):
+    """BLiMP: the shipped 67 x 20 subset (``demo``) or the release (a directory or zip) from a path."""
+    kinds = ("demo", "blimp")
 
 
 @dataclasses.dataclass
@@ -33,8 +55,12 @@ class FlavaStudyConfig(ModelConfig):
     max_text_len: int = 32
     pppl_sentences: int = 200
     blimp_pairs_per_phenomenon: int = 20
+    val_pairs: int = 64
     model_preset: str = "tiny"
     corpus_seed: int = 0
+    data: FlavaPairsDataConfig = dataclasses.field(default_factory=FlavaPairsDataConfig)
+    text: FlavaTextDataConfig = dataclasses.field(default_factory=FlavaTextDataConfig)
+    blimp: BlimpDataConfig = dataclasses.field(default_factory=BlimpDataConfig)
 
     presets = {
         "tiny": dict(image_volumes=(0, 50, 150, 400), steps=120, eval_every=40,
@@ -45,17 +71,20 @@ class FlavaStudyConfig(ModelConfig):
 
     def validate(self) -> None:
         from ..models.flava import FlavaConfig
-        words, held_out = _text_pool_sizes()
-        self.require_at_least(1, "text_volumes", "steps", "batch_size", "eval_every", "max_text_len", "pppl_sentences")
+        self.require_at_least(1, "text_volumes", "steps", "batch_size", "eval_every", "max_text_len", "pppl_sentences",
+                              "val_pairs")
         self.require_at_least(0, "image_volumes")
         self.require_seed("seeds", "corpus_seed")
         self.require_distinct("text_volumes", "image_volumes", "seeds")
-        self.require("text_volumes", max(self.text_volumes) <= words,
-                     f"every value must be <= {words} (the words of the shipped Multi30k training captions)")
-        self.require("pppl_sentences", self.pppl_sentences <= held_out,
-                     f"must be <= {held_out} (the shipped held-out Multi30k captions)")
-        self.require("blimp_pairs_per_phenomenon", 1 <= self.blimp_pairs_per_phenomenon <= 20,
-                     "must be in [1, 20] (the shipped subset)")
+        if self.text.kind == "demo":     # a corpus from a path is counted when the study prepares it
+            words, held_out = _text_pool_sizes()
+            self.require("text_volumes", max(self.text_volumes) <= words,
+                         f"every value must be <= {words} (the words of the shipped Multi30k training captions)")
+            self.require("pppl_sentences", self.pppl_sentences <= held_out,
+                         f"must be <= {held_out} (the shipped held-out Multi30k captions)")
+        most = 20 if self.blimp.kind == "demo" else 1000
+        self.require("blimp_pairs_per_phenomenon", 1 <= self.blimp_pairs_per_phenomenon <= most,
+                     f"must be in [1, {most}] (" + ("the shipped subset)" if most == 20 else "BLiMP's pairs per phenomenon)"))
         self.require_one_of("model_preset", sorted(FlavaConfig.presets))
 
 
@@ -84,11 +113,50 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(shipped_text_model_path(), local_files_only=True)
 
 
+def _text_corpus(cfg: FlavaStudyConfig) -> Tuple[List[str], List[str], str]:
+    """(training sentences, held-out sentences, what they are) of ``cfg.text``."""
+    from ..data import load_multi30k_builtin
+    from ..data.corpora import corpus_files, read_corpus
+    t = cfg.text
+    if t.kind == "demo":
+        return ([s for im in load_multi30k_builtin("train") for s in im.en],
+                [im.en[0] for im in load_multi30k_builtin("val")], "the shipped Multi30k captions")
+    read = functools.partial(read_corpus, t.kind, t.path, splits=t.splits, max_items=t.max_items)
+    if "val" not in corpus_files(t.kind, t.path, t.splits):
+        raise ValueError(f"FlavaStudyConfig.text.path = {t.path!r}: has no val split (its first captions are the "
+                         "held-out sentences of the pseudo-perplexity)")
+    return ([c for it in read("train") for c in it.captions], [it.captions[0] for it in read("val")],
+            f"the {t.kind} captions at {t.path}")
+
+
+def _pair_images(cfg: FlavaStudyConfig, size: int, need: int) -> Tuple["torch.Tensor", List[str]]:
+    """``need`` image-caption pairs of ``cfg.data`` as (images (N, 3, size, size) in [0, 1],
+    captions): the demo corpus's scenes, or a corpus's val items then its train items (images
+    resized to ``size``; the first ``cfg.val_pairs`` are the validation pairs)."""
+    from ..data import DemoCorpus
+    from ..data.corpora import corpus_files, read_corpus
+    d = cfg.data
+    if d.kind == "demo":
+        corpus = DemoCorpus(num_scenes=need, seed=cfg.corpus_seed, image_size=size)
+        return (torch.stack([torch.tensor(it.image).permute(2, 0, 1).float() / 255 for it in corpus]),
+                [it.target for it in corpus])
+    read = functools.partial(read_corpus, d.kind, d.path, splits=d.splits, images=d.images or None)
+    items = (read("val") if "val" in corpus_files(d.kind, d.path, d.splits) else []) + read("train")
+    if len(items) < need:
+        raise ValueError(f"FlavaStudyConfig.data.path = {d.path!r}: {len(items)} image-caption pairs, the grid needs "
+                         f"{need} (the largest image volume + val_pairs = {cfg.val_pairs} validation pairs)")
+    from PIL import Image
+    images = [torch.from_numpy(np.asarray(Image.fromarray(it.image()).convert("RGB").resize((size, size),
+                                                                                          Image.BICUBIC)).copy())
+              for it in items[:need]]
+    return torch.stack(images).permute(0, 3, 1, 2).float() / 255, [it.captions[0] for it in items[:need]]
+
+
 def prepare(cfg: FlavaStudyConfig) -> Dict:
     """Token ids of the text pool, the held-out sentences and the BLiMP pairs; images and caption
-    ids of the pair pool (demo corpus at the model's image size); a fitted k-means codebook."""
+    ids of the pair pool (at the model's image size); a fitted k-means codebook."""
     import grounded_fast.models as gm
-    from ..data import BLIMP_BUILTIN, DemoCorpus, load_blimp, load_multi30k_builtin
+    from ..data import BLIMP_BUILTIN, load_blimp
     from ..models.flava import KMeansCodebook
 
     tok = tokenizer()
@@ -98,17 +166,17 @@ def prepare(cfg: FlavaStudyConfig) -> Dict:
         enc = tok(list(texts), padding=True, truncation=True, max_length=cfg.max_text_len, return_tensors="pt")
         return enc["input_ids"]
 
-    train_text = [s for im in load_multi30k_builtin("train") for s in im.en]
+    train_text, held_out, what = _text_corpus(cfg)
     words = torch.tensor([len(s.split()) for s in train_text]).cumsum(0)
     if max(cfg.text_volumes) > int(words[-1]):
-        raise ValueError(f"text volume {max(cfg.text_volumes)} words exceeds the shipped text pool "
-                         f"({int(words[-1])} words of Multi30k captions)")
-    held_out = [im.en[0] for im in load_multi30k_builtin("val")][:cfg.pppl_sentences]
-    need_images = max(cfg.image_volumes, default=0)
-    corpus = DemoCorpus(num_scenes=max(need_images, 1) + 64, seed=cfg.corpus_seed, image_size=mc.image_size)
-    images = torch.stack([torch.tensor(it.image).permute(2, 0, 1).float() / 255 for it in corpus])
-    captions = [it.target for it in corpus]
-    pairs = load_blimp(BLIMP_BUILTIN)
+        raise ValueError(f"text volume {max(cfg.text_volumes)} words exceeds the text pool "
+                         f"({int(words[-1])} words of {what})")
+    if cfg.pppl_sentences > len(held_out):
+        raise ValueError(f"pppl_sentences = {cfg.pppl_sentences} exceeds the held-out sentences ({len(held_out)} "
+                         f"of {what})")
+    held_out = held_out[:cfg.pppl_sentences]
+    images, captions = _pair_images(cfg, mc.image_size, max(max(cfg.image_volumes), 1) + cfg.val_pairs)
+    pairs = load_blimp(cfg.blimp.path if cfg.blimp.kind == "blimp" else BLIMP_BUILTIN)
     keep, seen = [], {}
     for p in pairs:
         seen[p.uid] = seen.get(p.uid, 0) + 1
@@ -119,7 +187,7 @@ def prepare(cfg: FlavaStudyConfig) -> Dict:
             "codes": codebook.encode(images), "blimp_good": ids([p.sentence_good for p in keep]),
             "blimp_bad": ids([p.sentence_bad for p in keep]), "vocab_size": tok.vocab_size,
             "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
-            "mask_id": tok.mask_token_id, "num_val_pairs": 64}
+            "mask_id": tok.mask_token_id, "num_val_pairs": cfg.val_pairs}
 
 
 def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyConfig, data: Dict,

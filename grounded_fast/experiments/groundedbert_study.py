@@ -6,13 +6,16 @@ cached), L = L_match + lambda L_OT with OT = none / balanced / partial with mass
 the step time spent in the OT loss (its forward; the envelope gradient is a product with the
 plan) is measured. Downstream: a classifier on [h_CLS; g_CLS] (grounding MLP frozen) trained on a
 GLUE-format task and scored on its dev split; the ``text-only`` variant uses h_CLS alone.
-The task: any GLUE-format directory (``glue_dir`` + ``glue_task``, e.g. SST-2's train.tsv /
-dev.tsv), or by default a built-in SST-2-format task written from the demo corpus: is the spatial
-relation of a sentence vertical (above / below) or horizontal (left / right / next to)?
+Pre-training data (``data``): the demo corpus, or COCO-format captions with their images (or
+precomputed features). The task (``downstream``): any GLUE-format directory (``kind = "glue"``,
+``path``, ``task``, e.g. SST-2's train.tsv / dev.tsv), or by default a built-in SST-2-format task
+written from the demo corpus: is the spatial relation of a sentence vertical (above / below) or
+horizontal (left / right / next to)?
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -21,10 +24,24 @@ import torch
 import torch.nn.functional as F
 
 from .._atomic import Written, write_atomic
+from ..data.config import DataConfig
 from ..models.config import ModelConfig
 
 TEXT_ONLY = "text-only"
 HEAD_FILE = "head.pt"
+
+
+@dataclasses.dataclass
+class PretrainDataConfig(DataConfig):
+    """Pre-training pairs: the demo corpus or COCO-format captions + images (or features)."""
+    kinds = ("demo", "coco")
+
+
+@dataclasses.dataclass
+class DownstreamDataConfig(DataConfig):
+    """The downstream task: the built-in demo task or a GLUE task directory (``task``: its name)."""
+    task: str = "sst2"
+    kinds = ("demo", "glue")
 
 
 @dataclasses.dataclass
@@ -38,9 +55,9 @@ class GroundedBertStudyConfig(ModelConfig):
     model_preset: str = "paper"
     ot_reg: float = 0.05
     ot_weight: float = 1.0
-    glue_dir: str = ""
-    glue_task: str = "sst2"
     seed: int = 0
+    data: PretrainDataConfig = dataclasses.field(default_factory=PretrainDataConfig)
+    downstream: DownstreamDataConfig = dataclasses.field(default_factory=DownstreamDataConfig)
 
     presets = {
         "tiny": dict(num_scenes=300, pretrain_steps=120, finetune_steps=150, model_preset="tiny"),
@@ -65,13 +82,10 @@ class GroundedBertStudyConfig(ModelConfig):
         self.require_one_of("model_preset", sorted(GroundedBERTConfig.presets))
         self.require("ot_reg", self.ot_reg > 0, "must be a finite number > 0")
         self.require("ot_weight", self.ot_weight >= 0, "must be a finite number >= 0")
-        task = _glue_task(self.glue_task)
-        self.require("glue_task", task is not None and task.num_labels > 1, "must be a GLUE classification task, "
-                     f"one of {[n for n, t in GLUE_TASKS.items() if t.num_labels > 1]}")
-        if self.glue_dir:
-            missing = [f for f in ("train.tsv", "dev.tsv") if not os.path.isfile(os.path.join(self.glue_dir, f))]
-            self.require("glue_dir", not missing, f"must be a directory holding train.tsv and dev.tsv (missing: "
-                         f"{', '.join(missing)}); empty for the built-in demo task")
+        task = _glue_task(self.downstream.task)
+        if task is None or task.num_labels < 2:
+            raise ValueError(f"{type(self).__name__}.downstream.task = {self.downstream.task!r}: must be a GLUE "
+                             f"classification task, one of {[n for n, t in GLUE_TASKS.items() if t.num_labels > 1]}")
 
 
 def _glue_task(name: str):
@@ -111,27 +125,41 @@ def demo_glue_task(corpus, directory: str) -> str:
 
 
 def prepare(cfg: GroundedBertStudyConfig, out_dir: str) -> Dict:
-    """Pre-training pairs (caption states, patches) and the downstream task's encoded sentences."""
+    """Pre-training pairs (caption states, patches) of ``cfg.data`` and the downstream task's
+    encoded sentences (``cfg.downstream``)."""
     from ..data import DemoCorpus, load_glue_tsv
+    from ..data.corpora import read_corpus
     from ..data.features import FeatureCache
-    from ..data.sources import cached_text_states, demo_grounding_data
-    from ..models.encoders import TextEncoder
+    from ..data.sources import cached_text_states, corpus_caption_image_data, demo_grounding_data
 
-    corpus = DemoCorpus(cfg.num_scenes, cfg.corpus_seed)
-    text_encoder = TextEncoder.from_pretrained()
-    data, _ = demo_grounding_data(corpus, os.path.join(out_dir, "features"), text_encoder=text_encoder,
-                                  progress=False)
-    glue_dir = cfg.glue_dir or demo_glue_task(corpus, os.path.join(out_dir, "glue-demo"))
-    cache = FeatureCache(os.path.join(out_dir, "features"), progress=False)
+    cache_dir = os.path.join(out_dir, "features")
+    d = cfg.data
+    text_encoder = d.load_encoder("text")
+    corpus = DemoCorpus(cfg.num_scenes, cfg.corpus_seed) if "demo" in (d.kind, cfg.downstream.kind) else None
+    if d.kind == "demo":
+        data, _ = demo_grounding_data(corpus, cache_dir, text_encoder=text_encoder,
+                                      vision_encoder=d.load_encoder("vision"), progress=False)
+        train = data["train"]
+        pretrain = (train.sources["P"][0], train.sources["P"][1], train.sources["C"][0])
+    else:
+        items = read_corpus(d.kind, d.path, "train", splits=d.splits, features=d.features or None,
+                            images=d.images or None, max_items=d.max_items)
+        pretrain = corpus_caption_image_data(items, cache_dir, tag=d.kind, text_encoder=text_encoder,
+                                             vision_encoder=None if d.features else d.load_encoder("vision"),
+                                             use_features=bool(d.features), progress=False)
+    down = cfg.downstream
+    glue_dir = down.path if down.kind == "glue" else demo_glue_task(corpus, os.path.join(out_dir, "glue-demo"))
+    cache = FeatureCache(cache_dir, progress=False)
     task = {}
     for split in ("train", "dev"):
-        examples = load_glue_tsv(os.path.join(glue_dir, f"{split}.tsv"), cfg.glue_task)
+        examples = load_glue_tsv(os.path.join(glue_dir, f"{split}.tsv"), down.task)
+        if down.max_items:
+            examples = examples[:down.max_items]
         texts = [" ".join(e.texts) for e in examples]
-        ids = [f"glue-{cfg.glue_task}-{split}-{k}" for k in range(len(texts))]
+        ids = [f"glue-{down.task}-{split}-{k}:{hashlib.sha1(t.encode()).hexdigest()[:16]}" for k, t in enumerate(texts)]
         states, _ = cached_text_states(cache, ids, dict(zip(ids, texts)), text_encoder, progress=False)
         task[split] = (states[:, 0], torch.tensor([int(e.label) for e in examples]))
-    train = data["train"]
-    return {"pretrain": (train.sources["P"][0], train.sources["P"][1], train.sources["C"][0]), "task": task,
+    return {"pretrain": pretrain, "task": task,
             "num_labels": int(max(task["train"][1].max(), task["dev"][1].max())) + 1}
 
 

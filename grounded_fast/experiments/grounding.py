@@ -20,9 +20,17 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 
+from ..data.config import DataConfig
 from ..models.config import ModelConfig
 
 SETUP_NAMES = ("P", "C", "T", "multitask", "multimodal")
+
+
+@dataclasses.dataclass
+class GroundingDataConfig(DataConfig):
+    """The study's corpus: the built-in demo corpus, VATEX (captions + per-video features) or
+    Multi30k task 2 (captions + the Flickr30k images or their features)."""
+    kinds = ("demo", "vatex", "multi30k")
 
 
 @dataclasses.dataclass
@@ -39,6 +47,7 @@ class GroundingStudyConfig(ModelConfig):
     max_target_len: int = 48
     p_threshold: float = 0.5
     pivot: str = "P"
+    data: GroundingDataConfig = dataclasses.field(default_factory=GroundingDataConfig)
 
     presets = {
         "tiny": dict(num_scenes=300, noise_levels=(0.0, 0.5), seeds=(0, 1, 2), epochs=6, checkpoint_epochs=(4, 5, 6),
@@ -63,6 +72,11 @@ class GroundingStudyConfig(ModelConfig):
                      f"every value must lie in [1, epochs={self.epochs}]")
         self.require("p_threshold", 0 < self.p_threshold <= 1, "must be in (0, 1]")
         self.require_one_of("model_preset", sorted(GroundingSeq2SeqConfig.presets))
+        d = self.data
+        if d.kind == "multi30k" and not (d.features or d.images or os.path.isdir(os.path.join(d.path, "images"))):
+            raise ValueError(f"{type(self).__name__}.data.images = '': multi30k gives no visual source (C) by "
+                             f"itself: set data.images to the Flickr30k image folder (or put it at "
+                             f"{os.path.join(d.path, 'images')}), or data.features to precomputed features")
 
 
 #: the demo corpus's 80 / 10 / 10 split gives val and test at least one scene each from this size on

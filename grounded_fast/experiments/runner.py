@@ -221,7 +221,7 @@ def run_study(study, cfg, out_dir: str, progress: bool = True, executor: Optiona
         def prepared():
             if not shared:
                 t0 = time.time()
-                shared.append(study.prepare(cfg, out_dir, progress))
+                shared.append(_prepare(study, cfg, out_dir, progress))
                 log.info("shared inputs ready in %.1f s", time.time() - t0)
             return shared[0]
 
@@ -237,6 +237,22 @@ def run_study(study, cfg, out_dir: str, progress: bool = True, executor: Optiona
             _run_step(store, step, cfg, out_dir, prepared, bar)
         bar.close()
         return study.results(store, cfg)
+
+
+class StudyDataError(RuntimeError):
+    """The study's inputs could not be prepared from its data (a missing or malformed file, a split
+    without items, too little data for the config, an encoder directory that is not a model): one
+    line saying what, raised before any unit trains; the traceback is in ``run.log``."""
+
+
+def _prepare(study, cfg, out_dir: str, progress: bool):
+    """``study.prepare(...)``, its data errors raised as :class:`StudyDataError`."""
+    from ..models.encoders import EncoderNotAvailableError
+    try:
+        return study.prepare(cfg, out_dir, progress)
+    except (ValueError, OSError, EncoderNotAvailableError) as exc:
+        log.exception("preparing the study's inputs failed")
+        raise StudyDataError(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)) from exc
 
 
 def _run_step(store: ResultStore, step, cfg, out_dir: str, prepared: Callable[[], Any], bar) -> None:

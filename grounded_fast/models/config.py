@@ -74,9 +74,30 @@ def _check_type(cls_name: str, key: str, value: Any, hint: Any) -> Any:
             [Any] * len(value)
         items = [_check_type(cls_name, f"{key}[{i}]", v, h) for i, (v, h) in enumerate(zip(value, hints))]
         return tuple(items) if origin is tuple else items
+    if isinstance(hint, type) and issubclass(hint, ModelConfig):
+        return _nested_config(cls_name, key, value, hint)
     if isinstance(hint, type) and not isinstance(value, hint):
         fail(f"must be {'a string' if hint is str else hint.__name__}")
     return value
+
+
+def _nested_config(cls_name: str, key: str, value: Any, hint: type) -> "ModelConfig":
+    """A section of a config (e.g. a study's ``data``): a mapping -> ``hint.from_dict``, checked in
+    full; its errors name the section as ``Outer.key.field``."""
+    try:
+        if isinstance(value, hint):
+            value.check()
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"{cls_name}.{key} = {_show(value)}: must be a mapping (a [{key}] table)")
+        return hint.from_dict(value)
+    except (TypeError, ValueError) as exc:
+        msg = str(exc)
+        for inner, outer in ((f"{hint.__name__}.", f"{cls_name}.{key}."),
+                             (f"unknown {hint.__name__} key", f"unknown {cls_name}.{key} key")):
+            if msg.startswith(inner):
+                msg = outer + msg[len(inner):]
+        raise type(exc)(msg) from None
 
 
 @dataclasses.dataclass

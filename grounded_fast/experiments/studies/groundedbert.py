@@ -49,9 +49,13 @@ def report(store, out_dir: str):
     rows = variant_rows(store.metrics())
     cfg = info.get("config", {})
     rep = Report(TITLE)
-    task = (f"`{cfg.get('glue_dir')}` ({cfg.get('glue_task', '')})" if cfg.get("glue_dir")
+    down, pre = cfg.get("downstream", {}), cfg.get("data", {})
+    task = (f"GLUE {down.get('task', '')} at `{down.get('path')}`" if down.get("kind") == "glue"
             else "the built-in SST-2-format demo task (vertical vs horizontal relation)")
-    rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(cfg)}`. Downstream task: {task}.")
+    pairs = (f"{pre.get('kind')} at `{pre.get('path')}`" if pre.get("kind", "demo") != "demo"
+             else "the demo corpus")
+    rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(cfg)}`. Pre-training pairs: {pairs}. "
+                      f"Downstream task: {task}.")
     ours = Table(["variant", "dev accuracy", "matching loss (first -> last)", "OT loss (last)",
                   "OT share of step time"],
                  [[r["variant"], r.get("dev_accuracy"),

@@ -23,11 +23,25 @@ def plan(cfg: GroundingStudyConfig) -> List[Unit]:
 
 
 def prepare(cfg: GroundingStudyConfig, out_dir: str, progress: bool):
-    """(data, vocab): the C / P / T sources of the demo corpus (cached under ``out_dir/features``)."""
+    """(data, vocab): the C / P / T sources of ``cfg.data`` per split (encoded text and images
+    cached under ``out_dir/features``): the demo corpus, or a VATEX / Multi30k corpus read from its
+    path (see ``data.sources.corpus_grounding_data``)."""
     from ...data import DemoCorpus
-    from ...data.sources import demo_grounding_data
-    return demo_grounding_data(DemoCorpus(cfg.num_scenes, cfg.corpus_seed), os.path.join(out_dir, "features"),
-                               max_target_len=cfg.max_target_len, progress=progress)
+    from ...data.corpora import read_corpus
+    from ...data.sources import corpus_grounding_data, demo_grounding_data
+    d, cache_dir = cfg.data, os.path.join(out_dir, "features")
+    text = d.load_encoder("text")
+    if d.kind == "demo":
+        return demo_grounding_data(DemoCorpus(cfg.num_scenes, cfg.corpus_seed), cache_dir, text_encoder=text,
+                                   vision_encoder=d.load_encoder("vision"), max_target_len=cfg.max_target_len,
+                                   progress=progress)
+    items = {split: read_corpus(d.kind, d.path, split, splits=d.splits, features=d.features or None,
+                                images=d.images or None, max_items=d.max_items) for split in ("train", "val", "test")}
+    use_features = bool(d.features) or d.kind == "vatex"
+    return corpus_grounding_data(items, cache_dir, tag=d.kind, text_encoder=text,
+                                 translation_encoder=d.load_encoder("translation"),
+                                 vision_encoder=None if use_features else d.load_encoder("vision"),
+                                 use_features=use_features, max_target_len=cfg.max_target_len, progress=progress)
 
 
 def run_unit(spec, cfg: GroundingStudyConfig, out_dir: str, shared, progress) -> dict:
