@@ -5,6 +5,7 @@
   :class:`DataFormatError` naming the file and line;
 - :mod:`.corpora`: :func:`read_corpus`, one reader of a split of any captioned corpus (vatex,
   multi30k, coco, wit) as :class:`CorpusItem` (captions, second-language captions, image, features);
+  :mod:`.export` writes the demo corpus in those formats (``write_demo_dataset``);
 - :mod:`.demo`: generated scenes (rendered images, English target + paraphrases, German
   translations from a small grammar) so that captioning (C), paraphrase (P) and translation (T)
   sources exist for the same targets; deterministic from a seed;
