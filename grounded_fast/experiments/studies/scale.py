@@ -30,6 +30,14 @@ def data_source(cfg: Mapping[str, Any], default: str) -> str:
     return default
 
 
+def encoder(cfg: Mapping[str, Any], key: str, default: str) -> str:
+    """The encoder the config's ``data`` section names under ``key`` (e.g. 'text_encoder'), or
+    ``default`` (the shipped one)."""
+    data = cfg.get("data")
+    name = data.get(key) if isinstance(data, Mapping) else None
+    return f"`{name}`" if name else default
+
+
 def count(n: Any) -> str:
     """12345 -> '12,345' (an int), anything else as text."""
     return f"{n:,}" if isinstance(n, int) and not isinstance(n, bool) else str(n)
