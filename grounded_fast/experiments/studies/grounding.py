@@ -141,7 +141,9 @@ def _scale(store, cfg: dict, res) -> Dict[str, str]:
     if res and res.get("populations"):
         sizes = {s: len(m) for s, m in res["populations"].items()}
         n = set(sizes.values())
-        out["populations"] = (f"{n.pop()} accuracy-matched models each ({', '.join(sizes)})" if len(n) == 1
+        k = min(n)
+        out["populations"] = (f"{k} accuracy-matched model{'s' if k != 1 else ''} each ({', '.join(sizes)})"
+                              if len(n) == 1
                               else ", ".join(f"{s}: {k}" for s, k in sizes.items()) + " accuracy-matched models")
     else:
         out["populations"] = "not matched yet (run incomplete)"
