@@ -5,7 +5,9 @@ Units:
   ``train/<run_id>``      one decoder (setup x noise x seed) trained for ``epochs`` epochs, with a
                           checkpoint and its validation token accuracy at every ``checkpoint_epochs``;
   ``analysis``            accuracy-matched populations over the checkpoints, pairwise agreement / KL
-                          on the test targets (fused kernel), attention segment shares and their
+                          on the test targets (fused kernel; KL per token and per sentence), block
+                          means with bootstrap CIs and the within- vs between-population
+                          permutation test, attention segment shares and their
                           distances vs agreement (correlation + Mantel), Kruskal-Wallis tables.
 Each unit's results are committed in one transaction of the result store, so a killed run
 resumes at the first unit not recorded as done.

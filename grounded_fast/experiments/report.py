@@ -27,7 +27,9 @@ raised by the plot helpers on empty input (or by `require`) replaces whatever th
 had added with the placeholder.
 
 Numbers in our tables are printed with 3 significant digits by default (`format_number`);
-reference values are printed verbatim as published.
+reference values are printed verbatim as published. `Report.add_scale` puts a run's scale beside
+the paper's (`reference_scale`); `significance(p)` words a p-value ("not significant" at p >= 0.05)
+and `tests_note(n)` says how many tests a table holds.
 """
 from __future__ import annotations
 
