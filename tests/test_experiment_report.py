@@ -127,6 +127,12 @@ def test_reference_data_holds_the_published_values():
         assert [[t.header] + t.text_rows for t in sec.tables] == tables
         assert {j: sec.tables[j].caption for j in captions} == captions
         assert all(t.caption and t.units for t in sec.tables)  # the others are captioned in the data file
+        text = " ".join(b if k == "p" else " ".join(" ".join(r) for r in b) for k, b in blocks)
+        for aspect, paper, source in (sec.scale.text_rows if sec.scale is not None else []):
+            if source == "published results":  # every number of such a row is in the published section
+                for number in re.findall(r"\d+(?:[,.]\d+)*[KM]?", paper):
+                    assert re.search(rf"(?<![\d,.]){re.escape(number)}(?![\d,.KM])", text), \
+                        f"{title}: scale {aspect!r} value {number} not in REFERENCE_RESULTS.md"
 
 
 def test_reference_data_from_another_file(tmp_path):
@@ -506,3 +512,197 @@ Claim.
     assert '<p class="note">Units: % accuracy</p>' in page and '<p class="note">Units: %</p>' in page
     assert '<td class="num">91.5</td>' in page and "<caption>Published</caption>" in page
     assert page.index("<h3>H</h3>") < page.index("<caption>cap</caption>") < page.index('<div class="compare">')
+
+
+# ----------------------------------------------------------------------------- scale and significance
+def test_reference_scale_of_every_study():
+    for study in rep.STUDIES:
+        scale = rep.reference_scale(study)
+        assert scale.header == rep.SCALE_HEADER and scale.rows
+        assert {r[2] for r in scale.text_rows} <= {"published results", "authors' code", "paper"}
+    g = {r[0]: r[1] for r in rep.reference_scale("grounding").text_rows}
+    assert g["populations"].startswith("40 ") and "1,000" in g["evaluation items"] and "d_model 512" in g["model"]
+
+
+def test_malformed_scale_is_one_clear_error(tmp_path):
+    p = tmp_path / "ref.toml"
+    p.write_text('[studies.grounding]\ntitle = "t"\n[studies.grounding.scale]\nheader = ["aspect", "paper"]\n'
+                 'rows = [["a", "b"]]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"studies.grounding.scale.header: expected \['aspect', 'paper', 'source'\]"):
+        rep.reference_scale("grounding", path=p)
+
+
+def test_scale_table_puts_ours_beside_the_paper():
+    page = Report("t").add_scale("grounding", {"populations": "7 accuracy-matched models each",
+                                               "items (train / val / test)": "48 / 6 / 6"}).to_markdown()
+    assert "| populations | 7 accuracy-matched models each | 40 accuracy-matched models each | published results |" in page
+    assert "| model | — | 6-layer Transformer decoder" in page          # the paper's aspect we do not give
+    assert "| items (train / val / test) | 48 / 6 / 6 | — |  |" in page  # ours only
+    assert page.index("| populations") < page.index("| items (train")
+
+
+@pytest.mark.parametrize("p,text", [(0.0031, "p = 0.0031 (significant)"), (0.049, "p = 0.049 (significant)"),
+                                    (0.05, "p = 0.050 (not significant)"), (0.73, "p = 0.73 (not significant)"),
+                                    (float("nan"), "n/a"), (None, "n/a")])
+def test_significance_wording(p, text):
+    assert rep.significance(p) == text
+
+
+def test_tests_note_counts_the_tests():
+    note = rep.tests_note(4)
+    assert note.startswith("4 tests") and "p < 0.013" in note and "not evidence of none" in note
+    assert rep.tests_note(1).startswith("1 test;")
+
+
+def test_mcnemar_exact_hand_case():
+    from grounded_fast.experiments.significance import mcnemar_exact
+    a = [1, 1, 1, 1, 1, 1, 0, 1, 0, 0]  # right for A only on items 0-5, for B only on item 6
+    b = [0, 0, 0, 0, 0, 0, 1, 1, 0, 0]
+    res = mcnemar_exact(a, b)
+    assert (res.only_a, res.only_b, res.n) == (6, 1, 10)
+    assert res.pvalue == pytest.approx(2 * (1 + 7) / 2 ** 7)     # two-sided binomial: P(X <= 1) + P(X >= 6), n 7
+    assert mcnemar_exact(b, a).pvalue == pytest.approx(res.pvalue)
+    assert mcnemar_exact(a, a).pvalue == 1.0                     # no discordant item
+    with pytest.raises(ValueError, match="same items"):
+        mcnemar_exact(a, b[:5])
+
+
+def test_intervals_contain_the_point():
+    from grounded_fast.experiments.significance import bootstrap_mean_ci, t_interval, wilson_interval
+    lo, hi = wilson_interval(7, 10)
+    assert lo < 0.7 < hi and (lo, hi) == pytest.approx((0.3968, 0.8922), abs=1e-4)  # Wilson (1927), z = 1.96
+    x = np.random.default_rng(0).random(200) < 0.6
+    lo, hi = bootstrap_mean_ci(x)
+    assert lo < x.mean() < hi and hi - lo < 0.2
+    assert bootstrap_mean_ci(x) == (lo, hi)                      # seeded
+    assert bootstrap_mean_ci(np.ones(5)) == (1.0, 1.0) and np.isnan(bootstrap_mean_ci([1.0])[0])
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and (hi - lo) / 2 == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)  # t(0.975, 2) sd / sqrt(n)
+    assert np.isnan(t_interval([5.0])[1])
+
+
+def test_correctness_strings_round_trip():
+    from grounded_fast.experiments.significance import pack_correct, unpack_correct
+    bits = pack_correct(np.array([True, False, True, True]))
+    assert bits == "1011" and unpack_correct(bits).tolist() == [True, False, True, True]
+    with pytest.raises(ValueError, match="cell/x blimp_correct"):
+        unpack_correct("10a1", "cell/x blimp_correct")
+
+
+def test_kl_per_sentence_against_a_float64_reference():
+    torch = pytest.importorskip("torch")
+    from grounded_fast.experiments.grounding import pairwise_per_sentence
+    g = torch.Generator().manual_seed(0)
+    M, B, T, V = 3, 5, 6, 11
+    logits = 3 * torch.randn(M, B, T, V, generator=g)
+    mask = torch.rand(B, T, generator=g) > 0.3
+    mask[2] = False                                              # a sentence with no counted token is not counted
+    res = pairwise_per_sentence(logits, mask)
+    logp = torch.log_softmax(logits.double(), -1)
+    kl = (logp.exp()[:, None] * (logp[:, None] - logp[None])).sum(-1)   # (M, M, B, T) per position
+    kl = torch.where(mask, kl, torch.zeros(()))
+    per_sentence = kl.sum(-1)[..., mask.any(1)].mean(-1)          # sum over a sentence's tokens, mean over sentences
+    per_token = kl.sum((-1, -2)) / mask.sum()
+    assert res["sentences"] == 4 and res["tokens"] == int(mask.sum())
+    torch.testing.assert_close(res["kl_sentence"].double(), per_sentence, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res["kl"].double(), per_token, rtol=1e-5, atol=1e-6)
+    assert res["kl_sentence"][0, 1] > res["kl"][0, 1] > 0
+
+
+# ----------------------------------------------------------------------------- study reports from a store
+def _store(tmp_path, study, config):
+    from grounded_fast.experiments.store import ResultStore
+    store = ResultStore(str(tmp_path / "results.sqlite"))
+    store.begin_study(study, config)
+    return store
+
+
+def _unit(store, kind, run_id, payload, metrics, split=""):
+    store.complete_unit(f"{kind}/{run_id}", kind, {"run_id": run_id, **payload},
+                        metrics=[{"run_id": run_id, "split": split, "name": k, "value": v} for k, v in metrics.items()],
+                        runs=[{"run_id": run_id, "status": "done"}])
+
+
+FLAVA_CFG = {"text_volumes": [2000], "image_volumes": [0, 30], "seeds": [0], "steps": 12, "eval_every": 6,
+             "batch_size": 16, "pppl_sentences": 10, "blimp_pairs_per_phenomenon": 1, "model_preset": "tiny",
+             "corpus_seed": 0}
+
+
+def test_flava_report_scale_cis_and_paired_tests(tmp_path):
+    from grounded_fast.experiments.studies import get
+    study = get("flava-ablation")
+    with _store(tmp_path, "flava-ablation", FLAVA_CFG) as store:
+        page = study.report(store, str(tmp_path)).to_markdown()          # nothing run yet: placeholders
+        assert "Scale: ours against the paper" in page and "| seeds per cell | 1 | 5 |" in page
+        assert "no image cell with a finished text-only cell" in page and NOT_COMPUTED in page
+        text, images = "1" * 40 + "0" * 27, "1" * 38 + "0" * 29        # 67 pairs; 2 discordant: not significant
+        for i, bits in ((0, text), (30, images)):
+            _unit(store, "cell", f"text2000-images{i}-seed0", {"blimp_correct": bits},
+                  {"blimp": 100 * bits.count("1") / 67, "pppl": 900.0 + i, "step": 12.0}, split="best")
+        page = study.report(store, str(tmp_path)).to_markdown()
+    assert "| BLiMP | 67 pairs (1 per phenomenon of the shipped subset) | all 67 phenomena × 1,000 pairs |" in page
+    assert "trained too short to select" in page                         # every best step is the last
+    row = next(ln for ln in page.splitlines() if ln.startswith("| 2K | none |"))
+    lo, hi = (float(v) for v in re.search(r"\[([\d.]+), ([\d.]+)\]", row).groups())
+    assert lo < 100 * 40 / 67 < hi and "67 BLiMP pairs (bootstrap)" in row
+    assert "| 2K | 30 | 0 | -2.99 | 0 | 2 | p = 0.50 (not significant) |" in page
+    assert "1 test;" in page and "63.96" in page                       # the published grid beside ours
+
+
+def test_groundedbert_report_wilson_and_mcnemar(tmp_path):
+    from grounded_fast.experiments.studies import get
+    study = get("groundedbert")
+    cfg = {"num_scenes": 40, "variants": ["text-only", "partial-0.5"], "seed": 0, "glue_dir": "", "glue_task": "sst2",
+           "pretrain_steps": 8, "finetune_steps": 20, "batch_size": 8, "model_preset": "tiny"}
+    with _store(tmp_path, "groundedbert", cfg) as store:
+        assert NOT_COMPUTED in study.report(store, str(tmp_path)).to_markdown()
+        base, grounded = "1" * 30 + "0" * 20, "1" * 40 + "0" * 10      # 10 items right only with grounding
+        _unit(store, "variant", "text-only", {"dev_correct": base}, {"dev_accuracy": 0.6})
+        _unit(store, "variant", "partial-0.5", {"dev_correct": grounded}, {"dev_accuracy": 0.8})
+        page = study.report(store, str(tmp_path)).to_markdown()
+    assert "| text encoder | shipped MiniLM (384-d states), frozen | BERT-base, frozen | paper |" in page
+    assert "50 dev items" in page and "| text-only | 0.600 | [0.462, 0.724] |" in page   # Wilson, 30 of 50
+    assert "| partial-0.5 | 0.200 | 10 | 0 | p = 0.0020 (significant) |" in page       # 2 / 2**10
+    assert "1 test;" in page
+
+
+def _grounding_analysis(sizes):
+    """An analysis record as the grounding study's analysis step writes it, for populations of ``sizes``."""
+    import torch
+    from grounded_fast.experiments.grounding import pairwise_per_sentence, population_tests
+    pops = {s: [f"{s}-noise0-seed{k}@2" for k in range(n)] for s, n in sizes.items()}
+    models = [m for ms in pops.values() for m in ms]
+    setup_of = {m: m.split("-")[0] for m in models}
+    g = torch.Generator().manual_seed(0)
+    res = pairwise_per_sentence(torch.randn(len(models), 4, 5, 9, generator=g), torch.ones(4, 5, dtype=torch.bool))
+    out = {"populations": pops, "trace": [(2, 0.1, 0.9)], "stopped_because": "p_below_threshold", "models": models,
+           "agreement": res["agreement"].numpy(), "kl": res["kl"].numpy(), "kl_sentence": res["kl_sentence"].numpy(),
+           "eval_items": {"sentences": res["sentences"], "tokens": res["tokens"]},
+           "pair_table": {"P/C": {"agreement": 0.5, "kl": 0.4, "kl_sentence": 2.0, "model_pairs": 1}}}
+    out["population_tests"] = population_tests(out, models, setup_of)
+    return out
+
+
+@pytest.mark.parametrize("sizes", [{"P": 1, "C": 1}, {"P": 3, "C": 3}])
+def test_grounding_report_scale_units_and_within_between(tmp_path, sizes):
+    from grounded_fast.experiments.studies import get
+    study = get("grounding")
+    cfg = {"setups": list(sizes), "seeds": [0, 1], "noise_levels": [0.0], "epochs": 2, "checkpoint_epochs": [2],
+           "p_threshold": 0.5, "num_scenes": 40, "corpus_seed": 0, "model_preset": "tiny"}
+    with _store(tmp_path, "grounding", cfg) as store:
+        page = study.report(store, str(tmp_path)).to_markdown()          # partial run: placeholders
+        assert "| populations | not matched yet (run incomplete) | 40 accuracy-matched models each |" in page
+        store.complete_unit("features", "features", {"train": 32, "val": 4, "test": 4, "vocab": 30})
+        store.complete_unit("analysis", "analysis", _grounding_analysis(sizes))
+        page = study.report(store, str(tmp_path)).to_markdown()
+    n = set(sizes.values()).pop()
+    assert f"| populations | {n} accuracy-matched model{'s' if n > 1 else ''} each (C, P) |" in page
+    assert "| evaluation items | 4 test items (20 target tokens), teacher forcing | 1,000 test items" in page
+    assert "| items (train / val / test) | 32 / 4 / 4; target vocabulary 30 | — |" in page
+    assert "| C/P | 1 | 0.500 |" in page and "| .657 | 2.00 |" in page and "| 11.48 | 0.400 |" in page
+    assert "KL: nats, summed over a sentence's target tokens" in page
+    if n == 1:
+        assert "No test of within- vs between-population differences" in page
+    else:
+        assert re.search(r"\| agreement \(share of tokens\) \| 6 \| 9 \| [-\d.e]+ \| p = [\d.]+ \((not )?significant\) \|",
+                         page) and "2 tests, each called significant" in page

@@ -192,10 +192,13 @@ def prepare(cfg: FlavaStudyConfig) -> Dict:
 
 def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyConfig, data: Dict,
                out_dir: str, progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
-    """Train one cell; save the best-PPPL checkpoint to ``out_dir``; returns its metrics.
+    """Train one cell; save the best-PPPL checkpoint to ``out_dir``; returns its metrics (pppl,
+    step, blimp in %) and ``blimp_correct``: whether each BLiMP pair was right, as a '0' / '1'
+    string in the order of ``data['blimp_good']`` (see ``significance.pack_correct``).
     ``progress(step, steps)`` is called after every training step."""
     import grounded_fast.models as gm
-    from ..models.flava import LOSSES, LossScheduler, blimp_accuracy, pseudo_perplexity
+    from ..models.flava import LOSSES, LossScheduler, pseudo_perplexity
+    from .significance import pack_correct
 
     torch.manual_seed(seed)
     model = gm.build("flava", cfg.model_preset, vocab_size=data["vocab_size"], max_text_len=cfg.max_text_len,
@@ -240,7 +243,10 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
                 best_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     model.eval()
-    best["blimp"] = 100 * blimp_accuracy(model, data["blimp_good"], data["blimp_bad"])
+    with torch.no_grad():   # per pair, for the report's bootstrap CI and paired tests between cells
+        correct = model.pseudo_log_likelihood(data["blimp_good"]) > model.pseudo_log_likelihood(data["blimp_bad"])
+    best["blimp"] = 100 * float(correct.float().mean())
+    best["blimp_correct"] = pack_correct(correct)
     gm.save(model, out_dir)
     return best
 

@@ -175,9 +175,11 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
     """Pre-train (unless text-only), then fit and score the downstream classifier; save the model
     (``config.json``, ``model.pt``) and the classifier (``head.pt``) to ``out_dir``, each atomically.
     ``progress(step, steps)`` is called after every pre-training and fine-tuning step.
-    Returns (metrics, {file name: its path, sha256 and size})."""
+    Returns (metrics, {file name: its path, sha256 and size}); the metrics include ``dev_correct``,
+    whether each dev item was classified right, as a '0' / '1' string (``significance.pack_correct``)."""
     import grounded_fast.models as gm
     from ..models.groundedbert import _mlp
+    from .significance import pack_correct
 
     torch.manual_seed(cfg.seed)
     ot = "none" if variant == TEXT_ONLY else variant.split("-")[0]
@@ -234,7 +236,9 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
         advance()
     head.eval()
     with torch.no_grad():
-        out["dev_accuracy"] = float((head(hdev).argmax(1) == ydev).float().mean())
+        correct = head(hdev).argmax(1) == ydev
+    out["dev_accuracy"] = float(correct.float().mean())
+    out["dev_correct"] = pack_correct(correct)   # per dev item, for the report's CI and paired tests
     files = gm.save(model, out_dir)
     files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(head.state_dict(), f))
     return out, files

@@ -5,7 +5,9 @@ Units:
   ``train/<run_id>``      one decoder (setup x noise x seed) trained for ``epochs`` epochs, with a
                           checkpoint and its validation token accuracy at every ``checkpoint_epochs``;
   ``analysis``            accuracy-matched populations over the checkpoints, pairwise agreement / KL
-                          on the test targets (fused kernel), attention segment shares and their
+                          on the test targets (fused kernel; KL per token and per sentence), block
+                          means with bootstrap CIs and the within- vs between-population
+                          permutation test, attention segment shares and their
                           distances vs agreement (correlation + Mantel), Kruskal-Wallis tables.
 Each unit's results are committed in one transaction of the result store, so a killed run
 resumes at the first unit not recorded as done.
@@ -258,20 +260,23 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                 except ValueError as exc:   # e.g. identical values in a degenerate tiny run
                     tests[kind] = {"error": str(exc)}
         out["silhouette_tests"] = tests
-    res = ga.pairwise_agreement(logits, mask)
-    out["agreement"], out["kl"] = res["agreement"].numpy(), res["kl"].numpy()
-    # per population pair: mean agreement / KL over the model pairs (i != j)
+    res = pairwise_per_sentence(logits, mask)
+    out["agreement"], out["kl"], out["kl_sentence"] = (res[k].numpy() for k in ("agreement", "kl", "kl_sentence"))
+    out["eval_items"] = {"sentences": res["sentences"], "tokens": res["tokens"]}
+    # per population pair: mean agreement / KL over the ordered model pairs (i != j; both directions of KL)
     table = {}
     for i, si in enumerate(cfg.setups):
         for sj in cfg.setups[i:]:
             ia = [k for k, m in enumerate(models) if setup_of[m] == si]
             ib = [k for k, m in enumerate(models) if setup_of[m] == sj]
             pairs = [(a, b) for a in ia for b in ib if a != b]
+            pairs += [(b, a) for a, b in pairs] if si != sj else []
             if pairs:
-                table[f"{si}/{sj}"] = {
-                    "agreement": float(sum(out["agreement"][a, b] for a, b in pairs) / len(pairs)),
-                    "kl": float(sum(out["kl"][a, b] for a, b in pairs) / len(pairs))}
+                table[f"{si}/{sj}"] = {name: float(sum(out[name][a, b] for a, b in pairs) / len(pairs))
+                                       for name in ("agreement", "kl", "kl_sentence")}
+                table[f"{si}/{sj}"]["model_pairs"] = len(pairs) // 2   # unordered pairs
     out["pair_table"] = table
+    out["population_tests"] = population_tests(out, models, setup_of)
     mm = [k for k, m in enumerate(models) if setup_of[m] == "multimodal"]
     if mm:
         smask = torch.cat([src[t][1] for t in ("C", "P", "T")], 1)
@@ -289,3 +294,58 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
             except ValueError as exc:      # e.g. constant distances in a degenerate tiny run
                 out["attention_vs_kl"] = {"error": str(exc)}
     return out
+
+
+def pairwise_per_sentence(logits: Tensor, mask: Tensor) -> Dict:
+    """All-pairs agreement and KL of M teacher-forced models in both units of the paper's table.
+
+    logits (M, B, T, V), mask (B, T) counted target positions. Returns ``agreement`` (M, M) share
+    of counted tokens with equal argmax, ``kl`` (M, M) mean KL(p_i || p_j) per token (nats),
+    ``kl_sentence`` (M, M) KL summed over a sentence's tokens and averaged over the sentences with
+    at least one counted token (the paper's unit: the fused kernel's per-token sums, so it equals
+    ``kl * tokens / sentences``), ``tokens`` and ``sentences`` counted."""
+    import grounded_fast.analysis as ga
+    res = ga.pairwise_agreement(logits, mask)
+    sentences = int(mask.reshape(mask.shape[0], -1).any(1).sum())
+    tokens = int(res["count"])
+    return {"agreement": res["agreement"], "kl": res["kl"], "kl_sentence": res["kl"] * (tokens / sentences),
+            "tokens": tokens, "sentences": sentences}
+
+
+#: label shufflings of the within- vs between-population permutation test, and bootstrap replicates of the block CIs
+PERMUTATIONS, BOOTSTRAP = 9999, 2000
+
+
+def population_tests(out: Dict, models: List[str], setup_of: Dict[str, str]) -> Dict:
+    """Within- vs between-population agreement and KL of the matched models: per population pair
+    the mean over its model pairs with a bootstrap CI over models, and the permutation test that
+    shuffles population labels across models (``analysis.pairs_table``, as ``grounded-fast
+    analyse`` runs it; KL as the mean of both directions). ``{"impossible": why}`` when no
+    population holds two models (no within-population pair) or only one population has models."""
+    import numpy as np
+
+    from ..analysis.pairs_table import PairsTable, analyse_pairs
+    sizes = {s: sum(1 for m in models if setup_of[m] == s) for s in dict.fromkeys(setup_of.values())}
+    if len(sizes) < 2 or max(sizes.values()) < 2:
+        return {"impossible": f"population sizes {sizes}: a within-population pair needs two models of one "
+                              "population and a between-population pair two populations, so within vs between "
+                              "cannot be compared"}
+    values = {}
+    for name in ("agreement", "kl", "kl_sentence"):
+        m = np.array(out[name], dtype=np.float64)
+        np.fill_diagonal(m, np.nan)
+        values[name] = m
+    table = PairsTable("analysis", "long", list(models), values,
+                       {"agreement": "symmetric", "kl": "declared", "kl_sentence": "declared"})
+    try:
+        res = analyse_pairs(table, {m: setup_of[m] for m in models}, permutations=PERMUTATIONS, bootstrap=BOOTSTRAP)
+    except ValueError as exc:      # e.g. every pair equal in a degenerate tiny run
+        return {"impossible": str(exc)}
+    return {"sizes": res.sizes, "permutations": res.permutations, "bootstrap": res.bootstrap,
+            "confidence": res.confidence, "seed": res.seed, "metrics": {
+                name: {"handling": a.handling, "n_within": a.n_within, "n_between": a.n_between,
+                       "difference": a.permutation.difference, "pvalue": a.permutation.pvalue,
+                       "exact": a.permutation.exact,
+                       "blocks": {"/".join(b.populations): {"n_pairs": b.n_pairs, "mean": b.mean, "ci_low": b.ci_low,
+                                                             "ci_high": b.ci_high} for b in a.blocks}}
+                for name, a in res.metrics.items()}}

@@ -27,7 +27,9 @@ raised by the plot helpers on empty input (or by `require`) replaces whatever th
 had added with the placeholder.
 
 Numbers in our tables are printed with 3 significant digits by default (`format_number`);
-reference values are printed verbatim as published.
+reference values are printed verbatim as published. `Report.add_scale` puts a run's scale beside
+the paper's (`reference_scale`); `significance(p)` words a p-value ("not significant" at p >= 0.05)
+and `tests_note(n)` says how many tests a table holds.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ from .._toml import tomllib
 __all__ = [
     "NOT_COMPUTED", "REFERENCE_PATH", "STUDIES", "MissingData", "require",
     "Table", "ReferenceSection", "reference_section", "reference_tables", "reference_findings",
-    "reference_preamble", "format_number", "correlation_summary", "figure_to_png",
+    "reference_preamble", "reference_scale", "format_number", "significance", "tests_note",
+    "correlation_summary", "figure_to_png",
     "agreement_heatmap", "distance_vs_agreement_scatter", "silhouette_boxplot",
     "flava_grid_heatmap", "flava_grid_table", "Report",
 ]
@@ -177,15 +180,18 @@ class Table:
 @dataclass
 class ReferenceSection:
     """One study's published values (a ``[studies.<key>]`` table of the reference data file):
-    title (paper and venue), source line, tables, findings."""
+    title (paper and venue), source line, tables, findings, and ``scale``: the paper's scale (a
+    table of aspect, paper, source: population sizes, items, model size, data, training length)."""
     study: str
     title: str
     source: str = ""
     tables: List[Table] = field(default_factory=list)
     findings: List[str] = field(default_factory=list)
+    scale: Optional[Table] = None
 
 
-_STUDY_KEYS = {"title", "source", "findings", "tables"}
+_STUDY_KEYS = {"title", "source", "findings", "tables", "scale"}
+SCALE_HEADER = ["aspect", "paper", "source"]
 _TABLE_KEYS = {"caption", "units", "header", "rows"}
 
 
@@ -226,6 +232,13 @@ def _reference_table(entry: Any, where: str) -> Table:
                  units=_text(entry.get("units", ""), f"{where}.units"))
 
 
+def _scale_table(entry: Any, where: str) -> Table:
+    t = _reference_table(entry, where)
+    if t.header != SCALE_HEADER:
+        raise ValueError(f"{where}.header: expected {SCALE_HEADER}, got {t.header}")
+    return t
+
+
 @functools.lru_cache(maxsize=4)
 def _load_reference_file(path: str, mtime: float) -> Tuple[str, Dict[str, ReferenceSection]]:
     """-> (preamble, {study key: section}) of a reference data file, checked (ValueError naming the
@@ -251,7 +264,8 @@ def _load_reference_file(path: str, mtime: float) -> Tuple[str, Dict[str, Refere
             study=key, title=_text(entry.get("title"), f"{where}.title"),
             source=_text(entry.get("source", ""), f"{where}.source"),
             tables=[_reference_table(t, f"{where}.tables[{i}]") for i, t in enumerate(tables)],
-            findings=_texts(entry.get("findings", []), f"{where}.findings"))
+            findings=_texts(entry.get("findings", []), f"{where}.findings"),
+            scale=_scale_table(entry["scale"], f"{where}.scale") if "scale" in entry else None)
     return _text(data.get("preamble", ""), f"{path}: preamble"), sections
 
 
@@ -288,6 +302,12 @@ def reference_tables(study: str, path: Optional[Union[str, os.PathLike]] = None)
 def reference_findings(study: str, path: Optional[Union[str, os.PathLike]] = None) -> List[str]:
     """The prose paragraphs (findings, claims) of ``study``'s published values."""
     return reference_section(study, path).findings
+
+
+def reference_scale(study: str, path: Optional[Union[str, os.PathLike]] = None) -> Optional[Table]:
+    """The paper's scale of ``study`` (rows of aspect, paper, source; cells verbatim in
+    ``text_rows``), or None when the data file gives none."""
+    return reference_section(study, path).scale
 
 
 def reference_preamble(path: Optional[Union[str, os.PathLike]] = None) -> str:
@@ -340,6 +360,29 @@ def format_number(x: Any, digits: int = 3) -> str:
         decimals = max(digits - 1 - math.floor(math.log10(a)), 0)
         return f"{v:.{decimals}f}"
     return str(x)
+
+
+SIGNIFICANCE_LEVEL = 0.05
+
+
+def significance(p: Any, alpha: float = SIGNIFICANCE_LEVEL) -> str:
+    """A p-value as the reports print it: 'p = 0.003 (significant)', 'p = 0.23 (not significant)'
+    (p >= ``alpha``), 'n/a' for None / NaN."""
+    p = _scalar(p)
+    if p is None or (isinstance(p, numbers.Real) and math.isnan(float(p))):
+        return "n/a"
+    return f"p = {format_number(float(p), 2)} ({'significant' if p < alpha else 'not significant'})"
+
+
+def tests_note(n_tests: int, alpha: float = SIGNIFICANCE_LEVEL) -> str:
+    """The multiple-comparisons sentence under a table of ``n_tests`` tests."""
+    if n_tests <= 1:
+        return (f"{n_tests} test; 'significant' means p < {alpha:g}, 'not significant' p >= {alpha:g} (no "
+                "evidence of a difference, not evidence of none).")
+    return (f"{n_tests} tests, each called significant at p < {alpha:g} without correction: with no real "
+            f"difference anywhere, {n_tests * alpha:.2g} of them would be significant by chance on average; a "
+            f"Bonferroni correction for {n_tests} tests needs p < {alpha / n_tests:.2g}. 'Not significant' "
+            f"(p >= {alpha:g}) means no evidence of a difference, not evidence of none.")
 
 
 def _is_numeric_cell(x: Any) -> bool:
@@ -862,6 +905,26 @@ class Report:
         self._blocks.append(("reference", dict(study=key, ours=ours_t, ref=ref, preamble=preamble,
                                                heading=heading, level=level,
                                                ours_caption=caption)))
+        return self
+
+    def add_scale(self, study: str, ours: Mapping[str, Any], *,
+                  caption: str = "Scale: ours against the paper") -> "Report":
+        """A table of ``ours`` ({aspect: value}) beside the paper's scale of ``study`` (see
+        `reference_scale`): the paper's aspects in its order (our value or '—'), then aspects only we
+        give. Columns: aspect, ours, paper, source of the paper's value."""
+        try:
+            ref = reference_scale(study, self.reference_path)
+        except (OSError, KeyError, ValueError) as e:
+            ref, caption = None, f"{caption} (the paper's values unavailable: {e})"
+        rows: List[List[Any]] = []
+        seen = set()
+        for aspect, paper, source in (ref.text_rows if ref is not None else []):
+            rows.append([aspect, ours.get(aspect, "—"), paper, source])
+            seen.add(aspect)
+        rows += [[aspect, value, "—", ""] for aspect, value in ours.items() if aspect not in seen]
+        self._blocks.append(("table", Table(["aspect", "ours", "paper", "source of the paper's value"],
+                                            [[c if c is not None else "—" for c in r] for r in rows],
+                                            caption=caption)))
         return self
 
     @contextmanager

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import List
+from typing import Dict, List
+
+import numpy as np
 
 from ..flava_ablation import FlavaStudyConfig, cell_id, checkpoint_dir, grid_rows, plan_cells, prepare, train_cell
 from ..runner import unit_result
@@ -25,7 +27,8 @@ def run_unit(cell, cfg: FlavaStudyConfig, out_dir: str, data, progress) -> dict:
     start, cdir = time.time(), checkpoint_dir(out_dir, cell_id(*cell))
     res = train_cell(*cell, cfg, data, cdir, progress=progress)
     return unit_result(start, [(int(res["step"]), os.path.join(cdir, "model.pt"))],
-                       [{"split": "best", "name": k, "value": float(v)} for k, v in res.items()], res)
+                       [{"split": "best", "name": k, "value": float(v)} for k, v in res.items()
+                        if not isinstance(v, str)], res)
 
 
 def results(store, cfg) -> List[dict]:
@@ -39,20 +42,139 @@ def summary(rows: List[dict]) -> List[str]:
 
 
 def report(store, out_dir: str):
-    """The grid (ours beside the published cells) and its heatmaps."""
-    from ..report import Report, flava_grid_heatmap, flava_grid_table
+    """The scale against the paper, the grid with CIs (ours beside the published cells), its
+    heatmaps, and each image cell against the text-only cell of its text volume (exact McNemar)."""
+    from ..report import Report, flava_grid_heatmap
 
     info = store.study_info()
+    cfg = info.get("config", {})
     rows = grid_rows(store.metrics(split="best"))
+    correct = _blimp_correct(store)
     rep = Report(TITLE)
-    rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(info.get('config', {}))}`. Text: "
+    rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(cfg)}`. Text: "
                       "shipped Multi30k English captions; images: demo scenes with their captions; BLiMP: the "
                       "shipped subset; PPPL on held-out Multi30k captions; best-PPPL checkpoint per cell.")
+    rep.add_scale("flava-ablation", _scale(store, cfg, rows, correct))
     grid = [{"text": r["text"], "images": r["images"], "blimp": r.get("blimp"), "pppl": r.get("pppl")} for r in rows]
-    rep.add_reference("flava-ablation", ours=flava_grid_table(grid) if grid else None)
+    rep.add_reference("flava-ablation", ours=_cells_table(rows, correct) if rows else None)
     if grid:
         rep.add_figure(flava_grid_heatmap(grid), "flava_grid", "BLiMP accuracy and pseudo-perplexity per cell")
+    _images_vs_text_section(rep, rows, correct)
     return rep
+
+
+def _blimp_correct(store) -> Dict[str, np.ndarray]:
+    """cell id -> its per-pair BLiMP correctness (cells whose payload records it)."""
+    from ..significance import unpack_correct
+    return {u["payload"]["run_id"]: unpack_correct(u["payload"]["blimp_correct"], f"{u['unit_id']} blimp_correct")
+            for u in store.units(kind="cell", status="done") if "blimp_correct" in u.get("payload", {})}
+
+
+def _volume(n: int) -> str:
+    from ..report import _humanize
+    return _humanize(float(n))
+
+
+def _scale(store, cfg: dict, rows: List[dict], correct: Dict[str, np.ndarray]) -> Dict[str, str]:
+    """Our side of the scale table (aspects as ``[studies.flava-ablation.scale]``)."""
+    from .scale import count, data_source, saved_model
+    out = {}
+    if "text_volumes" in cfg:
+        out["text volumes"] = " / ".join(_volume(t) for t in cfg["text_volumes"]) + " words"
+        out["image volumes"] = " / ".join(_volume(i) for i in cfg["image_volumes"]) + " image–caption pairs"
+        out["seeds per cell"] = str(len(cfg["seeds"]))
+    out["data"] = ("text: " + data_source(cfg, "whole sentences of the shipped Multi30k English training captions",
+                                          key="text")
+                   + "; image–caption pairs: " + data_source(cfg, f"built-in demo corpus (seed {cfg.get('corpus_seed', '?')})")
+                   + "; BLiMP: " + data_source(cfg, "the shipped subset (67 phenomena x 20 pairs)", key="blimp"))
+    model = saved_model(store)
+    if model is not None:
+        mc, params = model
+        out["model"] = (f"FLAVA-style (preset {cfg.get('model_preset', '?')}): {mc['text_layers']} text, "
+                        f"{mc['image_layers']} image, {mc['mm_layers']} multimodal layers, d_model {mc['d_model']}, "
+                        f"{mc['num_heads']} heads, FFN {mc['ffn_dim']}; {count(params)} parameters; float32")
+        out["training"] = (f"{cfg.get('steps', '?')} steps × batch {cfg.get('batch_size', '?')}; MLM masking "
+                           f"{mc['text_mask_prob']:g}; AdamW, one learning rate")
+    else:
+        out["model"] = f"preset {cfg.get('model_preset', '?')} (no checkpoint yet to count its parameters)"
+    steps = sorted({int(r["step"]) for r in rows if "step" in r})
+    if steps:
+        last = all(int(r["step"]) == cfg.get("steps") for r in rows if "step" in r)
+        out["checkpoint"] = (f"best pseudo-perplexity on {cfg.get('pppl_sentences', '?')} held-out captions, checked "
+                             f"every {cfg.get('eval_every', '?')} steps; won at step(s) {', '.join(map(str, steps))}"
+                             + (" — every cell's best is its last step: trained too short to select" if last else ""))
+    n = {len(v) for v in correct.values()}
+    out["BLiMP"] = (f"{count(n.pop())} pairs ({cfg.get('blimp_pairs_per_phenomenon', '?')} per phenomenon of the "
+                    "shipped subset)" if len(n) == 1 else "not computed yet (run incomplete)")
+    out["other evaluations"] = "none"
+    return out
+
+
+def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray]):
+    """One row per grid cell: BLiMP with its 95% CI (bootstrap over pairs for one seed, Student t
+    over seeds for several), PPPL (± the seeds' standard deviation), the winning steps."""
+    from ..report import Table
+    from ..significance import bootstrap_mean_ci, t_interval
+    from ..flava_ablation import cell_id
+    cells: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["text"], r["images"]), []).append(r)
+    out = []
+    for (text, images), rs in sorted(cells.items()):
+        blimp = [r["blimp"] for r in rs if "blimp" in r]
+        pppl = [r["pppl"] for r in rs if "pppl" in r]
+        if len(blimp) >= 2:
+            mean, lo, hi = t_interval(blimp)
+            how = f"{len(blimp)} seeds (t)"
+        else:
+            mean, (lo, hi) = (blimp[0] if blimp else None), (None, None)
+            bits = correct.get(cell_id(text, images, rs[0]["seed"]))
+            if bits is not None:
+                lo, hi = (100 * v for v in bootstrap_mean_ci(bits))
+            how = f"{len(bits)} BLiMP pairs (bootstrap)" if bits is not None else "—"
+        spread = (float(np.mean(pppl)), float(np.std(pppl, ddof=1))) if len(pppl) >= 2 else (pppl[0] if pppl else None)
+        out.append([_volume(text), _volume(images), len(rs), mean, _interval(lo, hi), how, spread,
+                    ", ".join(str(int(r["step"])) for r in rs if "step" in r)])
+    return Table(["words", "images", "seeds", "BLiMP (%)", "95% CI", "CI over", "PPPL", "best step"], out,
+                 caption="Our grid: BLiMP accuracy with its 95% CI, pseudo-perplexity (mean ± standard deviation "
+                         "over seeds when there are several), the step whose checkpoint won",
+                 units="BLiMP: % of minimal pairs whose grammatical sentence gets the higher pseudo-log-likelihood; "
+                       "PPPL: pseudo-perplexity of held-out captions (lower is better)")
+
+
+def _interval(lo, hi) -> str:
+    from ..report import format_number
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return "—"
+    return f"[{format_number(lo)}, {format_number(hi)}]"
+
+
+def _images_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray]) -> None:
+    """Each image cell against the text-only cell of the same text volume and seed: the BLiMP
+    difference and the exact McNemar test over the (same) BLiMP pairs."""
+    from ..flava_ablation import cell_id
+    from ..report import significance, tests_note
+    from ..significance import mcnemar_exact
+    rep.add_heading("Images vs text only (BLiMP, paired over the pairs)")
+    out = []
+    for r in rows:
+        if r["images"] == 0:
+            continue
+        a = correct.get(cell_id(r["text"], r["images"], r["seed"]))
+        b = correct.get(cell_id(r["text"], 0, r["seed"]))
+        if a is None or b is None or a.size != b.size:
+            continue
+        test = mcnemar_exact(a, b)
+        out.append([_volume(r["text"]), _volume(r["images"]), r["seed"], 100 * (a.mean() - b.mean()),
+                    test.only_a, test.only_b, significance(test.pvalue)])
+    if not out:
+        rep.add_placeholder("no image cell with a finished text-only cell of the same text volume and seed")
+        return
+    rep.add_table(["words", "images", "seed", "BLiMP images − text only (points)", "pairs right with images only",
+                   "pairs right without images only", "exact McNemar"], out,
+                  caption="Each image cell against the text-only cell of its text volume and seed, on the same "
+                          "BLiMP pairs (exact McNemar test on the discordant pairs)")
+    rep.add_paragraph(tests_note(len(out)))
 
 
 STUDY = Study(name="flava-ablation", config_cls=FlavaStudyConfig, plan=plan,

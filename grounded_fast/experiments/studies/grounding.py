@@ -14,7 +14,7 @@ from ..grounding import GroundingStudyConfig, analyse, plan_runs, train_run
 from ..runner import unit_result
 from .registry import Step, Study, Unit
 
-TITLE = "Grounded and Well-rounded: a reproduction on the demo corpus"
+TITLE = "Grounded and Well-rounded: a reproduction at small scale"
 
 
 def plan(cfg: GroundingStudyConfig) -> List[Unit]:
@@ -86,7 +86,8 @@ def results(store, cfg) -> dict:
 
 
 def summary(res: dict) -> List[str]:
-    return [f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f}"
+    return [f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f} nats/token"
+            + (f", {row['kl_sentence']:.2f} nats/sentence" if "kl_sentence" in row else "")
             for pair, row in sorted(res.get("pair_table", {}).items())]
 
 
@@ -98,24 +99,23 @@ def report(store, out_dir: str):
     info = store.study_info()
     rep = Report(TITLE)
     rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(info.get('config', {}))}`.")
+    analysis = store.unit("analysis")
+    res = analysis["payload"] if analysis else None
+    rep.add_scale("grounding", _scale(store, info.get("config", {}), res))
     runs = store.runs()
     rep.add_heading("Training runs")
     rep.add_table(["run", "status", "best val token accuracy"],
                   [[r["run_id"], r["status"], max((m["value"] for m in store.metrics(name="val_token_accuracy",
                                                                                       run_id=r["run_id"])),
                                                   default=None)] for r in runs] or None)
-    analysis = store.unit("analysis")
-    res = analysis["payload"] if analysis else None
     rep.add_heading("Accuracy-matched populations")
     if res:
         rep.add_paragraph(f"Stopped because: {res['stopped_because']}; "
                           f"{len(next(iter(res['populations'].values())))} models per population.")
         rep.add_table(["size", "Kruskal-Wallis H", "p"], res["trace"])
         rep.add_heading("Agreement and KL between populations (test targets, teacher forcing)")
-        pairs = sorted(res.get("pair_table", {}).items())
-        ours = Table(["population pair", "mean agreement", "mean KL (nats / token)"],
-                     [[k, v["agreement"], v["kl"]] for k, v in pairs])
-        rep.add_reference("grounding", ours=ours)
+        rep.add_reference("grounding", ours=_pairs_beside_paper(res) if res.get("pair_table") else None)
+        _within_between_section(rep, res)
         models = res["models"]
         if "agreement" in res:
             groups = [m.split("-")[0] for m in models]
@@ -144,7 +144,137 @@ def report(store, out_dir: str):
     return rep
 
 
+_SETUP_TEXT = {"multitask": "multi-task P∨C∨T (multitask)", "multimodal": "multi-modal P∧C∧T (multimodal)"}
+
+
+def _scale(store, cfg: dict, res) -> Dict[str, str]:
+    """Our side of the scale table (aspects as the reference data's ``[studies.grounding.scale]``)."""
+    from .scale import count, data_source, saved_model
+    setups = cfg.get("setups", [])
+    out = {}
+    if res and res.get("populations"):
+        sizes = {s: len(m) for s, m in res["populations"].items()}
+        n = set(sizes.values())
+        k = min(n)
+        out["populations"] = (f"{k} accuracy-matched model{'s' if k != 1 else ''} each ({', '.join(sizes)})"
+                              if len(n) == 1
+                              else ", ".join(f"{s}: {k}" for s, k in sizes.items()) + " accuracy-matched models")
+    else:
+        out["populations"] = "not matched yet (run incomplete)"
+    if "p_threshold" in cfg:
+        out["matching rule"] = f"Kruskal–Wallis stopping rule p < {cfg['p_threshold']:g}"
+    out["setups"] = "; ".join(_SETUP_TEXT.get(s, s) for s in setups)
+    if setups:
+        out["training runs"] = (f"{len(cfg['seeds'])} seeds × {len(cfg['noise_levels'])} noise levels per setup; "
+                                f"checkpoints at epochs {', '.join(map(str, cfg['checkpoint_epochs']))} of "
+                                f"{cfg['epochs']}")
+    model = saved_model(store)
+    if model is not None:
+        mc, params = model
+        out["model"] = (f"{mc['num_layers']}-layer Transformer decoder, d_model {mc['d_model']}, {mc['num_heads']} "
+                        f"heads, FFN {mc['ffn_dim']} (preset {cfg.get('model_preset', '?')}), over frozen source "
+                        f"features; {count(params)} parameters ({mc.get('setup', '')} model)")
+    else:
+        out["model"] = f"preset {cfg.get('model_preset', '?')} (no checkpoint yet to count its parameters)"
+    out["data"] = data_source(cfg, f"built-in demo corpus, {cfg.get('num_scenes', '?')} rendered scenes (seed "
+                                   f"{cfg.get('corpus_seed', '?')}); C from EfficientNet-Lite0 patch features of the "
+                                   "image, P from MiniLM states of an English paraphrase, T from MiniLM states of "
+                                   "the German translation; word-level English targets")
+    items = res.get("eval_items") if res else None
+    features = store.unit("features")
+    split = features["payload"] if features else {}
+    out["evaluation items"] = (f"{count(items['sentences'])} test items ({count(items['tokens'])} target tokens), "
+                               "teacher forcing" if items else
+                               f"{count(split['test'])} test items, teacher forcing" if "test" in split else
+                               "not computed yet (run incomplete)")
+    if "train" in split:
+        out["items (train / val / test)"] = (f"{count(split['train'])} / {count(split['val'])} / "
+                                             f"{count(split['test'])}; target vocabulary {count(split['vocab'])}")
+    return out
+
+
+def _paper_pair(pair: str) -> str:
+    """'P/C' -> 'C/P': population pairs named as the paper's table names them (sorted)."""
+    return "/".join(sorted(pair.split("/")))
+
+
+def _interval(lo, hi) -> str:
+    from ..report import format_number
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return "—"
+    return f"[{format_number(lo)}, {format_number(hi)}]"
+
+
+def _pairs_beside_paper(res: dict):
+    """Our population-pair table in the paper's units (and per token), with bootstrap CIs over
+    models, beside the paper's values."""
+    from ..report import Table, reference_tables
+    try:
+        paper = reference_tables("grounding")[0]
+    except (OSError, KeyError, ValueError, IndexError):
+        paper = None
+
+    def published(row: str, pair: str):
+        """The paper's cell as published ('.687'), or None."""
+        firsts = [r[0] for r in paper.text_rows] if paper is not None else []
+        if row not in firsts or pair not in paper.header:
+            return None
+        return paper.text_rows[firsts.index(row)][paper.header.index(pair)] or None
+
+    blocks = {name: m["blocks"] for name, m in res.get("population_tests", {}).get("metrics", {}).items()}
+
+    def ci(name: str, pair: str) -> str:
+        b = blocks.get(name, {}).get(pair)
+        return _interval(b["ci_low"], b["ci_high"]) if b else "—"
+
+    rows = []
+    for key, v in sorted(res["pair_table"].items(), key=lambda kv: _paper_pair(kv[0])):
+        pair = _paper_pair(key)
+        kl_sentence = v.get("kl_sentence")
+        rows.append([pair, v.get("model_pairs"), v["agreement"], ci("agreement", pair),
+                     published("mean agreement", pair), kl_sentence, ci("kl_sentence", pair),
+                     published("mean KL", pair), v["kl"], ci("kl", pair)])
+    items = res.get("eval_items", {})
+    t = Table(["population pair", "model pairs", "agreement", "95% CI", "paper", "KL / sentence", "95% CI", "paper",
+               "KL / token", "95% CI"], rows,
+              caption="Mean over the model pairs of each population pair, ours beside the paper's (C/P also "
+                      "counts P/C; KL as the mean of both directions)")
+    t.units = ("agreement: share of target tokens with the same argmax prediction (0 to 1); KL: nats, summed over "
+               "a sentence's target tokens and averaged over the sentences (the paper's unit), and per target "
+               f"token; {items.get('sentences', '?')} test sentences, {items.get('tokens', '?')} tokens. 95% CI: "
+               "percentile bootstrap over the models of each population; '—' where it cannot vary (fewer than 3 "
+               "models in a within-population block) or the paper has no such pair")
+    return t
+
+
+def _within_between_section(rep, res: dict) -> None:
+    """Within- vs between-population agreement and KL: the permutation test over population
+    labels, or why it cannot run."""
+    from ..report import significance, tests_note
+    rep.add_heading("Within vs between populations", level=3)
+    tests = res.get("population_tests")
+    if not tests:
+        rep.add_placeholder("within vs between test")
+        return
+    if "impossible" in tests:
+        rep.add_paragraph(f"No test of within- vs between-population differences: {tests['impossible']}. "
+                          "Kruskal–Wallis / Mann–Whitney over pairs would not be valid either.")
+        return
+    names = {"agreement": "agreement (share of tokens)", "kl_sentence": "KL (nats / sentence)"}
+    rows = [[label, m["n_within"], m["n_between"], m["difference"], significance(m["pvalue"])]
+            for name, label in names.items() for m in [tests["metrics"].get(name)] if m]
+    how = ("all orderings of the labels" if all(tests["metrics"][n]["exact"] for n in names if n in tests["metrics"])
+           else f"{tests['permutations']} random shufflings (seed {tests['seed']})")
+    rep.add_table(["metric", "within pairs", "between pairs", "mean within − mean between", "permutation test"], rows,
+                  caption="Within- vs between-population pairs: permutation test shuffling the population labels "
+                          f"across models ({how}; population sizes {tests['sizes']}). Pairs that share a model are "
+                          "not independent, so this test, not a test over pairs, is the valid one; KL per token "
+                          "gives the same p-value as KL per sentence (a constant factor).")
+    rep.add_paragraph(tests_note(len(rows)))
+
+
 def _silhouette_section(rep, res: dict, silhouette_boxplot) -> None:
+    from ..report import significance, tests_note
     words = res["concreteness_words"]
     rep.add_heading("Concreteness: silhouettes of abstract vs concrete words")
     rep.add_paragraph(f"{len(words['abstract'])} abstract words ({', '.join(words['abstract'])}) and "
@@ -158,9 +288,12 @@ def _silhouette_section(rep, res: dict, silhouette_boxplot) -> None:
                            f"silhouette_{kind}", f"Silhouette per population ({kind.replace('_', ' ')})")
         test = res.get("silhouette_tests", {}).get(kind)
         if test and "kruskal_p" in test:
-            rep.add_table(["test", "p"], [["Kruskal-Wallis across populations", test["kruskal_p"]]]
-                          + [[f"Mann-Whitney {k}", v] for k, v in test["mann_whitney"].items()],
-                          caption=f"Silhouettes ({kind.replace('_', ' ')}): population differences")
+            rows = ([["Kruskal-Wallis across populations", significance(test["kruskal_p"])]]
+                    + [[f"Mann-Whitney {k}", significance(v)] for k, v in test["mann_whitney"].items()])
+            rep.add_table(["test", "p"], rows,
+                          caption=f"Silhouettes ({kind.replace('_', ' ')}): population differences (one "
+                                  "silhouette per model)")
+            rep.add_paragraph(tests_note(len(rows)))
 
 
 STUDY = Study(name="grounding", config_cls=GroundingStudyConfig, plan=plan, prepare=prepare, run_unit=run_unit,
