@@ -22,32 +22,35 @@ def plan(cfg: GroundingStudyConfig) -> List[Unit]:
     return [Unit("train", s.run_id, s, {"setup": s.setup, "noise": s.noise, "seed": s.seed}) for s in plan_runs(cfg)]
 
 
-def prepare(cfg: GroundingStudyConfig, out_dir: str, progress: bool):
-    """(data, vocab): the C / P / T sources of the demo corpus (cached under ``out_dir/features``)."""
+def prepare(cfg: GroundingStudyConfig, out_dir: str, progress: bool, device="cpu"):
+    """(data, vocab): the C / P / T sources of the demo corpus (extracted on ``device``, cached on
+    the CPU under ``out_dir/features``)."""
     from ...data import DemoCorpus
     from ...data.sources import demo_grounding_data
     return demo_grounding_data(DemoCorpus(cfg.num_scenes, cfg.corpus_seed), os.path.join(out_dir, "features"),
-                               max_target_len=cfg.max_target_len, progress=progress)
+                               max_target_len=cfg.max_target_len, progress=progress, device=device)
 
 
-def run_unit(spec, cfg: GroundingStudyConfig, out_dir: str, shared, progress) -> dict:
-    """One training run (see ``train_run``); runs on the executor."""
+def run_unit(spec, cfg: GroundingStudyConfig, out_dir: str, shared, progress, device="cpu") -> dict:
+    """One training run (see ``train_run``) on ``device``; runs on the executor."""
     data, vocab = shared
     start, run_dir = time.time(), os.path.join(out_dir, "runs", spec.run_id)
-    results = train_run(spec, cfg, data, vocab, run_dir, progress=lambda epoch: progress(epoch, cfg.epochs))
+    results = train_run(spec, cfg, data, vocab, run_dir, progress=lambda epoch: progress(epoch, cfg.epochs),
+                        device=device)
     return unit_result(start, [(e, os.path.join(run_dir, f"epoch{e}", "model.pt")) for e in results],
                        [{"epoch": e, "split": "val", "name": k, "value": v} for e, r in results.items()
                         for k, v in r.items()])
 
 
-def _features(store, cfg, out_dir: str, shared) -> dict:
+def _features(store, cfg, out_dir: str, shared, device="cpu") -> dict:
     data, vocab = shared
     return {"payload": {"train": len(data["train"]), "val": len(data["val"]), "test": len(data["test"]),
                         "vocab": len(vocab)}}
 
 
-def _analysis(store, cfg: GroundingStudyConfig, out_dir: str, shared) -> dict:
-    """Accuracy-matched populations over every checkpoint's validation accuracy, then ``analyse``."""
+def _analysis(store, cfg: GroundingStudyConfig, out_dir: str, shared, device="cpu") -> dict:
+    """Accuracy-matched populations over every checkpoint's validation accuracy, then ``analyse``
+    (models and kernels on ``device``)."""
     data, vocab = shared
     candidates: Dict[str, Dict[str, float]] = {s: {} for s in cfg.setups}
     dirs = {}
@@ -56,7 +59,7 @@ def _analysis(store, cfg: GroundingStudyConfig, out_dir: str, shared) -> dict:
             mid = f"{spec.run_id}@{row['epoch']}"
             candidates[spec.setup][mid] = row["value"]
             dirs[mid] = os.path.join(out_dir, "runs", spec.run_id, f"epoch{row['epoch']}")
-    res = analyse(candidates, dirs, data, vocab, cfg)
+    res = analyse(candidates, dirs, data, vocab, cfg, device=device)
     models = res["models"]
     pairwise = [{"analysis": name, "model_a": models[i], "model_b": models[j], "value": float(res[name][i, j])}
                 for name in ("agreement", "kl") if name in res
