@@ -228,9 +228,12 @@ def _run_study(args) -> int:
     except ValueError as exc:
         print(f"grounded-fast run: --device: {exc}", file=sys.stderr)
         return 2
+    gpus = _gpus_per_unit(args.gpus_per_unit, args.executor)
+    if isinstance(gpus, str):
+        print(f"grounded-fast run: --gpus-per-unit {gpus}", file=sys.stderr)
+        return 2
     try:
-        executor = ExecutorConfig(args.executor, args.workers, args.threads_per_unit, args.ray_address, device,
-                                  args.gpus_per_unit)
+        executor = ExecutorConfig(args.executor, args.workers, args.threads_per_unit, args.ray_address, device, gpus)
         cfg = _study_config(args, config_cls, os.path.join(out, "results.sqlite"))
     except StoreError as exc:
         print(f"grounded-fast run: {exc}", file=sys.stderr)
@@ -257,6 +260,22 @@ def _run_study(args) -> int:
         print(f"\ngrounded-fast run: interrupted; the finished units are recorded in {out}: rerun the same "
               f"command (or `grounded-fast run {args.study} --resume --out {out}`) to continue", file=sys.stderr)
         return 130
+
+
+def _gpus_per_unit(value, executor: str):
+    """``--gpus-per-unit``: None (not given), a float > 0, or the reason it is refused (a string)."""
+    import math
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        return f"must be a number > 0 (fractional allowed), got {value!r}"
+    if executor != "ray":
+        return "is for --executor ray (the local pool gives each worker a GPU of its own, or shares the only one)"
+    return x
 
 
 def _run_and_report(study: str, cfg, out: str, progress: bool, executor, force_new: bool = False) -> int:
@@ -314,17 +333,6 @@ def _verify_run(command: str, run_dir: str) -> int:
     print(f"grounded-fast {command}: {run_dir}: {result.summary()}; rerun the study (the same command) to "
           "recompute what is damaged", file=sys.stderr)
     return 1
-
-
-def _positive_float(s: str) -> float:
-    import math
-    try:
-        x = float(s)
-    except ValueError:
-        x = math.nan
-    if not (math.isfinite(x) and x > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0 (fractional allowed), got {s!r}")
-    return x
 
 
 def _positive_int(s: str) -> int:
@@ -401,7 +409,7 @@ def main(argv=None) -> int:
                    help="where models, feature extraction and the analysis run: auto (CUDA when available; "
                         "default), cpu, cuda (the local pool gives each worker a GPU of its own when there are "
                         "several) or cuda:N; training in bf16 autocast on CUDA")
-    r.add_argument("--gpus-per-unit", type=_positive_float, default=None,
+    r.add_argument("--gpus-per-unit", default=None,
                    help="GPUs each Ray task requests (fractional allowed, e.g. 0.25: four units per GPU; default 1 "
                         "when the device is CUDA, else 0)")
     rp = sub.add_parser("report", help="rebuild the report (report.md, report.html) of a run directory")
