@@ -12,6 +12,12 @@ and each gets min(its cap, what is left of the budget):
   build-cuda   FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e . for sm_90 only
                (GROUNDED_FAST_CUDA_ARCHS overrides); MAX_JOBS = the cores
   build-cpu    only if build-cuda failed: the build without CUDA, so that the Triton stages still run
+  studies      issue 22's CUDA smoke run: each study's tiny preset with --device cuda (groundedbert,
+               grounding, flava-ablation; each run's units must record a CUDA device), then
+               bench/preset_costs.py --device cuda where it exists; report.md and run.log of each
+               run are kept in the results (the checkpoints are not). Until a lease has run it,
+               GPU training of the studies is untested. Not in --smoke (the studies' CPU runs are
+               the test suite's)
   peers        POT / GeomLoss wheels from bench/wheels/ (bench/fetch_peer_wheels.sh) into a
                temporary directory on the PYTHONPATH of the later stages
   ot           bench/gpu_ot.py --cases 2,4,1,3: issue 3's open point (10x POT solve_batch, the
@@ -42,6 +48,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -59,6 +66,14 @@ from gpu_analysis import git_commit  # noqa: E402
 GPU_TESTS = ["tests/test_entropic_ot_gpu.py", "tests/test_entropic_ot_triton.py", "tests/test_analysis_gpu.py",
              "tests/test_analysis_triton.py", "tests/test_entropic_ot_features.py"]
 PEERS_DIR = "/tmp/gf-peers"
+STUDIES = ("groundedbert", "grounding", "flava-ablation")   # shortest first: the stage's cap may cut the last
+# exit 1 unless every unit recorded in the store of the run directory argv[1] ran on a device of
+# type argv[2] (its payload's 'device', e.g. "cuda:0 (NVIDIA H100 80GB HBM3)")
+CHECK_DEVICES = ("import sys; from grounded_fast.experiments.store import ResultStore; "
+                 "s = ResultStore(sys.argv[1] + \"/results.sqlite\", read_only=True); "
+                 "d = {u[\"unit_id\"]: str(u[\"payload\"].get(\"device\")) for u in s.units()}; "
+                 "print(sys.argv[1], \"units on\", sorted(set(d.values()))); "
+                 "sys.exit(0 if d and all(v.split(\" \")[0].split(\":\")[0] == sys.argv[2] for v in d.values()) else 1)")
 
 
 @dataclass
@@ -112,6 +127,7 @@ def gpu_stages(results: str, slug: str, py: str = sys.executable) -> List[Stage]
               env={"FORCE_CUDA": "1", "GROUNDED_FAST_CUDA_ARCHS": archs, "MAX_JOBS": str(os.cpu_count() or 4)}),
         Stage("build-cpu", [py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."], 240, 60,
               when=lambda st: st.get("build-cuda") != "ok", env={"FORCE_CUDA": "0"}),
+        studies_stage(results, py),
         Stage("peers", _sh(f"if compgen -G 'bench/wheels/*.whl' >/dev/null; then {py} -m pip install -q --no-index "
                            f"--no-deps --no-compile --target {PEERS_DIR} bench/wheels/*.whl; "
                            "else echo 'no wheels in bench/wheels/: POT and GeomLoss ratios will be missing'; fi"),
@@ -122,6 +138,24 @@ def gpu_stages(results: str, slug: str, py: str = sys.executable) -> List[Stage]
                                f"--junitxml {results}/gpu-tests-{slug}.xml"), 330, 60),
     ] + [Stage(f"sweep-{k}", [py, "bench/gpu_sweep.py", k, "--out", f"{results}/gpu-sweep-{k}-{slug}"], 150, 45)
          for k in ("fused", "agree", "attention", "small")]
+
+
+def studies_stage(results: str, py: str = sys.executable, device: str = "cuda") -> Stage:
+    """Each study's tiny preset on ``device`` through the CLI (run directories beside ``results``,
+    their report.md and run.log copied into ``results/studies-<study>/``), each run's units checked
+    to have run on a device of that type; then ``bench/preset_costs.py --device`` when that script exists. Every
+    study is run even when one fails; the stage fails if any did."""
+    runs = os.path.join(os.path.dirname(results), "study-runs")
+    steps = ["rc=0"]
+    for name in STUDIES:
+        out, keep = f"{runs}/{name}", f"{results}/studies-{name}"
+        steps.append(f"{py} -m grounded_fast.cli run {name} --preset tiny --device {device} --out {out} --no-progress "
+                     f"&& {py} -c {shlex.quote(CHECK_DEVICES)} {out} {device.split(':')[0]} || rc=1; mkdir -p {keep}; "
+                     f"cp {out}/report.md {out}/run.log {keep}/ 2>/dev/null")
+    steps.append(f"if [ -f bench/preset_costs.py ]; then {py} bench/preset_costs.py --device {device} "
+                 f"--out {results}/preset_costs || rc=1; else echo 'no bench/preset_costs.py: no preset costs'; fi")
+    steps.append("exit $rc")
+    return Stage("studies", _sh("; ".join(steps)), 150, 30)
 
 
 def smoke_stages(results: str, py: str = sys.executable) -> List[Stage]:

@@ -4,6 +4,7 @@
                                             short OT comparison against POT (prints a table)
     grounded-fast run STUDY [--preset tiny|small|paper] [--config FILE] [--out DIR]
                       [--executor local|ray] [--workers N] [--threads-per-unit T] [--ray-address ADDR] [--resume]
+                      [--device auto|cpu|cuda|cuda:N] [--gpus-per-unit F]
                                             run or resume a study (grounding, flava-ablation,
                                             groundedbert, ...), then write its report
     grounded-fast report DIR [--to OUT]     rebuild the report of a finished or partial run
@@ -218,6 +219,7 @@ def _study_config(args, config_cls, db: str):
 
 def _run_study(args) -> int:
     from .experiments import studies
+    from .experiments.device import resolve_device
     from .experiments.executors import ExecutorConfig, session
     from .experiments.run_lock import RunDirBusyError
     from .experiments.runner import StudyDataError
@@ -225,7 +227,16 @@ def _run_study(args) -> int:
     config_cls = studies.get(args.study).config_cls
     out = args.out or os.path.join("runs", f"{args.study}-{args.preset or 'tiny'}")
     try:
-        executor = ExecutorConfig(args.executor, args.workers, args.threads_per_unit, args.ray_address)
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"grounded-fast run: --device: {exc}", file=sys.stderr)
+        return 2
+    gpus = _gpus_per_unit(args.gpus_per_unit, args.executor)
+    if isinstance(gpus, str):
+        print(f"grounded-fast run: --gpus-per-unit {gpus}", file=sys.stderr)
+        return 2
+    try:
+        executor = ExecutorConfig(args.executor, args.workers, args.threads_per_unit, args.ray_address, device, gpus)
         cfg = _study_config(args, config_cls, os.path.join(out, "results.sqlite"))
     except StoreError as exc:
         print(f"grounded-fast run: {exc}", file=sys.stderr)
@@ -258,6 +269,22 @@ def _run_study(args) -> int:
         return 130
 
 
+def _gpus_per_unit(value, executor: str):
+    """``--gpus-per-unit``: None (not given), a float > 0, or the reason it is refused (a string)."""
+    import math
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        return f"must be a number > 0 (fractional allowed), got {value!r}"
+    if executor != "ray":
+        return "is for --executor ray (the local pool gives each worker a GPU of its own, or shares the only one)"
+    return x
+
+
 def _run_and_report(study: str, cfg, out: str, progress: bool, executor, force_new: bool = False) -> int:
     from .experiments import studies
     from .experiments.runner import run_study, study_report, warning_counts
@@ -266,7 +293,8 @@ def _run_and_report(study: str, cfg, out: str, progress: bool, executor, force_n
     entry = studies.get(study)
     res = run_study(entry, cfg, out, progress=progress, executor=executor, force_new=force_new)
     md, html = study_report(out)
-    print(f"{study} done in {time.time() - t0:.0f} s; report: {md} and {html}")
+    from .experiments.device import describe
+    print(f"{study} done in {time.time() - t0:.0f} s on {describe(executor.device)}; report: {md} and {html}")
     print("\n".join(entry.summary(res)))
     with ResultStore(os.path.join(out, "results.sqlite"), read_only=True) as store:
         counted = warning_counts(store)
@@ -408,6 +436,13 @@ def main(argv=None) -> int:
                    help="torch threads of every unit, whatever the executor (results depend on it; default 1)")
     r.add_argument("--ray-address", default=None,
                    help="Ray cluster address for --executor ray (default: RAY_ADDRESS, else a local Ray instance)")
+    r.add_argument("--device", default="auto",
+                   help="where models, feature extraction and the analysis run: auto (CUDA when available; "
+                        "default), cpu, cuda (the local pool gives each worker a GPU of its own when there are "
+                        "several) or cuda:N; training in bf16 autocast on CUDA")
+    r.add_argument("--gpus-per-unit", default=None,
+                   help="GPUs each Ray task requests (fractional allowed, e.g. 0.25: four units per GPU; default 1 "
+                        "when the device is CUDA, else 0)")
     rp = sub.add_parser("report", help="rebuild the report (report.md, report.html) of a run directory")
     rp.add_argument("dir")
     rp.add_argument("--to", default=None, help="output directory (default DIR; DIR itself is only read)")

@@ -309,7 +309,7 @@ def test_gpu_lease_stage_commands():
     go = _bench_module("gpu_ot")
     stages = gl.gpu_stages("/tmp/results", "h100", py="python3")
     names = [s.name for s in stages]
-    assert names[:7] == ["env", "build-cuda", "build-cpu", "peers", "ot", "analysis", "gpu-tests"]
+    assert names[:8] == ["env", "build-cuda", "build-cpu", "studies", "peers", "ot", "analysis", "gpu-tests"]
     assert all(os.path.exists(os.path.join(ROOT, t)) for t in gl.GPU_TESTS)
     for s in stages:
         scripts = [a for a in s.argv if a.startswith("bench/")]
@@ -320,6 +320,53 @@ def test_gpu_lease_stage_commands():
     assert build.env["FORCE_CUDA"] == "1" and build.env["GROUNDED_FAST_CUDA_ARCHS"]
     cpu = next(s for s in stages if s.name == "build-cpu")
     assert cpu.when({"build-cuda": "failed (rc 1)"}) and not cpu.when({"build-cuda": "ok"})
+
+
+def test_gpu_lease_studies_stage(tmp_path, monkeypatch):
+    """The studies stage: each study's tiny preset with --device cuda through the CLI (flags the
+    CLI accepts), run directories outside the packed results, preset_costs.py where it exists; its
+    device check passes a run whose units ran on the device type asked for and fails any other."""
+    import shlex
+
+    from grounded_fast.cli import main
+    gl = _bench_module("gpu_lease")
+    stage = gl.studies_stage(str(tmp_path / "work" / "results"), py="python3")
+    script = stage.argv[2]
+    assert stage.name == "studies" and stage.cap_s <= 150 and "smoke" not in script
+    runs = [shlex.split(part.split(" && ")[0])[3:] for part in script.split("; ") if " grounded_fast.cli run " in part]
+    assert [r[1] for r in runs] == ["groundedbert", "grounding", "flava-ablation"]
+    for argv in runs:
+        assert argv[argv.index("--device") + 1] == "cuda" and argv[argv.index("--preset") + 1] == "tiny"
+        assert argv[argv.index("--out") + 1].startswith(str(tmp_path / "work" / "study-runs"))
+    assert "bench/preset_costs.py --device cuda --out" in script and "[ -f bench/preset_costs.py ]" in script
+    # the device check, on a real (toy) run recorded as on the CPU
+    import dataclasses as dc
+    import time as _time
+
+    from grounded_fast.experiments import studies
+    from grounded_fast.experiments.studies import registry
+    from grounded_fast.models.config import ModelConfig
+
+    @dc.dataclass
+    class Cfg(ModelConfig):
+        presets = {"tiny": {}}
+
+    def unit(spec, cfg, out_dir, shared, progress, device):
+        from grounded_fast._atomic import write_atomic
+        from grounded_fast.experiments.runner import unit_result
+        path = write_atomic(os.path.join(out_dir, "u.txt"), b"1").path
+        return unit_result(_time.time(), [(0, path)], [])
+    from grounded_fast.experiments.report import Report
+    toy = studies.Study("lease-toy", Cfg, lambda cfg: [studies.Unit("u", "one")], lambda *a, **k: None, unit,
+                        lambda store, cfg: None, lambda res: [], lambda store, out: Report("toy"))
+    monkeypatch.setitem(registry._REGISTRY, "lease-toy", toy)
+    run = tmp_path / "run"
+    assert main(["run", "lease-toy", "--out", str(run), "--no-progress", "--device", "cpu", "--workers", "1"]) == 0
+    check = lambda kind: subprocess.run([sys.executable, "-c", gl.CHECK_DEVICES, str(run), kind], cwd=ROOT,  # noqa: E731
+                                        capture_output=True, text=True)
+    ok, wrong = check("cpu"), check("cuda")
+    assert ok.returncode == 0 and "units on ['cpu']" in ok.stdout, ok.stderr
+    assert wrong.returncode == 1
 
 
 def test_gpu_lease_smoke(tmp_path):

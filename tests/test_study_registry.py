@@ -8,6 +8,7 @@ import sqlite3
 import time
 
 import pytest
+import torch
 from store_schema_v1 import V1_SCHEMA
 
 from grounded_fast.cli import main
@@ -33,21 +34,23 @@ def _plan(cfg):
     return [studies.Unit("square", f"k{k}", k, {"k": k}) for k in range(cfg.n)]
 
 
-def _prepare(cfg, out_dir, progress):
+def _prepare(cfg, out_dir, progress, device):
+    assert device == torch.device("cpu")    # resolved by the runner, passed explicitly
     PREPARED.append(out_dir)
     return {"offset": cfg.offset}
 
 
-def _run_unit(k, cfg, out_dir, shared, progress):
+def _run_unit(k, cfg, out_dir, shared, progress, device):
     from grounded_fast._atomic import write_atomic
     from grounded_fast.experiments.runner import unit_result
+    assert device == torch.device("cpu")
     progress(1, 1)
     path = os.path.join(out_dir, "toy", f"k{k}.txt")
     write_atomic(path, f"{k}\n".encode())
     return unit_result(time.time(), [(0, path)], [{"name": "value", "value": k * k + shared["offset"]}], {"k": k})
 
 
-def _total(store, cfg, out_dir, shared):
+def _total(store, cfg, out_dir, shared, device):
     total = sum(m["value"] for m in store.metrics(name="value"))
     return {"payload": {"total": total}, "metrics": [{"name": "total", "value": total}]}
 
@@ -124,18 +127,18 @@ def test_report_of_a_study_this_version_does_not_know_is_one_line_exit_2(tmp_pat
     assert err.count("\n") == 1 and "holds a 'toy' run" in err and not (tmp_path / "r").exists()
 
 
-def _warning_unit(k, cfg, out_dir, shared, progress):
+def _warning_unit(k, cfg, out_dir, shared, progress, device):
     """The toy unit, warning as a training loop whose OT loss does not always converge."""
     import warnings
     for bad in ([0, 3], [k]):
         warnings.warn(f"entropic_ot: problems {bad} did not converge within max_iter", RuntimeWarning)
-    return _run_unit(k, cfg, out_dir, shared, progress)
+    return _run_unit(k, cfg, out_dir, shared, progress, device)
 
 
-def _warning_total(store, cfg, out_dir, shared):
+def _warning_total(store, cfg, out_dir, shared, device):
     import warnings
     warnings.warn("a step's warning", UserWarning)
-    return _total(store, cfg, out_dir, shared)
+    return _total(store, cfg, out_dir, shared, device)
 
 
 def test_warnings_inside_units_are_counted_not_printed(tmp_path, capfd, monkeypatch):

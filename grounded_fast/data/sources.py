@@ -77,14 +77,15 @@ def _pad_targets(vocab: Vocab, texts: Sequence[str], max_len: int) -> Tensor:
 
 
 def multi30k_grounding_data(images: Sequence, cache_dir: str, text_encoder=None, max_target_len: int = 48,
-                            vocab: Optional[Vocab] = None, progress: bool = True) -> Tuple[GroundingData, Vocab]:
+                            vocab: Optional[Vocab] = None, progress: bool = True,
+                            device=None) -> Tuple[GroundingData, Vocab]:
     """P / T sources and targets from Multi30k images (e.g. ``load_multi30k_builtin("train")``):
     target = English description 1, P = English description 2 (a paraphrase: an independent
     description of the same image), T = German description 1 (translation-like). No C source
     (Multi30k ships no image features). Returns (GroundingData, vocab built on the targets unless
-    given)."""
+    given). ``device``: where the default encoder runs (features are cached and returned on the CPU)."""
     from ..models.encoders import TextEncoder
-    text_encoder = text_encoder or TextEncoder.from_pretrained()
+    text_encoder = text_encoder or TextEncoder.from_pretrained(device=device)
     cache = FeatureCache(cache_dir, progress=progress)
     ids = [f"multi30k-{im.image_id}" for im in images]
     p_text = {i + "/P": im.en[1] for i, im in zip(ids, images)}
@@ -100,16 +101,17 @@ def multi30k_grounding_data(images: Sequence, cache_dir: str, text_encoder=None,
 
 def demo_grounding_data(corpus: DemoCorpus, cache_dir: str, text_encoder=None, vision_encoder=None,
                         paraphrase: int = 0, max_target_len: int = 48, vocab: Optional[Vocab] = None,
-                        progress: bool = True) -> Tuple[Dict[str, GroundingData], Vocab]:
+                        progress: bool = True, device=None) -> Tuple[Dict[str, GroundingData], Vocab]:
     """Per split ('train', 'val', 'test'), the C / P / T sources and targets of the demo corpus.
 
     ``paraphrase``: which English paraphrase is the P source (its German translation is T's text
     when ``translations`` has one per paraphrase; T is the German target otherwise). Returns
     ({split: GroundingData}, vocab) with the vocabulary built on the training targets unless given.
+    ``device``: where the default encoders run (features are cached and returned on the CPU).
     """
     from ..models.encoders import TextEncoder, VisionEncoder
-    text_encoder = text_encoder or TextEncoder.from_pretrained()
-    vision_encoder = vision_encoder or VisionEncoder.from_pretrained()
+    text_encoder = text_encoder or TextEncoder.from_pretrained(device=device)
+    vision_encoder = vision_encoder or VisionEncoder.from_pretrained(device=device)
     cache = FeatureCache(cache_dir, progress=progress)
     items = list(corpus)
     ids = [f"demo-{corpus.seed}-{it.scene_id}" for it in items]

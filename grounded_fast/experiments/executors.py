@@ -18,6 +18,24 @@ Guarantees, whatever the executor:
   already running are waited for and committed, and then the first error is raised.
 * **No orphans.** Local workers die with the main process (Linux: ``PR_SET_PDEATHSIG``), so a
   killed run leaves no worker writing into the output directory of its rerun.
+
+GPUs (``device``, a resolved ``torch.device``; see ``experiments.device``):
+
+* The local pool with ``device`` ``cuda`` (no index) and several visible GPUs gives each worker a
+  GPU of its own: its initializer sets ``CUDA_VISIBLE_DEVICES`` (round robin over the visible
+  GPUs, before anything touches CUDA), so the worker's units run on its ``cuda:0``; the workers
+  default to the number of GPUs. With one GPU, or an explicit ``cuda:N``, the workers share it.
+  The shared inputs must be CPU tensors (they reach the workers before their GPU is set).
+* Ray tasks request ``num_gpus=gpus_per_unit`` (default 1 on CUDA, 0 on the CPU; fractional
+  values share a GPU between tasks) besides ``num_cpus=threads_per_unit``; Ray sets the task's
+  ``CUDA_VISIBLE_DEVICES``.
+* What holds on a GPU: a unit's results are reproducible on the same GPU model, driver and
+  library versions, but not bit-identical across GPU models or against the CPU (different kernels,
+  atomics in reductions, bf16 autocast of the training forward passes); set
+  ``torch.use_deterministic_algorithms(True)`` (and ``CUBLAS_WORKSPACE_CONFIG``) for run-to-run
+  identity on one GPU. Which executor or worker ran a unit does not change it beyond that. The
+  bit-identical guarantee above is the CPU's. GPU training is untested until a lent GPU runs the
+  ``studies`` stage of ``bench/gpu_lease.py``.
 """
 from __future__ import annotations
 
@@ -28,8 +46,9 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import math
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 import torch
 
@@ -41,11 +60,17 @@ class ExecutorConfig:
     """How units run. ``kind``: 'local' or 'ray'; ``workers``: local worker processes (None: as
     many as fit, ``cpu_count // threads_per_unit``; 1: in this process); ``threads_per_unit``:
     torch threads of every unit (results depend on it, the executor does not); ``address``: the
-    Ray cluster (None: ``RAY_ADDRESS`` or a new local instance)."""
+    Ray cluster (None: ``RAY_ADDRESS`` or a new local instance); ``device``: where the units
+    compute, a resolved ``torch.device`` or 'cpu' / 'cuda' / 'cuda:N' (see
+    ``experiments.device.resolve_device``; the pool gives each worker its own GPU for 'cuda', see
+    the module docstring); ``gpus_per_unit``: the GPUs a Ray task requests (ray only; None: 1 on a
+    CUDA device, else 0; fractional values share a GPU)."""
     kind: str = "local"
     workers: Optional[int] = None
     threads_per_unit: int = 1
     address: Optional[str] = None
+    device: Union[str, torch.device] = "cpu"
+    gpus_per_unit: Optional[float] = None
 
     def __post_init__(self):
         if self.kind not in EXECUTORS:
@@ -56,11 +81,52 @@ class ExecutorConfig:
             raise ValueError(f"threads_per_unit must be an integer >= 1, got {self.threads_per_unit!r}")
         if self.address is not None and self.kind != "ray":
             raise ValueError("address is for the ray executor only")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            device = None
+        if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+            raise ValueError(f"device must be a resolved cpu, cuda or cuda:N device (see "
+                             f"experiments.device.resolve_device), got {self.device!r}")
+        object.__setattr__(self, "device", device)
+        g = self.gpus_per_unit
+        if g is not None:
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not (math.isfinite(g) and g > 0):
+                raise ValueError(f"gpus_per_unit must be a number > 0 (fractional allowed), got {g!r}")
+            if self.kind != "ray":
+                raise ValueError("gpus_per_unit is for the ray executor only (the local pool gives each worker "
+                                 "a GPU of its own, or shares the only one)")
+
+    @property
+    def unit_gpus(self) -> float:
+        """The GPUs a Ray task requests: ``gpus_per_unit``, by default 1 on a CUDA device, else 0."""
+        if self.gpus_per_unit is not None:
+            return float(self.gpus_per_unit)
+        return 1.0 if self.device.type == "cuda" else 0.0
+
+    def worker_gpus(self) -> Optional[List[str]]:
+        """The GPU ids (as ``CUDA_VISIBLE_DEVICES`` names them) the local pool's workers take round
+        robin, one each: the visible GPUs when ``device`` is 'cuda' without an index and more than
+        one is visible; None otherwise (workers share the device)."""
+        if self.device.type != "cuda" or self.device.index is not None:
+            return None
+        gpus = visible_gpus()
+        return gpus if len(gpus) > 1 else None
 
     def local_workers(self, n_units: int) -> int:
-        """Worker processes of the local pool for ``n_units`` pending units."""
-        fit = max(1, (os.cpu_count() or 1) // self.threads_per_unit)
+        """Worker processes of the local pool for ``n_units`` pending units (default: as many as
+        fit the cores, or one per GPU when each worker gets its own)."""
+        gpus = self.worker_gpus()
+        fit = len(gpus) if gpus else max(1, (os.cpu_count() or 1) // self.threads_per_unit)
         return max(1, min(self.workers or fit, n_units))
+
+
+def visible_gpus() -> List[str]:
+    """The ids of the GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` names them (its entries
+    when set, else '0' .. 'n-1'), ``torch.cuda.device_count()`` of them."""
+    n = torch.cuda.device_count()
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:n] if "CUDA_VISIBLE_DEVICES" in os.environ else [str(k) for k in range(n)]
 
 
 class Task(NamedTuple):
@@ -177,7 +243,23 @@ def _on_sigint(signum, frame) -> None:
         raise KeyboardInterrupt
 
 
-def _init_worker(parent_pid: int, data, threads: int, progress_queue) -> None:
+def _take_gpu(gpus: Optional[List[str]], counter) -> None:
+    """Give this worker the next GPU of ``gpus`` (round robin over the workers, ``counter`` a shared
+    ``multiprocessing.Value``): set ``CUDA_VISIBLE_DEVICES`` to it, so that its 'cuda' is that GPU.
+    Must run before anything touches CUDA in the worker."""
+    if not gpus:
+        return
+    if torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised in a pool worker before its GPU was set (the shared inputs "
+                           "must be CPU tensors)")
+    with counter.get_lock():
+        k = counter.value
+        counter.value += 1
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
+
+
+def _init_worker(parent_pid: int, data, threads: int, progress_queue, gpus=None, gpu_counter=None) -> None:
+    _take_gpu(gpus, gpu_counter)
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, _on_sigint)
     torch.set_num_threads(threads)
@@ -235,8 +317,10 @@ def _run_pool(config, tasks, data, on_result, on_progress) -> None:
     progress_queue = ctx.SimpleQueue()
     by_key = {t.key: t for t in tasks}
     workers = config.local_workers(len(tasks))
+    gpus = config.worker_gpus()
     pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(os.getpid(), data, config.threads_per_unit, progress_queue))
+                                  initargs=(os.getpid(), data, config.threads_per_unit, progress_queue,
+                                            gpus, ctx.Value("i", 0) if gpus else None))
 
     def wait_some(futures):
         done, _ = cf.wait(futures, timeout=0.1, return_when=cf.FIRST_COMPLETED)
@@ -256,6 +340,21 @@ def _ray_task(key: str, fn, data, threads: int, progress_queue):
     return fn(data, _Throttled(lambda done, total: progress_queue.put_nowait((key, done, total)), interval=0.5))
 
 
+def ray_options(config: ExecutorConfig) -> Dict[str, Any]:
+    """The resources of one unit's Ray task: ``num_cpus`` = its threads, ``num_gpus`` = its GPUs
+    (``config.unit_gpus``), no retries (a failed unit is redone by rerunning the study)."""
+    return {"num_cpus": config.threads_per_unit, "num_gpus": config.unit_gpus, "max_retries": 0}
+
+
+def ray_window(config: ExecutorConfig, resources: Dict[str, float]) -> int:
+    """How many units to keep in flight on a cluster with ``resources`` (``ray.cluster_resources()``):
+    as many as its CPUs, and GPUs where units request them, hold at once (at least 1)."""
+    fit = resources.get("CPU", 1) // config.threads_per_unit
+    if config.unit_gpus > 0:
+        fit = min(fit, math.floor(resources.get("GPU", 0) / config.unit_gpus + 1e-9))
+    return max(1, int(fit))
+
+
 def _run_ray(config, tasks, data, on_result, on_progress) -> None:
     with session(config):   # a no-op inside the caller's session
         _run_ray_tasks(_import_ray(), config, tasks, data, on_result, on_progress)
@@ -267,8 +366,8 @@ def _run_ray_tasks(ray, config, tasks, data, on_result, on_progress) -> None:
         progress_queue = ray.util.queue.Queue()
         by_key = {t.key: t for t in tasks}
         data_ref = ray.put(data)
-        remote = ray.remote(num_cpus=config.threads_per_unit, max_retries=0)(_ray_task)
-        window = max(1, int(ray.cluster_resources().get("CPU", 1) // config.threads_per_unit))
+        remote = ray.remote(**ray_options(config))(_ray_task)
+        window = ray_window(config, ray.cluster_resources())
 
         def wait_some(refs):
             done, _ = ray.wait(refs, num_returns=1, timeout=0.1)

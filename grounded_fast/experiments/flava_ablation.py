@@ -191,18 +191,24 @@ def prepare(cfg: FlavaStudyConfig) -> Dict:
 
 
 def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyConfig, data: Dict,
-               out_dir: str, progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, float]:
-    """Train one cell; save the best-PPPL checkpoint to ``out_dir``; returns its metrics (pppl,
-    step, blimp in %) and ``blimp_correct``: whether each BLiMP pair was right, as a '0' / '1'
-    string in the order of ``data['blimp_good']`` (see ``significance.pack_correct``).
+               out_dir: str, progress: Optional[Callable[[int, int], None]] = None,
+               device="cpu") -> Dict[str, float]:
+    """Train one cell on ``device`` (training forward passes under ``device.autocast``, evaluation
+    in float32); save the best-PPPL checkpoint to ``out_dir``; returns its metrics (pppl, step,
+    blimp in %) and ``blimp_correct``: whether each BLiMP pair was right, as a '0' / '1' string in
+    the order of ``data['blimp_good']`` (see ``significance.pack_correct``).
     ``progress(step, steps)`` is called after every training step."""
     import grounded_fast.models as gm
     from ..models.flava import LOSSES, LossScheduler, pseudo_perplexity
+    from .device import autocast
     from .significance import pack_correct
 
     torch.manual_seed(seed)
     model = gm.build("flava", cfg.model_preset, vocab_size=data["vocab_size"], max_text_len=cfg.max_text_len,
                      pad_id=data["pad_id"], cls_id=data["cls_id"], sep_id=data["sep_id"], mask_id=data["mask_id"])
+    device = torch.device(device)
+    model = model.to(device)
+    data = {k: v.to(device) if torch.is_tensor(v) and k != "text_words" else v for k, v in data.items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     n_sentences = int(torch.searchsorted(data["text_words"], text_volume)) + 1   # whole sentences
@@ -217,12 +223,13 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
     for step in range(1, cfg.steps + 1):
         model.train()
         tb = text[torch.randint(len(text), (cfg.batch_size,), generator=g)]
-        losses = model.losses(ids=tb, generator=g)
-        if image_volume > 0:
-            k = torch.randint(image_volume, (min(cfg.batch_size, image_volume),), generator=g)
-            pl = model.losses(ids=cap[k], images=img[k], codes=codes[k], paired=True, generator=g)
-            losses.update({n: v for n, v in pl.items() if n != "mlm"})
-        loss = sched.total(losses)
+        with autocast(device):
+            losses = model.losses(ids=tb, generator=g)
+            if image_volume > 0:
+                k = torch.randint(image_volume, (min(cfg.batch_size, image_volume),), generator=g)
+                pl = model.losses(ids=cap[k], images=img[k], codes=codes[k], paired=True, generator=g)
+                losses.update({n: v for n, v in pl.items() if n != "mlm"})
+            loss = sched.total(losses)
         opt.zero_grad()
         loss.backward()
         opt.step()

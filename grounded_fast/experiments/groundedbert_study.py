@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .._atomic import Written, write_atomic
 from ..data.config import DataConfig
 from ..models.config import ModelConfig
+from .device import autocast, synchronize
 
 TEXT_ONLY = "text-only"
 HEAD_FILE = "head.pt"
@@ -124,9 +125,10 @@ def demo_glue_task(corpus, directory: str) -> str:
     return directory
 
 
-def prepare(cfg: GroundedBertStudyConfig, out_dir: str) -> Dict:
+def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu") -> Dict:
     """Pre-training pairs (caption states, patches) of ``cfg.data`` and the downstream task's
-    encoded sentences (``cfg.downstream``)."""
+    encoded sentences (``cfg.downstream``); encoders on ``device``, the features cached and
+    returned on the CPU."""
     from ..data import DemoCorpus, load_glue_tsv
     from ..data.corpora import read_corpus
     from ..data.features import FeatureCache
@@ -134,18 +136,18 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str) -> Dict:
 
     cache_dir = os.path.join(out_dir, "features")
     d = cfg.data
-    text_encoder = d.load_encoder("text")
+    text_encoder = d.load_encoder("text", device)
     corpus = DemoCorpus(cfg.num_scenes, cfg.corpus_seed) if "demo" in (d.kind, cfg.downstream.kind) else None
     if d.kind == "demo":
         data, _ = demo_grounding_data(corpus, cache_dir, text_encoder=text_encoder,
-                                      vision_encoder=d.load_encoder("vision"), progress=False)
+                                      vision_encoder=d.load_encoder("vision", device), progress=False)
         train = data["train"]
         pretrain = (train.sources["P"][0], train.sources["P"][1], train.sources["C"][0])
     else:
         items = read_corpus(d.kind, d.path, "train", splits=d.splits, features=d.features or None,
                             images=d.images or None, max_items=d.max_items)
         pretrain = corpus_caption_image_data(items, cache_dir, tag=d.kind, text_encoder=text_encoder,
-                                             vision_encoder=None if d.features else d.load_encoder("vision"),
+                                             vision_encoder=None if d.features else d.load_encoder("vision", device),
                                              use_features=bool(d.features), progress=False)
     down = cfg.downstream
     glue_dir = down.path if down.kind == "glue" else demo_glue_task(corpus, os.path.join(out_dir, "glue-demo"))
@@ -171,21 +173,27 @@ def _head_input(model, cls_states: torch.Tensor, grounded: bool) -> torch.Tensor
 
 
 def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir: str,
-                progress: Optional[Callable[[int, int], None]] = None) -> Tuple[Dict[str, float], Dict[str, Written]]:
-    """Pre-train (unless text-only), then fit and score the downstream classifier; save the model
-    (``config.json``, ``model.pt``) and the classifier (``head.pt``) to ``out_dir``, each atomically.
+                progress: Optional[Callable[[int, int], None]] = None,
+                device="cpu") -> Tuple[Dict[str, float], Dict[str, Written]]:
+    """Pre-train (unless text-only), then fit and score the downstream classifier, on ``device``
+    (training forward passes under ``device.autocast``; the OT loss in float32, outside it); save
+    the model (``config.json``, ``model.pt``) and the classifier (``head.pt``, CPU state) to
+    ``out_dir``, each atomically. The OT share of step time is measured with the device synchronised.
     ``progress(step, steps)`` is called after every pre-training and fine-tuning step.
     Returns (metrics, {file name: its path, sha256 and size}); the metrics include ``dev_correct``,
     whether each dev item was classified right, as a '0' / '1' string (``significance.pack_correct``)."""
     import grounded_fast.models as gm
     from ..models.groundedbert import _mlp
     from .significance import pack_correct
+    from ..models.config import cpu_state
 
     torch.manual_seed(cfg.seed)
     ot = "none" if variant == TEXT_ONLY else variant.split("-")[0]
     mass = _mass(variant) or 0.5
     model = gm.build("groundedbert", cfg.model_preset, ot=ot, ot_mass=mass, ot_reg=cfg.ot_reg,
                      ot_weight=cfg.ot_weight, num_labels=data["num_labels"])
+    device = torch.device(device)
+    model = model.to(device)
     out: Dict[str, float] = {}
     steps = cfg.finetune_steps + (cfg.pretrain_steps if variant != TEXT_ONLY else 0)
     step = 0
@@ -197,24 +205,25 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
             progress(step, steps)
 
     if variant != TEXT_ONLY:
-        states, mask, patches = data["pretrain"]
+        states, mask, patches = (t.to(device) for t in data["pretrain"])
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(cfg.seed)
         ot_time = [0.0]
         if model.ot_loss is not None:
             t_start = {}
-            model.ot_loss.register_forward_pre_hook(lambda m, a: t_start.__setitem__("t", time.perf_counter()))
-            model.ot_loss.register_forward_hook(lambda m, a, o: ot_time.__setitem__(0, ot_time[0] + time.perf_counter()
+            model.ot_loss.register_forward_pre_hook(lambda m, a: t_start.__setitem__("t", _synced(device)))
+            model.ot_loss.register_forward_hook(lambda m, a, o: ot_time.__setitem__(0, ot_time[0] + _synced(device)
                                                                                     - t_start["t"]))
         step_time, first, last = 0.0, None, None
         for _ in range(cfg.pretrain_steps):
             idx = torch.randint(len(states), (cfg.batch_size,), generator=g)
-            t0 = time.perf_counter()
-            losses = model.pretrain_losses(states[idx], mask[idx], patches[idx], generator=g)
+            t0 = _synced(device)
+            with autocast(device):
+                losses = model.pretrain_losses(states[idx], mask[idx], patches[idx], generator=g)
             opt.zero_grad()
             losses["loss"].backward()
             opt.step()
-            step_time += time.perf_counter() - t0
+            step_time += _synced(device) - t0
             advance()
             last = {k: float(v.detach()) for k, v in losses.items()}
             first = first or last
@@ -222,14 +231,15 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
                     "pretrain_ot_last": last["ot"], "ot_share_of_step_time": ot_time[0] / step_time})
     model.eval()
     grounded = variant != TEXT_ONLY
-    (xtr, ytr), (xdev, ydev) = data["task"]["train"], data["task"]["dev"]
+    (xtr, ytr), (xdev, ydev) = ((x.to(device), y.to(device)) for x, y in (data["task"]["train"], data["task"]["dev"]))
     htr, hdev = _head_input(model, xtr, grounded), _head_input(model, xdev, grounded)
-    head = _mlp(htr.shape[1], model.config.hidden_dim, data["num_labels"], model.config.dropout)
+    head = _mlp(htr.shape[1], model.config.hidden_dim, data["num_labels"], model.config.dropout).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     for _ in range(cfg.finetune_steps):
         idx = torch.randint(len(htr), (cfg.batch_size,), generator=g)
-        loss = F.cross_entropy(head(htr[idx]), ytr[idx])
+        with autocast(device):
+            loss = F.cross_entropy(head(htr[idx]), ytr[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -240,8 +250,14 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
     out["dev_accuracy"] = float(correct.float().mean())
     out["dev_correct"] = pack_correct(correct)   # per dev item, for the report's CI and paired tests
     files = gm.save(model, out_dir)
-    files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(head.state_dict(), f))
+    files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(cpu_state(head), f))
     return out, files
+
+
+def _synced(device: torch.device) -> float:
+    """``time.perf_counter()`` once the work queued on ``device`` is done (GPU kernels are asynchronous)."""
+    synchronize(device)
+    return time.perf_counter()
 
 
 def variant_rows(metrics: List[dict]) -> List[dict]:

@@ -112,17 +112,21 @@ def _tasks(setup: str) -> List[str]:
 
 
 def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_dir: str,
-              progress=None) -> Dict[int, Dict[str, float]]:
-    """Train one decoder; save a checkpoint directory ``run_dir/epoch<k>`` at each checkpoint
-    epoch. Returns {epoch: {'val_token_accuracy': ..., 'train_loss': ...}}. Deterministic given
-    the spec (seeded initialisation, batch order and noise)."""
+              progress=None, device="cpu") -> Dict[int, Dict[str, float]]:
+    """Train one decoder on ``device`` (forward passes under ``device.autocast``); save a checkpoint
+    directory ``run_dir/epoch<k>`` at each checkpoint epoch. Returns {epoch: {'val_token_accuracy':
+    ..., 'train_loss': ...}}. Deterministic given the spec (seeded initialisation, batch order and
+    noise) on the CPU."""
     import grounded_fast.models as gm
     from ..models.grounding_seq2seq import make_optimizer, round_robin, shift_targets, token_accuracy
+    from .device import autocast
 
     torch.manual_seed(spec.seed)
     dims = {t: data["train"].sources[t][0].shape[-1] for t in ("C", "P", "T")}
     model = gm.build("grounding-seq2seq", cfg.model_preset, vocab_size=len(vocab), setup=spec.setup,
                      source_dims=dims, noise_sigma=float(spec.noise), max_len=cfg.max_target_len + 1)
+    device = torch.device(device)
+    model = model.to(device)
     opt = make_optimizer(model)
     train = data["train"]
     g = torch.Generator().manual_seed(10_000 + spec.seed)
@@ -134,10 +138,11 @@ def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_d
         order = torch.randperm(len(train), generator=g)
         total = 0.0
         for b, task in enumerate(tasks):
-            src, tgt = train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+            src, tgt = _to(device, *train.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size]))
             tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
-            logits, _, _ = model(src, tin, task=task)
-            loss = model.loss(logits, tout)
+            with autocast(device):
+                logits, _, _ = model(src, tin, task=task)
+                loss = model.loss(logits, tout)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -147,13 +152,18 @@ def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_d
         if epoch in cfg.checkpoint_epochs:
             model.eval()
             val = data["val"]
-            src, tgt = val.batch(torch.arange(len(val)))
+            src, tgt = _to(device, *val.batch(torch.arange(len(val))))
             tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
             with torch.no_grad():
                 accs = [token_accuracy(model(src, tin, task=t)[0], tout, vocab.pad_id) for t in _tasks(spec.setup)]
             gm.save(model, os.path.join(run_dir, f"epoch{epoch}"))
             results[epoch] = {"val_token_accuracy": sum(accs) / len(accs), "train_loss": total / n_batches}
     return results
+
+
+def _to(device: torch.device, sources: Dict, targets: Tensor):
+    """A batch (sources {task: (features, mask)}, targets) on ``device``."""
+    return {t: (f.to(device), m.to(device)) for t, (f, m) in sources.items()}, targets.to(device)
 
 
 @dataclass
@@ -169,16 +179,17 @@ class TestSetOutputs:
     sources: Dict
 
 
-def run_on_test_set(model_dirs: List[str], data: Dict, vocab) -> TestSetOutputs:
-    """Load each model once and run it on the test set, keeping what every analysis needs."""
+def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu") -> TestSetOutputs:
+    """Load each model once (on ``device``) and run it on the test set, keeping what every analysis
+    needs (on ``device``)."""
     import grounded_fast.models as gm
     from ..models.grounding_seq2seq import shift_targets
     test = data["test"]
-    src, tgt = test.batch(torch.arange(len(test)))
+    src, tgt = _to(torch.device(device), *test.batch(torch.arange(len(test))))
     tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
     logits, attn, segs, hidden, emb = [], [], [], [], []
     for d in model_dirs:
-        model = gm.load(d).eval()
+        model = gm.load(d, map_location=device).eval()
         states = {}
         hook = model.decoder.register_forward_hook(lambda mod, inp, o: states.__setitem__("h", o))
         with torch.no_grad():
@@ -228,10 +239,12 @@ def silhouettes(outs: TestSetOutputs, models: List[str], vocab, words: Tuple[Lis
 
 
 def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, str], data: Dict, vocab,
-            cfg: GroundingStudyConfig) -> Dict:
+            cfg: GroundingStudyConfig, device="cpu") -> Dict:
     """Populations, pairwise agreement / KL, attention segment shares (multimodal) and the
     agreement-vs-attention correlation. candidates: setup -> {model id: val accuracy};
-    checkpoint_dirs: model id -> saved model directory. Returns plain data for the store / report."""
+    checkpoint_dirs: model id -> saved model directory; ``device``: where the models run and the
+    agreement / attention kernels compute (float32 models, no autocast). Returns plain data for the
+    store / report."""
     import grounded_fast.analysis as ga
     pops = ga.match_populations(candidates, pivot=cfg.pivot, p_threshold=cfg.p_threshold)
     models = [m for s in cfg.setups for m in pops.populations[s]]
@@ -240,7 +253,7 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                  "stopped_because": pops.stopped_because, "models": models}
     if len(models) < 2:
         return out
-    outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab)
+    outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab, device)
     logits, attn, segs, mask, src = outs.logits, outs.cross_attention, outs.segments, outs.mask, outs.sources
     words = concreteness_words(vocab)
     out["concreteness_words"] = {"abstract": words[0], "concrete": words[1]}

@@ -11,12 +11,15 @@ and rerunning the same command continues at the first unit not done: a half-done
 from its seed (deterministic), checkpoints and the other files of done units (recorded with their
 sha256 in the unit's payload under ``files``) are verified before they count.
 Training units run on an executor (``executors.py``: a local process pool by default, or Ray)
-with identical results; only this process writes the store.
+with identical results; only this process writes the store. The device (``device.py``: cpu,
+cuda, cuda:N) is passed to the study's ``prepare``, ``run_unit`` and steps as ``device=``, and
+every unit's payload records the one it ran on (``device``).
 """
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -31,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._atomic import Written, check_file
+from .device import describe, resolve_device
 from .executors import ExecutorConfig, Task, run_tasks
 from .run_lock import hold_run_lock
 from .store import ResultStore, set_aside
@@ -189,8 +193,8 @@ def _run_units(store: ResultStore, items: List[tuple], bar, progress: bool, exec
         _commit(store, task, result)
         bar.update(1)
 
-    log.info("%d units on the %s executor (%d threads per unit)", len(tasks), executor.kind,
-             executor.threads_per_unit)
+    log.info("%d units on the %s executor (%d threads per unit, device %s)", len(tasks), executor.kind,
+             executor.threads_per_unit, executor.device)
     try:
         run_tasks(executor, tasks, prepare(), on_result, on_progress)
     except BaseException as exc:
@@ -205,12 +209,18 @@ def _run_units(store: ResultStore, items: List[tuple], bar, progress: bool, exec
 
 
 def run_study(study, cfg, out_dir: str, progress: bool = True, executor: Optional[ExecutorConfig] = None,
-              force_new: bool = False) -> Any:
+              force_new: bool = False, device=None) -> Any:
     """Run (or resume) ``study`` (a ``studies.Study``) with config ``cfg`` in ``out_dir``; returns
     ``study.results``. Its ``before`` steps, then its units (on ``executor``, default the local
     pool), then its ``after`` steps; whatever the store records as done (units with verified
     checkpoints and files) is skipped, and the shared inputs are prepared only when something is
-    left. ``force_new``: start afresh, the existing store set aside (see ``_study``)."""
+    left. ``force_new``: start afresh, the existing store set aside (see ``_study``). ``device``:
+    'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device (see ``device.resolve_device``; None: the
+    executor's, by default the CPU); it replaces the executor's and reaches ``prepare``,
+    ``run_unit`` and the steps."""
+    executor = executor or ExecutorConfig()
+    device = resolve_device(executor.device if device is None else device)
+    executor = dataclasses.replace(executor, device=device)
     with _study(study.name, cfg, out_dir, force_new) as store:
         units = study.plan(cfg)
         todo = [u for u in units if not _units_done(store, u.unit_id, u.run_id)]
@@ -221,20 +231,20 @@ def run_study(study, cfg, out_dir: str, progress: bool = True, executor: Optiona
         def prepared():
             if not shared:
                 t0 = time.time()
-                shared.append(_prepare(study, cfg, out_dir, progress))
+                shared.append(_prepare(study, cfg, out_dir, progress, device))
                 log.info("shared inputs ready in %.1f s", time.time() - t0)
             return shared[0]
 
         for step in study.before:
-            _run_step(store, step, cfg, out_dir, prepared, bar)
+            _run_step(store, step, cfg, out_dir, prepared, bar, device)
         for u in todo:
             store.mark_run(u.run_id, labels=dict(u.labels), status="pending")
         bar.update(len(units) - len(todo))
         _run_units(store, [(u.unit_id, functools.partial(_counting_warnings, functools.partial(
-                       study.run_unit, u.spec, cfg, out_dir))) for u in todo],
-                   bar, progress, executor or ExecutorConfig(), prepared, study.progress_unit)
+                       _on_device, device, functools.partial(study.run_unit, u.spec, cfg, out_dir)))) for u in todo],
+                   bar, progress, executor, prepared, study.progress_unit)
         for step in study.after:
-            _run_step(store, step, cfg, out_dir, prepared, bar)
+            _run_step(store, step, cfg, out_dir, prepared, bar, device)
         bar.close()
         return study.results(store, cfg)
 
@@ -245,22 +255,36 @@ class StudyDataError(RuntimeError):
     line saying what, raised before any unit trains; the traceback is in ``run.log``."""
 
 
-def _prepare(study, cfg, out_dir: str, progress: bool):
-    """``study.prepare(...)``, its data errors raised as :class:`StudyDataError`."""
+def _prepare(study, cfg, out_dir: str, progress: bool, device):
+    """``study.prepare(..., device=device)``, its data errors raised as :class:`StudyDataError`."""
     from ..models.encoders import EncoderNotAvailableError
     try:
-        return study.prepare(cfg, out_dir, progress)
+        return study.prepare(cfg, out_dir, progress, device=device)
     except (ValueError, OSError, EncoderNotAvailableError) as exc:
         log.exception("preparing the study's inputs failed")
         raise StudyDataError(f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)) from exc
 
 
-def _run_step(store: ResultStore, step, cfg, out_dir: str, prepared: Callable[[], Any], bar) -> None:
+def _on_device(device, run_unit: Callable[..., dict], data, progress) -> dict:
+    """``run_unit(data, progress, device=device)``, its payload recording the device (see
+    :func:`_with_device`)."""
+    return _with_device(run_unit(data, progress, device=device), device)
+
+
+def _with_device(out: dict, device) -> dict:
+    """A unit's record with ``payload['device']`` = ``describe(device)``, described in the process
+    that ran it (a pool worker with a GPU of its own sees it as cuda:0)."""
+    out["payload"] = {**out.get("payload", {}), "device": describe(device)}
+    return out
+
+
+def _run_step(store: ResultStore, step, cfg, out_dir: str, prepared: Callable[[], Any], bar, device) -> None:
     """A main-process step (``studies.Step``): run unless done, its record committed in one transaction."""
     if not store.unit_done(step.unit_id):
         t0 = time.time()
         data = prepared()
-        out = _counting_warnings(lambda *_: step.run(store, cfg, out_dir, data), None, None)
+        out = _counting_warnings(lambda *_: _with_device(step.run(store, cfg, out_dir, data, device=device), device),
+                                 None, None)
         store.complete_unit(step.unit_id, step.unit_id, jsonable(out.get("payload", {})),
                             metrics=out.get("metrics", ()), pairwise=out.get("pairwise", ()))
         log.info("%s done in %.1f s", step.unit_id, time.time() - t0)

@@ -182,12 +182,24 @@ class ModelConfig:
 
 
 def save_model(model: torch.nn.Module, directory: str, name: str) -> Dict[str, Written]:
-    """Write ``config.json`` (model name + config) and ``model.pt`` (state dict), each atomically;
-    returns {file name: its path, sha256 and size}."""
+    """Write ``config.json`` (model name + config) and ``model.pt`` (state dict, from CPU tensors:
+    loadable on any machine), each atomically; returns {file name: its path, sha256 and size}."""
     meta = {"model": name, "config": model.config.to_dict()}
     return {CONFIG_FILE: write_atomic(os.path.join(directory, CONFIG_FILE), json.dumps(meta, indent=1).encode()),
             WEIGHTS_FILE: write_atomic(os.path.join(directory, WEIGHTS_FILE),
-                                       lambda f: torch.save(model.state_dict(), f))}
+                                       lambda f: torch.save(cpu_state(model), f))}
+
+
+def cpu_state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """``module.state_dict()`` with its tensors on the CPU (the same object when they already are,
+    so a CPU model's file is byte for byte what ``torch.save(module.state_dict())`` writes)."""
+    state = module.state_dict()
+    if all(t.device.type == "cpu" for t in state.values()):
+        return state
+    out = type(state)((k, t.detach().cpu()) for k, t in state.items())
+    if hasattr(state, "_metadata"):
+        out._metadata = state._metadata
+    return out
 
 
 def read_saved(directory: str) -> tuple[str, Dict[str, Any], Dict[str, torch.Tensor]]:

@@ -109,7 +109,10 @@ class GroundedBERT(nn.Module):
         g = self.ground(text_states)                       # (B, L, d_ground)
         u = self.image(patches)                            # (B, P, d_ground)
         if self.ot_loss is not None:
-            l_ot = self.ot_loss(g, u, x_mask=text_mask.bool()).mean()
+            # float32 features, outside any autocast: the cost matrix too is float32 (the solver's
+            # own accumulation is float32 whatever its inputs)
+            with torch.autocast(g.device.type, enabled=False):
+                l_ot = self.ot_loss(g.float(), u.float(), x_mask=text_mask.bool()).mean()
         else:
             l_ot = g.new_zeros(())
         t_cls, v0 = text_states[:, 0], u.mean(1)

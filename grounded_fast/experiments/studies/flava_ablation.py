@@ -22,10 +22,10 @@ def plan(cfg: FlavaStudyConfig) -> List[Unit]:
     return [Unit("cell", cell_id(*c), c, {"text": c[0], "images": c[1], "seed": c[2]}) for c in plan_cells(cfg)]
 
 
-def run_unit(cell, cfg: FlavaStudyConfig, out_dir: str, data, progress) -> dict:
-    """One grid cell (see ``train_cell``); runs on the executor."""
+def run_unit(cell, cfg: FlavaStudyConfig, out_dir: str, data, progress, device="cpu") -> dict:
+    """One grid cell (see ``train_cell``) on ``device``; runs on the executor."""
     start, cdir = time.time(), checkpoint_dir(out_dir, cell_id(*cell))
-    res = train_cell(*cell, cfg, data, cdir, progress=progress)
+    res = train_cell(*cell, cfg, data, cdir, progress=progress, device=device)
     return unit_result(start, [(int(res["step"]), os.path.join(cdir, "model.pt"))],
                        [{"split": "best", "name": k, "value": float(v)} for k, v in res.items()
                         if not isinstance(v, str)], res)
@@ -177,6 +177,7 @@ def _images_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray
     rep.add_paragraph(tests_note(len(out)))
 
 
+# prepare has nothing for the device: tokenisation and the k-means codebook run on the CPU
 STUDY = Study(name="flava-ablation", config_cls=FlavaStudyConfig, plan=plan,
-              prepare=lambda cfg, out_dir, progress: prepare(cfg), run_unit=run_unit, results=results,
+              prepare=lambda cfg, out_dir, progress, device: prepare(cfg), run_unit=run_unit, results=results,
               summary=summary, report=report)

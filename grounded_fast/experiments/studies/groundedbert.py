@@ -22,11 +22,11 @@ def plan(cfg: GroundedBertStudyConfig) -> List[Unit]:
     return [Unit("variant", v, v, {"variant": v}) for v in cfg.variants]
 
 
-def run_unit(variant: str, cfg: GroundedBertStudyConfig, out_dir: str, data, progress) -> dict:
-    """One variant (see ``run_variant``); runs on the executor. ``head.pt`` is recorded with its
-    sha256 in the unit's payload (verified on resume)."""
+def run_unit(variant: str, cfg: GroundedBertStudyConfig, out_dir: str, data, progress, device="cpu") -> dict:
+    """One variant (see ``run_variant``) on ``device``; runs on the executor. ``head.pt`` is recorded
+    with its sha256 in the unit's payload (verified on resume)."""
     start, vdir = time.time(), os.path.join(out_dir, "variants", variant)
-    res, files = run_variant(variant, cfg, data, vdir, progress=progress)
+    res, files = run_variant(variant, cfg, data, vdir, progress=progress, device=device)
     return unit_result(start, [(0, str(files["model.pt"].path))],
                        [{"split": "", "name": k, "value": float(v)} for k, v in res.items() if not isinstance(v, str)],
                        {**res, "files": file_records(out_dir, [files[HEAD_FILE]])})
@@ -135,5 +135,5 @@ def _variants_vs_text_section(rep, variants: List[str], correct: Dict[str, np.nd
 
 
 STUDY = Study(name="groundedbert", config_cls=GroundedBertStudyConfig, plan=plan,
-              prepare=lambda cfg, out_dir, progress: prepare(cfg, out_dir),
+              prepare=lambda cfg, out_dir, progress, device: prepare(cfg, out_dir, device),
               run_unit=run_unit, results=results, summary=summary, report=report)

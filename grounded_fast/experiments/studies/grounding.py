@@ -22,46 +22,49 @@ def plan(cfg: GroundingStudyConfig) -> List[Unit]:
     return [Unit("train", s.run_id, s, {"setup": s.setup, "noise": s.noise, "seed": s.seed}) for s in plan_runs(cfg)]
 
 
-def prepare(cfg: GroundingStudyConfig, out_dir: str, progress: bool):
+def prepare(cfg: GroundingStudyConfig, out_dir: str, progress: bool, device="cpu"):
     """(data, vocab): the C / P / T sources of ``cfg.data`` per split (encoded text and images
     cached under ``out_dir/features``): the demo corpus, or a VATEX / Multi30k corpus read from its
-    path (see ``data.sources.corpus_grounding_data``)."""
+    path (see ``data.sources.corpus_grounding_data``); encoders on ``device``, features cached and
+    returned on the CPU."""
     from ...data import DemoCorpus
     from ...data.corpora import read_corpus
     from ...data.sources import corpus_grounding_data, demo_grounding_data
     d, cache_dir = cfg.data, os.path.join(out_dir, "features")
-    text = d.load_encoder("text")
+    text = d.load_encoder("text", device)
     if d.kind == "demo":
         return demo_grounding_data(DemoCorpus(cfg.num_scenes, cfg.corpus_seed), cache_dir, text_encoder=text,
-                                   vision_encoder=d.load_encoder("vision"), max_target_len=cfg.max_target_len,
+                                   vision_encoder=d.load_encoder("vision", device), max_target_len=cfg.max_target_len,
                                    progress=progress)
     items = {split: read_corpus(d.kind, d.path, split, splits=d.splits, features=d.features or None,
                                 images=d.images or None, max_items=d.max_items) for split in ("train", "val", "test")}
     use_features = bool(d.features) or d.kind == "vatex"
     return corpus_grounding_data(items, cache_dir, tag=d.kind, text_encoder=text,
-                                 translation_encoder=d.load_encoder("translation"),
-                                 vision_encoder=None if use_features else d.load_encoder("vision"),
+                                 translation_encoder=d.load_encoder("translation", device),
+                                 vision_encoder=None if use_features else d.load_encoder("vision", device),
                                  use_features=use_features, max_target_len=cfg.max_target_len, progress=progress)
 
 
-def run_unit(spec, cfg: GroundingStudyConfig, out_dir: str, shared, progress) -> dict:
-    """One training run (see ``train_run``); runs on the executor."""
+def run_unit(spec, cfg: GroundingStudyConfig, out_dir: str, shared, progress, device="cpu") -> dict:
+    """One training run (see ``train_run``) on ``device``; runs on the executor."""
     data, vocab = shared
     start, run_dir = time.time(), os.path.join(out_dir, "runs", spec.run_id)
-    results = train_run(spec, cfg, data, vocab, run_dir, progress=lambda epoch: progress(epoch, cfg.epochs))
+    results = train_run(spec, cfg, data, vocab, run_dir, progress=lambda epoch: progress(epoch, cfg.epochs),
+                        device=device)
     return unit_result(start, [(e, os.path.join(run_dir, f"epoch{e}", "model.pt")) for e in results],
                        [{"epoch": e, "split": "val", "name": k, "value": v} for e, r in results.items()
                         for k, v in r.items()])
 
 
-def _features(store, cfg, out_dir: str, shared) -> dict:
+def _features(store, cfg, out_dir: str, shared, device="cpu") -> dict:
     data, vocab = shared
     return {"payload": {"train": len(data["train"]), "val": len(data["val"]), "test": len(data["test"]),
                         "vocab": len(vocab)}}
 
 
-def _analysis(store, cfg: GroundingStudyConfig, out_dir: str, shared) -> dict:
-    """Accuracy-matched populations over every checkpoint's validation accuracy, then ``analyse``."""
+def _analysis(store, cfg: GroundingStudyConfig, out_dir: str, shared, device="cpu") -> dict:
+    """Accuracy-matched populations over every checkpoint's validation accuracy, then ``analyse``
+    (models and kernels on ``device``)."""
     data, vocab = shared
     candidates: Dict[str, Dict[str, float]] = {s: {} for s in cfg.setups}
     dirs = {}
@@ -70,7 +73,7 @@ def _analysis(store, cfg: GroundingStudyConfig, out_dir: str, shared) -> dict:
             mid = f"{spec.run_id}@{row['epoch']}"
             candidates[spec.setup][mid] = row["value"]
             dirs[mid] = os.path.join(out_dir, "runs", spec.run_id, f"epoch{row['epoch']}")
-    res = analyse(candidates, dirs, data, vocab, cfg)
+    res = analyse(candidates, dirs, data, vocab, cfg, device=device)
     models = res["models"]
     pairwise = [{"analysis": name, "model_a": models[i], "model_b": models[j], "value": float(res[name][i, j])}
                 for name in ("agreement", "kl") if name in res
@@ -94,7 +97,7 @@ def summary(res: dict) -> List[str]:
 def report(store, out_dir: str):
     """Training runs, the matched populations, agreement / KL beside the paper, attention and
     concreteness sections (placeholders where the run is not that far)."""
-    from ..report import Report, Table, agreement_heatmap, distance_vs_agreement_scatter, silhouette_boxplot
+    from ..report import Report, agreement_heatmap, distance_vs_agreement_scatter, silhouette_boxplot
 
     info = store.study_info()
     rep = Report(TITLE)

@@ -32,9 +32,10 @@ class Unit:
 @dataclass(frozen=True)
 class Step:
     """A unit done in the main process, before or after the independent units (skipped when the
-    store records ``unit_id`` as done). ``run(store, cfg, out_dir, shared)`` returns the unit's
-    record: ``{"payload": {...}, "metrics": [...], "pairwise": [...]}`` (each key optional), which
-    the runner commits in one transaction."""
+    store records ``unit_id`` as done). ``run(store, cfg, out_dir, shared, device=device)`` (device:
+    the run's ``torch.device``, where its computations go) returns the unit's record:
+    ``{"payload": {...}, "metrics": [...], "pairwise": [...]}`` (each key optional), which the
+    runner commits in one transaction (its payload gains ``device``: where it ran)."""
     unit_id: str
     run: Callable[..., Dict[str, Any]]
 
@@ -46,12 +47,17 @@ class Study:
     name: as the CLI spells it (``grounded-fast run <name>``) and as the store records it.
     config_cls: its config (a :class:`ModelConfig` with ``presets``; ``check()`` before anything is written).
     plan(cfg) -> [Unit]: the independent units, in a fixed order.
-    prepare(cfg, out_dir, progress) -> shared: the inputs every unit and step needs, computed once
-        in the main process (only when something is left to do) and shipped to the workers.
-    run_unit(spec, cfg, out_dir, shared, progress) -> ``runner.unit_result(...)``: one unit, on the
-        executor; a module-level function (pickled for the process pool and Ray). It returns at
-        least one checkpoint (a unit counts as done only while its checkpoints, and the files its
-        payload records with ``runner.file_records``, verify); ``progress(done, total)`` feeds its bar.
+    prepare(cfg, out_dir, progress, device=device) -> shared: the inputs every unit and step needs,
+        computed once in the main process (only when something is left to do; feature extraction
+        on ``device``) and shipped to the workers: CPU tensors (a pool worker's GPU is set after
+        they arrive).
+    run_unit(spec, cfg, out_dir, shared, progress, device=device) -> ``runner.unit_result(...)``:
+        one unit, on the executor; a module-level function (pickled for the process pool and Ray).
+        Its models and batches go to ``device`` (a ``torch.device``: cpu, cuda or cuda:N; the
+        training forward passes under ``experiments.device.autocast(device)``), its checkpoints are
+        saved from CPU state. It returns at least one checkpoint (a unit counts as done only while
+        its checkpoints, and the files its payload records with ``runner.file_records``, verify);
+        ``progress(done, total)`` feeds its bar. The runner adds ``device`` to its payload.
     results(store, cfg) -> what ``run_study`` returns (read from the store).
     summary(results) -> the lines the CLI prints after a run.
     report(store, out_dir) -> a ``report.Report`` of the run (the store is only read; partial runs
@@ -62,7 +68,7 @@ class Study:
     name: str
     config_cls: Type[ModelConfig]
     plan: Callable[[Any], List[Unit]]
-    prepare: Callable[[Any, str, bool], Any]
+    prepare: Callable[..., Any]
     run_unit: Callable[..., Dict[str, Any]]
     results: Callable[[Any, Any], Any]
     summary: Callable[[Any], List[str]]
