@@ -10,9 +10,10 @@ import pytest
 from grounded_fast.experiments import report as rep
 from grounded_fast.experiments.report import (
     NOT_COMPUTED, MissingData, Report, Table, agreement_heatmap, correlation_summary,
-    distance_vs_agreement_scatter, flava_grid_heatmap, flava_grid_table, format_number, reference_findings,
+    distance_vs_agreement_scatter, format_number, reference_findings,
     reference_section, reference_tables, require, silhouette_boxplot,
 )
+from grounded_fast.experiments.studies.flava_ablation import flava_grid_heatmap
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -317,19 +318,6 @@ def test_flava_grid_heatmap():
         flava_grid_heatmap([])
     with pytest.raises(KeyError, match="image volume"):
         flava_grid_heatmap([dict(words="10M", blimp=60)])
-
-
-def test_flava_grid_table_with_and_without_reference_match():
-    t = flava_grid_table(_flava_rows())
-    assert t.header == ["words", "images", "BLiMP (%)", "PPPL", "runs"]  # no published cell matches
-    assert t.value({"words": "100K", "images": "none"}, "BLiMP (%)") == pytest.approx(61.0)
-    assert t.value({"words": "100K", "images": "none"}, "runs") == 2
-    rows = [{"words": "100M", "images": "none", "BLiMP (%)": 70.0, "PPPL": 7.5},
-            {"words": "100M", "images": "40K", "BLiMP (%)": 69.0, "PPPL": 9.0}]
-    t = flava_grid_table(rows)
-    assert t.header[-2:] == ["ref. BLiMP (%)", "ref. PPPL"]
-    assert t.value({"images": "none"}, "ref. BLiMP (%)") == pytest.approx(71.32)
-    assert t.value({"images": "40K"}, "ref. PPPL") == pytest.approx(9.64)
 
 
 # ----------------------------------------------------------------------------- the report

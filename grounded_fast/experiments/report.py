@@ -11,8 +11,8 @@ Pieces
   * plot helpers returning `matplotlib.figure.Figure` objects (drawn with the Agg canvas, never
     through pyplot, so no window opens and no global figure list grows); each accepts ``path=``
     to also save a PNG (atomically): `agreement_heatmap`, `distance_vs_agreement_scatter`,
-    `silhouette_boxplot`, `flava_grid_heatmap`; and `flava_grid_table` for the FLAVA grid as a
-    `Table` (ours beside the reference cells that match).
+    `silhouette_boxplot` (a study's own plots live in its module, e.g. the FLAVA grid's heatmap in
+    ``studies/flava_ablation.py``).
   * `Report` -- a small builder: headings, paragraphs, tables, figures, reference blocks;
     `Report.write(directory)` renders one document model through two Jinja2 templates
     (``templates/report.md.j2``, ``templates/report.html.j2``) into ``report.md`` (figures as
@@ -60,7 +60,7 @@ __all__ = [
     "reference_preamble", "reference_scale", "format_number", "significance", "tests_note",
     "correlation_summary", "figure_to_png",
     "agreement_heatmap", "distance_vs_agreement_scatter", "silhouette_boxplot",
-    "flava_grid_heatmap", "flava_grid_table", "Report",
+    "Report",
 ]
 
 NOT_COMPUTED = "not computed yet (run incomplete)"
@@ -624,148 +624,6 @@ def silhouette_boxplot(values: Mapping[Any, Sequence[float]], *, title: str = "S
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _maybe_save(fig, path)
-
-
-# ---- the FLAVA grid
-_TEXT_KEYS = ("text volume", "text_volume", "text", "words", "word volume", "n words", "text tokens")
-_IMAGE_KEYS = ("image volume", "image_volume", "images", "image", "n images")
-_METRIC_KEYS = {"blimp": ("blimp", "blimp %", "blimp accuracy", "blimp acc"),
-                "pppl": ("pppl", "pseudo perplexity", "pseudo_perplexity", "perplexity")}
-_METRIC_TITLES = {"blimp": "BLiMP accuracy (%)", "pppl": "pseudo-perplexity (lower is better)"}
-_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
-
-
-def _get(row: Mapping[str, Any], keys: Sequence[str], what: str) -> Any:
-    normed = {_norm(k): v for k, v in row.items()}
-    for k in keys:
-        if _norm(k) in normed:
-            return normed[_norm(k)]
-    raise KeyError(f"FLAVA grid row has no {what} (one of {list(keys)}): keys {list(row)}")
-
-
-def _humanize(n: float) -> str:
-    if n == 0:
-        return "none"
-    for suffix, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
-def _volume(v: Any) -> Tuple[float, str]:
-    """A data volume -> (sort key, label): None/'none'/0 -> (0, 'none'); 10_000_000 -> '10M';
-    '40K' -> (40000, '40K'); other text keeps its label and sorts last."""
-    v = _scalar(v)
-    if v is None:
-        return 0.0, "none"
-    if isinstance(v, numbers.Real):
-        return float(v), _humanize(float(v))
-    s = str(v).strip()
-    if s.lower() in ("", "none", "0", "no", "-", "—"):
-        return 0.0, "none"
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([kKmMbBgG]?)", s.replace(",", ""))
-    if m:
-        return float(m.group(1)) * _SUFFIX.get(m.group(2).lower(), 1.0), s.upper()
-    return math.inf, s
-
-
-def _flava_cells(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]):
-    if not rows:
-        raise MissingData("no FLAVA grid rows")
-    cells: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
-    tkeys: Dict[str, float] = {}
-    ikeys: Dict[str, float] = {}
-    for row in rows:
-        tk, tl = _volume(_get(row, _TEXT_KEYS, "text volume"))
-        ik, il = _volume(_get(row, _IMAGE_KEYS, "image volume"))
-        tkeys[tl], ikeys[il] = tk, ik
-        cell = cells.setdefault((tl, il), {m: [] for m in metrics})
-        for m in metrics:
-            try:
-                v = _scalar(_get(row, _METRIC_KEYS.get(m, (m,)), m))
-            except KeyError:
-                v = None
-            if v is not None and not isinstance(v, str) and np.isfinite(float(v)):
-                cell[m].append(float(v))
-    texts = sorted(tkeys, key=lambda k: (tkeys[k], k))
-    images = sorted(ikeys, key=lambda k: (ikeys[k], k))
-    return texts, images, cells
-
-
-def flava_grid_heatmap(rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = ("blimp", "pppl"),
-                       title: str = "FLAVA ablation grid", path: Optional[Union[str, os.PathLike]] = None) -> Figure:
-    """Heatmaps of the FLAVA text-volume x image-volume grid, one panel per metric (BLiMP, PPPL).
-
-    ``rows``: dicts with a text volume ('text_volume' / 'words' / 'text'), an image volume
-    ('image_volume' / 'images'; None, 0 or 'none' = text only) and the metrics ('blimp',
-    'pppl'); volumes may be numbers (10_000_000) or labels ('10M'). Several rows for one cell
-    (seeds) are averaged; missing cells are grey with '—'. PPPL uses a reversed colour map so
-    that 'better' has the same colour in both panels. Each panel's image is
-    (#text volumes x #image volumes). Raises `MissingData` for no rows. Returns the Figure
-    (per metric: the heatmap axes, then its colorbar)."""
-    texts, images, cells = _flava_cells(rows, metrics)
-    fig = _new_figure((4.2 * len(metrics) + 0.6, 1.2 + 0.6 * len(texts) + 1.2))
-    for k, metric in enumerate(metrics):
-        grid = np.full((len(texts), len(images)), np.nan)
-        for i, t in enumerate(texts):
-            for j, im_ in enumerate(images):
-                vals = cells.get((t, im_), {}).get(metric, [])
-                if vals:
-                    grid[i, j] = float(np.mean(vals))
-        ax = fig.add_subplot(1, len(metrics), k + 1)
-        cm = "viridis_r" if metric == "pppl" else "viridis"
-        im = ax.imshow(np.ma.masked_invalid(grid), cmap=_cmap(cm), aspect="auto", interpolation="nearest")
-        fig.colorbar(im, ax=ax, shrink=0.85)
-        _annotate_cells(ax, im, grid, 3)
-        ax.set_xticks(range(len(images)), images)
-        ax.set_yticks(range(len(texts)), texts)
-        ax.set_xlabel("images")
-        ax.set_ylabel("words")
-        ax.set_title(_METRIC_TITLES.get(metric, metric))
-    fig.suptitle(title)
-    return _maybe_save(fig, path)
-
-
-def flava_grid_table(rows: Sequence[Mapping[str, Any]], *, reference: bool = True,
-                     caption: str = "FLAVA ablation grid (ours)") -> Table:
-    """The FLAVA grid as a `Table` (words, images, BLiMP (%), PPPL; 'runs' when a cell averages
-    several rows), sorted by volume. With ``reference``, the published BLiMP / PPPL are added as
-    'ref. ...' columns when at least one of our cells has the same volumes as a published one
-    (our runs are usually smaller, then the reference is printed as its own table instead)."""
-    metrics = ("blimp", "pppl")
-    texts, images, cells = _flava_cells(rows, metrics)
-    multi = any(len(v) > 1 for c in cells.values() for v in c.values())
-    ref: Optional[Table] = None
-    if reference:
-        try:
-            tabs = reference_tables("flava-ablation")
-            ref = tabs[0] if tabs else None
-        except (OSError, KeyError):
-            ref = None
-    out_rows = []
-    ref_cells = []
-    for t in texts:
-        for i in images:
-            c = cells.get((t, i))
-            if c is None:
-                continue
-            row: List[Any] = [t, i] + [float(np.mean(c[m])) if c[m] else None for m in metrics]
-            if multi:
-                row.append(max(len(c[m]) for m in metrics))
-            rc: List[Any] = [None, None]
-            if ref is not None:
-                try:
-                    where = {"words": t, "images": i}
-                    rc = [ref.value(where, "BLiMP (%)"), ref.value(where, "PPPL")]
-                except KeyError:
-                    pass
-            out_rows.append(row)
-            ref_cells.append(rc)
-    header = ["words", "images", "BLiMP (%)", "PPPL"] + (["runs"] if multi else [])
-    if any(v is not None for rc in ref_cells for v in rc):
-        header += ["ref. BLiMP (%)", "ref. PPPL"]
-        out_rows = [r + rc for r, rc in zip(out_rows, ref_cells)]
-    return Table(header=header, rows=out_rows, caption=caption)
 
 
 # ----------------------------------------------------------------------------- the report

@@ -4,14 +4,19 @@ one ``cell/<cell id>`` unit per text volume x image volume x seed. Training and 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
+import re
 import time
-from typing import Dict, List
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from ..flava_ablation import FlavaStudyConfig, cell_id, checkpoint_dir, grid_rows, plan_cells, prepare, train_cell
 from ..runner import unit_result
+from ..report import MissingData, _annotate_cells, _cmap, _maybe_save, _new_figure, _norm, _scalar
 from .registry import Study, Unit
 
 TITLE = "Acquiring linguistic knowledge from multimodal input: the ablation grid, small scale"
@@ -44,7 +49,7 @@ def summary(rows: List[dict]) -> List[str]:
 def report(store, out_dir: str):
     """The scale against the paper, the grid with CIs (ours beside the published cells), its
     heatmaps, and each image cell against the text-only cell of its text volume (exact McNemar)."""
-    from ..report import Report, flava_grid_heatmap
+    from ..report import Report
 
     info = store.study_info()
     cfg = info.get("config", {})
@@ -71,7 +76,6 @@ def _blimp_correct(store) -> Dict[str, np.ndarray]:
 
 
 def _volume(n: int) -> str:
-    from ..report import _humanize
     return _humanize(float(n))
 
 
@@ -175,6 +179,106 @@ def _images_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray
                   caption="Each image cell against the text-only cell of its text volume and seed, on the same "
                           "BLiMP pairs (exact McNemar test on the discordant pairs)")
     rep.add_paragraph(tests_note(len(out)))
+
+
+# ---- the grid heatmap (rows: dicts as grid_rows gives, or the published grid's labels)
+_TEXT_KEYS = ("text volume", "text_volume", "text", "words", "word volume", "n words", "text tokens")
+_IMAGE_KEYS = ("image volume", "image_volume", "images", "image", "n images")
+_METRIC_KEYS = {"blimp": ("blimp", "blimp %", "blimp accuracy", "blimp acc"),
+                "pppl": ("pppl", "pseudo perplexity", "pseudo_perplexity", "perplexity")}
+_METRIC_TITLES = {"blimp": "BLiMP accuracy (%)", "pppl": "pseudo-perplexity (lower is better)"}
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+
+
+def _get(row: Mapping[str, Any], keys: Sequence[str], what: str) -> Any:
+    normed = {_norm(k): v for k, v in row.items()}
+    for k in keys:
+        if _norm(k) in normed:
+            return normed[_norm(k)]
+    raise KeyError(f"FLAVA grid row has no {what} (one of {list(keys)}): keys {list(row)}")
+
+
+def _humanize(n: float) -> str:
+    if n == 0:
+        return "none"
+    for suffix, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
+def _volume_key(v: Any) -> Tuple[float, str]:
+    """A data volume -> (sort key, label): None/'none'/0 -> (0, 'none'); 10_000_000 -> '10M';
+    '40K' -> (40000, '40K'); other text keeps its label and sorts last."""
+    v = _scalar(v)
+    if v is None:
+        return 0.0, "none"
+    if isinstance(v, numbers.Real):
+        return float(v), _humanize(float(v))
+    s = str(v).strip()
+    if s.lower() in ("", "none", "0", "no", "-", "—"):
+        return 0.0, "none"
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([kKmMbBgG]?)", s.replace(",", ""))
+    if m:
+        return float(m.group(1)) * _SUFFIX.get(m.group(2).lower(), 1.0), s.upper()
+    return math.inf, s
+
+
+def _flava_cells(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]):
+    if not rows:
+        raise MissingData("no FLAVA grid rows")
+    cells: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
+    tkeys: Dict[str, float] = {}
+    ikeys: Dict[str, float] = {}
+    for row in rows:
+        tk, tl = _volume_key(_get(row, _TEXT_KEYS, "text volume"))
+        ik, il = _volume_key(_get(row, _IMAGE_KEYS, "image volume"))
+        tkeys[tl], ikeys[il] = tk, ik
+        cell = cells.setdefault((tl, il), {m: [] for m in metrics})
+        for m in metrics:
+            try:
+                v = _scalar(_get(row, _METRIC_KEYS.get(m, (m,)), m))
+            except KeyError:
+                v = None
+            if v is not None and not isinstance(v, str) and np.isfinite(float(v)):
+                cell[m].append(float(v))
+    texts = sorted(tkeys, key=lambda k: (tkeys[k], k))
+    images = sorted(ikeys, key=lambda k: (ikeys[k], k))
+    return texts, images, cells
+
+
+def flava_grid_heatmap(rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = ("blimp", "pppl"),
+                       title: str = "FLAVA ablation grid", path: Optional[Union[str, os.PathLike]] = None) -> Figure:
+    """Heatmaps of the FLAVA text-volume x image-volume grid, one panel per metric (BLiMP, PPPL).
+
+    ``rows``: dicts with a text volume ('text_volume' / 'words' / 'text'), an image volume
+    ('image_volume' / 'images'; None, 0 or 'none' = text only) and the metrics ('blimp',
+    'pppl'); volumes may be numbers (10_000_000) or labels ('10M'). Several rows for one cell
+    (seeds) are averaged; missing cells are grey with '—'. PPPL uses a reversed colour map so
+    that 'better' has the same colour in both panels. Each panel's image is
+    (#text volumes x #image volumes). Raises `MissingData` for no rows. Returns the Figure
+    (per metric: the heatmap axes, then its colorbar)."""
+    texts, images, cells = _flava_cells(rows, metrics)
+    fig = _new_figure((4.2 * len(metrics) + 0.6, 1.2 + 0.6 * len(texts) + 1.2))
+    for k, metric in enumerate(metrics):
+        grid = np.full((len(texts), len(images)), np.nan)
+        for i, t in enumerate(texts):
+            for j, im_ in enumerate(images):
+                vals = cells.get((t, im_), {}).get(metric, [])
+                if vals:
+                    grid[i, j] = float(np.mean(vals))
+        ax = fig.add_subplot(1, len(metrics), k + 1)
+        cm = "viridis_r" if metric == "pppl" else "viridis"
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap=_cmap(cm), aspect="auto", interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.85)
+        _annotate_cells(ax, im, grid, 3)
+        ax.set_xticks(range(len(images)), images)
+        ax.set_yticks(range(len(texts)), texts)
+        ax.set_xlabel("images")
+        ax.set_ylabel("words")
+        ax.set_title(_METRIC_TITLES.get(metric, metric))
+    fig.suptitle(title)
+    return _maybe_save(fig, path)
 
 
 # prepare has nothing for the device: tokenisation and the k-means codebook run on the CPU
