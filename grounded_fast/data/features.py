@@ -303,7 +303,7 @@ class FeatureCache:
     Parameters
     ----------
     directory : the cache root (created on first write).
-    progress : default for showing a tqdm progress bar during extraction.
+    progress : default for showing progress during extraction (a bar on a terminal, else a line per tenth).
 
     Every shard read is checked against the index (size, sha256, shapes, dtypes): hashing about
     doubles the time of reading cached features from the page cache, still far below the time of
@@ -401,8 +401,8 @@ class FeatureCache:
             return
         bar = None
         if show:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(todo), desc="extracting features", unit="item")
+            from .._progress import progress_bar
+            bar = progress_bar(len(todo), "extracting features", unit="item", every=max(1, len(todo) // 10))
         try:
             for s in range(0, len(todo), batch_size):
                 chunk = todo[s:s + batch_size]

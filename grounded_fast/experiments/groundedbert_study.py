@@ -125,10 +125,10 @@ def demo_glue_task(corpus, directory: str) -> str:
     return directory
 
 
-def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu") -> Dict:
+def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu", progress: bool = False) -> Dict:
     """Pre-training pairs (caption states, patches) of ``cfg.data`` and the downstream task's
     encoded sentences (``cfg.downstream``); encoders on ``device``, the features cached and
-    returned on the CPU."""
+    returned on the CPU; ``progress``: bars for the feature extraction."""
     from ..data import DemoCorpus, load_glue_tsv
     from ..data.corpora import read_corpus
     from ..data.features import FeatureCache
@@ -140,7 +140,7 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu") -> Dict:
     corpus = DemoCorpus(cfg.num_scenes, cfg.corpus_seed) if "demo" in (d.kind, cfg.downstream.kind) else None
     if d.kind == "demo":
         data, _ = demo_grounding_data(corpus, cache_dir, text_encoder=text_encoder,
-                                      vision_encoder=d.load_encoder("vision", device), progress=False)
+                                      vision_encoder=d.load_encoder("vision", device), progress=progress)
         train = data["train"]
         pretrain = (train.sources["P"][0], train.sources["P"][1], train.sources["C"][0])
     else:
@@ -148,10 +148,10 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu") -> Dict:
                             images=d.images or None, max_items=d.max_items)
         pretrain = corpus_caption_image_data(items, cache_dir, tag=d.kind, text_encoder=text_encoder,
                                              vision_encoder=None if d.features else d.load_encoder("vision", device),
-                                             use_features=bool(d.features), progress=False)
+                                             use_features=bool(d.features), progress=progress)
     down = cfg.downstream
     glue_dir = down.path if down.kind == "glue" else demo_glue_task(corpus, os.path.join(out_dir, "glue-demo"))
-    cache = FeatureCache(cache_dir, progress=False)
+    cache = FeatureCache(cache_dir, progress=progress)
     task = {}
     for split in ("train", "dev"):
         examples = load_glue_tsv(os.path.join(glue_dir, f"{split}.tsv"), down.task)
@@ -159,7 +159,7 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu") -> Dict:
             examples = examples[:down.max_items]
         texts = [" ".join(e.texts) for e in examples]
         ids = [f"glue-{down.task}-{split}-{k}:{hashlib.sha1(t.encode()).hexdigest()[:16]}" for k, t in enumerate(texts)]
-        states, _ = cached_text_states(cache, ids, dict(zip(ids, texts)), text_encoder, progress=False)
+        states, _ = cached_text_states(cache, ids, dict(zip(ids, texts)), text_encoder, progress=progress)
         task[split] = (states[:, 0], torch.tensor([int(e.label) for e in examples]))
     return {"pretrain": pretrain, "task": task,
             "num_labels": int(max(task["train"][1].max(), task["dev"][1].max())) + 1}

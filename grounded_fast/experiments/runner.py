@@ -25,15 +25,14 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .._atomic import Written, check_file
+from .._progress import progress_bar
 from .device import describe, resolve_device
 from .executors import ExecutorConfig, Task, run_tasks
 from .run_lock import hold_run_lock
@@ -50,37 +49,6 @@ def _logger(out_dir: str) -> logging.Handler:
     return handler
 
 
-def _progress(total: int, desc: str, enabled: bool, unit: str = "unit", every: int = 1, **bar):
-    """A progress bar on a terminal; where stderr is not one (a log file, a batch job) plain lines
-    instead (:class:`_LineProgress`, one per ``every`` steps), without carriage returns or escape codes."""
-    if enabled and not _stderr_is_terminal():
-        return _LineProgress(total, desc, unit, every)
-    return tqdm(total=total, desc=desc, disable=not enabled, unit=unit, **bar)
-
-
-def _stderr_is_terminal() -> bool:
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
-
-
-class _LineProgress:
-    """The part of tqdm's interface the runner uses (``n``, ``total``, ``update``, ``close``),
-    printing one line to stderr per ``every`` steps and at the end."""
-
-    def __init__(self, total: int, desc: str, unit: str, every: int = 1):
-        self.n, self.total, self.desc, self.unit, self.every = 0, total, desc, unit, max(1, every)
-        self.start, self._printed = time.time(), 0
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-        if k and (self.n - self._printed >= self.every or self.n >= (self.total or 0)):
-            self._printed = self.n
-            print(f"{self.desc}: {self.n}/{self.total} {self.unit}s ({time.time() - self.start:.0f} s)",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
 class _UnitBars:
     """One progress bar per running unit (below the study's bar), fed by the executor's reports."""
 
@@ -94,7 +62,7 @@ class _UnitBars:
         if bar is None:
             used = set(self.positions.values())
             self.positions[task.key] = next(p for p in range(1, len(self.bars) + 2) if p not in used)
-            bar = self.bars[task.key] = _progress(total, task.key.split("/", 1)[-1], True, self.unit,
+            bar = self.bars[task.key] = progress_bar(total, task.key.split("/", 1)[-1], True, self.unit,
                                                   every=max(1, total // 10), leave=False,
                                                   position=self.positions[task.key])
         bar.total = total
@@ -225,7 +193,7 @@ def run_study(study, cfg, out_dir: str, progress: bool = True, executor: Optiona
         units = study.plan(cfg)
         todo = [u for u in units if not _units_done(store, u.unit_id, u.run_id)]
         steps = list(study.before) + list(study.after)
-        bar = _progress(len(units) + len(steps), f"{study.name} study", progress)
+        bar = progress_bar(len(units) + len(steps), f"{study.name} study", progress)
         shared: List[Any] = []
 
         def prepared():

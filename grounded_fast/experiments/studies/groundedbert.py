@@ -135,5 +135,5 @@ def _variants_vs_text_section(rep, variants: List[str], correct: Dict[str, np.nd
 
 
 STUDY = Study(name="groundedbert", config_cls=GroundedBertStudyConfig, plan=plan,
-              prepare=lambda cfg, out_dir, progress, device: prepare(cfg, out_dir, device),
+              prepare=lambda cfg, out_dir, progress, device: prepare(cfg, out_dir, device, progress),
               run_unit=run_unit, results=results, summary=summary, report=report)
