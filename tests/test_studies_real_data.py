@@ -30,10 +30,10 @@ MICRO_GROUNDING = dict(num_scenes=SCENES, corpus_seed=SEED, setups=("P", "C"), n
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The 40-scene demo corpus written as vatex (with features), multi30k and coco folders."""
+    """The 40-scene demo corpus written as vatex (with features), multi30k, coco and wit folders."""
     root = tmp_path_factory.mktemp("exported")
     corpus = DemoCorpus(SCENES, SEED)
-    for fmt in ("vatex", "multi30k", "coco"):
+    for fmt in ("vatex", "multi30k", "coco", "wit"):
         write_demo_dataset(corpus, root / fmt, fmt)
     return root
 
@@ -111,12 +111,13 @@ def test_groundedbert_runs_from_coco_pairs_and_a_glue_directory(exported, tmp_pa
     assert "coco at" in report and f"GLUE sst2 at `{glue}`" in report
 
 
-def test_flava_runs_from_coco_pairs_multi30k_text_and_a_blimp_zip(exported, tmp_path, capsys):
+@pytest.mark.parametrize("pairs, text", [("coco", "multi30k"), ("wit", "wit")])
+def test_flava_runs_from_exported_pairs_text_and_a_blimp_zip(exported, tmp_path, capsys, pairs, text):
     cfg = _toml(tmp_path / "flava.toml", {
-        "text_volumes": (500, 1000), "image_volumes": (0, 10), "steps": 4, "eval_every": 2, "batch_size": 8,
+        "text_volumes": (100, 200), "image_volumes": (0, 10), "steps": 4, "eval_every": 2, "batch_size": 8,
         "pppl_sentences": 3, "blimp_pairs_per_phenomenon": 1, "val_pairs": 8,
-        "data": {"kind": "coco", "path": str(exported / "coco")},
-        "text": {"kind": "multi30k", "path": str(exported / "multi30k")},
+        "data": {"kind": pairs, "path": str(exported / pairs)},
+        "text": {"kind": text, "path": str(exported / text)},
         "blimp": {"kind": "blimp", "path": BLIMP_BUILTIN}})
     out = tmp_path / "run"
     code, io = _run(["run", "flava-ablation", "--config", cfg, "--out", str(out), "--no-progress", "--workers", "1"],
@@ -124,7 +125,8 @@ def test_flava_runs_from_coco_pairs_multi30k_text_and_a_blimp_zip(exported, tmp_
     assert code == 0, io.err
     with ResultStore(str(out / "results.sqlite"), read_only=True) as store:
         assert len(store.checkpoints()) == 4
-        assert store.study_info()["config"]["text"]["kind"] == "multi30k"
+        assert store.study_info()["config"]["text"]["kind"] == text
+    assert f"{pairs} from `{exported / pairs}`" in (out / "report.md").read_text()
 
 
 def _one_data_error(capsys, *needles):
