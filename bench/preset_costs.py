@@ -8,11 +8,14 @@ For every registered study (``grounded_fast.experiments.studies``) and preset: t
 extrapolated linearly in items above that), then one unit of each kind run through
 ``Study.run_unit`` with a shortened config (a warm-up, then ``--repeats`` timed epochs or steps;
 the unit's progress callback timestamps them): grounding, an epoch per setup; flava-ablation, steps
-with and without images (and one evaluation); groundedbert, pre-training and fine-tuning steps per
+with and without images (and one evaluation on fewer sentences, scaled); groundedbert, pre-training and fine-tuning steps per
 variant. Per-step time: median of the timed repeats. Estimate: prepare + the units, each
 ``steps x per-step time + its other costs`` (model build, checkpoints and evaluations, measured in
 the same probe), scheduled in plan order on ``threads / threads-per-unit`` workers (one on CUDA),
 + the steps after the units (grounding's analysis: one test-set pass per checkpoint, an upper bound).
+
+On the CPU, the presets in ``CPU_UNMEASURED`` (flava-ablation's paper: a single step takes minutes)
+are not probed; their rows say "unmeasured" with the reason until a CUDA measurement fills them in.
 
 Units run pinned to ``--threads-per-unit`` threads (1, as ``grounded-fast run``), prepare to
 ``--threads``. The load average is recorded (the machine may be shared; a warning when it exceeds
@@ -43,9 +46,14 @@ if ROOT not in sys.path:
 
 #: the most scenes (grounding, groundedbert) prepared; above, prepare is extrapolated linearly
 PREPARE_SCENES = 400
+#: held-out sentences of flava-ablation's probe evaluation (PPPL; linear in sentences), one BLiMP pair per phenomenon
+PROBE_PPPL_SENTENCES = 20
 #: the most images flava-ablation prepares (+ its 64 validation pairs); above, extrapolated linearly
 PREPARE_IMAGES = 400
 WARMUP = 1
+#: (study, preset) not probed on the CPU, and why: its row says "unmeasured" until a GPU measures it
+CPU_UNMEASURED = {("flava-ablation", "paper"): "a step of the paper-size FLAVA model at batch 64, its k-means "
+                                               "codebook and its BLiMP scoring take hours on a CPU core"}
 DEFAULT_OUT = os.path.join(ROOT, "bench", "results", "preset_costs")
 SHIPPED = os.path.join(ROOT, "grounded_fast", "experiments", "preset_costs.toml")
 README = os.path.join(ROOT, "README.md")
@@ -117,7 +125,8 @@ class Probe:
 
     def _device_kwargs(self, fn) -> dict:
         if _takes_device(fn):
-            return {"device": self.device}
+            import torch
+            return {"device": torch.device(self.device)}
         if self.device != "cpu":
             raise SystemExit("preset_costs: the studies take no device yet (Study.prepare / run_unit have no "
                              "'device' argument), so --device cuda cannot be measured")
@@ -202,7 +211,9 @@ def probe_flava(study, cfg, probe: Probe) -> dict:
     n = WARMUP + probe.repeats
     cap = min(max(cfg.image_volumes), max(PREPARE_IMAGES, cfg.batch_size))
     vols = tuple(sorted({min(v, cap) for v in cfg.image_volumes}))
-    small = dataclasses.replace(cfg, steps=2 * n, eval_every=n, image_volumes=vols)
+    pppl, pairs = min(cfg.pppl_sentences, PROBE_PPPL_SENTENCES), 1      # evaluation scaled from these
+    small = dataclasses.replace(cfg, steps=2 * n, eval_every=n, image_volumes=vols, pppl_sentences=pppl,
+                                blimp_pairs_per_phenomenon=pairs)
     prep_s, shared, out_dir = probe.prepare(study, small)
     units = study.plan(cfg)
     kind_of = lambda u: "text+images" if u.spec[1] > 0 else "text"  # noqa: E731
@@ -214,7 +225,8 @@ def probe_flava(study, cfg, probe: Probe) -> dict:
         step = _timed([x for i, x in enumerate(d) if i % n >= WARMUP and i != n])
         ev = max(0.0, d[n] - step["step_s"])
         build = max(0.0, d[0] - step["step_s"])
-        final = max(0.0, t1 - ts[-1] - ev)       # BLiMP of the best checkpoint, save
+        final = max(0.0, t1 - ts[-1] - ev) * cfg.blimp_pairs_per_phenomenon / pairs   # BLiMP, save
+        ev *= cfg.pppl_sentences / pppl
         kinds[kind] = {"units": sum(kind_of(u) == kind for u in units),
                        "steps": {"train": {"per_unit": cfg.steps, **step}},
                        "overhead_s": build + evals * ev + final, "eval_s": ev,
@@ -307,6 +319,10 @@ def markdown(result: dict) -> str:
              "| study | preset | units | prepare (measured on, estimate) | kind | per step | steps / unit | "
              "unit | estimate | core-hours | end to end |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in result["entries"]:
+        if "unmeasured" in e:
+            lines.append(f"| {e['study']} | {e['preset']} | {len(e['unit_kinds'])} | not measured: {e['unmeasured']} "
+                         "| | | | | | | |")
+            continue
         p, est = e["prepare"], e["estimate"]
         first = True
         for kind, k in e["kinds"].items():
@@ -363,11 +379,14 @@ def shipped_toml(cpu: dict, gpu: Optional[dict]) -> str:
                                                  ("commit", "dirty", "device", "date", "threads", "load_before",
                                                   "load_after")] + [""]
     for e in cpu["entries"]:
-        rows = {"measurement": "cpu", "units": len(e["unit_kinds"]),
-                "minutes_on_2_cores": e["estimate"]["wall_s"] / 60,
-                "step_seconds": {k if len(v["steps"]) == 1 else f"{k} {step}": s["step_s"]
-                                 for k, v in e["kinds"].items() for step, s in v["steps"].items()},
-                "cpu_core_hours": e["estimate"]["core_hours"]}
+        rows = {"measurement": "cpu", "units": len(e["unit_kinds"])}
+        if "unmeasured" in e:
+            rows.update(minutes_on_2_cores="unmeasured", cpu_core_hours="unmeasured", unmeasured_because=e["unmeasured"])
+        else:
+            rows.update(minutes_on_2_cores=e["estimate"]["wall_s"] / 60,
+                        step_seconds={k if len(v["steps"]) == 1 else f"{k} {step}": s["step_s"]
+                                      for k, v in e["kinds"].items() for step, s in v["steps"].items()},
+                        cpu_core_hours=e["estimate"]["core_hours"])
         if e.get("end_to_end_s"):
             rows["end_to_end_minutes"] = e["end_to_end_s"] / 60
         g = gpu_by.get((e["study"], e["preset"]))
@@ -420,6 +439,10 @@ def measure(args) -> dict:
                     continue
                 print(f"{name} {preset} ...", file=sys.stderr, flush=True)
                 cfg = study.config_cls.from_preset(preset)
+                if args.device == "cpu" and (name, preset) in CPU_UNMEASURED:
+                    entries.append({"study": name, "preset": preset, "unit_kinds": [u.kind for u in study.plan(cfg)],
+                                    "unmeasured": CPU_UNMEASURED[name, preset]})
+                    continue
                 e = {"study": name, "preset": preset, **PROBES[name](study, cfg, probe)}
                 e["estimate"] = estimate(e, workers, args.threads, args.threads_per_unit)
                 if args.end_to_end and preset == "tiny":

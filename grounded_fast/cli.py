@@ -348,6 +348,17 @@ def _analyse_pairs(args) -> int:
     return 0
 
 
+def _preset_costs_epilog() -> str:
+    """What each study x preset costs (``experiments/preset_costs.toml``), for ``run --help``."""
+    from .experiments import preset_costs
+    try:
+        table = preset_costs.table()
+    except (OSError, ValueError, KeyError) as exc:
+        return f"preset costs: unavailable ({exc})"
+    return ("preset costs (units; estimated wall time on 2 CPU cores, 1 thread per unit; a measured tiny run; "
+            "GPU-hours of paper),\nfrom per-step times measured by bench/preset_costs.py:\n\n" + table)
+
+
 def main(argv=None) -> int:
     from .experiments import studies
     parser = argparse.ArgumentParser(prog="grounded-fast", description=__doc__,
@@ -356,7 +367,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("compare-pot", help="short OT comparison against POT (needs `pip install pot`)")
     p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
     _timing_args(p)
-    r = sub.add_parser("run", help="run (or resume: rerun the same command) a study")
+    r = sub.add_parser("run", help="run (or resume: rerun the same command) a study", epilog=_preset_costs_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("study", choices=studies.available(), help="the study")
     r.add_argument("--preset", default=None, choices=studies.presets(), help="scale (default tiny)")
     r.add_argument("--config", help="YAML or TOML file of config overrides (validated: unknown keys are errors)")

@@ -31,9 +31,19 @@ def fmt_minutes(minutes: float) -> str:
 def _gpu(row: Dict[str, Any]) -> str:
     if "gpu_hours" not in row:
         return "-"
-    if row["gpu_hours"] == "unmeasured":
-        return f"unmeasured ({row['cpu_core_hours']:.2g} CPU core-hours)"
-    return f"{row['gpu_hours']:.2g}"
+    if row["gpu_hours"] != "unmeasured":
+        return f"{row['gpu_hours']:.2g}"
+    if row["cpu_core_hours"] == "unmeasured":
+        return "unmeasured"
+    return f"unmeasured ({row['cpu_core_hours']:.2g} CPU core-hours)"
+
+
+def _minutes(row: Dict[str, Any]) -> str:
+    m = row["minutes_on_2_cores"]
+    return fmt_minutes(m) if m != "unmeasured" else f"unmeasured ({row.get('unmeasured_because', '')})"
+
+
+_ORDER = {"tiny": "0", "small": "1", "paper": "2"}
 
 
 def table(costs: Optional[Dict[str, Any]] = None) -> str:
@@ -43,9 +53,9 @@ def table(costs: Optional[Dict[str, Any]] = None) -> str:
     lines = ["| study | preset | units | 2 CPU cores (estimate) | measured run, 2 CPU cores | GPU-hours |",
              "|---|---|---|---|---|---|"]
     for study in sorted(k for k in costs if k != "measurements"):
-        for preset, row in sorted(costs[study].items(), key=lambda kv: kv[1]["minutes_on_2_cores"]):
+        for preset, row in sorted(costs[study].items(), key=lambda kv: _ORDER.get(kv[0], kv[0])):
             e2e = fmt_minutes(row["end_to_end_minutes"]) if "end_to_end_minutes" in row else "-"
-            lines.append(f"| {study} | {preset} | {row['units']} | {fmt_minutes(row['minutes_on_2_cores'])} | "
+            lines.append(f"| {study} | {preset} | {row['units']} | {_minutes(row)} | "
                          f"{e2e} | {_gpu(row)} |")
     lines.append("")
     for name, m in sorted(costs.get("measurements", {}).items()):
