@@ -355,8 +355,9 @@ def _preset_costs_epilog() -> str:
         table = preset_costs.table()
     except (OSError, ValueError, KeyError) as exc:
         return f"preset costs: unavailable ({exc})"
-    return ("preset costs (units; estimated wall time on 2 CPU cores, 1 thread per unit; a measured tiny run; "
-            "GPU-hours of paper),\nfrom per-step times measured by bench/preset_costs.py:\n\n" + table)
+    return ("preset costs: units; wall time on 2 CPU cores (1 thread per unit) estimated from per-step times\n"
+            "measured by bench/preset_costs.py, beside a measured tiny run (the whole command, report included);\n"
+            "GPU-hours of paper where a GPU measured them:\n\n" + table)
 
 
 def main(argv=None) -> int:

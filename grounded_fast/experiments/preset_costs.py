@@ -40,7 +40,7 @@ def _gpu(row: Dict[str, Any]) -> str:
 
 def _minutes(row: Dict[str, Any]) -> str:
     m = row["minutes_on_2_cores"]
-    return fmt_minutes(m) if m != "unmeasured" else f"unmeasured ({row.get('unmeasured_because', '')})"
+    return fmt_minutes(m) if m != "unmeasured" else "unmeasured (too slow to probe on a CPU)"
 
 
 _ORDER = {"tiny": "0", "small": "1", "paper": "2"}
@@ -59,6 +59,6 @@ def table(costs: Optional[Dict[str, Any]] = None) -> str:
                          f"{e2e} | {_gpu(row)} |")
     lines.append("")
     for name, m in sorted(costs.get("measurements", {}).items()):
-        lines.append(f"{name}: {m['device']}, commit {m['commit'][:10]}{' (+ changes)' if m['dirty'] else ''}, "
+        lines.append(f"Measured ({name}): {m['device']}, commit {m['commit'][:10]}{' (+ changes)' if m['dirty'] else ''}, "
                      f"{m['date']}, {m['threads']} threads, load average {m['load_before'][0]:.2g}.")
     return "\n".join(lines) + "\n"
