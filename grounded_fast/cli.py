@@ -407,6 +407,18 @@ def _demo_data(args) -> int:
     return 0
 
 
+def _preset_costs_epilog() -> str:
+    """What each study x preset costs (``experiments/preset_costs.toml``), for ``run --help``."""
+    from .experiments import preset_costs
+    try:
+        table = preset_costs.table()
+    except (OSError, ValueError, KeyError) as exc:
+        return f"preset costs: unavailable ({exc})"
+    return ("preset costs: units; wall time on 2 CPU cores (1 thread per unit) estimated from per-step times\n"
+            "measured by bench/preset_costs.py, beside a measured tiny run (the whole command, report included);\n"
+            "GPU-hours of paper where a GPU measured them:\n\n" + table)
+
+
 def main(argv=None) -> int:
     from .experiments import studies
     parser = argparse.ArgumentParser(prog="grounded-fast", description=__doc__,
@@ -415,7 +427,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("compare-pot", help="short OT comparison against POT (needs `pip install pot`)")
     p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
     _timing_args(p)
-    r = sub.add_parser("run", help="run (or resume: rerun the same command) a study")
+    r = sub.add_parser("run", help="run (or resume: rerun the same command) a study", epilog=_preset_costs_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("study", choices=studies.available(), help="the study")
     r.add_argument("--preset", default=None, choices=studies.presets(), help="scale (default tiny)")
     r.add_argument("--config", help="YAML or TOML file of config overrides (validated: unknown keys are errors)")
