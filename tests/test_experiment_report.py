@@ -50,10 +50,10 @@ def test_reference_flava_and_groundedbert():
     assert categories.header == ["category", "10M words", "100M words"] and len(categories.rows) == 12
     assert categories.value("island effects", "100M words") == pytest.approx(48.4)
     assert "pseudo-perplexity" in grid.units and "%" in categories.units
-    assert any("does not consistently help" in f for f in reference_findings("flava"))
+    assert any("does not consistently help" in f for f in reference_findings("flava-ablation"))
     assert reference_tables("groundedbert") == []
     assert any("GLUE" in f for f in reference_findings("groundedbert"))
-    with pytest.raises(KeyError, match="unknown study"):
+    with pytest.raises(KeyError, match=r"no \[studies.no-such-study\] in .*: it has \['flava-ablation', 'groundedbert', 'grounding'\]"):
         reference_tables("no-such-study")
 
 
@@ -110,7 +110,7 @@ def test_reference_data_holds_the_published_values():
         pytest.skip("shared/REFERENCE_RESULTS.md not beside this checkout")
     preamble, sections = _parse_published_markdown(path.read_text(encoding="utf-8"))
     assert rep.reference_preamble() == preamble
-    titles = {reference_section(key).title: key for key in rep.STUDIES}
+    titles = {reference_section(key).title: key for key in rep.reference_studies()}
     assert sorted(titles) == sorted(sections)
     for title, blocks in sections.items():
         source, findings, tables, captions = "", [], [], {}
@@ -504,7 +504,9 @@ Claim.
 
 # ----------------------------------------------------------------------------- scale and significance
 def test_reference_scale_of_every_study():
-    for study in rep.STUDIES:
+    from grounded_fast.experiments import studies
+    assert rep.reference_studies() == studies.available()     # every registered study has its published values
+    for study in rep.reference_studies():
         scale = rep.reference_scale(study)
         assert scale.header == rep.SCALE_HEADER and scale.rows
         assert {r[2] for r in scale.text_rows} <= {"published results", "authors' code", "paper"}

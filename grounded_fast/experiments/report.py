@@ -55,7 +55,7 @@ from .._atomic import write_atomic
 from .._toml import tomllib
 
 __all__ = [
-    "NOT_COMPUTED", "REFERENCE_PATH", "STUDIES", "MissingData", "require",
+    "NOT_COMPUTED", "REFERENCE_PATH", "MissingData", "require", "reference_studies",
     "Table", "ReferenceSection", "reference_section", "reference_tables", "reference_findings",
     "reference_preamble", "reference_scale", "format_number", "significance", "tests_note",
     "correlation_summary", "figure_to_png",
@@ -65,16 +65,6 @@ __all__ = [
 
 NOT_COMPUTED = "not computed yet (run incomplete)"
 REFERENCE_PATH = Path(__file__).with_name("reference_results.toml")
-
-# study key -> its name when the reference values cannot be read
-STUDIES: Dict[str, str] = {
-    "grounding": "Grounded and Well-rounded",
-    "flava-ablation": "Acquiring Linguistic Knowledge",
-    "groundedbert": "GroundedBERT",
-}
-_ALIASES = {"flava": "flava-ablation", "flava_ablation": "flava-ablation", "grounded-bert": "groundedbert",
-            "grounded_bert": "groundedbert", "grounded-and-well-rounded": "grounding"}
-
 
 class MissingData(ValueError):
     """Raised when the data a report section needs are absent (a partial run); `Report.section`
@@ -269,11 +259,9 @@ def _load_reference_file(path: str, mtime: float) -> Tuple[str, Dict[str, Refere
     return _text(data.get("preamble", ""), f"{path}: preamble"), sections
 
 
-def _study_key(study: str) -> str:
-    key = _ALIASES.get(study.lower(), study.lower())
-    if key not in STUDIES:
-        raise KeyError(f"unknown study {study!r}; choose from {sorted(STUDIES)}")
-    return key
+def reference_studies(path: Optional[Union[str, os.PathLike]] = None) -> List[str]:
+    """The studies the reference data file (``path``, default `REFERENCE_PATH`) has values of."""
+    return sorted(_reference_data(path)[1])
 
 
 def _reference_data(path: Optional[Union[str, os.PathLike]]) -> Tuple[str, Dict[str, ReferenceSection]]:
@@ -282,12 +270,12 @@ def _reference_data(path: Optional[Union[str, os.PathLike]]) -> Tuple[str, Dict[
 
 
 def reference_section(study: str, path: Optional[Union[str, os.PathLike]] = None) -> ReferenceSection:
-    """The published values of ``study`` ('grounding', 'flava-ablation', 'groundedbert'; aliases
-    such as 'flava' accepted) from the reference data file (``path``, default the shipped
+    """The published values of ``study`` (its registered name, e.g. 'grounding') from the reference
+    data file (``path``, default the shipped
     `REFERENCE_PATH`): its tables (cells parsed to float where numeric, the published text kept in
     ``text_rows``), source line and findings. KeyError for an unknown study or one the file lacks;
     ValueError for a malformed file; OSError for a missing one."""
-    key = _study_key(study)
+    key = study
     _, sections = _reference_data(path)
     if key not in sections:
         raise KeyError(f"no [studies.{key}] in {path or REFERENCE_PATH}: it has {sorted(sections)}")
@@ -748,7 +736,7 @@ class Report:
         """Our table beside the published values of ``study`` (see `reference_section`): ``ours`` (a
         `Table` or a (header, rows) pair; None prints the placeholder) and the reference tables
         verbatim, its source and findings. In the HTML page the two sit side by side."""
-        key = _study_key(study)
+        key = study
         if isinstance(ours, tuple):
             ours_t = self._table(ours[0], ours[1], caption, None)
         elif ours is not None:
@@ -829,7 +817,7 @@ class Report:
 
     def _reference_model(self, b: Dict[str, Any]) -> Dict[str, Any]:
         ref: Optional[ReferenceSection] = b["ref"]
-        title = b["heading"] or f"Ours vs the reference: {ref.title if ref is not None else STUDIES[b['study']]}"
+        title = b["heading"] or f"Ours vs the reference: {ref.title if ref is not None else b['study']}"
         return dict(title=title, level=b["level"], sublevel=min(b["level"] + 1, 6),
                     ours=None if b["ours"] is None else self._table_model(b["ours"]),
                     preamble=b["preamble"], source=ref.source if ref is not None else "",
