@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ..data.config import DataConfig
 from ..models.config import ModelConfig
-
-SETUP_NAMES = ("P", "C", "T", "multitask", "multimodal")
+from ..models.grounding_seq2seq import SETUPS as SETUP_NAMES
+from ..models.grounding_seq2seq import canonical_setup, setup_kind, setup_sources
 
 
 @dataclasses.dataclass
@@ -58,6 +58,13 @@ class GroundingStudyConfig(ModelConfig):
                       checkpoint_epochs=(4, 6, 8), model_preset="small"),
         "paper": {},
     }
+
+    def check(self) -> None:
+        # the paper's spellings ('multimodal' -> 'P∧C∧T', 'P|C' -> 'P∨C'), as run ids and reports show them
+        if isinstance(self.setups, (list, tuple)):
+            object.__setattr__(self, "setups", tuple(canonical_setup(s) for s in self.setups))
+        object.__setattr__(self, "pivot", canonical_setup(self.pivot))
+        super().check()
 
     def validate(self) -> None:
         from ..models.grounding_seq2seq import GroundingSeq2SeqConfig
@@ -107,8 +114,9 @@ def plan_runs(cfg: GroundingStudyConfig) -> List[RunSpec]:
     return [RunSpec(s, n, k) for s in cfg.setups for n in cfg.noise_levels for k in cfg.seeds]
 
 
-def _tasks(setup: str) -> List[str]:
-    return ["C", "P", "T"] if setup == "multitask" else [None]
+def _tasks(setup: str) -> List:
+    """The ``task`` arguments a model of ``setup`` is run with: each source of a multi-task setup, else None."""
+    return list(setup_sources(setup)) if setup_kind(setup) == "multi-task" else [None]
 
 
 def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_dir: str,
@@ -131,7 +139,8 @@ def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_d
     train = data["train"]
     g = torch.Generator().manual_seed(10_000 + spec.seed)
     n_batches = max(1, len(train) // cfg.batch_size)
-    tasks = round_robin(["C", "P", "T"], n_batches) if spec.setup == "multitask" else [None] * n_batches
+    tasks = (round_robin(list(setup_sources(spec.setup)), n_batches) if setup_kind(spec.setup) == "multi-task"
+             else [None] * n_batches)
     results = {}
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -193,7 +202,7 @@ def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu") -> T
         states = {}
         hook = model.decoder.register_forward_hook(lambda mod, inp, o: states.__setitem__("h", o))
         with torch.no_grad():
-            out = model(src, tin, task="P" if model.config.setup == "multitask" else None)
+            out = model(src, tin, task="P" if model.config.kind == "multi-task" else None)
         hook.remove()
         logits.append(out[0])
         attn.append(out[1][-1])
@@ -254,7 +263,7 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
     if len(models) < 2:
         return out
     outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab, device)
-    logits, attn, segs, mask, src = outs.logits, outs.cross_attention, outs.segments, outs.mask, outs.sources
+    logits, mask = outs.logits, outs.mask
     words = concreteness_words(vocab)
     out["concreteness_words"] = {"abstract": words[0], "concrete": words[1]}
     if words[0]:
@@ -290,23 +299,47 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                 table[f"{si}/{sj}"]["model_pairs"] = len(pairs) // 2   # unordered pairs
     out["pair_table"] = table
     out["population_tests"] = population_tests(out, models, setup_of)
-    mm = [k for k, m in enumerate(models) if setup_of[m] == "multimodal"]
-    if mm:
-        smask = torch.cat([src[t][1] for t in ("C", "P", "T")], 1)
-        acc = ga.AttentionDistance(len(mm), "segment_l2")
-        acc.update(torch.stack([attn[k] for k in mm]), mask, smask, segs[mm[0]])
-        out["segment_shares"] = acc.segment_shares().numpy()
-        dist = acc.compute().numpy()
-        out["attention_distance"] = dist
-        if len(mm) >= 3:
-            kl = out["kl"][mm][:, mm]
-            sym = 0.5 * (kl + kl.T)
-            try:
-                out["attention_vs_kl"] = {"pearson": ga.matrix_correlation(dist, sym).statistic,
-                                          "mantel_p": ga.mantel(dist, sym, permutations=999, seed=0).pvalue}
-            except ValueError as exc:      # e.g. constant distances in a degenerate tiny run
-                out["attention_vs_kl"] = {"error": str(exc)}
+    out.update(attention_analysis(outs, models, setup_of, cfg, out["kl"]))
     return out
+
+
+def attention_analysis(outs: "TestSetOutputs", models: List[str], setup_of: Dict[str, str], cfg, kl) -> Dict:
+    """The multi-modal models' attention: per model the share of its last layer's cross-attention
+    mass on each source (columns C, P, T; 0 where a setup lacks the source), pooled over the
+    counted target tokens of the test set; the Euclidean distances between the models' share
+    vectors (``segment_l2``: comparable across the multi-modal setups, whose shares live in the
+    same three columns) and their correlation (Pearson, Mantel) with the symmetrised KL.
+    Returns {} without multi-modal models, else ``attention_models``, ``segment_shares`` (M, 3),
+    ``attention_distance`` (M, M) and ``attention_vs_kl`` (with >= 3 models)."""
+    import numpy as np
+
+    import grounded_fast.analysis as ga
+    from ..models.grounding_seq2seq import TASKS, setup_kind, setup_sources
+    shares, index = [], []
+    for setup in cfg.setups:
+        ks = [k for k, m in enumerate(models) if setup_of[m] == setup]
+        if setup_kind(setup) != "multi-modal" or not ks:
+            continue
+        smask = torch.cat([outs.sources[t][1] for t in setup_sources(setup)], 1)
+        acc = ga.AttentionDistance(len(ks), "segment_l2", num_segments=len(TASKS))
+        acc.update(torch.stack([outs.cross_attention[k] for k in ks]), outs.mask, smask, outs.segments[ks[0]])
+        shares.append(acc.segment_shares().cpu().numpy())
+        index += ks
+    if not index:
+        return {}
+    sh = np.concatenate(shares)
+    dist = np.sqrt(((sh[:, None, :] - sh[None, :, :]) ** 2).sum(-1))
+    res = {"attention_models": [models[k] for k in index], "segment_shares": sh, "attention_distance": dist}
+    if len(index) >= 3:
+        sub = np.asarray(kl)[index][:, index]
+        sym = 0.5 * (sub + sub.T)
+        try:
+            res["attention_vs_kl"] = {"pearson": ga.matrix_correlation(dist, sym).statistic,
+                                      "mantel_p": ga.mantel(dist, sym, permutations=999, seed=0).pvalue,
+                                      "models": len(index)}
+        except ValueError as exc:      # e.g. constant distances in a degenerate tiny run
+            res["attention_vs_kl"] = {"error": str(exc)}
+    return res
 
 
 def pairwise_per_sentence(logits: Tensor, mask: Tensor) -> Dict:

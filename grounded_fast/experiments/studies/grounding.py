@@ -10,6 +10,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from ...models.grounding_seq2seq import setup_kind
 from ..grounding import GroundingStudyConfig, analyse, plan_runs, train_run
 from ..runner import unit_result
 from .registry import Step, Study, Unit
@@ -124,21 +125,8 @@ def report(store, out_dir: str):
             groups = [m.split("-")[0] for m in models]
             rep.add_figure(agreement_heatmap(np.array(res["agreement"]), models, groups=groups), "agreement",
                            "Pairwise argmax agreement of the matched models, grouped by setup")
-        if "attention_distance" in res and len(res["attention_distance"]) >= 3:
-            d = np.array(res["attention_distance"])
-            mm = [k for k, m in enumerate(models) if m.startswith("multimodal")]
-            kl = np.array(res["kl"])[mm][:, mm]
-            iu = np.triu_indices(len(mm), 1)
-            note = None
-            if "mantel_p" in res.get("attention_vs_kl", {}):
-                note = f"Mantel p = {res['attention_vs_kl']['mantel_p']:.3g}"
-            rep.add_figure(distance_vs_agreement_scatter(d[iu], 0.5 * (kl + kl.T)[iu], note=note),
-                           "attention_vs_kl", "Attention segment-share distance vs KL (multimodal models)")
         if "segment_shares" in res:
-            shares = np.array(res["segment_shares"]).mean(0)
-            rep.add_table(["source", "mean attention share"], [[s, v] for s, v in zip(("C", "P", "T"), shares)],
-                          caption="Multimodal models: attention mass per source segment (reference PCT: "
-                                  ".32 C / .30 P / .38 T)")
+            _attention_section(rep, res, distance_vs_agreement_scatter)
         if res.get("silhouette"):
             _silhouette_section(rep, res, silhouette_boxplot)
     else:
@@ -147,7 +135,46 @@ def report(store, out_dir: str):
     return rep
 
 
-_SETUP_TEXT = {"multitask": "multi-task P∨C∨T (multitask)", "multimodal": "multi-modal P∧C∧T (multimodal)"}
+#: the paper's attention mass shares of its multi-modal populations (reference_results.toml's findings)
+PAPER_SHARES = {"P∧C": {"C": .46, "P": .54}, "P∧T": {"P": .45, "T": .55}, "P∧C∧T": {"C": .32, "P": .30, "T": .38}}
+
+
+def _attention_section(rep, res: dict, scatter) -> None:
+    """Multi-modal models: attention mass per source (per setup, beside the paper's shares) and the
+    share distance against KL (Pearson, Mantel) over every pair of multi-modal models."""
+    from ..report import significance
+    from ...models.grounding_seq2seq import setup_sources
+    rep.add_heading("Attention of the multi-modal models", level=3)
+    ids = res["attention_models"]
+    shares = np.array(res["segment_shares"])
+    setup_of = {m: s for s, ms in res["populations"].items() for m in ms}
+    rows = []
+    for setup in dict.fromkeys(setup_of[m] for m in ids):
+        k = [i for i, m in enumerate(ids) if setup_of[m] == setup]
+        mean = shares[k].mean(0)
+        paper = PAPER_SHARES.get(setup, {})
+        rows.append([setup, len(k)] + [f"{mean[c]:.3f}" + (f" (paper {paper[t]:.2f})" if t in paper else "")
+                                       if t in setup_sources(setup) else "—" for c, t in enumerate(("C", "P", "T"))])
+    rep.add_table(["setup", "models", "C", "P", "T"], rows,
+                  caption="Share of the last decoder layer's cross-attention mass on each source, pooled over the "
+                          "test targets, mean over the population's models (the paper's shares in brackets)")
+    n = len(ids)
+    if n >= 3:
+        d = np.array(res["attention_distance"])
+        kl = np.array(res["kl"])
+        index = [res["models"].index(m) for m in ids]
+        kl = kl[index][:, index]
+        iu = np.triu_indices(n, 1)
+        stat = res.get("attention_vs_kl", {})
+        note = (f"Pearson r = {stat['pearson']:.3f}; Mantel {significance(stat['mantel_p'])} (paper: r = 0.289)"
+                if "mantel_p" in stat else None)
+        rep.add_figure(scatter(d[iu], 0.5 * (kl + kl.T)[iu], note=note), "attention_vs_kl",
+                       f"Attention-share distance (L2 over C, P, T) vs KL per token, the {len(iu[0])} pairs of the "
+                       f"{n} multi-modal models")
+        if "error" in stat:
+            rep.add_paragraph(f"No correlation of attention distance and KL: {stat['error']}.")
+    else:
+        rep.add_paragraph(f"{n} multi-modal model{'s' * (n != 1)}: the attention-distance vs KL correlation needs 3.")
 
 
 def _scale(store, cfg: dict, res) -> Dict[str, str]:
@@ -166,7 +193,9 @@ def _scale(store, cfg: dict, res) -> Dict[str, str]:
         out["populations"] = "not matched yet (run incomplete)"
     if "p_threshold" in cfg:
         out["matching rule"] = f"Kruskal–Wallis stopping rule p < {cfg['p_threshold']:g}"
-    out["setups"] = "; ".join(_SETUP_TEXT.get(s, s) for s in setups)
+    out["setups"] = "; ".join(f"{kind} {', '.join(s for s in setups if setup_kind(s) == kind)}"
+                              for kind in ("mono-task", "multi-task", "multi-modal")
+                              if any(setup_kind(s) == kind for s in setups))
     if setups:
         out["training runs"] = (f"{len(cfg['seeds'])} seeds × {len(cfg['noise_levels'])} noise levels per setup; "
                                 f"checkpoints at epochs {', '.join(map(str, cfg['checkpoint_epochs']))} of "
