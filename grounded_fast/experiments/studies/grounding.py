@@ -123,8 +123,14 @@ def report(store, out_dir: str):
         models = res["models"]
         if "agreement" in res:
             groups = [m.split("-")[0] for m in models]
-            rep.add_figure(agreement_heatmap(np.array(res["agreement"]), models, groups=groups), "agreement",
-                           "Pairwise argmax agreement of the matched models, grouped by setup")
+            for name, label, what in (("agreement", "agreement", "argmax agreement (share of tokens)"),
+                                      ("kl_sentence", "KL (nats / sentence)", "KL(row ‖ column), nats per sentence")):
+                if name in res:
+                    m = np.array(res[name], dtype=float)
+                    np.fill_diagonal(m, np.nan)     # a model against itself: grey, out of the colour scale
+                    rep.add_figure(agreement_heatmap(m, models, groups=groups, colorbar_label=label,
+                                                     title=f"Pairwise {label}"), name,
+                                   f"Pairwise {what} of the matched models, grouped by setup (diagonal grey)")
         if "segment_shares" in res:
             _attention_section(rep, res, distance_vs_agreement_scatter)
         if res.get("silhouette"):
@@ -305,6 +311,30 @@ def _within_between_section(rep, res: dict) -> None:
     rep.add_paragraph(tests_note(len(rows)))
 
 
+def _paper_silhouettes(kind: str, setups: List[str]) -> Dict[str, float]:
+    """The paper's population mean silhouettes (its second reference table) for our setups:
+    mono-task P / C / T from the mono-task rows, P∨C ... from the multi-task row's PC / PT / PCT
+    columns, P∧C ... from the multi-modal row's (input embeddings only; hidden states: mono-task)."""
+    from ...models.grounding_seq2seq import setup_sources
+    from ..report import reference_tables
+    try:
+        table = reference_tables("grounding")[1]
+    except (OSError, KeyError, ValueError, IndexError):
+        return {}
+    rows = {r[0]: r for r in table.rows}
+    what = "input embeddings" if kind == "input_embeddings" else "last hidden states"
+    out = {}
+    for setup in setups:
+        k = setup_kind(setup)
+        column = setup if k == "mono-task" else "".join(t for t in ("P", "C", "T") if t in setup_sources(setup))
+        row = rows.get(f"{k}, {what}")
+        if row is not None and column in table.header:
+            value = row[table.header.index(column)]
+            if isinstance(value, float):
+                out[setup] = value
+    return out
+
+
 def _silhouette_section(rep, res: dict, silhouette_boxplot) -> None:
     from ..report import significance, tests_note
     words = res["concreteness_words"]
@@ -316,7 +346,8 @@ def _silhouette_section(rep, res: dict, silhouette_boxplot) -> None:
         values = {s: [res["silhouette"][m][kind] for m in res["populations"][s]
                       if kind in res["silhouette"][m]] for s in res["populations"]}
         if any(values.values()):
-            rep.add_figure(silhouette_boxplot(values, title=f"Silhouette, {kind.replace('_', ' ')}"),
+            rep.add_figure(silhouette_boxplot(values, title=f"Silhouette, {kind.replace('_', ' ')}",
+                                              reference=_paper_silhouettes(kind, list(values))),
                            f"silhouette_{kind}", f"Silhouette per population ({kind.replace('_', ' ')})")
         test = res.get("silhouette_tests", {}).get(kind)
         if test and "kruskal_p" in test:
