@@ -37,25 +37,34 @@ class GroundingDataConfig(DataConfig):
 
 @dataclasses.dataclass
 class GroundingStudyConfig(ModelConfig):
+    """The study's grid and analysis. ``num_scenes`` / ``corpus_seed``: the demo corpus (``data.kind
+    = 'demo'``); ``setups``: the paper's names (:data:`SETUP_NAMES`); one decoder per setup x noise
+    level x seed, checkpointed at ``checkpoint_epochs``; populations matched to ``pivot`` with the
+    Kruskal-Wallis rule ``p_threshold``; ``eval_items``: the fixed sample of test items the pairwise
+    analysis runs on (its first items; the paper: 1,000)."""
     num_scenes: int = 2000
     corpus_seed: int = 0
     setups: Tuple[str, ...] = SETUP_NAMES
-    noise_levels: Tuple[float, ...] = (0.0, 0.1, 0.2)
-    seeds: Tuple[int, ...] = (0, 1, 2, 3)
-    epochs: int = 20
-    checkpoint_epochs: Tuple[int, ...] = (10, 15, 20)
+    noise_levels: Tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
+    seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
+    epochs: int = 25
+    checkpoint_epochs: Tuple[int, ...] = (5, 10, 15, 20, 25)
     batch_size: int = 32
     model_preset: str = "paper"
     max_target_len: int = 48
     p_threshold: float = 0.5
     pivot: str = "P"
+    eval_items: int = 1000
     data: GroundingDataConfig = dataclasses.field(default_factory=GroundingDataConfig)
 
+    # paper: the authors' grid (allruns.sh of TimotheeMickus/vid-txt-diff: seeds 1-5, noise none / 0.5 / 1.0 /
+    # 1.5, 25 epochs) with checkpoints every 5 epochs. tiny / small: all nine setups, fewer seeds and noise
+    # levels, a checkpoint every epoch from the second, so that the matching has candidates at every accuracy
     presets = {
-        "tiny": dict(num_scenes=300, noise_levels=(0.0, 0.5), seeds=(0, 1, 2), epochs=6, checkpoint_epochs=(4, 5, 6),
-                     batch_size=16, model_preset="tiny"),
-        "small": dict(num_scenes=600, noise_levels=(0.0, 0.2), seeds=(0, 1, 2), epochs=8,
-                      checkpoint_epochs=(4, 6, 8), model_preset="small"),
+        "tiny": dict(num_scenes=300, noise_levels=(0.0, 0.5), seeds=(0, 1, 2), epochs=8,
+                     checkpoint_epochs=(2, 3, 4, 5, 6, 7, 8), batch_size=16, model_preset="tiny"),
+        "small": dict(num_scenes=600, noise_levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), epochs=10,
+                      checkpoint_epochs=(2, 3, 4, 5, 6, 7, 8, 9, 10), model_preset="small"),
         "paper": {},
     }
 
@@ -71,7 +80,7 @@ class GroundingStudyConfig(ModelConfig):
         self.require("num_scenes", self.num_scenes >= MIN_DEMO_SCENES, MIN_DEMO_SCENES_RULE)
         self.require_seed("corpus_seed", "seeds")
         self.require_at_least(0, "noise_levels")
-        self.require_at_least(1, "epochs", "checkpoint_epochs", "batch_size", "max_target_len")
+        self.require_at_least(1, "epochs", "checkpoint_epochs", "batch_size", "max_target_len", "eval_items")
         self.require_one_of("setups", SETUP_NAMES)
         self.require_distinct("setups", "seeds", "checkpoint_epochs")
         self.require_distinct("noise_levels", label=lambda n: f"{n:g}")   # as they appear in run ids
@@ -188,13 +197,14 @@ class TestSetOutputs:
     sources: Dict
 
 
-def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu") -> TestSetOutputs:
-    """Load each model once (on ``device``) and run it on the test set, keeping what every analysis
-    needs (on ``device``)."""
+def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", items: int = 0) -> TestSetOutputs:
+    """Load each model once (on ``device``) and run it on the test set (its first ``items`` items,
+    a fixed sample; 0: all), keeping what every analysis needs (on ``device``)."""
     import grounded_fast.models as gm
     from ..models.grounding_seq2seq import shift_targets
     test = data["test"]
-    src, tgt = _to(torch.device(device), *test.batch(torch.arange(len(test))))
+    n = min(items, len(test)) if items else len(test)
+    src, tgt = _to(torch.device(device), *test.batch(torch.arange(n)))
     tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
     logits, attn, segs, hidden, emb = [], [], [], [], []
     for d in model_dirs:
@@ -262,7 +272,7 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                  "stopped_because": pops.stopped_because, "models": models}
     if len(models) < 2:
         return out
-    outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab, device)
+    outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab, device, items=cfg.eval_items)
     logits, mask = outs.logits, outs.mask
     words = concreteness_words(vocab)
     out["concreteness_words"] = {"abstract": words[0], "concrete": words[1]}
