@@ -222,19 +222,31 @@ def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", item
     return TestSetOutputs(torch.stack(logits), attn, segs, hidden, emb, tin, tout != vocab.pad_id, src)
 
 
-def concreteness_words(vocab, n_max: int = 1000) -> Tuple[List[str], List[str]]:
-    """The most abstract and most concrete words of the decoder's vocabulary (Brysbaert norms,
-    longer than 3 letters, one vocabulary entry each), as many per class as the vocabulary allows
-    (at most ``n_max``; the paper: 1000 in a BERT vocabulary)."""
+def concreteness_words(vocab, n_max: int = 1000, abstract_below: float = 3.0, concrete_from: float = 4.0,
+                       norms=None) -> Dict:
+    """The abstract and concrete words of the decoder's vocabulary by the Brysbaert et al. (2014)
+    norms (``norms``: a :class:`~grounded_fast.analysis.ConcretenessNorms`, default the shipped
+    ones). Eligible: vocabulary words of more than 3 letters, alphabetic, that the norms rate;
+    abstract: mean rating < ``abstract_below``, concrete: >= ``concrete_from`` (1-5 scale; words in
+    between are left out); at most ``n_max`` per class, the most extreme first (ties by word; the
+    paper: 1000 per class of a BERT vocabulary, the most extreme ones).
+
+    Returns ``{"abstract": [...], "concrete": [...], "thresholds": {"abstract_below": float,
+    "concrete_from": float}, "counts": {"rated": int, "abstract": int, "concrete": int,
+    "between": int}}``: the counts before the cap (``rated``: the eligible words)."""
     import grounded_fast.analysis as ga
-    norms = ga.load_concreteness_norms()
-    piece = lambda w: [w] if w in vocab.stoi else [w, w]  # noqa: E731  (in vocabulary = one piece)
-    known = set(norms.words)
-    eligible = [w for w in vocab.stoi if w in known and len(w) > 3 and w.isalpha()]
-    n = min(n_max, len(eligible) // 2)
-    if n < 2:
-        return [], []
-    return ga.select_concreteness_words(norms, tokenizer=piece, n_per_class=n)
+    if not abstract_below <= concrete_from:
+        raise ValueError(f"abstract_below ({abstract_below}) must not exceed concrete_from ({concrete_from})")
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    rating = (norms if norms is not None else ga.load_concreteness_norms()).as_dict()
+    rated = sorted((rating[w], w) for w in vocab.stoi if w in rating and len(w) > 3 and w.isalpha())
+    abstract = [w for c, w in rated if c < abstract_below]
+    concrete = [w for c, w in sorted(rated, key=lambda cw: (-cw[0], cw[1])) if c >= concrete_from]
+    return {"abstract": abstract[:n_max], "concrete": concrete[:n_max],
+            "thresholds": {"abstract_below": float(abstract_below), "concrete_from": float(concrete_from)},
+            "counts": {"rated": len(rated), "abstract": len(abstract), "concrete": len(concrete),
+                       "between": len(rated) - len(abstract) - len(concrete)}}
 
 
 def silhouettes(outs: TestSetOutputs, models: List[str], vocab, words: Tuple[List[str], List[str]]) -> Dict:
@@ -275,9 +287,9 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
     outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab, device, items=cfg.eval_items)
     logits, mask = outs.logits, outs.mask
     words = concreteness_words(vocab)
-    out["concreteness_words"] = {"abstract": words[0], "concrete": words[1]}
-    if words[0]:
-        sil = silhouettes(outs, models, vocab, words)
+    out["concreteness_words"] = words
+    if min(len(words["abstract"]), len(words["concrete"])) >= 2:
+        sil = silhouettes(outs, models, vocab, (words["abstract"], words["concrete"]))
         out["silhouette"] = sil
         tests = {}
         for kind in ("input_embeddings", "hidden_states"):

@@ -335,13 +335,28 @@ def _paper_silhouettes(kind: str, setups: List[str]) -> Dict[str, float]:
     return out
 
 
+def _concreteness_words_text(words: dict) -> str:
+    """Which words the silhouettes compare: the classes with their thresholds, counts and words."""
+    th, counts = words.get("thresholds"), words.get("counts")
+    if th is None:  # results stored before thresholds were recorded
+        return (f"{len(words['abstract'])} abstract words ({', '.join(words['abstract'])}) and "
+                f"{len(words['concrete'])} concrete words ({', '.join(words['concrete'])}) of the "
+                "decoders' vocabulary, by the Brysbaert et al. (2014) norms; Euclidean silhouette.")
+    capped = [f"{k} capped from {counts[k]}" for k in ("abstract", "concrete") if counts[k] > len(words[k])]
+    return (f"Of the decoders' vocabulary, {counts['rated']} words of more than 3 letters are rated by the "
+            f"Brysbaert et al. (2014) concreteness norms (1 abstract to 5 concrete): "
+            f"{len(words['abstract'])} abstract words, rated below {th['abstract_below']:g} "
+            f"({', '.join(words['abstract'])}), and {len(words['concrete'])} concrete words, rated "
+            f"{th['concrete_from']:g} or more ({', '.join(words['concrete'])}); the {counts['between']} "
+            f"in between are left out" + (f" ({'; '.join(capped)}, the most extreme kept)" if capped else "")
+            + ". Euclidean silhouette.")
+
+
 def _silhouette_section(rep, res: dict, silhouette_boxplot) -> None:
     from ..report import significance, tests_note
     words = res["concreteness_words"]
     rep.add_heading("Concreteness: silhouettes of abstract vs concrete words")
-    rep.add_paragraph(f"{len(words['abstract'])} abstract words ({', '.join(words['abstract'])}) and "
-                      f"{len(words['concrete'])} concrete words ({', '.join(words['concrete'])}) of the "
-                      "decoders' vocabulary, by the Brysbaert et al. (2014) norms; Euclidean silhouette.")
+    rep.add_paragraph(_concreteness_words_text(words))
     for kind in ("input_embeddings", "hidden_states"):
         values = {s: [res["silhouette"][m][kind] for m in res["populations"][s]
                       if kind in res["silhouette"][m]] for s in res["populations"]}
