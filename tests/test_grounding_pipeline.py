@@ -98,7 +98,7 @@ def test_groundedbert_on_the_shipped_encoders():
 
 def test_grounding_study_config_validation():
     from grounded_fast.experiments.grounding import GroundingStudyConfig, plan_runs
-    assert len(plan_runs(GroundingStudyConfig.from_preset("tiny"))) == 5 * 2 * 3
+    assert len(plan_runs(GroundingStudyConfig.from_preset("tiny"))) == 9 * 2 * 3
     for bad, key in ((dict(setups=["P"]), "at least 2"), (dict(setups=["P", "X"]), "must be one of"),
                      (dict(pivot="T", setups=["P", "C"]), "pivot"), (dict(checkpoint_epochs=[9]), "checkpoint_epochs"),
                      (dict(epochs=0), "epochs"), (dict(noise_levels=[-0.1]), "noise_levels"),

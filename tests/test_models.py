@@ -6,7 +6,8 @@ import torch
 
 import grounded_fast.models as M
 from grounded_fast.models.flava import LOSSES, KMeansCodebook, LossScheduler, patchify
-from grounded_fast.models.grounding_seq2seq import make_optimizer, round_robin, shift_targets, token_accuracy
+from grounded_fast.models.grounding_seq2seq import (SETUPS, TASKS, canonical_setup, make_optimizer, round_robin,
+                                                   setup_kind, setup_sources, shift_targets, token_accuracy)
 from grounded_fast.models.groundedbert import derangement
 
 
@@ -54,15 +55,21 @@ def _seq2seq_batch(B=6, V=40, seed=0):
     return src, tok
 
 
-@pytest.mark.parametrize("setup", ["C", "P", "T", "multitask", "multimodal"])
+SEQ2SEQ_S = {"C": 5, "P": 7, "T": 6}        # source lengths of _seq2seq_batch
+
+
+@pytest.mark.parametrize("setup", SETUPS)
 def test_seq2seq_trains_and_returns_cross_attention(setup):
     torch.manual_seed(0)
     model = M.build("grounding-seq2seq", "tiny", vocab_size=40, setup=setup,
                     source_dims={"C": 12, "P": 8, "T": 8})
+    sources = setup_sources(setup)
+    assert tuple(model.proj) == sources and model.config.kind == setup_kind(setup)
     src, tok = _seq2seq_batch()
     tin, tout = shift_targets(tok, 1, 0)
     opt = make_optimizer(model)
-    tasks = round_robin(["C", "P", "T"], 40) if setup == "multitask" else [None] * 40
+    multi_task = model.config.kind == "multi-task"
+    tasks = round_robin(list(sources), 40) if multi_task else [None] * 40
     losses = []
     for task in tasks:
         logits, attn, segs = model(src, tin, task=task)
@@ -73,14 +80,27 @@ def test_seq2seq_trains_and_returns_cross_attention(setup):
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses[::10]
     model.eval()
-    logits, attn, segs = model(src, tin, task="P" if setup == "multitask" else None)
-    S = 18 if setup == "multimodal" else {"C": 5, "P": 7, "T": 6}["P" if setup == "multitask" else setup]
+    logits, attn, segs = model(src, tin, task="P" if multi_task else None)
+    used = sources if model.config.kind == "multi-modal" else ("P",) if multi_task else (setup,)
+    S = sum(SEQ2SEQ_S[t] for t in used)
     assert logits.shape == (6, 9, 40) and len(attn) == 2 and attn[0].shape == (6, 4, 9, S)
     assert torch.allclose(attn[0].sum(-1), torch.ones(6, 4, 9), atol=1e-5)       # distributions over memory
-    if setup == "multimodal":
-        assert segs.tolist() == [0] * 5 + [1] * 7 + [2] * 6
-        assert float(attn[0][0, :, :, 5 + 5:5 + 7].abs().max()) == 0.0          # padded P positions get none
+    assert segs.tolist() == [i for t in used for i in [TASKS.index(t)] * SEQ2SEQ_S[t]]   # C 0, P 1, T 2
+    if "P" in used and len(used) > 1:
+        start = sum(SEQ2SEQ_S[t] for t in used[:used.index("P")])
+        assert float(attn[0][0, :, :, start + 5:start + 7].abs().max()) == 0.0   # padded P positions get none
     assert token_accuracy(logits, tout) > 0.5
+
+
+def test_setup_names_are_the_papers_with_the_old_and_ascii_spellings():
+    assert SETUPS == ("P", "C", "T", "P∨C", "P∨T", "P∨C∨T", "P∧C", "P∧T", "P∧C∧T")
+    for given, name in [("multitask", "P∨C∨T"), ("multimodal", "P∧C∧T"), ("C|P", "P∨C"), ("T & P", "P∧T"),
+                        ("C∧T∧P", "P∧C∧T"), ("P", "P")]:
+        assert canonical_setup(given) == name
+        assert M.build("grounding-seq2seq", "tiny", vocab_size=9, setup=given).config.setup == name
+    for bad in ("P|P", "X", "P|C&T", ""):
+        with pytest.raises(ValueError, match="setup must be one of"):
+            M.build("grounding-seq2seq", "tiny", vocab_size=9, setup=bad)
 
 
 def test_seq2seq_noise_only_in_training_and_errors():
@@ -97,9 +117,9 @@ def test_seq2seq_noise_only_in_training_and_errors():
     assert not torch.equal(c, model(src, tin)[0])
     with pytest.raises(ValueError, match="sources lack"):
         model({"C": src["C"]}, tin)
-    mt = M.build("grounding-seq2seq", "tiny", vocab_size=40, setup="multitask", source_dims={"C": 12, "P": 8, "T": 8})
-    with pytest.raises(ValueError, match="task="):
-        mt(src, tin)
+    mt = M.build("grounding-seq2seq", "tiny", vocab_size=40, setup="P∨T", source_dims={"C": 12, "P": 8, "T": 8})
+    with pytest.raises(ValueError, match=r"multi-task model P∨T: pass task= one of \['P', 'T'\], got 'C'"):
+        mt(src, tin, task="C")
     with pytest.raises(ValueError, match="source_dims"):
         M.build("grounding-seq2seq", "tiny", setup="multimodal", source_dims={"P": 8})
 

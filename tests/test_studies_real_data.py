@@ -84,16 +84,30 @@ def _toml(path, sections):
     return str(path)
 
 
-def test_grounding_runs_from_an_exported_vatex_folder(exported, tmp_path, capsys):
-    cfg = _toml(tmp_path / "vatex.toml", {**MICRO_GROUNDING, "data": {"kind": "vatex", "path": str(exported / "vatex")}})
+@pytest.mark.parametrize("kind", ["vatex", "multi30k"])
+def test_grounding_runs_the_nine_setups_from_exported_files(exported, tmp_path, capsys, kind):
+    from grounded_fast.models.grounding_seq2seq import SETUPS
+    micro = {**MICRO_GROUNDING, "setups": SETUPS, "epochs": 3, "checkpoint_epochs": (1, 2, 3)}
+    cfg = _toml(tmp_path / f"{kind}.toml", {**micro, "data": {"kind": kind, "path": str(exported / kind)}})
     out = tmp_path / "run"
-    code, io = _run(["run", "grounding", "--config", cfg, "--out", str(out), "--no-progress", "--workers", "1"], capsys)
+    code, io = _run(["run", "grounding", "--config", cfg, "--out", str(out), "--no-progress"], capsys)
     assert code == 0, io.err
     with ResultStore(str(out / "results.sqlite"), read_only=True) as store:
-        assert store.study_info()["config"]["data"]["kind"] == "vatex"
+        assert store.study_info()["config"]["data"]["kind"] == kind
         assert store.unit("features")["payload"]["train"] == len(DemoCorpus(SCENES, SEED).splits["train"])
-        assert len(store.checkpoints()) == 8 and store.unit_done("analysis")
-    assert "vatex" in (out / "report.md").read_text()
+        assert len(store.checkpoints()) == 9 * 2 * 3
+        res = store.unit("analysis")["payload"]
+    assert sorted(res["populations"]) == sorted(SETUPS)
+    sizes = {len(v) for v in res["populations"].values()}
+    assert len(sizes) == 1 and sizes.pop() >= 2               # matched: equal sizes, within-population pairs exist
+    assert set(res["attention_models"]) == {m for s in ("P∧C", "P∧T", "P∧C∧T") for m in res["populations"][s]}
+    shares = np.array(res["segment_shares"])
+    assert np.allclose(shares.sum(1), 1) and np.all(shares[[i for i, m in enumerate(res["attention_models"])
+                                                           if m.startswith("P∧T")], 0] == 0)   # no C in P∧T
+    report = (out / "report.md").read_text()
+    for needle in (kind, "C/C", "P/T", "Within vs between populations", "Attention of the multi-modal models",
+                   "P∨C∨T", "P∧C∧T", "Kruskal-Wallis H"):
+        assert needle in report, needle
 
 
 def test_groundedbert_runs_from_coco_pairs_and_a_glue_directory(exported, tmp_path, capsys):

@@ -84,8 +84,8 @@ def test_the_three_studies_are_registered_and_unknown_names_are_one_clear_error(
         studies.get("nope")
     grounding = studies.get("grounding")
     units = grounding.plan(grounding.config_cls.from_preset("tiny"))
-    assert len(units) == 5 * 2 * 3 and units[0].unit_id == "train/P-noise0-seed0"
-    assert units[-1].labels == {"setup": "multimodal", "noise": 0.5, "seed": 2}
+    assert len(units) == 9 * 2 * 3 and units[0].unit_id == "train/P-noise0-seed0"
+    assert units[-1].labels == {"setup": "P∧C∧T", "noise": 0.5, "seed": 2}
     flava = studies.get("flava-ablation")
     assert [u.unit_id for u in flava.plan(flava.config_cls.from_preset("tiny"))][:2] == [
         "cell/text10000-images0-seed0", "cell/text10000-images50-seed0"]

@@ -108,12 +108,13 @@ def _mass(variant: str):
 
 def demo_glue_task(corpus, directory: str) -> str:
     """Write the built-in SST-2-format task (sentence, label: 1 vertical / 0 horizontal relation)
-    of the demo corpus's two-or-more-object scenes to ``directory`` (train.tsv, dev.tsv)."""
+    of the demo corpus's two-or-more-object scenes (but "far from", neither) to ``directory``
+    (train.tsv, dev.tsv)."""
     os.makedirs(directory, exist_ok=True)
     rows = {"train": [], "dev": []}
     for it in corpus:
         rel = it.graph.relation
-        if rel is None:
+        if rel is None or rel.name == "far_from":
             continue
         label = int(rel.name in ("above", "below"))
         split = "train" if it.split == "train" else "dev"

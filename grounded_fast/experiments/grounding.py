@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ..data.config import DataConfig
 from ..models.config import ModelConfig
-
-SETUP_NAMES = ("P", "C", "T", "multitask", "multimodal")
+from ..models.grounding_seq2seq import SETUPS as SETUP_NAMES
+from ..models.grounding_seq2seq import canonical_setup, setup_kind, setup_sources
 
 
 @dataclasses.dataclass
@@ -37,34 +37,50 @@ class GroundingDataConfig(DataConfig):
 
 @dataclasses.dataclass
 class GroundingStudyConfig(ModelConfig):
+    """The study's grid and analysis. ``num_scenes`` / ``corpus_seed``: the demo corpus (``data.kind
+    = 'demo'``); ``setups``: the paper's names (:data:`SETUP_NAMES`); one decoder per setup x noise
+    level x seed, checkpointed at ``checkpoint_epochs``; populations matched to ``pivot`` with the
+    Kruskal-Wallis rule ``p_threshold``; ``eval_items``: the fixed sample of test items the pairwise
+    analysis runs on (its first items; the paper: 1,000)."""
     num_scenes: int = 2000
     corpus_seed: int = 0
     setups: Tuple[str, ...] = SETUP_NAMES
-    noise_levels: Tuple[float, ...] = (0.0, 0.1, 0.2)
-    seeds: Tuple[int, ...] = (0, 1, 2, 3)
-    epochs: int = 20
-    checkpoint_epochs: Tuple[int, ...] = (10, 15, 20)
+    noise_levels: Tuple[float, ...] = (0.0, 0.5, 1.0, 1.5)
+    seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
+    epochs: int = 25
+    checkpoint_epochs: Tuple[int, ...] = (5, 10, 15, 20, 25)
     batch_size: int = 32
     model_preset: str = "paper"
     max_target_len: int = 48
     p_threshold: float = 0.5
     pivot: str = "P"
+    eval_items: int = 1000
     data: GroundingDataConfig = dataclasses.field(default_factory=GroundingDataConfig)
 
+    # paper: the authors' grid (allruns.sh of TimotheeMickus/vid-txt-diff: seeds 1-5, noise none / 0.5 / 1.0 /
+    # 1.5, 25 epochs) with checkpoints every 5 epochs. tiny / small: all nine setups, fewer seeds and noise
+    # levels, a checkpoint every epoch from the second, so that the matching has candidates at every accuracy
     presets = {
-        "tiny": dict(num_scenes=300, noise_levels=(0.0, 0.5), seeds=(0, 1, 2), epochs=6, checkpoint_epochs=(4, 5, 6),
-                     batch_size=16, model_preset="tiny"),
-        "small": dict(num_scenes=600, noise_levels=(0.0, 0.2), seeds=(0, 1, 2), epochs=8,
-                      checkpoint_epochs=(4, 6, 8), model_preset="small"),
+        "tiny": dict(num_scenes=300, noise_levels=(0.0, 0.5), seeds=(0, 1, 2), epochs=8,
+                     checkpoint_epochs=(2, 3, 4, 5, 6, 7, 8), batch_size=16, model_preset="tiny"),
+        "small": dict(num_scenes=600, noise_levels=(0.0, 0.5, 1.0), seeds=(0, 1, 2), epochs=10,
+                      checkpoint_epochs=(2, 3, 4, 5, 6, 7, 8, 9, 10), model_preset="small"),
         "paper": {},
     }
+
+    def check(self) -> None:
+        # the paper's spellings ('multimodal' -> 'P∧C∧T', 'P|C' -> 'P∨C'), as run ids and reports show them
+        if isinstance(self.setups, (list, tuple)):
+            object.__setattr__(self, "setups", tuple(canonical_setup(s) for s in self.setups))
+        object.__setattr__(self, "pivot", canonical_setup(self.pivot))
+        super().check()
 
     def validate(self) -> None:
         from ..models.grounding_seq2seq import GroundingSeq2SeqConfig
         self.require("num_scenes", self.num_scenes >= MIN_DEMO_SCENES, MIN_DEMO_SCENES_RULE)
         self.require_seed("corpus_seed", "seeds")
         self.require_at_least(0, "noise_levels")
-        self.require_at_least(1, "epochs", "checkpoint_epochs", "batch_size", "max_target_len")
+        self.require_at_least(1, "epochs", "checkpoint_epochs", "batch_size", "max_target_len", "eval_items")
         self.require_one_of("setups", SETUP_NAMES)
         self.require_distinct("setups", "seeds", "checkpoint_epochs")
         self.require_distinct("noise_levels", label=lambda n: f"{n:g}")   # as they appear in run ids
@@ -107,8 +123,9 @@ def plan_runs(cfg: GroundingStudyConfig) -> List[RunSpec]:
     return [RunSpec(s, n, k) for s in cfg.setups for n in cfg.noise_levels for k in cfg.seeds]
 
 
-def _tasks(setup: str) -> List[str]:
-    return ["C", "P", "T"] if setup == "multitask" else [None]
+def _tasks(setup: str) -> List:
+    """The ``task`` arguments a model of ``setup`` is run with: each source of a multi-task setup, else None."""
+    return list(setup_sources(setup)) if setup_kind(setup) == "multi-task" else [None]
 
 
 def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_dir: str,
@@ -131,7 +148,8 @@ def train_run(spec: RunSpec, cfg: GroundingStudyConfig, data: Dict, vocab, run_d
     train = data["train"]
     g = torch.Generator().manual_seed(10_000 + spec.seed)
     n_batches = max(1, len(train) // cfg.batch_size)
-    tasks = round_robin(["C", "P", "T"], n_batches) if spec.setup == "multitask" else [None] * n_batches
+    tasks = (round_robin(list(setup_sources(spec.setup)), n_batches) if setup_kind(spec.setup) == "multi-task"
+             else [None] * n_batches)
     results = {}
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -179,13 +197,14 @@ class TestSetOutputs:
     sources: Dict
 
 
-def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu") -> TestSetOutputs:
-    """Load each model once (on ``device``) and run it on the test set, keeping what every analysis
-    needs (on ``device``)."""
+def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", items: int = 0) -> TestSetOutputs:
+    """Load each model once (on ``device``) and run it on the test set (its first ``items`` items,
+    a fixed sample; 0: all), keeping what every analysis needs (on ``device``)."""
     import grounded_fast.models as gm
     from ..models.grounding_seq2seq import shift_targets
     test = data["test"]
-    src, tgt = _to(torch.device(device), *test.batch(torch.arange(len(test))))
+    n = min(items, len(test)) if items else len(test)
+    src, tgt = _to(torch.device(device), *test.batch(torch.arange(n)))
     tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
     logits, attn, segs, hidden, emb = [], [], [], [], []
     for d in model_dirs:
@@ -193,7 +212,7 @@ def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu") -> T
         states = {}
         hook = model.decoder.register_forward_hook(lambda mod, inp, o: states.__setitem__("h", o))
         with torch.no_grad():
-            out = model(src, tin, task="P" if model.config.setup == "multitask" else None)
+            out = model(src, tin, task="P" if model.config.kind == "multi-task" else None)
         hook.remove()
         logits.append(out[0])
         attn.append(out[1][-1])
@@ -203,19 +222,31 @@ def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu") -> T
     return TestSetOutputs(torch.stack(logits), attn, segs, hidden, emb, tin, tout != vocab.pad_id, src)
 
 
-def concreteness_words(vocab, n_max: int = 1000) -> Tuple[List[str], List[str]]:
-    """The most abstract and most concrete words of the decoder's vocabulary (Brysbaert norms,
-    longer than 3 letters, one vocabulary entry each), as many per class as the vocabulary allows
-    (at most ``n_max``; the paper: 1000 in a BERT vocabulary)."""
+def concreteness_words(vocab, n_max: int = 1000, abstract_below: float = 3.0, concrete_from: float = 4.0,
+                       norms=None) -> Dict:
+    """The abstract and concrete words of the decoder's vocabulary by the Brysbaert et al. (2014)
+    norms (``norms``: a :class:`~grounded_fast.analysis.ConcretenessNorms`, default the shipped
+    ones). Eligible: vocabulary words of more than 3 letters, alphabetic, that the norms rate;
+    abstract: mean rating < ``abstract_below``, concrete: >= ``concrete_from`` (1-5 scale; words in
+    between are left out); at most ``n_max`` per class, the most extreme first (ties by word; the
+    paper: 1000 per class of a BERT vocabulary, the most extreme ones).
+
+    Returns ``{"abstract": [...], "concrete": [...], "thresholds": {"abstract_below": float,
+    "concrete_from": float}, "counts": {"rated": int, "abstract": int, "concrete": int,
+    "between": int}}``: the counts before the cap (``rated``: the eligible words)."""
     import grounded_fast.analysis as ga
-    norms = ga.load_concreteness_norms()
-    piece = lambda w: [w] if w in vocab.stoi else [w, w]  # noqa: E731  (in vocabulary = one piece)
-    known = set(norms.words)
-    eligible = [w for w in vocab.stoi if w in known and len(w) > 3 and w.isalpha()]
-    n = min(n_max, len(eligible) // 2)
-    if n < 2:
-        return [], []
-    return ga.select_concreteness_words(norms, tokenizer=piece, n_per_class=n)
+    if not abstract_below <= concrete_from:
+        raise ValueError(f"abstract_below ({abstract_below}) must not exceed concrete_from ({concrete_from})")
+    if n_max < 1:
+        raise ValueError(f"n_max must be >= 1, got {n_max}")
+    rating = (norms if norms is not None else ga.load_concreteness_norms()).as_dict()
+    rated = sorted((rating[w], w) for w in vocab.stoi if w in rating and len(w) > 3 and w.isalpha())
+    abstract = [w for c, w in rated if c < abstract_below]
+    concrete = [w for c, w in sorted(rated, key=lambda cw: (-cw[0], cw[1])) if c >= concrete_from]
+    return {"abstract": abstract[:n_max], "concrete": concrete[:n_max],
+            "thresholds": {"abstract_below": float(abstract_below), "concrete_from": float(concrete_from)},
+            "counts": {"rated": len(rated), "abstract": len(abstract), "concrete": len(concrete),
+                       "between": len(rated) - len(abstract) - len(concrete)}}
 
 
 def silhouettes(outs: TestSetOutputs, models: List[str], vocab, words: Tuple[List[str], List[str]]) -> Dict:
@@ -253,12 +284,12 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                  "stopped_because": pops.stopped_because, "models": models}
     if len(models) < 2:
         return out
-    outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab, device)
-    logits, attn, segs, mask, src = outs.logits, outs.cross_attention, outs.segments, outs.mask, outs.sources
+    outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab, device, items=cfg.eval_items)
+    logits, mask = outs.logits, outs.mask
     words = concreteness_words(vocab)
-    out["concreteness_words"] = {"abstract": words[0], "concrete": words[1]}
-    if words[0]:
-        sil = silhouettes(outs, models, vocab, words)
+    out["concreteness_words"] = words
+    if min(len(words["abstract"]), len(words["concrete"])) >= 2:
+        sil = silhouettes(outs, models, vocab, (words["abstract"], words["concrete"]))
         out["silhouette"] = sil
         tests = {}
         for kind in ("input_embeddings", "hidden_states"):
@@ -290,23 +321,47 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                 table[f"{si}/{sj}"]["model_pairs"] = len(pairs) // 2   # unordered pairs
     out["pair_table"] = table
     out["population_tests"] = population_tests(out, models, setup_of)
-    mm = [k for k, m in enumerate(models) if setup_of[m] == "multimodal"]
-    if mm:
-        smask = torch.cat([src[t][1] for t in ("C", "P", "T")], 1)
-        acc = ga.AttentionDistance(len(mm), "segment_l2")
-        acc.update(torch.stack([attn[k] for k in mm]), mask, smask, segs[mm[0]])
-        out["segment_shares"] = acc.segment_shares().numpy()
-        dist = acc.compute().numpy()
-        out["attention_distance"] = dist
-        if len(mm) >= 3:
-            kl = out["kl"][mm][:, mm]
-            sym = 0.5 * (kl + kl.T)
-            try:
-                out["attention_vs_kl"] = {"pearson": ga.matrix_correlation(dist, sym).statistic,
-                                          "mantel_p": ga.mantel(dist, sym, permutations=999, seed=0).pvalue}
-            except ValueError as exc:      # e.g. constant distances in a degenerate tiny run
-                out["attention_vs_kl"] = {"error": str(exc)}
+    out.update(attention_analysis(outs, models, setup_of, cfg, out["kl"]))
     return out
+
+
+def attention_analysis(outs: "TestSetOutputs", models: List[str], setup_of: Dict[str, str], cfg, kl) -> Dict:
+    """The multi-modal models' attention: per model the share of its last layer's cross-attention
+    mass on each source (columns C, P, T; 0 where a setup lacks the source), pooled over the
+    counted target tokens of the test set; the Euclidean distances between the models' share
+    vectors (``segment_l2``: comparable across the multi-modal setups, whose shares live in the
+    same three columns) and their correlation (Pearson, Mantel) with the symmetrised KL.
+    Returns {} without multi-modal models, else ``attention_models``, ``segment_shares`` (M, 3),
+    ``attention_distance`` (M, M) and ``attention_vs_kl`` (with >= 3 models)."""
+    import numpy as np
+
+    import grounded_fast.analysis as ga
+    from ..models.grounding_seq2seq import TASKS, setup_kind, setup_sources
+    shares, index = [], []
+    for setup in cfg.setups:
+        ks = [k for k, m in enumerate(models) if setup_of[m] == setup]
+        if setup_kind(setup) != "multi-modal" or not ks:
+            continue
+        smask = torch.cat([outs.sources[t][1] for t in setup_sources(setup)], 1)
+        acc = ga.AttentionDistance(len(ks), "segment_l2", num_segments=len(TASKS))
+        acc.update(torch.stack([outs.cross_attention[k] for k in ks]), outs.mask, smask, outs.segments[ks[0]])
+        shares.append(acc.segment_shares().cpu().numpy())
+        index += ks
+    if not index:
+        return {}
+    sh = np.concatenate(shares)
+    dist = np.sqrt(((sh[:, None, :] - sh[None, :, :]) ** 2).sum(-1))
+    res = {"attention_models": [models[k] for k in index], "segment_shares": sh, "attention_distance": dist}
+    if len(index) >= 3:
+        sub = np.asarray(kl)[index][:, index]
+        sym = 0.5 * (sub + sub.T)
+        try:
+            res["attention_vs_kl"] = {"pearson": ga.matrix_correlation(dist, sym).statistic,
+                                      "mantel_p": ga.mantel(dist, sym, permutations=999, seed=0).pvalue,
+                                      "models": len(index)}
+        except ValueError as exc:      # e.g. constant distances in a degenerate tiny run
+            res["attention_vs_kl"] = {"error": str(exc)}
+    return res
 
 
 def pairwise_per_sentence(logits: Tensor, mask: Tensor) -> Dict:

@@ -2,13 +2,17 @@
 
 A Transformer decoder generates a target sentence from one or several *sources* of the same
 content: C (captioning: image patch features), P (paraphrasing: an English paraphrase's token
-states) and T (translation: the German sentence's token states). Setups:
+states) and T (translation: the German sentence's token states). Setups, named as the paper names
+them (:data:`SETUPS`):
 
 - mono-task ``P`` / ``C`` / ``T``: the memory is that source, projected;
-- ``multitask``: one model with all three projections, each batch from one task (the training loop
-  goes round-robin over tasks, :func:`round_robin`);
-- ``multimodal``: the memory is the projected sources concatenated in the order C, P, T, with
-  segment ids 0, 1, 2 (returned for the attention analysis).
+- multi-task ``P∨C``, ``P∨T``, ``P∨C∨T``: one model with a projection per source, each batch from
+  one source (the training loop goes round-robin over them, :func:`round_robin`);
+- multi-modal ``P∧C``, ``P∧T``, ``P∧C∧T``: the memory is the projected sources concatenated in the
+  order C, P, T, with segment ids 0, 1, 2 (C, P, T; returned for the attention analysis).
+
+``multitask`` and ``multimodal`` (the names of earlier versions) are read as ``P∨C∨T`` and
+``P∧C∧T``; ``|`` and ``&`` may be typed for ``∨`` and ``∧``.
 
 Per-source projection: Dropout(0.5), Linear(d_src, 2048), ReLU, Linear(2048, d_model).
 Decoder: ``nn.TransformerDecoder`` (paper: 6 layers, d_model 512, 8 heads, FFN 2048, dropout 0.1),
@@ -28,14 +32,42 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 
-TASKS = ("C", "P", "T")          # memory order of the multimodal setup
-SETUPS = ("C", "P", "T", "multitask", "multimodal")
+TASKS = ("C", "P", "T")          # memory order (and segment ids) of the multi-modal setups
+OR, AND = "\u2228", "\u2227"      # ∨ multi-task, ∧ multi-modal
+#: the paper's nine setups: mono-task, multi-task (∨), multi-modal (∧)
+SETUPS = ("P", "C", "T", f"P{OR}C", f"P{OR}T", f"P{OR}C{OR}T", f"P{AND}C", f"P{AND}T", f"P{AND}C{AND}T")
+_ALIASES = {"multitask": f"P{OR}C{OR}T", "multimodal": f"P{AND}C{AND}T"}
+
+
+def canonical_setup(name: str) -> str:
+    """The paper's spelling of a setup name: 'multimodal' -> 'P∧C∧T', 'C|P' -> 'P∨C', 'T&P' ->
+    'P∧T' (sources in the order P, C, T); a name that is no setup is returned unchanged."""
+    if not isinstance(name, str):
+        return name
+    name = _ALIASES.get(name, name).replace("|", OR).replace("&", AND).replace(" ", "")
+    for op in (OR, AND):
+        parts = name.split(op)
+        if len(parts) > 1 and set(parts) <= set(TASKS) and len(set(parts)) == len(parts):
+            return op.join(t for t in ("P", "C", "T") if t in parts)
+    return name
+
+
+def setup_sources(setup: str) -> Tuple[str, ...]:
+    """The sources a setup uses, in memory order (C, P, T): 'P∧C' -> ('C', 'P')."""
+    parts = set(canonical_setup(setup).replace(OR, " ").replace(AND, " ").split())
+    return tuple(t for t in TASKS if t in parts)
+
+
+def setup_kind(setup: str) -> str:
+    """'mono-task', 'multi-task' or 'multi-modal'."""
+    setup = canonical_setup(setup)
+    return "multi-task" if OR in setup else "multi-modal" if AND in setup else "mono-task"
 
 
 @dataclasses.dataclass
 class GroundingSeq2SeqConfig(ModelConfig):
     vocab_size: int = 1000
-    setup: str = "multimodal"
+    setup: str = f"P{AND}C{AND}T"
     source_dims: Dict[str, int] = dataclasses.field(default_factory=lambda: {"C": 1280, "P": 384, "T": 384})
     d_model: int = 512
     num_layers: int = 6
@@ -57,6 +89,10 @@ class GroundingSeq2SeqConfig(ModelConfig):
         "paper": dict(d_model=512, num_layers=6, num_heads=8, ffn_dim=2048, proj_hidden=2048),
     }
 
+    def check(self) -> None:
+        object.__setattr__(self, "setup", canonical_setup(self.setup))
+        super().check()
+
     def validate(self) -> None:
         if self.setup not in SETUPS:
             raise ValueError(f"GroundingSeq2SeqConfig.setup must be one of {SETUPS}, got {self.setup!r}")
@@ -77,8 +113,13 @@ class GroundingSeq2SeqConfig(ModelConfig):
 
     @property
     def tasks(self) -> Tuple[str, ...]:
-        """The sources this setup uses."""
-        return TASKS if self.setup in ("multitask", "multimodal") else (self.setup,)
+        """The sources this setup uses (memory order C, P, T)."""
+        return setup_sources(self.setup)
+
+    @property
+    def kind(self) -> str:
+        """'mono-task', 'multi-task' or 'multi-modal'."""
+        return setup_kind(self.setup)
 
 
 class _DecoderLayer(nn.TransformerDecoderLayer):
@@ -123,11 +164,11 @@ class GroundingSeq2Seq(nn.Module):
     def memory(self, sources: Sources, task: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """(memory (B, S, d_model), padding mask (B, S) True = pad, segment ids (S,)) for a batch."""
         c = self.config
-        if c.setup == "multimodal":
-            use = list(TASKS)
-        elif c.setup == "multitask":
-            if task not in TASKS:
-                raise ValueError(f"multitask model: pass task= one of {TASKS}, got {task!r}")
+        if c.kind == "multi-modal":
+            use = list(c.tasks)
+        elif c.kind == "multi-task":
+            if task not in c.tasks:
+                raise ValueError(f"multi-task model {c.setup}: pass task= one of {list(c.tasks)}, got {task!r}")
             use = [task]
         else:
             use = [c.setup]
@@ -190,5 +231,5 @@ def make_optimizer(model: nn.Module):
 
 
 def round_robin(tasks: Sequence[str], steps: int) -> List[str]:
-    """The multitask schedule: tasks in turn, one batch each, for ``steps`` batches."""
+    """The multi-task schedule: tasks in turn, one batch each, for ``steps`` batches."""
     return [tasks[i % len(tasks)] for i in range(steps)]

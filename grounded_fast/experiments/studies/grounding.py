@@ -10,6 +10,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from ...models.grounding_seq2seq import setup_kind
 from ..grounding import GroundingStudyConfig, analyse, plan_runs, train_run
 from ..runner import unit_result
 from .registry import Step, Study, Unit
@@ -122,23 +123,16 @@ def report(store, out_dir: str):
         models = res["models"]
         if "agreement" in res:
             groups = [m.split("-")[0] for m in models]
-            rep.add_figure(agreement_heatmap(np.array(res["agreement"]), models, groups=groups), "agreement",
-                           "Pairwise argmax agreement of the matched models, grouped by setup")
-        if "attention_distance" in res and len(res["attention_distance"]) >= 3:
-            d = np.array(res["attention_distance"])
-            mm = [k for k, m in enumerate(models) if m.startswith("multimodal")]
-            kl = np.array(res["kl"])[mm][:, mm]
-            iu = np.triu_indices(len(mm), 1)
-            note = None
-            if "mantel_p" in res.get("attention_vs_kl", {}):
-                note = f"Mantel p = {res['attention_vs_kl']['mantel_p']:.3g}"
-            rep.add_figure(distance_vs_agreement_scatter(d[iu], 0.5 * (kl + kl.T)[iu], note=note),
-                           "attention_vs_kl", "Attention segment-share distance vs KL (multimodal models)")
+            for name, label, what in (("agreement", "agreement", "argmax agreement (share of tokens)"),
+                                      ("kl_sentence", "KL (nats / sentence)", "KL(row ‖ column), nats per sentence")):
+                if name in res:
+                    m = np.array(res[name], dtype=float)
+                    np.fill_diagonal(m, np.nan)     # a model against itself: grey, out of the colour scale
+                    rep.add_figure(agreement_heatmap(m, models, groups=groups, colorbar_label=label,
+                                                     title=f"Pairwise {label}"), name,
+                                   f"Pairwise {what} of the matched models, grouped by setup (diagonal grey)")
         if "segment_shares" in res:
-            shares = np.array(res["segment_shares"]).mean(0)
-            rep.add_table(["source", "mean attention share"], [[s, v] for s, v in zip(("C", "P", "T"), shares)],
-                          caption="Multimodal models: attention mass per source segment (reference PCT: "
-                                  ".32 C / .30 P / .38 T)")
+            _attention_section(rep, res, distance_vs_agreement_scatter)
         if res.get("silhouette"):
             _silhouette_section(rep, res, silhouette_boxplot)
     else:
@@ -147,7 +141,46 @@ def report(store, out_dir: str):
     return rep
 
 
-_SETUP_TEXT = {"multitask": "multi-task P∨C∨T (multitask)", "multimodal": "multi-modal P∧C∧T (multimodal)"}
+#: the paper's attention mass shares of its multi-modal populations (reference_results.toml's findings)
+PAPER_SHARES = {"P∧C": {"C": .46, "P": .54}, "P∧T": {"P": .45, "T": .55}, "P∧C∧T": {"C": .32, "P": .30, "T": .38}}
+
+
+def _attention_section(rep, res: dict, scatter) -> None:
+    """Multi-modal models: attention mass per source (per setup, beside the paper's shares) and the
+    share distance against KL (Pearson, Mantel) over every pair of multi-modal models."""
+    from ..report import significance
+    from ...models.grounding_seq2seq import setup_sources
+    rep.add_heading("Attention of the multi-modal models", level=3)
+    ids = res["attention_models"]
+    shares = np.array(res["segment_shares"])
+    setup_of = {m: s for s, ms in res["populations"].items() for m in ms}
+    rows = []
+    for setup in dict.fromkeys(setup_of[m] for m in ids):
+        k = [i for i, m in enumerate(ids) if setup_of[m] == setup]
+        mean = shares[k].mean(0)
+        paper = PAPER_SHARES.get(setup, {})
+        rows.append([setup, len(k)] + [f"{mean[c]:.3f}" + (f" (paper {paper[t]:.2f})" if t in paper else "")
+                                       if t in setup_sources(setup) else "—" for c, t in enumerate(("C", "P", "T"))])
+    rep.add_table(["setup", "models", "C", "P", "T"], rows,
+                  caption="Share of the last decoder layer's cross-attention mass on each source, pooled over the "
+                          "test targets, mean over the population's models (the paper's shares in brackets)")
+    n = len(ids)
+    if n >= 3:
+        d = np.array(res["attention_distance"])
+        kl = np.array(res["kl"])
+        index = [res["models"].index(m) for m in ids]
+        kl = kl[index][:, index]
+        iu = np.triu_indices(n, 1)
+        stat = res.get("attention_vs_kl", {})
+        note = (f"Pearson r = {stat['pearson']:.3f}; Mantel {significance(stat['mantel_p'])} (paper: r = 0.289)"
+                if "mantel_p" in stat else None)
+        rep.add_figure(scatter(d[iu], 0.5 * (kl + kl.T)[iu], note=note), "attention_vs_kl",
+                       f"Attention-share distance (L2 over C, P, T) vs KL per token, the {len(iu[0])} pairs of the "
+                       f"{n} multi-modal models")
+        if "error" in stat:
+            rep.add_paragraph(f"No correlation of attention distance and KL: {stat['error']}.")
+    else:
+        rep.add_paragraph(f"{n} multi-modal model{'s' * (n != 1)}: the attention-distance vs KL correlation needs 3.")
 
 
 def _scale(store, cfg: dict, res) -> Dict[str, str]:
@@ -166,7 +199,9 @@ def _scale(store, cfg: dict, res) -> Dict[str, str]:
         out["populations"] = "not matched yet (run incomplete)"
     if "p_threshold" in cfg:
         out["matching rule"] = f"Kruskal–Wallis stopping rule p < {cfg['p_threshold']:g}"
-    out["setups"] = "; ".join(_SETUP_TEXT.get(s, s) for s in setups)
+    out["setups"] = "; ".join(f"{kind} {', '.join(s for s in setups if setup_kind(s) == kind)}"
+                              for kind in ("mono-task", "multi-task", "multi-modal")
+                              if any(setup_kind(s) == kind for s in setups))
     if setups:
         out["training runs"] = (f"{len(cfg['seeds'])} seeds × {len(cfg['noise_levels'])} noise levels per setup; "
                                 f"checkpoints at epochs {', '.join(map(str, cfg['checkpoint_epochs']))} of "
@@ -276,18 +311,58 @@ def _within_between_section(rep, res: dict) -> None:
     rep.add_paragraph(tests_note(len(rows)))
 
 
+def _paper_silhouettes(kind: str, setups: List[str]) -> Dict[str, float]:
+    """The paper's population mean silhouettes (its second reference table) for our setups:
+    mono-task P / C / T from the mono-task rows, P∨C ... from the multi-task row's PC / PT / PCT
+    columns, P∧C ... from the multi-modal row's (input embeddings only; hidden states: mono-task)."""
+    from ...models.grounding_seq2seq import setup_sources
+    from ..report import reference_tables
+    try:
+        table = reference_tables("grounding")[1]
+    except (OSError, KeyError, ValueError, IndexError):
+        return {}
+    rows = {r[0]: r for r in table.rows}
+    what = "input embeddings" if kind == "input_embeddings" else "last hidden states"
+    out = {}
+    for setup in setups:
+        k = setup_kind(setup)
+        column = setup if k == "mono-task" else "".join(t for t in ("P", "C", "T") if t in setup_sources(setup))
+        row = rows.get(f"{k}, {what}")
+        if row is not None and column in table.header:
+            value = row[table.header.index(column)]
+            if isinstance(value, float):
+                out[setup] = value
+    return out
+
+
+def _concreteness_words_text(words: dict) -> str:
+    """Which words the silhouettes compare: the classes with their thresholds, counts and words."""
+    th, counts = words.get("thresholds"), words.get("counts")
+    if th is None:  # results stored before thresholds were recorded
+        return (f"{len(words['abstract'])} abstract words ({', '.join(words['abstract'])}) and "
+                f"{len(words['concrete'])} concrete words ({', '.join(words['concrete'])}) of the "
+                "decoders' vocabulary, by the Brysbaert et al. (2014) norms; Euclidean silhouette.")
+    capped = [f"{k} capped from {counts[k]}" for k in ("abstract", "concrete") if counts[k] > len(words[k])]
+    return (f"Of the decoders' vocabulary, {counts['rated']} words of more than 3 letters are rated by the "
+            f"Brysbaert et al. (2014) concreteness norms (1 abstract to 5 concrete): "
+            f"{len(words['abstract'])} abstract words, rated below {th['abstract_below']:g} "
+            f"({', '.join(words['abstract'])}), and {len(words['concrete'])} concrete words, rated "
+            f"{th['concrete_from']:g} or more ({', '.join(words['concrete'])}); the {counts['between']} "
+            f"in between are left out" + (f" ({'; '.join(capped)}, the most extreme kept)" if capped else "")
+            + ". Euclidean silhouette.")
+
+
 def _silhouette_section(rep, res: dict, silhouette_boxplot) -> None:
     from ..report import significance, tests_note
     words = res["concreteness_words"]
     rep.add_heading("Concreteness: silhouettes of abstract vs concrete words")
-    rep.add_paragraph(f"{len(words['abstract'])} abstract words ({', '.join(words['abstract'])}) and "
-                      f"{len(words['concrete'])} concrete words ({', '.join(words['concrete'])}) of the "
-                      "decoders' vocabulary, by the Brysbaert et al. (2014) norms; Euclidean silhouette.")
+    rep.add_paragraph(_concreteness_words_text(words))
     for kind in ("input_embeddings", "hidden_states"):
         values = {s: [res["silhouette"][m][kind] for m in res["populations"][s]
                       if kind in res["silhouette"][m]] for s in res["populations"]}
         if any(values.values()):
-            rep.add_figure(silhouette_boxplot(values, title=f"Silhouette, {kind.replace('_', ' ')}"),
+            rep.add_figure(silhouette_boxplot(values, title=f"Silhouette, {kind.replace('_', ' ')}",
+                                              reference=_paper_silhouettes(kind, list(values))),
                            f"silhouette_{kind}", f"Silhouette per population ({kind.replace('_', ' ')})")
         test = res.get("silhouette_tests", {}).get(kind)
         if test and "kruskal_p" in test:
