@@ -280,7 +280,7 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
     pops = ga.match_populations(candidates, pivot=cfg.pivot, p_threshold=cfg.p_threshold)
     models = [m for s in cfg.setups for m in pops.populations[s]]
     setup_of = {m: s for s in cfg.setups for m in pops.populations[s]}
-    out: Dict = {"populations": pops.populations, "trace": [tuple(t) for t in pops.trace],
+    out: Dict = {"populations": {s: pops.populations[s] for s in cfg.setups}, "trace": [tuple(t) for t in pops.trace],
                  "stopped_because": pops.stopped_because, "models": models}
     if len(models) < 2:
         return out

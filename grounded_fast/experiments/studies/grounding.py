@@ -89,10 +89,20 @@ def results(store, cfg) -> dict:
     return store.unit("analysis")["payload"]
 
 
+#: the population pairs of the paper's table, as the CLI summary prints them first
+PAPER_PAIRS = ("C/C", "P/P", "T/T", "C/P", "C/T", "P/T")
+
+
 def summary(res: dict) -> List[str]:
-    return [f"  {pair:28s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f} nats/token"
-            + (f", {row['kl_sentence']:.2f} nats/sentence" if "kl_sentence" in row else "")
-            for pair, row in sorted(res.get("pair_table", {}).items())]
+    """Population sizes, then agreement / KL of the paper's population pairs (the others: in the report)."""
+    table = {_paper_pair(k): v for k, v in res.get("pair_table", {}).items()}
+    sizes = {s: len(m) for s, m in res.get("populations", {}).items()}
+    lines = [f"  populations: {', '.join(f'{s} {n}' for s, n in sizes.items())} accuracy-matched models"] if sizes else []
+    lines += [f"  {pair:8s} agreement {row['agreement']:.3f}  KL {row['kl']:.3f} nats/token"
+              + (f", {row['kl_sentence']:.2f} nats/sentence" if "kl_sentence" in row else "")
+              for pair in PAPER_PAIRS for row in [table.get(pair)] if row]
+    rest = len(table) - sum(p in table for p in PAPER_PAIRS)
+    return lines + ([f"  ... and {rest} more population pairs in the report"] if rest else [])
 
 
 def report(store, out_dir: str):
