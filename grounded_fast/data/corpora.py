@@ -38,7 +38,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .formats._io import DataFormatError, PathLike, iter_tsv
+from .formats._io import DataFormatError, PathLike, check_files_exist, iter_tsv
 from .formats.coco import load_coco_captions
 from .formats.multi30k import _resolve_root, load_multi30k
 from .formats.vatex import load_vatex
@@ -204,16 +204,6 @@ def _existing_dir(given: Optional[PathLike], default: Optional[Path], what: str)
     return default if default is not None and default.is_dir() else None
 
 
-def _check_exist(paths: Sequence[Path], what: str, where: str, total: int) -> None:
-    """DataFormatError naming the first missing files of ``paths`` and their count."""
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        shown = ", ".join(str(p) for p in missing[:_SHOWN])
-        more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
-        raise DataFormatError(missing[0], None, f"{what} not found ({len(missing)} of {total} items of "
-                              f"{where} lack one: {shown}{more})")
-
-
 def _check_ids(items: Sequence[CorpusItem], source: Path) -> None:
     seen = set()
     for it in items:
@@ -318,8 +308,9 @@ def read_corpus(kind: str, path: PathLike, split: str, *, splits: Optional[Mappi
     if fdir is not None:
         items = [CorpusItem(it.item_id, it.captions, it.other, it.image_path, it.image_bytes,
                             fdir / f"{it.item_id}.npy") for it in items]
-        _check_exist([it.features_path for it in items], "features file", f"{source} in {fdir}", len(items))
+        check_files_exist([it.features_path for it in items], "features file", f"items of {source} lack one in {fdir}",
+                          _SHOWN)
     if kind != "coco":  # load_coco_captions checks its images itself
-        _check_exist([it.image_path for it in items if it.image_path is not None], "image file",
-                     f"{source}", len(items))
+        check_files_exist([it.image_path for it in items if it.image_path is not None], "image file",
+                          f"items of {source} lack one", _SHOWN)
     return items

@@ -17,7 +17,8 @@ import os
 import zipfile
 import zlib
 from contextlib import contextmanager
-from typing import IO, Iterator, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import IO, Iterator, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["DataFormatError", "PathLike", "open_binary", "iter_lines", "iter_stream_lines",
            "read_lines", "read_text", "line_of_offset", "iter_tsv"]
@@ -190,3 +191,15 @@ def iter_tsv(path: PathLike, quoted: bool = False, delimiter: str = "\t",
         if row and row != [""]:
             yield start, row
         start = last[0] + 1
+
+
+def check_files_exist(paths: Sequence[Path], what: str, detail: str, shown: int = 5) -> None:
+    """DataFormatError naming the first ``shown`` missing files of ``paths`` and their count:
+    ``"<what> not found (<n> of <len(paths)> <detail>: a, b and 3 more)"``."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        listed = ", ".join(str(p) for p in missing[:shown])
+        more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+        raise DataFormatError(missing[0], None, f"{what} not found ({len(missing)} of {len(paths)} {detail}: "
+                              f"{listed}{more})")
+

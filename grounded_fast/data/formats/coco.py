@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ._io import DataFormatError, PathLike, read_text
+from ._io import DataFormatError, PathLike, check_files_exist, read_text
 
 __all__ = ["CocoImage", "load_coco_captions"]
 
@@ -106,10 +106,6 @@ def load_coco_captions(annotations: PathLike, image_dir: Optional[PathLike] = No
     out = [CocoImage(iid, names[iid], tuple(captions[iid]), folder / names[iid] if folder is not None else None)
            for iid in order]
     if folder is not None:
-        missing = [im.image_path for im in out if not im.image_path.is_file()]  # type: ignore[union-attr]
-        if missing:
-            shown = ", ".join(str(p) for p in missing[:5])
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise DataFormatError(missing[0], None, f"image file not found ({len(missing)} of {len(out)} "
-                                  f"images of {path} missing in {folder}: {shown}{more})")
+        check_files_exist([im.image_path for im in out], "image file",  # type: ignore[misc]
+                          f"images of {path} missing in {folder}")
     return out

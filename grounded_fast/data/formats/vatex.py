@@ -15,7 +15,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._io import DataFormatError, PathLike, line_of_offset, read_text
+from ._io import DataFormatError, PathLike, check_files_exist, line_of_offset, read_text
 
 __all__ = ["VatexVideo", "VatexDataset", "load_vatex", "I3D_FEATURE_DIM"]
 
@@ -195,13 +195,8 @@ def load_vatex(annotations: PathLike, feature_dir: Optional[PathLike] = None, *,
     if not videos:
         raise DataFormatError(path, None, "no videos (the JSON list is empty)")
     if fdir is not None:
-        missing_files = [v.feature_path for v in videos if not v.feature_path.is_file()]  # type: ignore[union-attr]
-        if missing_files:
-            shown = ", ".join(str(p) for p in missing_files[:5])
-            more = f" and {len(missing_files) - 5} more" if len(missing_files) > 5 else ""
-            raise DataFormatError(missing_files[0], None, f"feature file not found "
-                                  f"({len(missing_files)} of {len(videos)} videos lack features "
-                                  f"in {fdir}: {shown}{more})")
+        check_files_exist([v.feature_path for v in videos], "feature file",  # type: ignore[misc]
+                          f"videos lack features in {fdir}")
         if check_shapes:
             for v in videos:
                 v.features()
