@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -184,42 +184,82 @@ def _to(device: torch.device, sources: Dict, targets: Tensor):
     return {t: (f.to(device), m.to(device)) for t, (f, m) in sources.items()}, targets.to(device)
 
 
+#: the logits of one chunk of test items for every model, at most (the analysis streams over chunks)
+ANALYSIS_CHUNK_BYTES = 1 << 30
+
+
 @dataclass
-class TestSetOutputs:
-    """One teacher-forced pass of every matched model over the test targets."""
-    logits: Tensor              # (M, B, T, V)
-    cross_attention: List[Tensor]  # per model, last layer (B, heads, T, S)
-    segments: List[Tensor]      # per model, memory segment ids (S,)
-    hidden: List[Tensor]        # per model, last decoder layer states (B, T, d)
-    embeddings: List[Tensor]    # per model, input embedding table (V, d)
-    tgt_in: Tensor              # (B, T) decoder input
-    mask: Tensor                # (B, T) counted target positions
-    sources: Dict
+class TestSetSummary:
+    """What the analyses need from one teacher-forced pass of M models over the test items,
+    accumulated chunk by chunk so that memory does not grow with the items:
+
+    pairwise: :func:`pairwise_per_sentence`'s dict (agreement, kl, kl_sentence (M, M), tokens, sentences);
+    shares: per multi-modal model index, its last layer's cross-attention mass share on C, P, T (3,)
+        (0 for a source its setup lacks), pooled over the counted targets;
+    embeddings: per model, the input-embedding rows of the ``word_ids`` (W, d);
+    hidden: per model, the mean last-layer state at the decoder inputs equal to each word of
+        ``word_ids`` that occurs (W_seen, d), ``seen`` those words' indices into ``word_ids``."""
+    pairwise: Dict
+    shares: Dict[int, Tensor]
+    embeddings: List[Tensor]
+    hidden: List[Tensor]
+    seen: List[int]
 
 
-def run_on_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", items: int = 0) -> TestSetOutputs:
-    """Load each model once (on ``device``) and run it on the test set (its first ``items`` items,
-    a fixed sample; 0: all), keeping what every analysis needs (on ``device``)."""
+def summarise_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", items: int = 0,
+                       word_ids: Sequence[int] = (), chunk_items: int = 0) -> TestSetSummary:
+    """Load the models (all at once, on ``device``) and run them teacher-forced over the test set's
+    first ``items`` items (a fixed sample; 0: all) in chunks of ``chunk_items`` items (0: as many
+    as keep one chunk's logits of every model within :data:`ANALYSIS_CHUNK_BYTES`), accumulating
+    the pairwise sums (:class:`~grounded_fast.analysis.PairwiseAgreement`), the multi-modal
+    models' attention mass per source (:class:`~grounded_fast.analysis.AttentionDistance`, per
+    setup) and the hidden-state sums at ``word_ids``. Multi-task models run with their P source."""
+    import grounded_fast.analysis as ga
     import grounded_fast.models as gm
-    from ..models.grounding_seq2seq import shift_targets
-    test = data["test"]
+    from ..models.grounding_seq2seq import TASKS, shift_targets
+    dev = torch.device(device)
+    models = [gm.load(d, map_location=dev).eval() for d in model_dirs]
+    M, test = len(models), data["test"]
     n = min(items, len(test)) if items else len(test)
-    src, tgt = _to(torch.device(device), *test.batch(torch.arange(n)))
-    tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
-    logits, attn, segs, hidden, emb = [], [], [], [], []
-    for d in model_dirs:
-        model = gm.load(d, map_location=device).eval()
-        states = {}
-        hook = model.decoder.register_forward_hook(lambda mod, inp, o: states.__setitem__("h", o))
-        with torch.no_grad():
-            out = model(src, tin, task="P" if model.config.kind == "multi-task" else None)
-        hook.remove()
-        logits.append(out[0])
-        attn.append(out[1][-1])
-        segs.append(out[2])
-        hidden.append(states["h"])
-        emb.append(model.embed.weight.detach())
-    return TestSetOutputs(torch.stack(logits), attn, segs, hidden, emb, tin, tout != vocab.pad_id, src)
+    T, V = test.targets.shape[1], models[0].config.vocab_size
+    chunk = chunk_items or max(1, ANALYSIS_CHUNK_BYTES // (4 * M * T * V))
+    ids = torch.as_tensor(list(word_ids), dtype=torch.long, device=dev)
+    pairwise, sentences = ga.PairwiseAgreement(M), 0
+    groups: Dict[str, List[int]] = {}
+    for k, m in enumerate(models):
+        if m.config.kind == "multi-modal":
+            groups.setdefault(m.config.setup, []).append(k)
+    attention = {s: ga.AttentionDistance(len(ks), "segment_l2", num_segments=len(TASKS)) for s, ks in groups.items()}
+    hidden_sum = torch.zeros(M, len(ids), models[0].config.d_model, dtype=torch.float64, device=dev)
+    seen_count = torch.zeros(len(ids), dtype=torch.float64, device=dev)
+    for start in range(0, n, chunk):
+        src, tgt = _to(dev, *test.batch(torch.arange(start, min(n, start + chunk))))
+        tin, tout = shift_targets(tgt, vocab.bos_id, vocab.pad_id)
+        mask = tout != vocab.pad_id
+        at = (tin[..., None] == ids).double()                    # (B, T, W): decoder input is word w
+        seen_count += at.sum((0, 1))
+        logits, attn = [], {}
+        for k, model in enumerate(models):
+            states = {}
+            hook = model.decoder.register_forward_hook(lambda mod, inp, o: states.__setitem__("h", o))
+            with torch.no_grad():
+                out = model(src, tin, task="P" if model.config.kind == "multi-task" else None)
+            hook.remove()
+            logits.append(out[0])
+            if model.config.kind == "multi-modal":
+                attn[k] = (out[1][-1], out[2])
+            hidden_sum[k] += torch.einsum("btw,btd->wd", at, states["h"].double())
+        pairwise.update(torch.stack(logits), mask)
+        sentences += int(mask.any(1).sum())
+        for setup, ks in groups.items():
+            smask = torch.cat([src[t][1] for t in models[ks[0]].config.tasks], 1)
+            attention[setup].update(torch.stack([attn[k][0] for k in ks]), mask, smask, attn[ks[0]][1])
+    shares = {k: row for setup, ks in groups.items() for k, row in zip(ks, attention[setup].segment_shares().cpu())}
+    seen = [w for w in range(len(ids)) if seen_count[w] > 0]
+    return TestSetSummary(
+        pairwise=_in_paper_units(pairwise.compute(), sentences),
+        shares=shares, embeddings=[m.embed.weight.detach()[ids].cpu() for m in models],
+        hidden=[(hidden_sum[k, seen] / seen_count[seen, None]).float().cpu() for k in range(M)], seen=seen)
 
 
 def concreteness_words(vocab, n_max: int = 1000, abstract_below: float = 3.0, concrete_from: float = 4.0,
@@ -249,22 +289,20 @@ def concreteness_words(vocab, n_max: int = 1000, abstract_below: float = 3.0, co
                        "between": len(rated) - len(abstract) - len(concrete)}}
 
 
-def silhouettes(outs: TestSetOutputs, models: List[str], vocab, words: Tuple[List[str], List[str]]) -> Dict:
-    """Per model: silhouette (Euclidean) of abstract vs concrete words in its input embeddings and
-    in its last decoder layer's states (mean over the words' occurrences in the test targets)."""
+def silhouettes(summary: TestSetSummary, models: List[str], words: Tuple[List[str], List[str]]) -> Dict:
+    """Per model: silhouette (Euclidean) of abstract vs concrete words (``summary`` run with
+    ``word_ids`` = the abstract then the concrete words' ids) in its input embeddings and in its
+    last decoder layer's states (mean over the words' occurrences as decoder inputs in the test
+    targets; when each class occurs at least twice)."""
     import grounded_fast.analysis as ga
     abstract, concrete = words
-    ids = torch.tensor([vocab.stoi[w] for w in abstract + concrete])
     labels = [0] * len(abstract) + [1] * len(concrete)
-    tin = outs.tgt_in
-    seen = [k for k, t in enumerate(ids.tolist()) if bool((tin == t).any())]
-    lab = [labels[k] for k in seen]
+    lab = [labels[k] for k in summary.seen]
     out = {}
-    for mid, emb, h in zip(models, outs.embeddings, outs.hidden):
-        row = {"input_embeddings": ga.concreteness_silhouette(emb[ids], labels, metric="euclidean")}
-        if min(lab.count(0), lab.count(1), 2) >= 2:
-            hs = torch.stack([h[tin == int(ids[k])].mean(0) for k in seen])
-            row["hidden_states"] = ga.concreteness_silhouette(hs, lab, metric="euclidean")
+    for mid, emb, h in zip(models, summary.embeddings, summary.hidden):
+        row = {"input_embeddings": ga.concreteness_silhouette(emb, labels, metric="euclidean")}
+        if min(lab.count(0), lab.count(1)) >= 2:
+            row["hidden_states"] = ga.concreteness_silhouette(h, lab, metric="euclidean")
         out[mid] = row
     return out
 
@@ -284,12 +322,12 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                  "stopped_because": pops.stopped_because, "models": models}
     if len(models) < 2:
         return out
-    outs = run_on_test_set([checkpoint_dirs[m] for m in models], data, vocab, device, items=cfg.eval_items)
-    logits, mask = outs.logits, outs.mask
     words = concreteness_words(vocab)
     out["concreteness_words"] = words
+    summary = summarise_test_set([checkpoint_dirs[m] for m in models], data, vocab, device, items=cfg.eval_items,
+                                 word_ids=[vocab.stoi[w] for w in words["abstract"] + words["concrete"]])
     if min(len(words["abstract"]), len(words["concrete"])) >= 2:
-        sil = silhouettes(outs, models, vocab, (words["abstract"], words["concrete"]))
+        sil = silhouettes(summary, models, (words["abstract"], words["concrete"]))
         out["silhouette"] = sil
         tests = {}
         for kind in ("input_embeddings", "hidden_states"):
@@ -304,7 +342,7 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                 except ValueError as exc:   # e.g. identical values in a degenerate tiny run
                     tests[kind] = {"error": str(exc)}
         out["silhouette_tests"] = tests
-    res = pairwise_per_sentence(logits, mask)
+    res = summary.pairwise
     out["agreement"], out["kl"], out["kl_sentence"] = (res[k].numpy() for k in ("agreement", "kl", "kl_sentence"))
     out["eval_items"] = {"sentences": res["sentences"], "tokens": res["tokens"]}
     # per population pair: mean agreement / KL over the ordered model pairs (i != j; both directions of KL)
@@ -321,35 +359,25 @@ def analyse(candidates: Dict[str, Dict[str, float]], checkpoint_dirs: Dict[str, 
                 table[f"{si}/{sj}"]["model_pairs"] = len(pairs) // 2   # unordered pairs
     out["pair_table"] = table
     out["population_tests"] = population_tests(out, models, setup_of)
-    out.update(attention_analysis(outs, models, setup_of, cfg, out["kl"]))
+    out.update(attention_analysis(summary, models, setup_of, cfg, out["kl"]))
     return out
 
 
-def attention_analysis(outs: "TestSetOutputs", models: List[str], setup_of: Dict[str, str], cfg, kl) -> Dict:
+def attention_analysis(summary: TestSetSummary, models: List[str], setup_of: Dict[str, str], cfg, kl) -> Dict:
     """The multi-modal models' attention: per model the share of its last layer's cross-attention
     mass on each source (columns C, P, T; 0 where a setup lacks the source), pooled over the
-    counted target tokens of the test set; the Euclidean distances between the models' share
-    vectors (``segment_l2``: comparable across the multi-modal setups, whose shares live in the
-    same three columns) and their correlation (Pearson, Mantel) with the symmetrised KL.
-    Returns {} without multi-modal models, else ``attention_models``, ``segment_shares`` (M, 3),
-    ``attention_distance`` (M, M) and ``attention_vs_kl`` (with >= 3 models)."""
+    counted target tokens of the test set (``summary.shares``); the Euclidean distances between
+    the models' share vectors (``segment_l2``: comparable across the multi-modal setups, whose
+    shares live in the same three columns) and their correlation (Pearson, Mantel) with the
+    symmetrised KL. Returns {} without multi-modal models, else ``attention_models``,
+    ``segment_shares`` (M, 3), ``attention_distance`` (M, M) and ``attention_vs_kl`` (>= 3 models)."""
     import numpy as np
 
     import grounded_fast.analysis as ga
-    from ..models.grounding_seq2seq import TASKS, setup_kind, setup_sources
-    shares, index = [], []
-    for setup in cfg.setups:
-        ks = [k for k, m in enumerate(models) if setup_of[m] == setup]
-        if setup_kind(setup) != "multi-modal" or not ks:
-            continue
-        smask = torch.cat([outs.sources[t][1] for t in setup_sources(setup)], 1)
-        acc = ga.AttentionDistance(len(ks), "segment_l2", num_segments=len(TASKS))
-        acc.update(torch.stack([outs.cross_attention[k] for k in ks]), outs.mask, smask, outs.segments[ks[0]])
-        shares.append(acc.segment_shares().cpu().numpy())
-        index += ks
+    index = [k for setup in cfg.setups for k, m in enumerate(models) if setup_of[m] == setup and k in summary.shares]
     if not index:
         return {}
-    sh = np.concatenate(shares)
+    sh = np.stack([summary.shares[k].numpy() for k in index])
     dist = np.sqrt(((sh[:, None, :] - sh[None, :, :]) ** 2).sum(-1))
     res = {"attention_models": [models[k] for k in index], "segment_shares": sh, "attention_distance": dist}
     if len(index) >= 3:
@@ -373,8 +401,12 @@ def pairwise_per_sentence(logits: Tensor, mask: Tensor) -> Dict:
     at least one counted token (the paper's unit: the fused kernel's per-token sums, so it equals
     ``kl * tokens / sentences``), ``tokens`` and ``sentences`` counted."""
     import grounded_fast.analysis as ga
-    res = ga.pairwise_agreement(logits, mask)
-    sentences = int(mask.reshape(mask.shape[0], -1).any(1).sum())
+    return _in_paper_units(ga.pairwise_agreement(logits, mask), int(mask.reshape(mask.shape[0], -1).any(1).sum()))
+
+
+def _in_paper_units(res: Dict, sentences: int) -> Dict:
+    """A :class:`~grounded_fast.analysis.PairwiseAgreement` result with KL also per sentence
+    (``sentences``: those with at least one counted token)."""
     tokens = int(res["count"])
     return {"agreement": res["agreement"], "kl": res["kl"], "kl_sentence": res["kl"] * (tokens / sentences),
             "tokens": tokens, "sentences": sentences}
