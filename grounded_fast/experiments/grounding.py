@@ -213,7 +213,9 @@ def summarise_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", i
     as keep one chunk's logits of every model within :data:`ANALYSIS_CHUNK_BYTES`), accumulating
     the pairwise sums (:class:`~grounded_fast.analysis.PairwiseAgreement`), the multi-modal
     models' attention mass per source (:class:`~grounded_fast.analysis.AttentionDistance`, per
-    setup) and the hidden-state sums at ``word_ids``. Multi-task models run with their P source."""
+    setup) and the hidden-state sums at ``word_ids``. Multi-task models run with their P source.
+    Memory: the models themselves (all held at once) plus one chunk's logits of every model; the
+    items only set the number of chunks."""
     import grounded_fast.analysis as ga
     import grounded_fast.models as gm
     from ..models.grounding_seq2seq import TASKS, shift_targets
