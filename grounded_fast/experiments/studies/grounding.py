@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -93,8 +93,19 @@ def results(store, cfg) -> dict:
 PAPER_PAIRS = ("C/C", "P/P", "T/T", "C/P", "C/T", "P/T")
 
 
+def _in_setup_order(res: Optional[dict]) -> Optional[dict]:
+    """The analysis record with its populations in the paper's setup order (the store keeps JSON
+    objects with sorted keys)."""
+    from ...models.grounding_seq2seq import SETUPS
+    if res and "populations" in res:
+        order = {s: i for i, s in enumerate(SETUPS)}
+        res = {**res, "populations": dict(sorted(res["populations"].items(), key=lambda kv: order.get(kv[0], 99)))}
+    return res
+
+
 def summary(res: dict) -> List[str]:
     """Population sizes, then agreement / KL of the paper's population pairs (the others: in the report)."""
+    res = _in_setup_order(res)
     table = {_paper_pair(k): v for k, v in res.get("pair_table", {}).items()}
     sizes = {s: len(m) for s, m in res.get("populations", {}).items()}
     lines = [f"  populations: {', '.join(f'{s} {n}' for s, n in sizes.items())} accuracy-matched models"] if sizes else []
@@ -114,7 +125,7 @@ def report(store, out_dir: str):
     rep = Report(TITLE)
     rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(info.get('config', {}))}`.")
     analysis = store.unit("analysis")
-    res = analysis["payload"] if analysis else None
+    res = _in_setup_order(analysis["payload"] if analysis else None)
     rep.add_scale("grounding", _scale(store, info.get("config", {}), res))
     runs = store.runs()
     rep.add_heading("Training runs")
