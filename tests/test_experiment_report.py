@@ -686,7 +686,7 @@ def test_grounding_report_scale_units_and_within_between(tmp_path, sizes):
         store.complete_unit("analysis", "analysis", _grounding_analysis(sizes))
         page = study.report(store, str(tmp_path)).to_markdown()
     n = set(sizes.values()).pop()
-    assert f"| populations | {n} accuracy-matched model{'s' if n > 1 else ''} each (C, P) |" in page
+    assert f"| populations | {n} accuracy-matched model{'s' if n > 1 else ''} each (P, C) |" in page
     assert "| evaluation items | 4 test items (20 target tokens), teacher forcing | 1,000 test items" in page
     assert "| items (train / val / test) | 32 / 4 / 4; target vocabulary 30 | — |" in page
     assert "| C/P | 1 | 0.500 |" in page and "| .657 | 2.00 |" in page and "| 11.48 | 0.400 |" in page
