@@ -140,7 +140,9 @@ def demo_grounding_data(corpus: DemoCorpus, cache_dir: str, text_encoder=None, v
     return out, vocab
 
 
-def _digest(data: bytes) -> str:
+def content_digest(data: bytes) -> str:
+    """16 hex digits of the sha1 of ``data``: with an item id, the cache key of an encoded text or
+    image, so that edited content is encoded again."""
     return hashlib.sha1(data).hexdigest()[:16]
 
 
@@ -176,7 +178,7 @@ def visual_source(items: Sequence, cache: FeatureCache, what: str, tag: str, vis
             it.image_path.read_bytes() if it.image_path is not None else None)
         if raw is None:
             raise ValueError(f"{what} item {it.item_id!r}: has no image (give data.images or data.features)")
-        by_id[f"{tag}/{it.item_id}/C:{_digest(raw)}"] = it
+        by_id[f"{tag}/{it.item_id}/C:{content_digest(raw)}"] = it
     patches = cache.get_or_compute(list(by_id), lambda b: [by_id[i].image() for i in b],
                                    lambda batch: vision_encoder.patches(batch).cpu().numpy(), batch_size=16,
                                    key=f"{vision_encoder.cache_key}/patches", progress=progress,
@@ -194,7 +196,7 @@ def corpus_caption_image_data(items: Sequence, cache_dir: str, *, tag: str, text
     if not use_features:
         vision_encoder = vision_encoder or VisionEncoder.from_pretrained()
     cache = FeatureCache(cache_dir, progress=progress)
-    text = {f"{tag}/{it.item_id}/caption:{_digest(it.captions[0].encode())}": it.captions[0] for it in items}
+    text = {f"{tag}/{it.item_id}/caption:{content_digest(it.captions[0].encode())}": it.captions[0] for it in items}
     states, mask = cached_text_states(cache, list(text), text, text_encoder, progress)
     patches, _ = visual_source(items, cache, tag, tag, vision_encoder, use_features, progress)
     return states, mask, patches
@@ -230,8 +232,8 @@ def corpus_grounding_data(items: Dict[str, Sequence], cache_dir: str, *, tag: st
     vocab = vocab or build_vocab([it.captions[0] for it in items["train"]])
     out = {}
     for split, its in items.items():
-        p_text = {f"{tag}/{it.item_id}/P:{_digest(it.captions[1].encode())}": it.captions[1] for it in its}
-        t_text = {f"{tag}/{it.item_id}/T:{_digest(it.other[0].encode())}": it.other[0] for it in its}
+        p_text = {f"{tag}/{it.item_id}/P:{content_digest(it.captions[1].encode())}": it.captions[1] for it in its}
+        t_text = {f"{tag}/{it.item_id}/T:{content_digest(it.other[0].encode())}": it.other[0] for it in its}
         sources = {"P": cached_text_states(cache, list(p_text), p_text, text_encoder, progress),
                    "T": cached_text_states(cache, list(t_text), t_text, translation_encoder, progress),
                    "C": visual_source(its, cache, f"{tag} {split}", tag, vision_encoder, use_features, progress)}

@@ -15,7 +15,6 @@ horizontal (left / right / next to)?
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -133,7 +132,7 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu", progress: 
     from ..data import DemoCorpus, load_glue_tsv
     from ..data.corpora import read_corpus
     from ..data.features import FeatureCache
-    from ..data.sources import cached_text_states, corpus_caption_image_data, demo_grounding_data
+    from ..data.sources import cached_text_states, content_digest, corpus_caption_image_data, demo_grounding_data
 
     cache_dir = os.path.join(out_dir, "features")
     d = cfg.data
@@ -159,7 +158,7 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu", progress: 
         if down.max_items:
             examples = examples[:down.max_items]
         texts = [" ".join(e.texts) for e in examples]
-        ids = [f"glue-{down.task}-{split}-{k}:{hashlib.sha1(t.encode()).hexdigest()[:16]}" for k, t in enumerate(texts)]
+        ids = [f"glue-{down.task}-{split}-{k}:{content_digest(t.encode())}" for k, t in enumerate(texts)]
         states, _ = cached_text_states(cache, ids, dict(zip(ids, texts)), text_encoder, progress=progress)
         task[split] = (states[:, 0], torch.tensor([int(e.label) for e in examples]))
     return {"pretrain": pretrain, "task": task,

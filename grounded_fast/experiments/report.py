@@ -57,7 +57,7 @@ from .._toml import tomllib
 __all__ = [
     "NOT_COMPUTED", "REFERENCE_PATH", "MissingData", "require", "reference_studies",
     "Table", "ReferenceSection", "reference_section", "reference_tables", "reference_findings",
-    "reference_preamble", "reference_scale", "format_number", "significance", "tests_note",
+    "reference_preamble", "reference_scale", "format_number", "format_interval", "significance", "tests_note",
     "correlation_summary", "figure_to_png",
     "agreement_heatmap", "distance_vs_agreement_scatter", "silhouette_boxplot",
     "Report",
@@ -348,6 +348,14 @@ def format_number(x: Any, digits: int = 3) -> str:
         decimals = max(digits - 1 - math.floor(math.log10(a)), 0)
         return f"{v:.{decimals}f}"
     return str(x)
+
+
+def format_interval(lo: Any, hi: Any) -> str:
+    """A confidence interval as '[lo, hi]' (each as `format_number` prints it); '—' when a bound
+    is missing or NaN."""
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return "—"
+    return f"[{format_number(lo)}, {format_number(hi)}]"
 
 
 SIGNIFICANCE_LEVEL = 0.05

@@ -76,7 +76,8 @@ def _blimp_correct(store) -> Dict[str, np.ndarray]:
 
 
 def _volume(n: int) -> str:
-    return _humanize(float(n))
+    """A volume as the tables label it: 10_000_000 -> '10M', 0 -> 'none'."""
+    return _volume_key(n)[1]
 
 
 def _scale(store, cfg: dict, rows: List[dict], correct: Dict[str, np.ndarray]) -> Dict[str, str]:
@@ -117,7 +118,7 @@ def _scale(store, cfg: dict, rows: List[dict], correct: Dict[str, np.ndarray]) -
 def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray]):
     """One row per grid cell: BLiMP with its 95% CI (bootstrap over pairs for one seed, Student t
     over seeds for several), PPPL (± the seeds' standard deviation), the winning steps."""
-    from ..report import Table
+    from ..report import Table, format_interval
     from ..significance import bootstrap_mean_ci, t_interval
     from ..flava_ablation import cell_id
     cells: Dict[tuple, List[dict]] = {}
@@ -137,20 +138,13 @@ def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray]):
                 lo, hi = (100 * v for v in bootstrap_mean_ci(bits))
             how = f"{len(bits)} BLiMP pairs (bootstrap)" if bits is not None else "—"
         spread = (float(np.mean(pppl)), float(np.std(pppl, ddof=1))) if len(pppl) >= 2 else (pppl[0] if pppl else None)
-        out.append([_volume(text), _volume(images), len(rs), mean, _interval(lo, hi), how, spread,
+        out.append([_volume(text), _volume(images), len(rs), mean, format_interval(lo, hi), how, spread,
                     ", ".join(str(int(r["step"])) for r in rs if "step" in r)])
     return Table(["words", "images", "seeds", "BLiMP (%)", "95% CI", "CI over", "PPPL", "best step"], out,
                  caption="Our grid: BLiMP accuracy with its 95% CI, pseudo-perplexity (mean ± standard deviation "
                          "over seeds when there are several), the step whose checkpoint won",
                  units="BLiMP: % of minimal pairs whose grammatical sentence gets the higher pseudo-log-likelihood; "
                        "PPPL: pseudo-perplexity of held-out captions (lower is better)")
-
-
-def _interval(lo, hi) -> str:
-    from ..report import format_number
-    if lo is None or hi is None or lo != lo or hi != hi:
-        return "—"
-    return f"[{format_number(lo)}, {format_number(hi)}]"
 
 
 def _images_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray]) -> None:

@@ -81,12 +81,11 @@ def _dev_correct(store) -> Dict[str, np.ndarray]:
 
 
 def _wilson(bits) -> str:
-    from ..report import format_number
+    from ..report import format_interval
     from ..significance import wilson_interval
     if bits is None or bits.size == 0:
         return "—"
-    lo, hi = wilson_interval(int(bits.sum()), int(bits.size))
-    return f"[{format_number(lo)}, {format_number(hi)}]"
+    return format_interval(*wilson_interval(int(bits.sum()), int(bits.size)))
 
 
 def _scale(store, cfg: dict, task: str, correct: Dict[str, np.ndarray]) -> Dict[str, str]:

@@ -257,17 +257,10 @@ def _paper_pair(pair: str) -> str:
     return "/".join(sorted(pair.split("/")))
 
 
-def _interval(lo, hi) -> str:
-    from ..report import format_number
-    if lo is None or hi is None or lo != lo or hi != hi:
-        return "—"
-    return f"[{format_number(lo)}, {format_number(hi)}]"
-
-
 def _pairs_beside_paper(res: dict):
     """Our population-pair table in the paper's units (and per token), with bootstrap CIs over
     models, beside the paper's values."""
-    from ..report import Table, reference_tables
+    from ..report import Table, format_interval, reference_tables
     try:
         paper = reference_tables("grounding")[0]
     except (OSError, KeyError, ValueError, IndexError):
@@ -284,7 +277,7 @@ def _pairs_beside_paper(res: dict):
 
     def ci(name: str, pair: str) -> str:
         b = blocks.get(name, {}).get(pair)
-        return _interval(b["ci_low"], b["ci_high"]) if b else "—"
+        return format_interval(b["ci_low"], b["ci_high"]) if b else "—"
 
     rows = []
     for key, v in sorted(res["pair_table"].items(), key=lambda kv: _paper_pair(kv[0])):
