@@ -134,6 +134,31 @@ def test_reference_data_holds_the_published_values():
                 for number in re.findall(r"\d+(?:[,.]\d+)*[KM]?", paper):
                     assert re.search(rf"(?<![\d,.]){re.escape(number)}(?![\d,.KM])", text), \
                         f"{title}: scale {aspect!r} value {number} not in REFERENCE_RESULTS.md"
+        prose = " ".join(findings)
+        for key, table in sec.stated.items():       # values a finding states: every one is in a finding
+            for row in table.text_rows:
+                for cell in row:
+                    if re.fullmatch(r"-?\d*\.?\d+", cell):
+                        assert re.search(rf"(?<![\d.]){re.escape(cell)}(?!\d)", prose), \
+                            f"{title}: stated.{key} value {cell} not in the findings of REFERENCE_RESULTS.md"
+
+
+def test_stated_values_of_the_grounding_study():
+    """The attention shares the grounding report prints beside ours: one row per multi-modal setup
+    under our names of the paper's setups, a share for each of its sources (summing to 1, as
+    published to two digits), none for a source it lacks."""
+    from grounded_fast.models.grounding_seq2seq import canonical_setup, setup_kind, setup_sources
+    shares = rep.reference_stated("grounding", "attention_shares")
+    setups = [r["setup"] for r in shares.as_dicts()]
+    assert setups == [s for s in setups if canonical_setup(s) == s and setup_kind(s) == "multi-modal"]
+    assert len(setups) == 3
+    for row in shares.as_dicts():
+        given = {t for t in ("C", "P", "T") if row[t] is not None}
+        assert given == set(setup_sources(row["setup"]))
+        assert abs(sum(row[t] for t in given) - 1) <= 0.015
+    assert rep.reference_stated("grounding", "attention_vs_kl").as_dicts() == [{"statistic": "pearson", "value": 0.289}]
+    with pytest.raises(KeyError, match="stated.nope"):
+        rep.reference_stated("grounding", "nope")
 
 
 def test_reference_data_from_another_file(tmp_path):

@@ -2,6 +2,7 @@
 memory): its sums equal a one-shot pass, whatever the chunk size, and each piece equals a direct
 computation on the stacked outputs (pairwise agreement / KL per token and per sentence, attention
 shares of the multi-modal models, hidden-state means at word occurrences, embedding rows)."""
+import pytest
 import torch
 
 import grounded_fast.analysis as ga
@@ -83,3 +84,40 @@ def test_streamed_sums_equal_a_one_shot_pass_and_a_direct_computation(tmp_path):
     for k, row in shares.items():
         torch.testing.assert_close(one.shares[k], row, rtol=1e-9, atol=1e-12)
     assert float(one.shares[3][0]) == 0.0                       # P∧T has no C
+
+
+def test_models_analysed_block_pair_by_block_pair_equal_one_pass(tmp_path, monkeypatch):
+    """Populations too big to load at once (the paper's 360 models) run in passes over pairs of
+    blocks; the stitched summary equals the one-pass summary, whatever the block size, and the
+    memory budget decides the passes."""
+    import grounded_fast.experiments.grounding as eg
+    data, vocab = _data()
+    dirs = _models(tmp_path)
+    words = [vocab.stoi[w] for w in ("w1", "w5", "w7", "w11")]
+    one = summarise_test_set(dirs, data, vocab, word_ids=words)
+    passes = []
+    real = eg._summarise_pass
+    monkeypatch.setattr(eg, "_summarise_pass", lambda d, *a: passes.append(len(d)) or real(d, *a))
+    for per_pass, expected in ((2, [2] * 10), (4, [4, 3, 3])):   # blocks of 1 (5 blocks); of 2 (2, 2, 1)
+        passes.clear()
+        blocked = summarise_test_set(dirs, data, vocab, word_ids=words, models_per_pass=per_pass)
+        assert passes == expected
+        for key in ("agreement", "kl", "kl_sentence"):
+            torch.testing.assert_close(blocked.pairwise[key], one.pairwise[key], rtol=1e-6, atol=1e-9)
+        assert (blocked.pairwise["tokens"], blocked.pairwise["sentences"]) == (one.pairwise["tokens"], 7)
+        assert blocked.seen == one.seen and sorted(blocked.shares) == sorted(one.shares) == [2, 3, 4]
+        for k in one.shares:
+            torch.testing.assert_close(blocked.shares[k], one.shares[k])
+        for a, b in zip(blocked.hidden + blocked.embeddings, one.hidden + one.embeddings):
+            torch.testing.assert_close(a, b)
+    size = sum(p.numel() * p.element_size() for p in gm.load(dirs[0]).parameters())
+    monkeypatch.setattr(eg, "ANALYSIS_MODEL_BYTES", 3 * size)          # 3 models fit: blocks of 1
+    passes.clear()
+    summarise_test_set(dirs, data, vocab, word_ids=words)
+    assert passes == [2] * 10
+    monkeypatch.setattr(eg, "ANALYSIS_MODEL_BYTES", 5 * size)          # all five fit: one pass
+    passes.clear()
+    summarise_test_set(dirs, data, vocab, word_ids=words)
+    assert passes == [5]
+    with pytest.raises(ValueError, match="models_per_pass"):
+        summarise_test_set(dirs, data, vocab, models_per_pass=1)

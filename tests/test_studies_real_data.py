@@ -106,7 +106,7 @@ def test_grounding_runs_the_nine_setups_from_exported_files(exported, tmp_path, 
                                                            if m.startswith("P∧T")], 0] == 0)   # no C in P∧T
     report = (out / "report.md").read_text()
     for needle in (kind, "C/C", "P/T", "Within vs between populations", "Attention of the multi-modal models",
-                   "P∨C∨T", "P∧C∧T", "Kruskal-Wallis H"):
+                   "P∨C∨T", "P∧C∧T", "Kruskal-Wallis H", "(paper 0.46)", "(paper 0.55)"):
         assert needle in report, needle
 
 

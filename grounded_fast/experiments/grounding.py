@@ -186,6 +186,9 @@ def _to(device: torch.device, sources: Dict, targets: Tensor):
 
 #: the logits of one chunk of test items for every model, at most (the analysis streams over chunks)
 ANALYSIS_CHUNK_BYTES = 1 << 30
+#: the parameters of the models held at once by the analysis, at most (more models are analysed block
+#: pair by block pair: the paper's 9 populations of 40 models of ~60M parameters would need ~86 GB)
+ANALYSIS_MODEL_BYTES = 16 << 30
 
 
 @dataclass
@@ -207,15 +210,56 @@ class TestSetSummary:
 
 
 def summarise_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", items: int = 0,
-                       word_ids: Sequence[int] = (), chunk_items: int = 0) -> TestSetSummary:
-    """Load the models (all at once, on ``device``) and run them teacher-forced over the test set's
-    first ``items`` items (a fixed sample; 0: all) in chunks of ``chunk_items`` items (0: as many
-    as keep one chunk's logits of every model within :data:`ANALYSIS_CHUNK_BYTES`), accumulating
-    the pairwise sums (:class:`~grounded_fast.analysis.PairwiseAgreement`), the multi-modal
-    models' attention mass per source (:class:`~grounded_fast.analysis.AttentionDistance`, per
-    setup) and the hidden-state sums at ``word_ids``. Multi-task models run with their P source.
-    Memory: the models themselves (all held at once) plus one chunk's logits of every model; the
-    items only set the number of chunks."""
+                       word_ids: Sequence[int] = (), chunk_items: int = 0, models_per_pass: int = 0) -> TestSetSummary:
+    """Run the M models of ``model_dirs`` teacher-forced over the test set's first ``items`` items
+    (a fixed sample; 0: all) on ``device``, in chunks of ``chunk_items`` items (0: as many as keep
+    one chunk's logits of every model within :data:`ANALYSIS_CHUNK_BYTES`), accumulating the
+    pairwise sums (:class:`~grounded_fast.analysis.PairwiseAgreement`), the multi-modal models'
+    attention mass per source (:class:`~grounded_fast.analysis.AttentionDistance`, per setup) and
+    the hidden-state sums at ``word_ids``. Multi-task models run with their P source.
+
+    Memory: one chunk's logits of the models loaded together, and at most ``models_per_pass``
+    models at once (0: as many as fit :data:`ANALYSIS_MODEL_BYTES`, judged by the first model's
+    parameters; at least 2). When the M models do not fit, they are split into blocks of half
+    that many and every pair of blocks runs together: each model pair is computed in one pass
+    (within a block: in every pass of that block, identically), at the cost of about as many
+    forward passes per model as there are blocks. The items only set the number of chunks."""
+    import grounded_fast.models as gm
+    M = len(model_dirs)
+    if models_per_pass == 0:
+        first = gm.load(model_dirs[0], map_location="cpu")
+        size = sum(p.numel() * p.element_size() for p in first.parameters())
+        models_per_pass = max(2, ANALYSIS_MODEL_BYTES // max(1, size))
+    if models_per_pass < 2:
+        raise ValueError(f"models_per_pass must be 0 (from the memory budget) or >= 2, got {models_per_pass}")
+    if M <= models_per_pass:
+        return _summarise_pass(model_dirs, data, vocab, device, items, word_ids, chunk_items)
+    half = models_per_pass // 2
+    blocks = [list(range(s, min(M, s + half))) for s in range(0, M, half)]
+    matrices = {k: torch.zeros(M, M, dtype=torch.float64) for k in ("agreement", "kl", "kl_sentence")}
+    counts: Dict[str, int] = {}
+    shares: Dict[int, Tensor] = {}
+    embeddings: List = [None] * M
+    hidden: List = [None] * M
+    for a, block_a in enumerate(blocks):
+        for block_b in blocks[a + 1:]:
+            index = block_a + block_b
+            part = _summarise_pass([model_dirs[k] for k in index], data, vocab, device, items, word_ids, chunk_items)
+            ix = torch.tensor(index)
+            for key, full in matrices.items():
+                full[ix[:, None], ix[None, :]] = part.pairwise[key].to(torch.float64)
+            for local, k in enumerate(index):
+                embeddings[k], hidden[k] = part.embeddings[local], part.hidden[local]
+                if local in part.shares:
+                    shares[k] = part.shares[local]
+            counts = {k: part.pairwise[k] for k in ("tokens", "sentences")}   # the same in every pass
+            seen = part.seen
+    return TestSetSummary(pairwise={**matrices, **counts}, shares=shares, embeddings=embeddings, hidden=hidden, seen=seen)
+
+
+def _summarise_pass(model_dirs: List[str], data: Dict, vocab, device, items: int, word_ids: Sequence[int],
+                    chunk_items: int) -> TestSetSummary:
+    """:func:`summarise_test_set` of models that are all loaded at once."""
     import grounded_fast.analysis as ga
     import grounded_fast.models as gm
     from ..models.grounding_seq2seq import TASKS, shift_targets

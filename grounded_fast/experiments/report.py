@@ -56,7 +56,7 @@ from .._toml import tomllib
 
 __all__ = [
     "NOT_COMPUTED", "REFERENCE_PATH", "MissingData", "require", "reference_studies",
-    "Table", "ReferenceSection", "reference_section", "reference_tables", "reference_findings",
+    "Table", "ReferenceSection", "reference_section", "reference_tables", "reference_findings", "reference_stated",
     "reference_preamble", "reference_scale", "format_number", "format_interval", "significance", "tests_note",
     "correlation_summary", "figure_to_png",
     "agreement_heatmap", "distance_vs_agreement_scatter", "silhouette_boxplot",
@@ -170,17 +170,20 @@ class Table:
 @dataclass
 class ReferenceSection:
     """One study's published values (a ``[studies.<key>]`` table of the reference data file):
-    title (paper and venue), source line, tables, findings, and ``scale``: the paper's scale (a
-    table of aspect, paper, source: population sizes, items, model size, data, training length)."""
+    title (paper and venue), source line, tables, findings, ``scale``: the paper's scale (a
+    table of aspect, paper, source: population sizes, items, model size, data, training length),
+    and ``stated``: values a finding states in prose, as tables by key for the studies' code to
+    read (every number of them is in a finding; they are not printed as tables of their own)."""
     study: str
     title: str
     source: str = ""
     tables: List[Table] = field(default_factory=list)
     findings: List[str] = field(default_factory=list)
     scale: Optional[Table] = None
+    stated: Dict[str, Table] = field(default_factory=dict)
 
 
-_STUDY_KEYS = {"title", "source", "findings", "tables", "scale"}
+_STUDY_KEYS = {"title", "source", "findings", "tables", "scale", "stated"}
 SCALE_HEADER = ["aspect", "paper", "source"]
 _TABLE_KEYS = {"caption", "units", "header", "rows"}
 
@@ -222,6 +225,12 @@ def _reference_table(entry: Any, where: str) -> Table:
                  units=_text(entry.get("units", ""), f"{where}.units"))
 
 
+def _stated_tables(entries: Any, where: str) -> Dict[str, Table]:
+    if not isinstance(entries, Mapping):
+        raise ValueError(f"{where}: expected [studies.<name>.stated.<key>] tables")
+    return {key: _reference_table(t, f"{where}.{key}") for key, t in entries.items()}
+
+
 def _scale_table(entry: Any, where: str) -> Table:
     t = _reference_table(entry, where)
     if t.header != SCALE_HEADER:
@@ -255,7 +264,8 @@ def _load_reference_file(path: str, mtime: float) -> Tuple[str, Dict[str, Refere
             source=_text(entry.get("source", ""), f"{where}.source"),
             tables=[_reference_table(t, f"{where}.tables[{i}]") for i, t in enumerate(tables)],
             findings=_texts(entry.get("findings", []), f"{where}.findings"),
-            scale=_scale_table(entry["scale"], f"{where}.scale") if "scale" in entry else None)
+            scale=_scale_table(entry["scale"], f"{where}.scale") if "scale" in entry else None,
+            stated=_stated_tables(entry.get("stated", {}), f"{where}.stated"))
     return _text(data.get("preamble", ""), f"{path}: preamble"), sections
 
 
@@ -290,6 +300,15 @@ def reference_tables(study: str, path: Optional[Union[str, os.PathLike]] = None)
 def reference_findings(study: str, path: Optional[Union[str, os.PathLike]] = None) -> List[str]:
     """The prose paragraphs (findings, claims) of ``study``'s published values."""
     return reference_section(study, path).findings
+
+
+def reference_stated(study: str, key: str, path: Optional[Union[str, os.PathLike]] = None) -> Table:
+    """The values ``study``'s findings state in prose, as the table ``[studies.<study>.stated.<key>]``
+    of the reference data file (cells parsed as in `reference_section`). KeyError when it lacks one."""
+    stated = reference_section(study, path).stated
+    if key not in stated:
+        raise KeyError(f"no [studies.{study}.stated.{key}] in {path or REFERENCE_PATH}: it has {sorted(stated)}")
+    return stated[key]
 
 
 def reference_scale(study: str, path: Optional[Union[str, os.PathLike]] = None) -> Optional[Table]:

@@ -162,15 +162,14 @@ def report(store, out_dir: str):
     return rep
 
 
-#: the paper's attention mass shares of its multi-modal populations (reference_results.toml's findings)
-PAPER_SHARES = {"P∧C": {"C": .46, "P": .54}, "P∧T": {"P": .45, "T": .55}, "P∧C∧T": {"C": .32, "P": .30, "T": .38}}
-
-
 def _attention_section(rep, res: dict, scatter) -> None:
     """Multi-modal models: attention mass per source (per setup, beside the paper's shares) and the
     share distance against KL (Pearson, Mantel) over every pair of multi-modal models."""
-    from ..report import significance
+    from ..report import reference_stated, significance
     from ...models.grounding_seq2seq import setup_sources
+    paper_shares = {row["setup"]: {t: row[t] for t in ("C", "P", "T") if row[t] is not None}
+                    for row in reference_stated("grounding", "attention_shares").as_dicts()}
+    paper_r = reference_stated("grounding", "attention_vs_kl").as_dicts()[0]["value"]
     rep.add_heading("Attention of the multi-modal models", level=3)
     ids = res["attention_models"]
     shares = np.array(res["segment_shares"])
@@ -179,7 +178,7 @@ def _attention_section(rep, res: dict, scatter) -> None:
     for setup in dict.fromkeys(setup_of[m] for m in ids):
         k = [i for i, m in enumerate(ids) if setup_of[m] == setup]
         mean = shares[k].mean(0)
-        paper = PAPER_SHARES.get(setup, {})
+        paper = paper_shares.get(setup, {})
         rows.append([setup, len(k)] + [f"{mean[c]:.3f}" + (f" (paper {paper[t]:.2f})" if t in paper else "")
                                        if t in setup_sources(setup) else "—" for c, t in enumerate(("C", "P", "T"))])
     rep.add_table(["setup", "models", "C", "P", "T"], rows,
@@ -193,7 +192,7 @@ def _attention_section(rep, res: dict, scatter) -> None:
         kl = kl[index][:, index]
         iu = np.triu_indices(n, 1)
         stat = res.get("attention_vs_kl", {})
-        note = (f"Pearson r = {stat['pearson']:.3f}; Mantel {significance(stat['mantel_p'])} (paper: r = 0.289)"
+        note = (f"Pearson r = {stat['pearson']:.3f}; Mantel {significance(stat['mantel_p'])} (paper: r = {paper_r:g})"
                 if "mantel_p" in stat else None)
         rep.add_figure(scatter(d[iu], 0.5 * (kl + kl.T)[iu], note=note), "attention_vs_kl",
                        f"Attention-share distance (L2 over C, P, T) vs KL per token, the {len(iu[0])} pairs of the "
