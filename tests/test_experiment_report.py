@@ -275,6 +275,12 @@ def test_scatter_points_groups_and_annotation():
     assert f"Pearson r = {r:.3f}" in text.get_text()
     assert "Spearman" in text.get_text() and "n = 45" in text.get_text() and "Mantel p = 0.01" in text.get_text()
     assert len(ax.lines) == 1  # least-squares line
+    assert "(p = " in text.get_text()
+    # model pairs are not independent: no p-values of their own, the Mantel test's in the note
+    fig = distance_vs_agreement_scatter(x, y, p_values=False, note="Mantel p = 0.01; paper: r = 0.289")
+    (text,) = fig.axes[0].texts
+    assert "(p = " not in text.get_text() and f"Pearson r = {r:.3f}\n" in text.get_text()
+    assert text.get_text().endswith("Mantel p = 0.01\npaper: r = 0.289")
 
     fig = distance_vs_agreement_scatter([0.1, 0.2], [0.5, 0.6], annotate=True, fit_line=False)
     ax = fig.axes[0]

@@ -551,18 +551,21 @@ def correlation_summary(x: Any, y: Any) -> Dict[str, float]:
 def distance_vs_agreement_scatter(x: Any, y: Any, groups: Optional[Sequence[Any]] = None, *,
                                   xlabel: str = "attention distance", ylabel: str = "agreement",
                                   title: str = "Attention distance vs agreement", annotate: bool = True,
-                                  fit_line: bool = True, note: Optional[str] = None,
+                                  p_values: bool = True, fit_line: bool = True, note: Optional[str] = None,
                                   path: Optional[Union[str, os.PathLike]] = None) -> Figure:
     """Scatter of one point per model pair: x (e.g. attention-share distance) vs y (agreement or
     KL). ``groups`` (one label per point, e.g. the population pair 'C/P') gives one coloured
     series each, with a legend. ``annotate`` writes Pearson r and Spearman rho (see
-    `correlation_summary`) and n; ``note`` adds a line (e.g. the Mantel p-value). ``fit_line``
-    draws the least-squares line. Raises `MissingData` for empty input. Returns the Figure."""
+    `correlation_summary`) and n, with their p-values when ``p_values`` (leave it off when the
+    points are model pairs, which are not independent: test with the Mantel test and put it in
+    ``note``); ``note`` adds lines (one per '; '-separated part). The legend and the annotation sit right of the axes, off the
+    points. ``fit_line`` draws the least-squares line. Raises `MissingData` for empty input.
+    Returns the Figure."""
     xa = _as_array(x, "x", 1)
     ya = _as_array(y, "y", 1)
     if xa.shape != ya.shape:
         raise ValueError(f"x and y differ in length: {xa.shape[0]} vs {ya.shape[0]}")
-    fig = _new_figure((6.0, 4.5))
+    fig = _new_figure((8.0, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     if groups is not None:
         groups = list(groups)
@@ -572,10 +575,11 @@ def distance_vs_agreement_scatter(x: Any, y: Any, groups: Optional[Sequence[Any]
         for i, g in enumerate(groups):
             keys.setdefault(g, []).append(i)
         for g, idx in keys.items():
-            ax.scatter(xa[idx], ya[idx], s=14, alpha=0.75, label=str(g))
-        ax.legend(fontsize=8, title="pair", title_fontsize=8, loc="best")
+            ax.scatter(xa[idx], ya[idx], s=10, alpha=0.6, label=str(g))
+        ax.legend(fontsize=8, title="pair", title_fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0.0),
+                  borderaxespad=0.0, markerscale=1.5)
     else:
-        ax.scatter(xa, ya, s=14, alpha=0.75)
+        ax.scatter(xa, ya, s=10, alpha=0.6)
     stats = correlation_summary(xa, ya)
     ok = np.isfinite(xa) & np.isfinite(ya)
     if fit_line and ok.sum() >= 2 and np.ptp(xa[ok]) > 0:
@@ -584,13 +588,13 @@ def distance_vs_agreement_scatter(x: Any, y: Any, groups: Optional[Sequence[Any]
         ax.plot(xs, slope * xs + intercept, color="black", linewidth=1, linestyle="--")
     if annotate:
         def fmt(v: float, p: float) -> str:
-            return "n/a" if math.isnan(v) else f"{v:.3f} (p = {format_number(p, 2)})"
+            return "n/a" if math.isnan(v) else f"{v:.3f}" + (f" (p = {format_number(p, 2)})" if p_values else "")
         lines = [f"Pearson r = {fmt(stats['pearson'], stats['pearson_p'])}",
                  f"Spearman ρ = {fmt(stats['spearman'], stats['spearman_p'])}",
                  f"n = {stats['n']}"]
         if note:
-            lines.append(note)
-        ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=8,
+            lines += note.split("; ")
+        ax.text(1.02, 1.0, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=8,
                 bbox=dict(boxstyle="round", facecolor="white", alpha=0.8, edgecolor="#999999"))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -166,7 +166,8 @@ def _attention_section(rep, res: dict, scatter) -> None:
     """Multi-modal models: attention mass per source (per setup, beside the paper's shares) and the
     share distance against KL (Pearson, Mantel) over every pair of multi-modal models."""
     from ..report import reference_stated, significance
-    from ...models.grounding_seq2seq import setup_sources
+    from ...models.grounding_seq2seq import SETUPS, setup_sources
+    order = {s: i for i, s in enumerate(SETUPS)}
     paper_shares = {row["setup"]: {t: row[t] for t in ("C", "P", "T") if row[t] is not None}
                     for row in reference_stated("grounding", "attention_shares").as_dicts()}
     paper_r = reference_stated("grounding", "attention_vs_kl").as_dicts()[0]["value"]
@@ -192,11 +193,22 @@ def _attention_section(rep, res: dict, scatter) -> None:
         kl = kl[index][:, index]
         iu = np.triu_indices(n, 1)
         stat = res.get("attention_vs_kl", {})
-        note = (f"Pearson r = {stat['pearson']:.3f}; Mantel {significance(stat['mantel_p'])} (paper: r = {paper_r:g})"
-                if "mantel_p" in stat else None)
-        rep.add_figure(scatter(d[iu], 0.5 * (kl + kl.T)[iu], note=note), "attention_vs_kl",
+        setups = [setup_of[m] for m in ids]
+        pair_of = [f"{min(setups[i], setups[j], key=order.get)} / {max(setups[i], setups[j], key=order.get)}"
+                   for i, j in zip(*iu)]
+        if "mantel_p" in stat:
+            text = (f"Pearson r = {stat['pearson']:.3f} over the {len(iu[0])} pairs of the {n} multi-modal models; "
+                    f"Mantel test (999 permutations) {significance(stat['mantel_p'])}; paper: r = {paper_r:g}")
+            rep.add_paragraph(f"Attention-share distance vs KL (mean of both directions, per token): {text}.")
+        rep.add_figure(scatter(d[iu], 0.5 * (kl + kl.T)[iu], groups=pair_of, p_values=False,
+                               xlabel="attention-share distance (L2 over C, P, T)",
+                               ylabel="KL, nats / token (mean of both directions)",
+                               title="Attention-share distance vs KL, pairs of multi-modal models",
+                               note=(f"Mantel {significance(stat['mantel_p'])}; paper: r = {paper_r:g}"
+                                     if "mantel_p" in stat else None)), "attention_vs_kl",
                        f"Attention-share distance (L2 over C, P, T) vs KL per token, the {len(iu[0])} pairs of the "
-                       f"{n} multi-modal models")
+                       f"{n} multi-modal models, coloured by their setups (p-values by the Mantel test: the pairs "
+                       "are not independent)")
         if "error" in stat:
             rep.add_paragraph(f"No correlation of attention distance and KL: {stat['error']}.")
     else:
