@@ -132,7 +132,9 @@ def report(store, out_dir: str):
     rep.add_table(["run", "status", "best val token accuracy"],
                   [[r["run_id"], r["status"], max((m["value"] for m in store.metrics(name="val_token_accuracy",
                                                                                       run_id=r["run_id"])),
-                                                  default=None)] for r in runs] or None)
+                                                  default=None)]
+                   for r in sorted(runs, key=lambda r: (_setup_rank(r["run_id"].split("-")[0]), r["run_id"]))]
+                  or None)
     rep.add_heading("Accuracy-matched populations")
     if res:
         rep.add_paragraph(f"Stopped because: {res['stopped_because']}; "
@@ -268,6 +270,21 @@ def _paper_pair(pair: str) -> str:
     return "/".join(sorted(pair.split("/")))
 
 
+def _setup_rank(setup: str) -> int:
+    """A setup's place in the paper's order (P, C, T, P∨C, ...; unknown names last)."""
+    from ...models.grounding_seq2seq import SETUPS
+    return SETUPS.index(setup) if setup in SETUPS else len(SETUPS)
+
+
+def _pair_rank(pair: str):
+    """Sort key of a population pair 'A/B': the paper's six pairs in its table's order, then the
+    others in setup order."""
+    pair = _paper_pair(pair)
+    if pair in PAPER_PAIRS:
+        return (0, PAPER_PAIRS.index(pair))
+    return (1, *sorted(_setup_rank(s) for s in pair.split("/")))
+
+
 def _pairs_beside_paper(res: dict):
     """Our population-pair table in the paper's units (and per token), with bootstrap CIs over
     models, beside the paper's values."""
@@ -291,7 +308,7 @@ def _pairs_beside_paper(res: dict):
         return format_interval(b["ci_low"], b["ci_high"]) if b else "—"
 
     rows = []
-    for key, v in sorted(res["pair_table"].items(), key=lambda kv: _paper_pair(kv[0])):
+    for key, v in sorted(res["pair_table"].items(), key=lambda kv: _pair_rank(kv[0])):
         pair = _paper_pair(key)
         kl_sentence = v.get("kl_sentence")
         rows.append([pair, v.get("model_pairs"), v["agreement"], ci("agreement", pair),
@@ -324,13 +341,14 @@ def _within_between_section(rep, res: dict) -> None:
                           "Kruskal–Wallis / Mann–Whitney over pairs would not be valid either.")
         return
     names = {"agreement": "agreement (share of tokens)", "kl_sentence": "KL (nats / sentence)"}
+    sizes = ", ".join(f"{s} {n}" for s, n in sorted(tests["sizes"].items(), key=lambda kv: _setup_rank(kv[0])))
     rows = [[label, m["n_within"], m["n_between"], m["difference"], significance(m["pvalue"])]
             for name, label in names.items() for m in [tests["metrics"].get(name)] if m]
     how = ("all orderings of the labels" if all(tests["metrics"][n]["exact"] for n in names if n in tests["metrics"])
            else f"{tests['permutations']} random shufflings (seed {tests['seed']})")
     rep.add_table(["metric", "within pairs", "between pairs", "mean within − mean between", "permutation test"], rows,
                   caption="Within- vs between-population pairs: permutation test shuffling the population labels "
-                          f"across models ({how}; population sizes {tests['sizes']}). Pairs that share a model are "
+                          f"across models ({how}; population sizes {sizes}). Pairs that share a model are "
                           "not independent, so this test, not a test over pairs, is the valid one; KL per token "
                           "gives the same p-value as KL per sentence (a constant factor).")
     rep.add_paragraph(tests_note(len(rows)))
@@ -392,7 +410,8 @@ def _silhouette_section(rep, res: dict, silhouette_boxplot) -> None:
         test = res.get("silhouette_tests", {}).get(kind)
         if test and "kruskal_p" in test:
             rows = ([["Kruskal-Wallis across populations", significance(test["kruskal_p"])]]
-                    + [[f"Mann-Whitney {k}", significance(v)] for k, v in test["mann_whitney"].items()])
+                    + [[f"Mann-Whitney {k}", significance(v)]
+                       for k, v in sorted(test["mann_whitney"].items(), key=lambda kv: _pair_rank(kv[0]))])
             rep.add_table(["test", "p"], rows,
                           caption=f"Silhouettes ({kind.replace('_', ' ')}): population differences (one "
                                   "silhouette per model)")
