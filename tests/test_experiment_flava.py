@@ -4,7 +4,7 @@ the finished command recomputes nothing."""
 import subprocess
 import sys
 
-from grounded_fast.experiments.flava_ablation import FlavaStudyConfig, plan_cells
+from grounded_fast.experiments.flava_ablation import FlavaStudyConfig, plan_cells, unpack_blimp_groups
 
 MICRO = """
 text_volumes = [2000, 6000]
@@ -34,8 +34,13 @@ def test_flava_ablation_micro_run(tmp_path):
         assert all(0 <= r["value"] <= 100 for r in rows if r["name"] == "blimp")
         assert all(r["value"] > 1 for r in rows if r["name"] == "pppl")
         assert len(store.checkpoints()) == 4 and store.integrity_check() == []
+        for unit in store.units(kind="cell"):           # each pair's paradigm, for the per-category tables
+            groups = unpack_blimp_groups(unit["payload"]["blimp_groups"])
+            assert len(groups) == 67 and {n for *_, n in groups} == {1}
+            assert len(unit["payload"]["blimp_correct"]) == 67
     report = (out / "report.md").read_text()
     assert "BLiMP" in report and "71.32" in report                 # ours beside the reference
+    assert "| NPI licensing | 7 |" in report and "| mean of the 12 categories | 67 |" in report
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and (out / "report.md").read_text() == report
 

@@ -668,6 +668,48 @@ def test_flava_report_scale_cis_and_paired_tests(tmp_path):
     assert lo < 100 * 40 / 67 < hi and "67 BLiMP pairs (bootstrap)" in row
     assert "| 2K | 30 | 0 | -2.99 | 0 | 2 | p = 0.50 (not significant) |" in page
     assert "1 test;" in page and "63.96" in page                       # the published grid beside ours
+    assert "no cell with its BLiMP pairs' paradigms recorded" in page
+
+
+def test_flava_report_blimp_per_category_beside_the_paper(tmp_path):
+    """Per category (the BLiMP paper's 12; its s-selection paradigms under argument structure)
+    for the text-only cells, with a t interval over seeds, beside the authors' text-only cells;
+    the mean of the categories as the authors average; one row per paradigm for every cell."""
+    from grounded_fast.data import BLIMP_BUILTIN, load_blimp
+    from grounded_fast.data.formats.blimp import blimp_category
+    from grounded_fast.experiments.flava_ablation import pack_blimp_groups, unpack_blimp_groups
+    from grounded_fast.experiments.studies import get
+    pairs, seen = [], set()
+    for p in load_blimp(BLIMP_BUILTIN):          # one pair per paradigm, as blimp_pairs_per_phenomenon = 1
+        if p.uid not in seen:
+            seen.add(p.uid)
+            pairs.append(p)
+    groups = pack_blimp_groups(pairs)
+    assert [(u, n) for u, _, n in unpack_blimp_groups(groups)] == [(p.uid, 1) for p in pairs]
+    category = np.array([blimp_category(p.linguistics_term) for p in pairs])
+    rng = np.random.default_rng(0)
+    bits = {s: rng.random(67) < 0.6 for s in (0, 1)}
+    bits[0][category == "anaphor agreement"] = bits[1][category == "anaphor agreement"] = True
+    cfg = {**FLAVA_CFG, "seeds": [0, 1]}
+    study = get("flava-ablation")
+    with _store(tmp_path, "flava-ablation", cfg) as store:
+        for i in (0, 30):
+            for seed, b in bits.items():
+                packed = "".join("1" if v else "0" for v in (b if i == 0 else ~b))
+                _unit(store, "cell", f"text2000-images{i}-seed{seed}", {"blimp_correct": packed, "blimp_groups": groups},
+                      {"blimp": 100 * b.mean(), "pppl": 900.0, "step": 6.0}, split="best")
+        page = study.report(store, str(tmp_path)).to_markdown()
+    assert "| category | pairs | ours, 2K words (%) | 95% CI | paper, 10M words | paper, 100M words |" in page
+    assert "| anaphor agreement | 2 | 100 | [100, 100] | 76.3 | 96.3 |" in page
+    assert "| argument structure | 9 |" in page                  # 7 argument_structure + 2 s-selection paradigms
+    per_seed = {s: [100 * b[category == c].mean() for c in dict.fromkeys(category)] for s, b in bits.items()}
+    row = next(ln for ln in page.splitlines() if ln.startswith("| binding | 7 |"))
+    b = [100 * bits[s][category == "binding"].mean() for s in (0, 1)]
+    assert f"| binding | 7 | {rep.format_number(np.mean(b))} |" in row and "Student t over the seeds" in page
+    mean_row = next(ln for ln in page.splitlines() if ln.startswith("| mean of the 12 categories |"))
+    assert f"| 67 | {rep.format_number(np.mean([np.mean(v) for v in zip(*per_seed.values())]))} |" in mean_row
+    assert sum(ln.startswith(f"| {p.uid} |") for p in pairs for ln in page.splitlines()) == 67
+    assert "| paradigm | category | pairs | 2K words, none images | 2K words, 30 images |" in page
 
 
 def test_groundedbert_report_wilson_and_mcnemar(tmp_path):

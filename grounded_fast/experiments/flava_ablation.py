@@ -183,11 +183,33 @@ def prepare(cfg: FlavaStudyConfig) -> Dict:
         if seen[p.uid] <= cfg.blimp_pairs_per_phenomenon:
             keep.append(p)
     codebook = KMeansCodebook(mc.codebook_size, mc.patch_size, seed=cfg.corpus_seed).fit(images)
+    # the pairs of one paradigm are contiguous (load_blimp reads the files one by one)
     return {"text": ids(train_text), "text_words": words, "held_out": ids(held_out), "images": images, "captions": ids(captions),
             "codes": codebook.encode(images), "blimp_good": ids([p.sentence_good for p in keep]),
             "blimp_bad": ids([p.sentence_bad for p in keep]), "vocab_size": tok.vocab_size,
             "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
-            "mask_id": tok.mask_token_id, "num_val_pairs": cfg.val_pairs}
+            "mask_id": tok.mask_token_id, "num_val_pairs": cfg.val_pairs, "blimp_groups": pack_blimp_groups(keep)}
+
+
+def pack_blimp_groups(pairs) -> str:
+    """The paradigms of a run of BLiMP pairs, in order, as one string
+    'uid:linguistics_term:count;...' (stored with each cell's per-pair correctness)."""
+    groups: List[list] = []
+    for p in pairs:
+        if groups and groups[-1][0] == p.uid:
+            groups[-1][2] += 1
+        else:
+            groups.append([p.uid, p.linguistics_term, 1])
+    return ";".join(f"{u}:{t}:{n}" for u, t, n in groups)
+
+
+def unpack_blimp_groups(text: str) -> List[Tuple[str, str, int]]:
+    """:func:`pack_blimp_groups`'s string -> [(uid, linguistics_term, count), ...]."""
+    out = []
+    for part in filter(None, text.split(";")):
+        uid, term, n = part.rsplit(":", 2)
+        out.append((uid, term, int(n)))
+    return out
 
 
 def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyConfig, data: Dict,
@@ -195,8 +217,9 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
                device="cpu") -> Dict[str, float]:
     """Train one cell on ``device`` (training forward passes under ``device.autocast``, evaluation
     in float32); save the best-PPPL checkpoint to ``out_dir``; returns its metrics (pppl, step,
-    blimp in %) and ``blimp_correct``: whether each BLiMP pair was right, as a '0' / '1' string in
-    the order of ``data['blimp_good']`` (see ``significance.pack_correct``).
+    blimp in %), ``blimp_correct``: whether each BLiMP pair was right, as a '0' / '1' string in
+    the order of ``data['blimp_good']`` (see ``significance.pack_correct``), and ``blimp_groups``:
+    those pairs' paradigms (:func:`pack_blimp_groups`).
     ``progress(step, steps)`` is called after every training step."""
     import grounded_fast.models as gm
     from ..models.flava import LOSSES, LossScheduler, pseudo_perplexity
@@ -254,6 +277,7 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
         correct = model.pseudo_log_likelihood(data["blimp_good"]) > model.pseudo_log_likelihood(data["blimp_bad"])
     best["blimp"] = 100 * float(correct.float().mean())
     best["blimp_correct"] = pack_correct(correct)
+    best["blimp_groups"] = data["blimp_groups"]
     gm.save(model, out_dir)
     return best
 

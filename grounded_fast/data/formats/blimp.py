@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from ._io import DataFormatError, PathLike, iter_lines, iter_stream_lines
 
-__all__ = ["BlimpPair", "load_blimp", "list_blimp_phenomena"]
+__all__ = ["BlimpPair", "load_blimp", "list_blimp_phenomena", "BLIMP_CATEGORIES", "blimp_category"]
 
 _REQUIRED = ("sentence_good", "sentence_bad", "field", "linguistics_term", "UID", "pairID")
 _FLAGS = ("simple_LM_method", "one_prefix_method", "two_prefix_method", "lexically_identical")
@@ -43,6 +43,28 @@ class BlimpPair:
     two_prefix_method: Optional[bool] = None
     lexically_identical: Optional[bool] = None
     extra: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+#: the 12 phenomenon categories of the BLiMP paper (its Table 4), by the pairs' ``linguistics_term``. The
+#: release spells 13 terms: its two ``s-selection`` paradigms (animate_subject_passive / _trans) are
+#: counted under argument structure, which then has the paper's 9 paradigms.
+BLIMP_CATEGORIES = {
+    "anaphor_agreement": "anaphor agreement", "argument_structure": "argument structure",
+    "s-selection": "argument structure", "binding": "binding", "control_raising": "control / raising",
+    "determiner_noun_agreement": "determiner–noun agreement", "ellipsis": "ellipsis",
+    "filler_gap_dependency": "filler–gap", "irregular_forms": "irregular forms", "island_effects": "island effects",
+    "npi_licensing": "NPI licensing", "quantifiers": "quantifiers", "subject_verb_agreement": "subject–verb agreement",
+}
+
+
+def blimp_category(linguistics_term: str) -> str:
+    """The BLiMP paper's category of a pair's ``linguistics_term`` ('npi_licensing' -> 'NPI
+    licensing'); ValueError for a term the release does not use."""
+    try:
+        return BLIMP_CATEGORIES[linguistics_term]
+    except KeyError:
+        raise ValueError(f"unknown BLiMP linguistics_term {linguistics_term!r}; known: "
+                         f"{sorted(BLIMP_CATEGORIES)}") from None
 
 
 def _is_metadata(name: str) -> bool:

@@ -65,6 +65,7 @@ def report(store, out_dir: str):
     if grid:
         rep.add_figure(flava_grid_heatmap(grid), "flava_grid", "BLiMP accuracy and pseudo-perplexity per cell")
     _images_vs_text_section(rep, rows, correct)
+    _blimp_categories_section(rep, rows, correct, _blimp_groups(store))
     return rep
 
 
@@ -73,6 +74,87 @@ def _blimp_correct(store) -> Dict[str, np.ndarray]:
     from ..significance import unpack_correct
     return {u["payload"]["run_id"]: unpack_correct(u["payload"]["blimp_correct"], f"{u['unit_id']} blimp_correct")
             for u in store.units(kind="cell", status="done") if "blimp_correct" in u.get("payload", {})}
+
+
+def _blimp_groups(store) -> Dict[str, List[Tuple[str, str, int]]]:
+    """cell id -> the paradigms of its BLiMP pairs, in order (cells whose payload records them)."""
+    from ..flava_ablation import unpack_blimp_groups
+    return {u["payload"]["run_id"]: unpack_blimp_groups(u["payload"]["blimp_groups"])
+            for u in store.units(kind="cell", status="done") if "blimp_groups" in u.get("payload", {})}
+
+
+def _accuracy_with_ci(per_seed: List[np.ndarray]) -> Tuple[float, Optional[float], Optional[float]]:
+    """(accuracy %, CI low, CI high) of a cell's pairs (one 0/1 array per seed): Student t over
+    the seeds' accuracies for several seeds, a bootstrap over the pairs for one."""
+    from ..significance import bootstrap_mean_ci, t_interval
+    if len(per_seed) >= 2:
+        return tuple(100 * v for v in t_interval([b.mean() for b in per_seed]))
+    lo, hi = bootstrap_mean_ci(per_seed[0])
+    return 100 * float(per_seed[0].mean()), 100 * lo, 100 * hi
+
+
+def _blimp_categories_section(rep, rows: List[dict], correct: Dict[str, np.ndarray],
+                              groups: Dict[str, List[Tuple[str, str, int]]]) -> None:
+    """BLiMP per category of the BLiMP paper (the text-only cells beside the authors' text-only
+    cells, with CIs, and the mean of the categories, which is how the authors average), then per
+    paradigm for every cell (mean over seeds)."""
+    from ...data.formats.blimp import BLIMP_CATEGORIES, blimp_category
+    from ..flava_ablation import cell_id
+    from ..report import Table, format_interval, reference_tables
+    rep.add_heading("BLiMP per category and per paradigm")
+    cells: Dict[Tuple[int, int], List[np.ndarray]] = {}
+    labels = None
+    for r in rows:
+        cid = cell_id(r["text"], r["images"], r["seed"])
+        if cid in correct and cid in groups and sum(n for *_, n in groups[cid]) == correct[cid].size:
+            labels = labels or groups[cid]
+            if groups[cid] == labels:     # every cell scored on the same pairs
+                cells.setdefault((r["text"], r["images"]), []).append(correct[cid])
+    if not cells:
+        rep.add_placeholder("no cell with its BLiMP pairs' paradigms recorded")
+        return
+    uid = np.array([u for u, _, n in labels for _ in range(n)])
+    category = np.array([blimp_category(t) for _, t, n in labels for _ in range(n)])
+    order = list(dict.fromkeys(BLIMP_CATEGORIES.values()))
+    present = [c for c in order if (category == c).any()]
+    text_only = sorted(k for k in cells if k[1] == 0)
+    paper = next((t for t in reference_tables("flava-ablation") if t.header and t.header[0] == "category"), None)
+    paper_rows = {r[0]: r[1:] for r in paper.text_rows} if paper is not None else {}
+    out, means = [], {k: [] for k in text_only}
+    for c in present:
+        keep = category == c
+        row = [c, int(keep.sum())]
+        for k in text_only:
+            mean, lo, hi = _accuracy_with_ci([b[keep] for b in cells[k]])
+            means[k].append(mean)
+            row += [mean, format_interval(lo, hi)]
+        out.append(row + list(paper_rows.get(c, ["", ""])))
+    out.append([f"mean of the {len(present)} categories", int(category.size)]
+               + [v for k in text_only for v in (float(np.mean(means[k])), "")]
+               + ([""] * len(paper.header[1:]) if paper is not None else ["", ""]))
+    header = ["category", "pairs"] + [h for k in text_only for h in (f"ours, {_volume(k[0])} words (%)", "95% CI")]
+    header += [f"paper, {h}" for h in (paper.header[1:] if paper is not None else ["10M words", "100M words"])]
+    n_seeds = {len(v) for k, v in cells.items() if k in text_only}
+    rep.add_table(Table(header, out,
+                  caption="BLiMP per category (the BLiMP paper's 12), our text-only cells beside the authors' "
+                          "text-only cells (full-size FLAVA, best checkpoint)",
+                  units="% of the category's minimal pairs right; 95% CI: " + (
+                      "Student t over the seeds" if n_seeds and min(n_seeds) >= 2 else
+                      "percentile bootstrap over the category's pairs") + "; the authors' overall BLiMP is the mean "
+                      "of their category means (last row for ours); our grid table averages over pairs instead"))
+    paradigms = list(dict.fromkeys(uid))
+    keys = sorted(cells)
+    out = []
+    for u in paradigms:
+        keep = uid == u
+        out.append([u, category[keep][0], int(keep.sum())]
+                   + [100 * float(np.mean([b[keep].mean() for b in cells[k]])) for k in keys])
+    n = int(min(np.sum(uid == u) for u in paradigms))
+    rep.add_table(Table(["paradigm", "category", "pairs"] + [f"{_volume(t)} words, {_volume(i)} images" for t, i in keys],
+                  out, caption="BLiMP per paradigm, every cell (mean over its seeds)",
+                  units=f"% of the paradigm's pairs right; with {n} pairs a paradigm's accuracy near 50% has a 95% "
+                        f"interval of about ±{100 * 1.96 * math.sqrt(0.25 / n):.0f} points, so most "
+                        "per-paradigm differences are within noise"))
 
 
 def _volume(n: int) -> str:
