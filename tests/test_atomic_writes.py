@@ -128,7 +128,7 @@ def test_every_artefact_goes_through_the_atomic_writer(tmp_path, file_events):
     from grounded_fast.experiments.report import Report, Table
     from grounded_fast.experiments.store import ResultStore
 
-    result = run_variant("text-only", _variant_cfg(), _tiny_task(), str(tmp_path / "variant"))
+    result = run_variant("text-only", 0, _variant_cfg(), _tiny_task(), str(tmp_path / "variant"))
     names = ["config.json", "head.pt", "model.pt"]
     assert sorted(p.name for p in (tmp_path / "variant").iterdir()) == names
     assert_written_atomically(file_events, [tmp_path / "variant" / f for f in names])
@@ -136,7 +136,7 @@ def test_every_artefact_goes_through_the_atomic_writer(tmp_path, file_events):
     assert sorted(files) == names and all(check_file(w.path, w.sha256, w.size) is None for w in files.values())
 
     corpus = DemoCorpus(20, 0)
-    demo_glue_task(corpus, str(tmp_path / "glue"))
+    demo_glue_task(str(tmp_path / "glue"))
     assert_written_atomically(file_events, [tmp_path / "glue" / "train.tsv", tmp_path / "glue" / "dev.tsv"])
     saved = corpus.save(tmp_path / "corpus", images=True)
     assert_written_atomically(file_events, [p for p in saved.rglob("*") if p.is_file()])
@@ -170,7 +170,7 @@ def test_head_pt_left_intact_when_the_disk_fills_up(tmp_path, monkeypatch):
     from grounded_fast.experiments.groundedbert_study import run_variant
 
     out = tmp_path / "variant"
-    run_variant("text-only", _variant_cfg(), _tiny_task(), str(out))
+    run_variant("text-only", 0, _variant_cfg(), _tiny_task(), str(out))
     before = (out / "head.pt").read_bytes()
     real_save = torch.save
 
@@ -190,7 +190,7 @@ def test_head_pt_left_intact_when_the_disk_fills_up(tmp_path, monkeypatch):
 
     monkeypatch.setattr(groundedbert_study.torch, "save", save_until_disk_full)
     with pytest.raises(OSError, match="No space left"):
-        run_variant("text-only", _variant_cfg(), _tiny_task(n=32), str(out))
+        run_variant("text-only", 0, _variant_cfg(), _tiny_task(n=32), str(out))
     monkeypatch.undo()
     assert (out / "head.pt").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "head.pt", "model.pt"]
@@ -204,14 +204,14 @@ def test_a_corrupt_head_pt_makes_the_variant_rerun(tmp_path):
     from grounded_fast.experiments.store import ResultStore
 
     out = str(tmp_path)
-    result = run_unit("text-only", _variant_cfg(), out, _tiny_task(), None)
+    result = run_unit(("text-only", 0), _variant_cfg(), out, _tiny_task(), None)
     with ResultStore(tmp_path / "results.sqlite") as store:
-        _commit(store, Task("variant/text-only", None), result)
-        assert _units_done(store, "variant/text-only", "text-only")
-        head = tmp_path / "variants" / "text-only" / "head.pt"
+        _commit(store, Task("variant/text-only-seed0", None), result)
+        assert _units_done(store, "variant/text-only-seed0", "text-only-seed0")
+        head = tmp_path / "variants" / "text-only-seed0" / "head.pt"
         data = bytearray(head.read_bytes())
         data[len(data) // 2] ^= 0xFF
         head.write_bytes(bytes(data))
-        assert not _units_done(store, "variant/text-only", "text-only")
+        assert not _units_done(store, "variant/text-only-seed0", "text-only-seed0")
         head.write_bytes(bytes(data[:len(data) // 2]))
-        assert not _units_done(store, "variant/text-only", "text-only")
+        assert not _units_done(store, "variant/text-only-seed0", "text-only-seed0")

@@ -715,18 +715,45 @@ def test_flava_report_blimp_per_category_beside_the_paper(tmp_path):
 def test_groundedbert_report_wilson_and_mcnemar(tmp_path):
     from grounded_fast.experiments.studies import get
     study = get("groundedbert")
-    cfg = {"num_scenes": 40, "variants": ["text-only", "partial-0.5"], "seed": 0, "glue_dir": "", "glue_task": "sst2",
-           "pretrain_steps": 8, "finetune_steps": 20, "batch_size": 8, "model_preset": "tiny"}
+    cfg = {"num_scenes": 40, "variants": ["text-only", "partial-0.5"], "seeds": [0], "pretrain_steps": 8,
+           "finetune_steps": 20, "batch_size": 8, "model_preset": "tiny"}
     with _store(tmp_path, "groundedbert", cfg) as store:
         assert NOT_COMPUTED in study.report(store, str(tmp_path)).to_markdown()
         base, grounded = "1" * 30 + "0" * 20, "1" * 40 + "0" * 10      # 10 items right only with grounding
-        _unit(store, "variant", "text-only", {"dev_correct": base}, {"dev_accuracy": 0.6})
-        _unit(store, "variant", "partial-0.5", {"dev_correct": grounded}, {"dev_accuracy": 0.8})
+        _unit(store, "variant", "text-only-seed0", {"dev_correct": base}, {"dev_accuracy": 0.6, "dev_majority": 0.5})
+        _unit(store, "variant", "partial-0.5-seed0", {"dev_correct": grounded}, {"dev_accuracy": 0.8})
         page = study.report(store, str(tmp_path)).to_markdown()
     assert "| text encoder | shipped MiniLM (384-d states), frozen | BERT-base, frozen | paper |" in page
-    assert "50 dev items" in page and "| text-only | 0.600 | [0.462, 0.724] |" in page   # Wilson, 30 of 50
-    assert "| partial-0.5 | 0.200 | 10 | 0 | p = 0.0020 (significant) |" in page       # 2 / 2**10
-    assert "1 test;" in page
+    assert "50 dev items" in page and "| text-only | 1 | 0.600 | [0.462, 0.724] | dev items (Wilson) |" in page
+    assert "| partial-0.5 | 0 | 0.200 | 10 | 0 | p = 0.0020 (significant) |" in page       # 2 / 2**10
+    assert "1 test;" in page and "majority label scores 0.500" in page
+    assert "paired t over seeds" not in page                                             # one seed: no such test
+
+
+def test_groundedbert_report_over_seeds(tmp_path):
+    """Several seeds: the mean dev accuracy with a Student-t CI over seeds, and the paired t-test of
+    the per-seed differences against text-only (scipy's one-sample t on the differences)."""
+    from scipy import stats
+    from grounded_fast.experiments.significance import t_interval
+    from grounded_fast.experiments.studies import get
+    study = get("groundedbert")
+    cfg = {"num_scenes": 40, "variants": ["text-only", "balanced"], "seeds": [0, 1, 2], "pretrain_steps": 8,
+           "finetune_steps": 20, "batch_size": 8, "model_preset": "tiny"}
+    rights = {("text-only", 0): 30, ("text-only", 1): 32, ("text-only", 2): 29,
+              ("balanced", 0): 35, ("balanced", 1): 33, ("balanced", 2): 36}
+    with _store(tmp_path, "groundedbert", cfg) as store:
+        for (v, seed), k in rights.items():
+            _unit(store, "variant", f"{v}-seed{seed}", {"dev_correct": "1" * k + "0" * (50 - k)},
+                  {"dev_accuracy": k / 50})
+        page = study.report(store, str(tmp_path)).to_markdown()
+    mean, lo, hi = t_interval([k / 50 for (v, _), k in rights.items() if v == "balanced"])
+    assert f"| balanced | 3 | {rep.format_number(mean)} | {rep.format_interval(lo, hi)} | 3 seeds (t) |" in page
+    diffs = [(rights[("balanced", s)] - rights[("text-only", s)]) / 50 for s in range(3)]
+    p = stats.ttest_1samp(diffs, 0).pvalue
+    mean, lo, hi = t_interval(diffs)
+    assert (f"| balanced | 3 | {rep.format_number(mean)} | {rep.format_interval(lo, hi)} | {rep.significance(p)} |"
+            in page)
+    assert page.count("| balanced | 1 |") == 1 and "| seeds | 3 per variant (0, 1, 2) |" in page
 
 
 def _grounding_analysis(sizes):

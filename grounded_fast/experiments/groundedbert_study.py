@@ -5,12 +5,13 @@ corpus (caption token states from the frozen MiniLM, patches from the frozen Eff
 cached), L = L_match + lambda L_OT with OT = none / balanced / partial with mass s. The share of
 the step time spent in the OT loss (its forward; the envelope gradient is a product with the
 plan) is measured. Downstream: a classifier on [h_CLS; g_CLS] (grounding MLP frozen) trained on a
-GLUE-format task and scored on its dev split; the ``text-only`` variant uses h_CLS alone.
+GLUE-format task and scored on its dev split; the ``text-only`` variant uses h_CLS alone. Every
+variant is trained once per seed of ``seeds``.
 Pre-training data (``data``): the demo corpus, or COCO-format captions with their images (or
 precomputed features). The task (``downstream``): any GLUE-format directory (``kind = "glue"``,
-``path``, ``task``, e.g. SST-2's train.tsv / dev.tsv), or by default a built-in SST-2-format task
-written from the demo corpus: is the spatial relation of a sentence vertical (above / below) or
-horizontal (left / right / next to)?
+``path``, ``task``, e.g. SST-2's train.tsv / dev.tsv), or by default the built-in SST-2-format
+task :func:`demo_glue_task`: is a shape's outline curved or straight in the image, with the shape
+words of the dev set never seen in the task's training set (only in pre-training's captions).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class GroundedBertStudyConfig(ModelConfig):
     model_preset: str = "paper"
     ot_reg: float = 0.05
     ot_weight: float = 1.0
-    seed: int = 0
+    seeds: Tuple[int, ...] = (0, 1, 2)
     data: PretrainDataConfig = dataclasses.field(default_factory=PretrainDataConfig)
     downstream: DownstreamDataConfig = dataclasses.field(default_factory=DownstreamDataConfig)
 
@@ -70,8 +71,8 @@ class GroundedBertStudyConfig(ModelConfig):
         from ..models.groundedbert import GroundedBERTConfig
         from .grounding import MIN_DEMO_SCENES, MIN_DEMO_SCENES_RULE
         self.require("num_scenes", self.num_scenes >= MIN_DEMO_SCENES, MIN_DEMO_SCENES_RULE)
-        self.require_seed("corpus_seed", "seed")
-        self.require_distinct("variants")
+        self.require_seed("corpus_seed", "seeds")
+        self.require_distinct("variants", "seeds")
         for v in self.variants:
             self.require("variants", v in (TEXT_ONLY, "none", "balanced") or
                          (v.startswith("partial-") and _mass(v) is not None),
@@ -105,20 +106,32 @@ def _mass(variant: str):
     return m if 0 < m <= 1 else None
 
 
-def demo_glue_task(corpus, directory: str) -> str:
-    """Write the built-in SST-2-format task (sentence, label: 1 vertical / 0 horizontal relation)
-    of the demo corpus's two-or-more-object scenes (but "far from", neither) to ``directory``
-    (train.tsv, dev.tsv)."""
+def demo_shape_is_curved(shape: str) -> bool:
+    """The built-in task's label, read off the demo renderer's geometry: whether the outline of
+    ``shape`` has a curved part (an analytic curve, or a polygon of more than 12 vertices tracing
+    one: heart, moon, semicircle, teardrop) rather than straight edges only."""
+    from ..data.demo import _POLYGONS
+    return shape in ("circle", "ring", "oval") or len(_POLYGONS[shape]) > 12
+
+
+def demo_glue_task(directory: str) -> str:
+    """Write the built-in SST-2-format task to ``directory`` (train.tsv, dev.tsv; sentence, label)
+    and return it. Sentences: "there is <noun phrase>." for every shape, colour, size and pattern
+    of the demo lexicon; label: 1 when the shape's outline is curved, 0 when straight
+    (:func:`demo_shape_is_curved`). Train: the first ten shapes of the lexicon (1,200 sentences);
+    dev: the last ten (1,200), so that a dev shape word is never seen with a label and the
+    classifier must carry the property over from the training shapes: by the text encoder's sense
+    of the words, or, for the grounded variants, by where pre-training put them in the image space."""
+    from ..data.demo import COLOURS, PATTERNS, SHAPES, SIZES, SceneObject, english_noun_phrase
     os.makedirs(directory, exist_ok=True)
     rows = {"train": [], "dev": []}
-    for it in corpus:
-        rel = it.graph.relation
-        if rel is None or rel.name == "far_from":
-            continue
-        label = int(rel.name in ("above", "below"))
-        split = "train" if it.split == "train" else "dev"
-        for s in [it.target] + list(it.paraphrases):
-            rows[split].append((s, label))
+    for k, shape in enumerate(SHAPES):
+        split = "train" if k < len(SHAPES) // 2 else "dev"
+        for colour in COLOURS:
+            for size in SIZES:
+                for pattern in PATTERNS:
+                    obj = SceneObject(shape, colour, size, 0.5, 0.5, pattern)
+                    rows[split].append((f"there is {english_noun_phrase(obj)}.", int(demo_shape_is_curved(shape))))
     for split, items in rows.items():
         text = "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in items)
         write_atomic(os.path.join(directory, f"{split}.tsv"), text.encode("utf-8"))
@@ -137,8 +150,8 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu", progress: 
     cache_dir = os.path.join(out_dir, "features")
     d = cfg.data
     text_encoder = d.load_encoder("text", device)
-    corpus = DemoCorpus(cfg.num_scenes, cfg.corpus_seed) if "demo" in (d.kind, cfg.downstream.kind) else None
     if d.kind == "demo":
+        corpus = DemoCorpus(cfg.num_scenes, cfg.corpus_seed)
         data, _ = demo_grounding_data(corpus, cache_dir, text_encoder=text_encoder,
                                       vision_encoder=d.load_encoder("vision", device), progress=progress)
         train = data["train"]
@@ -150,7 +163,7 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu", progress: 
                                              vision_encoder=None if d.features else d.load_encoder("vision", device),
                                              use_features=bool(d.features), progress=progress)
     down = cfg.downstream
-    glue_dir = down.path if down.kind == "glue" else demo_glue_task(corpus, os.path.join(out_dir, "glue-demo"))
+    glue_dir = down.path if down.kind == "glue" else demo_glue_task(os.path.join(out_dir, "glue-demo"))
     cache = FeatureCache(cache_dir, progress=progress)
     task = {}
     for split in ("train", "dev"):
@@ -172,10 +185,11 @@ def _head_input(model, cls_states: torch.Tensor, grounded: bool) -> torch.Tensor
         return model.representation(cls_states[:, None])[:, 0]
 
 
-def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir: str,
+def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dict, out_dir: str,
                 progress: Optional[Callable[[int, int], None]] = None,
                 device="cpu") -> Tuple[Dict[str, float], Dict[str, Written]]:
-    """Pre-train (unless text-only), then fit and score the downstream classifier, on ``device``
+    """Pre-train (unless text-only), then fit and score the downstream classifier, with ``seed``
+    (initialisation, batches, dropout) on ``device``
     (training forward passes under ``device.autocast``; the OT loss in float32, outside it); save
     the model (``config.json``, ``model.pt``) and the classifier (``head.pt``, CPU state) to
     ``out_dir``, each atomically. The OT share of step time is measured with the device synchronised.
@@ -187,7 +201,7 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
     from .significance import pack_correct
     from ..models.config import cpu_state
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     ot = "none" if variant == TEXT_ONLY else variant.split("-")[0]
     mass = _mass(variant) or 0.5
     model = gm.build("groundedbert", cfg.model_preset, ot=ot, ot_mass=mass, ot_reg=cfg.ot_reg,
@@ -207,7 +221,7 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
     if variant != TEXT_ONLY:
         states, mask, patches = (t.to(device) for t in data["pretrain"])
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        g = torch.Generator().manual_seed(cfg.seed)
+        g = torch.Generator().manual_seed(seed)
         ot_time = [0.0]
         if model.ot_loss is not None:
             t_start = {}
@@ -235,7 +249,7 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
     htr, hdev = _head_input(model, xtr, grounded), _head_input(model, xdev, grounded)
     head = _mlp(htr.shape[1], model.config.hidden_dim, data["num_labels"], model.config.dropout).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)
     for _ in range(cfg.finetune_steps):
         idx = torch.randint(len(htr), (cfg.batch_size,), generator=g)
         with autocast(device):
@@ -248,6 +262,7 @@ def run_variant(variant: str, cfg: GroundedBertStudyConfig, data: Dict, out_dir:
     with torch.no_grad():
         correct = head(hdev).argmax(1) == ydev
     out["dev_accuracy"] = float(correct.float().mean())
+    out["dev_majority"] = float(torch.bincount(ydev).max()) / len(ydev)    # always answering the commonest label
     out["dev_correct"] = pack_correct(correct)   # per dev item, for the report's CI and paired tests
     files = gm.save(model, out_dir)
     files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(cpu_state(head), f))
@@ -260,8 +275,23 @@ def _synced(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def run_id(variant: str, seed: int) -> str:
+    """The unit / run id of ``variant`` trained with ``seed``: 'partial-0.5-seed1'."""
+    return f"{variant}-seed{seed}"
+
+
+def split_run_id(run: str) -> Tuple[str, int]:
+    """:func:`run_id`'s inverse: 'partial-0.5-seed1' -> ('partial-0.5', 1)."""
+    variant, seed = run.rsplit("-seed", 1)
+    return variant, int(seed)
+
+
 def variant_rows(metrics: List[dict]) -> List[dict]:
+    """Store metric rows -> one dict per run (variant, seed, its metrics), in the store's order."""
     rows: Dict[str, dict] = {}
     for m in metrics:
-        rows.setdefault(m["run_id"], {"variant": m["run_id"]})[m["name"]] = m["value"]
+        if m["run_id"] not in rows:
+            variant, seed = split_run_id(m["run_id"])
+            rows[m["run_id"]] = {"run": m["run_id"], "variant": variant, "seed": seed}
+        rows[m["run_id"]][m["name"]] = m["value"]
     return list(rows.values())

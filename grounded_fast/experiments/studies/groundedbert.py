@@ -1,16 +1,17 @@
-"""The GroundedBERT study as a :class:`Study`: one ``variant/<variant>`` unit per variant
-(text-only, none, balanced, partial-<mass>). Pre-training and the downstream task are in
-:mod:`grounded_fast.experiments.groundedbert_study`."""
+"""The GroundedBERT study as a :class:`Study`: one ``variant/<variant>-seed<seed>`` unit per
+variant (text-only, none, balanced, partial-<mass>) and seed. Pre-training and the downstream task
+are in :mod:`grounded_fast.experiments.groundedbert_study`."""
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..groundedbert_study import HEAD_FILE, TEXT_ONLY, GroundedBertStudyConfig, prepare, run_variant, variant_rows
+from ..groundedbert_study import (HEAD_FILE, TEXT_ONLY, GroundedBertStudyConfig, prepare, run_id, run_variant,
+                                  variant_rows)
 from ..runner import file_records, unit_result
 from .registry import Study, Unit
 
@@ -18,59 +19,107 @@ TITLE = "GroundedBERT: partial-OT grounding, small scale"
 
 
 def plan(cfg: GroundedBertStudyConfig) -> List[Unit]:
-    """One unit per variant."""
-    return [Unit("variant", v, v, {"variant": v}) for v in cfg.variants]
+    """One unit per variant and seed."""
+    return [Unit("variant", run_id(v, s), (v, s), {"variant": v, "seed": s}) for v in cfg.variants for s in cfg.seeds]
 
 
-def run_unit(variant: str, cfg: GroundedBertStudyConfig, out_dir: str, data, progress, device="cpu") -> dict:
-    """One variant (see ``run_variant``) on ``device``; runs on the executor. ``head.pt`` is recorded
-    with its sha256 in the unit's payload (verified on resume)."""
-    start, vdir = time.time(), os.path.join(out_dir, "variants", variant)
-    res, files = run_variant(variant, cfg, data, vdir, progress=progress, device=device)
+def run_unit(spec, cfg: GroundedBertStudyConfig, out_dir: str, data, progress, device="cpu") -> dict:
+    """One variant with one seed (``spec``: (variant, seed); see ``run_variant``) on ``device``;
+    runs on the executor. ``head.pt`` is recorded with its sha256 in the unit's payload (verified
+    on resume)."""
+    variant, seed = spec
+    start, vdir = time.time(), os.path.join(out_dir, "variants", run_id(variant, seed))
+    res, files = run_variant(variant, seed, cfg, data, vdir, progress=progress, device=device)
     return unit_result(start, [(0, str(files["model.pt"].path))],
                        [{"split": "", "name": k, "value": float(v)} for k, v in res.items() if not isinstance(v, str)],
                        {**res, "files": file_records(out_dir, [files[HEAD_FILE]])})
 
 
 def results(store, cfg) -> List[dict]:
-    """One row per variant: its metrics."""
+    """One row per run (variant, seed): its metrics."""
     return variant_rows(store.metrics())
 
 
 def summary(rows: List[dict]) -> List[str]:
-    return [f"  {r['variant']:12s} dev accuracy {r.get('dev_accuracy', float('nan')):.3f}"
-            + (f"  OT share of step time {r['ot_share_of_step_time']:.2f}" if "ot_share_of_step_time" in r else "")
-            for r in rows]
+    """Per variant: dev accuracy (mean over its seeds) and the OT share of step time."""
+    lines = []
+    for variant, rs in _by_variant(rows).items():
+        acc = [r["dev_accuracy"] for r in rs if "dev_accuracy" in r]
+        share = [r["ot_share_of_step_time"] for r in rs if "ot_share_of_step_time" in r]
+        lines.append(f"  {variant:12s} dev accuracy {np.mean(acc) if acc else float('nan'):.3f} "
+                     f"({len(acc)} seed{'s' * (len(acc) != 1)})"
+                     + (f"  OT share of step time {np.mean(share):.2f}" if share else ""))
+    return lines
+
+
+def _by_variant(rows: List[dict]) -> Dict[str, List[dict]]:
+    out: Dict[str, List[dict]] = {}
+    for r in rows:
+        out.setdefault(r["variant"], []).append(r)
+    return out
+
+
+def _task_description(cfg: dict) -> str:
+    down = cfg.get("downstream", {})
+    if down.get("kind") == "glue":
+        return f"GLUE {down.get('task', '')} at `{down.get('path')}`"
+    from ...data.demo import SHAPES
+    half = len(SHAPES) // 2
+    return ("the built-in SST-2-format demo task: is a shape's outline curved or straight in the image; trained on "
+            f"sentences about {', '.join(SHAPES[:half])}, scored on sentences about {', '.join(SHAPES[half:])}")
 
 
 def report(store, out_dir: str):
-    """The scale against the paper; the variants' dev accuracy with its 95% CI, matching / OT
-    losses and OT time share, beside the paper; each variant vs text-only (exact McNemar)."""
-    from ..report import Report, Table
+    """The scale against the paper; per variant the dev accuracy over its seeds with its 95% CI,
+    matching / OT losses and OT time share, beside the paper; each variant vs text-only (exact
+    McNemar per seed; paired t over seeds)."""
+    from ..report import Report, Table, format_interval
+    from ..significance import t_interval
 
     info = store.study_info()
     rows = variant_rows(store.metrics())
     cfg = info.get("config", {})
     correct = _dev_correct(store)
     rep = Report(TITLE)
-    down, pre = cfg.get("downstream", {}), cfg.get("data", {})
-    task = (f"GLUE {down.get('task', '')} at `{down.get('path')}`" if down.get("kind") == "glue"
-            else "the built-in SST-2-format demo task (vertical vs horizontal relation)")
+    pre = cfg.get("data", {})
+    task = _task_description(cfg)
     pairs = (f"{pre.get('kind')} at `{pre.get('path')}`" if pre.get("kind", "demo") != "demo"
              else "the demo corpus")
     rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(cfg)}`. Pre-training pairs: {pairs}. "
                       f"Downstream task: {task}.")
     rep.add_scale("groundedbert", _scale(store, cfg, task, correct))
-    ours = Table(["variant", "dev accuracy", "95% CI", "matching loss (first -> last)", "OT loss (last)",
-                  "OT share of step time"],
-                 [[r["variant"], r.get("dev_accuracy"), _wilson(correct.get(r["variant"])),
-                   f"{r['pretrain_match_first']:.3f} -> {r['pretrain_match_last']:.3f}" if "pretrain_match_last" in r
-                   else "-", r.get("pretrain_ot_last", "-"), r.get("ot_share_of_step_time", "-")] for r in rows],
-                 units=f"dev accuracy: share of dev items; 95% CI: Wilson interval over the dev items (one training "
-                       f"seed, {cfg.get('seed', '?')}: variation between seeds is not in it)")
+    table = []
+    for variant, rs in _by_variant(rows).items():
+        acc = [r["dev_accuracy"] for r in rs if "dev_accuracy" in r]
+        if len(acc) >= 2:
+            mean, lo, hi = t_interval(acc)
+            ci, how = format_interval(lo, hi), f"{len(acc)} seeds (t)"
+        else:
+            mean, ci, how = (acc[0] if acc else None), _wilson(correct.get(rs[0]["run"])), "dev items (Wilson)"
+
+        def mean_of(key):
+            v = [r[key] for r in rs if key in r]
+            return float(np.mean(v)) if v else "-"
+        first, last = mean_of("pretrain_match_first"), mean_of("pretrain_match_last")
+        table.append([variant, len(acc), mean, ci, how, f"{first:.3f} -> {last:.3f}" if last != "-" else "-",
+                      mean_of("pretrain_ot_last"), mean_of("ot_share_of_step_time")])
+    majority = _majority(rows)
+    ours = Table(["variant", "seeds", "dev accuracy", "95% CI", "CI over", "matching loss (first -> last)",
+                  "OT loss (last)", "OT share of step time"], table,
+                 units="dev accuracy: share of dev items, mean over the seeds; 95% CI: Student t over the seeds "
+                       "(several seeds) or Wilson over the dev items (one seed: variation between seeds not in it); "
+                       "losses and time share: means over the seeds"
+                       + (f"; always answering the dev set's majority label scores {majority:.3f}"
+                          if majority is not None else ""))
     rep.add_reference("groundedbert", ours=ours if rows else None)
-    _variants_vs_text_section(rep, [r["variant"] for r in rows], correct)
+    _variants_vs_text_section(rep, rows, correct)
     return rep
+
+
+def _majority(rows: List[dict]) -> Optional[float]:
+    """The dev accuracy of always answering the dev set's most frequent label (``dev_majority``, the
+    same in every run), or None for runs that did not record it."""
+    return next((float(r["dev_majority"]) for r in rows if "dev_majority" in r), None)
 
 
 def _dev_correct(store) -> Dict[str, np.ndarray]:
@@ -106,31 +155,49 @@ def _scale(store, cfg: dict, task: str, correct: Dict[str, np.ndarray]) -> Dict[
                         "parameters (the classifier head not counted)")
     out["training"] = (f"{cfg.get('pretrain_steps', '?')} pre-training + {cfg.get('finetune_steps', '?')} fine-tuning "
                        f"steps × batch {cfg.get('batch_size', '?')}")
-    out["seeds"] = f"1 (seed {cfg.get('seed', '?')})"
+    seeds = cfg.get("seeds", [])
+    out["seeds"] = f"{len(seeds)} per variant ({', '.join(map(str, seeds))})"
     return out
 
 
-def _variants_vs_text_section(rep, variants: List[str], correct: Dict[str, np.ndarray]) -> None:
-    """Each grounded variant against text-only on the same dev items: exact McNemar."""
-    from ..report import significance, tests_note
-    from ..significance import mcnemar_exact
+def _variants_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray]) -> None:
+    """Each grounded variant against text-only: per seed on the same dev items (exact McNemar),
+    and over the seeds (paired t on the per-seed differences, for two seeds or more)."""
+    from ..groundedbert_study import run_id
+    from ..report import format_interval, significance, tests_note
+    from ..significance import mcnemar_exact, t_interval
+    from scipy import stats
     rep.add_heading("Grounded variants vs text only (dev items, paired)")
-    base = correct.get(TEXT_ONLY)
-    rows = []
-    for v in variants:
-        bits = correct.get(v)
-        if v == TEXT_ONLY or bits is None or base is None or bits.size != base.size:
+    per_seed, over_seeds = [], []
+    for variant, rs in _by_variant(rows).items():
+        if variant == TEXT_ONLY:
             continue
-        test = mcnemar_exact(bits, base)
-        rows.append([v, bits.mean() - base.mean(), test.only_a, test.only_b, significance(test.pvalue)])
-    if not rows:
-        rep.add_placeholder("no grounded variant with a finished text-only variant to compare")
+        diffs = []
+        for r in sorted(rs, key=lambda r: r["seed"]):
+            bits, base = correct.get(r["run"]), correct.get(run_id(TEXT_ONLY, r["seed"]))
+            if bits is None or base is None or bits.size != base.size:
+                continue
+            test = mcnemar_exact(bits, base)
+            diffs.append(bits.mean() - base.mean())
+            per_seed.append([variant, r["seed"], diffs[-1], test.only_a, test.only_b, significance(test.pvalue)])
+        if len(diffs) >= 2:
+            mean, lo, hi = t_interval(diffs)
+            p = stats.ttest_1samp(diffs, 0.0).pvalue if np.ptp(diffs) > 0 else float("nan")   # no spread: no t
+            over_seeds.append([variant, len(diffs), mean, format_interval(lo, hi), significance(p)])
+    if not per_seed:
+        rep.add_placeholder("no grounded variant with a finished text-only run of the same seed to compare")
         return
-    rep.add_table(["variant", "dev accuracy − text-only", "items right for the variant only",
-                   "items right for text-only only", "exact McNemar"], rows,
-                  caption="Each variant against text-only on the same dev items (exact McNemar test on the "
-                          "discordant items)")
-    rep.add_paragraph(tests_note(len(rows)))
+    rep.add_table(["variant", "seed", "dev accuracy − text-only", "items right for the variant only",
+                   "items right for text-only only", "exact McNemar"], per_seed,
+                  caption="Each variant against text-only of the same seed on the same dev items (exact McNemar test "
+                          "on the discordant items): the dev items' sampling noise, one training run each")
+    rep.add_paragraph(tests_note(len(per_seed)))
+    if over_seeds:
+        rep.add_table(["variant", "seeds", "mean difference", "95% CI", "paired t over seeds"], over_seeds,
+                      caption="Each variant against text-only over the seeds: the mean of the per-seed differences "
+                              "in dev accuracy, its Student-t CI and the paired t-test (training-run noise included; "
+                              "few seeds give little power)")
+        rep.add_paragraph(tests_note(len(over_seeds)))
 
 
 STUDY = Study(name="groundedbert", config_cls=GroundedBertStudyConfig, plan=plan,
