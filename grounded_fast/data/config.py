@@ -101,8 +101,11 @@ class DataConfig(ModelConfig):
             except (OSError, ValueError) as exc:
                 self.require("path", False, f"not a {self.kind} data set: {exc}")
         elif self.kind == "glue":
-            missing = [f for f in ("train.tsv", "dev.tsv") if not os.path.isfile(os.path.join(self.path, f))]
-            self.require("path", not missing, f"must be a GLUE task directory holding train.tsv and dev.tsv "
+            from .formats.glue import GLUE_TASKS
+            key = self.task.lower().replace("-", "").replace("_", "")
+            need = ("train.tsv", GLUE_TASKS[key].dev_file if key in GLUE_TASKS else "dev.tsv")
+            missing = [f for f in need if not os.path.isfile(os.path.join(self.path, f))]
+            self.require("path", not missing, f"must be a GLUE task directory holding {' and '.join(need)} "
                                               f"(missing: {', '.join(missing)})")
         for key in ("features", "images"):
             value = getattr(self, key)

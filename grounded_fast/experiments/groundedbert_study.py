@@ -83,10 +83,9 @@ class GroundedBertStudyConfig(ModelConfig):
         self.require_one_of("model_preset", sorted(GroundedBERTConfig.presets))
         self.require("ot_reg", self.ot_reg > 0, "must be a finite number > 0")
         self.require("ot_weight", self.ot_weight >= 0, "must be a finite number >= 0")
-        task = _glue_task(self.downstream.task)
-        if task is None or task.num_labels < 2:
+        if _glue_task(self.downstream.task) is None:
             raise ValueError(f"{type(self).__name__}.downstream.task = {self.downstream.task!r}: must be a GLUE "
-                             f"classification task, one of {[n for n, t in GLUE_TASKS.items() if t.num_labels > 1]}")
+                             f"task, one of {sorted(GLUE_TASKS)}")
 
 
 def _glue_task(name: str):
@@ -164,18 +163,20 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu", progress: 
                                              use_features=bool(d.features), progress=progress)
     down = cfg.downstream
     glue_dir = down.path if down.kind == "glue" else demo_glue_task(os.path.join(out_dir, "glue-demo"))
+    spec = _glue_task(down.task)
+    sep = f" {getattr(getattr(text_encoder, 'tokenizer', None), 'sep_token', None) or '[SEP]'} "
     cache = FeatureCache(cache_dir, progress=progress)
     task = {}
-    for split in ("train", "dev"):
-        examples = load_glue_tsv(os.path.join(glue_dir, f"{split}.tsv"), down.task)
+    for split, name in (("train", "train.tsv"), ("dev", spec.dev_file)):
+        examples = load_glue_tsv(os.path.join(glue_dir, name), down.task, labels=True)
         if down.max_items:
             examples = examples[:down.max_items]
-        texts = [" ".join(e.texts) for e in examples]
+        texts = [sep.join(e.texts) for e in examples]     # a pair as one sequence, split by the separator
         ids = [f"glue-{down.task}-{split}-{k}:{content_digest(t.encode())}" for k, t in enumerate(texts)]
         states, _ = cached_text_states(cache, ids, dict(zip(ids, texts)), text_encoder, progress=progress)
-        task[split] = (states[:, 0], torch.tensor([int(e.label) for e in examples]))
-    return {"pretrain": pretrain, "task": task,
-            "num_labels": int(max(task["train"][1].max(), task["dev"][1].max())) + 1}
+        labels = torch.tensor([e.label for e in examples], dtype=torch.float32 if spec.num_labels == 1 else torch.long)
+        task[split] = (states[:, 0], labels)
+    return {"pretrain": pretrain, "task": task, "num_labels": spec.num_labels, "glue_task": spec.name}
 
 
 def _head_input(model, cls_states: torch.Tensor, grounded: bool) -> torch.Tensor:
@@ -194,11 +195,15 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
     the model (``config.json``, ``model.pt``) and the classifier (``head.pt``, CPU state) to
     ``out_dir``, each atomically. The OT share of step time is measured with the device synchronised.
     ``progress(step, steps)`` is called after every pre-training and fine-tuning step.
-    Returns (metrics, {file name: its path, sha256 and size}); the metrics include ``dev_correct``,
-    whether each dev item was classified right, as a '0' / '1' string (``significance.pack_correct``)."""
+    Returns (metrics, {file name: its path, sha256 and size}); the metrics include ``dev_score``
+    (the task's GLUE metric, :func:`~grounded_fast.data.formats.glue.glue_score`) and, for a
+    classification task, ``dev_accuracy``, ``dev_majority`` (always answering the commonest dev
+    label) and ``dev_correct``: whether each dev item was classified right, as a '0' / '1' string
+    (``significance.pack_correct``)."""
     import grounded_fast.models as gm
     from ..models.groundedbert import _mlp
     from .significance import pack_correct
+    from ..data.formats.glue import glue_score
     from ..models.config import cpu_state
 
     torch.manual_seed(seed)
@@ -250,20 +255,26 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
     head = _mlp(htr.shape[1], model.config.hidden_dim, data["num_labels"], model.config.dropout).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed + 1)
+    regression = data["num_labels"] == 1
     for _ in range(cfg.finetune_steps):
         idx = torch.randint(len(htr), (cfg.batch_size,), generator=g)
         with autocast(device):
-            loss = F.cross_entropy(head(htr[idx]), ytr[idx])
+            y_hat = head(htr[idx])
+            loss = F.mse_loss(y_hat[:, 0].float(), ytr[idx]) if regression else F.cross_entropy(y_hat, ytr[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         advance()
     head.eval()
     with torch.no_grad():
-        correct = head(hdev).argmax(1) == ydev
-    out["dev_accuracy"] = float(correct.float().mean())
-    out["dev_majority"] = float(torch.bincount(ydev).max()) / len(ydev)    # always answering the commonest label
-    out["dev_correct"] = pack_correct(correct)   # per dev item, for the report's CI and paired tests
+        logits = head(hdev).float()
+    pred = logits[:, 0] if regression else logits.argmax(1)
+    out["dev_score"] = glue_score(data.get("glue_task", "sst2"), pred.cpu().numpy(), ydev.cpu().numpy())
+    if not regression:
+        correct = pred == ydev
+        out["dev_accuracy"] = float(correct.float().mean())
+        out["dev_majority"] = float(torch.bincount(ydev).max()) / len(ydev)    # always answering the commonest label
+        out["dev_correct"] = pack_correct(correct)   # per dev item, for the report's CI and paired tests
     files = gm.save(model, out_dir)
     files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(cpu_state(head), f))
     return out, files

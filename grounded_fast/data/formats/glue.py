@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from ._io import DataFormatError, PathLike, iter_tsv
 
 __all__ = ["GlueTask", "GlueExample", "GLUE_TASKS", "load_glue_tsv", "load_cola", "load_sst2",
-           "load_mrpc"]
+           "load_mrpc", "glue_score"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class GlueTask:
     """How to read one task: ``text_columns`` (1 or 2 names), ``label_column``, ``header``
     (False: the file has no header row and ``columns`` names its fields), ``num_labels``
     (1: regression, float labels), ``label_names`` (string labels in class-index order; empty:
-    labels are written as integers 0..num_labels-1 or as floats)."""
+    labels are written as integers 0..num_labels-1 or as floats), ``dev_file``: the dev split's
+    file name in the GLUE download, ``metric``: the metric GLUE ranks the task by ('accuracy',
+    'f1' of class 1, 'matthews' correlation, 'pearson' correlation)."""
     name: str
     text_columns: Tuple[str, ...]
     label_column: str
@@ -39,6 +41,8 @@ class GlueTask:
     num_labels: int = 2
     columns: Tuple[str, ...] = ()
     label_names: Tuple[str, ...] = ()
+    dev_file: str = "dev.tsv"
+    metric: str = "accuracy"
 
 
 _NLI3 = ("entailment", "neutral", "contradiction")  # the class order of the HF `glue` datasets
@@ -47,12 +51,13 @@ _NLI2 = ("entailment", "not_entailment")
 #: name -> layout; keys are lower case without punctuation ("sst2", "stsb").
 GLUE_TASKS: Dict[str, GlueTask] = {t.name: t for t in (
     GlueTask("cola", ("sentence",), "label", header=False,
-             columns=("source", "label", "original_label", "sentence")),
+             columns=("source", "label", "original_label", "sentence"), metric="matthews"),
     GlueTask("sst2", ("sentence",), "label"),
-    GlueTask("mrpc", ("#1 String", "#2 String"), "Quality"),
-    GlueTask("qqp", ("question1", "question2"), "is_duplicate"),
-    GlueTask("stsb", ("sentence1", "sentence2"), "score", num_labels=1),
-    GlueTask("mnli", ("sentence1", "sentence2"), "gold_label", num_labels=3, label_names=_NLI3),
+    GlueTask("mrpc", ("#1 String", "#2 String"), "Quality", metric="f1"),
+    GlueTask("qqp", ("question1", "question2"), "is_duplicate", metric="f1"),
+    GlueTask("stsb", ("sentence1", "sentence2"), "score", num_labels=1, metric="pearson"),
+    GlueTask("mnli", ("sentence1", "sentence2"), "gold_label", num_labels=3, label_names=_NLI3,
+             dev_file="dev_matched.tsv"),
     GlueTask("qnli", ("question", "sentence"), "label", label_names=_NLI2),
     GlueTask("rte", ("sentence1", "sentence2"), "label", label_names=_NLI2),
     GlueTask("wnli", ("sentence1", "sentence2"), "label"),
@@ -66,6 +71,20 @@ class GlueExample:
     texts: Tuple[str, ...]
     label: Optional[Union[int, float]]
     line: int
+
+
+def glue_score(task: Union[str, GlueTask], predictions: Sequence, labels: Sequence) -> float:
+    """The task's GLUE metric (:attr:`GlueTask.metric`) of (N,) predictions against (N,) gold
+    labels: class indices (accuracy, F1 of class 1, Matthews correlation) or floats (Pearson r)."""
+    from scipy import stats
+    from sklearn import metrics
+    metric = _task(task).metric
+    if len(predictions) != len(labels) or len(labels) == 0:
+        raise ValueError(f"glue_score: {len(predictions)} predictions for {len(labels)} labels (need as many, >= 1)")
+    if metric == "pearson":
+        return float(stats.pearsonr(predictions, labels).statistic)
+    return float({"accuracy": metrics.accuracy_score, "f1": metrics.f1_score,
+                  "matthews": metrics.matthews_corrcoef}[metric](labels, predictions))
 
 
 def _task(task: Union[str, GlueTask]) -> GlueTask:

@@ -40,13 +40,24 @@ def results(store, cfg) -> List[dict]:
     return variant_rows(store.metrics())
 
 
+def _metric(cfg: dict) -> str:
+    """The name of the downstream task's GLUE metric ('accuracy', 'f1', 'matthews', 'pearson')."""
+    from ..groundedbert_study import _glue_task
+    task = _glue_task(cfg.get("downstream", {}).get("task", "sst2"))
+    return task.metric if task is not None else "score"
+
+
+def _scores(rs: List[dict]) -> List[float]:
+    return [r.get("dev_score", r.get("dev_accuracy")) for r in rs if "dev_score" in r or "dev_accuracy" in r]
+
+
 def summary(rows: List[dict]) -> List[str]:
-    """Per variant: dev accuracy (mean over its seeds) and the OT share of step time."""
+    """Per variant: the dev score (mean over its seeds) and the OT share of step time."""
     lines = []
     for variant, rs in _by_variant(rows).items():
-        acc = [r["dev_accuracy"] for r in rs if "dev_accuracy" in r]
+        acc = _scores(rs)
         share = [r["ot_share_of_step_time"] for r in rs if "ot_share_of_step_time" in r]
-        lines.append(f"  {variant:12s} dev accuracy {np.mean(acc) if acc else float('nan'):.3f} "
+        lines.append(f"  {variant:12s} dev score {np.mean(acc) if acc else float('nan'):.3f} "
                      f"({len(acc)} seed{'s' * (len(acc) != 1)})"
                      + (f"  OT share of step time {np.mean(share):.2f}" if share else ""))
     return lines
@@ -88,14 +99,17 @@ def report(store, out_dir: str):
     rep.add_paragraph(f"Run directory `{out_dir}`; config: `{json.dumps(cfg)}`. Pre-training pairs: {pairs}. "
                       f"Downstream task: {task}.")
     rep.add_scale("groundedbert", _scale(store, cfg, task, correct))
+    metric = _metric(cfg)
     table = []
     for variant, rs in _by_variant(rows).items():
-        acc = [r["dev_accuracy"] for r in rs if "dev_accuracy" in r]
+        acc = _scores(rs)
         if len(acc) >= 2:
             mean, lo, hi = t_interval(acc)
             ci, how = format_interval(lo, hi), f"{len(acc)} seeds (t)"
-        else:
+        elif metric == "accuracy":
             mean, ci, how = (acc[0] if acc else None), _wilson(correct.get(rs[0]["run"])), "dev items (Wilson)"
+        else:
+            mean, ci, how = (acc[0] if acc else None), "—", "— (one seed)"
 
         def mean_of(key):
             v = [r[key] for r in rs if key in r]
@@ -104,15 +118,18 @@ def report(store, out_dir: str):
         table.append([variant, len(acc), mean, ci, how, f"{first:.3f} -> {last:.3f}" if last != "-" else "-",
                       mean_of("pretrain_ot_last"), mean_of("ot_share_of_step_time")])
     majority = _majority(rows)
-    ours = Table(["variant", "seeds", "dev accuracy", "95% CI", "CI over", "matching loss (first -> last)",
+    ours = Table(["variant", "seeds", f"dev {metric}", "95% CI", "CI over", "matching loss (first -> last)",
                   "OT loss (last)", "OT share of step time"], table,
-                 units="dev accuracy: share of dev items, mean over the seeds; 95% CI: Student t over the seeds "
-                       "(several seeds) or Wilson over the dev items (one seed: variation between seeds not in it); "
+                 units=f"dev {metric}: the task's GLUE metric on its dev split ("
+                       + ("share of dev items right" if metric == "accuracy" else "see the GLUE benchmark")
+                       + "), mean over the seeds; 95% CI: Student t over the seeds "
+                       "(several seeds) or, for accuracy, Wilson over the dev items (one seed: variation between "
+                       "seeds not in it); "
                        "losses and time share: means over the seeds"
                        + (f"; always answering the dev set's majority label scores {majority:.3f}"
                           if majority is not None else ""))
     rep.add_reference("groundedbert", ours=ours if rows else None)
-    _variants_vs_text_section(rep, rows, correct)
+    _variants_vs_text_section(rep, rows, correct, metric)
     return rep
 
 
@@ -160,9 +177,10 @@ def _scale(store, cfg: dict, task: str, correct: Dict[str, np.ndarray]) -> Dict[
     return out
 
 
-def _variants_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray]) -> None:
-    """Each grounded variant against text-only: per seed on the same dev items (exact McNemar),
-    and over the seeds (paired t on the per-seed differences, for two seeds or more)."""
+def _variants_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray], metric: str) -> None:
+    """Each grounded variant against text-only: per seed, accuracy on the same dev items (exact
+    McNemar; classification tasks), and over the seeds, the task's metric (paired t on the
+    per-seed differences, for two seeds or more)."""
     from ..groundedbert_study import run_id
     from ..report import format_interval, significance, tests_note
     from ..significance import mcnemar_exact, t_interval
@@ -173,30 +191,35 @@ def _variants_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarr
         if variant == TEXT_ONLY:
             continue
         diffs = []
+        base_score = {r["seed"]: _scores([r]) for r in rows if r["variant"] == TEXT_ONLY}
         for r in sorted(rs, key=lambda r: r["seed"]):
+            if _scores([r]) and base_score.get(r["seed"]):
+                diffs.append(_scores([r])[0] - base_score[r["seed"]][0])
             bits, base = correct.get(r["run"]), correct.get(run_id(TEXT_ONLY, r["seed"]))
             if bits is None or base is None or bits.size != base.size:
                 continue
             test = mcnemar_exact(bits, base)
-            diffs.append(bits.mean() - base.mean())
-            per_seed.append([variant, r["seed"], diffs[-1], test.only_a, test.only_b, significance(test.pvalue)])
+            per_seed.append([variant, r["seed"], bits.mean() - base.mean(), test.only_a, test.only_b,
+                             significance(test.pvalue)])
         if len(diffs) >= 2:
             mean, lo, hi = t_interval(diffs)
             p = stats.ttest_1samp(diffs, 0.0).pvalue if np.ptp(diffs) > 0 else float("nan")   # no spread: no t
             over_seeds.append([variant, len(diffs), mean, format_interval(lo, hi), significance(p)])
-    if not per_seed:
+    if not per_seed and not over_seeds:
         rep.add_placeholder("no grounded variant with a finished text-only run of the same seed to compare")
         return
-    rep.add_table(["variant", "seed", "dev accuracy − text-only", "items right for the variant only",
-                   "items right for text-only only", "exact McNemar"], per_seed,
-                  caption="Each variant against text-only of the same seed on the same dev items (exact McNemar test "
-                          "on the discordant items): the dev items' sampling noise, one training run each")
-    rep.add_paragraph(tests_note(len(per_seed)))
+    if per_seed:
+        rep.add_table(["variant", "seed", "dev accuracy − text-only", "items right for the variant only",
+                       "items right for text-only only", "exact McNemar"], per_seed,
+                      caption="Each variant against text-only of the same seed on the same dev items (exact McNemar "
+                              "test on the discordant items): the dev items' sampling noise, one training run each")
+        rep.add_paragraph(tests_note(len(per_seed)))
     if over_seeds:
-        rep.add_table(["variant", "seeds", "mean difference", "95% CI", "paired t over seeds"], over_seeds,
-                      caption="Each variant against text-only over the seeds: the mean of the per-seed differences "
-                              "in dev accuracy, its Student-t CI and the paired t-test (training-run noise included; "
-                              "few seeds give little power)")
+        rep.add_table(["variant", "seeds", f"mean difference in dev {metric}", "95% CI", "paired t over seeds"],
+                      over_seeds,
+                      caption=f"Each variant against text-only over the seeds: the mean of the per-seed differences "
+                              f"in dev {metric}, its Student-t CI and the paired t-test (training-run noise "
+                              "included; few seeds give little power)")
         rep.add_paragraph(tests_note(len(over_seeds)))
 
 
