@@ -41,6 +41,9 @@ def test_flava_ablation_micro_run(tmp_path):
     report = (out / "report.md").read_text()
     assert "BLiMP" in report and "71.32" in report                 # ours beside the reference
     assert "| NPI licensing | 7 |" in report and "| mean of the 12 categories | 67 |" in report
+    for row in ("| images vs text only | 2K / 30 | 2K / none | 0 |", "| images vs text only | 6K / 30 | 6K / none | 0 |",
+                "| more text | 6K / none | 2K / none | 0 |", "| more text | 6K / 30 | 2K / 30 | 0 |"):
+        assert row in report, row
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and (out / "report.md").read_text() == report
 

@@ -666,7 +666,8 @@ def test_flava_report_scale_cis_and_paired_tests(tmp_path):
     row = next(ln for ln in page.splitlines() if ln.startswith("| 2K | none |"))
     lo, hi = (float(v) for v in re.search(r"\[([\d.]+), ([\d.]+)\]", row).groups())
     assert lo < 100 * 40 / 67 < hi and "67 BLiMP pairs (bootstrap)" in row
-    assert "| 2K | 30 | 0 | -2.99 | 0 | 2 | p = 0.50 (not significant) |" in page
+    assert "| images vs text only | 2K / 30 | 2K / none | 0 | -2.99 | 0 | 2 | p = 0.50 (not significant) |" in page
+    assert "paired t over seeds" not in page                           # one seed: no test over seeds
     assert "1 test;" in page and "63.96" in page                       # the published grid beside ours
     assert "no cell with its BLiMP pairs' paradigms recorded" in page
 
@@ -710,6 +711,12 @@ def test_flava_report_blimp_per_category_beside_the_paper(tmp_path):
     assert f"| 67 | {rep.format_number(np.mean([np.mean(v) for v in zip(*per_seed.values())]))} |" in mean_row
     assert sum(ln.startswith(f"| {p.uid} |") for p in pairs for ln in page.splitlines()) == 67
     assert "| paradigm | category | pairs | 2K words, none images | 2K words, 30 images |" in page
+    diffs = [100 * ((~b).mean() - b.mean()) for b in bits.values()]          # the image cells hold the complements
+    from grounded_fast.experiments.significance import t_interval
+    from scipy import stats
+    mean, lo, hi = t_interval(diffs)
+    assert (f"| images vs text only | 2K / 30 | 2K / none | 2 | {rep.format_number(mean)} | "
+            f"{rep.format_interval(lo, hi)} | {rep.significance(stats.ttest_1samp(diffs, 0).pvalue)} |") in page
 
 
 def test_groundedbert_report_wilson_and_mcnemar(tmp_path):

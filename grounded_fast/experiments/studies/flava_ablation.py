@@ -230,31 +230,51 @@ def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray]):
 
 
 def _images_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray]) -> None:
-    """Each image cell against the text-only cell of the same text volume and seed: the BLiMP
-    difference and the exact McNemar test over the (same) BLiMP pairs."""
+    """The grid's differences with their tests: each image cell against the text-only cell of its
+    text volume, and each text volume against the smallest at the same image volume. Per seed, on
+    the same BLiMP pairs (exact McNemar); over the seeds, when a cell has two or more (paired t on
+    the per-seed differences: training-run noise included)."""
+    from scipy import stats
+
     from ..flava_ablation import cell_id
-    from ..report import significance, tests_note
-    from ..significance import mcnemar_exact
-    rep.add_heading("Images vs text only (BLiMP, paired over the pairs)")
-    out = []
-    for r in rows:
-        if r["images"] == 0:
-            continue
-        a = correct.get(cell_id(r["text"], r["images"], r["seed"]))
-        b = correct.get(cell_id(r["text"], 0, r["seed"]))
-        if a is None or b is None or a.size != b.size:
-            continue
-        test = mcnemar_exact(a, b)
-        out.append([_volume(r["text"]), _volume(r["images"]), r["seed"], 100 * (a.mean() - b.mean()),
-                    test.only_a, test.only_b, significance(test.pvalue)])
-    if not out:
+    from ..report import format_interval, significance, tests_note
+    from ..significance import mcnemar_exact, t_interval
+    texts = sorted({r["text"] for r in rows})
+    pairs = [((t, i), (t, 0), "images vs text only") for t in texts for i in sorted({r["images"] for r in rows}) if i]
+    pairs += [((t, i), (texts[0], i), "more text") for t in texts[1:] for i in sorted({r["images"] for r in rows})]
+    seeds = sorted({r["seed"] for r in rows})
+    per_seed, over_seeds = [], []
+    for (a, b, what) in pairs:
+        diffs = []
+        for seed in seeds:
+            x, y = correct.get(cell_id(*a, seed)), correct.get(cell_id(*b, seed))
+            if x is None or y is None or x.size != y.size:
+                continue
+            test = mcnemar_exact(x, y)
+            diffs.append(100 * (x.mean() - y.mean()))
+            per_seed.append([what, f"{_volume(a[0])} / {_volume(a[1])}", f"{_volume(b[0])} / {_volume(b[1])}", seed,
+                             diffs[-1], test.only_a, test.only_b, significance(test.pvalue)])
+        if len(diffs) >= 2:
+            mean, lo, hi = t_interval(diffs)
+            p = stats.ttest_1samp(diffs, 0.0).pvalue if np.ptp(diffs) > 0 else float("nan")   # no spread: no t
+            over_seeds.append([what, f"{_volume(a[0])} / {_volume(a[1])}", f"{_volume(b[0])} / {_volume(b[1])}",
+                               len(diffs), mean, format_interval(lo, hi), significance(p)])
+    rep.add_heading("Differences between cells (BLiMP, paired)")
+    if not per_seed:
         rep.add_placeholder("no image cell with a finished text-only cell of the same text volume and seed")
         return
-    rep.add_table(["words", "images", "seed", "BLiMP images − text only (points)", "pairs right with images only",
-                   "pairs right without images only", "exact McNemar"], out,
-                  caption="Each image cell against the text-only cell of its text volume and seed, on the same "
-                          "BLiMP pairs (exact McNemar test on the discordant pairs)")
-    rep.add_paragraph(tests_note(len(out)))
+    rep.add_table(["comparison", "cell (words / images)", "against", "seed", "BLiMP difference (points)",
+                   "pairs right in the cell only", "pairs right in the other only", "exact McNemar"], per_seed,
+                  caption="Each image cell against the text-only cell of its text volume, and each text volume "
+                          "against the smallest at the same image volume, per seed on the same BLiMP pairs (exact "
+                          "McNemar test on the discordant pairs: the pairs' sampling noise, one training run each)")
+    rep.add_paragraph(tests_note(len(per_seed)))
+    if over_seeds:
+        rep.add_table(["comparison", "cell (words / images)", "against", "seeds", "mean difference (points)",
+                       "95% CI", "paired t over seeds"], over_seeds,
+                      caption="The same comparisons over the seeds: the mean per-seed difference, its Student-t CI "
+                              "and the paired t-test (training-run noise included; few seeds give little power)")
+        rep.add_paragraph(tests_note(len(over_seeds)))
 
 
 # ---- the grid heatmap (rows: dicts as grid_rows gives, or the published grid's labels)
