@@ -29,7 +29,7 @@ from ..models.config import ModelConfig
 from .corpora import CORPUS_KINDS, SPLITS as SPLIT_NAMES, corpus_files
 
 #: every kind a data section may name; each study accepts a subset (see the study's config)
-DATA_KINDS = ("demo", "vatex", "multi30k", "coco", "wit", "glue", "blimp")
+DATA_KINDS = ("demo", "vatex", "multi30k", "coco", "wit", "glue", "blimp", "text")
 _PATH_KEYS = ("path", "features", "images", "text_encoder", "translation_encoder", "vision_encoder")
 
 
@@ -40,7 +40,8 @@ class DataConfig(ModelConfig):
     kind: ``demo`` (built in: the demo corpus, the shipped Multi30k / BLiMP subsets, the built-in
         downstream task, as the study says) or one of ``vatex``, ``multi30k``, ``coco``, ``wit``
         (captioned corpora, :func:`grounded_fast.data.corpora.read_corpus`), ``glue`` (a GLUE task
-        directory holding train.tsv and dev.tsv), ``blimp`` (the BLiMP release: a directory or zip).
+        directory holding train.tsv and dev.tsv), ``blimp`` (the BLiMP release: a directory or zip),
+        ``text`` (plain text, one sentence a line: a directory of train.txt and val.txt, or .txt.gz).
     path: the data set's directory (a file for a zipped BLiMP); empty for ``demo``.
     splits: split -> file or folder, relative to ``path``, where it is not where the format puts it.
     features: a directory of ``<item id>.npy`` (T, D) feature files for the visual source (vatex:
@@ -100,6 +101,12 @@ class DataConfig(ModelConfig):
                 corpus_files(self.kind, self.path, self.splits)
             except (OSError, ValueError) as exc:
                 self.require("path", False, f"not a {self.kind} data set: {exc}")
+        elif self.kind == "text":
+            from .formats.plain_text import plain_text_files
+            try:
+                plain_text_files(self.path, self.splits)
+            except ValueError as exc:
+                self.require("path", False, f"not a plain-text corpus: {exc}")
         elif self.kind == "glue":
             from .formats.glue import GLUE_TASKS
             key = self.task.lower().replace("-", "").replace("_", "")

@@ -2,7 +2,8 @@
 
 A grid of text volume x image volume (none and three image volumes): for each cell a FLAVA-style
 model is trained on that many words of English text (``text``: whole sentences of the shipped
-Multi30k captions, about 60K words, or the captions of a corpus read from a path; MLM) and that many
+Multi30k captions, about 60K words, the captions of a corpus read from a path, or a plain-text
+corpus of any size, streamed into a token file on disk; MLM) and that many
 image-caption pairs (``data``: the demo corpus, or COCO / WiT captions with their images; MIM / MMM /
 ITM / contrastive), with the paper's
 modality-specific loss scheduler; every ``eval_every`` steps the validation losses drive the
@@ -16,7 +17,7 @@ import copy
 import dataclasses
 import functools
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,9 +34,10 @@ class FlavaPairsDataConfig(DataConfig):
 
 @dataclasses.dataclass
 class FlavaTextDataConfig(DataConfig):
-    """The text corpus (every English caption of its train split; held-out sentences: the first
-    caption of each val item): the shipped Multi30k subset (``demo``) or a corpus from a path."""
-    kinds = ("demo", "multi30k", "coco", "wit", "vatex")
+    """The text corpus (every English caption of its train split, or every line of a plain-text
+    ``train.txt``; held-out sentences: the first caption of each val item, or the lines of
+    ``val.txt``): the shipped Multi30k subset (``demo``), a captioned corpus or plain text from a path."""
+    kinds = ("demo", "multi30k", "coco", "wit", "vatex", "text")
 
 
 @dataclasses.dataclass
@@ -113,20 +115,45 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(shipped_text_model_path(), local_files_only=True)
 
 
-def _text_corpus(cfg: FlavaStudyConfig) -> Tuple[List[str], List[str], str]:
-    """(training sentences, held-out sentences, what they are) of ``cfg.text``."""
+def _text_corpus(cfg: FlavaStudyConfig) -> Tuple[Iterator[str], List[str], str]:
+    """(training sentences, streamed; held-out sentences; what they are) of ``cfg.text``."""
+    import itertools
+
     from ..data import load_multi30k_builtin
     from ..data.corpora import corpus_files, read_corpus
+    from ..data.formats.plain_text import iter_plain_text, plain_text_files
     t = cfg.text
     if t.kind == "demo":
-        return ([s for im in load_multi30k_builtin("train") for s in im.en],
+        return ((s for im in load_multi30k_builtin("train") for s in im.en),
                 [im.en[0] for im in load_multi30k_builtin("val")], "the shipped Multi30k captions")
+    if t.kind == "text":
+        if "val" not in plain_text_files(t.path, t.splits):
+            raise ValueError(f"FlavaStudyConfig.text.path = {t.path!r}: has no val.txt (its lines are the held-out "
+                             "sentences of the pseudo-perplexity)")
+        held_out = list(itertools.islice(iter_plain_text(t.path, "val", t.splits), cfg.pppl_sentences))
+        return iter_plain_text(t.path, "train", t.splits), held_out, f"the plain text at {t.path}"
     read = functools.partial(read_corpus, t.kind, t.path, splits=t.splits, max_items=t.max_items)
     if "val" not in corpus_files(t.kind, t.path, t.splits):
         raise ValueError(f"FlavaStudyConfig.text.path = {t.path!r}: has no val split (its first captions are the "
                          "held-out sentences of the pseudo-perplexity)")
-    return ([c for it in read("train") for c in it.captions], [it.captions[0] for it in read("val")],
+    return ((c for it in read("train") for c in it.captions), [it.captions[0] for it in read("val")],
             f"the {t.kind} captions at {t.path}")
+
+
+def _text_key(cfg: FlavaStudyConfig) -> str:
+    """What the token file of ``cfg.text`` depends on, as a digest: the section, the files' sizes and
+    times, the longest text volume and the tokenised length."""
+    import json
+
+    from ..data.sources import content_digest
+    t = cfg.text
+    stamp = []
+    for root, _, files in (os.walk(t.path) if t.path and os.path.isdir(t.path) else []):
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            stamp.append((os.path.relpath(os.path.join(root, name), t.path), st.st_size, st.st_mtime_ns))
+    return content_digest(json.dumps([dataclasses.asdict(t), sorted(stamp), max(cfg.text_volumes),
+                                      cfg.max_text_len]).encode())
 
 
 def _pair_images(cfg: FlavaStudyConfig, size: int, need: int) -> Tuple["torch.Tensor", List[str]]:
@@ -152,9 +179,12 @@ def _pair_images(cfg: FlavaStudyConfig, size: int, need: int) -> Tuple["torch.Te
     return torch.stack(images).permute(0, 3, 1, 2).float() / 255, [it.captions[0] for it in items[:need]]
 
 
-def prepare(cfg: FlavaStudyConfig) -> Dict:
-    """Token ids of the text pool, the held-out sentences and the BLiMP pairs; images and caption
-    ids of the pair pool (at the model's image size); a fitted k-means codebook."""
+def prepare(cfg: FlavaStudyConfig, out_dir: str) -> Dict:
+    """Token ids of the text pool (as much of it as the largest text volume takes, streamed into a
+    :class:`~grounded_fast.data.token_file.TokenFile` under ``out_dir/features``, reused on
+    resume), the held-out sentences and the BLiMP pairs; images and caption ids of the pair pool
+    (at the model's image size); a fitted k-means codebook."""
+    from ..data.token_file import write_token_file
     import grounded_fast.models as gm
     from ..data import BLIMP_BUILTIN, load_blimp
     from ..models.flava import KMeansCodebook
@@ -167,7 +197,12 @@ def prepare(cfg: FlavaStudyConfig) -> Dict:
         return enc["input_ids"]
 
     train_text, held_out, what = _text_corpus(cfg)
-    words = torch.tensor([len(s.split()) for s in train_text]).cumsum(0)
+    text = write_token_file(train_text, lambda batch: tok(batch, padding="max_length", truncation=True,
+                                                          max_length=cfg.max_text_len, return_tensors="np")["input_ids"],
+                            tok.vocab_size, cfg.max_text_len,
+                            os.path.join(out_dir, "features", f"text-{_text_key(cfg)}.tokens"),
+                            max_words=max(cfg.text_volumes))
+    words = text.words()
     if max(cfg.text_volumes) > int(words[-1]):
         raise ValueError(f"text volume {max(cfg.text_volumes)} words exceeds the text pool "
                          f"({int(words[-1])} words of {what})")
@@ -184,7 +219,7 @@ def prepare(cfg: FlavaStudyConfig) -> Dict:
             keep.append(p)
     codebook = KMeansCodebook(mc.codebook_size, mc.patch_size, seed=cfg.corpus_seed).fit(images)
     # the pairs of one paradigm are contiguous (load_blimp reads the files one by one)
-    return {"text": ids(train_text), "text_words": words, "held_out": ids(held_out), "images": images, "captions": ids(captions),
+    return {"text": text, "text_words": words, "held_out": ids(held_out), "images": images, "captions": ids(captions),
             "codes": codebook.encode(images), "blimp_good": ids([p.sentence_good for p in keep]),
             "blimp_bad": ids([p.sentence_bad for p in keep]), "vocab_size": tok.vocab_size,
             "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
@@ -235,7 +270,7 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     n_sentences = int(torch.searchsorted(data["text_words"], text_volume)) + 1   # whole sentences
-    text = data["text"][:n_sentences]
+    text = data["text"]                  # a TokenFile: rows read from disk by batch
     nv = data["num_val_pairs"]           # the first pairs are held out for validation losses
     img, cap, codes = (data[k][nv:nv + image_volume] for k in ("images", "captions", "codes"))
     val_img, val_cap, val_codes = (data[k][:nv] for k in ("images", "captions", "codes"))
@@ -245,7 +280,7 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
     best_state = None
     for step in range(1, cfg.steps + 1):
         model.train()
-        tb = text[torch.randint(len(text), (cfg.batch_size,), generator=g)]
+        tb = text[torch.randint(n_sentences, (cfg.batch_size,), generator=g)].to(device)
         with autocast(device):
             losses = model.losses(ids=tb, generator=g)
             if image_volume > 0:

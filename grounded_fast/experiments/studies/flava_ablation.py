@@ -379,5 +379,5 @@ def flava_grid_heatmap(rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[s
 
 # prepare has nothing for the device: tokenisation and the k-means codebook run on the CPU
 STUDY = Study(name="flava-ablation", config_cls=FlavaStudyConfig, plan=plan,
-              prepare=lambda cfg, out_dir, progress, device: prepare(cfg), run_unit=run_unit, results=results,
+              prepare=lambda cfg, out_dir, progress, device: prepare(cfg, out_dir), run_unit=run_unit, results=results,
               summary=summary, report=report)
