@@ -4,6 +4,8 @@ the finished command recomputes nothing."""
 import subprocess
 import sys
 
+import pytest
+
 from grounded_fast.experiments.flava_ablation import FlavaStudyConfig, plan_cells, unpack_blimp_groups
 
 MICRO = """
@@ -14,6 +16,7 @@ eval_every = 6
 batch_size = 16
 pppl_sentences = 10
 blimp_pairs_per_phenomenon = 1
+glue_steps = 20
 """
 
 
@@ -30,7 +33,8 @@ def test_flava_ablation_micro_run(tmp_path):
     from grounded_fast.experiments.store import ResultStore
     with ResultStore(str(out / "results.sqlite")) as store:
         rows = store.metrics(split="best")
-        assert {r["name"] for r in rows} == {"pppl", "blimp", "step"}
+        assert {r["name"] for r in rows} == {"pppl", "blimp", "step", "glue"}
+        assert all(0 <= r["value"] <= 1 for r in rows if r["name"] == "glue")       # the demo task's accuracy
         assert all(0 <= r["value"] <= 100 for r in rows if r["name"] == "blimp")
         assert all(r["value"] > 1 for r in rows if r["name"] == "pppl")
         assert len(store.checkpoints()) == 4 and store.integrity_check() == []
@@ -40,6 +44,7 @@ def test_flava_ablation_micro_run(tmp_path):
             assert len(unit["payload"]["blimp_correct"]) == 67
     report = (out / "report.md").read_text()
     assert "BLiMP" in report and "71.32" in report                 # ours beside the reference
+    assert "GLUE demo task accuracy" in report and "after 20 fine-tuning steps" in report
     assert "| NPI licensing | 7 |" in report and "| mean of the 12 categories | 67 |" in report
     for row in ("| images vs text only | 2K / 30 | 2K / none | 0 |", "| images vs text only | 6K / 30 | 6K / none | 0 |",
                 "| more text | 6K / none | 2K / none | 0 |", "| more text | 6K / 30 | 2K / 30 | 0 |"):
@@ -51,8 +56,38 @@ def test_flava_ablation_micro_run(tmp_path):
 def test_flava_config_validation():
     cfg = FlavaStudyConfig.from_preset("tiny")
     assert len(plan_cells(cfg)) == 8
-    import pytest
     with pytest.raises(ValueError, match="blimp_pairs_per_phenomenon"):
         FlavaStudyConfig.from_preset("tiny", blimp_pairs_per_phenomenon=50)
     with pytest.raises(ValueError, match="unknown"):
         FlavaStudyConfig.from_preset("tiny", wordz=3)
+
+
+@pytest.mark.parametrize("task", ["mrpc", "stsb"])
+def test_flava_glue_evaluation_reads_a_glue_directory(tmp_path, task):
+    """The GLUE evaluation from a path: sentence pairs encoded as the tokenizer's pairs, a
+    classifier (MRPC, F1) or regressor (STS-B, Pearson) fine-tuned on the text encoder's [CLS] state,
+    the task's metric returned; the model handed in is left untouched."""
+    import numpy as np
+    import torch
+
+    import grounded_fast.models as gm
+    from grounded_fast.experiments.flava_ablation import _glue_splits, glue_finetune, tokenizer
+    header, rows = {"mrpc": ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
+                             ["1\t1\t2\ta dog runs .\ta dog is running .", "0\t3\t4\ta cat sleeps .\tthe market fell ."]),
+                    "stsb": ("index\tsentence1\tsentence2\tscore",
+                             ["0\ta dog runs .\ta dog is running .\t4.6", "1\ta cat sleeps .\tthe market fell .\t0.2"])}[task]
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / name).write_text("\n".join([header] + rows * 4) + "\n")
+    cfg = FlavaStudyConfig.from_preset("tiny", glue={"kind": "glue", "path": str(tmp_path), "task": task},
+                                       glue_steps=4, batch_size=4)
+    tok = tokenizer()
+    glue = _glue_splits(cfg, tok, str(tmp_path / "run"))
+    ids, labels = glue["dev"]
+    assert ids.shape == (8, cfg.max_text_len) and int((ids[0] == tok.sep_token_id).sum()) == 2   # a pair
+    assert labels.dtype == (torch.float32 if task == "stsb" else torch.long)
+    model = gm.build("flava", "tiny", vocab_size=tok.vocab_size, max_text_len=cfg.max_text_len, pad_id=tok.pad_token_id,
+                     cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, mask_id=tok.mask_token_id)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    score = glue_finetune(model, glue, cfg, seed=0, device="cpu")
+    assert np.isfinite(score) and -1 <= score <= 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

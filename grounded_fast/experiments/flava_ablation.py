@@ -47,6 +47,14 @@ class BlimpDataConfig(DataConfig):
 
 
 @dataclasses.dataclass
+class FlavaGlueDataConfig(DataConfig):
+    """The GLUE evaluation (the paper's second): the built-in task (``demo``: GroundedBERT's
+    curved / straight outline task, held-out shape words) or a GLUE task directory (``task``)."""
+    task: str = "sst2"
+    kinds = ("demo", "glue")
+
+
+@dataclasses.dataclass
 class FlavaStudyConfig(ModelConfig):
     text_volumes: Tuple[int, ...] = (10_000, 50_000)     # words
     image_volumes: Tuple[int, ...] = (0, 100, 300, 1000)
@@ -63,19 +71,29 @@ class FlavaStudyConfig(ModelConfig):
     data: FlavaPairsDataConfig = dataclasses.field(default_factory=FlavaPairsDataConfig)
     text: FlavaTextDataConfig = dataclasses.field(default_factory=FlavaTextDataConfig)
     blimp: BlimpDataConfig = dataclasses.field(default_factory=BlimpDataConfig)
+    glue: FlavaGlueDataConfig = dataclasses.field(default_factory=FlavaGlueDataConfig)
+    glue_steps: int = 200            # fine-tuning steps of the GLUE evaluation (0: none)
+    glue_lr: float = 1e-4
 
     presets = {
         "tiny": dict(image_volumes=(0, 50, 150, 400), steps=120, eval_every=40,
-                     pppl_sentences=100, blimp_pairs_per_phenomenon=5),
+                     pppl_sentences=100, blimp_pairs_per_phenomenon=5, glue_steps=100),
         "small": dict(steps=600, eval_every=100, model_preset="small"),
-        "paper": dict(steps=20000, eval_every=1000, model_preset="paper", batch_size=64),
+        "paper": dict(steps=20000, eval_every=1000, model_preset="paper", batch_size=64, glue_steps=2000),
     }
 
     def validate(self) -> None:
         from ..models.flava import FlavaConfig
         self.require_at_least(1, "text_volumes", "steps", "batch_size", "eval_every", "max_text_len", "pppl_sentences",
                               "val_pairs")
-        self.require_at_least(0, "image_volumes")
+        self.require_at_least(0, "image_volumes", "glue_steps")
+        self.require("glue_lr", self.glue_lr > 0, "must be a finite number > 0")
+        from ..data.formats.glue import GLUE_TASKS, _task
+        try:
+            _task(self.glue.task)
+        except ValueError:
+            raise ValueError(f"{type(self).__name__}.glue.task = {self.glue.task!r}: must be a GLUE task, one of "
+                             f"{sorted(GLUE_TASKS)}") from None
         self.require_seed("seeds", "corpus_seed")
         self.require_distinct("text_volumes", "image_volumes", "seeds")
         if self.text.kind == "demo":     # a corpus from a path is counted when the study prepares it
@@ -219,11 +237,66 @@ def prepare(cfg: FlavaStudyConfig, out_dir: str) -> Dict:
             keep.append(p)
     codebook = KMeansCodebook(mc.codebook_size, mc.patch_size, seed=cfg.corpus_seed).fit(images)
     # the pairs of one paradigm are contiguous (load_blimp reads the files one by one)
-    return {"text": text, "text_words": words, "held_out": ids(held_out), "images": images, "captions": ids(captions),
+    glue = _glue_splits(cfg, tok, out_dir) if cfg.glue_steps else None
+    return {"text": text, "text_words": words, "glue": glue, "held_out": ids(held_out), "images": images, "captions": ids(captions),
             "codes": codebook.encode(images), "blimp_good": ids([p.sentence_good for p in keep]),
             "blimp_bad": ids([p.sentence_bad for p in keep]), "vocab_size": tok.vocab_size,
             "pad_id": tok.pad_token_id, "cls_id": tok.cls_token_id, "sep_id": tok.sep_token_id,
             "mask_id": tok.mask_token_id, "num_val_pairs": cfg.val_pairs, "blimp_groups": pack_blimp_groups(keep)}
+
+
+def _glue_splits(cfg: FlavaStudyConfig, tok, out_dir: str) -> Dict:
+    """The GLUE evaluation's task: {'task': name, 'train' / 'dev': (ids (N, L), labels (N,))},
+    pairs encoded as the tokenizer's sentence pairs; the built-in task written under ``out_dir``."""
+    from ..data import load_glue_tsv
+    from ..data.formats.glue import _task
+    from .groundedbert_study import demo_glue_task
+    g = cfg.glue
+    spec = _task(g.task if g.kind == "glue" else "sst2")
+    root = g.path if g.kind == "glue" else demo_glue_task(os.path.join(out_dir, "glue-demo"))
+    out = {"task": spec.name, "num_labels": spec.num_labels}
+    for split, name in (("train", "train.tsv"), ("dev", spec.dev_file)):
+        examples = load_glue_tsv(os.path.join(root, name), spec, labels=True)
+        if g.max_items:
+            examples = examples[:g.max_items]
+        columns = [list(c) for c in zip(*(e.texts for e in examples))]
+        enc = tok(*columns, padding="max_length", truncation=True, max_length=cfg.max_text_len, return_tensors="pt")
+        out[split] = (enc["input_ids"], torch.tensor([e.label for e in examples],
+                                                     dtype=torch.float32 if spec.num_labels == 1 else torch.long))
+    return out
+
+
+def glue_finetune(model, glue: Dict, cfg: FlavaStudyConfig, seed: int, device) -> float:
+    """Fine-tune a copy of ``model``'s text encoder with a linear head on its [CLS] state for
+    ``cfg.glue_steps`` steps (AdamW, ``cfg.glue_lr``, batch ``cfg.batch_size``; cross-entropy, or
+    mean squared error for a regression task) on ``glue['train']``, then return the task's GLUE
+    metric on ``glue['dev']`` (:func:`~grounded_fast.data.formats.glue.glue_score`)."""
+    import torch.nn.functional as F
+
+    from ..data.formats.glue import glue_score
+    from .device import autocast
+    model = copy.deepcopy(model).to(device).train()
+    head = torch.nn.Linear(model.config.d_model, glue["num_labels"]).to(device)
+    params = list(model.tok.parameters()) + list(model.tpos.parameters()) + list(model.text_enc.parameters())
+    opt = torch.optim.AdamW(params + list(head.parameters()), lr=cfg.glue_lr, weight_decay=0.01)
+    (xtr, ytr), (xdev, ydev) = glue["train"], glue["dev"]
+    g = torch.Generator().manual_seed(seed + 2)
+    regression = glue["num_labels"] == 1
+    for _ in range(cfg.glue_steps):
+        idx = torch.randint(len(xtr), (cfg.batch_size,), generator=g)
+        with autocast(device):
+            out = head(model.text(xtr[idx].to(device))[:, 0])
+        y = ytr[idx].to(device)
+        loss = F.mse_loss(out[:, 0].float(), y) if regression else F.cross_entropy(out.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([head(model.text(xdev[k:k + 256].to(device))[:, 0]).float().cpu()
+                          for k in range(0, len(xdev), 256)])
+    pred = pred[:, 0] if regression else pred.argmax(1)
+    return glue_score(glue["task"], pred.numpy(), ydev.numpy())
 
 
 def pack_blimp_groups(pairs) -> str:
@@ -254,7 +327,8 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
     in float32); save the best-PPPL checkpoint to ``out_dir``; returns its metrics (pppl, step,
     blimp in %), ``blimp_correct``: whether each BLiMP pair was right, as a '0' / '1' string in
     the order of ``data['blimp_good']`` (see ``significance.pack_correct``), and ``blimp_groups``:
-    those pairs' paradigms (:func:`pack_blimp_groups`).
+    those pairs' paradigms (:func:`pack_blimp_groups`), and ``glue``: the GLUE task's metric after
+    fine-tuning the checkpoint's text encoder (:func:`glue_finetune`; when ``cfg.glue_steps``).
     ``progress(step, steps)`` is called after every training step."""
     import grounded_fast.models as gm
     from ..models.flava import LOSSES, LossScheduler, pseudo_perplexity
@@ -266,7 +340,7 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
                      pad_id=data["pad_id"], cls_id=data["cls_id"], sep_id=data["sep_id"], mask_id=data["mask_id"])
     device = torch.device(device)
     model = model.to(device)
-    data = {k: v.to(device) if torch.is_tensor(v) and k != "text_words" else v for k, v in data.items()}
+    data = {k: v.to(device) if torch.is_tensor(v) and k != "text_words" else v for k, v in data.items()}   # glue: CPU
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     n_sentences = int(torch.searchsorted(data["text_words"], text_volume)) + 1   # whole sentences
@@ -313,6 +387,8 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
     best["blimp"] = 100 * float(correct.float().mean())
     best["blimp_correct"] = pack_correct(correct)
     best["blimp_groups"] = data["blimp_groups"]
+    if data.get("glue") is not None:      # the paper's second evaluation, on the selected checkpoint
+        best["glue"] = glue_finetune(model, data["glue"], cfg, seed, device)
     gm.save(model, out_dir)
     return best
 

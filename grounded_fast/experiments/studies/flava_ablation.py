@@ -61,7 +61,7 @@ def report(store, out_dir: str):
                       "shipped subset; PPPL on held-out Multi30k captions; best-PPPL checkpoint per cell.")
     rep.add_scale("flava-ablation", _scale(store, cfg, rows, correct))
     grid = [{"text": r["text"], "images": r["images"], "blimp": r.get("blimp"), "pppl": r.get("pppl")} for r in rows]
-    rep.add_reference("flava-ablation", ours=_cells_table(rows, correct) if rows else None)
+    rep.add_reference("flava-ablation", ours=_cells_table(rows, correct, _glue_name(cfg)) if rows else None)
     if grid:
         rep.add_figure(flava_grid_heatmap(grid), "flava_grid", "BLiMP accuracy and pseudo-perplexity per cell")
     _images_vs_text_section(rep, rows, correct)
@@ -74,6 +74,16 @@ def _blimp_correct(store) -> Dict[str, np.ndarray]:
     from ..significance import unpack_correct
     return {u["payload"]["run_id"]: unpack_correct(u["payload"]["blimp_correct"], f"{u['unit_id']} blimp_correct")
             for u in store.units(kind="cell", status="done") if "blimp_correct" in u.get("payload", {})}
+
+
+def _glue_name(cfg: dict) -> str:
+    """'<task> <metric>' of the run's GLUE evaluation, e.g. 'sst2 accuracy' ('demo task accuracy' built in)."""
+    from ...data.formats.glue import GLUE_TASKS
+    g = cfg.get("glue", {})
+    if g.get("kind", "demo") != "glue":
+        return "demo task accuracy"
+    key = str(g.get("task", "")).lower().replace("-", "").replace("_", "")
+    return f"{key} {GLUE_TASKS[key].metric}" if key in GLUE_TASKS else "score"
 
 
 def _blimp_groups(store) -> Dict[str, List[Tuple[str, str, int]]]:
@@ -193,11 +203,12 @@ def _scale(store, cfg: dict, rows: List[dict], correct: Dict[str, np.ndarray]) -
     n = {len(v) for v in correct.values()}
     out["BLiMP"] = (f"{count(n.pop())} pairs ({cfg.get('blimp_pairs_per_phenomenon', '?')} per phenomenon of the "
                     "shipped subset)" if len(n) == 1 else "not computed yet (run incomplete)")
-    out["other evaluations"] = "none"
+    out["other evaluations"] = (f"GLUE: {_glue_name(cfg)} after {cfg['glue_steps']} fine-tuning steps of the "
+                                "checkpoint's text encoder" if cfg.get("glue_steps") else "none")
     return out
 
 
-def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray]):
+def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray], glue_name: str = "score"):
     """One row per grid cell: BLiMP with its 95% CI (bootstrap over pairs for one seed, Student t
     over seeds for several), PPPL (± the seeds' standard deviation), the winning steps."""
     from ..report import Table, format_interval
@@ -220,13 +231,18 @@ def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray]):
                 lo, hi = (100 * v for v in bootstrap_mean_ci(bits))
             how = f"{len(bits)} BLiMP pairs (bootstrap)" if bits is not None else "—"
         spread = (float(np.mean(pppl)), float(np.std(pppl, ddof=1))) if len(pppl) >= 2 else (pppl[0] if pppl else None)
-        out.append([_volume(text), _volume(images), len(rs), mean, format_interval(lo, hi), how, spread,
+        glue = [r["glue"] for r in rs if "glue" in r]
+        glue_cell = ((float(np.mean(glue)), float(np.std(glue, ddof=1))) if len(glue) >= 2
+                     else (glue[0] if glue else "—"))
+        out.append([_volume(text), _volume(images), len(rs), mean, format_interval(lo, hi), how, spread, glue_cell,
                     ", ".join(str(int(r["step"])) for r in rs if "step" in r)])
-    return Table(["words", "images", "seeds", "BLiMP (%)", "95% CI", "CI over", "PPPL", "best step"], out,
-                 caption="Our grid: BLiMP accuracy with its 95% CI, pseudo-perplexity (mean ± standard deviation "
-                         "over seeds when there are several), the step whose checkpoint won",
+    return Table(["words", "images", "seeds", "BLiMP (%)", "95% CI", "CI over", "PPPL", f"GLUE {glue_name}",
+                  "best step"], out,
+                 caption="Our grid: BLiMP accuracy with its 95% CI, pseudo-perplexity and the GLUE evaluation (mean "
+                         "± standard deviation over seeds when there are several), the step whose checkpoint won",
                  units="BLiMP: % of minimal pairs whose grammatical sentence gets the higher pseudo-log-likelihood; "
-                       "PPPL: pseudo-perplexity of held-out captions (lower is better)")
+                       "PPPL: pseudo-perplexity of held-out captions (lower is better); GLUE: the task's metric on its "
+                       "dev split after fine-tuning the checkpoint's text encoder")
 
 
 def _images_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray]) -> None:
