@@ -113,6 +113,13 @@ def demo_shape_is_curved(shape: str) -> bool:
     return shape in ("circle", "ring", "oval") or len(_POLYGONS[shape]) > 12
 
 
+def demo_task_shapes() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(training shapes, dev shapes) of the built-in task: the demo lexicon's first ten, its last ten."""
+    from ..data.demo import SHAPES
+    half = len(SHAPES) // 2
+    return SHAPES[:half], SHAPES[half:]
+
+
 def demo_glue_task(directory: str) -> str:
     """Write the built-in SST-2-format task to ``directory`` (train.tsv, dev.tsv; sentence, label)
     and return it. Sentences: "there is <noun phrase>." for every shape, colour, size and pattern
@@ -124,8 +131,9 @@ def demo_glue_task(directory: str) -> str:
     from ..data.demo import COLOURS, PATTERNS, SHAPES, SIZES, SceneObject, english_noun_phrase
     os.makedirs(directory, exist_ok=True)
     rows = {"train": [], "dev": []}
-    for k, shape in enumerate(SHAPES):
-        split = "train" if k < len(SHAPES) // 2 else "dev"
+    train_shapes, _ = demo_task_shapes()
+    for shape in SHAPES:
+        split = "train" if shape in train_shapes else "dev"
         for colour in COLOURS:
             for size in SIZES:
                 for pattern in PATTERNS:

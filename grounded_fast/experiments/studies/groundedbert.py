@@ -74,10 +74,10 @@ def _task_description(cfg: dict) -> str:
     down = cfg.get("downstream", {})
     if down.get("kind") == "glue":
         return f"GLUE {down.get('task', '')} at `{down.get('path')}`"
-    from ...data.demo import SHAPES
-    half = len(SHAPES) // 2
+    from ..groundedbert_study import demo_task_shapes
+    train, dev = demo_task_shapes()
     return ("the built-in SST-2-format demo task: is a shape's outline curved or straight in the image; trained on "
-            f"sentences about {', '.join(SHAPES[:half])}, scored on sentences about {', '.join(SHAPES[half:])}")
+            f"sentences about {', '.join(train)}, scored on sentences about {', '.join(dev)}")
 
 
 def report(store, out_dir: str):
