@@ -91,3 +91,23 @@ def test_flava_prepares_from_a_plain_text_corpus(tmp_path):
     (corpus / "val.txt").unlink()
     with pytest.raises(ValueError, match="has no val.txt"):
         prepare(cfg, str(tmp_path / "run2"))
+
+
+def test_wit_captions_stream_as_the_corpus_reader_reads_them(tmp_path):
+    """FLAVA's WiT text is streamed (no image decoded) and holds the captions read_corpus reads."""
+    from grounded_fast.data import DemoCorpus
+    from grounded_fast.data.corpora import corpus_files, read_corpus
+    from grounded_fast.data.export import write_demo_dataset
+    from grounded_fast.data.formats.wit import iter_wit_captions
+    write_demo_dataset(DemoCorpus(40, 0), tmp_path / "wit", "wit", features=False)
+    files = corpus_files("wit", tmp_path / "wit")
+    for split in ("train", "val"):
+        assert list(iter_wit_captions(files[split])) == [it.captions[0] for it in read_corpus("wit", tmp_path / "wit",
+                                                                                             split)]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("image_url\tcaption_reference_description\na.jpg\t\n")
+    with pytest.raises(DataFormatError, match="no non-empty"):
+        list(iter_wit_captions(bad))
+    bad.write_text("image_url\tcaption\na.jpg\tx\n")
+    with pytest.raises(DataFormatError, match="lacks the caption column"):
+        list(iter_wit_captions(bad))

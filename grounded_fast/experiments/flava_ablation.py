@@ -150,8 +150,16 @@ def _text_corpus(cfg: FlavaStudyConfig) -> Tuple[Iterator[str], List[str], str]:
                              "sentences of the pseudo-perplexity)")
         held_out = list(itertools.islice(iter_plain_text(t.path, "val", t.splits), cfg.pppl_sentences))
         return iter_plain_text(t.path, "train", t.splits), held_out, f"the plain text at {t.path}"
+    files = corpus_files(t.kind, t.path, t.splits)
+    if t.kind == "wit" and not t.max_items:     # captions streamed, no image decoded
+        from ..data.formats.wit import iter_wit_captions
+        if "val" not in files:
+            raise ValueError(f"FlavaStudyConfig.text.path = {t.path!r}: has no val split (its first captions are the "
+                             "held-out sentences of the pseudo-perplexity)")
+        held_out = list(itertools.islice(iter_wit_captions(files["val"]), cfg.pppl_sentences))
+        return iter_wit_captions(files["train"]), held_out, f"the wit captions at {t.path}"
     read = functools.partial(read_corpus, t.kind, t.path, splits=t.splits, max_items=t.max_items)
-    if "val" not in corpus_files(t.kind, t.path, t.splits):
+    if "val" not in files:
         raise ValueError(f"FlavaStudyConfig.text.path = {t.path!r}: has no val split (its first captions are the "
                          "held-out sentences of the pseudo-perplexity)")
     return ((c for it in read("train") for c in it.captions), [it.captions[0] for it in read("val")],

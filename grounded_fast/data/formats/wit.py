@@ -17,11 +17,11 @@ import base64
 import binascii
 import os
 from dataclasses import dataclass, field
-from typing import Collection, Dict, List, Optional
+from typing import Collection, Dict, Iterator, List, Optional
 
 from ._io import DataFormatError, PathLike, iter_tsv
 
-__all__ = ["WitRecord", "load_wit_tsv"]
+__all__ = ["WitRecord", "load_wit_tsv", "iter_wit_captions"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,34 @@ class WitRecord:
     section_description: str = ""
     line: int = 0
     fields: Dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+
+def iter_wit_captions(path: PathLike, caption_column: str = "caption_reference_description",
+                      quoted: bool = True) -> Iterator[str]:
+    """The non-empty captions of a WiT-style TSV, in file order, streamed (no image column is
+    read or decoded: a text corpus of any size). DataFormatError for a missing header or caption
+    column, a row with the wrong number of fields, or a file with no caption."""
+    name = os.fspath(path)
+    rows = iter_tsv(path, quoted=quoted)
+    first = next(rows, None)
+    if first is None:
+        raise DataFormatError(name, 1, "empty file (a header row is required)")
+    header_line, header = first
+    columns = [c.strip() for c in header]
+    if caption_column not in columns:
+        raise DataFormatError(name, header_line, f"header lacks the caption column {caption_column!r} "
+                              f"(columns: {columns})")
+    k, n = columns.index(caption_column), 0
+    for lineno, row in rows:
+        if len(row) != len(columns):
+            raise DataFormatError(name, lineno, f"expected {len(columns)} tab-separated fields "
+                                  f"(as in the header), got {len(row)}")
+        caption = row[k].strip()
+        if caption:
+            n += 1
+            yield caption
+    if n == 0:
+        raise DataFormatError(name, None, f"no non-empty {caption_column!r} after the header row")
 
 
 def load_wit_tsv(path: PathLike, *, caption_column: str = "caption_reference_description",
