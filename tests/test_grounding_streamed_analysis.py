@@ -121,3 +121,19 @@ def test_models_analysed_block_pair_by_block_pair_equal_one_pass(tmp_path, monke
     assert passes == [5]
     with pytest.raises(ValueError, match="models_per_pass"):
         summarise_test_set(dirs, data, vocab, models_per_pass=1)
+
+
+def test_the_model_budget_is_at_most_half_the_free_memory(monkeypatch):
+    import os
+
+    import grounded_fast.experiments.grounding as eg
+    pages = {"SC_AVPHYS_PAGES": 1 << 18, "SC_PAGE_SIZE": 4096}                # 1 GiB available
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert eg.analysis_model_budget("cpu") == 1 << 29
+    pages["SC_AVPHYS_PAGES"] = 1 << 30                                          # 4 TiB: the constant caps it
+    assert eg.analysis_model_budget("cpu") == eg.ANALYSIS_MODEL_BYTES
+
+    def unsupported(name):
+        raise ValueError(name)
+    monkeypatch.setattr(os, "sysconf", unsupported)
+    assert eg.analysis_model_budget("cpu") == eg.ANALYSIS_MODEL_BYTES

@@ -186,9 +186,22 @@ def _to(device: torch.device, sources: Dict, targets: Tensor):
 
 #: the logits of one chunk of test items for every model, at most (the analysis streams over chunks)
 ANALYSIS_CHUNK_BYTES = 1 << 30
-#: the parameters of the models held at once by the analysis, at most (more models are analysed block
-#: pair by block pair: the paper's 9 populations of 40 models of ~60M parameters would need ~86 GB)
+#: the parameters of the models held at once by the analysis, at most, and never more than half the
+#: device's free memory (more models are analysed block pair by block pair: the paper's 9 populations
+#: of 40 models of ~60M parameters would need ~86 GB)
 ANALYSIS_MODEL_BYTES = 16 << 30
+
+
+def analysis_model_budget(device) -> int:
+    """Bytes of model parameters the analysis may hold at once on ``device``: the smaller of
+    :data:`ANALYSIS_MODEL_BYTES` and half the free memory (the GPU's, or the host's available RAM)."""
+    dev = torch.device(device)
+    try:
+        free = (torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda"
+                else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError, RuntimeError):     # no such figure on this platform
+        return ANALYSIS_MODEL_BYTES
+    return int(min(ANALYSIS_MODEL_BYTES, free // 2))
 
 
 @dataclass
@@ -219,7 +232,7 @@ def summarise_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", i
     the hidden-state sums at ``word_ids``. Multi-task models run with their P source.
 
     Memory: one chunk's logits of the models loaded together, and at most ``models_per_pass``
-    models at once (0: as many as fit :data:`ANALYSIS_MODEL_BYTES`, judged by the first model's
+    models at once (0: as many as fit :func:`analysis_model_budget`, judged by the first model's
     parameters; at least 2). When the M models do not fit, they are split into blocks of half
     that many and every pair of blocks runs together: each model pair is computed in one pass
     (within a block: in every pass of that block, identically), at the cost of about as many
@@ -229,7 +242,7 @@ def summarise_test_set(model_dirs: List[str], data: Dict, vocab, device="cpu", i
     if models_per_pass == 0:
         first = gm.load(model_dirs[0], map_location="cpu")
         size = sum(p.numel() * p.element_size() for p in first.parameters())
-        models_per_pass = max(2, ANALYSIS_MODEL_BYTES // max(1, size))
+        models_per_pass = max(2, analysis_model_budget(device) // max(1, size))
     if models_per_pass < 2:
         raise ValueError(f"models_per_pass must be 0 (from the memory budget) or >= 2, got {models_per_pass}")
     if M <= models_per_pass:
