@@ -213,8 +213,9 @@ def probe_flava(study, cfg, probe: Probe) -> dict:
     vols = tuple(sorted({min(v, cap) for v in cfg.image_volumes}))
     pppl, pairs = min(cfg.pppl_sentences, PROBE_PPPL_SENTENCES), 1      # evaluation scaled from these
     small = dataclasses.replace(cfg, steps=2 * n, eval_every=n, image_volumes=vols, pppl_sentences=pppl,
-                                blimp_pairs_per_phenomenon=pairs)
-    prep_s, shared, out_dir = probe.prepare(study, small)
+                                blimp_pairs_per_phenomenon=pairs, glue_steps=0)   # the GLUE evaluation: timed apart
+    prep_s, shared, out_dir = probe.prepare(study, dataclasses.replace(small, glue_steps=min(cfg.glue_steps, 1)))
+    glue_s = probe_flava_glue(cfg, shared, probe) if cfg.glue_steps else 0.0
     units = study.plan(cfg)
     kind_of = lambda u: "text+images" if u.spec[1] > 0 else "text"  # noqa: E731
     evals = len(set(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every)) | {cfg.steps})
@@ -229,8 +230,9 @@ def probe_flava(study, cfg, probe: Probe) -> dict:
         ev *= cfg.pppl_sentences / pppl
         kinds[kind] = {"units": sum(kind_of(u) == kind for u in units),
                        "steps": {"train": {"per_unit": cfg.steps, **step}},
-                       "overhead_s": build + evals * ev + final, "eval_s": ev,
-                       "notes": f"{cfg.steps} steps; {evals} evaluations (PPPL of {cfg.pppl_sentences} sentences)"}
+                       "overhead_s": build + evals * ev + final + glue_s, "eval_s": ev, "glue_s": glue_s,
+                       "notes": f"{cfg.steps} steps; {evals} evaluations (PPPL of {cfg.pppl_sentences} sentences)"
+                                + (f"; GLUE evaluation {cfg.glue_steps} steps" if cfg.glue_steps else "")}
     images = max(cfg.image_volumes) + 64
     return {"unit_kinds": [kind_of(u) for u in units], "kinds": kinds,
             "prepare": {"measured_s": prep_s, "items_measured": max(vols) + 64, "items": images,
@@ -239,25 +241,50 @@ def probe_flava(study, cfg, probe: Probe) -> dict:
 
 
 def probe_groundedbert(study, cfg, probe: Probe) -> dict:
-    """warm-up + repeats pre-training and fine-tuning steps of every variant on a reduced corpus."""
+    """warm-up + repeats pre-training and fine-tuning steps of every variant (its first seed) on a
+    reduced corpus."""
     n = WARMUP + probe.repeats
     small = dataclasses.replace(cfg, num_scenes=min(cfg.num_scenes, PREPARE_SCENES), pretrain_steps=n,
                                 finetune_steps=n)
     prep_s, shared, out_dir = probe.prepare(study, small)
     units = study.plan(cfg)
+    kind_of = lambda u: u.spec[0]  # noqa: E731  (the variant: its seeds cost the same)
     kinds = {}
-    for unit in study.plan(small):
+    for variant, unit in _first_of_each(study.plan(small), kind_of).items():
         t0, ts, t1 = probe.unit(study, unit, small, out_dir, shared)
         d = _diffs(t0, ts)
         phases = {"pretrain": d[:n], "finetune": d[n:]} if len(d) == 2 * n else {"finetune": d}
         steps = {name: {"per_unit": getattr(cfg, f"{name}_steps"), **_timed(x[WARMUP:])} for name, x in phases.items()}
         timed = sum(n * s["step_s"] for s in steps.values())
-        kinds[unit.run_id] = {"units": 1, "steps": steps, "overhead_s": max(0.0, t1 - t0 - timed),
-                              "notes": " + ".join(f"{s['per_unit']} {k}" for k, s in steps.items()) + " steps"}
-    return {"unit_kinds": [u.run_id for u in units], "kinds": kinds,
+        kinds[variant] = {"units": sum(kind_of(u) == variant for u in units), "steps": steps,
+                          "overhead_s": max(0.0, t1 - t0 - timed),
+                          "notes": " + ".join(f"{s['per_unit']} {k}" for k, s in steps.items()) + " steps"}
+    return {"unit_kinds": [kind_of(u) for u in units], "kinds": kinds,
             "prepare": {"measured_s": prep_s, "items_measured": small.num_scenes, "items": cfg.num_scenes,
                         "estimate_s": prep_s * cfg.num_scenes / small.num_scenes, "item": "scenes"},
             "after_s": 0.0, "after": ""}
+
+
+def probe_flava_glue(cfg, shared, probe: Probe) -> float:
+    """Seconds of one cell's GLUE evaluation (``glue_finetune`` with ``cfg.glue_steps`` steps, dev
+    scoring included): timed with k and 2k steps (k = warm-up + repeats) on a fresh model, pinned
+    to the units' threads; fixed cost + per-step time x ``cfg.glue_steps``."""
+    import grounded_fast.models as gm
+    from grounded_fast._bench import pinned_threads
+    from grounded_fast.experiments.flava_ablation import glue_finetune
+    model = gm.build("flava", cfg.model_preset, vocab_size=shared["vocab_size"], max_text_len=cfg.max_text_len,
+                     pad_id=shared["pad_id"], cls_id=shared["cls_id"], sep_id=shared["sep_id"], mask_id=shared["mask_id"])
+    k = WARMUP + probe.repeats
+    times = []
+    with pinned_threads(probe.threads_per_unit):
+        for steps in (k, 2 * k):
+            probe._sync()
+            t0 = time.perf_counter()
+            glue_finetune(model, shared["glue"], dataclasses.replace(cfg, glue_steps=steps), 0, probe.device)
+            probe._sync()
+            times.append(time.perf_counter() - t0)
+    per_step = max(0.0, (times[1] - times[0]) / k)
+    return max(0.0, times[0] - k * per_step) + per_step * cfg.glue_steps
 
 
 PROBES = {"grounding": probe_grounding, "flava-ablation": probe_flava, "groundedbert": probe_groundedbert}

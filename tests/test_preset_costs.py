@@ -95,7 +95,7 @@ def test_flava_probe_separates_steps_evaluation_and_build():
     # after the last; BLiMP + save 0.5 s at the end
     ts = [2.1, 2.2, 2.3, 2.4, 3.5, 3.6, 3.7, 3.8]
     study = studies.get("flava-ablation")
-    cfg = study.config_cls.from_preset("tiny")
+    cfg = study.config_cls.from_preset("tiny", glue_steps=0)
     e = s.probe_flava(study, cfg, _FakeProbe(None, lambda u: (0.0, ts, 3.8 + 1.5)))
     k = e["kinds"]["text+images"]
     # the probe evaluates 20 of tiny's 100 PPPL sentences and 1 of its 5 BLiMP pairs per phenomenon
@@ -104,6 +104,11 @@ def test_flava_probe_separates_steps_evaluation_and_build():
     assert s.unit_seconds(k) == pytest.approx(120 * 0.1 + 19.5)
     assert e["kinds"]["text"]["units"] == 2 and k["units"] == 6
     assert e["unit_kinds"] == ["text", "text+images", "text+images", "text+images"] * 2
+    # the GLUE evaluation is timed apart (not scaled with the BLiMP pairs) and added to every cell
+    s.probe_flava_glue = lambda cfg, shared, probe: 7.0
+    k = s.probe_flava(study, study.config_cls.from_preset("tiny"), _FakeProbe(None, lambda u: (0.0, ts, 3.8 + 1.5)))
+    assert k["kinds"]["text"]["glue_s"] == 7.0
+    assert k["kinds"]["text+images"]["overhead_s"] == pytest.approx(2.0 + 3 * 5.0 + 5 * 0.5 + 7.0)
 
 
 def test_groundedbert_probe_pretrain_and_finetune_steps():
@@ -113,7 +118,7 @@ def test_groundedbert_probe_pretrain_and_finetune_steps():
     fine = [1.85, 1.9, 1.95, 2.0]
     study = studies.get("groundedbert")
     cfg = study.config_cls.from_preset("tiny", variants=("text-only", "partial-0.5"))
-    stamps = lambda u: (0.0, fine, 2.3) if u.run_id == "text-only" else (0.0, pre + fine, 2.3)  # noqa: E731
+    stamps = lambda u: (0.0, fine, 2.3) if u.spec[0] == "text-only" else (0.0, pre + fine, 2.3)  # noqa: E731
     e = s.probe_groundedbert(study, cfg, _FakeProbe(None, stamps))
     k = e["kinds"]["partial-0.5"]
     assert k["steps"]["pretrain"]["step_s"] == pytest.approx(0.2)
@@ -122,6 +127,7 @@ def test_groundedbert_probe_pretrain_and_finetune_steps():
     assert s.unit_seconds(k) == pytest.approx(120 * 0.2 + 150 * 0.05 + 1.3)
     assert list(e["kinds"]["text-only"]["steps"]) == ["finetune"]
     assert e["prepare"]["estimate_s"] == 10.0
+    assert k["units"] == 3 and e["unit_kinds"] == ["text-only"] * 3 + ["partial-0.5"] * 3   # one probe per variant
 
 
 def test_cuda_without_cuda_is_one_line_exit_2(capsys, monkeypatch):

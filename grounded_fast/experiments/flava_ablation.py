@@ -395,7 +395,7 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
     best["blimp"] = 100 * float(correct.float().mean())
     best["blimp_correct"] = pack_correct(correct)
     best["blimp_groups"] = data["blimp_groups"]
-    if data.get("glue") is not None:      # the paper's second evaluation, on the selected checkpoint
+    if cfg.glue_steps and data.get("glue") is not None:   # the paper's second evaluation, on the checkpoint
         best["glue"] = glue_finetune(model, data["glue"], cfg, seed, device)
     gm.save(model, out_dir)
     return best
