@@ -300,9 +300,10 @@ def run_id(variant: str, seed: int) -> str:
 
 
 def split_run_id(run: str) -> Tuple[str, int]:
-    """:func:`run_id`'s inverse: 'partial-0.5-seed1' -> ('partial-0.5', 1)."""
-    variant, seed = run.rsplit("-seed", 1)
-    return variant, int(seed)
+    """:func:`run_id`'s inverse: 'partial-0.5-seed1' -> ('partial-0.5', 1); a run id without a seed
+    (a store of before the seeds, one run per variant) -> (run, 0)."""
+    variant, sep, seed = run.rpartition("-seed")
+    return (variant, int(seed)) if sep and seed.isdigit() else (run, 0)
 
 
 def variant_rows(metrics: List[dict]) -> List[dict]:
