@@ -112,8 +112,9 @@ def test_grounding_runs_the_nine_setups_from_exported_files(exported, tmp_path, 
 
 def test_groundedbert_runs_from_coco_pairs_and_a_glue_directory(exported, tmp_path, capsys):
     from grounded_fast.experiments.groundedbert_study import demo_glue_task
-    glue = demo_glue_task(DemoCorpus(SCENES, SEED), str(tmp_path / "glue"))
-    cfg = _toml(tmp_path / "gb.toml", {"variants": ("text-only", "partial-0.5"), "pretrain_steps": 4, "finetune_steps": 4,
+    glue = demo_glue_task(str(tmp_path / "glue"))
+    cfg = _toml(tmp_path / "gb.toml", {"variants": ("text-only", "partial-0.5"), "seeds": (0,), "pretrain_steps": 4,
+                                       "finetune_steps": 4,
                                        "batch_size": 8, "model_preset": "tiny",
                                        "data": {"kind": "coco", "path": str(exported / "coco")},
                                        "downstream": {"kind": "glue", "path": glue, "task": "sst2"}})

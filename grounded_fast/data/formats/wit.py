@@ -39,18 +39,24 @@ class WitRecord:
     fields: Dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
-def iter_wit_captions(path: PathLike, caption_column: str = "caption_reference_description",
-                      quoted: bool = True) -> Iterator[str]:
-    """The non-empty captions of a WiT-style TSV, in file order, streamed (no image column is
-    read or decoded: a text corpus of any size). DataFormatError for a missing header or caption
-    column, a row with the wrong number of fields, or a file with no caption."""
+def _open_tsv(path: PathLike, quoted: bool):
+    """(file name, an iterator of the (line, fields) after the header, the header's line number, the
+    column names) of a TSV with a header row; DataFormatError for an empty file."""
     name = os.fspath(path)
     rows = iter_tsv(path, quoted=quoted)
     first = next(rows, None)
     if first is None:
         raise DataFormatError(name, 1, "empty file (a header row is required)")
     header_line, header = first
-    columns = [c.strip() for c in header]
+    return name, rows, header_line, [c.strip() for c in header]
+
+
+def iter_wit_captions(path: PathLike, caption_column: str = "caption_reference_description",
+                      quoted: bool = True) -> Iterator[str]:
+    """The non-empty captions of a WiT-style TSV, in file order, streamed (no image column is
+    read or decoded: a text corpus of any size). DataFormatError for a missing header or caption
+    column, a row with the wrong number of fields, or a file with no caption."""
+    name, rows, header_line, columns = _open_tsv(path, quoted)
     if caption_column not in columns:
         raise DataFormatError(name, header_line, f"header lacks the caption column {caption_column!r} "
                               f"(columns: {columns})")
@@ -90,15 +96,9 @@ def load_wit_tsv(path: PathLike, *, caption_column: str = "caption_reference_des
     the wrong number of fields, an empty image field, undecodable base64, or broken quoting;
     naming the file when no row follows the header.
     """
-    name = os.fspath(path)
     if image_column is None and base64_column is None:
         raise ValueError("give image_column and/or base64_column")
-    rows = iter_tsv(path, quoted=quoted)
-    first = next(rows, None)
-    if first is None:
-        raise DataFormatError(name, 1, "empty file (a header row is required)")
-    header_line, header = first
-    columns = [c.strip() for c in header]
+    name, rows, header_line, columns = _open_tsv(path, quoted)
     required = [c for c in (caption_column, image_column, base64_column, page_column, section_column)
                 if c is not None]
     if languages is not None:
