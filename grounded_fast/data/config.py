@@ -108,9 +108,12 @@ class DataConfig(ModelConfig):
             except ValueError as exc:
                 self.require("path", False, f"not a plain-text corpus: {exc}")
         elif self.kind == "glue":
-            from .formats.glue import GLUE_TASKS
-            key = self.task.lower().replace("-", "").replace("_", "")
-            need = ("train.tsv", GLUE_TASKS[key].dev_file if key in GLUE_TASKS else "dev.tsv")
+            from .formats.glue import _task
+            try:
+                dev_file = _task(self.task).dev_file
+            except ValueError:              # an unknown task is the study's error to report
+                dev_file = "dev.tsv"
+            need = ("train.tsv", dev_file)
             missing = [f for f in need if not os.path.isfile(os.path.join(self.path, f))]
             self.require("path", not missing, f"must be a GLUE task directory holding {' and '.join(need)} "
                                               f"(missing: {', '.join(missing)})")

@@ -78,12 +78,15 @@ def _blimp_correct(store) -> Dict[str, np.ndarray]:
 
 def _glue_name(cfg: dict) -> str:
     """'<task> <metric>' of the run's GLUE evaluation, e.g. 'sst2 accuracy' ('demo task accuracy' built in)."""
-    from ...data.formats.glue import GLUE_TASKS
+    from ...data.formats.glue import _task
     g = cfg.get("glue", {})
     if g.get("kind", "demo") != "glue":
         return "demo task accuracy"
-    key = str(g.get("task", "")).lower().replace("-", "").replace("_", "")
-    return f"{key} {GLUE_TASKS[key].metric}" if key in GLUE_TASKS else "score"
+    try:
+        task = _task(str(g.get("task", "")))
+    except ValueError:
+        return "score"
+    return f"{task.name} {task.metric}"
 
 
 def _blimp_groups(store) -> Dict[str, List[Tuple[str, str, int]]]:
