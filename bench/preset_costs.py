@@ -1,7 +1,8 @@
 """Each study preset's cost, measured on a few steps instead of a whole run.
 
     python bench/preset_costs.py [--device cpu|cuda] [--threads N] [--out DIR] [--studies ...]
-                                 [--presets ...] [--repeats R] [--end-to-end] [--write-shipped]
+                                 [--presets ...] [--repeats R] [--end-to-end [PRESET ...]]
+                                 [--update] [--write-shipped]
 
 For every registered study (``grounded_fast.experiments.studies``) and preset: the preset's config,
 ``Study.prepare`` timed once (on at most ``PREPARE_SCENES`` scenes / ``PREPARE_IMAGES`` images,
@@ -20,7 +21,10 @@ are not probed; their rows say "unmeasured" with the reason until a CUDA measure
 Units run pinned to ``--threads-per-unit`` threads (1, as ``grounded-fast run``), prepare to
 ``--threads``. The load average is recorded (the machine may be shared; a warning when it exceeds
 ``--threads``). Writes ``preset_costs-<device>.json`` and ``.md`` to ``--out``; ``--end-to-end``
-also times ``grounded-fast run <study> --preset tiny`` for each study. ``--write-shipped`` (2 threads,
+also times ``grounded-fast run <study> --preset tiny`` for each study (``--end-to-end tiny small``:
+those presets). ``--update`` merges the measured entries into ``--out``'s JSON, each with its own
+provenance, and regenerates the shipped table from it (one preset re-measured without re-measuring
+the rest). ``--write-shipped`` (2 threads,
 CPU, end-to-end implied) regenerates ``grounded_fast/experiments/preset_costs.toml`` from this run and
 the CUDA JSON in ``--out`` if one is there (``bench/gpu_lease.py`` writes it), and the README's table.
 """
@@ -290,10 +294,10 @@ def probe_flava_glue(cfg, shared, probe: Probe) -> float:
 PROBES = {"grounding": probe_grounding, "flava-ablation": probe_flava, "groundedbert": probe_groundedbert}
 
 
-def end_to_end(study: str, workers: int, scratch: str, device: str) -> float:
-    """Wall seconds of ``grounded-fast run <study> --preset tiny`` in a fresh directory (a new process)."""
-    out = os.path.join(scratch, f"e2e-{study}")
-    cmd = [sys.executable, "-m", "grounded_fast.cli", "run", study, "--preset", "tiny", "--out", out,
+def end_to_end(study: str, preset: str, workers: int, scratch: str, device: str) -> float:
+    """Wall seconds of ``grounded-fast run <study> --preset <preset>`` in a fresh directory (a new process)."""
+    out = os.path.join(scratch, f"e2e-{study}-{preset}")
+    cmd = [sys.executable, "-m", "grounded_fast.cli", "run", study, "--preset", preset, "--out", out,
            "--no-progress", "--workers", str(workers)] + (["--device", device] if device != "cpu" else [])
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
@@ -399,14 +403,22 @@ def shipped_toml(cpu: dict, gpu: Optional[dict]) -> str:
            "# other costs (model build, checkpoints, evaluations), units scheduled on 2 workers of 1 thread;",
            "# see bench/preset_costs.py.", ""]
     gpu_by = {(e["study"], e["preset"]): e for e in (gpu or {}).get("entries", [])}
+    metas = []      # (name, meta): the file's, then each entry's own (merged by --update)
     for name, res in (("cpu", cpu), ("cuda", gpu)):
         if res:
-            m = res["meta"]
-            out += [f"[measurements.{name}]"] + [f"{k} = {_toml_value(m[k])}" for k in
-                                                 ("commit", "dirty", "device", "date", "threads", "load_before",
-                                                  "load_after")] + [""]
+            metas.append((name, res["meta"]))
+    measurement = {}
     for e in cpu["entries"]:
-        rows = {"measurement": "cpu", "units": len(e["unit_kinds"])}
+        if "meta" in e:
+            if e["meta"] not in [m for _, m in metas]:
+                metas.append((f"cpu-{e['meta']['date'][:16].replace(' ', '-').replace(':', '')}", e["meta"]))
+            measurement[e["study"], e["preset"]] = next(n for n, m in metas if m == e["meta"])
+    for name, m in metas:
+        out += [f"[measurements.{name}]"] + [f"{k} = {_toml_value(m[k])}" for k in
+                                             ("commit", "dirty", "device", "date", "threads", "load_before",
+                                              "load_after")] + [""]
+    for e in cpu["entries"]:
+        rows = {"measurement": measurement.get((e["study"], e["preset"]), "cpu"), "units": len(e["unit_kinds"])}
         if "unmeasured" in e:
             rows.update(minutes_on_2_cores="unmeasured", cpu_core_hours="unmeasured", unmeasured_because=e["unmeasured"])
         else:
@@ -472,8 +484,9 @@ def measure(args) -> dict:
                     continue
                 e = {"study": name, "preset": preset, **PROBES[name](study, cfg, probe)}
                 e["estimate"] = estimate(e, workers, args.threads, args.threads_per_unit)
-                if args.end_to_end and preset == "tiny":
-                    e["end_to_end_s"] = end_to_end(name, workers, scratch, args.device)
+                if preset in (args.end_to_end or ()):
+                    print(f"{name} {preset}: end to end ...", file=sys.stderr, flush=True)
+                    e["end_to_end_s"] = end_to_end(name, preset, workers, scratch, args.device)
                 entries.append(e)
     load_after = list(os.getloadavg())
     meta = {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
@@ -497,7 +510,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=DEFAULT_OUT, help="directory of the JSON and Markdown results")
     ap.add_argument("--studies", nargs="+", default=None, help="default: every registered study")
     ap.add_argument("--presets", nargs="+", default=None, help="default: every preset of each study")
-    ap.add_argument("--end-to-end", action="store_true", help="also time `grounded-fast run <study> --preset tiny`")
+    ap.add_argument("--end-to-end", nargs="*", default=None, metavar="PRESET",
+                    help="also time `grounded-fast run <study> --preset P` for these of the measured presets "
+                         "(no PRESET: tiny)")
+    ap.add_argument("--update", action="store_true",
+                    help="merge into --out's JSON: the measured study x preset entries replace theirs, each "
+                         "carrying this run's provenance; the others keep their own")
     ap.add_argument("--write-shipped", action="store_true",
                     help="CPU, 2 threads, every study and preset, end to end: regenerate the shipped TOML and "
                          "the README's table (with the CUDA JSON in --out when there is one)")
@@ -516,7 +534,12 @@ def main(argv=None) -> int:
             print("preset_costs: --write-shipped measures the 2-core CPU figures of every study and preset: "
                   "no --device cuda, --threads, --studies or --presets", file=sys.stderr)
             return 2
-        args.end_to_end = True
+        args.end_to_end = ["tiny"]
+    if args.write_shipped and args.update:
+        print("preset_costs: --write-shipped measures everything: no --update", file=sys.stderr)
+        return 2
+    if args.end_to_end is not None and not args.end_to_end:
+        args.end_to_end = ["tiny"]
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -532,13 +555,24 @@ def main(argv=None) -> int:
     result = measure(args)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"preset_costs-{args.device}")
+    if args.update and os.path.exists(stem + ".json"):
+        result = merge(json.load(open(stem + ".json")), result)
     with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=1)
     with open(stem + ".md", "w") as f:
         f.write(markdown(result))
     print(markdown(result))
     print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
-    return ship(args.out, result) if args.write_shipped else 0
+    return ship(args.out, result) if args.write_shipped or args.update else 0
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``old``'s results with ``new``'s entries in place of theirs (same study and preset, else
+    appended); each entry of ``new`` carries ``new``'s provenance as its own ``meta`` (the file's
+    ``meta`` stays ``old``'s, that of the entries without one)."""
+    fresh = {(e["study"], e["preset"]): {**e, "meta": new["meta"]} for e in new["entries"]}
+    entries = [fresh.pop((e["study"], e["preset"]), e) for e in old["entries"]] + list(fresh.values())
+    return {"meta": old["meta"], "entries": entries}
 
 
 def ship(out: str, cpu: Optional[dict]) -> int:

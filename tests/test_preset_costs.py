@@ -175,3 +175,33 @@ def test_shipped_toml_round_trip():
     table = preset_costs.table(costs)
     assert "| groundedbert | tiny | 2 | 30 s | 36 s | - |" in table
     assert "| groundedbert | paper | 2 | 2 h | - | 0.5 |" in table
+
+
+def test_update_merges_entries_with_their_own_provenance():
+    """--update: the re-measured entry replaces its own, carries its run's provenance into the
+    shipped TOML as a measurement of its own, and the table names the rows it covers."""
+    from grounded_fast._toml import tomllib
+    s = _script()
+    meta = {"commit": "abc", "dirty": False, "device": "cpu (x)", "date": "2025-01-01 00:00 UTC", "threads": 2,
+            "load_before": [0.5, 0.4, 0.3], "load_after": [0.6, 0.5, 0.4]}
+
+    def entry(preset, wall, e2e=None):
+        e = {"study": "groundedbert", "preset": preset, "unit_kinds": ["text-only"],
+             "kinds": {"text-only": {"steps": {"finetune": {"step_s": 0.001}}}},
+             "estimate": {"wall_s": wall, "core_hours": wall / 1800}}
+        return {**e, "end_to_end_s": e2e} if e2e else e
+
+    old = {"meta": meta, "entries": [entry("tiny", 30.0, 36.0), entry("small", 600.0)]}
+    new_meta = {**meta, "commit": "def", "date": "2025-02-03 04:05 UTC"}
+    merged = s.merge(old, {"meta": new_meta, "entries": [entry("small", 1200.0, 1500.0)]})
+    assert merged["meta"] == meta and [e["preset"] for e in merged["entries"]] == ["tiny", "small"]
+    assert "meta" not in merged["entries"][0] and merged["entries"][1]["meta"] == new_meta
+    costs = tomllib.loads(s.shipped_toml(merged, None))
+    small = costs["groundedbert"]["small"]
+    assert costs["groundedbert"]["tiny"]["measurement"] == "cpu"
+    assert costs["measurements"][small["measurement"]]["commit"] == "def"
+    assert small["minutes_on_2_cores"] == 20.0 and small["end_to_end_minutes"] == 25.0
+    table = preset_costs.table(costs)
+    assert "| groundedbert | small | 1 | 20 min | 25 min | - |" in table
+    assert f"Measured ({small['measurement']}; groundedbert small): cpu (x), commit def" in table
+    assert "Measured (cpu): cpu (x), commit abc" in table

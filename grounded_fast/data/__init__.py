@@ -19,10 +19,11 @@ import os as _os
 
 from .corpora import CORPUS_KINDS, CorpusItem, corpus_files, read_corpus
 from .features import CorruptCacheError, FeatureCache
-from .loaders import (GLUE_TASKS, I3D_FEATURE_DIM, MULTI30K_BUILTIN_FILES, BlimpPair, CocoImage, DataFormatError,
-                      GlueExample, GlueTask, Multi30kImage, VatexDataset, VatexVideo, WitRecord, list_blimp_phenomena,
-                      load_blimp, load_coco_captions, load_cola, load_concreteness_norms, load_glue_tsv, load_mrpc,
-                      load_multi30k, load_multi30k_builtin, load_multi30k_jsonl, load_sst2, load_vatex, load_wit_tsv,
+from .loaders import (GLUE_TASKS, I3D_FEATURE_DIM, MULTI30K_BUILTIN_ENGLISH, MULTI30K_BUILTIN_FILES, BlimpPair,
+                      CocoImage, DataFormatError, GlueExample, GlueTask, Multi30kImage, VatexDataset, VatexVideo,
+                      WitRecord, iter_multi30k_builtin_english, list_blimp_phenomena, load_blimp, load_coco_captions,
+                      load_cola, load_concreteness_norms, load_glue_tsv, load_mrpc, load_multi30k,
+                      load_multi30k_builtin, load_multi30k_jsonl, load_sst2, load_vatex, load_wit_tsv,
                       write_multi30k_jsonl)
 
 BLIMP_BUILTIN = _os.path.join(_os.path.dirname(__file__), "builtin", "blimp_first20.zip")
@@ -35,6 +36,7 @@ __all__ = ["BLIMP_BUILTIN", "CORPUS_KINDS", "CorpusItem", "corpus_files", "read_
            "FeatureCache", "CorruptCacheError", "DataFormatError", "VatexVideo", "VatexDataset", "load_vatex",
            "I3D_FEATURE_DIM", "CocoImage", "load_coco_captions", "Multi30kImage", "load_multi30k",
            "load_multi30k_jsonl", "write_multi30k_jsonl",
-           "load_multi30k_builtin", "MULTI30K_BUILTIN_FILES", "WitRecord", "load_wit_tsv", "BlimpPair", "load_blimp",
+           "load_multi30k_builtin", "MULTI30K_BUILTIN_FILES", "iter_multi30k_builtin_english",
+           "MULTI30K_BUILTIN_ENGLISH", "WitRecord", "load_wit_tsv", "BlimpPair", "load_blimp",
            "list_blimp_phenomena", "GlueTask", "GlueExample", "GLUE_TASKS", "load_glue_tsv", "load_cola",
            "load_sst2", "load_mrpc", "load_concreteness_norms"]

@@ -26,7 +26,8 @@ from .formats._io import DataFormatError
 from .formats.coco import CocoImage, load_coco_captions
 from .formats.blimp import BlimpPair, list_blimp_phenomena, load_blimp
 from .formats.glue import GLUE_TASKS, GlueExample, GlueTask, load_cola, load_glue_tsv, load_mrpc, load_sst2
-from .formats.multi30k import (MULTI30K_BUILTIN_FILES, Multi30kImage, load_multi30k, load_multi30k_builtin,
+from .formats.multi30k import (MULTI30K_BUILTIN_ENGLISH, MULTI30K_BUILTIN_FILES, Multi30kImage,
+                               iter_multi30k_builtin_english, load_multi30k, load_multi30k_builtin,
                                load_multi30k_jsonl, write_multi30k_jsonl)
 from .formats.vatex import I3D_FEATURE_DIM, VatexDataset, VatexVideo, load_vatex
 from .formats.wit import WitRecord, load_wit_tsv
@@ -36,7 +37,7 @@ __all__ = [
     "VatexVideo", "VatexDataset", "load_vatex", "I3D_FEATURE_DIM",
     "CocoImage", "load_coco_captions",
     "Multi30kImage", "load_multi30k", "load_multi30k_jsonl", "write_multi30k_jsonl",
-    "load_multi30k_builtin", "MULTI30K_BUILTIN_FILES",
+    "load_multi30k_builtin", "MULTI30K_BUILTIN_FILES", "iter_multi30k_builtin_english", "MULTI30K_BUILTIN_ENGLISH",
     "WitRecord", "load_wit_tsv",
     "BlimpPair", "load_blimp", "list_blimp_phenomena",
     "GlueTask", "GlueExample", "GLUE_TASKS", "load_glue_tsv", "load_cola", "load_sst2", "load_mrpc",

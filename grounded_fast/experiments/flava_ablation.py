@@ -2,7 +2,7 @@
 
 A grid of text volume x image volume (none and three image volumes): for each cell a FLAVA-style
 model is trained on that many words of English text (``text``: whole sentences of the shipped
-Multi30k captions, about 60K words, the captions of a corpus read from a path, or a plain-text
+Multi30k English captions, 242K words, the captions of a corpus read from a path, or a plain-text
 corpus of any size, streamed into a token file on disk; MLM) and that many
 image-caption pairs (``data``: the demo corpus, or COCO / WiT captions with their images; MIM / MMM /
 ITM / contrastive), with the paper's
@@ -36,7 +36,9 @@ class FlavaPairsDataConfig(DataConfig):
 class FlavaTextDataConfig(DataConfig):
     """The text corpus (every English caption of its train split, or every line of a plain-text
     ``train.txt``; held-out sentences: the first caption of each val item, or the lines of
-    ``val.txt``): the shipped Multi30k subset (``demo``), a captioned corpus or plain text from a path."""
+    ``val.txt``): the shipped Multi30k English captions (``demo``: those of the first 4000 train
+    images; held out, the first caption of the first 200 val images), a captioned corpus or plain
+    text from a path."""
     kinds = ("demo", "multi30k", "coco", "wit", "vatex", "text")
 
 
@@ -78,7 +80,8 @@ class FlavaStudyConfig(ModelConfig):
     presets = {
         "tiny": dict(image_volumes=(0, 50, 150, 400), steps=120, eval_every=40,
                      pppl_sentences=100, blimp_pairs_per_phenomenon=5, glue_steps=100),
-        "small": dict(steps=600, eval_every=100, model_preset="small"),
+        "small": dict(text_volumes=(20_000, 200_000), seeds=(0, 1, 2), steps=600, eval_every=100,
+                      model_preset="small"),
         "paper": dict(steps=20000, eval_every=1000, model_preset="paper", batch_size=64, glue_steps=2000),
     }
 
@@ -99,7 +102,7 @@ class FlavaStudyConfig(ModelConfig):
         if self.text.kind == "demo":     # a corpus from a path is counted when the study prepares it
             words, held_out = _text_pool_sizes()
             self.require("text_volumes", max(self.text_volumes) <= words,
-                         f"every value must be <= {words} (the words of the shipped Multi30k training captions)")
+                         f"every value must be <= {words} (the words of the shipped Multi30k English captions)")
             self.require("pppl_sentences", self.pppl_sentences <= held_out,
                          f"must be <= {held_out} (the shipped held-out Multi30k captions)")
         most = 20 if self.blimp.kind == "demo" else 1000
@@ -110,10 +113,10 @@ class FlavaStudyConfig(ModelConfig):
 
 @functools.lru_cache(maxsize=1)
 def _text_pool_sizes() -> Tuple[int, int]:
-    """(words of the shipped Multi30k training captions, number of held-out captions): the most
+    """(words of the shipped Multi30k English captions, number of held-out captions): the most
     ``text_volumes`` and ``pppl_sentences`` can ask for (see :func:`prepare`)."""
-    from ..data import load_multi30k_builtin
-    words = sum(len(s.split()) for im in load_multi30k_builtin("train") for s in im.en)
+    from ..data import iter_multi30k_builtin_english, load_multi30k_builtin
+    words = sum(len(s.split()) for s in iter_multi30k_builtin_english())
     return words, len(load_multi30k_builtin("val"))
 
 
@@ -137,13 +140,13 @@ def _text_corpus(cfg: FlavaStudyConfig) -> Tuple[Iterator[str], List[str], str]:
     """(training sentences, streamed; held-out sentences; what they are) of ``cfg.text``."""
     import itertools
 
-    from ..data import load_multi30k_builtin
+    from ..data import iter_multi30k_builtin_english, load_multi30k_builtin
     from ..data.corpora import corpus_files, read_corpus
     from ..data.formats.plain_text import iter_plain_text, plain_text_files
     t = cfg.text
     if t.kind == "demo":
-        return ((s for im in load_multi30k_builtin("train") for s in im.en),
-                [im.en[0] for im in load_multi30k_builtin("val")], "the shipped Multi30k captions")
+        return (iter_multi30k_builtin_english(), [im.en[0] for im in load_multi30k_builtin("val")],
+                "the shipped Multi30k English captions")
     if t.kind == "text":
         if "val" not in plain_text_files(t.path, t.splits):
             raise ValueError(f"FlavaStudyConfig.text.path = {t.path!r}: has no val.txt (its lines are the held-out "

@@ -58,7 +58,13 @@ def table(costs: Optional[Dict[str, Any]] = None) -> str:
             lines.append(f"| {study} | {preset} | {row['units']} | {_minutes(row)} | "
                          f"{e2e} | {_gpu(row)} |")
     lines.append("")
+    rows_of: Dict[str, list] = {}
+    for study in sorted(k for k in costs if k != "measurements"):
+        for preset, row in costs[study].items():
+            rows_of.setdefault(row.get("measurement", "cpu"), []).append(f"{study} {preset}")
     for name, m in sorted(costs.get("measurements", {}).items()):
-        lines.append(f"Measured ({name}): {m['device']}, commit {m['commit'][:10]}{' (+ changes)' if m['dirty'] else ''}, "
-                     f"{m['date']}, {m['threads']} threads, load average {m['load_before'][0]:.2g}.")
+        which = f"; {', '.join(rows_of[name])}" if name not in ("cpu", "cuda") and name in rows_of else ""
+        lines.append(f"Measured ({name}{which}): {m['device']}, commit {m['commit'][:10]}"
+                     f"{' (+ changes)' if m['dirty'] else ''}, {m['date']}, {m['threads']} threads, load average "
+                     f"{m['load_before'][0]:.2g}.")
     return "\n".join(lines) + "\n"

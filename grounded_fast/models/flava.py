@@ -59,8 +59,8 @@ class FlavaConfig(ModelConfig):
     presets = {
         "tiny": dict(d_model=64, text_layers=2, image_layers=2, mm_layers=1, num_heads=4, ffn_dim=128, image_size=32,
                      patch_size=8, codebook_size=64, proj_dim=32),
-        "small": dict(d_model=256, text_layers=4, image_layers=4, mm_layers=2, num_heads=4, ffn_dim=1024,
-                      image_size=64, patch_size=8, codebook_size=512, proj_dim=128),
+        "small": dict(d_model=128, text_layers=3, image_layers=3, mm_layers=1, num_heads=4, ffn_dim=512,
+                      image_size=32, patch_size=8, codebook_size=256, proj_dim=64),
         "paper": {},
     }
 

@@ -13,7 +13,8 @@ English/German pair is *translation-like* (comparable, same content, different l
 strict translation pair; ``en[k]`` and ``de[k]`` share nothing beyond the image.
 
 A small subset ships with the package (``grounded_fast/data/builtin``, see its README):
-:func:`load_multi30k_builtin`.
+:func:`load_multi30k_builtin`, and the English descriptions of more train images as a text pool:
+:func:`iter_multi30k_builtin_english`.
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ import json
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..._atomic import write_atomic
 from ._io import DataFormatError, PathLike, iter_lines
 
 __all__ = ["Multi30kImage", "MULTI30K_LANGUAGES", "load_multi30k", "load_multi30k_jsonl",
-           "write_multi30k_jsonl", "load_multi30k_builtin", "MULTI30K_BUILTIN_FILES"]
+           "write_multi30k_jsonl", "load_multi30k_builtin", "MULTI30K_BUILTIN_FILES", "MULTI30K_BUILTIN_ENGLISH",
+           "iter_multi30k_builtin_english"]
 
 MULTI30K_LANGUAGES = ("en", "de")
 _N_DESCRIPTIONS = 5
@@ -38,6 +40,9 @@ MULTI30K_BUILTIN_FILES: Dict[str, str] = {
     "train": "multi30k_task2_train_first1000.jsonl.gz",
     "val": "multi30k_task2_val_first200.jsonl.gz",
 }
+#: the English descriptions of the first 4000 train images, one a line, image by image (an image's
+#: five in order): 20,000 lines, 242,040 words; its first 5000 lines are the train subset's ``en``
+MULTI30K_BUILTIN_ENGLISH: Path = _BUILTIN_DIR / "multi30k_task2_train_en_first4000.txt.gz"
 
 
 @dataclass(frozen=True)
@@ -179,3 +184,11 @@ def load_multi30k_builtin(split: str = "train") -> List[Multi30kImage]:
     if split not in MULTI30K_BUILTIN_FILES:
         raise ValueError(f"no built-in Multi30k split {split!r}; available: {sorted(MULTI30K_BUILTIN_FILES)}")
     return load_multi30k_jsonl(_BUILTIN_DIR / MULTI30K_BUILTIN_FILES[split])
+
+
+def iter_multi30k_builtin_english() -> Iterator[str]:
+    """The shipped English text pool, streamed: the five English descriptions of each of the first
+    4000 train images, image by image (:data:`MULTI30K_BUILTIN_ENGLISH`; 242,040 words). Its first
+    5000 sentences are those of :func:`load_multi30k_builtin` ``("train")``, in the same order."""
+    for _, line in iter_lines(MULTI30K_BUILTIN_ENGLISH):
+        yield line.strip()
