@@ -486,7 +486,7 @@ def measure(args) -> dict:
                 e["estimate"] = estimate(e, workers, args.threads, args.threads_per_unit)
                 if preset in (args.end_to_end or ()):
                     print(f"{name} {preset}: end to end ...", file=sys.stderr, flush=True)
-                    e["end_to_end_s"] = end_to_end(name, preset, workers, scratch, args.device)
+                    e["end_to_end_s"] = end_to_end(name, preset, workers, args.keep_runs or scratch, args.device)
                 entries.append(e)
     load_after = list(os.getloadavg())
     meta = {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
@@ -513,6 +513,9 @@ def main(argv=None) -> int:
     ap.add_argument("--end-to-end", nargs="*", default=None, metavar="PRESET",
                     help="also time `grounded-fast run <study> --preset P` for these of the measured presets "
                          "(no PRESET: tiny)")
+    ap.add_argument("--keep-runs", metavar="DIR", default=None,
+                    help="the end-to-end runs' directory (DIR/e2e-<study>-<preset>, kept: their reports); "
+                         "default a temporary one")
     ap.add_argument("--update", action="store_true",
                     help="merge into --out's JSON: the measured study x preset entries replace theirs, each "
                          "carrying this run's provenance; the others keep their own")
