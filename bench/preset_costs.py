@@ -216,8 +216,13 @@ def probe_flava(study, cfg, probe: Probe) -> dict:
     cap = min(max(cfg.image_volumes), max(PREPARE_IMAGES, cfg.batch_size))
     vols = tuple(sorted({min(v, cap) for v in cfg.image_volumes}))
     pppl, pairs = min(cfg.pppl_sentences, PROBE_PPPL_SENTENCES), 1      # evaluation scaled from these
-    small = dataclasses.replace(cfg, steps=2 * n, eval_every=n, image_volumes=vols, pppl_sentences=pppl,
-                                blimp_pairs_per_phenomenon=pairs, glue_steps=0)   # the GLUE evaluation: timed apart
+    texts = cfg.text_volumes
+    if cfg.text.kind == "demo":     # a step's time does not depend on the volume: the built-in pool stands in
+        from grounded_fast.experiments.flava_ablation import _text_pool_sizes
+        texts = tuple(sorted({min(v, _text_pool_sizes()[0]) for v in texts}))
+    small = dataclasses.replace(cfg, steps=2 * n, eval_every=n, text_volumes=texts, image_volumes=vols,
+                                pppl_sentences=pppl, blimp_pairs_per_phenomenon=pairs,
+                                glue_steps=0)   # the GLUE evaluation: timed apart
     prep_s, shared, out_dir = probe.prepare(study, dataclasses.replace(small, glue_steps=min(cfg.glue_steps, 1)))
     glue_s = probe_flava_glue(cfg, shared, probe) if cfg.glue_steps else 0.0
     units = study.plan(cfg)

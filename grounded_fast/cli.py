@@ -211,7 +211,9 @@ def _study_config(args, config_cls, db: str):
         return config_cls.from_dict(info["config"])
     overrides = load_config_file(args.config) if args.config else {}
     try:
-        return config_cls.from_preset(args.preset or "tiny", **overrides)
+        cfg = config_cls.from_preset(args.preset or "tiny", **overrides)
+        cfg.check_runnable()
+        return cfg
     except (ValueError, TypeError) as exc:
         raise (TypeError if isinstance(exc, TypeError) else ValueError)(
             f"{args.config}: {exc}" if args.config else str(exc)) from None

@@ -80,6 +80,11 @@ BAD_VALUES = [
     ("flava-ablation", 'model_preset = "huge"', "model_preset = 'huge': must be one of"),
     ("flava-ablation", "text_volumes = [1000000]", "text_volumes = [1000000]: every value must be <= "),
     ("flava-ablation", "pppl_sentences = 10000", "pppl_sentences = 10000: must be <= "),
+    ("flava-ablation", "blimp_pairs_per_phenomenon = 50",
+     "blimp_pairs_per_phenomenon = 50: must be <= 20 with the shipped BLiMP subset"),
+    ("flava-ablation", "blimp_pairs_per_phenomenon = 1001", "blimp_pairs_per_phenomenon = 1001: must be in [1, 1000]"),
+    ("flava-ablation", "image_volumes = [0, 40000]",
+     "image_volumes = [0, 40000]: every value + val_pairs (64) must be <= 20000 with the demo corpus"),
     ("flava-ablation", "steps = 2.5", "steps = 2.5: must be an integer"),
 ]
 
@@ -175,3 +180,16 @@ def test_direct_construction_is_checked_and_normalised():
         GroundingStudyConfig(noise_levels=[float("nan")])
     cfg = GroundingStudyConfig(seeds=[0, 1], noise_levels=[0, 1])
     assert cfg.seeds == (0, 1) and cfg.noise_levels == (0.0, 1.0) and isinstance(cfg.noise_levels[0], float)
+
+
+def test_the_paper_preset_constructs_and_its_run_asks_for_data_from_paths(tmp_path, capsys, study_start):
+    """FLAVA's paper preset is the authors' grid: it constructs (its plan and costs are shown), and a
+    run on the built-in data stops before writing anything, naming the key and where more data comes from."""
+    from grounded_fast.experiments.flava_ablation import FlavaStudyConfig
+    cfg = FlavaStudyConfig.from_preset("paper")
+    assert (cfg.text_volumes, cfg.image_volumes, len(cfg.seeds)) == ((10**7, 10**8), (0, 40_000, 400_000, 4_000_000), 5)
+    out = tmp_path / "out"
+    assert cli.main(["run", "flava-ablation", "--preset", "paper", "--out", str(out), "--no-progress"]) == 2
+    err = _one_line_error(capsys)
+    assert "FlavaStudyConfig.text_volumes = [10000000, 100000000]: every value must be <= 242040" in err
+    assert "[text] kind, path" in err and not out.exists() and study_start == []

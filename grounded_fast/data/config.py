@@ -29,7 +29,7 @@ from ..models.config import ModelConfig
 from .corpora import CORPUS_KINDS, SPLITS as SPLIT_NAMES, corpus_files
 
 #: every kind a data section may name; each study accepts a subset (see the study's config)
-DATA_KINDS = ("demo", "vatex", "multi30k", "coco", "wit", "glue", "blimp", "text")
+DATA_KINDS = ("demo", "vatex", "multi30k", "coco", "wit", "glue", "squad", "blimp", "text")
 _PATH_KEYS = ("path", "features", "images", "text_encoder", "translation_encoder", "vision_encoder")
 
 
@@ -117,6 +117,12 @@ class DataConfig(ModelConfig):
             missing = [f for f in need if not os.path.isfile(os.path.join(self.path, f))]
             self.require("path", not missing, f"must be a GLUE task directory holding {' and '.join(need)} "
                                               f"(missing: {', '.join(missing)})")
+        elif self.kind == "squad":
+            from .formats.squad import squad_files
+            try:
+                squad_files(self.path)
+            except ValueError as exc:
+                self.require("path", False, f"not a SQuAD task directory: {exc}")
         for key in ("features", "images"):
             value = getattr(self, key)
             self.require(key, not value or os.path.isdir(value), "no such directory")

@@ -22,7 +22,7 @@ from .._atomic import write_atomic
 from .corpora import _VATEX_FILES, CORPUS_KINDS, SPLITS, corpus_files
 from .demo import DemoCorpus, DemoItem, encode_png
 
-__all__ = ["write_demo_dataset", "MULTI30K_DESCRIPTIONS"]
+__all__ = ["write_demo_dataset", "write_demo_squad", "MULTI30K_DESCRIPTIONS"]
 
 MULTI30K_DESCRIPTIONS = 5  # descriptions per language and image in Multi30k task 2
 _FEATURE_BATCH = 64  # images per encoder call (bounds the memory of the features in flight)
@@ -197,3 +197,55 @@ def write_demo_dataset(corpus: DemoCorpus, directory, fmt: str, *, features: boo
     sizes = {s: len(items) for s, items in by_split.items()}
     write_atomic(root / "README.txt", _readme(corpus, fmt, sizes, features).encode("utf-8"))
     return corpus_files(fmt, root)
+
+
+def _colour_questions(item: DemoItem, shapes: Sequence[str]) -> List[dict]:
+    """SQuAD questions on ``item.target``: "what colour is the <shape>?" for each shape that one
+    object of the scene has (answer: its colour word, the last before the shape word in the
+    caption), and, unanswerable, for the first shape of ``shapes`` not in the scene."""
+    import re
+    text, out = item.target, []
+    present = [o.shape for o in item.graph.objects]
+    for k, obj in enumerate(item.graph.objects):
+        if present.count(obj.shape) != 1:
+            continue
+        shape_at = [m.start() for m in re.finditer(rf"\b{re.escape(obj.shape)}\b", text)]
+        if len(shape_at) != 1:
+            continue
+        colours = [m.start() for m in re.finditer(rf"\b{re.escape(obj.colour)}\b", text[:shape_at[0]])]
+        if colours:
+            out.append({"id": f"{item.scene_id}-q{k}", "question": f"what colour is the {obj.shape}?",
+                        "answers": [{"text": obj.colour, "answer_start": colours[-1]}], "is_impossible": False})
+    absent = next((s for s in shapes if s not in present), None)
+    if absent is not None:
+        out.append({"id": f"{item.scene_id}-none", "question": f"what colour is the {absent}?", "answers": [],
+                    "is_impossible": True})
+    return out
+
+
+def write_demo_squad(corpus: DemoCorpus, directory, version: str = "v2.0") -> Dict[str, Path]:
+    """Write ``corpus`` as a SQuAD task directory (``train-<version>.json`` from its train split,
+    ``dev-<version>.json`` from val): one article per scene, its context the target caption, its
+    questions "what colour is the <shape>?" for the shapes one object of the scene has (answer:
+    the colour word in the caption); v2.0 adds one unanswerable question per scene (a shape the
+    scene lacks). Returns {'train': file, 'dev': file}; ValueError for another version."""
+    from .demo import SHAPES
+    from .formats.squad import SQUAD_FILES
+    if version not in SQUAD_FILES:
+        raise ValueError(f"unknown SQuAD version {version!r}; known: {', '.join(SQUAD_FILES)}")
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, source in (("train", "train"), ("dev", "val")):
+        articles = []
+        for i in corpus.splits[source]:
+            item = corpus[i]
+            qas = [q for q in _colour_questions(item, SHAPES) if version == "v2.0" or not q["is_impossible"]]
+            if version == "v1.1":
+                for q in qas:
+                    q.pop("is_impossible")
+            if qas:
+                articles.append({"title": item.scene_id, "paragraphs": [{"context": item.target, "qas": qas}]})
+        out[split] = root / SQUAD_FILES[version][split]
+        write_atomic(out[split], json.dumps({"version": version, "data": articles}, indent=1).encode("utf-8"))
+    return out

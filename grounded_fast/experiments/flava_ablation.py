@@ -82,7 +82,11 @@ class FlavaStudyConfig(ModelConfig):
                      pppl_sentences=100, blimp_pairs_per_phenomenon=5, glue_steps=100),
         "small": dict(text_volumes=(20_000, 200_000), seeds=(0, 1, 2), steps=600, eval_every=100,
                       model_preset="small"),
-        "paper": dict(steps=20000, eval_every=1000, model_preset="paper", batch_size=64, glue_steps=2000),
+        # the authors' grid (10M / 100M words x no / 40K / 400K / 4M WiT pairs, 5 seeds, half-size FLAVA, every
+        # BLiMP pair): it needs the text, the pairs and BLiMP from paths (prepare says which is missing)
+        "paper": dict(text_volumes=(10_000_000, 100_000_000), image_volumes=(0, 40_000, 400_000, 4_000_000),
+                      seeds=(0, 1, 2, 3, 4), steps=20000, eval_every=1000, model_preset="half", batch_size=64,
+                      pppl_sentences=1000, blimp_pairs_per_phenomenon=1000, glue_steps=2000),
     }
 
     def validate(self) -> None:
@@ -99,22 +103,40 @@ class FlavaStudyConfig(ModelConfig):
                              f"{sorted(GLUE_TASKS)}") from None
         self.require_seed("seeds", "corpus_seed")
         self.require_distinct("text_volumes", "image_volumes", "seeds")
-        if self.text.kind == "demo":     # a corpus from a path is counted when the study prepares it
+        self.require("blimp_pairs_per_phenomenon", 1 <= self.blimp_pairs_per_phenomenon <= BLIMP_PAIRS,
+                     f"must be in [1, {BLIMP_PAIRS}] (BLiMP's pairs per phenomenon)")
+        self.require_one_of("model_preset", sorted(FlavaConfig.presets))
+
+    def check_runnable(self) -> None:
+        """The built-in data holds what the grid asks of it (text pool words, held-out captions,
+        BLiMP subset pairs, demo pairs); a corpus from a path is counted when the study prepares it.
+        Not on construction: the ``paper`` preset needs every source from a path."""
+        if self.text.kind == "demo":
             words, held_out = _text_pool_sizes()
             self.require("text_volumes", max(self.text_volumes) <= words,
-                         f"every value must be <= {words} (the words of the shipped Multi30k English captions)")
+                         f"every value must be <= {words} (the words of the shipped Multi30k English captions; more "
+                         "text from a path: [text] kind, path)")
             self.require("pppl_sentences", self.pppl_sentences <= held_out,
                          f"must be <= {held_out} (the shipped held-out Multi30k captions)")
-        most = 20 if self.blimp.kind == "demo" else 1000
-        self.require("blimp_pairs_per_phenomenon", 1 <= self.blimp_pairs_per_phenomenon <= most,
-                     f"must be in [1, {most}] (" + ("the shipped subset)" if most == 20 else "BLiMP's pairs per phenomenon)"))
-        self.require_one_of("model_preset", sorted(FlavaConfig.presets))
+        if self.blimp.kind == "demo":
+            self.require("blimp_pairs_per_phenomenon", self.blimp_pairs_per_phenomenon <= BLIMP_BUILTIN_PAIRS,
+                         f"must be <= {BLIMP_BUILTIN_PAIRS} with the shipped BLiMP subset (the release from a path: "
+                         '[blimp] kind = "blimp", path)')
+        if self.data.kind == "demo":
+            self.require("image_volumes", max(self.image_volumes) + self.val_pairs <= DEMO_PAIRS_MAX,
+                         f"every value + val_pairs ({self.val_pairs}) must be <= {DEMO_PAIRS_MAX} with the demo "
+                         "corpus (rendered in memory; pairs from a path: [data] kind = \"wit\" or \"coco\", path)")
+
+
+BLIMP_PAIRS = 1000          # pairs per paradigm in the BLiMP release
+BLIMP_BUILTIN_PAIRS = 20    # ... in the shipped subset
+DEMO_PAIRS_MAX = 20_000     # the demo corpus renders its pairs in memory: larger image volumes need pairs from a path
 
 
 @functools.lru_cache(maxsize=1)
 def _text_pool_sizes() -> Tuple[int, int]:
     """(words of the shipped Multi30k English captions, number of held-out captions): the most
-    ``text_volumes`` and ``pppl_sentences`` can ask for (see :func:`prepare`)."""
+    ``text_volumes`` and ``pppl_sentences`` can ask of the built-in text."""
     from ..data import iter_multi30k_builtin_english, load_multi30k_builtin
     words = sum(len(s.split()) for s in iter_multi30k_builtin_english())
     return words, len(load_multi30k_builtin("val"))

@@ -11,7 +11,10 @@ Pre-training data (``data``): the demo corpus, or COCO-format captions with thei
 precomputed features). The task (``downstream``): any GLUE-format directory (``kind = "glue"``,
 ``path``, ``task``, e.g. SST-2's train.tsv / dev.tsv), or by default the built-in SST-2-format
 task :func:`demo_glue_task`: is a shape's outline curved or straight in the image, with the shape
-words of the dev set never seen in the task's training set (only in pre-training's captions).
+words of the dev set never seen in the task's training set (only in pre-training's captions). Or
+SQuAD v1.1 / v2.0 from a directory (``kind = "squad"``): a span head on the token states
+(``[h_i; g_i]``, or ``h_i`` for text-only), scored by F1 and exact match
+(:mod:`~grounded_fast.experiments.squad_span`).
 """
 from __future__ import annotations
 
@@ -40,9 +43,20 @@ class PretrainDataConfig(DataConfig):
 
 @dataclasses.dataclass
 class DownstreamDataConfig(DataConfig):
-    """The downstream task: the built-in demo task or a GLUE task directory (``task``: its name)."""
+    """The downstream task: the built-in demo task, a GLUE task directory (``task``: its name) or a
+    SQuAD v1.1 / v2.0 directory (``squad``; questions and contexts in windows of ``max_length``
+    tokens overlapping by ``doc_stride``, answers of at most ``max_answer_tokens``; see
+    :mod:`~grounded_fast.experiments.squad_span`)."""
     task: str = "sst2"
-    kinds = ("demo", "glue")
+    max_length: int = 384
+    doc_stride: int = 128
+    max_answer_tokens: int = 30
+    kinds = ("demo", "glue", "squad")
+
+    def validate(self) -> None:
+        super().validate()
+        self.require_at_least(1, "max_length", "doc_stride", "max_answer_tokens")
+        self.require("doc_stride", self.doc_stride < self.max_length, "must be < max_length (windows overlap by it)")
 
 
 @dataclasses.dataclass
@@ -83,7 +97,7 @@ class GroundedBertStudyConfig(ModelConfig):
         self.require_one_of("model_preset", sorted(GroundedBERTConfig.presets))
         self.require("ot_reg", self.ot_reg > 0, "must be a finite number > 0")
         self.require("ot_weight", self.ot_weight >= 0, "must be a finite number >= 0")
-        if _glue_task(self.downstream.task) is None:
+        if self.downstream.kind != "squad" and _glue_task(self.downstream.task) is None:
             raise ValueError(f"{type(self).__name__}.downstream.task = {self.downstream.task!r}: must be a GLUE "
                              f"task, one of {sorted(GLUE_TASKS)}")
 
@@ -170,6 +184,8 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu", progress: 
                                              vision_encoder=None if d.features else d.load_encoder("vision", device),
                                              use_features=bool(d.features), progress=progress)
     down = cfg.downstream
+    if down.kind == "squad":
+        return {"pretrain": pretrain, "squad": _squad_splits(down, text_encoder.tokenizer)}
     glue_dir = down.path if down.kind == "glue" else demo_glue_task(os.path.join(out_dir, "glue-demo"))
     spec = _glue_task(down.task)
     sep = f" {getattr(getattr(text_encoder, 'tokenizer', None), 'sep_token', None) or '[SEP]'} "
@@ -185,6 +201,22 @@ def prepare(cfg: GroundedBertStudyConfig, out_dir: str, device="cpu", progress: 
         labels = torch.tensor([e.label for e in examples], dtype=torch.float32 if spec.num_labels == 1 else torch.long)
         task[split] = (states[:, 0], labels)
     return {"pretrain": pretrain, "task": task, "num_labels": spec.num_labels, "glue_task": spec.name}
+
+
+def _squad_splits(down: DownstreamDataConfig, tokenizer) -> Dict:
+    """{'version', 'train' / 'dev': {'examples', 'windows'}} of the SQuAD directory ``down.path``
+    (the first ``down.max_items`` questions of each split when set; see ``squad_span.encode_squad``)."""
+    from ..data.formats.squad import load_squad, squad_files
+    from .squad_span import encode_squad
+    files = squad_files(down.path)
+    out = {"version": "v2.0" if files["dev"].endswith("v2.0.json") else "v1.1"}
+    for split in ("train", "dev"):
+        examples = load_squad(files[split])
+        if down.max_items:
+            examples = examples[:down.max_items]
+        out[split] = {"examples": examples,
+                      "windows": encode_squad(examples, tokenizer, down.max_length, down.doc_stride)}
+    return out
 
 
 def _head_input(model, cls_states: torch.Tensor, grounded: bool) -> torch.Tensor:
@@ -207,7 +239,8 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
     (the task's GLUE metric, :func:`~grounded_fast.data.formats.glue.glue_score`) and, for a
     classification task, ``dev_accuracy``, ``dev_majority`` (always answering the commonest dev
     label) and ``dev_correct``: whether each dev item was classified right, as a '0' / '1' string
-    (``significance.pack_correct``)."""
+    (``significance.pack_correct``); for SQuAD (``data['squad']``), ``dev_score`` is the F1, with
+    ``dev_exact`` and ``dev_correct`` by exact match (:func:`_finetune_squad`)."""
     import grounded_fast.models as gm
     from ..models.groundedbert import _mlp
     from .significance import pack_correct
@@ -218,7 +251,7 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
     ot = "none" if variant == TEXT_ONLY else variant.split("-")[0]
     mass = _mass(variant) or 0.5
     model = gm.build("groundedbert", cfg.model_preset, ot=ot, ot_mass=mass, ot_reg=cfg.ot_reg,
-                     ot_weight=cfg.ot_weight, num_labels=data["num_labels"])
+                     ot_weight=cfg.ot_weight, num_labels=data.get("num_labels", 2))   # SQuAD: a span head instead
     device = torch.device(device)
     model = model.to(device)
     out: Dict[str, float] = {}
@@ -258,6 +291,11 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
                     "pretrain_ot_last": last["ot"], "ot_share_of_step_time": ot_time[0] / step_time})
     model.eval()
     grounded = variant != TEXT_ONLY
+    if "squad" in data:
+        head = _finetune_squad(model, grounded, cfg, data["squad"], seed, device, advance, out)
+        files = gm.save(model, out_dir)
+        files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(cpu_state(head), f))
+        return out, files
     (xtr, ytr), (xdev, ydev) = ((x.to(device), y.to(device)) for x, y in (data["task"]["train"], data["task"]["dev"]))
     htr, hdev = _head_input(model, xtr, grounded), _head_input(model, xdev, grounded)
     head = _mlp(htr.shape[1], model.config.hidden_dim, data["num_labels"], model.config.dropout).to(device)
@@ -286,6 +324,45 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
     files = gm.save(model, out_dir)
     files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(cpu_state(head), f))
     return out, files
+
+
+def _finetune_squad(model, grounded: bool, cfg: GroundedBertStudyConfig, squad: Dict, seed: int, device,
+                    advance: Callable[[], None], out: Dict) -> torch.nn.Module:
+    """Fit a span head (an MLP per token, on ``[h; g]`` when ``grounded``, else ``h``; the text
+    encoder and the grounding MLP frozen) on the SQuAD train windows, score the dev questions:
+    ``out`` gains ``dev_score`` (F1), ``dev_exact`` (exact match), both in [0, 1], and
+    ``dev_correct`` (per dev question, exact match). Returns the head."""
+    from ..data.formats.squad import squad_scores
+    from ..models.groundedbert import _mlp
+    from .significance import pack_correct
+    from .squad_span import evaluate_windows, frozen_states, predict_answers, span_logits, span_loss
+    encoder = cfg.data.load_encoder("text", device)
+    transform = (lambda h: model.representation(h)) if grounded else None
+    d_in = model.config.text_dim + (model.config.ground_dim if grounded else 0)
+    torch.manual_seed(seed + 1)
+    head = _mlp(d_in, model.config.hidden_dim, 2, model.config.dropout).to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed + 1)
+    train = squad["train"]["windows"]
+    for _ in range(cfg.finetune_steps):
+        idx = torch.randint(train["input_ids"].shape[0], (cfg.batch_size,), generator=g)
+        states = frozen_states(encoder, train, idx, device, transform)
+        with autocast(device):
+            s, e = span_logits(head, states, train["attention_mask"][idx].to(device))
+        loss = span_loss(s, e, train["start"][idx].to(device), train["end"][idx].to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        advance()
+    head.eval()
+    dev = squad["dev"]
+    starts, ends = evaluate_windows(head, encoder, dev["windows"], device, transform=transform)
+    answers = predict_answers(dev["examples"], dev["windows"], starts, ends, cfg.downstream.max_answer_tokens,
+                              allow_no_answer=squad["version"] == "v2.0")
+    scores = squad_scores(answers, dev["examples"])
+    out.update({"dev_score": float(scores["f1"].mean()), "dev_exact": float(scores["exact"].mean()),
+                "dev_correct": pack_correct(scores["exact"] == 1)})
+    return head
 
 
 def _synced(device: torch.device) -> float:

@@ -83,6 +83,7 @@ def _study(name: str, cfg, out_dir: str, force_new: bool = False):
     ``force_new``: an existing ``results.sqlite`` (damaged, or another run's) is set aside (renamed,
     see ``store.set_aside``) and the study starts afresh."""
     cfg.check()
+    cfg.check_runnable()
     db = os.path.join(out_dir, "results.sqlite")
     with hold_run_lock(out_dir):
         kept = set_aside(db) if force_new else None

@@ -126,6 +126,11 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ValueError naming the field for impossible values (overridden per config)."""
 
+    def check_runnable(self) -> None:
+        """Raise ValueError naming the field for what a run cannot do that construction allows (e.g.
+        ask more of built-in data than it holds, where a preset expects data from a path); the
+        runner calls it before anything is written (overridden per config)."""
+
     # helpers of validate(): each raises ValueError "Class.key = value: <what is allowed>"
     def require(self, key: str, ok: bool, allowed: str) -> None:
         """ValueError naming ``key``, its value and ``allowed`` unless ``ok``."""

@@ -61,6 +61,9 @@ class FlavaConfig(ModelConfig):
                      patch_size=8, codebook_size=64, proj_dim=32),
         "small": dict(d_model=128, text_layers=3, image_layers=3, mm_layers=1, num_heads=4, ffn_dim=512,
                       image_size=32, patch_size=8, codebook_size=256, proj_dim=64),
+        # the ablation authors' "half-size" FLAVA (alkmi/models/lightning_flava.py): 516-d (12 heads), 6 text,
+        # 6 image and 6 multimodal layers, projection 516; the rest as FLAVA
+        "half": dict(d_model=516, text_layers=6, image_layers=6, mm_layers=6, num_heads=12, proj_dim=516),
         "paper": {},
     }
 

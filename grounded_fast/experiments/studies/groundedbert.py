@@ -41,8 +41,11 @@ def results(store, cfg) -> List[dict]:
 
 
 def _metric(cfg: dict) -> str:
-    """The name of the downstream task's GLUE metric ('accuracy', 'f1', 'matthews', 'pearson')."""
+    """The name of the downstream task's metric: its GLUE metric ('accuracy', 'f1', 'matthews',
+    'pearson'), or 'F1' for SQuAD."""
     from ..groundedbert_study import _glue_task
+    if cfg.get("downstream", {}).get("kind") == "squad":
+        return "F1"
     task = _glue_task(cfg.get("downstream", {}).get("task", "sst2"))
     return task.metric if task is not None else "score"
 
@@ -74,6 +77,9 @@ def _task_description(cfg: dict) -> str:
     down = cfg.get("downstream", {})
     if down.get("kind") == "glue":
         return f"GLUE {down.get('task', '')} at `{down.get('path')}`"
+    if down.get("kind") == "squad":
+        return (f"SQuAD at `{down.get('path')}` (windows of {down.get('max_length', 384)} tokens, stride "
+                f"{down.get('doc_stride', 128)}; a span head on the frozen token states)")
     from ..groundedbert_study import demo_task_shapes
     train, dev = demo_task_shapes()
     return ("the built-in SST-2-format demo task: is a shape's outline curved or straight in the image; trained on "
@@ -120,8 +126,10 @@ def report(store, out_dir: str):
     majority = _majority(rows)
     ours = Table(["variant", "seeds", f"dev {metric}", "95% CI", "CI over", "matching loss (first -> last)",
                   "OT loss (last)", "OT share of step time"], table,
-                 units=f"dev {metric}: the task's GLUE metric on its dev split ("
-                       + ("share of dev items right" if metric == "accuracy" else "see the GLUE benchmark")
+                 units=f"dev {metric}: the task's metric on its dev split ("
+                       + ("share of dev items right" if metric == "accuracy" else
+                          "SQuAD's token F1 / 100, best over the gold answers, mean over the questions; exact match: "
+                          "the per-seed table" if metric == "F1" else "see the GLUE benchmark")
                        + "), mean over the seeds; 95% CI: Student t over the seeds "
                        "(several seeds) or, for accuracy, Wilson over the dev items (one seed: variation between "
                        "seeds not in it); "
@@ -131,6 +139,11 @@ def report(store, out_dir: str):
     rep.add_reference("groundedbert", ours=ours if rows else None)
     _variants_vs_text_section(rep, rows, correct, metric)
     return rep
+
+
+def _item_metric(metric: str) -> str:
+    """What a dev item's right / wrong is: exact match for SQuAD, else the classification."""
+    return "exact match" if metric == "F1" else "accuracy"
 
 
 def _majority(rows: List[dict]) -> Optional[float]:
@@ -178,8 +191,8 @@ def _scale(store, cfg: dict, task: str, correct: Dict[str, np.ndarray]) -> Dict[
 
 
 def _variants_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarray], metric: str) -> None:
-    """Each grounded variant against text-only: per seed, accuracy on the same dev items (exact
-    McNemar; classification tasks), and over the seeds, the task's metric (paired t on the
+    """Each grounded variant against text-only: per seed, accuracy (SQuAD: exact match) on the same
+    dev items (exact McNemar; classification tasks and SQuAD), and over the seeds, the task's metric (paired t on the
     per-seed differences, for two seeds or more)."""
     from ..groundedbert_study import run_id
     from ..report import format_interval, significance, tests_note
@@ -209,7 +222,7 @@ def _variants_vs_text_section(rep, rows: List[dict], correct: Dict[str, np.ndarr
         rep.add_placeholder("no grounded variant with a finished text-only run of the same seed to compare")
         return
     if per_seed:
-        rep.add_table(["variant", "seed", "dev accuracy − text-only", "items right for the variant only",
+        rep.add_table(["variant", "seed", f"dev {_item_metric(metric)} − text-only", "items right for the variant only",
                        "items right for text-only only", "exact McNemar"], per_seed,
                       caption="Each variant against text-only of the same seed on the same dev items (exact McNemar "
                               "test on the discordant items): the dev items' sampling noise, one training run each")
