@@ -56,8 +56,8 @@ PROBE_PPPL_SENTENCES = 20
 PREPARE_IMAGES = 400
 WARMUP = 1
 #: (study, preset) not probed on the CPU, and why: its row says "unmeasured" until a GPU measures it
-CPU_UNMEASURED = {("flava-ablation", "paper"): "too slow to probe on a CPU (paper-size FLAVA at batch 64 with 224-px "
-                                               "images: its probe ran 6 minutes without finishing)"}
+CPU_UNMEASURED = {("flava-ablation", "paper"): "too slow to probe on a CPU (FLAVA at batch 64 with 224-px images: a probe "
+                                               "of the full-size model ran 6 minutes without finishing)"}
 DEFAULT_OUT = os.path.join(ROOT, "bench", "results", "preset_costs")
 SHIPPED = os.path.join(ROOT, "grounded_fast", "experiments", "preset_costs.toml")
 README = os.path.join(ROOT, "README.md")
