@@ -698,8 +698,14 @@ def test_flava_report_blimp_per_category_beside_the_paper(tmp_path):
             for seed, b in bits.items():
                 packed = "".join("1" if v else "0" for v in (b if i == 0 else ~b))
                 _unit(store, "cell", f"text2000-images{i}-seed{seed}", {"blimp_correct": packed, "blimp_groups": groups},
-                      {"blimp": 100 * b.mean(), "pppl": 900.0, "step": 6.0}, split="best")
+                      {"blimp": 100 * b.mean(), "pppl": 900.0 + seed, "step": 6.0}, split="best")
         page = study.report(store, str(tmp_path)).to_markdown()
+    from grounded_fast.experiments.significance import bootstrap_mean_ci, t_interval
+    cell = next(ln for ln in page.splitlines() if ln.startswith("| 2K | none | 2 |"))     # both CIs of BLiMP, PPPL's
+    blimp = [100 * b.mean() for b in bits.values()]
+    boot = [100 * v for v in bootstrap_mean_ci(np.mean([bits[0], bits[1]], 0))]
+    assert (f"| {rep.format_interval(*t_interval(blimp)[1:])} | {rep.format_interval(*boot)}, 67 BLiMP pairs "
+            f"(bootstrap) | {rep.format_number(900.5)} | {rep.format_interval(*t_interval([900.0, 901.0])[1:])} |") in cell
     assert "| category | pairs | ours, 2K words (%) | 95% CI | paper, 10M words | paper, 100M words |" in page
     assert "| anaphor agreement | 2 | 100 | [100, 100] | 76.3 | 96.3 |" in page
     assert "| argument structure | 9 |" in page                  # 7 argument_structure + 2 s-selection paradigms

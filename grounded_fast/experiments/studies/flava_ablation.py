@@ -212,8 +212,9 @@ def _scale(store, cfg: dict, rows: List[dict], correct: Dict[str, np.ndarray]) -
 
 
 def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray], glue_name: str = "score"):
-    """One row per grid cell: BLiMP with its 95% CI (bootstrap over pairs for one seed, Student t
-    over seeds for several), PPPL (± the seeds' standard deviation), the winning steps."""
+    """One row per grid cell: BLiMP with two 95% CIs, Student t over the seeds (two or more) and a
+    bootstrap over the BLiMP pairs (of the per-pair correctness averaged over the seeds); PPPL with
+    its t CI over the seeds; GLUE (± the seeds' standard deviation); the winning steps."""
     from ..report import Table, format_interval
     from ..significance import bootstrap_mean_ci, t_interval
     from ..flava_ablation import cell_id
@@ -221,28 +222,31 @@ def _cells_table(rows: List[dict], correct: Dict[str, np.ndarray], glue_name: st
     for r in rows:
         cells.setdefault((r["text"], r["images"]), []).append(r)
     out = []
+
+    def over_seeds(values):
+        return format_interval(*t_interval(values)[1:]) if len(values) >= 2 else "— (one seed)"
+
     for (text, images), rs in sorted(cells.items()):
         blimp = [r["blimp"] for r in rs if "blimp" in r]
         pppl = [r["pppl"] for r in rs if "pppl" in r]
-        if len(blimp) >= 2:
-            mean, lo, hi = t_interval(blimp)
-            how = f"{len(blimp)} seeds (t)"
+        bits = [correct[k] for k in (cell_id(text, images, r["seed"]) for r in rs) if k in correct]
+        if bits and len({b.size for b in bits}) == 1:
+            lo, hi = (100 * v for v in bootstrap_mean_ci(np.mean(np.stack(bits), 0)))
+            pairs = f"{format_interval(lo, hi)}, {bits[0].size} BLiMP pairs (bootstrap)"
         else:
-            mean, (lo, hi) = (blimp[0] if blimp else None), (None, None)
-            bits = correct.get(cell_id(text, images, rs[0]["seed"]))
-            if bits is not None:
-                lo, hi = (100 * v for v in bootstrap_mean_ci(bits))
-            how = f"{len(bits)} BLiMP pairs (bootstrap)" if bits is not None else "—"
-        spread = (float(np.mean(pppl)), float(np.std(pppl, ddof=1))) if len(pppl) >= 2 else (pppl[0] if pppl else None)
+            pairs = "—"
         glue = [r["glue"] for r in rs if "glue" in r]
         glue_cell = ((float(np.mean(glue)), float(np.std(glue, ddof=1))) if len(glue) >= 2
                      else (glue[0] if glue else "—"))
-        out.append([_volume(text), _volume(images), len(rs), mean, format_interval(lo, hi), how, spread, glue_cell,
+        out.append([_volume(text), _volume(images), len(rs), float(np.mean(blimp)) if blimp else None,
+                    over_seeds(blimp), pairs, float(np.mean(pppl)) if pppl else None, over_seeds(pppl), glue_cell,
                     ", ".join(str(int(r["step"])) for r in rs if "step" in r)])
-    return Table(["words", "images", "seeds", "BLiMP (%)", "95% CI", "CI over", "PPPL", f"GLUE {glue_name}",
-                  "best step"], out,
-                 caption="Our grid: BLiMP accuracy with its 95% CI, pseudo-perplexity and the GLUE evaluation (mean "
-                         "± standard deviation over seeds when there are several), the step whose checkpoint won",
+    return Table(["words", "images", "seeds", "BLiMP (%)", "95% CI over seeds (t)", "95% CI over pairs",
+                  "PPPL", "PPPL 95% CI over seeds (t)", f"GLUE {glue_name}", "best step"], out,
+                 caption="Our grid: BLiMP accuracy with its 95% CIs (training-run noise: over the seeds; the BLiMP "
+                         "sample: a bootstrap over the pairs), pseudo-perplexity with its CI over the seeds, the GLUE "
+                         "evaluation (mean ± standard deviation over seeds when there are several), the step whose "
+                         "checkpoint won in each seed",
                  units="BLiMP: % of minimal pairs whose grammatical sentence gets the higher pseudo-log-likelihood; "
                        "PPPL: pseudo-perplexity of held-out captions (lower is better); GLUE: the task's metric on its "
                        "dev split after fine-tuning the checkpoint's text encoder")
