@@ -91,3 +91,34 @@ def test_flava_glue_evaluation_reads_a_glue_directory(tmp_path, task):
     score = glue_finetune(model, glue, cfg, seed=0, device="cpu")
     assert np.isfinite(score) and -1 <= score <= 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_pretraining_optimizer_default_and_the_authors_schedule():
+    """Default: one AdamW learning rate, constant (the tiny / small runs as before). Paper: the
+    authors' text-encoder rate in its own group, linear warm-up from 0, cosine decay to 0."""
+    import grounded_fast.models as gm
+    from grounded_fast.experiments.flava_ablation import _optimizer
+    model = gm.build("flava", "tiny", vocab_size=100, max_text_len=8)
+
+    def trace(cfg, at):
+        opt, schedule = _optimizer(model, cfg)
+        out = {}
+        for step in range(max(at) + 1):
+            if step in at:
+                out[step] = [g["lr"] for g in opt.param_groups]
+            opt.step()
+            schedule.step()
+        return opt, out
+
+    opt, lrs = trace(FlavaStudyConfig.from_preset("tiny"), {0, 50, 119})
+    assert len(opt.param_groups) == 1 and set(map(tuple, lrs.values())) == {(1e-3,)}
+    assert opt.defaults["weight_decay"] == 0.01
+    paper = FlavaStudyConfig.from_preset("paper")
+    opt, lrs = trace(paper, {0, 5000, 10000, 15000, 20000})
+    text = {id(p) for m in (model.tok, model.tpos, model.text_enc) for p in m.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == text
+    assert lrs[0] == [0.0, 0.0] and lrs[10000] == pytest.approx([1e-3, 7.5e-4])
+    assert lrs[5000] == pytest.approx([5e-4, 3.75e-4]) and lrs[15000] == pytest.approx([5e-4, 3.75e-4])
+    assert lrs[20000] == pytest.approx([0.0, 0.0], abs=1e-12) and opt.defaults["weight_decay"] == 0.1
+    with pytest.raises(ValueError, match="lr_schedule = 'linear': must be one of"):
+        FlavaStudyConfig.from_dict({"lr_schedule": "linear"})

@@ -76,6 +76,11 @@ class FlavaStudyConfig(ModelConfig):
     glue: FlavaGlueDataConfig = dataclasses.field(default_factory=FlavaGlueDataConfig)
     glue_steps: int = 200            # fine-tuning steps of the GLUE evaluation (0: none)
     glue_lr: float = 1e-4
+    lr: float = 1e-3                 # AdamW learning rate of pre-training
+    text_lr: float = 0.0             # the text encoder's (embeddings + layers) own learning rate; 0: lr
+    weight_decay: float = 0.01
+    warmup_steps: int = 0            # linear warm-up of the learning rates, then ``lr_schedule``
+    lr_schedule: str = "constant"    # after the warm-up: "constant", or "cosine" decay to 0 at ``steps``
 
     presets = {
         "tiny": dict(image_volumes=(0, 50, 150, 400), steps=120, eval_every=40,
@@ -86,7 +91,8 @@ class FlavaStudyConfig(ModelConfig):
         # BLiMP pair): it needs the text, the pairs and BLiMP from paths (prepare says which is missing)
         "paper": dict(text_volumes=(10_000_000, 100_000_000), image_volumes=(0, 40_000, 400_000, 4_000_000),
                       seeds=(0, 1, 2, 3, 4), steps=20000, eval_every=1000, model_preset="half", batch_size=64,
-                      pppl_sentences=1000, blimp_pairs_per_phenomenon=1000, glue_steps=2000),
+                      pppl_sentences=1000, blimp_pairs_per_phenomenon=1000, glue_steps=2000,
+                      lr=1e-3, text_lr=7.5e-4, weight_decay=0.1, warmup_steps=10000, lr_schedule="cosine"),
     }
 
     def validate(self) -> None:
@@ -95,6 +101,11 @@ class FlavaStudyConfig(ModelConfig):
                               "val_pairs")
         self.require_at_least(0, "image_volumes", "glue_steps")
         self.require("glue_lr", self.glue_lr > 0, "must be a finite number > 0")
+        self.require("lr", self.lr > 0, "must be a finite number > 0")
+        self.require("text_lr", self.text_lr >= 0, "must be a finite number >= 0 (0: lr)")
+        self.require("weight_decay", self.weight_decay >= 0, "must be a finite number >= 0")
+        self.require_at_least(0, "warmup_steps")
+        self.require_one_of("lr_schedule", ["constant", "cosine"])
         from ..data.formats.glue import GLUE_TASKS, _task
         try:
             _task(self.glue.task)
@@ -374,7 +385,7 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
     device = torch.device(device)
     model = model.to(device)
     data = {k: v.to(device) if torch.is_tensor(v) and k != "text_words" else v for k, v in data.items()}   # glue: CPU
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    opt, schedule = _optimizer(model, cfg)
     g = torch.Generator().manual_seed(seed)
     n_sentences = int(torch.searchsorted(data["text_words"], text_volume)) + 1   # whole sentences
     text = data["text"]                  # a TokenFile: rows read from disk by batch
@@ -398,6 +409,7 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
         if progress is not None:
             progress(step, cfg.steps)
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -424,6 +436,24 @@ def train_cell(text_volume: int, image_volume: int, seed: int, cfg: FlavaStudyCo
         best["glue"] = glue_finetune(model, data["glue"], cfg, seed, device)
     gm.save(model, out_dir)
     return best
+
+
+def _optimizer(model, cfg: FlavaStudyConfig):
+    """(AdamW, its per-step learning-rate schedule) of pre-training: ``cfg.lr`` (the text encoder at
+    ``cfg.text_lr`` when set, as the authors do), ``cfg.weight_decay``; a linear warm-up over
+    ``cfg.warmup_steps``, then constant or a cosine decay to 0 at ``cfg.steps`` (transformers'
+    schedules)."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+    if cfg.text_lr:
+        text = {id(p) for m in (model.tok, model.tpos, model.text_enc) for p in m.parameters()}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in text]},
+                  {"params": [p for p in model.parameters() if id(p) in text], "lr": cfg.text_lr}]
+    else:
+        groups = model.parameters()
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "cosine":
+        return opt, get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    return opt, get_constant_schedule_with_warmup(opt, cfg.warmup_steps)
 
 
 def grid_rows(metrics: List[dict]) -> List[dict]:

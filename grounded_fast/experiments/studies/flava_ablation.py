@@ -193,8 +193,13 @@ def _scale(store, cfg: dict, rows: List[dict], correct: Dict[str, np.ndarray]) -
         out["model"] = (f"FLAVA-style (preset {cfg.get('model_preset', '?')}): {mc['text_layers']} text, "
                         f"{mc['image_layers']} image, {mc['mm_layers']} multimodal layers, d_model {mc['d_model']}, "
                         f"{mc['num_heads']} heads, FFN {mc['ffn_dim']}; {count(params)} parameters; float32")
+        lr, text_lr = cfg.get("lr", 1e-3), cfg.get("text_lr", 0.0)
+        rates = f"learning rate {lr:g}" + (f", text encoder {text_lr:g}" if text_lr else " (one for all)")
+        warmup = cfg.get("warmup_steps", 0)
         out["training"] = (f"{cfg.get('steps', '?')} steps × batch {cfg.get('batch_size', '?')}; MLM masking "
-                           f"{mc['text_mask_prob']:g}; AdamW, one learning rate")
+                           f"{mc['text_mask_prob']:g}; AdamW, {rates}, weight decay {cfg.get('weight_decay', 0.01):g}"
+                           + (f", {warmup} warm-up steps" if warmup else "")
+                           + (", then cosine decay" if cfg.get("lr_schedule") == "cosine" else ""))
     else:
         out["model"] = f"preset {cfg.get('model_preset', '?')} (no checkpoint yet to count its parameters)"
     steps = sorted({int(r["step"]) for r in rows if "step" in r})
@@ -204,8 +209,9 @@ def _scale(store, cfg: dict, rows: List[dict], correct: Dict[str, np.ndarray]) -
                              f"every {cfg.get('eval_every', '?')} steps; won at step(s) {', '.join(map(str, steps))}"
                              + (" — every cell's best is its last step: trained too short to select" if last else ""))
     n = {len(v) for v in correct.values()}
-    out["BLiMP"] = (f"{count(n.pop())} pairs ({cfg.get('blimp_pairs_per_phenomenon', '?')} per phenomenon of the "
-                    "shipped subset)" if len(n) == 1 else "not computed yet (run incomplete)")
+    of = "the shipped subset" if cfg.get("blimp", {}).get("kind", "demo") == "demo" else "the release"
+    out["BLiMP"] = (f"{count(n.pop())} pairs ({cfg.get('blimp_pairs_per_phenomenon', '?')} per phenomenon of {of})"
+                    if len(n) == 1 else "not computed yet (run incomplete)")
     out["other evaluations"] = (f"GLUE: {_glue_name(cfg)} after {cfg['glue_steps']} fine-tuning steps of the "
                                 "checkpoint's text encoder" if cfg.get("glue_steps") else "none")
     return out
