@@ -152,6 +152,21 @@ def test_demo_corpus_as_squad_reads_back(tmp_path, version):
     assert squad_files(tmp_path) == {k: str(v) for k, v in files.items()}
 
 
+def test_every_answer_maps_to_its_tokens(tmp_path, tokenizer):
+    """Over the demo SQuAD's questions, in windows short enough to cut contexts: each window that
+    holds the gold answer whole spans exactly its characters; every answer is held by some window."""
+    examples = load_squad(write_demo_squad(DemoCorpus(60, 0), tmp_path)["train"])
+    w = encode_squad(examples, tokenizer, max_length=24, stride=8)
+    held = set()
+    for k in range(len(w["example"])):
+        ex = examples[int(w["example"][k])]
+        if w["start"][k] > 0:
+            a, b = int(w["offsets"][k, w["start"][k], 0]), int(w["offsets"][k, w["end"][k], 1])
+            assert ex.context[a:b] == ex.answers[0] and w["start"][k] <= w["end"][k]
+            held.add(ex.qid)
+    assert held == {e.qid for e in examples if e.answers} and len(w["example"]) > len(examples)
+
+
 def test_groundedbert_on_squad_end_to_end(tmp_path, capsys):
     from grounded_fast import cli
     from grounded_fast.experiments.store import ResultStore

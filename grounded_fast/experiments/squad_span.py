@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,24 +50,30 @@ def encode_squad(examples: Sequence[SquadExample], tokenizer, max_length: int, s
                     max_length=max_length, stride=stride, return_overflowing_tokens=True,
                     return_offsets_mapping=True, padding="max_length")
     n = len(enc["input_ids"])
-    offsets = torch.full((n, max_length, 2), NOT_CONTEXT, dtype=torch.long)
-    start, end = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
-    sample = enc["overflow_to_sample_mapping"]
-    for w in range(n):
-        context = [k for k, s in enumerate(enc.sequence_ids(w)) if s == 1]
-        if not context:
-            raise ValueError(f"question {examples[sample[w]].qid!r}: the question fills the window of {max_length} "
-                             "tokens (no room for its context): raise max_length")
-        for k in context:
-            offsets[w, k] = torch.tensor(enc["offset_mapping"][w][k])
-        ex = examples[sample[w]]
-        if ex.answers:
-            a, b = ex.answer_starts[0], ex.answer_starts[0] + len(ex.answers[0])
-            if offsets[w, context[0], 0] <= a and offsets[w, context[-1], 1] >= b:
-                start[w] = max(k for k in context if offsets[w, k, 0] <= a)
-                end[w] = min(k for k in context if offsets[w, k, 1] >= b)
+    sample = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+    is_context = np.array([[s == 1 for s in enc.sequence_ids(w)] for w in range(n)], dtype=bool).reshape(n, max_length)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(n, max_length, 2)
+    offsets[~is_context] = NOT_CONTEXT
+    empty = np.flatnonzero(~is_context.any(1))
+    if empty.size:
+        raise ValueError(f"question {examples[sample[empty[0]]].qid!r}: the question fills the window of {max_length} "
+                         "tokens (no room for its context): raise max_length")
+    # the gold span's character range per window ((-1, -1): no answer); the answer's first token is the
+    # last context token starting at or before its first character, its last token the first context
+    # token ending at or after its end; a window holds the answer when both lie within its context
+    first = np.array([examples[i].answer_starts[0] if examples[i].answers else -1 for i in sample])
+    last = np.array([first[w] + len(examples[i].answers[0]) if examples[i].answers else -1
+                     for w, i in enumerate(sample)])
+    lo = np.where(is_context, offsets[..., 0], np.iinfo(np.int64).max)
+    hi = np.where(is_context, offsets[..., 1], -1)
+    inside = (first >= 0) & (lo.min(1) <= first) & (hi.max(1) >= last)
+    positions = np.arange(max_length)
+    start = np.where(is_context & (lo <= first[:, None]), positions, -1).max(1)
+    end = np.where(is_context & (hi >= last[:, None]), positions, max_length).min(1)
+    start, end = np.where(inside, start, 0), np.where(inside, end, 0)
     out = {"input_ids": torch.tensor(enc["input_ids"]), "attention_mask": torch.tensor(enc["attention_mask"]),
-           "offsets": offsets, "example": torch.tensor(sample, dtype=torch.long), "start": start, "end": end}
+           "offsets": torch.from_numpy(offsets), "example": torch.from_numpy(sample), "start": torch.from_numpy(start),
+           "end": torch.from_numpy(end)}
     out["token_type_ids"] = (torch.tensor(enc["token_type_ids"]) if "token_type_ids" in enc
                              else torch.zeros_like(out["input_ids"]))
     return out
