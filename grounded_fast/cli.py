@@ -208,7 +208,9 @@ def _study_config(args, config_cls, db: str):
             info = store.study_info()
         if info.get("name") != args.study:
             raise ValueError(f"--resume: {os.path.dirname(db)} holds a {info.get('name')!r} run, not {args.study!r}")
-        return config_cls.from_dict(info["config"])
+        cfg = config_cls.from_dict(info["config"])
+        cfg.check_runnable()
+        return cfg
     overrides = load_config_file(args.config) if args.config else {}
     try:
         cfg = config_cls.from_preset(args.preset or "tiny", **overrides)
