@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from grounded_fast.data import BLIMP_BUILTIN
 from grounded_fast.experiments.flava_ablation import FlavaStudyConfig, plan_cells, unpack_blimp_groups
 
 MICRO = """
@@ -56,8 +57,17 @@ def test_flava_ablation_micro_run(tmp_path):
 def test_flava_config_validation():
     cfg = FlavaStudyConfig.from_preset("tiny")
     assert len(plan_cells(cfg)) == 8
-    with pytest.raises(ValueError, match="blimp_pairs_per_phenomenon"):
-        FlavaStudyConfig.from_preset("tiny", blimp_pairs_per_phenomenon=50)
+    with pytest.raises(ValueError, match="blimp_pairs_per_phenomenon = 1001: must be in"):
+        FlavaStudyConfig.from_preset("tiny", blimp_pairs_per_phenomenon=1001)
+    more = FlavaStudyConfig.from_preset("tiny", blimp_pairs_per_phenomenon=50)    # the release from a path may hold them
+    with pytest.raises(ValueError, match="blimp_pairs_per_phenomenon = 50: must be <= 20 with the shipped BLiMP"):
+        more.check_runnable()                   # the shipped subset does not: refused before a run writes anything
+    zip_cfg = FlavaStudyConfig.from_preset("tiny", blimp_pairs_per_phenomenon=50,
+                                           blimp={"kind": "blimp", "path": BLIMP_BUILTIN})
+    zip_cfg.check_runnable()                    # a path is counted when the study prepares its inputs
+    from grounded_fast.experiments.flava_ablation import prepare
+    with pytest.raises(ValueError, match=r"= 50 exceeds the pairs of 67 BLiMP paradigm\(s\) in .*blimp_first20.zip"):
+        prepare(zip_cfg, "/nonexistent-never-written")
     with pytest.raises(ValueError, match="unknown"):
         FlavaStudyConfig.from_preset("tiny", wordz=3)
 

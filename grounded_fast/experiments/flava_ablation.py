@@ -251,6 +251,16 @@ def prepare(cfg: FlavaStudyConfig, out_dir: str) -> Dict:
     from ..data import BLIMP_BUILTIN, load_blimp
     from ..models.flava import KMeansCodebook
 
+    blimp = cfg.blimp.path if cfg.blimp.kind == "blimp" else BLIMP_BUILTIN
+    keep, seen = [], {}
+    for p in load_blimp(blimp):
+        seen[p.uid] = seen.get(p.uid, 0) + 1
+        if seen[p.uid] <= cfg.blimp_pairs_per_phenomenon:
+            keep.append(p)
+    short = sorted(uid for uid, n in seen.items() if n < cfg.blimp_pairs_per_phenomenon)
+    if short:
+        raise ValueError(f"blimp_pairs_per_phenomenon = {cfg.blimp_pairs_per_phenomenon} exceeds the pairs of "
+                         f"{len(short)} BLiMP paradigm(s) in {blimp} (e.g. {short[0]}: {seen[short[0]]})")
     tok = tokenizer()
     mc = gm.FlavaConfig.from_preset(cfg.model_preset)
 
@@ -273,12 +283,6 @@ def prepare(cfg: FlavaStudyConfig, out_dir: str) -> Dict:
                          f"of {what})")
     held_out = held_out[:cfg.pppl_sentences]
     images, captions = _pair_images(cfg, mc.image_size, max(max(cfg.image_volumes), 1) + cfg.val_pairs)
-    pairs = load_blimp(cfg.blimp.path if cfg.blimp.kind == "blimp" else BLIMP_BUILTIN)
-    keep, seen = [], {}
-    for p in pairs:
-        seen[p.uid] = seen.get(p.uid, 0) + 1
-        if seen[p.uid] <= cfg.blimp_pairs_per_phenomenon:
-            keep.append(p)
     codebook = KMeansCodebook(mc.codebook_size, mc.patch_size, seed=cfg.corpus_seed).fit(images)
     # the pairs of one paradigm are contiguous (load_blimp reads the files one by one)
     glue = _glue_splits(cfg, tok, out_dir) if cfg.glue_steps else None
