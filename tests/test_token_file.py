@@ -65,6 +65,33 @@ def test_token_file_streams_stops_at_the_words_and_pickles_as_its_path(tmp_path)
         write_token_file(["a b"], _tokenize(3), 100, 4, str(tmp_path / "u.tokens"))
 
 
+def test_a_damaged_token_file_is_found_by_verify_and_rewritten_on_reuse(tmp_path):
+    """The record holds both files' sha256 and size: ``verify`` reports a corrupted or missing
+    file (one line naming it), and the next prepare rewrites it instead of reusing it."""
+    from grounded_fast.data.token_file import token_file_problems
+    from grounded_fast.experiments.store import ResultStore
+    from grounded_fast.experiments.verify import check_run
+    run = tmp_path / "run"
+    ResultStore(str(run / "results.sqlite")).close()
+    path = str(run / "features" / "text-abc.tokens")
+    tf = write_token_file(["a bb ccc", "dd e"], _tokenize(4), 100, 4, path)
+    rows = tf[0:2].clone()
+    ok = check_run(run)
+    assert ok.problems == [] and ok.checked["token files"] == 1
+    with open(path, "r+b") as f:        # flip one byte: same size, another hash
+        f.seek(1)
+        byte = f.read(1)
+        f.seek(1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    (problem,) = check_run(run).problems
+    assert "corrupted" in problem and path in problem
+    fresh = write_token_file(iter(["a bb ccc", "dd e"]), _tokenize(4), 100, 4, path)
+    assert torch.equal(fresh[0:2], rows) and token_file_problems(path + ".json") == []
+    import os
+    os.remove(path + ".words.npy")
+    assert "missing file" in check_run(run).problems[0]
+
+
 def test_flava_prepares_from_a_plain_text_corpus(tmp_path):
     """text.kind = "text": the training lines are tokenised only as far as the largest text volume,
     the held-out sentences are val.txt's first lines, and the token file is what training samples."""

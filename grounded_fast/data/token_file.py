@@ -12,9 +12,11 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .._atomic import write_atomic
+from .._atomic import check_file, write_atomic
 
-__all__ = ["TokenFile", "write_token_file"]
+__all__ = ["TokenFile", "write_token_file", "token_file_problems"]
+
+RECORD_SUFFIX = ".json"     # a token file's record: its settings, rows, and the sha256 / size of its two files
 
 
 class TokenFile:
@@ -63,14 +65,15 @@ def write_token_file(sentences: Iterable[str], tokenize: Callable[[List[str]], n
     (list of str -> (n, length) int array, padded / truncated to ``length``) into ``path``, stopping
     after the first sentence that brings the words to ``max_words`` (None: all). Reuses ``path``
     when its record (``<path>.json``) says it holds the same rows already (same ``max_words``,
-    ``length``, vocabulary; the caller keys the path by the corpus). Returns the :class:`TokenFile`."""
+    ``length``, vocabulary; the caller keys the path by the corpus) and both files match the sha256
+    and size it records (a damaged one is rewritten). Returns the :class:`TokenFile`."""
     dtype = "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "int32"
     record = {"length": int(length), "vocab_size": int(vocab_size), "max_words": max_words, "dtype": dtype}
-    meta = path + ".json"
-    if os.path.exists(meta) and os.path.exists(path + ".words.npy"):
+    meta = path + RECORD_SUFFIX
+    if os.path.exists(meta):
         with open(meta) as f:
             done = json.load(f)
-        if {k: done.get(k) for k in record} == record:
+        if {k: done.get(k) for k in record} == record and not token_file_problems(meta):
             return TokenFile(path, done["rows"], length, dtype)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     words: List[int] = []
@@ -102,7 +105,21 @@ def write_token_file(sentences: Iterable[str], tokenize: Callable[[List[str]], n
         if batch:
             flush()
 
-    write_atomic(path, fill)
-    write_atomic(path + ".words.npy", lambda f: np.save(f, np.asarray(words, dtype=np.int64)))
-    write_atomic(meta, json.dumps({**record, "rows": rows}).encode())
+    files = {"tokens": write_atomic(path, fill),
+             "words": write_atomic(path + ".words.npy", lambda f: np.save(f, np.asarray(words, dtype=np.int64)))}
+    write_atomic(meta, json.dumps({**record, "rows": rows, "files": {
+        k: {"name": w.path.name, "sha256": w.sha256, "size": w.size} for k, w in files.items()}}).encode())
     return TokenFile(path, rows, length, dtype)
+
+
+def token_file_problems(record_path: str) -> List[str]:
+    """What is wrong with the token file whose record is ``record_path`` (``<path>.json``): one line
+    per missing, truncated or corrupted file, or a record without hashes (written before they were
+    recorded; rebuilt when the study next prepares it); [] when both files match it."""
+    with open(record_path) as f:
+        files = json.load(f).get("files")
+    if not files:
+        return [f"token file record without hashes (rebuilt when the study next prepares it): {record_path}"]
+    folder = os.path.dirname(record_path)
+    return [p for rec in files.values()
+            if (p := check_file(os.path.join(folder, rec["name"]), rec["sha256"], rec["size"]))]

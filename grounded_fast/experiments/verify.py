@@ -1,6 +1,6 @@
 """Check a run directory against what it recorded: the store (SQLite integrity), the checkpoints
-and the files units recorded (sha256 and size), and every feature cache under it (each shard's
-sha256 against its index). Used by ``grounded-fast verify`` and, by default, ``grounded-fast report``.
+and the files units recorded (sha256 and size), every feature cache under it (each shard's
+sha256 against its index) and every token file (its tokens and word counts against its record). Used by ``grounded-fast verify`` and, by default, ``grounded-fast report``.
 Reads only; a rerun of the study recomputes whatever is found damaged."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .._atomic import check_file
 from ..data.features import FeatureCache
+from ..data.token_file import RECORD_SUFFIX, token_file_problems
 from .store import ResultStore
 
 __all__ = ["RunCheck", "check_run"]
@@ -50,4 +51,8 @@ def check_run(out_dir: str | os.PathLike) -> RunCheck:
         found, ok = FeatureCache(directory, progress=False).problems()
         problems += found
         shards += ok + len(found)
-    return RunCheck(problems, {"checkpoints": checkpoints, "files": files, "feature shards": shards})
+    token_files = sorted(root.rglob("*.tokens" + RECORD_SUFFIX))
+    for record in token_files:
+        problems += token_file_problems(str(record))
+    counts = {"checkpoints": checkpoints, "files": files, "feature shards": shards}
+    return RunCheck(problems, {**counts, "token files": len(token_files)} if token_files else counts)
