@@ -126,6 +126,7 @@ def test_pretraining_optimizer_default_and_the_authors_schedule():
     paper = FlavaStudyConfig.from_preset("paper")
     opt, lrs = trace(paper, {0, 5000, 10000, 15000, 20000})
     text = {id(p) for m in (model.tok, model.tpos, model.text_enc) for p in m.parameters()}
+    assert {id(p) for p in model.text_parameters()} == text
     assert {id(p) for p in opt.param_groups[1]["params"]} == text
     assert lrs[0] == [0.0, 0.0] and lrs[10000] == pytest.approx([1e-3, 7.5e-4])
     assert lrs[5000] == pytest.approx([5e-4, 3.75e-4]) and lrs[15000] == pytest.approx([5e-4, 3.75e-4])

@@ -325,7 +325,7 @@ def glue_finetune(model, glue: Dict, cfg: FlavaStudyConfig, seed: int, device) -
     from .device import autocast
     model = copy.deepcopy(model).to(device).train()
     head = torch.nn.Linear(model.config.d_model, glue["num_labels"]).to(device)
-    params = list(model.tok.parameters()) + list(model.tpos.parameters()) + list(model.text_enc.parameters())
+    params = model.text_parameters()
     opt = torch.optim.AdamW(params + list(head.parameters()), lr=cfg.glue_lr, weight_decay=0.01)
     (xtr, ytr), (xdev, ydev) = glue["train"], glue["dev"]
     g = torch.Generator().manual_seed(seed + 2)
@@ -449,7 +449,7 @@ def _optimizer(model, cfg: FlavaStudyConfig):
     schedules)."""
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
     if cfg.text_lr:
-        text = {id(p) for m in (model.tok, model.tpos, model.text_enc) for p in m.parameters()}
+        text = {id(p) for p in model.text_parameters()}
         groups = [{"params": [p for p in model.parameters() if id(p) not in text]},
                   {"params": [p for p in model.parameters() if id(p) in text], "lr": cfg.text_lr}]
     else:

@@ -242,9 +242,6 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
     (``significance.pack_correct``); for SQuAD (``data['squad']``), ``dev_score`` is the F1, with
     ``dev_exact`` and ``dev_correct`` by exact match (:func:`_finetune_squad`)."""
     import grounded_fast.models as gm
-    from ..models.groundedbert import _mlp
-    from .significance import pack_correct
-    from ..data.formats.glue import glue_score
     from ..models.config import cpu_state
 
     torch.manual_seed(seed)
@@ -291,11 +288,22 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
                     "pretrain_ot_last": last["ot"], "ot_share_of_step_time": ot_time[0] / step_time})
     model.eval()
     grounded = variant != TEXT_ONLY
-    if "squad" in data:
-        head = _finetune_squad(model, grounded, cfg, data["squad"], seed, device, advance, out)
-        files = gm.save(model, out_dir)
-        files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(cpu_state(head), f))
-        return out, files
+    finetune = _finetune_squad if "squad" in data else _finetune_glue
+    head = finetune(model, grounded, cfg, data, seed, device, advance, out)
+    files = gm.save(model, out_dir)
+    files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(cpu_state(head), f))
+    return out, files
+
+
+def _finetune_glue(model, grounded: bool, cfg: GroundedBertStudyConfig, data: Dict, seed: int, device,
+                   advance: Callable[[], None], out: Dict) -> torch.nn.Module:
+    """Fit the classifier (an MLP on ``[h_CLS; g_CLS]`` when ``grounded``, else ``h_CLS``; the
+    grounding MLP frozen) on ``data['task']``'s train split, score its dev split: ``out`` gains
+    ``dev_score`` and, for classification, ``dev_accuracy``, ``dev_majority``, ``dev_correct``
+    (see :func:`run_variant`). Returns the head."""
+    from ..data.formats.glue import glue_score
+    from ..models.groundedbert import _mlp
+    from .significance import pack_correct
     (xtr, ytr), (xdev, ydev) = ((x.to(device), y.to(device)) for x, y in (data["task"]["train"], data["task"]["dev"]))
     htr, hdev = _head_input(model, xtr, grounded), _head_input(model, xdev, grounded)
     head = _mlp(htr.shape[1], model.config.hidden_dim, data["num_labels"], model.config.dropout).to(device)
@@ -321,23 +329,22 @@ def run_variant(variant: str, seed: int, cfg: GroundedBertStudyConfig, data: Dic
         out["dev_accuracy"] = float(correct.float().mean())
         out["dev_majority"] = float(torch.bincount(ydev).max()) / len(ydev)    # always answering the commonest label
         out["dev_correct"] = pack_correct(correct)   # per dev item, for the report's CI and paired tests
-    files = gm.save(model, out_dir)
-    files[HEAD_FILE] = write_atomic(os.path.join(out_dir, HEAD_FILE), lambda f: torch.save(cpu_state(head), f))
-    return out, files
+    return head
 
 
-def _finetune_squad(model, grounded: bool, cfg: GroundedBertStudyConfig, squad: Dict, seed: int, device,
+def _finetune_squad(model, grounded: bool, cfg: GroundedBertStudyConfig, data: Dict, seed: int, device,
                     advance: Callable[[], None], out: Dict) -> torch.nn.Module:
     """Fit a span head (an MLP per token, on ``[h; g]`` when ``grounded``, else ``h``; the text
-    encoder and the grounding MLP frozen) on the SQuAD train windows, score the dev questions:
+    encoder and the grounding MLP frozen) on ``data['squad']``'s train windows, score the dev questions:
     ``out`` gains ``dev_score`` (F1), ``dev_exact`` (exact match), both in [0, 1], and
     ``dev_correct`` (per dev question, exact match). Returns the head."""
     from ..data.formats.squad import squad_scores
     from ..models.groundedbert import _mlp
     from .significance import pack_correct
     from .squad_span import evaluate_windows, frozen_states, predict_answers, span_logits, span_loss
+    squad = data["squad"]
     encoder = cfg.data.load_encoder("text", device)
-    transform = (lambda h: model.representation(h)) if grounded else None
+    transform = model.representation if grounded else None
     d_in = model.config.text_dim + (model.config.ground_dim if grounded else 0)
     torch.manual_seed(seed + 1)
     head = _mlp(d_in, model.config.hidden_dim, 2, model.config.dropout).to(device)

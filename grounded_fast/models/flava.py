@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -163,6 +163,12 @@ class FlavaModel(nn.Module):
             nn.init.normal_(p, std=0.02)
 
     # ----------------------------------------------------------------- encoders
+    def text_parameters(self) -> List[nn.Parameter]:
+        """The text encoder's parameters (token and position embeddings, its layers), the part
+        :meth:`text` runs: what the GLUE evaluation fine-tunes and the authors' own text learning
+        rate applies to."""
+        return [p for m in (self.tok, self.tpos, self.text_enc) for p in m.parameters()]
+
     def text(self, ids: Tensor) -> Tensor:
         """ids (B, L) -> states (B, L, d); padding (pad_id) is masked in attention."""
         L = ids.shape[1]
