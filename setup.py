@@ -99,9 +99,11 @@ if build_cuda:
     )
 
 # Triton kernels live beside the other kernels (csrc/<family>/triton/) and import as Python from
-# grounded_fast.triton_kernels.<family>.
+# grounded_fast.triton_kernels.<family>; the helpers they share, csrc/common/triton/, as
+# grounded_fast.triton_kernels.common.
 TRITON_PACKAGES = {
     "grounded_fast.triton_kernels.analysis": os.path.join(CSRC, "analysis", "triton"),
+    "grounded_fast.triton_kernels.common": os.path.join(CSRC, "common", "triton"),
     "grounded_fast.triton_kernels.ot": os.path.join(CSRC, "ot", "triton"),
 }
 

@@ -33,7 +33,7 @@ def test_agreement_sums_match_reference(dtype, M, N, V):
     z = logits(M, N, V, seed=M * 7 + N, dtype=dtype)
     mask = torch.rand(N, generator=torch.Generator().manual_seed(1)) > 0.25
     mask[0] = True
-    got = torch.ops.grounded_fast.pairwise_agreement(z, mask, True)
+    got = torch.ops.grounded_fast.pairwise_agreement(z, mask, True, "cpu")
     ref = pairwise_agreement_reference(z, mask, True)  # same (rounded) inputs, in float64
     rtol, atol = TOL[dtype]
     assert torch.equal(got[0], ref[0]), "argmax agreement counts"
@@ -175,8 +175,8 @@ def test_agreement_takes_a_large_mask_fill():
 def test_agreement_opcheck():
     z = logits(3, 5, 11)
     mask = torch.tensor([True, False, True, True, True])
-    torch.library.opcheck(torch.ops.grounded_fast.pairwise_agreement.default, (z, mask, True))
-    torch.library.opcheck(torch.ops.grounded_fast.pairwise_agreement_torch.default, (z, mask, True))
+    for backend in ("cpu", "torch"):
+        torch.library.opcheck(torch.ops.grounded_fast.pairwise_agreement.default, (z, mask, True, backend))
 
 
 # ----------------------------------------------------------------------------- attention distances
@@ -206,7 +206,7 @@ def test_attention_pair_sums_match_reference(metric, dtype, M, R, S):
     smask[:, 0] = True
     w = torch.rand(R, generator=g, dtype=torch.float64)
     w[0] = 0.0
-    got = torch.ops.grounded_fast.attention_pair_sums(a, smask, w, A.ATTENTION_METRICS.index(metric) - 1)
+    got = torch.ops.grounded_fast.attention_pair_sums(a, smask, w, A.ATTENTION_METRICS.index(metric) - 1, "cpu")
     ref = attention_pair_sums_reference(a, w, metric, smask)
     rtol, atol = TOL[dtype]
     assert_close(got, ref, rtol=rtol * 10, atol=atol * R, name=metric)
@@ -358,5 +358,5 @@ def test_attention_opcheck():
     a = attention(3, 1, 6, 5)[:, 0]
     smask = torch.ones(6, 5, dtype=torch.bool)
     w = torch.ones(6, dtype=torch.float64)
-    for op in (torch.ops.grounded_fast.attention_pair_sums, torch.ops.grounded_fast.attention_pair_sums_torch):
-        torch.library.opcheck(op.default, (a, smask, w, 3))
+    for backend in ("cpu", "torch"):
+        torch.library.opcheck(torch.ops.grounded_fast.attention_pair_sums.default, (a, smask, w, 3, backend))

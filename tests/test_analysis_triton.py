@@ -288,3 +288,17 @@ def test_explicit_triton_without_interpreter_or_gpu_is_an_error(monkeypatch):
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="CUDA tensors"):
         A.pairwise_agreement(torch.randn(2, 3, 4), backend="triton")
+
+
+def test_triton_backend_of_the_registered_ops_opcheck():
+    """The 'triton' backend runs through the registered ops (schema, fake tensors) like the others."""
+    z = _logits(3, 5, 7, torch.float32)
+    mask = torch.tensor([True, False, True, True, True], device=DEVICE)
+    torch.library.opcheck(torch.ops.grounded_fast.pairwise_agreement.default, (z, mask, True, "triton", True))
+    attn = torch.rand(3, 4, 6, dtype=torch.float32, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    smask = torch.ones(4, 6, dtype=torch.bool, device=DEVICE)
+    w = torch.ones(4, dtype=torch.float64, device=DEVICE)
+    torch.library.opcheck(torch.ops.grounded_fast.attention_pair_sums.default, (attn, smask, w, 3, "triton"))
+    got = torch.ops.grounded_fast.attention_pair_sums(attn, smask, w, 3, "triton")
+    ref = torch.ops.grounded_fast.attention_pair_sums(attn, smask, w, 3, "torch")
+    assert_close(got.cpu(), ref.cpu(), rtol=1e-5, atol=1e-7, name="triton vs torch backend")

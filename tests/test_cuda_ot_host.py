@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from grounded_fast.ops import BALANCED, PARTIAL
-from grounded_fast.ops import cuda_ot
+from grounded_fast.ops import BALANCED, PARTIAL, SolveSpec
+from grounded_fast.ops.entropic_ot import backend_cuda as cuda_ot
 
 
 def test_fused_blocks_make_one_wave_of_at_least_64_rows():
@@ -23,7 +23,7 @@ def _args(problem, dtype=torch.float32, m=5):
     C = torch.rand(B, n, m, dtype=dtype)
     a, b = torch.full((B, n), 1 / n, dtype=dtype), torch.full((B, m), 1 / m, dtype=dtype)
     return (C, a, b, torch.full((B,), 0.5, dtype=dtype), torch.zeros(B, n, dtype=dtype), torch.zeros(B, m, dtype=dtype),
-            problem, 0.1, math.inf, math.inf, True, 10, 1e-6, 2)
+            SolveSpec(problem, 0.1, math.inf, math.inf, True, 10, 1e-6, 2))
 
 
 @pytest.mark.parametrize("problem,dtype,m,match", [
@@ -33,9 +33,9 @@ def _args(problem, dtype=torch.float32, m=5):
 ])
 def test_fused_regime_input_errors(problem, dtype, m, match):
     with pytest.raises(ValueError, match=match):
-        cuda_ot.entropic_ot_cuda(*_args(problem, dtype, m), regime="fused")
+        cuda_ot.solve(*_args(problem, dtype, m), regime="fused")
 
 
 def test_unknown_regime():
     with pytest.raises(ValueError, match="regime must be one of"):
-        cuda_ot.entropic_ot_cuda(*_args(BALANCED), regime="fast")
+        cuda_ot.solve(*_args(BALANCED), regime="fast")

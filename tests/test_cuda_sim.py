@@ -1,6 +1,6 @@
 """The CUDA backend's kernels (csrc/**/cuda/*.cu) and bindings run on the CPU under cuda_sim
 (tests/cuda_sim: the sources rewritten for g++, threads as fibers), through the backend's host
-code (grounded_fast/ops/cuda_ot.py) or its ops, against the float64 reference. This is how CI, which
+code (grounded_fast/ops/entropic_ot/backend_cuda.py, grounded_fast/ops/entropic_ot_features/backend_cuda.py) or its ops, against the float64 reference. This is how CI, which
 has no GPU, executes the CUDA kernels; tests/test_*_gpu.py run the same checks on a GPU."""
 import ctypes
 import glob
@@ -15,10 +15,14 @@ import types
 import pytest
 import torch
 
-from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, cuda_ot
+from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, SolveSpec
+from grounded_fast.ops.entropic_ot import backend_cuda as cuda_ot
+from grounded_fast.ops.entropic_ot.driver import finalize
+from grounded_fast.ops.entropic_ot_features import backend_cuda as cuda_features
+from grounded_fast.ops.entropic_ot_features.driver import cost_code
 from grounded_fast.reference.analysis import attention_pair_sums_reference, pairwise_agreement_reference
-from grounded_fast.reference.entropic_ot import entropic_ot_reference, finalize
-from grounded_fast.reference.ot_features import cost_code, entropic_ot_features_reference
+from grounded_fast.reference.entropic_ot import entropic_ot_reference
+from grounded_fast.reference.ot_features import entropic_ot_features_reference
 
 from conftest import assert_close, make_problem
 from cuda_sim import build
@@ -38,13 +42,15 @@ def sim_ops():
 
 @pytest.fixture
 def host(sim_ops, monkeypatch):
-    """cuda_ot (the CUDA backend's host code) on the emulated ops, a 4-SM device with an H100's
+    """The CUDA backends' host code (``solve`` of entropic_ot's, ``features_solve`` of
+    entropic_ot_features') on the emulated ops, a 4-SM device with an H100's
     opt-in shared memory, and the reference's plan and objective (Triton's are tested elsewhere)."""
     monkeypatch.setattr(cuda_ot, "OPS_NAMESPACE", "grounded_fast_sim")
     props = types.SimpleNamespace(multi_processor_count=4, shared_memory_per_block_optin=227 * 1024)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
     monkeypatch.setattr(cuda_ot, "_finalize", lambda: finalize)
-    return cuda_ot
+    return types.SimpleNamespace(solve=cuda_ot.solve, fused_blocks=cuda_ot.fused_blocks,
+                                 features_solve=cuda_features.solve)
 
 
 def _tol(dtype, case):
@@ -62,8 +68,8 @@ def _ot_args(C, a, b, case, max_iter, tol, check_every):
     problem, (ra, rb), kl_ref = CASES[case]
     dt = a.dtype
     mass = torch.full((B,), 0.6, dtype=dt) if problem == PARTIAL else torch.zeros(B, dtype=dt)
-    return [C, a, b, mass, torch.zeros(B, n, dtype=dt), torch.zeros(B, m, dtype=dt), problem, 0.1, ra, rb, kl_ref,
-            max_iter, tol, check_every]
+    return [C, a, b, mass, torch.zeros(B, n, dtype=dt), torch.zeros(B, m, dtype=dt),
+            SolveSpec(problem, 0.1, ra, rb, kl_ref, max_iter, tol, check_every)]
 
 
 @pytest.mark.parametrize("regime", ["small", "stream", "fused"])
@@ -81,9 +87,9 @@ def test_sim_cuda_backend_matches_reference(host, regime, case, dtype, shape):
     args = _ot_args(C, a, b, case, 60, _tol(dtype, case), 5)
     if regime == "fused" and dtype == torch.float64:
         with pytest.raises(ValueError, match="float32 or half-precision"):
-            host.entropic_ot_cuda(*args, regime=regime)
+            host.solve(*args, regime=regime)
         return
-    out, ref = host.entropic_ot_cuda(*args, regime=regime), entropic_ot_reference(*args)
+    out, ref = host.solve(*args, regime=regime), entropic_ot_reference(*args)
     _assert_outputs(NAMES, out, ref, dtype, *(F64 if dtype == torch.float64 else F32),
                     hist_atol=_hist_atol(dtype, case))
 
@@ -103,7 +109,7 @@ def test_sim_cuda_fused_rows(host, dtype, case, shape):
         b = b / b.sum(1, keepdim=True)
     args = _ot_args(C, a, b, case, 40, 1e-3 if case == "partial" else 1e-5, 4)
     assert host.fused_blocks(B, n, m, 4) == (3 if n == 150 else 1)
-    out = host.entropic_ot_cuda(C.to(dtype), *args[1:], regime="fused")
+    out = host.solve(C.to(dtype), *args[1:], regime="fused")
     ref = entropic_ot_reference(*args)
     _assert_outputs(NAMES[1:4] + NAMES[6:8], out[1:4] + out[6:8], ref[1:4] + ref[6:8], torch.float32, *F32)
 
@@ -125,7 +131,7 @@ def test_sim_cuda_persistent_kernel_exact_fallback(host, case, dtype):
     # float32: potentials of ~100 carry ~1e-5 of rounding, so a tolerance of 1e-6 stops where
     # rounding noise allows (the exact exp2 here, the GPU's approximate one there); 1e-5 does not
     args = _ot_args(C, a, b, case, 80, 1e-9 if dtype == torch.float64 else (1e-2 if case == "partial" else 1e-5), 5)
-    _assert_outputs(NAMES, host.entropic_ot_cuda(*args, regime="small"), entropic_ot_reference(*args), dtype,
+    _assert_outputs(NAMES, host.solve(*args, regime="small"), entropic_ot_reference(*args), dtype,
                     *(F64 if dtype == torch.float64 else F32), hist_atol=_hist_atol(dtype, case))
 
 
@@ -160,9 +166,9 @@ def test_sim_cuda_features_match_reference(host, case, cost, dtype, shape):
     mass = torch.full((B,), 0.6 if problem == PARTIAL else 0.0, dtype=vt)
     ra, rb = (0.7, 2.0) if problem == UNBALANCED else (math.inf, math.inf)
     reg = 0.3 if cost == "sqeuclidean" else 0.1
-    tail = [cost_code(cost), problem, reg, ra, rb, True, 60, _tol(vt, case) if case == "partial" else
-            (1e-9 if vt == torch.float64 else 1e-5), 5]
-    out = host.entropic_ot_features_cuda(x, y, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), *tail)
+    tail = [cost_code(cost), SolveSpec(problem, reg, ra, rb, True, 60, _tol(vt, case) if case == "partial" else
+                                       (1e-9 if vt == torch.float64 else 1e-5), 5)]
+    out = host.features_solve(x, y, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), *tail)
     ref = entropic_ot_features_reference(x.to(vt), y.to(vt), a, b, mass, torch.zeros_like(a), torch.zeros_like(b),
                                          *tail)
     names = ("log_u", "log_v", "log_scale", "value", "value_linear", "n_iter", "status", "err_history")
@@ -182,15 +188,15 @@ def test_sim_cuda_agreement_matches_reference(sim_ops, dtype, M, N, V):
     if N > 2:
         mask[1] = False
         z[:, 1] = float("nan")
-    got, ref = sim_ops.pairwise_agreement(z, mask, True), pairwise_agreement_reference(z, mask, True)
+    got, ref = sim_ops.pairwise_agreement_kernel(z, mask, True), pairwise_agreement_reference(z, mask, True)
     assert torch.equal(got[0], ref[0]) and int(got[4]) == int(ref[4])
     scale = max(1.0, ref[2].abs().max().item()) * N
     for k, name in ((1, "kl"), (2, "entropy"), (3, "jsd")):
         assert_close(got[k], ref[k], rtol=1e-4, atol=2e-5 * scale, name=name)
     if N > 2:
         z[M - 1, 2, V // 2] = float("inf")
-        with pytest.raises(RuntimeError, match=f"model {M - 1} at position 2"):
-            sim_ops.pairwise_agreement(z, mask, False)
+        with pytest.raises(ValueError, match=f"model {M - 1} at position 2"):
+            sim_ops.pairwise_agreement_kernel(z, mask, False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -201,7 +207,7 @@ def test_sim_cuda_attention_matches_reference(sim_ops, dtype, metric, M, R, S, m
     tiles), sources in chunks of 64, a row of zero weight."""
     from grounded_fast.ops.analysis import ATTENTION_METRICS
     a, smask, w = attention_inputs(M, R, S, dtype)
-    got = sim_ops.attention_pair_sums(a, smask if masked else torch.empty(0, dtype=torch.bool), w,
+    got = sim_ops.attention_pair_sums_kernel(a, smask if masked else torch.empty(0, dtype=torch.bool), w,
                                       ATTENTION_METRICS[metric])
     ref = attention_pair_sums_reference(a, w, metric, smask if masked else None)
     assert_close(got, ref, rtol=1e-4, atol=1e-6 * R, name=metric)
@@ -215,11 +221,11 @@ def test_sim_cuda_attention_flags_a_bad_counted_row(sim_ops):
     for bad_value in (0.0, -0.1):
         x = a.clone()
         x[1, 2] = bad_value
-        with pytest.raises(RuntimeError, match="no mass"):
-            sim_ops.attention_pair_sums(x, torch.empty(0, dtype=torch.bool), w, 3)
+        with pytest.raises(ValueError, match="no mass"):
+            sim_ops.attention_pair_sums_kernel(x, torch.empty(0, dtype=torch.bool), w, 3)
         w2 = w.clone()
         w2[2] = 0.0
-        got = sim_ops.attention_pair_sums(x, torch.empty(0, dtype=torch.bool), w2, 3)
+        got = sim_ops.attention_pair_sums_kernel(x, torch.empty(0, dtype=torch.bool), w2, 3)
         assert_close(got, attention_pair_sums_reference(x, w2, "jsd"), rtol=1e-4, atol=1e-6, name="jsd")
 
 

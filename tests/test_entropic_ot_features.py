@@ -15,8 +15,10 @@ from grounded_fast.nn import PartialOTLoss, SinkhornLoss
 from grounded_fast.ops import (BALANCED, PARTIAL, UNBALANCED, choose_cost_source, entropic_ot, entropic_ot_features,
                                feature_dim_limit)
 from grounded_fast.ot import cost_matrix
-from grounded_fast.reference import ot_features as ref_features
-from grounded_fast.reference.ot_features import TorchFeaturePasses, cost_from_features
+from grounded_fast.ops.costs import cost_from_features
+from grounded_fast.ops.entropic_ot import SolveSpec
+from grounded_fast.ops.entropic_ot_features import backend_torch, driver
+from grounded_fast.ops.entropic_ot_features.backend_torch import TorchFeaturePasses
 
 from conftest import assert_close
 
@@ -115,7 +117,7 @@ def test_cost_from_features_is_cost_matrix():
 @pytest.mark.parametrize("cost", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_torch_backend_matches_materialised(cost, case, monkeypatch):
-    monkeypatch.setattr(ref_features, "CHUNK_ELEMENTS", 40)  # several chunks of rows / columns per pass
+    monkeypatch.setattr(backend_torch, "CHUNK_ELEMENTS", 40)  # several chunks of rows / columns per pass
     _check_backend("torch", (3, 13, 29, 4), cost, case, max_iter=40)
 
 
@@ -132,8 +134,8 @@ def test_torch_passes_hold_one_chunk_of_the_cost(monkeypatch):
     sol = entropic_ot_features(x.requires_grad_(), y, a, b, reg=0.3, problem=PARTIAL, max_iter=12, backend="torch",
                                warn=False)
     sol.value.sum().backward()
-    assert seen and max(seen) <= ref_features.CHUNK_ELEMENTS
-    monkeypatch.setattr(ref_features, "CHUNK_ELEMENTS", 100)
+    assert seen and max(seen) <= backend_torch.CHUNK_ELEMENTS
+    monkeypatch.setattr(backend_torch, "CHUNK_ELEMENTS", 100)
     seen.clear()
     entropic_ot_features(x, y, a, b, reg=0.3, max_iter=3, backend="torch", warn=False)
     assert max(seen) <= 2 * 30 * 2 and len(seen) > 10  # 100 // (B * width) >= 1 row or column per chunk
@@ -219,7 +221,7 @@ def test_triton_passes_match_torch_passes(cost, shape):
     from grounded_fast.triton_kernels.ot.sinkhorn_features import TritonFeaturePasses
     B, n, m, d = shape
     x, y, _, _ = _problem(B, n, m, d, device=DEVICE)
-    code = ref_features.cost_code(cost)
+    code = driver.cost_code(cost)
     ref = TorchFeaturePasses(x, y, code, REG[cost], torch.float64, chunk_elements=64)
     g = torch.Generator().manual_seed(1)
     lu, lv, w = (torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE) for s in ((B, n), (B, m), (B,)))
@@ -287,8 +289,8 @@ def test_features_op_opcheck():
     x, y, a, b = _problem(1, 3, 4, 2, pad=False, device=DEVICE)
     z = torch.zeros(1, dtype=torch.float64, device=DEVICE)
     for backend in ("torch", "triton"):
-        args = (x, y, a, b, z, torch.zeros_like(a), torch.zeros_like(b), 1, BALANCED, 0.5, math.inf, math.inf, True,
-                12, 1e-9, 5, -1, backend)
+        spec = SolveSpec(BALANCED, 0.5, max_iter=12, tol=1e-9, check_every=5, history=-1)
+        args = (x, y, a, b, z, torch.zeros_like(a), torch.zeros_like(b), 1, *spec.op_args(), backend)
         torch.library.opcheck(torch.ops.grounded_fast.entropic_ot_features.default, args)
         torch.library.opcheck(torch.ops.grounded_fast.ot_features_products.default,
                               (x, y, torch.zeros_like(a), torch.zeros_like(b), z, 0, 0.5, backend))
@@ -388,6 +390,6 @@ def test_bad_inputs_name_the_argument():
             entropic_ot_features(args.pop("x"), args.pop("y"), args.pop("a"), args.pop("b"), **args)
     with pytest.raises(ValueError, match="y must be 2-d"):
         entropic_ot_features(x[0], y, a[0], b[0], reg=0.1)
-    from grounded_fast.ops.entropic_ot_features import _passes
+    from grounded_fast.ops.entropic_ot_features.op import backend_module
     with pytest.raises(ValueError, match="backend must be"):
-        _passes(x, y, 0, 0.1, "opencl")
+        backend_module("opencl")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
+from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, SolveSpec, entropic_ot
 from grounded_fast.reference import entropic_ot_reference
 
 from conftest import TOL, assert_close, make_problem
@@ -110,10 +110,11 @@ def test_opcheck(problem):
     C.requires_grad_()
     mass = torch.full((2,), 0.5, dtype=C.dtype) if problem == PARTIAL else torch.zeros(2, dtype=C.dtype)
     reg_m = (0.7, 2.0) if problem == UNBALANCED else (math.inf, math.inf)
-    args = (C, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), problem, 0.1, reg_m[0], reg_m[1], True, 50,
-            1e-9, 10, 0)
-    for op in (torch.ops.grounded_fast.entropic_ot.default, torch.ops.grounded_fast.entropic_ot_torch.default):
-        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    spec = SolveSpec(problem, 0.1, reg_m[0], reg_m[1], True, 50, 1e-9, 10)
+    for backend in ("cpu", "torch"):
+        args = (C, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), *spec.op_args(), backend)
+        torch.library.opcheck(torch.ops.grounded_fast.entropic_ot.default, args,
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
 def test_loss_in_torch_compile_fullgraph():
@@ -148,7 +149,7 @@ def test_reference_runs_with_autograd_unrolled():
 def test_reference_direct_call_matches_op_contract():
     C, a, b = make_problem(2, 6, 7)
     out = entropic_ot_reference(C, a, b, torch.zeros(2, dtype=C.dtype), torch.zeros_like(a), torch.zeros_like(b),
-                                BALANCED, 0.1, math.inf, math.inf, True, 100, 1e-9, 10)
+                                SolveSpec(BALANCED, 0.1, max_iter=100, tol=1e-9, check_every=10))
     assert len(out) == 9 and out[0].shape == (2, 6, 7)
 
 

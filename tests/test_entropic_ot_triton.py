@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot  # noqa: E402
+from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, SolveSpec, entropic_ot  # noqa: E402
 from grounded_fast.reference.entropic_ot import entropic_ot_reference  # noqa: E402
 
 from conftest import TOL, assert_close, make_problem  # noqa: E402
@@ -44,7 +44,7 @@ def _args(B, n, m, case, dtype, max_iter, check_every=5, pad=True, seed=0, warm=
     # float32 partial OT: its stop quantity, the log plan's change, rounds to ~1e-5 here, so a smaller
     # tol would make the stopping iteration depend on each backend's rounding
     tol = 1e-9 if dtype == torch.float64 else (1e-3 if problem == PARTIAL else 1e-6)
-    return (*tensors, problem, 0.1, ra, rb, kl_ref, max_iter, tol, check_every)
+    return (*tensors, SolveSpec(problem, 0.1, ra, rb, kl_ref, max_iter, tol, check_every))
 
 
 def _compare(out, ref, dtype, name="", partial=False):
@@ -70,7 +70,7 @@ def _compare(out, ref, dtype, name="", partial=False):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_triton_matches_reference(regime, case, dtype):
-    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    from grounded_fast.ops.entropic_ot.backend_triton import solve as entropic_ot_triton
     args = _args(3, 13, 29, case, dtype, max_iter=40 if regime == "small" else 25)
     out = entropic_ot_triton(*args, regime=regime)
     ref = entropic_ot_reference(*args)
@@ -80,7 +80,7 @@ def test_triton_matches_reference(regime, case, dtype):
 @pytest.mark.parametrize("regime", ["small", "stream"])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 7), (2, 5, 1), (1, 41, 133), (2, 9, 32), (1, 3, 48)])
 def test_triton_awkward_shapes(regime, shape):
-    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    from grounded_fast.ops.entropic_ot.backend_triton import solve as entropic_ot_triton
     B, n, m = shape
     for case in ("balanced", "partial"):
         args = _args(B, n, m, case, torch.float64, max_iter=15, check_every=0, pad=False, seed=n + m)
@@ -90,18 +90,18 @@ def test_triton_awkward_shapes(regime, shape):
 
 @pytest.mark.parametrize("regime", ["small", "stream"])
 def test_triton_converges_with_warm_start_and_history(regime):
-    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    from grounded_fast.ops.entropic_ot.backend_triton import solve as entropic_ot_triton
     args = _args(2, 9, 11, "balanced", torch.float64, max_iter=400, check_every=10, warm=True)
     out = entropic_ot_triton(*args, regime=regime)
     ref = entropic_ot_reference(*args)
     assert out[7].tolist() == [0, 0], "both problems should converge"
     _compare(out, ref, torch.float64, regime)
-    args_h = args + (0, 3)  # domain, history: keep 3 entries
+    args_h = (*args[:6], args[6].replace(history=3))  # keep 3 entries
     assert entropic_ot_triton(*args_h, regime=regime)[8].shape == (2, 3)
 
 
 def test_regime_choice():
-    from grounded_fast.triton_kernels.ot.entropic_ot import choose_regime
+    from grounded_fast.ops.entropic_ot.backend_triton import choose_regime
     assert choose_regime(64, 197) == "small" and choose_regime(128, 256) == "small"
     assert choose_regime(128, 512) == "stream" and choose_regime(4096, 4096) == "stream"
 
@@ -127,9 +127,9 @@ def test_op_backend_triton_with_envelope_gradients(problem):
 @pytest.mark.parametrize("cost_dtype", [torch.float32, torch.bfloat16])
 def test_triton_op_opcheck(cost_dtype):
     C, a, b = make_problem(2, 4, 5, dtype=torch.float32)
-    args = (C.to(cost_dtype), a, b, torch.zeros(2), torch.zeros(2, 4), torch.zeros(2, 5), BALANCED, 0.1, math.inf,
-            math.inf, True, 20, 1e-6, 5)
-    torch.library.opcheck(torch.ops.grounded_fast.entropic_ot_triton.default,
+    spec = SolveSpec(BALANCED, 0.1, max_iter=20, tol=1e-6, check_every=5)
+    args = (C.to(cost_dtype), a, b, torch.zeros(2), torch.zeros(2, 4), torch.zeros(2, 5), *spec.op_args(), "triton")
+    torch.library.opcheck(torch.ops.grounded_fast.entropic_ot.default,
                           tuple(t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in args))
 
 
@@ -139,7 +139,7 @@ def test_triton_op_opcheck(cost_dtype):
 def test_triton_reads_half_costs_as_they_are(regime, shape, half, case):
     """A bfloat16 / float16 C goes to the Triton kernels as it is (float32 weights and potentials):
     the same iterates, bit for bit, as the float32 copy of it, and gradients in C's dtype."""
-    from grounded_fast.triton_kernels.ot.entropic_ot import choose_regime
+    from grounded_fast.ops.entropic_ot.backend_triton import choose_regime
     problem, kw = {"balanced": (BALANCED, {}), "unbalanced": (UNBALANCED, dict(reg_m=(0.7, 2.0))),
                    "partial": (PARTIAL, dict(mass=0.5))}[case]
     C, a, b = make_problem(*shape, dtype=torch.float32, seed=3)
@@ -163,9 +163,10 @@ def test_triton_reads_half_costs_as_they_are(regime, shape, half, case):
 def test_fused_finalize_matches_reference_finalize(case, dtype, n, m):
     """The one-pass plan/objective kernel against the torch finalize on the same potentials: padded
     entries, an empty problem (all b zero: plan and value 0), -inf potentials at padding, a half C."""
-    from grounded_fast.reference.entropic_ot import finalize, nonempty_problems
+    from grounded_fast.ops.entropic_ot.driver import finalize, nonempty_problems
     from grounded_fast.triton_kernels.ot.finalize import finalize_triton
-    C, a, b, mass, _, _, problem, reg, ra, rb, kl_ref, *_ = _args(3, n, m, case, dtype, 1)
+    C, a, b, mass, _, _, spec = _args(3, n, m, case, dtype, 1)
+    problem = spec.problem
     b[2] = 0.0  # problem 2 is empty
     g = torch.Generator().manual_seed(n + m)
     lu = (torch.randn(3, n, generator=g, dtype=torch.float64) - math.log(n)).to(dtype).to(DEVICE)
@@ -175,8 +176,8 @@ def test_fused_finalize_matches_reference_finalize(case, dtype, n, m):
     w = torch.tensor([0.0, -0.3, 0.2], dtype=dtype, device=DEVICE)
     nonempty = nonempty_problems(a, b, mass, problem)
     assert nonempty.tolist() == [True, True, False]
-    got = finalize_triton(C, a, b, lu, lv, w, problem, reg, ra, rb, kl_ref, nonempty)
-    ref = finalize(C, a, b, lu, lv, w, problem, reg, ra, rb, kl_ref, nonempty)
+    got = finalize_triton(C, a, b, lu, lv, w, spec, nonempty)
+    ref = finalize(C, a, b, lu, lv, w, spec, nonempty)
     rtol, atol = (1e-12, 1e-14) if dtype == torch.float64 else (1e-5, 1e-7)
     for name, o, r in zip(("plan", "value", "value_linear"), got, ref):
         assert o.dtype == r.dtype
@@ -184,8 +185,8 @@ def test_fused_finalize_matches_reference_finalize(case, dtype, n, m):
     assert float(got[0][2].abs().sum()) == 0.0 and float(got[1][2]) == 0.0
     if dtype == torch.float32:  # a bfloat16 C is read as it is: the same as finalising its float32 copy
         Ch = C.to(torch.bfloat16)
-        got_h = finalize_triton(Ch, a, b, lu, lv, w, problem, reg, ra, rb, kl_ref, nonempty)
-        ref_h = finalize(Ch.float(), a, b, lu, lv, w, problem, reg, ra, rb, kl_ref, nonempty)
+        got_h = finalize_triton(Ch, a, b, lu, lv, w, spec, nonempty)
+        ref_h = finalize(Ch.float(), a, b, lu, lv, w, spec, nonempty)
         for name, o, r in zip(("plan", "value", "value_linear"), got_h, ref_h):
             assert_close(o.cpu(), r.cpu(), rtol=rtol, atol=atol, name=f"bf16 {name}")
 
@@ -195,9 +196,9 @@ def test_row_then_col_hook_keeps_the_iterates(case):
     """solve_potentials with both half-iterations handed to one callable (the fused regime's driver)
     gives the reference's iterates, torch closures on both sides (float64): bit for bit for balanced
     problems, to rounding for the others (their row updates are regrouped)."""
-    from grounded_fast.reference.entropic_ot import solve_potentials
-    C, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, _, tol, every = _args(3, 11, 17, case, torch.float64, 1,
-                                                                                  warm=True)
+    from grounded_fast.ops.entropic_ot.driver import solve_potentials
+    C, a, b, mass, lu0, lv0, spec = _args(3, 11, 17, case, torch.float64, 1, warm=True)
+    problem, reg = spec.problem, spec.reg
     a, b, C, mass, lu0, lv0 = (t.cpu() for t in (a, b, C, mass, lu0, lv0))
     b[1] = b[1] * torch.linspace(0.2, 2.0, b.shape[1], dtype=b.dtype)  # converges at another pace
     b = b / b.sum(1, keepdim=True)
@@ -213,10 +214,9 @@ def test_row_then_col_hook_keeps_the_iterates(case):
         return new, col(new)
 
     for max_iter, check_every in ((7, 0), (200, 3), (200, 1)):
-        plain = solve_potentials(row, col, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter,
-                                 1e-9, check_every)
-        hooked = solve_potentials(row, col, a, b, mass, lu0, lv0, problem, reg, ra, rb, kl_ref, max_iter,
-                                  1e-9, check_every, row_then_col=row_then_col)
+        run = spec.replace(max_iter=max_iter, tol=1e-9, check_every=check_every, history=-1)
+        plain = solve_potentials(row, col, a, b, mass, lu0, lv0, run)
+        hooked = solve_potentials(row, col, a, b, mass, lu0, lv0, run, row_then_col=row_then_col)
         for name, x, y in zip(("log_u", "log_v", "log_scale", "n_iter", "status", "err_history"), plain, hooked):
             if problem == BALANCED or name in ("n_iter", "status"):
                 assert torch.equal(x, y), f"{name} differs (max_iter {max_iter}, check_every {check_every})"
@@ -231,7 +231,7 @@ def test_row_then_col_hook_keeps_the_iterates(case):
 def test_fused_row_target():
     """The unbalanced row update's la: (1 - fa) sa + fa la on the support, -inf off it, never NaN
     (fa = 1, a one-sided problem, with sa = la = -inf off the support: 0 x -inf)."""
-    from grounded_fast.reference.entropic_ot import fused_row_target
+    from grounded_fast.ops.entropic_ot.driver import fused_row_target
     ma = torch.tensor([[True, False, True]])
     la = torch.log(torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64))
     sa = torch.tensor([[0.3, -math.inf, -0.2]], dtype=torch.float64)
@@ -272,7 +272,7 @@ def test_fused_regime_matches_reference(dtype, kernel, case, shape, programs, mo
     and rows streamed twice through L2; every problem kind (unbalanced: the scaled row update;
     partial: the capped one)."""
     from grounded_fast.triton_kernels.ot import sinkhorn_fused as sf
-    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    from grounded_fast.ops.entropic_ot.backend_triton import solve as entropic_ot_triton
     sinkhorn_fused = sf.sinkhorn_fused
     _use_fused_kernel(sf, kernel, monkeypatch, shape[2])
     launched = []
@@ -283,7 +283,7 @@ def test_fused_regime_matches_reference(dtype, kernel, case, shape, programs, mo
     # the other kinds converge more slowly: a fixed budget of iterations (the interpreter is slow)
     args = _args(B, n, m, case, dtype, max_iter=400 if case == "balanced" else 30, check_every=2, warm=True)
     if case != "balanced" and dtype == torch.float32:  # their regrouped row updates round otherwise, and a
-        args = (*args[:12], 1e-3 if case == "partial" else 1e-5, *args[13:])  # stop test at 1e-6 is then at
+        args = (*args[:6], args[6].replace(tol=1e-3 if case == "partial" else 1e-5))  # stop test at 1e-6 is then at
         # float32's noise (partial OT's log-plan change: ~1e-5 sqrt(n m))
     if B > 1 and m > 2:  # the problems converge at different paces: one retires while the other runs on
         b = args[2]
@@ -293,7 +293,7 @@ def test_fused_regime_matches_reference(dtype, kernel, case, shape, programs, mo
     if B > 1 and m > 2 and dtype == torch.float64 and case == "balanced":
         assert len(set(out[6].tolist())) > 1 and int(out[6].max()) < 400, out[6].tolist()
     _compare(out, entropic_ot_reference(*args), dtype, f"fused {shape}", partial=case == "partial")
-    direct = sinkhorn_fused(*args[:3], args[3], args[4], args[5], *args[6:], programs=programs)
+    direct = sinkhorn_fused(*args, programs=programs)
     stream = entropic_ot_triton(*args, regime="stream")
     for name, x, y in zip(("log_u", "log_v", "log_scale", "n_iter", "status", "err_history"), direct,
                           stream[1:4] + stream[6:]):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import grounded_fast.ot as got
 from grounded_fast.nn import SinkhornLoss
 from grounded_fast.ops import BALANCED, PARTIAL, entropic_ot
-from grounded_fast.reference.entropic_ot import HISTORY_CAP
+from grounded_fast.ops.entropic_ot import HISTORY_CAP, SolveSpec
 
 from conftest import assert_close
 
@@ -199,12 +199,9 @@ def test_history_keeps_the_last_check_when_full():
     hist = full.err_history[0][full.err_history[0] >= 0]
     assert len(hist) > 5
     for backend in ("cpu", "torch"):
+        spec = SolveSpec(BALANCED, 0.02, max_iter=1000, tol=1e-12, check_every=1, history=4)
         capped = torch.ops.grounded_fast.entropic_ot(C, a, b, torch.zeros(1, dtype=C.dtype), torch.zeros_like(a),
-                                                     torch.zeros_like(b), BALANCED, 0.02, math.inf, math.inf, True,
-                                                     1000, 1e-12, 1, 0, 4) if backend == "cpu" else \
-            torch.ops.grounded_fast.entropic_ot_torch(C, a, b, torch.zeros(1, dtype=C.dtype), torch.zeros_like(a),
-                                                      torch.zeros_like(b), BALANCED, 0.02, math.inf, math.inf, True,
-                                                      1000, 1e-12, 1, 0, 4)
+                                                     torch.zeros_like(b), *spec.op_args(), backend)
         h = capped[8][0]
         assert h.shape == (4,)
         assert_close(h[:3], hist[:3], rtol=1e-9, atol=0, name=f"{backend} first checks")

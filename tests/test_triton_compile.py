@@ -93,8 +93,8 @@ def _encode(value):
 
 # ------------------------------------------------------------------------------------ workloads
 def _ot_launches(rec):
-    from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot_features
-    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
+    from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, SolveSpec, entropic_ot_features
+    from grounded_fast.ops.entropic_ot.backend_triton import solve as entropic_ot_triton
     from grounded_fast.triton_kernels.ot.sinkhorn_fused import sinkhorn_fused
     from conftest import make_problem
     inf = float("inf")
@@ -107,11 +107,12 @@ def _ot_launches(rec):
                 for problem, ra, rb, kl_ref in cases:
                     mass = torch.full((B,), 0.5 if problem == PARTIAL else 0.0, dtype=dtype)
                     entropic_ot_triton(C, a, b, mass, torch.zeros(B, n, dtype=dtype), torch.zeros(B, m, dtype=dtype),
-                                       problem, 0.3, ra, rb, kl_ref, 3, 1e-9, 2, regime=regime)
+                                       SolveSpec(problem, 0.3, ra, rb, kl_ref, 3, 1e-9, 2), regime=regime)
                 if dtype == torch.float32:  # a half-precision C, read as it is
                     for half in (torch.bfloat16, torch.float16):
                         entropic_ot_triton(C.to(half), a, b, torch.full((B,), 0.5), torch.zeros(B, n),
-                                           torch.zeros(B, m), PARTIAL, 0.3, inf, inf, True, 3, 1e-6, 2, regime=regime)
+                                           torch.zeros(B, m), SolveSpec(PARTIAL, 0.3, inf, inf, True, 3, 1e-6, 2),
+                                           regime=regime)
             C, a, b = make_problem(1, 40, 150, dtype=dtype, seed=1)  # the one-pass regime
             for Cx in (C, C.to(torch.bfloat16)) if dtype == torch.float32 else (C,):
                 # balanced (no cap) and partial (the capped row update), with both kernels: rows in
@@ -119,7 +120,7 @@ def _ot_launches(rec):
                 for problem, mass in ((BALANCED, 0.0), (PARTIAL, 0.5)):
                     for resident in (None, False):
                         sinkhorn_fused(Cx, a, b, torch.full((1,), mass, dtype=dtype), torch.zeros(1, 40, dtype=dtype),
-                                       torch.zeros(1, 150, dtype=dtype), problem, 0.3, inf, inf, True, 3, 1e-9, 2,
+                                       torch.zeros(1, 150, dtype=dtype), SolveSpec(problem, 0.3, inf, inf, True, 3, 1e-9, 2),
                                        resident=resident)
         # the feature kernels' constexprs: dtype, one feature chunk or several (d = 3 / 70), cost
         for feat_dtype, d, cost in ((torch.float32, 3, "sqeuclidean"), (torch.float32, 70, "cosine"),

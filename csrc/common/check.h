@@ -39,3 +39,5 @@ std::string message(const Parts&... parts) {
 }  // namespace gf
 
 #define GF_CHECK(cond, ...) TORCH_CHECK(cond, ::gf::message(__VA_ARGS__))
+// An error in the input data (not in how the kernel was called): raised as a Python ValueError.
+#define GF_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, ::gf::message(__VA_ARGS__))

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..ops.analysis import attention_pair_sums, check_attention_rows
 from .agreement import _as_tensor
-from ..reference.analysis import ATTENTION_METRICS
+from ..ops.analysis.checks import ATTENTION_METRICS
 
 METRICS = ("segment_l2",) + tuple(ATTENTION_METRICS)
 

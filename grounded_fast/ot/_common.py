@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..ops import OTSolution, entropic_ot
-from ..ops.entropic_ot import mass_rtol
+from ..ops.entropic_ot.spec import check_reg as spec_check_reg, mass_rtol
 from ._convert import Converter
 
 
@@ -107,11 +107,8 @@ def solve(a, b, M, reg, **kw) -> OTSolution:
 
 
 def check_reg(reg) -> float:
-    if isinstance(reg, torch.Tensor):
-        reg = float(reg)
-    if not isinstance(reg, (int, float)) or not math.isfinite(reg) or reg <= 0:
-        raise ValueError(f"reg must be a finite number > 0, got {reg!r}")
-    return float(reg)
+    """POT's ``reg`` (a number or a one-element tensor) as a float, checked as the op checks it."""
+    return spec_check_reg(float(reg) if isinstance(reg, torch.Tensor) else reg)
 
 
 _ZERO_REG_M = 2.0 ** -100   # reg_m = 0 is handed to the op as this times reg: fi = reg_m / (reg_m + reg) ~ 1e-30

@@ -38,7 +38,7 @@ import math
 import torch
 
 from ..ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
-from ..reference.entropic_ot import unbalanced_value
+from ..ops.entropic_ot.driver import unbalanced_value
 from ._common import check_reg, op_reg_m, reg_m_pair, transported_mass
 from ._convert import Converter
 from ._pot import delegating as _delegating

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..ops.costs import COSINE, SQEUCLIDEAN, cost_from_features
 from ._convert import Converter
 from ._pot import pot_original
 
@@ -25,11 +25,7 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, metric: str = "sqeuclidean") -
         raise ValueError(f"x and y must be (B, n, d) and (B, m, d) (or 2-d), got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.dim() == 3 and x.shape[0] != y.shape[0]:
         raise ValueError(f"batch sizes differ: {x.shape[0]} and {y.shape[0]}")
-    if metric == "cosine":
-        return 1.0 - F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(-1, -2)
-    x2 = (x * x).sum(-1, keepdim=True)
-    y2 = (y * y).sum(-1, keepdim=True).transpose(-1, -2)
-    d = (x2 + y2 - 2.0 * (x @ y.transpose(-1, -2))).clamp_min(0.0)
+    d = cost_from_features(x, y, COSINE if metric == "cosine" else SQEUCLIDEAN)
     return d.sqrt() if metric == "euclidean" else d
 
 

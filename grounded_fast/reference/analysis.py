@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 # metric ids shared with csrc/analysis/cpu/attention_distance_cpu.cpp
-ATTENTION_METRICS = {"l2": 0, "tv": 1, "hellinger": 2, "jsd": 3}
+from ..ops.analysis.checks import ATTENTION_METRICS
 
 
 def pairwise_agreement_reference(logits: Tensor, mask: Tensor, jsd: bool = False

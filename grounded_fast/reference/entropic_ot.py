@@ -1,45 +1,29 @@
-"""Pure-PyTorch batched log-domain Sinkhorn family (balanced, unbalanced KL, partial).
+"""The float64 oracle of ``grounded_fast::entropic_ot``: the driver's iterations on a materialised
+``(B, n, m)`` kernel with ``torch.logsumexp``.
 
 Iterate for iterate the same algorithm as the native kernels (see csrc/ot/cpu/sinkhorn_cpu.cpp for
-the derivation), written with ``torch.logsumexp`` on materialised ``(B, n, m)`` tensors. It runs
-on any device and dtype, is differentiable by unrolling (autograd records every iteration), and is
-the oracle the kernels are tested against.
+the derivation; the iterations are grounded_fast/ops/entropic_ot/driver.py). It runs on any device
+and dtype, is differentiable by unrolling (autograd records every iteration: ``grad='autodiff'``),
+is the 'torch' backend of the op, and is what the kernels are tested against.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-BALANCED, UNBALANCED, PARTIAL = 0, 1, 2
-# err_history holds at most this many checks by default (the last slot keeps the latest check), so
-# that its memory does not grow with max_iter
-HISTORY_CAP = 10_000
+from ..ops.entropic_ot.driver import finalize, nonempty_problems, plan_marginals, solve_potentials
+from ..ops.entropic_ot.spec import SolveSpec
+from ..ops.entropic_ot.verdict import verdict
 
 
-def history_length(max_iter: int, check_every: int, history: int) -> int:
-    """Length of err_history: one slot per check (``max_iter // check_every + 1``), at most
-    ``history`` of them when ``history >= 0`` (0: none)."""
-    checks = max_iter // check_every + 1 if check_every > 0 else 0
-    return checks if history < 0 else min(history, checks)
-
-
-def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, x, -math.inf)  # a scalar: one kernel, not a filled tensor and a select
-
-
-
-def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float,
-                          reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
-                          domain: int = 0, history: int = -1, floor: float = 0.0):
-    """Same contract as ``torch.ops.grounded_fast.entropic_ot`` (``domain`` is ignored: one way
-    to iterate here).
+def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, spec: SolveSpec):
+    """The nine outputs of ``grounded_fast::entropic_ot`` (``spec.domain`` is ignored: one way to
+    iterate here).
 
     Shapes: C (B,n,m), a (B,n), b (B,m), mass (B,), log_u0 (B,n), log_v0 (B,m).
     Returns (plan (B,n,m), log_u (B,n), log_v (B,m), log_scale (B,), value (B,),
     value_linear (B,), n_iter (B,) int64, status (B,) int64, err_history (B, H)).
     """
-    K = -C / reg
+    K = -C / spec.reg
 
     def row_lse(lv):  # (B,n): LSE_j(lv_j - C_ij/eps)
         return torch.logsumexp(K + lv[:, None, :], dim=2)
@@ -47,316 +31,8 @@ def entropic_ot_reference(C, a, b, mass, log_u0, log_v0, problem: int, reg: floa
     def col_lse(lu):  # (B,m)
         return torch.logsumexp(K + lu[:, :, None], dim=1)
 
-    lu, lv, w, n_iter, status, hist = solve_potentials(
-        row_lse, col_lse, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref,
-        max_iter, tol, check_every, history, floor=floor)
-    nonempty = nonempty_problems(a, b, mass, problem)
-    plan, value, value_linear = finalize(C, a, b, lu, lv, w, problem, reg, reg_m_a, reg_m_b, kl_ref, nonempty)
-    status = verdict(problem, status, lu, lv, w, a, b, mass, tol, nonempty, *plan_marginals(plan))
+    lu, lv, w, n_iter, status, hist = solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, spec)
+    nonempty = nonempty_problems(a, b, mass, spec.problem)
+    plan, value, value_linear = finalize(C, a, b, lu, lv, w, spec, nonempty)
+    status = verdict(spec, status, lu, lv, w, a, b, mass, nonempty, *plan_marginals(plan))
     return plan, lu, lv, w, value, value_linear, n_iter, status, hist
-
-
-def nonempty_problems(a, b, mass, problem: int):
-    """(B,) bool: problems with a positive weight on both sides (and positive mass for partial)."""
-    nonempty = (a > 0).any(1) & (b > 0).any(1)
-    return nonempty & (mass > 0) if problem == PARTIAL else nonempty
-
-
-def solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem: int, reg: float,
-                     reg_m_a: float, reg_m_b: float, kl_ref: bool, max_iter: int, tol: float, check_every: int,
-                     history: int = -1, row_then_col=None, floor: float = 0.0):
-    """The iterations of every backend that streams the cost: ``row_lse(lv)`` (B,n) =
-    LSE_j(lv_j - C_ij/reg), ``col_lse(lu)`` (B,m) = LSE_i(lu_i - C_ij/reg). Returns (log_u, log_v,
-    log_scale, n_iter, status, err_history). Stop tests as in csrc/ot/cpu/sinkhorn_cpu.cpp, with
-    the rounding floor ``floor`` x rounding_scale x stop_shape (``floor``: the relative rounding
-    unit, 0 = none; see ``check``).
-    ``row_then_col(lv, lu, la, active, scale, cap)`` (optional): both half-iterations in one pass over
-    C, returning (lu', col_lse(lu')) with, per problem b and row i,
-        lu'_i = la_i = -inf ? -inf : (active_b ? min(la_i - scale rl_i, cap ? lu_i : +inf) : lu_i),
-    rl = row_lse(lv). Every kind's row update has that form: balanced la = log a, scale 1;
-    unbalanced la = (1 - fa) sa + fa log a (``fused_row_target``), scale fa; partial la = log a - w,
-    scale 1, cap, with lu - p as lu. The iterates are the same (balanced: bit for bit; the others up
-    to the rounding of the regrouped sums).
-    """
-    B, n = a.shape
-    dt = a.dtype
-    device = a.device
-    ma, mb = a > 0, b > 0
-    la = _masked(torch.log(a.clamp_min(torch.finfo(dt).tiny)), ma)
-    lb = _masked(torch.log(b.clamp_min(torch.finfo(dt).tiny)), mb)
-    hist_len = history_length(max_iter, check_every, history)
-    hist = torch.full((B, hist_len), -1.0, dtype=dt, device=device)
-    n_iter = torch.zeros(B, dtype=torch.long, device=device)
-    status = torch.ones(B, dtype=torch.long, device=device)
-    w = torch.zeros(B, dtype=dt, device=device)
-    nonempty = nonempty_problems(a, b, mass, problem)
-    active = nonempty.clone()
-    status = torch.where(nonempty, status, torch.zeros_like(status))
-
-    def keep(new, old):  # freeze finished problems
-        shape = (B,) + (1,) * (new.dim() - 1)
-        return torch.where(active.view(shape), new, old)
-
-    k = 0
-    prev = torch.full((B,), math.inf, dtype=dt, device=device)
-    shape = stop_shape(problem, ma, mb, b)
-
-    def check(err, done):
-        """Record the stop quantity of the active problems (the last history slot keeps the latest
-        once the buffer is full), retire those with ``done`` or at the rounding floor (err <= floor x
-        rounding_scale x stop_shape, and no smaller than at the previous check); True when no problem
-        is left."""
-        nonlocal k, status, active, prev
-        if hist_len > 0:
-            slot = min(k, hist_len - 1)
-            hist[:, slot] = torch.where(active, err.detach(), hist[:, slot])
-        k += 1
-        if floor > 0:
-            at_floor = (err <= floor * rounding_scale(lu, lv, w, la, lb, ma, mb) * shape) & (err >= prev)
-            done = done | at_floor
-        done = active & done
-        prev = torch.where(active, err.detach(), prev)
-        status = torch.where(done, torch.zeros_like(status), status)
-        active = active & ~done
-        return not bool(active.any())
-
-    lu = _masked(log_u0.clone(), ma)
-    lv = _masked(log_v0.clone(), mb)
-    if problem == BALANCED:
-        pending = False
-        cl = col_lse(lu) if row_then_col is not None else None
-        for it in range(max_iter):
-            if row_then_col is None:
-                cl = col_lse(lu)
-            if pending:
-                err = torch.linalg.vector_norm(torch.where(mb, torch.exp(cl + lv), 0) - b, dim=1)
-                if check(err, err < tol):
-                    break
-            n_iter = torch.where(active, n_iter + 1, n_iter)
-            lv = keep(_masked(lb - cl, mb), lv)
-            if row_then_col is None:
-                lu = keep(_masked(la - row_lse(lv), ma), lu)
-            else:  # cl is already the next iteration's column LSE
-                lu, cl = row_then_col(lv, lu, la, active, 1.0, False)
-            pending = check_every > 0 and it % check_every == 0
-        else:
-            if pending:
-                cl = col_lse(lu) if row_then_col is None else cl
-                err = torch.linalg.vector_norm(torch.where(mb, torch.exp(cl + lv), 0) - b, dim=1)
-                check(err, err < tol)
-    elif problem == UNBALANCED:
-        fa = 1.0 if math.isinf(reg_m_a) else reg_m_a / (reg_m_a + reg)
-        fb = 1.0 if math.isinf(reg_m_b) else reg_m_b / (reg_m_b + reg)
-        sa = la if kl_ref else torch.zeros_like(la)
-        sb = lb if kl_ref else torch.zeros_like(lb)
-        lu = _masked(lu + sa, ma)
-        lv = _masked(lv + sb, mb)
-
-        def rel(x, px, s, msk):
-            # POT's max|u - u'| / max(|u|, |u'|, 1) for u = exp(x - s), u' = exp(px - s), shifted by
-            # S = max(0, max log u, max log u') so that the denominator is exactly 1 and u cannot overflow
-            lu_, lp = torch.where(msk, x - s, -math.inf), torch.where(msk, px - s, -math.inf)
-            S = torch.maximum(torch.maximum(lu_.amax(1), lp.amax(1)), torch.zeros_like(lu_[:, 0]))[:, None]
-            return torch.where(msk, torch.exp(lu_ - S) - torch.exp(lp - S), 0).abs().amax(1)
-
-        la_f = fused_row_target(la, sa, fa, ma) if row_then_col is not None else None
-        for it in range(max_iter):
-            pu, pv = lu, lv
-            if row_then_col is None:
-                lu = keep(_masked((1 - fa) * sa + fa * (la - row_lse(lv)), ma), lu)
-                cl = col_lse(lu)
-            else:  # lu' = (1 - fa) sa + fa la - fa rl
-                lu, cl = row_then_col(lv, lu, la_f, active, fa, False)
-            lv = keep(_masked((1 - fb) * sb + fb * (lb - cl), mb), lv)
-            n_iter = torch.where(active, n_iter + 1, n_iter)
-            if check_every > 0 and it % check_every == 0:
-                err = 0.5 * (rel(lu, pu, sa, ma) + rel(lv, pv, sb, mb))
-                if check(err, err < tol):
-                    break
-    elif problem == PARTIAL:
-        lu = _masked(torch.zeros_like(la), ma)
-        lv = _masked(torch.zeros_like(lb), mb)
-        w = torch.log(mass) - torch.logsumexp(_masked(row_lse(lv), ma), dim=1)
-        p = torch.zeros_like(lu)
-        s = torch.zeros_like(lv)
-        t = torch.zeros_like(w)
-        lmass = torch.log(mass)
-
-        for it in range(max_iter):
-            pu, pv, pw = lu, lv, w
-            lu1 = torch.where(ma, lu - p, lu)
-            if row_then_col is None:
-                p_new = torch.where(ma, torch.clamp(la - (lu1 + w[:, None] + row_lse(lv)), max=0), p)
-                lu1 = _masked(lu1 + p_new, ma)
-                cl = col_lse(lu1)
-            else:  # lu1 + min(la - (lu1 + w + rl), 0) = min(la - w - rl, lu1); retired problems: kept below
-                law = la - torch.where(active, w, 0.0)[:, None]  # an empty problem's w may be NaN
-                new, cl = row_then_col(lv, lu1, law, active, 1.0, True)
-                p_new = torch.where(ma, new - lu1, p)
-                lu1 = new
-            lv1 = torch.where(mb, lv - s, lv)
-            lc = lv1 + w[:, None] + cl
-            s_new = torch.where(mb, torch.clamp(lb - lc, max=0), s)
-            lv1 = _masked(lv1 + s_new, mb)
-            total = torch.logsumexp(_masked(lc + s_new, mb), dim=1) - t
-            w1 = w - t
-            t_new = lmass - total
-            w1 = w1 + t_new
-            lu, lv, w = keep(lu1, lu), keep(lv1, lv), keep(w1, w)
-            p, s, t = keep(p_new, p), keep(s_new, s), keep(t_new, t)
-            n_iter = torch.where(active, n_iter + 1, n_iter)
-            if check_every > 0 and it % check_every == 0:
-                err = log_plan_change(lu - pu, lv - pv, w - pw, ma, mb)
-                if check(err, err <= tol):
-                    break
-    else:
-        raise ValueError(f"unknown problem kind {problem}")
-    return lu, lv, w, n_iter, status, hist
-
-
-def rounding_scale(lu, lv, w, la, lb, ma, mb):
-    """(B,) L = 1 + max|lu| + max|lv| + |w| + max|log a| + max|log b| over the supports (masks
-    ma (B,n), mb (B,m)): the magnitude of the log-domain quantities an iteration rounds, so that
-    eps L bounds the relative rounding of the plan's entries."""
-    def mx(x, msk):
-        return torch.where(msk, x.abs(), 0).amax(1)
-    return 1 + mx(lu, ma) + mx(lv, mb) + w.abs() + mx(la, ma) + mx(lb, mb)
-
-
-def stop_shape(problem: int, ma, mb, b):
-    """(B,) the size factor of each kind's stop quantity at the rounding floor: partial OT's
-    ||d log P||_F sums sqrt(n' m') entries, balanced ||P^T 1 - b||_2 scales with ||b||_2, the
-    unbalanced relative change is 1."""
-    if problem == PARTIAL:
-        return torch.sqrt(ma.sum(1).to(b.dtype) * mb.sum(1).to(b.dtype))
-    if problem == BALANCED:
-        return torch.linalg.vector_norm(torch.where(mb, b, 0), dim=1)
-    return torch.ones_like(b[:, 0])
-
-
-# The feasibility verdict (every backend applies it to its returned plan; the CPU kernel's twin is
-# Solver::verdict_fails in csrc/ot/cpu/sinkhorn_cpu.cpp, with the same constants). Each kind's last update
-# enforces one constraint exactly (balanced: rows P 1 = a; partial: the mass sum P = m); the stop
-# test bounds the others (balanced ||P^T 1 - b||_2 < tol; partial: rows <= a, columns <= b to about
-# the log plan's change). In relative errors
-#     balanced  e_exact = ||P 1 - a||_1 / |a|_1,  e_rest = ||P^T 1 - b||_1 / |b|_1
-#     partial   e_exact = |sum P - m| / m,        e_rest = (||(P 1 - a)_+||_1 + ||(P^T 1 - b)_+||_1) / m
-# a nonempty problem becomes a numerical failure (status 2) if its plan is not finite, if e_exact
-# exceeds tau = min(VERDICT_UNIT eps L, MAX_ROUNDING) (L = rounding_scale), or if it reports
-# convergence with e_rest above max(tau, the bound its tol implies: balanced 2 sqrt(m) tol / |b|_1,
-# partial 2 tol). Converged plans measured in the property tests (tests/test_ot_feasibility.py) have
-# e <= 4 eps L; MAX_ROUNDING caps the claim where the dtype cannot resolve the plan. Unbalanced
-# problems have no hard constraint: only finiteness is checked.
-VERDICT_UNIT = 32.0
-MAX_ROUNDING = 1e-2
-
-
-def plan_marginals(plan):
-    """(P 1 (B,n), P^T 1 (B,m), sum P (B,)) of a plan (B,n,m)."""
-    r = plan.detach().sum(2)
-    return r, plan.detach().sum(1), r.sum(1)
-
-
-def feasibility(problem: int, lu, lv, w, a, b, mass, tol: float, r, c, total):
-    """(e_exact, e_rest, tau, slack, L), each (B,): the verdict's errors, its rounding tolerance, the
-    tolerance of e_rest (max(tau, the bound tol implies)) and rounding_scale, for the potentials
-    lu (B,n), lv (B,m), w (B,) and the plan's marginals r (B,n), c (B,m), total (B,)."""
-    ma, mb = a > 0, b > 0
-    la = torch.where(ma, torch.log(torch.where(ma, a, 1)), 0)
-    lb = torch.where(mb, torch.log(torch.where(mb, b, 1)), 0)
-    L = rounding_scale(lu, lv, w, la, lb, ma, mb)
-    tau = (VERDICT_UNIT * torch.finfo(a.dtype).eps * L).clamp_max(MAX_ROUNDING)
-    if problem == BALANCED:
-        sa, sb = a.sum(1), b.sum(1)
-        e_exact = (r - a).abs().sum(1) / sa
-        e_rest = (c - b).abs().sum(1) / sb
-        slack = torch.maximum(tau, 2 * math.sqrt(b.shape[1]) * tol / sb)  # ||.||_1 <= sqrt(m) ||.||_2
-    elif problem == PARTIAL:
-        e_exact = (total - mass).abs() / mass
-        e_rest = ((r - a).clamp_min(0).sum(1) + (c - b).clamp_min(0).sum(1)) / mass
-        slack = tau.clamp_min(2 * tol)
-    else:
-        e_exact = e_rest = torch.zeros_like(tau)
-        slack = tau
-    return e_exact, e_rest, tau, slack, L
-
-
-def verdict_failures(feas, status, nonempty, c, total):
-    """(not_finite, exact_missed, rest_missed), (B,) bools: why the verdict fails each problem, from
-    ``feasibility``'s output ``feas`` and the plan's column sums c (B,m) and total (B,) (problems the
-    kernel already failed, status 2, are left out)."""
-    e_exact, e_rest, tau, slack, _ = feas
-    live = nonempty & (status != 2)
-    finite = torch.isfinite(total) & torch.isfinite(c.sum(1))  # P >= 0: a NaN or inf entry shows in the sums
-    not_finite = live & ~finite
-    exact_missed = live & finite & (e_exact > tau)
-    rest_missed = live & finite & ~exact_missed & (status == 0) & (e_rest > slack)
-    return not_finite, exact_missed, rest_missed
-
-
-def verdict(problem: int, status, lu, lv, w, a, b, mass, tol: float, nonempty, r, c, total):
-    """The status (B,) int64 after the feasibility verdict (above): 2 where it fails. No host read."""
-    fails = verdict_failures(feasibility(problem, lu, lv, w, a, b, mass, tol, r, c, total), status, nonempty, c,
-                             total)
-    return torch.where(fails[0] | fails[1] | fails[2], torch.full_like(status, 2), status)
-
-
-def log_plan_change(du, dv, dw, ma, mb):
-    """||log P' - log P||_F over the support (B,), where log P'_ij - log P_ij = du_i + dv_j + dw:
-    du (B,n), dv (B,m), dw (B,) (anything off the support masks ma (B,n), mb (B,m)). Computed in
-    O(n + m) from the centred changes (no cancellation when du and dv shift in opposite directions):
-        sum_ij (du_i + dv_j + dw)^2 = m' sum_i (du_i - du_bar)^2 + n' sum_j (dv_j - dv_bar)^2
-                                      + n' m' (du_bar + dv_bar + dw)^2
-    with n' = |supp a|, m' = |supp b| and the means du_bar, dv_bar over the supports."""
-    du = torch.where(ma, du, 0)
-    dv = torch.where(mb, dv, 0)
-    nn, mm = ma.sum(1).to(du.dtype), mb.sum(1).to(du.dtype)
-    ubar = du.sum(1) / nn.clamp_min(1)
-    vbar = dv.sum(1) / mm.clamp_min(1)
-    su = torch.where(ma, du - ubar[:, None], 0).square().sum(1)
-    sv = torch.where(mb, dv - vbar[:, None], 0).square().sum(1)
-    return torch.sqrt(mm * su + nn * sv + nn * mm * (ubar + vbar + dw).square())
-
-
-def fused_row_target(la, sa, fa: float, ma):
-    """Unbalanced row update as ``row_then_col``'s la (B, n): (1 - fa) sa + fa la on the support,
-    -inf off it (where the sum may be NaN: 0 x -inf)."""
-    return torch.where(ma, (1 - fa) * sa + fa * la, -math.inf)
-
-
-def finalize(C, a, b, lu, lv, w, problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool, nonempty):
-    """Plan (B,n,m), regularised objective (B,) and <P, C> (B,) from the potentials."""
-    K = -C / reg
-    ma, mb = a > 0, b > 0
-    logP = K + lu[:, :, None] + lv[:, None, :] + w[:, None, None]
-    plan = torch.where(ma[:, :, None] & mb[:, None, :], torch.exp(logP), torch.zeros_like(logP))
-    plan = torch.where(nonempty[:, None, None], plan, torch.zeros_like(plan))
-    value_linear = (plan * C).sum((1, 2))
-    xlogx = torch.where(plan > 0, plan * torch.log(torch.where(plan > 0, plan, 1)), 0).sum((1, 2))
-    if problem == UNBALANCED:
-        ref = a[:, :, None] * b[:, None, :] if kl_ref else torch.ones_like(plan)
-        lref = torch.where(ref > 0, torch.log(torch.where(ref > 0, ref, 1)), 0)
-        value = unbalanced_value(value_linear, xlogx, (plan * lref).sum((1, 2)), ref.sum((1, 2)), plan.sum(2),
-                                 plan.sum(1), a, b, reg, reg_m_a, reg_m_b)
-    else:
-        value = value_linear + reg * xlogx
-    value = torch.where(nonempty, value, torch.zeros_like(value))
-    return plan, value, value_linear
-
-
-def unbalanced_value(value_linear, xlogx, plref, ref_sum, r, c, a, b, reg: float, reg_m_a: float, reg_m_b: float):
-    """The unbalanced objective (B,) from its pieces: <P,C> + reg KL(P | ref) + reg_m_a KL(P 1 | a)
-    + reg_m_b KL(P^T 1 | b), with xlogx = sum P log P, plref = sum P log ref, ref_sum = sum ref
-    (all (B,)), r = P 1 (B,n), c = P^T 1 (B,m); an infinite reg_m drops its term."""
-    value = value_linear + reg * (xlogx - plref - r.sum(1) + ref_sum)
-    if not math.isinf(reg_m_a):
-        value = value + reg_m_a * _gen_kl(r, a)
-    if not math.isinf(reg_m_b):
-        value = value + reg_m_b * _gen_kl(c, b)
-    return value
-
-
-def _gen_kl(x, y):
-    """sum_i x_i log(x_i / y_i) - x_i + y_i per batch row (0 log 0 = 0)."""
-    safe = torch.where(x > 0, x, 1)
-    return (torch.where(x > 0, x * torch.log(safe / torch.where(y > 0, y, 1)), 0) - x + y).sum(1)

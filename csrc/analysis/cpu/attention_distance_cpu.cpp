@@ -110,7 +110,7 @@ void pair_sums(const at::Tensor& X, const bool* smask, const double* w, int64_t 
                                                          sqp + i * Sp, sqp + j * Sp, nh[i], nh[j], Sp));
     }
   });
-  GF_CHECK(bad_row.load() < 0, "attention_distance: the attention of model ", bad_model.load(),
+  GF_CHECK_VALUE(bad_row.load() < 0, "attention_distance: the attention of model ", bad_model.load(),
            " in row ", bad_row.load(), " is negative, non-finite or has no mass on the valid sources");
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = i + 1; j < M; ++j) {

@@ -115,7 +115,7 @@ void agreement(const at::Tensor& Z, const std::vector<int64_t>& pos, bool want_j
     });
     for (int64_t i = 0; i < M; ++i)
       for (int64_t k = 0; k < g; ++k)
-        GF_CHECK(ok[i * G + k], "pairwise_agreement: the logits of model ", i, " at position ",
+        GF_CHECK_VALUE(ok[i * G + k], "pairwise_agreement: the logits of model ", i, " at position ",
                  pos[g0 + k], " contain NaN or inf");
     const at::Tensor y = at::mm(Pbuf.narrow(1, 0, g * V), Lbuf.narrow(1, 0, g * V).t()).to(at::kDouble);
     const double* yp = y.data_ptr<double>();

@@ -63,7 +63,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pairwise_agreement_cuda(const
                                top.data_ptr<int32_t>(), ent.data_ptr<float>(), bad.data_ptr<int32_t>(), stream),
         "gf_agreement_row_stats");
   const Tensor flagged = at::nonzero(bad).cpu();
-  GF_CHECK(flagged.size(0) == 0, "pairwise_agreement: the logits of model ", flagged[0][0].item<int64_t>(),
+  GF_CHECK_VALUE(flagged.size(0) == 0, "pairwise_agreement: the logits of model ", flagged[0][0].item<int64_t>(),
            " at position ", flagged[0][1].item<int64_t>(), " contain NaN or inf");
   const int64_t slices = slices_for(N, ((M + 63) / 64) * ((M + 63) / 64), z);
   Tensor part = at::zeros({slices, M, M}, f32);
@@ -114,7 +114,7 @@ Tensor attention_pair_sums_cuda(const Tensor& attn, const Tensor& source_mask, c
                            w.data_ptr<float>(), M, R, S, int(metric), slices, part.data_ptr<float>(),
                            work.data_ptr<float>(), bad.data_ptr<int32_t>(), c10::cuda::getCurrentCUDAStream().stream()),
         "gf_attention_pairs");
-  GF_CHECK(bad.item<int32_t>() == 0, "attention_distance: an attention row is negative, non-finite or has no "
+  GF_CHECK_VALUE(bad.item<int32_t>() == 0, "attention_distance: an attention row is negative, non-finite or has no "
            "mass on the valid sources");
   return part.to(at::kDouble).sum(0);
 }
@@ -122,8 +122,8 @@ Tensor attention_pair_sums_cuda(const Tensor& attn, const Tensor& source_mask, c
 }  // namespace
 
 TORCH_LIBRARY_IMPL(grounded_fast, CUDA, m) {
-  m.impl("pairwise_agreement", &pairwise_agreement_cuda);
-  m.impl("attention_pair_sums", &attention_pair_sums_cuda);
+  m.impl("pairwise_agreement_kernel", &pairwise_agreement_cuda);
+  m.impl("attention_pair_sums_kernel", &attention_pair_sums_cuda);
 }
 
 extern "C" {

@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference.analysis import ATTENTION_METRICS
-from .fast_math import LAUNCH, TINY, log2, xlog2x
+from ...ops.analysis.checks import ATTENTION_METRICS
+from ..common.fast_math import LAUNCH, TINY, log2, xlog2x
 
 LN2 = tl.constexpr(0.6931471805599453)
 

@@ -63,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fast_math import LAUNCH, bf16_dot, dot_3xtf32, exp2, xlog2x
+from ..common.fast_math import LAUNCH, bf16_dot, dot_3xtf32, exp2, xlog2x
 
 
 @triton.jit

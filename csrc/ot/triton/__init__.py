@@ -1,11 +1,3 @@
-"""Triton kernels of the entropic OT op (imported as ``grounded_fast.triton_kernels.ot``)."""
-
-import torch
-
-
-def device_scalars(device, *values: float) -> torch.Tensor:
-    """The float scalars of a kernel as a (k,) float64 tensor on ``device``, loaded in the kernel.
-
-    Triton passes a Python float argument as float32; a float64 solve needs 1/eps, the unbalanced
-    exponents and the tolerance to full precision, so they travel through memory instead."""
-    return torch.tensor(values, dtype=torch.float64, device=device)
+"""Triton kernels of the entropic OT ops (imported as ``grounded_fast.triton_kernels.ot``); their
+host code is grounded_fast/ops/entropic_ot/backend_triton.py and
+grounded_fast/ops/entropic_ot_features/."""

@@ -1,4 +1,4 @@
-"""Triton twin of ``grounded_fast.reference.entropic_ot.finalize``: plan and objective in one pass.
+"""Triton twin of ``grounded_fast.ops.entropic_ot.driver.finalize``: plan and objective in one pass.
 
 From the potentials, P_ij = exp(lu_i + lv_j + w - C_ij / eps) on the live entries (a_i > 0,
 b_j > 0) of the nonempty problems, 0 elsewhere. One launch streams C once and writes P once
@@ -15,9 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference.entropic_ot import UNBALANCED, unbalanced_value
-from ..analysis.fast_math import LAUNCH
-from . import device_scalars
+from ...ops.entropic_ot.driver import unbalanced_value
+from ...ops.entropic_ot.spec import UNBALANCED, SolveSpec
+from ..common.fast_math import LAUNCH
+from ..common import device_scalars
 
 CONFIG = (16, 256, 8)      # rows per program, columns per step, warps (the row pass's, sinkhorn_stream.py)
 CONFIG_F64 = (16, 128, 4)
@@ -58,11 +59,11 @@ def _finalize(C_ptr, a_ptr, b_ptr, lu_ptr, lv_ptr, w_ptr, ne_ptr, plan_ptr, lin_
     tl.store(r_ptr + out, r, mask=rin)
 
 
-def finalize_triton(C, a, b, lu, lv, w, problem: int, reg: float, reg_m_a: float, reg_m_b: float, kl_ref: bool,
-                    nonempty):
-    """Same inputs and outputs as ``reference.entropic_ot.finalize``: plan (B,n,m) of a's dtype,
+def finalize_triton(C, a, b, lu, lv, w, spec: SolveSpec, nonempty):
+    """Same inputs and outputs as ``grounded_fast.ops.entropic_ot.driver.finalize``: plan (B,n,m) of a's dtype,
     value (B,), value_linear (B,). C (B,n,m) may be float32/64, bfloat16 or float16 (read as it is)."""
     B, n, m = C.shape
+    reg = spec.reg
     dt = a.dtype
     C = C.contiguous()
     plan = torch.empty(B, n, m, dtype=dt, device=C.device)
@@ -74,16 +75,16 @@ def finalize_triton(C, a, b, lu, lv, w, problem: int, reg: float, reg_m_a: float
         nonempty.to(torch.int32).contiguous(), plan, lin, xlx, r, n, m, device_scalars(C.device, 1.0 / reg), DT=DT,
         BR=BR, BT=BT, num_warps=warps, **LAUNCH)
     value_linear, xlogx = lin.sum(1), xlx.sum(1)
-    if problem == UNBALANCED:
+    if spec.problem == UNBALANCED:
         c = plan.sum(1)
-        if kl_ref:
+        if spec.kl_ref:
             log_or_0 = lambda x: torch.where(x > 0, torch.log(torch.where(x > 0, x, 1)), 0)  # noqa: E731
             plref = (r * log_or_0(a)).sum(1) + (c * log_or_0(b)).sum(1)
             ref_sum = a.sum(1) * b.sum(1)
         else:
             plref = torch.zeros_like(value_linear)
             ref_sum = torch.full_like(value_linear, float(n * m))
-        value = unbalanced_value(value_linear, xlogx, plref, ref_sum, r, c, a, b, reg, reg_m_a, reg_m_b)
+        value = unbalanced_value(value_linear, xlogx, plref, ref_sum, r, c, a, b, reg, spec.reg_m_a, spec.reg_m_b)
     else:
         value = value_linear + reg * xlogx
     value = torch.where(nonempty, value, torch.zeros_like(value))

@@ -1,7 +1,7 @@
 """Triton kernels for entropic OT with the cost recomputed from features on the fly (never stored).
 
 The passes are those of sinkhorn_stream.py (online log-sum-exp over tiles, one launch per pass,
-driven by grounded_fast.reference.entropic_ot.solve_potentials), except that a tile of C is not
+driven by grounded_fast.ops.entropic_ot.driver.solve_potentials), except that a tile of C is not
 read from device memory but rebuilt in registers from a tile of x rows and one of y rows:
 
     D = X_tile @ Y_tile^T   (tl.dot over d in chunks of BK, fp32 accumulation; fp64 for fp64)
@@ -30,9 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference.ot_features import COSINE, compute_dtype, kernel_norms
-from ..analysis.fast_math import LAUNCH
-from . import device_scalars
+from ...ops.costs import COSINE
+from ...ops.entropic_ot_features.driver import compute_dtype, kernel_norms
+from ..common.fast_math import LAUNCH
+from ..common import device_scalars
 from .sinkhorn_stream import _online
 
 BLOCK_ROWS = 64   # rows owned by one program
@@ -214,7 +215,7 @@ def default_splits(B: int, n: int, m: int, device: torch.device) -> int:
 
 
 class TritonFeaturePasses:
-    """The passes of grounded_fast.reference.ot_features (module doc there) as Triton kernels.
+    """The passes of grounded_fast/ops/entropic_ot_features/driver.py (module doc there) as Triton kernels.
 
     x (B,n,d), y (B,m,d) float32 / float64 / bfloat16 / float16 (read as they are); cost: 0
     sqeuclidean, 1 cosine; potentials in float32 (float64 for float64 features). ``splits``:
@@ -279,15 +280,3 @@ class TritonFeaturePasses:
         PY, r = self._product(True, lu, lv, w)
         PtX, c = self._product(False, lv, lu, w)
         return PY, r, PtX, c
-
-
-def entropic_ot_features_triton(x, y, a, b, mass, log_u0, log_v0, cost: int, problem: int, reg: float,
-                                reg_m_a: float, reg_m_b: float, kl_ref: bool, max_iter: int, tol: float,
-                                check_every: int, history: int = -1, splits: int | None = None, floor: float = 0.0):
-    """Solve on the Triton passes. x (B,n,d), y (B,m,d); a, log_u0 (B,n), b, log_v0 (B,m), mass (B,) in
-    the compute dtype. Returns (log_u, log_v, log_scale, value, value_linear, n_iter, status,
-    err_history) as grounded_fast.reference.ot_features.solve_features."""
-    from ...reference.ot_features import solve_features
-    passes = TritonFeaturePasses(x, y, cost, reg, splits)
-    return solve_features(passes, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a, reg_m_b, kl_ref, max_iter, tol,
-                          check_every, history, floor)

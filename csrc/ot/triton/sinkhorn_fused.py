@@ -21,7 +21,7 @@ in a (B, programs, m) scratch that every block reads and writes (also L2 traffic
 ``_merge_columns`` then merges the programs' partials into the column LSE of the new lu, which the
 next iteration's lv = log b - col LSE needs.
 
-The iterates are the reference's (the driver is grounded_fast.reference.entropic_ot.
+The iterates are the reference's (the driver is grounded_fast.ops.entropic_ot.driver.
 solve_potentials with its ``row_then_col`` hook); only the summation order of the column LSE
 differs. Every problem kind; opt-in (``regime='fused'``) until it is measured on a GPU.
 """
@@ -33,9 +33,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference.entropic_ot import solve_potentials
-from ..analysis.fast_math import LAUNCH, exp2
-from . import device_scalars
+from ...ops.entropic_ot.driver import solve_potentials
+from ...ops.entropic_ot.spec import SolveSpec
+from ..common.fast_math import LAUNCH, exp2
+from ..common import device_scalars
 from .sinkhorn_stream import _online, _row_block_lse, streaming_passes
 
 # _row_then_col: rows per block (BR x m entries must stay in L2 between the two sweeps), columns per
@@ -237,7 +238,7 @@ def resident_layout(n: int, m: int, dtype: torch.dtype) -> tuple[int, int, int] 
 
 def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None = None):
     """``row_then_col(lv, lu, la, active, scale=1, cap=False) -> (lu', col_lse(lu'))`` over C (B, n, m)
-    for the driver (grounded_fast.reference.entropic_ot.solve_potentials defines it).
+    for the driver (grounded_fast.ops.entropic_ot.driver.solve_potentials defines it).
     ``resident``: None (automatic, rows in registers where ``resident_layout`` allows), True or False."""
     B, n, m = C.shape
     dt = torch.float64 if C.dtype == torch.float64 else torch.float32
@@ -274,14 +275,12 @@ def fused_pass(C, reg: float, programs: int | None = None, resident: bool | None
     return row_then_col
 
 
-def sinkhorn_fused(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
-                   kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1,
-                   floor: float = 0.0, programs: int | None = None, resident: bool | None = None):
+def sinkhorn_fused(C, a, b, mass, log_u0, log_v0, spec: SolveSpec, programs: int | None = None,
+                   resident: bool | None = None):
     """Same inputs and outputs as sinkhorn_stream.sinkhorn_stream (every problem kind).
     ``programs``: programs per problem (default: about RESIDENT_PER_SM, or 4, per SM over the batch);
     ``resident``: see ``fused_pass``."""
     C = C.contiguous()
-    row_lse, col_lse = streaming_passes(C, reg)
-    return solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem, reg, reg_m_a,
-                            reg_m_b, kl_ref, max_iter, tol, check_every, history,
-                            row_then_col=fused_pass(C, reg, programs, resident), floor=floor)
+    row_lse, col_lse = streaming_passes(C, spec.reg)
+    return solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, spec,
+                            row_then_col=fused_pass(C, spec.reg, programs, resident))

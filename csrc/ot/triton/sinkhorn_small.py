@@ -21,15 +21,14 @@ Accumulation is float32 (float64 for float64 costs).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ...reference.entropic_ot import history_length
-from ..analysis.fast_math import LAUNCH
-from . import device_scalars
+from ...ops.entropic_ot.spec import SolveSpec
+from ..common.fast_math import LAUNCH
+from ..common import device_scalars
 
 # entries of the cost tile held on-chip by one program (BN x BM after padding to powers of two)
 MAX_TILE = 1 << 15
@@ -262,36 +261,33 @@ def fits(n: int, m: int) -> bool:
     return triton.next_power_of_2(n) * triton.next_power_of_2(m) <= MAX_TILE
 
 
-def sinkhorn_small(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
-                   kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1,
-                   floor: float = 0.0):
+def sinkhorn_small(C, a, b, mass, log_u0, log_v0, spec: SolveSpec):
     """Solve a batch of small problems, one persistent program each.
 
     C (B, n, m) float32/float64, or bfloat16/float16 with float32 weights; a (B, n), b (B, m),
     mass (B,), log_u0 (B, n), log_v0 (B, m) in the compute dtype. Returns (log_u (B, n), log_v (B, m), log_scale (B,), n_iter (B,) int64,
-    status (B,) int64, err_history (B, H)) with the conventions of grounded_fast::entropic_ot.
+    status (B,) int64, err_history (B, H)) with the conventions of grounded_fast::entropic_ot, for
+    the solve ``spec`` (grounded_fast.ops.entropic_ot.spec.SolveSpec).
     """
     B, n, m = C.shape
     if not fits(n, m):
         raise ValueError(f"sinkhorn_small: a {n} x {m} problem does not fit the on-chip tile ({MAX_TILE} entries)")
     dev, dt = C.device, a.dtype  # C may be half precision, read as it is and upcast on-chip
-    hist_len = history_length(max_iter, check_every, history)
+    hist_len = spec.hist_len
     lu = torch.empty(B, n, dtype=dt, device=dev)
     lv = torch.empty(B, m, dtype=dt, device=dev)
     w = torch.empty(B, dtype=dt, device=dev)
     n_iter = torch.empty(B, dtype=torch.int32, device=dev)
     status = torch.empty(B, dtype=torch.int32, device=dev)
     hist = torch.full((B, max(hist_len, 1)), -1.0, dtype=dt, device=dev)
-    fa = 1.0 if math.isinf(reg_m_a) else reg_m_a / (reg_m_a + reg)
-    fb = 1.0 if math.isinf(reg_m_b) else reg_m_b / (reg_m_b + reg)
     BN, BM = triton.next_power_of_2(n), triton.next_power_of_2(m)
-    scalars = device_scalars(dev, 1.0 / reg, fa, fb, tol, floor)
+    scalars = device_scalars(dev, 1.0 / spec.reg, spec.fa, spec.fb, spec.tol, spec.floor)
     ldc = triton.cdiv(m, ROW_ALIGN) * ROW_ALIGN
     C = torch.nn.functional.pad(C, (0, ldc - m)) if ldc != m else C.contiguous()
     _sinkhorn_small[(B,)](
         C, a.contiguous(), b.contiguous(), mass.contiguous(), log_u0.contiguous(),
-        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, ldc, scalars, max_iter, check_every, hist_len,
-        PROBLEM=problem, KL_REF=bool(kl_ref),
+        log_v0.contiguous(), lu, lv, w, n_iter, status, hist, n, m, ldc, scalars, spec.max_iter, spec.check_every,
+        hist_len, PROBLEM=spec.problem, KL_REF=bool(spec.kl_ref),
         DT=tl.float64 if dt == torch.float64 else tl.float32, BN=BN, BM=BM,
         num_warps=WARPS_LARGE_TILE if BN * BM >= 8192 else 4, **LAUNCH)
     return lu, lv, w, n_iter.long(), status.long(), hist[:, :hist_len]

@@ -17,9 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference.entropic_ot import solve_potentials
-from ..analysis.fast_math import LAUNCH
-from . import device_scalars
+from ...ops.entropic_ot.driver import solve_potentials
+from ...ops.entropic_ot.spec import SolveSpec
+from ..common.fast_math import LAUNCH
+from ..common import device_scalars
 
 # (rows or columns owned by one program, entries of the streamed axis per step, warps) per pass, for
 # 32-bit and 16-bit C; measured on an H100 (B=16 x 4096^2, each pass alone, against the copy
@@ -89,7 +90,7 @@ def _col_lse(C_ptr, lu_ptr, out_ptr, n, m, inv_eps_ptr, DT: tl.constexpr, BR: tl
 
 
 def streaming_passes(C, reg: float):
-    """(row_lse, col_lse) callables over C (B, n, m) for the reference driver."""
+    """(row_lse, col_lse) callables over C (B, n, m) for the driver (grounded_fast.ops.entropic_ot.driver)."""
     B, n, m = C.shape
     C = C.contiguous()
     dt = torch.float64 if C.dtype == torch.float64 else torch.float32
@@ -112,10 +113,7 @@ def streaming_passes(C, reg: float):
     return row_lse, col_lse
 
 
-def sinkhorn_stream(C, a, b, mass, log_u0, log_v0, problem: int, reg: float, reg_m_a: float, reg_m_b: float,
-                    kl_ref: bool, max_iter: int, tol: float, check_every: int, history: int = -1,
-                    floor: float = 0.0):
+def sinkhorn_stream(C, a, b, mass, log_u0, log_v0, spec: SolveSpec):
     """Same inputs and outputs as sinkhorn_small.sinkhorn_small, for problems of any size."""
-    row_lse, col_lse = streaming_passes(C, reg)
-    return solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, problem, reg,
-                            reg_m_a, reg_m_b, kl_ref, max_iter, tol, check_every, history, floor=floor)
+    row_lse, col_lse = streaming_passes(C, spec.reg)
+    return solve_potentials(row_lse, col_lse, a, b, mass, log_u0, log_v0, spec)
