@@ -169,11 +169,28 @@ def pot_sinkhorn(p: Problem, iters: int, reg: float = REG, shift: float = 0.0, a
         return ot.sinkhorn(a[0], b[0], M, reg, numItermax=iters, stopThr=0)
 
 
+def geomloss_solve_batch(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, reg: float, iters: int):
+    """GeomLoss's batched matrix solver on given costs: ``geomloss.ot.solve_batch`` (GeomLoss >= 0.3.1,
+    method 'auto'). C (B,n,m), a (B,n), b (B,m) torch tensors; returns (plan (B,n,m), value (B,)).
+
+    ``reg`` is passed as GeomLoss's temperature eps itself: ``solve_batch`` takes eps, where
+    ``SamplesLoss`` takes blur with eps = blur^p. It anneals eps geometrically from max C - min C
+    down to ``reg`` over ``iters`` symmetric (averaged) Sinkhorn updates, then makes one last full
+    update at eps = reg, and returns plan = a_i b_j exp((f_i + g_j - C_ij) / reg): for balanced
+    problems the same entropic plan as ours and POT's at reg, reached along another path (its
+    marginal error at equal iterations differs). ``value`` is GeomLoss's dual value of
+    <P, C> + reg KL(P | a b^T); ours (POT's convention, <P, C> + reg sum P log P) equals it
+    + reg (sum a log a + sum b log b) at a feasible plan.
+    """
+    from geomloss import ot as gl_ot
+    res = gl_ot.solve_batch(C, a=a, b=b, reg=reg, max_iter=iters)
+    return res.plan, res.value
+
+
 def geomloss_batch(p: Problem, iters: int, reg: float = REG, array: str = "t32"):
     """GeomLoss's batched matrix solver (geomloss.ot.solve_batch, method 'auto') on the whole batch:
     eps annealed from the cost range to ``reg`` over ``iters`` updates, then one at ``reg``
-    (see grounded_fast._bench.geomloss_solve_batch). Returns (plan, value)."""
-    from grounded_fast._bench import geomloss_solve_batch
+    (see :func:`geomloss_solve_batch`). Returns (plan, value)."""
     C, a, b = arrays(p, array)
     return geomloss_solve_batch(C, a, b, reg=reg, iters=iters)
 

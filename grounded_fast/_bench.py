@@ -1,5 +1,5 @@
-"""Helpers shared by the OT speed comparisons: ``grounded-fast compare-pot`` / ``bench``
-(grounded_fast/cli.py) and the CPU benchmark suite (bench/).
+"""Helpers shared by the OT speed comparisons of bench/: the CPU benchmark suite and
+bench/compare_peers.py.
 
 * :func:`pinned_threads`: both sides run with the same thread count: torch's intra-op threads and
   every BLAS / OpenMP pool loaded in the process (numpy's and scipy's OpenBLAS, torch's and POT's
@@ -8,7 +8,6 @@
 * :func:`time_repeats`: a callable timed several times; :class:`Timing` keeps every sample and the
   thread counts in force while they ran, and prints as median (min-max).
 * :func:`fmt_ratio`: speed ratios, below 1 too ('0.42x').
-* :func:`geomloss_solve_batch`: GeomLoss's batched matrix solver on given costs.
 """
 from __future__ import annotations
 
@@ -156,20 +155,3 @@ def fmt_ratio(r: float) -> str:
         return f"{r:.1f}x"
     return f"{r:.0f}x"
 
-
-def geomloss_solve_batch(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, reg: float, iters: int):
-    """GeomLoss's batched matrix solver on given costs: ``geomloss.ot.solve_batch`` (GeomLoss >= 0.3.1,
-    method 'auto'). C (B,n,m), a (B,n), b (B,m) torch tensors; returns (plan (B,n,m), value (B,)).
-
-    ``reg`` is passed as GeomLoss's temperature eps itself: ``solve_batch`` takes eps, where
-    ``SamplesLoss`` takes blur with eps = blur^p. It anneals eps geometrically from max C - min C
-    down to ``reg`` over ``iters`` symmetric (averaged) Sinkhorn updates, then makes one last full
-    update at eps = reg, and returns plan = a_i b_j exp((f_i + g_j - C_ij) / reg): for balanced
-    problems the same entropic plan as ours and POT's at reg, reached along another path (its
-    marginal error at equal iterations differs). ``value`` is GeomLoss's dual value of
-    <P, C> + reg KL(P | a b^T); ours (POT's convention, <P, C> + reg sum P log P) equals it
-    + reg (sum a log a + sum b log b) at a feasible plan.
-    """
-    from geomloss import ot as gl_ot
-    res = gl_ot.solve_batch(C, a=a, b=b, reg=reg, max_iter=iters)
-    return res.plan, res.value

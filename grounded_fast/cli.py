@@ -1,7 +1,5 @@
 """``grounded-fast`` command line.
 
-    grounded-fast compare-pot [--iters N] [--threads N] [--repeat R]
-                                            short OT comparison against POT (prints a table)
     grounded-fast run STUDY [--preset tiny|small|paper] [--config FILE] [--out DIR]
                       [--executor local|ray] [--workers N] [--threads-per-unit T] [--ray-address ADDR] [--resume]
                       [--device auto|cpu|cuda|cuda:N] [--gpus-per-unit F]
@@ -11,8 +9,6 @@
     grounded-fast export DIR [--format csv|parquet] [--to OUT]   the run's result tables as files
     grounded-fast analyse PAIRS.csv [--populations-regex RE | --populations FILE] [--to OUT]
                                             populations compared on a table of model pairs (report)
-    grounded-fast bench [--quick] [--threads N] [--repeat R]
-                                            the OT speed comparison against POT (GeomLoss too if installed)
     grounded-fast demo-data --format vatex|coco|wit|multi30k DIR [--scenes N] [--seed S] [--no-features]
                             [--overwrite]   the demo corpus written in a real dataset's layout
 """
@@ -22,133 +18,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
-
-import numpy as np
-import torch
-
-
-def _peer_rows(iters: int, repeat: int, quick: bool, geomloss: bool) -> list[dict]:
-    """The comparison rows (see :func:`compare_pot`), run under the caller's thread pinning."""
-    import ot as pot
-
-    import grounded_fast.ot as got
-    from grounded_fast.ops import BALANCED, PARTIAL, entropic_ot
-
-    from ._bench import geomloss_solve_batch, time_repeats
-
-    T = lambda fn, scale=1.0: time_repeats(fn, repeat=repeat, scale=scale)  # noqa: E731
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    # partial OT at GroundedBERT's shape: B problems of 64 tokens x 197 patches, cosine cost
-    B, n, m, d = 16, 64, 197, 384
-    C32 = got.cost_matrix(torch.randn(B, n, d, generator=g), torch.randn(B, m, d, generator=g), "cosine")
-    k = 2  # POT loops over problems: timed on k of them, scaled to B
-    case = f"partial B={B} {n}x{m} cosine {{}}, {iters} it"
-    for dt, peers in ((torch.float32, (("sinkhorn", "torch"), ("sinkhorn_log", "torch"))),
-                      (torch.float64, (("sinkhorn", "numpy"),))):
-        C, a, b = C32.to(dt), torch.full((B, n), 1 / n, dtype=dt), torch.full((B, m), 1 / m, dtype=dt)
-        mass = torch.full((B,), 0.5, dtype=dt)
-        run = lambda: entropic_ot(C, a, b, reg=0.05, problem=PARTIAL, mass=mass, max_iter=iters,  # noqa: E731
-                                  check_every=0, warn=False)
-        ours, plan = T(run), run().plan[0]
-        for method, lib in peers:
-            Cp, ap, bp = (C.numpy(), a.numpy(), b.numpy()) if lib == "numpy" else (C, a, b)
-            mp = 0.5 if lib == "numpy" else mass[0]  # POT's log-domain partial needs m as a tensor of the backend
-            # stopThr=-1: POT runs all iterations (its default stops once its error is exactly 0)
-            solve = lambda i: pot.partial.entropic_partial_wasserstein(  # noqa: E731
-                ap[i], bp[i], Cp[i], 0.05, m=mp, numItermax=iters, stopThr=-1, method=method)
-            theirs = T(lambda: [solve(i) for i in range(k)], scale=B / k)
-            diff = float(np.abs(np.asarray(solve(0), dtype=np.float64) - plan.double().numpy()).max())
-            name = "entropic_partial_wasserstein" + (" sinkhorn_log" if method == "sinkhorn_log" else "")
-            rows.append(dict(case=case.format(_DT[dt]), peer=f"POT {name}, {lib} {_DT[dt]}",
-                             ours=ours, theirs=theirs, check=f"max |dP| {diff:.1e}"))
-    # balanced, one N x N problem, POT's exp-domain Sinkhorn
-    N = 256 if quick else 1024
-    rng = np.random.default_rng(0)
-    M = pot.dist(rng.normal(size=(N, 2)), rng.normal(size=(N, 2)))
-    M /= M.max()
-    u = np.full(N, 1 / N)
-    for dt, lib in ((torch.float32, "torch"), (torch.float64, "numpy")):
-        Mt, ut = torch.tensor(M, dtype=dt), torch.tensor(u, dtype=dt)
-        Mp, up = (M, u) if lib == "numpy" else (Mt, ut)
-        ours_fn = lambda: got.sinkhorn(ut, ut, Mt, 0.05, numItermax=iters, stopThr=0, warn=False)  # noqa: E731
-        pot_fn = lambda: pot.sinkhorn(up, up, Mp, 0.05, numItermax=iters, stopThr=0, warn=False)  # noqa: E731
-        diff = float(np.abs(np.asarray(ours_fn(), dtype=np.float64) - np.asarray(pot_fn(), dtype=np.float64)).max())
-        rows.append(dict(case=f"balanced {N}x{N} sqeuclidean {_DT[dt]}, {iters} it", peer=f"POT sinkhorn (exp domain), "
-                         f"{lib} {_DT[dt]}", ours=T(ours_fn), theirs=T(pot_fn), check=f"max |dP| {diff:.1e}"))
-    if geomloss:
-        # GeomLoss's batched matrix solver on the partial case's costs, balanced, same reg and iterations
-        a, b = torch.full((B, n), 1 / n), torch.full((B, m), 1 / m)
-        ours_fn = lambda: entropic_ot(C32, a, b, reg=0.05, problem=BALANCED, max_iter=iters,  # noqa: E731
-                                      check_every=0, warn=False).plan
-        gl_fn = lambda: geomloss_solve_batch(C32, a, b, reg=0.05, iters=iters)[0]  # noqa: E731
-        err = lambda P: float(((P.double().sum(2) - a).abs().sum(1) + (P.double().sum(1) - b).abs().sum(1)).max())  # noqa: E731
-        rows.append(dict(case=f"balanced B={B} {n}x{m} cosine f32, {iters} it",
-                         peer="GeomLoss ot.solve_batch (eps annealed to reg), torch f32", ours=T(ours_fn),
-                         theirs=T(gl_fn), check=f"marginal err ours {err(ours_fn()):.1e}, GeomLoss {err(gl_fn()):.1e}"))
-    # stability at small reg: marginal violation of the returned plan (not timed)
-    u2, M2 = u[:256] * 4, M[:256, :256]
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # POT warns "numerical errors" here: the point of the row
-        p_small = pot.sinkhorn(u2, u2, M2, 1e-4, numItermax=1000, warn=False)
-    o_small = got.sinkhorn(u2, u2, M2, 1e-4, numItermax=1000, warn=False)
-    viol = lambda P: float(np.nan_to_num(np.abs(P.sum(1) - u2).sum() + np.abs(P.sum(0) - u2).sum(), nan=np.inf))  # noqa: E731
-    rows.append(dict(case="balanced 256x256 reg=1e-4 f64, 1000 it", peer="POT sinkhorn (exp domain), numpy f64",
-                     ours=None, theirs=None, check=f"marginal error ours {viol(o_small):.1e}, POT {viol(p_small):.1e}"))
-    return rows
-
-
-_DT = {torch.float32: "f32", torch.float64: "f64"}
-
-
-def compare_pot(iters: int = 100, threads: int | None = None, repeat: int = 5, quick: bool = False,
-                geomloss: bool = False) -> list[dict]:
-    """Time grounded_fast against POT at equal iteration counts (and against GeomLoss's batched matrix
-    solver with ``geomloss``; it must be installed). Both sides run pinned to ``threads`` threads
-    (torch and every BLAS / OpenMP pool; default: all cores), every timing is ``repeat`` runs after
-    a warm-up. Returns rows: case, peer, ``ours`` and ``theirs`` (:class:`grounded_fast._bench.Timing`,
-    None for the untimed accuracy row) and a check (plans' max difference or marginal errors)."""
-    import ot  # noqa: F401  (loaded before pinning: its OpenMP pool must exist to be pinned)
-    if geomloss:
-        import geomloss as _  # noqa: F401
-    from ._bench import default_threads, pinned_threads
-    with pinned_threads(default_threads() if threads is None else threads):
-        return _peer_rows(iters, repeat, quick, geomloss)
-
-
-def _print(rows):
-    from ._bench import fmt_ratio, fmt_threads
-    timed = [r for r in rows if r["ours"] is not None]
-    states = {fmt_threads(t.threads) for r in timed for t in (r["ours"], r["theirs"])}
-    reps = {len(t.samples) for r in timed for t in (r["ours"], r["theirs"])}
-    same = f"{states.pop()}, the same for grounded_fast and every peer" if len(states) == 1 else \
-        f"NOT the same in every row: {' | '.join(sorted(states))}"
-    print(f"threads: {same}; each time: median (min-max) of {'/'.join(map(str, sorted(reps)))} runs after a "
-          "warm-up; POT's per-problem loops timed on 2 problems, scaled to the batch")
-    print(f"{'case':<42} {'peer':<57} {'grounded_fast':>22} {'peer':>22} {'speed-up':>9}  check")
-    for r in rows:
-        if r["ours"] is None:
-            print(f"{r['case']:<42} {r['peer']:<57} {'':>22} {'':>22} {'':>9}  {r['check']}")
-            continue
-        ratio = fmt_ratio(r["theirs"].median / r["ours"].median)
-        print(f"{r['case']:<42} {r['peer']:<57} {str(r['ours']):>22} {str(r['theirs']):>22} {ratio:>9}  {r['check']}")
-
-
-def _have_pot(command: str) -> bool:
-    import importlib.util
-    if importlib.util.find_spec("ot") is None:
-        print(f"{command} needs POT: pip install pot==0.9.7.post1", file=sys.stderr)
-        return False
-    return True
-
-
-def _have_geomloss() -> bool:
-    import importlib.util
-    if importlib.util.find_spec("geomloss") is None:
-        print("GeomLoss not installed (pip install geomloss==0.3.1): no GeomLoss row")
-        return False
-    return True
 
 
 def load_config_file(path: str) -> dict:
@@ -353,15 +222,6 @@ def _positive_int(s: str) -> int:
     return n
 
 
-def _timing_args(p) -> None:
-    from ._bench import default_threads
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help=f"threads of both sides: torch's and every BLAS / OpenMP pool (default: all cores, "
-                        f"{default_threads()} here)")
-    p.add_argument("--repeat", type=_positive_int, default=None,
-                   help="timed runs of each side after a warm-up; the median and min-max are printed (default 5)")
-
-
 def _analyse_pairs(args) -> int:
     """``grounded-fast analyse``: load, analyse, write the report; exit 2 on a bad input."""
     from .analysis.pairs_table import PairsTableError, analyse_pairs, load_pairs
@@ -428,9 +288,6 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="grounded-fast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("compare-pot", help="short OT comparison against POT (needs `pip install pot`)")
-    p.add_argument("--iters", type=int, default=100, help="Sinkhorn iterations for both libraries")
-    _timing_args(p)
     r = sub.add_parser("run", help="run (or resume: rerun the same command) a study", epilog=_preset_costs_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("study", choices=studies.available(), help="the study")
@@ -492,9 +349,6 @@ def main(argv=None) -> int:
     an.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates of the CIs (default 2000)")
     an.add_argument("--seed", type=int, default=0, help="seed of the permutations and bootstrap (default 0)")
     an.add_argument("--to", default=None, help="report directory (default PAIRS-analysis beside the CSV)")
-    bp = sub.add_parser("bench", help="OT speed comparison against POT (and GeomLoss if installed)")
-    bp.add_argument("--quick", action="store_true", help="few iterations (a smoke check)")
-    _timing_args(bp)
     dd = sub.add_parser("demo-data", help="write the built-in demo corpus in a real dataset's layout (vatex, "
                                           "coco, wit, multi30k), e.g. to try the real-data path of a study")
     dd.add_argument("dir", help="output folder (created; must be empty unless --overwrite)")
@@ -526,13 +380,6 @@ def main(argv=None) -> int:
         return 0
     if args.cmd == "analyse":
         return _analyse_pairs(args)
-    if args.cmd == "bench":
-        if not _have_pot("bench"):
-            return 2
-        print(f"torch {torch.__version__}; equal iterations")
-        _print(compare_pot(10 if args.quick else 200, args.threads, args.repeat or (3 if args.quick else 5),
-                           quick=args.quick, geomloss=_have_geomloss()))
-        return 0
     if args.cmd == "report":
         from .experiments import studies
         from .experiments.runner import study_report
@@ -553,11 +400,6 @@ def main(argv=None) -> int:
             return 2
         store.close()
         return _verify_run("verify", args.dir)
-    if args.cmd == "compare-pot":
-        if not _have_pot("compare-pot"):
-            return 2
-        print(f"torch {torch.__version__}; equal iterations")
-        _print(compare_pot(args.iters, args.threads, args.repeat or 5))
     return 0
 
 

@@ -1,15 +1,17 @@
 """The OT speed comparisons are fair and say what they measured: ratios below 1 print as such, both
-sides run with the same pinned threads, the GeomLoss wrapper solves our problem, and the CPU
-results file names the kernels' commit, the device, the date and the threads."""
+sides run with the same pinned threads, bench/compare_peers.py prints its table (and says what is
+missing), the GeomLoss wrapper solves our problem, and the CPU results file names the kernels'
+commit, the device, the date and the threads."""
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from grounded_fast._bench import Timing, fmt_ratio, geomloss_solve_batch, pinned_threads, thread_state
+from grounded_fast._bench import Timing, fmt_ratio, pinned_threads, thread_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -40,20 +42,21 @@ class Bench:
 def test_ratios_below_one_print_as_such(capsys):
     assert [fmt_ratio(r) for r in (0.42, 0.0042, 1.0, 3.14159, 42.13, 2107.4)] == \
         ["0.42x", "0.0042x", "1.00x", "3.14x", "42.1x", "2107x"]
-    from grounded_fast.cli import _print
+    peers = _load("compare_peers", os.path.join(BENCH, "compare_peers.py"))
     t = lambda s: Timing([s] * 3, {"torch": 2})  # noqa: E731
-    _print([dict(case="c", peer="POT x", ours=t(1e-3), theirs=t(0.42e-3), check="-"),
+    peers.print_table([dict(case="c", peer="POT x", ours=t(1e-3), theirs=t(0.42e-3), check="-"),
             dict(case="c", peer="POT y", ours=t(1e-3), theirs=t(2.5e-1), check="-")])
     out = capsys.readouterr().out
     assert " 0.42x " in out and " 250x " in out and " 0x " not in out
 
 
-def test_compare_pot_pins_both_sides_to_the_same_threads():
+def test_compare_peers_pins_both_sides_to_the_same_threads():
     """Every timed call of both sides ran with torch and every BLAS / OpenMP pool at --threads
     (1 here, below this machine's default), and the previous settings come back afterwards."""
-    from grounded_fast.cli import compare_pot
+    pytest.importorskip("ot", reason="POT not installed (pip install pot==0.9.7.post1)")
+    peers = _load("compare_peers", os.path.join(BENCH, "compare_peers.py"))
     before = thread_state()
-    rows = compare_pot(iters=2, threads=1, repeat=1, quick=True)
+    rows = peers.compare_peers(iters=2, threads=1, repeat=1, quick=True)
     timed = [r for r in rows if r["ours"] is not None]
     assert len(timed) == 5
     for r in timed:
@@ -62,6 +65,41 @@ def test_compare_pot_pins_both_sides_to_the_same_threads():
             assert set(side.threads.values()) == {1}, (r["peer"], side.threads)
     after = thread_state()
     assert {k: after[k] for k in before} == before  # (POT's own OpenMP pool is loaded on the way)
+
+
+def test_compare_peers_script_prints_its_table():
+    """`python bench/compare_peers.py --quick`: the POT rows (partial and balanced, like for like), the
+    GeomLoss row when GeomLoss is installed (else a line saying there is none), the untimed
+    small-reg row, all at the requested iterations and threads."""
+    pytest.importorskip("ot", reason="POT not installed (pip install pot==0.9.7.post1)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    res = subprocess.run([sys.executable, os.path.join(BENCH, "compare_peers.py"), "--quick", "--iters", "5",
+                          "--threads", "1", "--repeat", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "threads: torch 1, " in out and "the same for grounded_fast and every peer" in out
+    assert "median (min-max) of 2 runs" in out and "speed-up" in out
+    for row in ("partial B=16 64x197 cosine f32, 5 it", "partial B=16 64x197 cosine f64, 5 it",
+                "balanced 256x256 sqeuclidean f32, 5 it", "balanced 256x256 sqeuclidean f64, 5 it"):
+        assert row in out, (row, out)
+    assert out.count("POT entropic_partial_wasserstein") == 3 and out.count("POT sinkhorn (exp domain)") == 3
+    assert "marginal error ours" in out
+    if importlib.util.find_spec("geomloss") is None:
+        assert "GeomLoss not installed" in out
+    else:
+        assert "balanced B=16 64x197 cosine f32, 5 it" in out and "GeomLoss ot.solve_batch" in out
+
+
+def test_compare_peers_without_pot_says_so(monkeypatch, capsys):
+    """No POT: exit 2 and the install line, nothing timed."""
+    peers = _load("compare_peers", os.path.join(BENCH, "compare_peers.py"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ot" else find_spec(name, *a))
+    monkeypatch.setattr(peers, "compare_peers", lambda *a, **k: pytest.fail("timed without POT"))
+    assert peers.main(["--quick"]) == 2
+    assert "needs POT: pip install pot==0.9.7.post1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        peers.main(["--iters", "0"])
 
 
 def test_pinned_threads_without_threadpoolctl_pins_torch_and_says_so(monkeypatch):
@@ -128,12 +166,12 @@ def test_geomloss_wrapper_solves_our_problem():
     b = torch.rand(B, m, generator=g, dtype=torch.float64) + 0.5
     a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
     ref = entropic_ot(C, a, b, reg=reg, problem=BALANCED, max_iter=5000, check_every=0, warn=False)
-    P, value = geomloss_solve_batch(C, a, b, reg=reg, iters=3000)
+    cases = _load("cases", os.path.join(BENCH, "cases.py"))
+    P, value = cases.geomloss_solve_batch(C, a, b, reg=reg, iters=3000)
     assert P.shape == (B, n, m) and value.shape == (B,)
     assert (P - ref.plan).abs().max() < 2e-4  # GeomLoss's annealed plan approaches it as 1/iters
     ent = lambda w: (w * w.log()).sum(-1)  # noqa: E731
     torch.testing.assert_close(value, ref.value - reg * (ent(a) + ent(b)), rtol=0, atol=1e-6)
-    cases = _load("cases", os.path.join(BENCH, "cases.py"))
     assert abs(cases.kl_value(ref.value, a, b, reg) - (ref.value - reg * (ent(a) + ent(b))).numpy()).max() < 1e-15
 
 
