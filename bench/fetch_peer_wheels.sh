@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The peers the GPU benchmarks compare against (POT, GeomLoss), as wheels for the GPU machine's
 # Python (3.12, x86-64; override with PY_VERSION), downloaded where pip reaches PyPI into
-# bench/wheels/ (git-ignored). The GPU machine has no index: bench/gpu_lease.py and
-# bench/gpu_suite.sh install what lies there into a temporary directory. With the device tool,
+# bench/wheels/ (git-ignored). The GPU machine has no index: bench/gpu_lease.py installs what
+# lies there into a temporary directory (its peers stage). With the device tool,
 # pass carry ["bench/wheels"] (about 33 MB, within a call's 64 MiB).
 #   bash bench/fetch_peer_wheels.sh
 set -euo pipefail

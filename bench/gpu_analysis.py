@@ -1,6 +1,6 @@
 """GPU benchmark of the analysis kernels: each GPU backend against the device's measured floor.
 
-    python bench/gpu_analysis.py                      # on a GPU machine (bench/gpu_suite.sh runs it)
+    python bench/gpu_analysis.py                      # on a GPU machine (bench/gpu_lease.py runs it)
     python bench/gpu_analysis.py --smoke --device cpu --backends cpu,torch   # tiny sizes, any machine
 
 Cases (the issue's sizes):

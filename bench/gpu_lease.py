@@ -1,7 +1,9 @@
-"""Everything a short GPU lease should run, as one command under one wall-clock budget.
+"""The GPU driver: everything that needs a GPU, as one command under one wall-clock budget.
 
     python3 bench/gpu_lease.py                       # on the GPU machine (budget 540 s)
     python3 bench/gpu_lease.py --budget 300 --stages build-cuda,ot,analysis
+    python3 bench/gpu_lease.py --unbounded           # a GPU machine of one's own: no budget, no stage
+                                                     # caps, and the CPU tests last
     python3 bench/gpu_lease.py --smoke               # any machine: the bench stages at tiny sizes on the CPU
 
 A lent machine has minutes, not hours (the device tool lends 15 minutes a task, its start
@@ -25,6 +27,8 @@ and each gets min(its cap, what is left of the budget):
   analysis     bench/gpu_analysis.py: issue 4's floor fractions
   gpu-tests    the GPU test files, on pytest-xdist workers where installed
   sweep-*      bench/gpu_sweep.py fused, agree, attention, small: while time is left
+  cpu-tests    the rest of the test suite (the CUDA build must not break it): only when named in
+               --stages or with --unbounded (the longest stage and the least informative on a GPU)
 
 Every bench row carries its own check against the float64 reference on the same inputs, so the
 numbers that come back are known to be right even where the test stage ran out of time.
@@ -40,12 +44,18 @@ results (issue 3's ratio to POT, fused against streaming per iteration, issue 4'
 failed checks and the GPU tests' summary. Unpack into bench/results/ with
 ``tar -xzf lease.tar.gz -C bench/results --strip-components=1 results``.
 Exit status: 0 when every stage that ran passed, 1 otherwise.
+
+On a machine of one's own (hours, not minutes) ``--unbounded`` runs every stage to its end, the
+CPU tests included; ``--stages`` still picks some of them (e.g. ``--unbounded --stages
+build-cuda,sweep-fused``). The build targets sm_90 unless GROUNDED_FAST_CUDA_ARCHS says otherwise
+(e.g. "80;90").
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -56,7 +66,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,6 +96,7 @@ class Stage:
     min_s: float = 10.0
     when: Optional[Callable[[Dict[str, str]], bool]] = None
     env: Dict[str, str] = field(default_factory=dict)
+    opt_in: bool = False  # run only when named in --stages, or with --unbounded
 
 
 @dataclass
@@ -137,7 +148,9 @@ def gpu_stages(results: str, slug: str, py: str = sys.executable) -> List[Stage]
         Stage("gpu-tests", _sh(f"{py} -m pytest {' '.join(GPU_TESTS)} -q -rfs -p no:cacheprovider {xdist} {timeout} "
                                f"--junitxml {results}/gpu-tests-{slug}.xml"), 330, 60),
     ] + [Stage(f"sweep-{k}", [py, "bench/gpu_sweep.py", k, "--out", f"{results}/gpu-sweep-{k}-{slug}"], 150, 45)
-         for k in ("fused", "agree", "attention", "small")]
+         for k in ("fused", "agree", "attention", "small")] + [
+        Stage("cpu-tests", _sh(f"{py} -m pytest tests -q -p no:cacheprovider {xdist} "
+                               + " ".join(f"--ignore={t}" for t in GPU_TESTS)), 3600, 60, opt_in=True)]
 
 
 def studies_stage(results: str, py: str = sys.executable, device: str = "cuda") -> Stage:
@@ -165,6 +178,10 @@ def smoke_stages(results: str, py: str = sys.executable) -> List[Stage]:
                   30, 5),
             Stage("ot", [py, "bench/gpu_ot.py", *cpu, "--cases", "2,1", "--out", f"{results}/gpu-ot-smoke"], 120, 5),
             Stage("analysis", [py, "bench/gpu_analysis.py", *cpu, "--out", f"{results}/gpu-smoke"], 120, 5)]
+
+
+def _secs(x: float) -> str:
+    return "none" if math.isinf(x) else f"{x:.0f}"
 
 
 def _importable(py: str, module: str) -> bool:
@@ -201,13 +218,13 @@ class Lease:
                 continue
             self.outcomes.append(self._run_one(i, st, limit))
             o = self.outcomes[-1]
-            print(f"[lease] {o.name}: {o.status} in {o.seconds:.0f} s (limit {o.limit_s:.0f})", flush=True)
+            print(f"[lease] {o.name}: {o.status} in {o.seconds:.0f} s (limit {_secs(o.limit_s)})", flush=True)
             self.pack()
         self.pack()
         return self.outcomes
 
     def _run_one(self, i: int, st: Stage, limit: float) -> Outcome:
-        print(f"[lease] {st.name}: up to {limit:.0f} s", flush=True)
+        print(f"[lease] {st.name}: up to {_secs(limit)} s", flush=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **st.env}
         if os.path.isdir(PEERS_DIR):
             env["PYTHONPATH"] = PEERS_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -231,7 +248,7 @@ class Lease:
                         last_pack = time.monotonic()
             if rc is None:
                 self._end_child()
-                log.write(f"\n[lease] stopped at its limit of {limit:.0f} s\n")
+                log.write(f"\n[lease] stopped at its limit of {_secs(limit)} s\n")
             self.child = None
         seconds = time.monotonic() - t0
         status = "ok" if rc == 0 else ("timed out" if rc is None else f"failed (rc {rc})")
@@ -254,10 +271,10 @@ class Lease:
 
     def summary(self) -> str:
         lines = [f"# {self.title}", "",
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}, commit `{self.commit}`, budget {self.budget_s:.0f} s, "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}, commit `{self.commit}`, budget {_secs(self.budget_s)} s, "
                  f"{time.monotonic() - self.start:.0f} s used", "",
                  "| stage | status | seconds | limit |", "|---|---|---|---|"]
-        lines += [f"| {o.name} | {o.status} | {o.seconds:.0f} | {o.limit_s:.0f} |" for o in self.outcomes]
+        lines += [f"| {o.name} | {o.status} | {o.seconds:.0f} | {_secs(o.limit_s)} |" for o in self.outcomes]
         return "\n".join(lines) + "\n"
 
     def pack(self) -> None:
@@ -355,24 +372,43 @@ def verdict(results: str, test_log: Optional[str] = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def select_stages(stages: List[Stage], names: Optional[str] = None, unbounded: bool = False) -> List[Stage]:
+    """The stages named in the comma-separated ``names`` (opt-in ones too), in their order; else
+    every stage but the opt-in ones, all of them when ``unbounded``. ``unbounded``: no stage caps.
+    ValueError on a name that is not a stage."""
+    if names:
+        wanted = [n for n in names.split(",") if n]
+        unknown = sorted(set(wanted) - {s.name for s in stages})
+        if unknown:
+            raise ValueError(f"unknown stages {unknown}: choose among {[s.name for s in stages]}")
+        stages = [s for s in stages if s.name in wanted]
+    else:
+        stages = [s for s in stages if unbounded or not s.opt_in]
+    return [replace(s, cap_s=math.inf) for s in stages] if unbounded else stages
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=540, help="seconds for the whole run (default 540)")
     ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join(HERE, "results", "lease"),
                     help="where lease.tar.gz and lease.md go (default $OUT, else bench/results/lease)")
     ap.add_argument("--stages", default=None, help="comma-separated subset of the stages, in their order")
+    ap.add_argument("--unbounded", action="store_true",
+                    help="a machine of one's own: no budget, no stage caps, and the opt-in stages (cpu-tests)")
     ap.add_argument("--smoke", action="store_true", help="the bench stages at tiny sizes on the CPU")
     args = ap.parse_args(argv)
+    if args.unbounded:
+        args.budget = math.inf
     work = tempfile.mkdtemp(prefix="gf-lease-")
     results = os.path.join(work, "results")
     stages = smoke_stages(results) if args.smoke else gpu_stages(results, device_slug())
-    if args.stages:
-        wanted = [s for s in args.stages.split(",") if s]
-        unknown = sorted(set(wanted) - {s.name for s in stages})
-        if unknown:
-            ap.error(f"unknown stages {unknown}: choose among {[s.name for s in stages]}")
-        stages = [s for s in stages if s.name in wanted]
-    lease = Lease(args.budget, args.out, work, title="GPU lease (smoke, CPU)" if args.smoke else "GPU lease")
+    try:
+        stages = select_stages(stages, args.stages, args.unbounded)
+    except ValueError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        ap.error(str(exc))
+    title = "GPU lease (smoke, CPU)" if args.smoke else "GPU run (unbounded)" if args.unbounded else "GPU lease"
+    lease = Lease(args.budget, args.out, work, title=title)
 
     def stop(signum, frame):  # the caller's time limit: end the stage, pack, report
         lease._end_child()

@@ -1,6 +1,6 @@
 """GPU benchmark of the entropic OT op: each GPU backend against POT on the GPU and the device floor.
 
-    python bench/gpu_ot.py                       # on a GPU machine (bench/gpu_suite.sh runs it)
+    python bench/gpu_ot.py                       # on a GPU machine (bench/gpu_lease.py runs it)
     python bench/gpu_ot.py --smoke --device cpu --backends cpu,torch   # tiny sizes, any machine
 
 Cases (the issue's targets on an H100):

@@ -27,7 +27,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from gpu_analysis import copy_bandwidth, device_name, git_commit, write_results  # noqa: E402
+from gpu_analysis import copy_bandwidth, device_name, git_commit, result_stem, write_results  # noqa: E402
 
 
 def _time(fn):
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     rows = {"stream": sweep_stream, "fused": sweep_fused, "cross": sweep_cross, "agree": sweep_agree,
             "attention": sweep_attention, "small": sweep_small}[args.kind](bw)
     name = device_name(torch.device("cuda"))
-    stem = args.out or os.path.join(HERE, "results", f"gpu-sweep-{args.kind}-{name}")
+    stem = args.out or result_stem(name, f"gpu-sweep-{args.kind}-")
     res = {"kind": args.kind, "device": name, "commit": git_commit(), "torch": torch.__version__,
            "triton": triton.__version__, "copy_bandwidth_Bps": bw, "rows": rows}
     write_results(res, stem, render)

@@ -1,14 +1,21 @@
-"""Post-process a pytest-benchmark JSON of bench/test_ot_cpu.py into a summary JSON and markdown
-tables, named by the host tag and the commit of the kernels measured:
+"""Post-process the raw pytest-benchmark JSON of a CPU suite into a summary JSON and markdown tables.
 
-    python bench/report.py RAW.json [--outdir bench/results] [--tag NAME]
-        -> bench/results/cpu-<tag>-<kernel commit>.json and .md, and bench/results/cpu.md (a copy)
+    python bench/report.py RAW.json [--suite ot|analysis] [--outdir bench/results] [--tag NAME]
     python bench/report.py --compare BEFORE.json AFTER.json [--out FILE.md]
-        -> our medians (and the peer ratios) of two such summaries side by side
 
-Everything comes from the JSON: timings (pytest-benchmark stats), ratios and accuracy figures
-(``extra_info`` of each benchmark), machine / versions / threads / throughput / memory (the
-top-level ``grounded_fast`` section written by bench/conftest.py).
+The suite is read off the JSON (bench/test_analysis_cpu.py records an ``analysis`` section in the
+top-level ``grounded_fast`` one; anything else is bench/test_ot_cpu.py); ``--suite`` names it:
+
+  ot        bench/test_ot_cpu.py (bash bench/run_cpu.sh) -> bench/results/cpu-<tag>-<kernel commit>.json
+            and .md, named by the host tag and the commit of the kernels measured, and cpu.md (a copy)
+  analysis  bench/test_analysis_cpu.py (bash bench/run_analysis_cpu.sh) -> analysis-cpu-<tag>.json
+            and analysis-cpu.md (analysis-cpu-quick.md for a quick-mode run, ANALYSIS_BENCH_QUICK=1)
+
+``--compare`` sets our medians (and the peer ratios) of two OT summaries side by side.
+
+Everything comes from the JSON: timings (pytest-benchmark stats), ratios, work, accuracy and memory
+(``extra_info`` of each benchmark), machine / versions / threads / yardsticks / memory probes (the
+top-level ``grounded_fast`` section written by bench/conftest.py and the suite).
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import shutil
 import socket
 import sys
 import time
+from typing import Callable, NamedTuple, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as `python bench/report.py`: this checkout's grounded_fast
@@ -27,16 +35,8 @@ if ROOT not in sys.path:  # run as `python bench/report.py`: this checkout's gro
 
 from grounded_fast._bench import fmt_ratio, fmt_spread  # noqa: E402
 
-CASE_LABEL = {
-    "1": "partial, cosine (d=384), reg 0.05, m 0.5",
-    "2": "partial, sqeuclidean 2-d (max 1), reg 0.05, m 0.5",
-    "3": "balanced, cosine (d=384), reg 0.05",
-    "4": "balanced, sqeuclidean 2-d (max 1), reg 0.05",
-    "4s": "balanced, sqeuclidean 2-d + 1, reg 1e-3",
-}
-EXPS_PER_ENTRY_ITER = 2  # one exp per entry in the row pass and one in the column pass
 
-
+# ------------------------------------------------------------------------------ formatting (both suites)
 def _fmt_t(s):
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return "-"
@@ -59,6 +59,28 @@ def _fmt_e(x, digits=1):
 
 def _mb(x):
     return "-" if x is None else f"{x / 2**20:.1f} MiB"
+
+
+def _f(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _la(x):
+    return "-" if not x else "/".join(f"{v:.2f}" for v in x)
+
+
+# ------------------------------------------------------------------------------ OT suite (test_ot_cpu.py)
+OT_CASE_LABEL = {
+    "1": "partial, cosine (d=384), reg 0.05, m 0.5",
+    "2": "partial, sqeuclidean 2-d (max 1), reg 0.05, m 0.5",
+    "3": "balanced, cosine (d=384), reg 0.05",
+    "4": "balanced, sqeuclidean 2-d (max 1), reg 0.05",
+    "4s": "balanced, sqeuclidean 2-d + 1, reg 1e-3",
+}
 
 
 def _shape(sh):
@@ -98,7 +120,7 @@ def _err(acc: dict | None):
     return acc.get("partial_err", acc.get("marginal_err_l1"))
 
 
-def summarise(raw: dict) -> dict:
+def summarise_ot(raw: dict) -> dict:
     gf = raw.get("grounded_fast", {})
     env = gf.get("environment", {})
     thr = gf.get("throughput_before", {}) or {}
@@ -115,7 +137,7 @@ def summarise(raw: dict) -> dict:
             continue
         f = ei.get("extrapolation_factor", 1)
         st = ei.get("timing") or b["stats"]  # a re-measured attempt kept over pytest-benchmark's own
-        row = {"key": ei["key"], "case": ei["case"], "label": CASE_LABEL.get(ei["case"], ""), "benchmark": b["name"],
+        row = {"key": ei["key"], "case": ei["case"], "label": OT_CASE_LABEL.get(ei["case"], ""), "benchmark": b["name"],
                "impl": ei["impl"], "dtype": ei["dtype"], "domain": ei.get("domain"), "shape": ei["shape"],
                "iters": ei["iters"], "median_s": ei["effective_median_s"], "min_s": st["min"] * f,
                "max_s": st["max"] * f, "rounds": st["rounds"], "timed_problems": ei.get("timed_problems"),
@@ -173,7 +195,7 @@ def summarise(raw: dict) -> dict:
     }
 
 
-def markdown(s: dict) -> str:
+def markdown_ot(s: dict) -> str:
     env = s["environment"]
     cpu = env.get("lscpu", {})
     thr, thr2 = s["throughput_before"], s.get("throughput_after") or {}
@@ -419,58 +441,313 @@ def _foreign_cell(r: dict) -> str:
     return _pct(r.get("foreign_cpu_fraction")) + (f" ({n} attempts)" if n > 1 else "")
 
 
-def _f(x):
-    return "-" if x is None else f"{x:.3f}"
+# ------------------------------------------------------------------------------ analysis suite (test_analysis_cpu.py)
+ANALYSIS_CASE_LABEL = {
+    "A": "pairwise agreement + KL + entropy from logits, streamed",
+    "B": "attention distance, metric='jsd'",
+}
+# bytes moved per FMA by torch.addcmul(x, y, z, out=o): 3 float32 loads + 1 store
+ADDCMUL_BYTES_PER_FMA = 16
 
 
-def _pct(x):
-    return "-" if x is None else f"{100 * x:.0f}%"
+def _analysis_row(b: dict) -> dict:
+    ei = b["extra_info"]
+    f = ei["extrapolation_factor"]
+    st = ei.get("timing") or b["stats"]  # a re-measured attempt kept over pytest-benchmark's own (conftest.run_bench)
+    return {"key": ei["key"], "case": ei["case"], "side": ei["side"], "benchmark": b["name"], "impl": ei["impl"],
+            "shape": ei["shape"], "dtype": ei["dtype"], "median_s": ei["effective_median_s"],
+            "min_s": st["min"] * f, "timed_median_s": ei["median_s"], "extrapolation_factor": f,
+            "rounds": st["rounds"], "timed_note": ei.get("timed_note"), "rounds_note": ei.get("rounds_note"),
+            "work": ei["work"], "rates": ei["rates"], "ratio": ei.get("ratio"), "target": ei["target"],
+            "target_met": ei.get("target_met"), "accuracy": ei.get("accuracy"), "result": ei.get("result"),
+            "memory": ei.get("memory"), "foreign_cpu_fraction": ei.get("foreign_cpu_fraction"),
+            "idle_wait": ei.get("idle_wait")}
 
 
-def _la(x):
-    return "-" if not x else "/".join(f"{v:.2f}" for v in x)
+def yardstick_fractions(row: dict, thr: dict) -> dict:
+    """Our rates as fractions of this CPU's measured peak rates (bench/throughput.py, float32)."""
+    rates, out = row["rates"], {}
+    mm, exp_c = thr.get("matmul_f32_gflops"), thr.get("exp_f32_cache")
+    bw = (thr.get("addcmul_f32_16M_gflops") or 0) / 2 * ADDCMUL_BYTES_PER_FMA
+    if "gemm_flop" in rates and mm:
+        out["gemm_over_matmul"] = rates["gemm_flop"] / (mm * 1e9)
+    if "exp" in rates and exp_c:
+        out["exp_over_exp_cache"] = rates["exp"] / (exp_c * 1e9)
+    if "logits_bytes" in rates and bw:
+        out["bytes_over_stream_bw"] = rates["logits_bytes"] / (bw * 1e9)
+    if "pair_entries" in rates and exp_c:
+        out["pair_entries_over_exp_cache"] = rates["pair_entries"] / (exp_c * 1e9)
+    return out
 
 
-def run_cli(doc: str, summarise_fn, markdown_fn, json_prefix: str, md_name, argv=None, snapshot_name=None) -> None:
-    """The command line shared by the report scripts: raw pytest-benchmark JSON -> summary JSON
-    ``<json_prefix>-<tag>.json`` and the markdown ``md_name(summary)`` in --outdir; with
-    ``snapshot_name(summary, tag)`` the summary JSON and markdown are written under that name
-    instead, and the markdown copied to ``md_name(summary)``."""
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("raw")
-    ap.add_argument("--outdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    ap.add_argument("--tag", default=None,
-                    help=f"name in {json_prefix}-<tag>.json (default: 'ci' if $CI is set, else hostname)")
-    args = ap.parse_args(argv)
-    with open(args.raw) as f:
+def summarise_analysis(raw: dict) -> dict:
+    gf = raw.get("grounded_fast", {})
+    thr = gf.get("throughput_before", {}) or {}
+    rows = [_analysis_row(b) for b in raw["benchmarks"] if "case" in b.get("extra_info", {})]
+    for r in rows:
+        if r["side"] == "ours":
+            r["yardstick_fractions"] = yardstick_fractions(r, thr)
+    cases = []
+    for c in sorted({r["case"] for r in rows}):
+        side = {r["side"]: r for r in rows if r["case"] == c}
+        ours, base = side.get("ours"), side.get("baseline")
+        any_side = ours or base
+        cases.append({"case": c, "label": ANALYSIS_CASE_LABEL.get(c, ""), "ours": ours, "baseline": base,
+                      "ratio": any_side.get("ratio"), "target": any_side["target"],
+                      "target_met": any_side.get("target_met")})
+    return {
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "suite_started": gf.get("started"),
+        "suite_wall_s": gf.get("suite_wall_s"),
+        "analysis": gf.get("analysis", {}),
+        "environment": gf.get("environment", {}),
+        "commit_info": raw.get("commit_info"),
+        "throughput_before": thr,
+        "throughput_after": gf.get("throughput_after"),
+        "cpu_busy_before": gf.get("cpu_busy_before"), "cpu_busy_after": gf.get("cpu_busy_after"),
+        "loadavg_before": gf.get("loadavg_before"), "loadavg_after": gf.get("loadavg_after"),
+        "cases": cases,
+        "memory": gf.get("memory", {}),
+    }
+
+
+def _analysis_machine(s: dict) -> list[str]:
+    env = s["environment"]
+    cpu = env.get("lscpu", {})
+    dirty = env.get("git_dirty_package_files") or []
+    L = ["## Machine and software\n",
+         f"- CPU: {cpu.get('Model name')}; {cpu.get('CPU(s)')} logical CPUs ({cpu.get('Socket(s)')} socket x "
+         f"{cpu.get('Core(s) per socket')} cores x {cpu.get('Thread(s) per core')} threads), L2 {cpu.get('L2 cache')}, "
+         f"L3 {cpu.get('L3 cache')}, hypervisor {cpu.get('Hypervisor vendor')}; host `{env.get('hostname')}`",
+         f"- torch {env.get('torch')} ({env.get('torch_threads')} intra-op threads), numpy {env.get('numpy')} "
+         f"({env.get('blas_numpy')}), Python {env.get('python')}",
+         f"- grounded_fast git commit `{env.get('git_commit', '?')[:12]}`"
+         + (f", with uncommitted changes in {', '.join(dirty)}" if dirty else " (package files clean)")
+         + f"; native extension file written {env.get('extension_mtime')}",
+         f"- thread env: {env.get('env')}",
+         f"- machine busy (all processes) just before the suite: {_pct(s.get('cpu_busy_before'))}, just after: "
+         f"{_pct(s.get('cpu_busy_after'))}; load average before {_la(s.get('loadavg_before'))}, after "
+         f"{_la(s.get('loadavg_after'))}", ""]
+    thr, thr2 = s["throughput_before"], s.get("throughput_after") or {}
+    L += ["Yardsticks (bench/throughput.py, torch, 2 threads, float32; before / after the suite):\n",
+          "| yardstick | before | after |", "|---|---|---|"]
+    for k, lab in (("matmul_f32_gflops", "2048^3 matmul (GFLOP/s)"),
+                   ("exp_f32_cache", "torch.exp, 256K cache-resident (G exp/s)"),
+                   ("exp_f32_16M", "torch.exp, 16M elements (G exp/s)"),
+                   ("addcmul_f32_16M_gflops", "torch.addcmul, 16M elements (GFLOP/s; x8 = GB/s moved)")):
+        L.append(f"| {lab} | {_f(thr.get(k))} | {_f(thr2.get(k))} |")
+    L.append(f"| other processes' share of the CPUs during the measurement | {_pct(thr.get('foreign_cpu'))} | "
+             f"{_pct(thr2.get('foreign_cpu'))} |")
+    return L + [""]
+
+
+def _analysis_size(c: dict) -> str:
+    o = c["ours"] or c["baseline"]
+    sh = o["shape"]
+    if c["case"] == "A":
+        return f"M={sh[0]}, N={sh[1]}, V={sh[2]} ({o['work']['positions']} counted)"
+    return f"M={sh[0]}, N={sh[1]} x T={sh[2]}, S={sh[3]} ({o['work']['rows']} counted rows)"
+
+
+def _analysis_mem_pair(c: dict) -> str:
+    ours, base = (((r or {}).get("memory") or {}) for r in (c["ours"], c["baseline"]))
+    inp = ours.get("input_bytes", base.get("input_bytes"))
+    return f"{_mb(ours.get('rss_peak_extra_bytes'))} / {_mb(base.get('rss_peak_extra_bytes'))} (input {_mb(inp)})"
+
+
+def _analysis_results(s: dict) -> list[str]:
+    L = ["## Results against the targets\n",
+         "Ratio = baseline effective time / our time (> 1: ours faster). Baseline effective = its median "
+         "scaled linearly to the whole input where it was timed on a part (bracket). Memory = peak extra RSS of "
+         "one call (case A: one chunk update; case B: one attention call), ours / baseline.\n",
+         "| case | size | baseline | baseline effective (min) | ours median (min) | ratio | target | met? | memory ours / baseline |",
+         "|---|---|---|---|---|---|---|---|---|"]
+    for c in s["cases"]:
+        o, b = c["ours"], c["baseline"]
+        note = f" [{b['timed_note']}]" if b and b.get("timed_note") else ""
+        note += f" ({b['rounds_note']})" if b and b.get("rounds_note") else ""
+        met = "-" if c["target_met"] is None else ("**yes**" if c["target_met"] else "**NO**")
+        L.append(f"| {c['case']}: {c['label']} | {_analysis_size(c)} | {b['impl'] + note if b else '-'} | "
+                 f"{_fmt_t(b['median_s']) + ' (' + _fmt_t(b['min_s']) + ')' if b else '-'} | "
+                 f"{_fmt_t(o['median_s']) + ' (' + _fmt_t(o['min_s']) + ')' if o else '-'} | "
+                 f"{'**%.1fx**' % c['ratio'] if c['ratio'] else '-'} | >= {c['target']:g}x | {met} | {_analysis_mem_pair(c)} |")
+    dirty = [r["benchmark"] for c in s["cases"] for r in (c["ours"], c["baseline"])
+             if r and (r.get("foreign_cpu_fraction") or 0) > 0.10]
+    if dirty:
+        L.append(f"\n**Warning:** other processes took > 10% of the CPUs during: {', '.join(dirty)}.")
+    return L + [""]
+
+
+def _analysis_throughput(s: dict) -> list[str]:
+    L = ["## Throughput against this CPU's yardsticks\n",
+         "Case A counts, per counted position: 2 M^2 V flop of the Gram product (the KL / entropy sums as one "
+         "matrix product), M V exps (one per logit) and M V x 4 bytes of logits (all positions of the stream). "
+         "Fractions: of the 2048^3 matmul rate, of the cache-resident torch.exp rate, and of the streaming "
+         "bandwidth implied by torch.addcmul (16 bytes per FMA). Case B counts pair-entries: pairs x counted rows "
+         "x sources; the JSD kernel takes one log per pair-entry, hence the fraction of the exp rate (a rough "
+         "transcendental yardstick). Baseline rates use its effective time.\n",
+         "| case | side | time | rates | fractions of yardsticks | foreign CPU |", "|---|---|---|---|---|---|"]
+    for c in s["cases"]:
+        for r in (c["ours"], c["baseline"]):
+            if not r:
+                continue
+            rt = r["rates"]
+            if c["case"] == "A":
+                rates = (f"{rt['positions']:.0f} positions/s, {rt['logits_bytes'] / 1e9:.2f} GB/s logits, "
+                         f"{rt['gemm_flop'] / 1e9:.1f} GFLOP/s, {rt['exp'] / 1e9:.3f} G exp/s")
+            else:
+                rates = f"{rt['pair_entries'] / 1e9:.3f} G pair-entries/s, {rt['rows'] / 1e3:.1f} K rows/s"
+            fr = ", ".join(f"{k.replace('_over_', ' / ')} {v:.3f}" for k, v in (r.get("yardstick_fractions") or {}).items())
+            L.append(f"| {c['case']} | {r['side']} | {_fmt_t(r['median_s'])} | {rates} | {fr or '-'} | "
+                     f"{_pct(r['foreign_cpu_fraction'])} |")
+    return L + [""]
+
+
+def _analysis_accuracy(s: dict) -> list[str]:
+    L = ["## Same result\n",
+         "Ours against the baseline on the same input (case A: the baseline's timed chunk; case B: the whole "
+         f"input); close = within rtol {s['analysis'].get('rtol')} + atol {s['analysis'].get('atol')}. "
+         "Max rel diff over the nonzero baseline entries.\n",
+         "| case | quantity | max abs diff | max rel diff | close |", "|---|---|---|---|---|"]
+    for c in s["cases"]:
+        acc = (c["baseline"] or {}).get("accuracy") or {}
+        for q in ("agreement", "kl", "entropy", "jsd"):
+            if f"{q}_max_abs_diff" in acc:
+                L.append(f"| {c['case']} | {q} | {_fmt_e(acc[q + '_max_abs_diff'])} | {_fmt_e(acc[q + '_max_rel_diff'])} | "
+                         f"{acc[q + '_close']} |")
+    L.append("")
+    L.append("Our full-input results (off-diagonal min / mean / max), to show the data are not degenerate: " + "; ".join(
+        f"{c['case']} {name}: " + "/".join(f"{v[k]:.3g}" for k in ("min", "mean", "max"))
+        for c in s["cases"] if c["ours"] and c["ours"].get("result")
+        for name, v in c["ours"]["result"].items() if isinstance(v, dict)) + ".")
+    return L + [""]
+
+
+def _analysis_memory(s: dict) -> list[str]:
+    L = ["## Peak extra memory per call\n",
+         "Each probe in a fresh interpreter (bench/analysis_memprobe.py, the method of bench/memprobe.py): inputs "
+         "built and a tiny call run first, then VmRSS read, the peak-RSS counter reset, one call run (result kept), "
+         "VmHWM read; RSS extra = VmHWM - VmRSS(before), page granularity. tracemalloc: NumPy / Python allocations "
+         "only (the NumPy baseline).\n",
+         "| probe | input | RSS extra | RSS extra / input | tracemalloc extra |", "|---|---|---|---|---|"]
+    for k, v in s["memory"].items():
+        if "error" in v:
+            L.append(f"| {k} | error: {v['error'][-200:]} | | | |")
+            continue
+        L.append(f"| {k} | {'x'.join(map(str, v['shape']))} {v['dtype']} ({_mb(v['input_bytes'])}) | "
+                 f"{_mb(v['rss_peak_extra_bytes'])} | {v['rss_peak_extra_bytes'] / v['input_bytes']:.2f} | "
+                 f"{_mb(v.get('tracemalloc_peak_extra_bytes'))} |")
+    return L + [""]
+
+
+def _analysis_notes(s: dict) -> list[str]:
+    a = s["analysis"]
+    ag = a.get("agreement_size", {})
+    return ["## Method notes\n",
+            "- Data (bench/analysis_cases.py, fixed seeds): related models, logits / attention scores = 3 x a shared "
+            "base + per-model noise with scales spread over [0.5, 1.5]; ~10% of positions masked (A); per-item target "
+            "and source padding (B, rows renormalised over the valid sources).",
+            f"- Case A streams N={ag.get('N')} positions in chunks of {ag.get('chunk')} through "
+            f"`PairwiseAgreement.update`, cycling a pool of {ag.get('pool')} distinct generated chunks of "
+            f"{_mb(4 * ag.get('M', 0) * ag.get('chunk', 0) * ag.get('V', 0))} (generating every logit of the stream "
+            "would dominate the run; the kernel keeps nothing across chunks, and a chunk larger than the caches "
+            "gains nothing from the reuse). Ours: "
+            "1 warm-up chunk, then rounds of the whole stream. The baseline (PyTorch float32, Python loop over "
+            "ordered pairs) is timed on the stream's first chunk and scaled by counted positions.",
+            "- Case B baseline: NumPy float64, counted rows kept and renormalised once per model, then a Python loop "
+            "over pairs i < j, each vectorised over rows, 0 log 0 = 0; timed in full, 1 round.",
+            "- Timing: pytest-benchmark `pedantic(iterations=1)`, medians (min in parentheses); inputs built outside "
+            "the timed region. Both sides of a case ran in the same session.", ""]
+
+
+def markdown_analysis(s: dict) -> str:
+    quick = s["analysis"].get("quick")
+    L = ["# CPU analysis-kernel benchmarks: grounded_fast vs straightforward per-pair implementations (same run)\n"]
+    if quick:
+        L.append("**QUICK MODE (ANALYSIS_BENCH_QUICK=1): small sizes, a smoke test of the pipeline; the figures are "
+                 "not the benchmark.**\n")
+    L.append(f"Generated by `bash bench/run_analysis_cpu.sh` (bench/test_analysis_cpu.py + bench/report.py) "
+             f"on {s['generated']}; suite started {s['suite_started']}, pytest wall "
+             f"{(s.get('suite_wall_s') or 0):.0f} s.\n")
+    L += (_analysis_machine(s) + _analysis_results(s) + _analysis_throughput(s) + _analysis_accuracy(s)
+          + _analysis_memory(s) + _analysis_notes(s))
+    return "\n".join(L)
+
+
+# ------------------------------------------------------------------------------ command line
+class Suite(NamedTuple):
+    """How the report of one suite is named: the summary JSON ``<json_prefix>-<tag>.json`` and the
+    markdown ``md_name(summary)``; with ``snapshot_name(summary, tag)`` the summary JSON and markdown
+    are written under that name instead, and the markdown copied to ``md_name(summary)``."""
+    source: str
+    summarise: Callable[[dict], dict]
+    markdown: Callable[[dict], str]
+    json_prefix: str
+    md_name: Callable[[dict], str]
+    snapshot_name: Optional[Callable[[dict, str], str]] = None
+
+
+SUITES = {
+    "ot": Suite("bench/test_ot_cpu.py", summarise_ot, markdown_ot, "cpu", lambda s: "cpu.md",
+                snapshot_name=lambda s, tag: f"cpu-{tag}-{s['kernel_commit']}"),
+    "analysis": Suite("bench/test_analysis_cpu.py", summarise_analysis, markdown_analysis, "analysis-cpu",
+                      lambda s: "analysis-cpu-quick.md" if s["analysis"].get("quick") else "analysis-cpu.md"),
+}
+
+
+def detect_suite(raw: dict) -> str:
+    """'analysis' for a run of bench/test_analysis_cpu.py (its ``grounded_fast.analysis`` section, or
+    benchmarks recording work rates), else 'ot'."""
+    if "analysis" in (raw.get("grounded_fast") or {}):
+        return "analysis"
+    if any("rates" in (b.get("extra_info") or {}) for b in raw.get("benchmarks", [])):
+        return "analysis"
+    return "ot"
+
+
+def write_report(raw_path: str, outdir: str, tag: Optional[str] = None, suite: Optional[str] = None) -> list[str]:
+    """Raw pytest-benchmark JSON -> the suite's summary JSON and markdown in ``outdir`` (printed);
+    returns the files written."""
+    with open(raw_path) as f:
         raw = json.load(f)
-    s = summarise_fn(raw)
-    s["source_json"] = os.path.relpath(args.raw, os.path.dirname(args.outdir))
-    tag = args.tag or ("ci" if os.environ.get("CI") else socket.gethostname())
-    os.makedirs(args.outdir, exist_ok=True)
-    stem = snapshot_name(s, tag) if snapshot_name else f"{json_prefix}-{tag}"
-    out_json = os.path.join(args.outdir, f"{stem}.json")
-    out_md = os.path.join(args.outdir, f"{stem}.md" if snapshot_name else md_name(s))
+    sp = SUITES[suite or detect_suite(raw)]
+    s = sp.summarise(raw)
+    s["source_json"] = os.path.relpath(raw_path, os.path.dirname(outdir))
+    tag = tag or ("ci" if os.environ.get("CI") else socket.gethostname())
+    os.makedirs(outdir, exist_ok=True)
+    stem = sp.snapshot_name(s, tag) if sp.snapshot_name else f"{sp.json_prefix}-{tag}"
+    out_json = os.path.join(outdir, f"{stem}.json")
+    out_md = os.path.join(outdir, f"{stem}.md" if sp.snapshot_name else sp.md_name(s))
     with open(out_json, "w") as f:
         json.dump(s, f, indent=1, default=str)
-    md = markdown_fn(s)
+    md = sp.markdown(s)
     with open(out_md, "w") as f:
         f.write(md)
     written = [out_json, out_md]
-    if snapshot_name:
-        shutil.copyfile(out_md, os.path.join(args.outdir, md_name(s)))
-        written.append(os.path.join(args.outdir, md_name(s)))
+    if sp.snapshot_name:
+        shutil.copyfile(out_md, os.path.join(outdir, sp.md_name(s)))
+        written.append(os.path.join(outdir, sp.md_name(s)))
     print(md)
     print("wrote " + ", ".join(written))
+    return written
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--compare"]:
-        ap = argparse.ArgumentParser(description="compare two summaries of bench/report.py")
-        ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), required=True)
-        ap.add_argument("--out", default=None, help="also write the markdown here")
-        args = ap.parse_args(argv)
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("raw", nargs="?",
+                    help="raw pytest-benchmark JSON of bench/test_ot_cpu.py or bench/test_analysis_cpu.py")
+    ap.add_argument("--suite", choices=sorted(SUITES), default=None,
+                    help="the suite of RAW (default: read off the JSON)")
+    ap.add_argument("--outdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--tag", default=None,
+                    help="host name in the output files' names (default: 'ci' if $CI is set, else hostname)")
+    ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                    help="two OT summaries (cpu-<tag>-<commit>.json) side by side instead")
+    ap.add_argument("--out", default=None, help="with --compare: also write the markdown here")
+    args = ap.parse_args(argv)
+    if (args.raw is None) == (args.compare is None):
+        ap.error("give either RAW.json or --compare BEFORE.json AFTER.json")
+    if args.compare:
         with open(args.compare[0]) as f0, open(args.compare[1]) as f1:
             md = compare(json.load(f0), json.load(f1))
         if args.out:
@@ -478,8 +755,7 @@ def main(argv=None):
                 f.write(md)
         print(md)
         return
-    run_cli(__doc__, summarise, markdown, "cpu", lambda s: "cpu.md", argv,
-            snapshot_name=lambda s, tag: f"cpu-{tag}-{s['kernel_commit']}")
+    write_report(args.raw, args.outdir, args.tag, args.suite)
 
 
 if __name__ == "__main__":

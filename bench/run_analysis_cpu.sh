@@ -27,7 +27,7 @@ start=$(date +%s)
 python bench/throughput.py --wait-idle "${WAIT_IDLE:-120}"
 python -m pytest bench/test_analysis_cpu.py --benchmark-enable --benchmark-json="$RAW" \
     --benchmark-columns=min,median,max,rounds --benchmark-sort=name -p no:cacheprovider -q "$@"
-python bench/report_analysis.py "$RAW" --tag "$TAG" >/dev/null
+python bench/report.py "$RAW" --suite analysis --tag "$TAG" >/dev/null
 end=$(date +%s)
 echo "raw: $RAW"
 echo "report: bench/results/analysis-cpu-${TAG}.json bench/results/analysis-cpu$([ "${ANALYSIS_BENCH_QUICK:-0}" = "1" ] && echo -quick).md"

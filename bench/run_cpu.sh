@@ -30,7 +30,7 @@ start=$(date +%s)
 python bench/throughput.py --threads "$BENCH_THREADS" --wait-idle "${WAIT_IDLE:-120}"
 python -m pytest bench/test_ot_cpu.py --benchmark-enable --benchmark-json="$RAW" \
     --benchmark-columns=min,median,max,rounds --benchmark-sort=name -p no:cacheprovider -q -rs "$@"
-python bench/report.py "$RAW" --tag "$TAG" | tail -n 1
+python bench/report.py "$RAW" --suite ot --tag "$TAG" | tail -n 1
 end=$(date +%s)
 echo "raw: $RAW"
 echo "threads: $BENCH_THREADS; total wall: $((end - start)) s"

@@ -1,5 +1,5 @@
 """The GPU backends of the analysis ops (CUDA extension and Triton) on CUDA tensors, against the
-float64 reference. Skipped without a GPU; run by bench/gpu_suite.sh on a GPU machine."""
+float64 reference. Skipped without a GPU; run by bench/gpu_lease.py on a GPU machine."""
 import pytest
 import torch
 

@@ -1,6 +1,6 @@
 """The Triton analysis kernels, run by Triton's interpreter on CPU tensors (TRITON_INTERPRET=1),
 against the float64 reference on awkward shapes. On a GPU the same tests run on CUDA tensors
-(bench/gpu_suite.sh)."""
+(bench/gpu_lease.py)."""
 import os
 
 import pytest

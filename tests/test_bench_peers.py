@@ -231,3 +231,29 @@ def test_cpu_results_file_names_commit_device_date_threads(tmp_path, capsys):
     report.main(["--compare", str(out / "cpu-vm-0b528c6.json"), str(out / "cpu-vm-1234567.json")])
     cmp = capsys.readouterr().out
     assert "0b528c6 -> 1234567" in cmp and "| 4 | 1 x 8x8 x 10 | f32 | 2 ms (1.8-3) | 1 ms (0.9-1.5) | 0.5x |" in cmp
+
+
+def test_report_reads_the_suite_off_the_json(tmp_path, capsys):
+    """One report script for both CPU suites: an analysis run (its ``grounded_fast.analysis``
+    section) gets the analysis tables and file names, an OT run the OT ones; --suite names it."""
+    report = _load("report", os.path.join(BENCH, "report.py"))
+    analysis_raw = os.path.join(BENCH, "results", "analysis-cpu-vm-raw.json")
+    with open(analysis_raw) as f:
+        raw = json.load(f)
+    assert report.detect_suite(raw) == "analysis" and report.detect_suite(_raw()) == "ot"
+    raw["grounded_fast"]["analysis"]["quick"] = True
+    quick = tmp_path / "quick-raw.json"
+    quick.write_text(json.dumps(raw))
+    report.main([str(quick), "--outdir", str(tmp_path / "out"), "--tag", "vm"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["analysis-cpu-quick.md", "analysis-cpu-vm.json"]
+    md = (tmp_path / "out" / "analysis-cpu-quick.md").read_text()
+    assert "QUICK MODE" in md and "| A: pairwise agreement" in md and "bench/report.py" in md
+    del raw["grounded_fast"]["analysis"]  # no section: still the analysis suite by its benchmarks' work rates
+    assert report.detect_suite(raw) == "analysis"
+    ot = tmp_path / "ot-raw.json"
+    ot.write_text(json.dumps(_raw()))
+    report.main([str(ot), "--suite", "ot", "--outdir", str(tmp_path / "ot"), "--tag", "vm"])
+    assert sorted(p.name for p in (tmp_path / "ot").iterdir()) == ["cpu-vm-0b528c6.json", "cpu-vm-0b528c6.md", "cpu.md"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        report.main([])  # neither a raw JSON nor --compare

@@ -1,5 +1,5 @@
 """The GPU benchmark script runs end to end (smoke sizes, CPU backends), so that the first GPU
-machine that runs bench/gpu_suite.sh does not find a broken script."""
+machine that runs bench/gpu_lease.py does not find a broken script."""
 import json
 import os
 import shutil
@@ -22,10 +22,6 @@ def test_gpu_analysis_bench_smoke(tmp_path):
     assert out["backends_skipped"] == ["cuda"] and out["smoke"]
     assert all(r["median_s"] > 0 and r["floor_s"] > 0 for r in out["results"])
     assert "| B attention jsd" in (tmp_path / "gpu-smoke.md").read_text()
-
-
-def test_gpu_suite_script_is_valid_bash():
-    assert subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "gpu_suite.sh")]).returncode == 0
 
 
 def test_gpu_ot_bench_smoke(tmp_path):
@@ -320,6 +316,30 @@ def test_gpu_lease_stage_commands():
     assert build.env["FORCE_CUDA"] == "1" and build.env["GROUNDED_FAST_CUDA_ARCHS"]
     cpu = next(s for s in stages if s.name == "build-cpu")
     assert cpu.when({"build-cuda": "failed (rc 1)"}) and not cpu.when({"build-cuda": "ok"})
+
+
+def test_gpu_lease_opt_in_stages_and_unbounded(tmp_path):
+    """cpu-tests (the rest of the suite, without the GPU files) runs only when named or with
+    --unbounded; --unbounded lifts every stage's cap and the budget, and the tables say 'none'."""
+    gl = _bench_module("gpu_lease")
+    stages = gl.gpu_stages("/tmp/results", "h100", py="python3")
+    cpu = next(s for s in stages if s.name == "cpu-tests")
+    assert cpu.opt_in and all(f"--ignore={t}" in cpu.argv[2] for t in gl.GPU_TESTS)
+    assert " tests " in cpu.argv[2] and not any(s.opt_in for s in stages if s.name != "cpu-tests")
+    default = gl.select_stages(stages)
+    assert [s.name for s in default] == [s.name for s in stages if s.name != "cpu-tests"]
+    assert [s.cap_s for s in default] == [s.cap_s for s in stages if s.name != "cpu-tests"]
+    unbounded = gl.select_stages(stages, unbounded=True)
+    assert [s.name for s in unbounded] == [s.name for s in stages] and {s.cap_s for s in unbounded} == {float("inf")}
+    assert [s.name for s in gl.select_stages(stages, "cpu-tests,env")] == ["env", "cpu-tests"]
+    assert cpu.cap_s < float("inf")  # the selection copies, it does not change the stages
+    with pytest.raises(ValueError, match="unknown stages"):
+        gl.select_stages(stages, "env,nope")
+    lease = gl.Lease(float("inf"), str(tmp_path / "out"), str(tmp_path / "work"), reserve_s=0)
+    outcomes = lease.run(gl.select_stages([gl.Stage("quick", gl._sh("echo hi"), 1, 0)], unbounded=True))
+    assert [o.status for o in outcomes] == ["ok"]
+    md = (tmp_path / "out" / "lease.md").read_text()
+    assert "budget none s" in md and "| quick | ok | 0 | none |" in md
 
 
 def test_gpu_lease_studies_stage(tmp_path, monkeypatch):

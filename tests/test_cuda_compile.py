@@ -2,7 +2,7 @@
 architectures (sm_80, sm_90; GROUNDED_FAST_CUDA_ARCHS overrides, as in setup.py) and
 `-Xptxas -v`, failing on register spills in any kernel and printing registers / shared memory
 per kernel; each torch binding of the CUDA extension with a C++ syntax check against torch's
-headers. The kernels themselves run on a GPU machine (bench/gpu_suite.sh).
+headers. The kernels themselves run on a GPU machine (bench/gpu_lease.py).
 
 The sources that include torch's headers are checked under every C++ standard those headers
 accept: setup.py passes none, so the build uses the one the installed torch's BuildExtension

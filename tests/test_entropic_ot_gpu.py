@@ -1,5 +1,5 @@
 """The GPU backends of the entropic OT op (CUDA extension and Triton; both regimes) on CUDA tensors
-against the reference on the same device. Skipped without a GPU; run by bench/gpu_suite.sh."""
+against the reference on the same device. Skipped without a GPU; run by bench/gpu_lease.py."""
 import math
 
 import pytest
