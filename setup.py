@@ -38,7 +38,7 @@ def cpu_flags():
         flags.append(f"-march={arch}")
     if arch == "native" and _has_avx512():
         # gcc keeps 256-bit vectors by default even where AVX-512 exists; the matrix-vector sweeps
-        # gain 10-20% from 512-bit ones (measured: 512x512 partial OT, 16.1 -> 13.7 ms / 1000 it).
+        # were measured faster with 512-bit ones (docs/PERFORMANCE.md, "Threads and vector width").
         flags.append("-mprefer-vector-width=512")
     flags += os.environ.get("GROUNDED_FAST_CPU_FLAGS", "").split()
     return flags

@@ -105,7 +105,8 @@ static inline float log_fast(float x) {
 
 // Flush-to-zero and denormals-are-zero for this thread while in scope (restored after). At small
 // eps the scaling iterations multiply entries of K near the underflow threshold; on x86 every
-// operation with a subnormal operand takes a slow microcode path (float32 solves ran ~5x slower).
+// operation with a subnormal operand takes a slow microcode path (float32 solves ran several times
+// slower: docs/PERFORMANCE.md, "Scaling domain against log domain").
 // Values below 1e-38 (float32) / 1e-308 (float64) of the plan's scale carry no information.
 class FlushDenormals {
  public:

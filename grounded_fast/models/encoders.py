@@ -483,8 +483,8 @@ class _EfficientNetPatches(nn.Module):
 
     def __init__(self, net: nn.Module, channels_last: bool = True):
         super().__init__()
-        # channels_last: 1.5-1.9x faster depthwise convs on CPU (measured on 2 cores), and the
-        # (N, h*w, C) output is then contiguous without a copy.
+        # channels_last: faster depthwise convs on CPU (measured on 2 cores: docs/PERFORMANCE.md,
+        # "Encoders on the CPU"), and the (N, h*w, C) output is then contiguous without a copy.
         self.channels_last = bool(channels_last)
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
 

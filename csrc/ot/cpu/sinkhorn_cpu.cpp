@@ -196,7 +196,7 @@ struct Solver {
 
   // Splitting one problem across threads costs a fork/join per pass, so it only pays for large
   // problems: exp passes from 2^16 entries, multiply-add sweeps (scaling domain) from 2^18
-  // (measured on the 2-core machine: 256^2 split is slower, 362^2 even, 512^2 1.3x faster).
+  // (measured on the 2-core machine: docs/PERFORMANCE.md, "Threads and vector width").
   bool par_exp() const { return par && n * m >= (int64_t(1) << 16); }
   bool par_fma() const { return par && n * m >= (int64_t(1) << 18); }
 
@@ -902,8 +902,8 @@ struct Solver {
   }
 #if defined(__AVX512F__)
   // dot8 with explicit 512-bit accumulators: the same FMAs, then one horizontal sum per row in
-  // registers. The omp simd reduction summed the lanes through the stack one at a time (~15% of
-  // dot8's samples); this measured ~5% faster on the 512 x 512 partial solve (2 cores, float32).
+  // registers. The omp simd reduction summed the lanes through the stack one at a time; this
+  // measured faster on the 512 x 512 partial solve (docs/PERFORMANCE.md, "One 512 x 512 problem").
   static void dot8_avx512(const T* __restrict k, int64_t m, const T* __restrict y, T* out) {
     using L = Lanes<T>;
     const T *k0 = k, *k1 = k + m, *k2 = k + 2 * m, *k3 = k + 3 * m, *k4 = k + 4 * m, *k5 = k + 5 * m,

@@ -72,7 +72,8 @@ template <int VEC> __device__ __forceinline__ int64_t column(int slot) {
 // The thread's entries of one row; those at or past m read as +inf, so that K = -inf there. Where
 // all of the thread's columns are inside the row (``inside``: every thread when m is a multiple of
 // kThreads VEC, e.g. 4096) the addresses are the thread's first column plus constants and nothing
-// is tested (the tests and recomputed indices cost about 7 instructions an entry).
+// is tested (the tests and recomputed indices cost several instructions an entry: docs/PERFORMANCE.md,
+// "SASS instruction counts and registers").
 template <typename TC, int CPT>
 __device__ __forceinline__ void load_row(const TC* row, int64_t m, bool inside, float (&x)[CPT]) {
   constexpr int VEC = Loader<TC>::VEC;

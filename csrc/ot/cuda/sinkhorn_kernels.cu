@@ -17,8 +17,9 @@
 //   merged across the warp. Column pass: a block per 32 columns x all rows, lane = column,
 //   8 row groups, online LSE per thread merged in shared memory. Both take kUnroll entries a
 //   thread per step, loaded together (kUnroll loads in flight a thread instead of one behind each
-//   online update, whose branch and exp kept the compiler from overlapping them: 0.67 of the
-//   copy bandwidth on an H100 with one) and folded into the running LSE with one rescale.
+//   online update, whose branch and exp kept the compiler from overlapping them; the one-load
+//   form's share of the copy bandwidth on an H100: docs/PERFORMANCE.md, "Backend choice by
+//   regime") and folded into the running LSE with one rescale.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math_constants.h>
