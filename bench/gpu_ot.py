@@ -75,16 +75,19 @@ def _ours_features(x, y, iters, backend, backward=False):
 def _ours_regime(C, iters, regime, backend="triton", problem=0, mass=0.0, reg_m=float("inf")):
     """A GPU backend's solver with a chosen regime (the op picks 'small' or 'stream' itself);
     ``problem`` 0 / 1 / 2: balanced / unbalanced (KL weight ``reg_m`` both sides) / partial (``mass``)."""
+    from grounded_fast.ops import SolveSpec
     if backend == "cuda":
-        from grounded_fast.ops.cuda_ot import entropic_ot_cuda as solve
+        from grounded_fast.ops.entropic_ot.backend_cuda import solve
     else:
-        from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton as solve
+        from grounded_fast.ops.entropic_ot.backend_triton import solve
     B, n, m = C.shape
     a = torch.full((B, n), 1.0 / n, device=C.device)
     b = torch.full((B, m), 1.0 / m, device=C.device)
     lu0, lv0 = (torch.zeros(*shape, device=C.device) for shape in ((B, n), (B, m)))
     mass_t = torch.full((B,), float(mass), device=C.device)
-    return lambda: solve(C, a, b, mass_t, lu0, lv0, problem, 0.05, reg_m, reg_m, True, iters, 0.0, 0, regime=regime)
+    reg_m = reg_m if problem == 1 else float("inf")
+    spec = SolveSpec(problem, 0.05, reg_m, reg_m, True, iters, 0.0, 0)
+    return lambda: solve(C, a, b, mass_t, lu0, lv0, spec, regime=regime)
 
 
 def _ours_materialised(x, y, iters, backend):

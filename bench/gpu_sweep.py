@@ -41,7 +41,7 @@ def _time(fn):
 def sweep_stream(bw: float) -> list:
     import triton
     import triton.language as tl
-    from grounded_fast.triton_kernels.ot import device_scalars
+    from grounded_fast.triton_kernels.common import device_scalars
     from grounded_fast.triton_kernels.ot import sinkhorn_stream as ss
     B, n = 16, 4096
     rows = []
@@ -116,7 +116,7 @@ def _sweep_cuda_fused(C, lv, lu, la, act, bw: float, sms: int) -> list:
     from grounded_fast import _backend
     if C.device.type != "cuda" or not _backend.cuda_extension_available():
         return []
-    from grounded_fast.ops import cuda_ot
+    from grounded_fast.ops.entropic_ot import backend_cuda as cuda_ot
     B, n, m = C.shape
     rows = []
     for per_sm in (1, 2, 3, 4):
@@ -183,7 +183,7 @@ def sweep_agree(bw: float, device: str = "cuda", sizes=(40, 1000, 30522)) -> lis
 
 def sweep_attention(bw: float, device: str = "cuda", sizes=(40, 20000, 72)) -> list:
     """``attention_pair_sums_triton`` (JSD, every kernel and torch's sums) over its CONFIG."""
-    from grounded_fast.reference.analysis import ATTENTION_METRICS
+    from grounded_fast.ops.analysis import ATTENTION_METRICS
     from grounded_fast.triton_kernels.analysis import attention_distance as ad
     M, R, S = sizes
     g = torch.Generator(device=device).manual_seed(1)
@@ -208,11 +208,10 @@ def sweep_small(bw: float, device: str = "cuda", shapes=((128, 64, 197), (128, 1
     persistent regime takes (32K entries): the persistent kernel over WARPS_LARGE_TILE, and the
     streaming regime beside it (the regime choice, sinkhorn_small.MAX_TILE). Microseconds per
     iteration between two iteration counts (no fixed costs)."""
-    from grounded_fast.ops import PARTIAL
+    from grounded_fast.ops import PARTIAL, SolveSpec
     from grounded_fast.triton_kernels.ot import sinkhorn_small as sm
     from grounded_fast.triton_kernels.ot.sinkhorn_stream import sinkhorn_stream
     saved = sm.WARPS_LARGE_TILE
-    inf = float("inf")
     rows = []
     try:
         for B, n, m in shapes:
@@ -225,7 +224,8 @@ def sweep_small(bw: float, device: str = "cuda", shapes=((128, 64, 197), (128, 1
                 solve = sm.sinkhorn_small if regime == "small" else sinkhorn_stream
                 if regime == "small":
                     sm.WARPS_LARGE_TILE = warps
-                ms = [_time(lambda: solve(C, a, b, mass, lu0, lv0, PARTIAL, 0.05, inf, inf, True, it, 0.0, 0, 0))
+                ms = [_time(lambda: solve(C, a, b, mass, lu0, lv0, SolveSpec(PARTIAL, 0.05, max_iter=it, tol=0.0,
+                                                                              check_every=0, history=0)))
                       for it in iters]
                 ok = all(isinstance(t, float) for t in ms)
                 rows.append({"dtype": str(C.dtype), "form": f"B={B} {n}x{m}", "regime": regime, "warps": warps,

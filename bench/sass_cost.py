@@ -49,7 +49,7 @@ def _compile(fn, signature: dict, constexprs: dict, warps: int, stages: int, ali
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from grounded_fast.triton_kernels.analysis.fast_math import LAUNCH  # the options the launches pass
+    from grounded_fast.triton_kernels.common.fast_math import LAUNCH  # the options the launches pass
     sig = dict(signature, **{k: "constexpr" for k in constexprs})
     attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in aligned}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grounded_fast import _backend
-from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
+from grounded_fast.ops import BALANCED, PARTIAL, UNBALANCED, SolveSpec, entropic_ot
 from grounded_fast.reference.entropic_ot import entropic_ot_reference
 
 from conftest import assert_close, make_problem
@@ -24,15 +24,16 @@ def _solver(backend, features=False):
     if backend == "cuda":
         if not _backend.cuda_extension_available():
             pytest.skip("CUDA extension not built (FORCE_CUDA=1)")
-        from grounded_fast.ops import cuda_ot
-        return cuda_ot.entropic_ot_features_cuda if features else cuda_ot.entropic_ot_cuda
+        from grounded_fast.ops.entropic_ot import backend_cuda
+        from grounded_fast.ops.entropic_ot_features import backend_cuda as features_cuda
+        return features_cuda.solve if features else backend_cuda.solve
     if not _backend.triton_available():
         pytest.skip("triton not installed")
     if features:
-        from grounded_fast.triton_kernels.ot.sinkhorn_features import entropic_ot_features_triton
-        return entropic_ot_features_triton
-    from grounded_fast.triton_kernels.ot.entropic_ot import entropic_ot_triton
-    return entropic_ot_triton
+        from grounded_fast.ops.entropic_ot_features.backend_triton import solve as features_triton
+        return features_triton
+    from grounded_fast.ops.entropic_ot.backend_triton import solve
+    return solve
 
 
 # float32 partial OT: its stop quantity, the log plan's change, rounds to ~1e-5 x sqrt(n m) (the
@@ -74,8 +75,8 @@ def test_gpu_backend_matches_reference(backend, regime, case, dtype, shape):
     mass = torch.full((B,), 0.6, dtype=dtype) if problem == PARTIAL else torch.zeros(B, dtype=dtype)
     args = [t.cuda() for t in (C, a, b, mass, torch.zeros(B, n, dtype=dtype), torch.zeros(B, m, dtype=dtype))]
     f32_partial = dtype == torch.float32 and problem == PARTIAL
-    args += [problem, 0.1, ra, rb, kl_ref, 60, 1e-9 if dtype == torch.float64 else
-             (F32_PARTIAL_TOL if f32_partial else 1e-6), 5]
+    args += [SolveSpec(problem, 0.1, ra, rb, kl_ref, 60, 1e-9 if dtype == torch.float64 else
+                       (F32_PARTIAL_TOL if f32_partial else 1e-6), 5)]
     if regime == "small" and backend == "triton" and not __import__(
             "grounded_fast.triton_kernels.ot.sinkhorn_small", fromlist=["fits"]).fits(n, m):
         pytest.skip("tile too large for the Triton persistent kernel")
@@ -123,7 +124,8 @@ def _features(B, n, m, d, dtype, seed=0):
 def test_gpu_features_backend_matches_reference(backend, case, cost, dtype, shape):
     """The feature kernels (CUDA; Triton with 3xTF32 / fp64 tensor-core products) against the
     chunked torch passes on the same device; (1, 300, 257) splits the streamed axis."""
-    from grounded_fast.reference.ot_features import cost_code, entropic_ot_features_reference
+    from grounded_fast.ops.entropic_ot_features.driver import cost_code
+    from grounded_fast.reference.ot_features import entropic_ot_features_reference
     solve = _solver(backend, features=True)
     B, n, m, d = shape
     x, y, a, b = _features(B, n, m, d, dtype, seed=n + d)
@@ -132,9 +134,10 @@ def test_gpu_features_backend_matches_reference(backend, case, cost, dtype, shap
     ra, rb = kw.get("reg_m", (math.inf, math.inf))
     reg = 0.3 if cost == "sqeuclidean" else 0.1
     f32_partial = dtype == torch.float32 and problem == PARTIAL
-    args = [x, y, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), cost_code(cost), problem, reg, ra, rb, True,
-            60, 1e-9 if dtype == torch.float64 else (F32_PARTIAL_TOL if f32_partial else 1e-5),
-            5]  # float32: a tol well above rounding, so n_iter is stable
+    args = [x, y, a, b, mass, torch.zeros_like(a), torch.zeros_like(b), cost_code(cost),
+            SolveSpec(problem, reg, ra, rb, True, 60,
+                      1e-9 if dtype == torch.float64 else (F32_PARTIAL_TOL if f32_partial else 1e-5),
+                      5)]  # float32: a tol well above rounding, so n_iter is stable
     out, ref = solve(*args), entropic_ot_features_reference(*args)
     names = ("log_u", "log_v", "log_scale", "value", "value_linear", "n_iter", "status", "err_history")
     _assert_outputs(names, out, ref, dtype, *((1e-9, 1e-12) if dtype == torch.float64 else (5e-4, 2e-5)),
@@ -147,7 +150,8 @@ def test_gpu_features_passes_and_half_inputs(backend, cost):
     """Every pass with 1 and several splits, float64 / float32 / bfloat16 / float16 features,
     against the torch passes on the same (rounded) values."""
     _solver(backend, features=True)
-    from grounded_fast.reference.ot_features import TorchFeaturePasses, cost_code
+    from grounded_fast.ops.entropic_ot_features.backend_torch import TorchFeaturePasses
+    from grounded_fast.ops.entropic_ot_features.driver import cost_code
     code = cost_code(cost)
     for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
         x, y, _, _ = _features(2, 97, 1031, 40, torch.float64, seed=7)
@@ -161,7 +165,7 @@ def test_gpu_features_passes_and_half_inputs(backend, cost):
             from grounded_fast.triton_kernels.ot.sinkhorn_features import TritonFeaturePasses
             variants = [TritonFeaturePasses(x, y, code, 0.2, splits=s) for s in (1, 5)]
         else:
-            from grounded_fast.ops.cuda_ot import CudaFeaturePasses
+            from grounded_fast.ops.entropic_ot_features.backend_cuda import CudaFeaturePasses
             variants = [CudaFeaturePasses(x, y, code, 0.2)]
             for s in (1, 3, 7):
                 got = torch.ops.grounded_fast.ot_feat_lse_cuda(variants[0].x, variants[0].y, variants[0].s,
@@ -227,7 +231,8 @@ def test_gpu_cuda_persistent_kernel_exact_fallback(case, dtype):
     mass = torch.full((B,), 0.6, dtype=dtype) if problem == PARTIAL else torch.zeros(B, dtype=dtype)
     args = [t.cuda() for t in (C, a, b, mass, torch.zeros(B, n, dtype=dtype), torch.zeros(B, m, dtype=dtype))]
     f32_partial = dtype == torch.float32 and problem == PARTIAL
-    args += [problem, 0.1, ra, rb, kl_ref, 80, 1e-9 if dtype == torch.float64 else (1e-2 if f32_partial else 1e-6), 5]
+    args += [SolveSpec(problem, 0.1, ra, rb, kl_ref, 80,
+                       1e-9 if dtype == torch.float64 else (1e-2 if f32_partial else 1e-6), 5)]
     _assert_outputs(NAMES, solve(*args, regime="small"), entropic_ot_reference(*args), dtype,
                     *((1e-9, 1e-12) if dtype == torch.float64 else (2e-4, 1e-5)),
                     hist_atol=F32_PARTIAL_HIST_ATOL if f32_partial else None)
@@ -255,7 +260,7 @@ def test_gpu_fused_regime_matches_reference(backend, dtype, case, shape):
     problem, (ra, rb), kl_ref = CASES[case]
     mass = torch.full((B,), 0.6) if problem == PARTIAL else torch.zeros(B)
     args = [t.cuda() for t in (C, a, b, mass, torch.zeros(B, n), torch.zeros(B, m))]
-    args += [problem, 0.1, ra, rb, kl_ref, 200, 1e-5, 4]
+    args += [SolveSpec(problem, 0.1, ra, rb, kl_ref, 200, 1e-5, 4)]
     out = solve(args[0].to(dtype), *args[1:], regime="fused")
     ref = entropic_ot_reference(*args)
     _assert_outputs(NAMES[1:4] + NAMES[6:8], out[1:4] + out[6:8], ref[1:4] + ref[6:8], torch.float32, 2e-4, 1e-5)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import BALANCED, PARTIAL, UNBALANCED, choose_cost_source, entropic_ot, entropic_ot_features
-from ..ot.costs import METRICS, cost_matrix
+from ..ops.costs import METRICS, cost_matrix
 
 COST_SOURCES = ("auto", "memory", "features")
 

@@ -10,7 +10,7 @@ reads 0 once the plan's small entries underflow, long before the plan is feasibl
 ``stopThr=1e-100`` asks for a change no float can resolve: a problem also stops at the rounding
 floor of its change (``log['stopped_at_floor']`` says whether it did), where POT's solver finds its plan
 unchanged bit for bit. A plan returned without a warning is feasible: rows <= a, columns <= b,
-total mass m (see grounded_fast.ops.ot_verdict); one that is not comes with a UserWarning (iteration
+total mass m (see grounded_fast.ops.entropic_ot.verdict); one that is not comes with a UserWarning (iteration
 limit; POT's solver says nothing) or a RuntimeWarning (numerical failure, naming what failed).
 
 Deliberate differences from POT: zero weights give exact zero rows / columns (POT: NaN); ``reg``

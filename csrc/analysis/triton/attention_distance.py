@@ -164,8 +164,8 @@ def _pairs(x_ptr, smask_ptr, w_ptr, scale_ptr, nh_ptr, out_ptr, M, R, S, per_pro
         w = tl.load(w_ptr + r)
         if w != 0:
             # the terms are summed over sources in a (BI, BI, BS) accumulator and reduced once per row: a
-            # reduction over BS inside the loop cost 4 warp shuffles per pair and step (BS spread over
-            # 16 lanes), more than the term itself
+            # reduction over BS inside the loop cost a warp-shuffle tree per pair and step (BS spread over
+            # 16 lanes), more than the term itself (docs/PERFORMANCE.md)
             d3 = tl.zeros((BI, BI, BS), tl.float32)
             for c0 in range(0, S, BS):
                 a, b = _tile_rows(x_ptr, smask_ptr, scale_ptr, ii, jj, li, lj, r, c0, R, S, HAS_MASK, BS)

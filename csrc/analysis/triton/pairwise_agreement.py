@@ -340,14 +340,14 @@ def _jsd(z_ptr, w_ptr, lse_ptr, ent_ptr, out_ptr, M, N, V, per_prog, n_tiles,
 # (BV, num_warps, num_stages) of _stats_cross by BM: per BM the configuration with the fewest
 # hot-loop instructions per logit entry among those that compile without register spills (sm_90
 # SASS, Triton 3.6 and 3.9: ``python bench/sass_cost.py``, bench/results/sass-cost-analysis.md; at
-# BM 128 every choice spills a little). One warpgroup (4 warps) beats two at BM 64: 21 against 36-43
-# lane-instructions per entry (two warpgroups split the products and exchange rows through shared
-# memory). Not yet timed on a GPU: ``python bench/gpu_sweep.py agree`` sweeps it against the two passes.
+# BM 128 every choice spills a little). One warpgroup (4 warps) issues fewer lane-instructions per
+# entry than two at BM 64 (two warpgroups split the products and exchange rows through shared
+# memory; docs/PERFORMANCE.md, "SASS instruction counts and registers"). Not yet timed on a GPU: ``python bench/gpu_sweep.py agree`` sweeps it against the two passes.
 ONE_PASS_CONFIG = {16: (64, 4, 3), 32: (32, 4, 3), 64: (32, 4, 3), 128: (32, 8, 3)}
 PROGRAMS_PER_SM = 4  # programs of _cross / _stats_cross per multiprocessor (each takes a slice of positions)
 # The one-pass kernel is the default (up to 128 models): it reads the logits once instead of twice,
-# and its V loop issues 21 lane-instructions per entry (BM 64, float32; 67 before its lean rewrite)
-# against 30 + 27 for _row_stats + _cross (Triton 3.6, bench/sass_cost.py), with the same
+# and its V loop issues fewer lane-instructions per entry than _row_stats + _cross together
+# (bench/sass_cost.py; docs/PERFORMANCE.md, "SASS instruction counts and registers"), with the same
 # tensor-core products.
 # That is a static count, not a timing: bench/gpu_analysis.py times both ("triton" and
 # "triton_two_pass") and the GPU suite's sweep compares them.
@@ -409,7 +409,8 @@ def pairwise_agreement_triton(logits: torch.Tensor, mask: torch.Tensor, jsd: boo
     target = PROGRAMS_PER_SM * torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
     per, progs = _slices(N, max(1, target // (tiles * tiles)))
     part = torch.empty(progs, tiles * tiles, BM, BM, dtype=torch.float32, device=dev)
-    # BV 64 was the fastest for 40 models on an H100 (BM 64); BM 128 halves it to stay within shared memory
+    # BV 64 was the fastest for 40 models on an H100 (BM 64; docs/PERFORMANCE.md); BM 128 halves it to
+    # stay within shared memory
     bv = min(64 if BM <= 64 else 32, max(16, triton.next_power_of_2(V)))
     vec, align = _vector_width(z, N, V, shared_shift=True)
     if one_pass:

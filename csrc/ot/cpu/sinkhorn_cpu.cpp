@@ -771,7 +771,7 @@ struct Solver {
     it_out = it;
   }
 
-  // The feasibility verdict of grounded_fast/reference/entropic_ot.py (see there) on the returned plan,
+  // The feasibility verdict of grounded_fast/ops/entropic_ot/verdict.py (see there) on the returned plan,
   // whose row and column sums are r, c: whether it fails (not finite; the constraint the last update
   // enforces exactly missed beyond rounding; or reported converged with the others missed beyond
   // the tolerance).

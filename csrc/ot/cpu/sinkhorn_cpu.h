@@ -10,7 +10,7 @@ enum Problem : int64_t { kBalanced = 0, kUnbalanced = 1, kPartial = 2 };
 enum Domain : int64_t { kAuto = 0, kLog = 1 };
 
 // The feasibility verdict on the returned plan (Solver::verdict_fails; the definition and its measured
-// basis are in grounded_fast/reference/entropic_ot.py, whose VERDICT_UNIT and MAX_ROUNDING these are).
+// basis are in grounded_fast/ops/entropic_ot/verdict.py, whose VERDICT_UNIT and MAX_ROUNDING these are).
 constexpr double kVerdictUnit = 32.0;
 constexpr double kMaxRounding = 1e-2;
 

@@ -1,6 +1,6 @@
 // C ABI of the CUDA entropic-OT kernels (framework-agnostic: raw device pointers, sizes, a stream).
 // The math is that of csrc/ot/cpu/sinkhorn_cpu.cpp in the log domain; the host-side driver of the
-// streaming regime is grounded_fast.reference.entropic_ot.solve_potentials (shared by every
+// streaming regime is grounded_fast.ops.entropic_ot.driver.solve_potentials (shared by every
 // streaming backend). Wrapped as torch ops by sinkhorn_cuda_binding.cpp (CUDA builds only).
 // Every function returns a cudaError_t as int.
 #pragma once

@@ -1,13 +1,13 @@
 // Torch ops over the CUDA entropic-OT kernels (sinkhorn_kernels.cu), built only into the CUDA
 // extension grounded_fast._C_cuda. They are the primitives of the 'cuda' backend of
 // grounded_fast::entropic_ot, whose host side (regime choice, the streaming driver, the plan and
-// objective) is grounded_fast/ops/cuda_ot.py:
+// objective) is grounded_fast/ops/entropic_ot/backend_cuda.py:
 //   ot_small_cuda       the persistent solve -> (log_u, log_v, log_scale, n_iter, status, err_history)
 //   ot_row_lse_cuda     (B,n) = LSE_j(lv_j - C_ij / eps)
 //   ot_col_lse_cuda     (B,m) = LSE_i(lu_i - C_ij / eps)
 //   ot_fused_pass_cuda  (lu', col) of one iteration (any problem kind) in one read of C (sinkhorn_fused.cu)
 // and, with the cost recomputed from features x (B,n,d), y (B,m,d) (sinkhorn_features.cu; host side
-// FeaturePasses in grounded_fast/ops/cuda_ot.py; s, t the per-point norms of sinkhorn_cuda.h):
+// FeaturePasses in grounded_fast/ops/entropic_ot_features/backend_cuda.py; s, t the per-point norms of sinkhorn_cuda.h):
 //   ot_feat_lse_cuda          (B,n) = LSE_j(vec_j - C_ij / eps)   (column pass: swap x, y)
 //   ot_feat_row_stats_cuda    (r, pc, plp) (B,n) = sum_j P_ij, sum_j P_ij C_ij, sum_j P_ij log P_ij
 #include <ATen/ATen.h>

@@ -19,7 +19,7 @@
 //                      kernel merges, so that one problem (B = 1) still fills the GPU;
 //   feat_row_stats:    r_i = sum_j P_ij, pc_i = sum_j P_ij C_ij, plp_i = sum_j P_ij log P_ij with
 //                      log P_ij = lu_i + lv_j + w - C_ij eps^-1 (the objective; 0 log 0 = 0).
-// The host side (grounded_fast/ops/cuda_ot.py) drives them with the reference's solve_potentials;
+// The host side (grounded_fast/ops/entropic_ot_features/backend_cuda.py) drives them with the driver's solve_potentials;
 // the envelope gradients (P y, P^T x) are a chunked torch computation there.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

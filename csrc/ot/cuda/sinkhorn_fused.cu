@@ -6,7 +6,7 @@
 //                                                            (lu'_i = -inf where la_i = -inf)
 //   col_j  = LSE_i(lu'_i + K_ij)                             (the next lv is log b_j - col_j)
 // Balanced problems: la = log a, scale 1, no cap; unbalanced and partial: their la, scale and cap
-// as the driver (grounded_fast/reference/entropic_ot.py, solve_potentials) defines them.
+// as the driver (grounded_fast/ops/entropic_ot/driver.py, solve_potentials) defines them.
 // A block owns rows [r0, r1) of one problem and the whole width m (m <= kMaxM). Thread t holds, in
 // registers, the columns j = (k kThreads + t) VEC + e (k < CPT / VEC, e < VEC; 16-byte loads of VEC
 // entries: C's rows are ldc entries apart, ldc a multiple of VEC, and the caller pads C where m is

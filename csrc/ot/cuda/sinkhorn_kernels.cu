@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, 1) ot_small_kernel(
   // The rounding floor of the stop quantity: unit (1 + max|lu| + max|lv| + |w| + max|log a| +
   // max|log b|) x (partial sqrt(n' m'), balanced ||b||_2, unbalanced 1); a check at or below it
   // and no smaller than the previous check stops (solve_potentials' check in
-  // grounded_fast/reference/entropic_ot.py).
+  // grounded_fast/ops/entropic_ot/driver.py).
   const T base = 1 + block_absmax(la, n, red) + block_absmax(lb, m, red);
   T shape = 1;
   if (problem == 0) {

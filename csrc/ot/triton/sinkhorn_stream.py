@@ -23,10 +23,9 @@ from ..common.fast_math import LAUNCH
 from ..common import device_scalars
 
 # (rows or columns owned by one program, entries of the streamed axis per step, warps) per pass, for
-# 32-bit and 16-bit C; measured on an H100 (B=16 x 4096^2, each pass alone, against the copy
-# bandwidth): row pass 16 x 256 x 8 warps 0.975 (float32) / 0.90 (bfloat16), column pass 64 x 128 x 4
-# warps 0.97 / 0.67 (the former 32 x 128 x 4: 0.94 / 0.89 rows, 0.93 / 0.61 columns). float64 keeps
-# the smaller tiles (register pressure).
+# 32-bit and 16-bit C: the tiles with the highest fraction of the copy bandwidth per pass in the
+# H100 sweep (docs/PERFORMANCE.md, "Triton stream tiles"; bench/results/gpu-sweep-stream-h100.md).
+# float64 keeps the smaller tiles (register pressure).
 CONFIG = {"row": (16, 256, 8), "col": (64, 128, 4)}
 CONFIG_F64 = {"row": (32, 128, 4), "col": (32, 128, 4)}
 

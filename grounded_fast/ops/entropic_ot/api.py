@@ -125,10 +125,9 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
 
 
 def _gpu_preference(C: Tensor) -> tuple[str, str]:
-    """The automatic GPU backend by regime, as measured on an H100 (bench/results/gpu-ot-h100.md):
-    problems whose cost tile fits the CUDA persistent kernel's shared memory go to CUDA (B=128
-    partial 64 x 197: 10.6 against Triton's 16.7 us per iteration), streamed ones to Triton
-    (B=16 x 4096^2: 57 against 73 ms; one 8192^2: 20 against 37 ms, 50 iterations). The shared
+    """The automatic GPU backend by regime: problems whose cost tile fits the CUDA persistent
+    kernel's shared memory go to CUDA, streamed ones to Triton (each was faster in its regime on an
+    H100: docs/PERFORMANCE.md, "Backend choice by regime"). The shared
     memory bound is the smallest opt-in limit of the supported GPUs (99 KiB), not a device query,
     so the choice stays traceable by torch.compile."""
     if C.is_cuda and small_smem_bytes(C.shape[1], C.shape[2], C.dtype) > 99 * 1024:

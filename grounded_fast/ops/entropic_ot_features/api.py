@@ -66,7 +66,7 @@ def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: flo
     x (B,n,d), y (B,m,d) features (float32 / float64 / bfloat16 / float16; accumulation float32,
     float64 for float64), a (B,n), b (B,m) nonnegative weights (zeros = padding); or one problem
     x (n,d), y (m,d), a (n,), b (m,). ``cost``: 'sqeuclidean' or 'cosine', defined as
-    ``grounded_fast.ot.costs.cost_matrix``. Every other argument as :func:`entropic_ot`, whose
+    ``grounded_fast.ops.costs.cost_matrix``. Every other argument as :func:`entropic_ot`, whose
     results on ``cost_matrix(x, y, cost)`` these are (up to rounding).
     ``backend``: 'triton' or 'cuda' (GPU kernels, C never stored; Triton also on CPU tensors under
     TRITON_INTERPRET=1), 'torch' (chunked PyTorch, any device), 'cpu' (materialises C and runs

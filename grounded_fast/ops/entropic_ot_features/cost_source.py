@@ -12,11 +12,10 @@ from .driver import FEATURE_COSTS
 # Effective multiply-add throughput of the products that rebuild C, in FLOP per byte of the
 # memory path's own rate of reading C, by (backend, feature dtype): with the per-entry log-sum-exp
 # work of both paths folded in, recomputing costs 2 d / I byte-equivalents per entry against e_C.
-# Measured (bench/gpu_ot.py case 3, H100 80GB HBM3, torch 2.11, Triton 3.6, one 8192 x 8192
-# problem, d = 64, float32, 50 iterations; bench/results/gpu-ot-h100.md):
-#   Triton  features 47.9 ms, C from memory 19.7 ms: 2 * 64 / (4 * 47.9 / 19.7) -> I = 13
-#   CUDA    features 63.4 ms, C from memory 36.7 ms: 2 * 64 / (4 * 63.4 / 36.7) -> I = 18
-# The other dtypes are not measured yet: the peak-based estimates they were derived with
+# Calibrated from bench/gpu_ot.py case 3 on an H100 (one 8192 x 8192 problem, d = 64, float32):
+# with t_feat and t_mem the times of the features route and of C from memory,
+# I = 2 d / (4 t_feat / t_mem) (the timings and their provenance: docs/PERFORMANCE.md, "Feature-cost
+# solver"). The other dtypes are not measured yet: the peak-based estimates they were derived with
 # (Triton bf16/fp16 160, fp64 8; CUDA fp64 6, with fp32 at 40 and 12) scaled by the measured
 # fp32 ratio of the same backend (Triton 13/40, CUDA 18/12); the CUDA kernels multiply half
 # features as float32, so their rate is fp32's.
@@ -58,9 +57,8 @@ def choose_cost_source(n: int, m: int, d: int, dtype: torch.dtype = torch.float3
     ``batch`` problems of n x m points with d features of ``dtype``.
 
     * cost not in ('sqeuclidean', 'cosine'), or a CPU device: 'memory' -- the C++ kernels on a
-      materialised C (measured on the 2-core CI machine, float32, reg 0.05, 100 iterations:
-      1024 x 1024, d = 64: 0.79 s materialise + C++ against 3.9 s for the chunked torch
-      recompute; 2048 x 2048, d = 16: 0.05 s against 19.9 s);
+      materialised C (measured faster than the chunked torch recompute on the 2-core CI
+      machine: docs/PERFORMANCE.md, "Feature-cost solver");
     * a GPU backend without kernels for features ('torch', 'cpu'): 'memory' unless C does not fit;
     * C (plus the plan and the autograd temporaries of cost_matrix, 3 B n m e_C bytes) would take
       more than ``MEMORY_FRACTION`` of ``free_bytes`` (default: the device's free memory):

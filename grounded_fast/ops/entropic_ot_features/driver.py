@@ -2,7 +2,7 @@
 from the features, shared by every backend (each supplies the passes: backend_torch.py,
 backend_triton.py, backend_cuda.py), and the envelope gradients from the plan products.
 
-The cost is that of ``grounded_fast.ot.costs.cost_matrix``:
+The cost is that of ``grounded_fast.ops.costs.cost_matrix``:
     sqeuclidean  C_ij = max(|x_i|^2 + |y_j|^2 - 2 x_i.y_j, 0)      (no 1/2 factor)
     cosine       C_ij = 1 - xh_i.yh_j,  xh = x / max(|x|, 1e-12)   (F.normalize: zero vectors
                                                                     count as orthogonal)
