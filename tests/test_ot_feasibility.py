@@ -5,7 +5,6 @@ reported converged), the rounding-floor stop (POT's stopThr=1e-100 defaults), th
 verdict, the validated inputs, and hypothesis property tests over shapes, scales, reg, mass and
 dtype: "finite" and "reported converged => feasible".
 """
-import math
 import warnings
 
 import numpy as np
