@@ -262,3 +262,42 @@ def test_single_unbatched_problem():
     assert torch.equal(one.plan, batched.plan[0])
     one.value.backward()
     assert torch.allclose(C.grad[0], one.plan)
+
+
+def test_solve_spec_checks_once_and_derives_the_rest():
+    """The solve specification: every field checked when it is built (errors name the field), the
+    unbalanced exponents and the history length derived, and the op's scalars its inverse."""
+    s = SolveSpec(UNBALANCED, 0.5, 1.0, math.inf, max_iter=25, check_every=10, history=-1)
+    assert (s.fa, s.fb, s.hist_len) == (1.0 / 1.5, 1.0, 3)
+    assert SolveSpec(*s.op_args()) == s and isinstance(s.reg, float)
+    assert s.replace(history=2).hist_len == 2 and s.replace(check_every=0).hist_len == 0
+    for change, msg in [(dict(reg=0), "reg must be"), (dict(reg=float("nan")), "reg must be"),
+                        (dict(reg=True), "reg must be"), (dict(reg_m_a=0.0), "reg_m must be > 0"),
+                        (dict(reg_m_b=float("nan")), "reg_m must be > 0"), (dict(max_iter=0), "max_iter"),
+                        (dict(check_every=-1), "check_every"), (dict(domain=2), "domain"),
+                        (dict(floor=-1.0), "floor"), (dict(problem=5), "unknown problem")]:
+        with pytest.raises(ValueError, match=msg):
+            s.replace(**change)
+    with pytest.raises(ValueError, match="unbalanced problems only"):
+        SolveSpec(BALANCED, 0.5, 1.0, 1.0)
+
+
+def test_one_schema_per_op_with_the_backend_as_its_argument():
+    """Each public op is one registration whose last argument is the backend; the native kernels
+    are kernel ops of their own (no per-backend copies of a public schema)."""
+    ns = torch.ops.grounded_fast
+    for name in ("entropic_ot", "entropic_ot_features", "ot_features_products", "pairwise_agreement",
+                 "attention_pair_sums"):
+        args = getattr(ns, name).default._schema.arguments
+        assert "backend" in [a.name for a in args], name
+    for gone in ("entropic_ot_torch", "entropic_ot_triton", "entropic_ot_cuda", "pairwise_agreement_torch",
+                 "attention_pair_sums_torch"):
+        with pytest.raises(AttributeError):
+            getattr(ns, gone)
+    C, a, b = make_problem(2, 5, 6)
+    spec = SolveSpec(BALANCED, 0.1, max_iter=50, tol=1e-9, check_every=10)
+    tensors = (C, a, b, torch.zeros(2, dtype=C.dtype), torch.zeros_like(a), torch.zeros_like(b))
+    outs = [ns.entropic_ot(*tensors, *spec.op_args(), backend) for backend in ("cpu", "torch")]
+    assert_close(outs[0][0], outs[1][0], rtol=1e-9, atol=1e-14, name="cpu vs torch through one op")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ns.entropic_ot(*tensors, *spec.op_args(), "opencl")

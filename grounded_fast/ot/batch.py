@@ -38,6 +38,7 @@ import math
 import torch
 
 from ..ops import BALANCED, PARTIAL, UNBALANCED, entropic_ot
+from ..ops.entropic_ot import SolveSpec
 from ..ops.entropic_ot.driver import unbalanced_value
 from ._common import check_reg, op_reg_m, reg_m_pair, transported_mass
 from ._convert import Converter
@@ -73,17 +74,19 @@ def _row_lse(M: torch.Tensor, reg: float, chunk: int = 1 << 22) -> torch.Tensor:
                         for i in range(B)])
 
 
-def _last_step(C, a, b, lu, lv, reg, problem, fa, fb, kl):
-    """POT's last step: one differentiable iteration from the potentials (u from v, then v).
-    Returns (plan, u, v) with plan = exp(u_i + v_j - C_ij / reg)."""
-    K = -C / reg
+def _last_step(C, a, b, lu, lv, spec: SolveSpec):
+    """POT's last step: one differentiable iteration from the potentials lu (B,n), lv (B,m) (u from
+    v, then v) of the problems C (B,n,m), a (B,n), b (B,m). Returns (plan, u, v) with
+    plan = exp(u_i + v_j - C_ij / reg)."""
+    problem, fa, fb = spec.problem, spec.fa, spec.fb
+    K = -C / spec.reg
     ma, mb = a > 0, b > 0
     la, lb = _masked_log(a), _masked_log(b)
     if problem == BALANCED:
         u = la - torch.logsumexp(K + lv[:, None, :], 2)
         v = lb - torch.logsumexp(K + u[:, :, None], 1)
     else:
-        sa, sb = (la, lb) if kl else (torch.zeros_like(la), torch.zeros_like(lb))
+        sa, sb = (la, lb) if spec.kl_ref else (torch.zeros_like(la), torch.zeros_like(lb))
         u = torch.where(ma, (1 - fa) * sa + fa * (la - torch.logsumexp(K + lv[:, None, :], 2)), -math.inf)
         v = torch.where(mb, (1 - fb) * sb + fb * (lb - torch.logsumexp(K + u[:, :, None], 1)), -math.inf)
     # POT's plan keeps exp(-M / reg) detached: M reaches it through u and v only
@@ -185,9 +188,8 @@ def solve_batch(M, reg=None, a=None, b=None, max_iter=1000, tol=1e-5, method="au
     if grad == "last_step":
         unroll_ab = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
         sol = entropic_ot(cost.detach(), a, b, grad="autodiff" if unroll_ab else "detach", **opts)
-        fa = 1.0 if math.isinf(r1) else op_reg_m(r1, reg) / (op_reg_m(r1, reg) + reg)
-        fb = 1.0 if math.isinf(r2) else op_reg_m(r2, reg) / (op_reg_m(r2, reg) + reg)
-        plan, lu, lv = _last_step(cost, a, b, sol.log_u, sol.log_v, reg, problem, fa, fb, kl)
+        spec = SolveSpec(problem, reg, *opts.get("reg_m", (math.inf, math.inf)), kl_ref=kl)
+        plan, lu, lv = _last_step(cost, a, b, sol.log_u, sol.log_v, spec)
     else:
         sol = entropic_ot(cost, a, b, grad=grad, **opts)
         plan, lu, lv = sol.plan, sol.log_u + sol.log_scale[:, None], sol.log_v

@@ -92,11 +92,11 @@ def entropic_ot(C: Tensor, a: Tensor, b: Tensor, *, reg: float, problem: int = B
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
     orig_dtype = C.dtype
     dt = torch.float32 if orig_dtype in (torch.float16, torch.bfloat16) else orig_dtype
-    spec = solve_spec(problem, reg, reg_m, kl_ref, max_iter, tol, check_every, domain, history, stop_at_floor, dt)
     if problem == PARTIAL:
         mass = coerce_mass(mass, C.shape[0], C.dtype, C.device)
     if validate_inputs:
         check_problems(C, a, b, mass if problem == PARTIAL else None)
+    spec = solve_spec(problem, reg, reg_m, kl_ref, max_iter, tol, check_every, domain, history, stop_at_floor, dt)
     which = None if grad == "autodiff" else choose_backend(C.device, backend, gpu=_gpu_preference(C))
     if orig_dtype != dt:
         # float32 potentials and weights; the Triton kernels read a half-precision C as it is (half
