@@ -17,6 +17,8 @@ from .verdict import floor_unit
 
 
 def check_tensor(name: str, t, dims: tuple[int, ...]) -> Tensor:
+    """``t`` if it is a floating-point tensor with one of ``dims`` dimensions; else TypeError /
+    ValueError naming ``name``."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() not in dims:
