@@ -29,17 +29,19 @@ from .spec import BALANCED, PARTIAL, SolveSpec
 
 OP = "grounded_fast::entropic_ot"
 BACKENDS = ("cpu", "cuda", "triton", "torch")
+_SOLVERS = {"torch": entropic_ot_reference}  # backend -> solve, filled on first use
 _Outputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]  # the op's nine outputs
 
 
 def backend_solver(backend: str):
     """The ``solve(C, a, b, mass, log_u0, log_v0, spec) -> nine outputs`` of ``backend`` (imported
     on first use: the GPU backends need their extension or triton)."""
-    if backend == "torch":
-        return entropic_ot_reference
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return importlib.import_module(f".backend_{backend}", __package__).solve
+    solver = _SOLVERS.get(backend)
+    if solver is None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        solver = _SOLVERS[backend] = importlib.import_module(f".backend_{backend}", __package__).solve
+    return solver
 
 
 @torch.library.custom_op(OP, mutates_args=())
