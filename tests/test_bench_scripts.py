@@ -438,3 +438,25 @@ def test_gpu_lease_verdict(tmp_path):
     assert "WRONG plan 3e-01" in text and "GPU tests: = 700 passed, 1 skipped in 250.0s =" in text
     empty = gl.verdict(str(tmp_path / "none"))
     assert "issue 3: case 2 has no row" in empty and "issue 4: no analysis rows" in empty
+
+
+def test_ab_interleaved_runs_one_round_of_a_case(tmp_path, monkeypatch):
+    """bench/ab_interleaved.py: its cases name bench/cases.py's calls, a round runs a case in a fresh
+    interpreter of each checkout (here the same one twice), and the rounds are checked."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import ab_interleaved as ab
+        import cases
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    for fn, maker, _, _ in ab.CASES.values():
+        assert callable(getattr(cases, fn)) and callable(getattr(cases, maker))
+    monkeypatch.setattr(ab, "CASES", {"3 balanced small": ("ours_balanced", "points2d", (40, 0), 3)})
+    out = tmp_path / "ab.jsonl"
+    assert ab.main([ROOT, ROOT, "--rounds", "1", "--threads", "1", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["side"] for r in rows] == ["before", "after"]
+    assert set(rows[0]["ms"]) == {"3 balanced small float32", "3 balanced small float64"}
+    assert all(v > 0 for r in rows for v in r["ms"].values())
+    with pytest.raises(SystemExit):
+        ab.main([ROOT, ROOT, "--rounds", "0"])
