@@ -9,7 +9,7 @@ half-iteration streaming C through online log-sum-exp passes (sinkhorn_stream.py
 ``fused`` (opt-in, not yet measured on a GPU) — both half-iterations in one pass
 over C from device memory (sinkhorn_fused.py).
 The plan, ``value`` and ``value_linear`` are formed from the potentials in one more pass over C
-(finalize.py, the fused twin of the reference's ``finalize``).
+(finalize.py, the fused twin of ``driver.finalize``).
 """
 from __future__ import annotations
 
