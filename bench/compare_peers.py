@@ -35,7 +35,7 @@ def peer_rows(iters: int, repeat: int, quick: bool, geomloss: bool) -> list[dict
     import ot as pot
 
     import grounded_fast.ot as got
-    from grounded_fast._bench import time_repeats
+    from timing import time_repeats
     from grounded_fast.ops import BALANCED, PARTIAL, entropic_ot
 
     T = lambda fn, scale=1.0: time_repeats(fn, repeat=repeat, scale=scale)  # noqa: E731
@@ -106,18 +106,18 @@ def compare_peers(iters: int = 200, threads: int | None = None, repeat: int = 5,
     """Time grounded_fast against POT at equal iteration counts (and against GeomLoss's batched matrix
     solver with ``geomloss``; it must be installed). Both sides run pinned to ``threads`` threads
     (torch and every BLAS / OpenMP pool; default: all cores), every timing is ``repeat`` runs after
-    a warm-up. Returns rows: case, peer, ``ours`` and ``theirs`` (:class:`grounded_fast._bench.Timing`,
+    a warm-up. Returns rows: case, peer, ``ours`` and ``theirs`` (:class:`timing.Timing`,
     None for the untimed accuracy row) and a check (plans' max difference or marginal errors)."""
     import ot  # noqa: F401  (loaded before pinning: its OpenMP pool must exist to be pinned)
     if geomloss:
         import geomloss as _  # noqa: F401
-    from grounded_fast._bench import default_threads, pinned_threads
+    from timing import default_threads, pinned_threads
     with pinned_threads(default_threads() if threads is None else threads):
         return peer_rows(iters, repeat, quick, geomloss)
 
 
 def print_table(rows) -> None:
-    from grounded_fast._bench import fmt_ratio, fmt_threads
+    from timing import fmt_ratio, fmt_threads
     timed = [r for r in rows if r["ours"] is not None]
     states = {fmt_threads(t.threads) for r in timed for t in (r["ours"], r["theirs"])}
     reps = {len(t.samples) for r in timed for t in (r["ours"], r["theirs"])}
@@ -156,7 +156,7 @@ def _positive_int(s: str) -> int:
 
 
 def main(argv=None) -> int:
-    from grounded_fast._bench import default_threads
+    from timing import default_threads
     parser = argparse.ArgumentParser(prog="bench/compare_peers.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",

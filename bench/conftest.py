@@ -32,7 +32,7 @@ if HERE not in sys.path:
 
 import throughput  # noqa: E402
 
-from grounded_fast._bench import default_threads, pinned_threads, thread_state, time_repeats  # noqa: E402
+from timing import default_threads, pinned_threads, thread_state, time_repeats  # noqa: E402
 
 # threads of every side (torch's intra-op pool and every BLAS / OpenMP pool): BENCH_THREADS, default all cores
 THREADS = int(os.environ.get("BENCH_THREADS") or default_threads())

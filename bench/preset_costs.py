@@ -44,9 +44,11 @@ import time
 import warnings
 from typing import Callable, Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _p in (ROOT, HERE):  # this checkout's grounded_fast; bench/timing.py
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 #: the most scenes (grounding, groundedbert) prepared; above, prepare is extrapolated linearly
 PREPARE_SCENES = 400
@@ -138,7 +140,7 @@ class Probe:
 
     def prepare(self, study, cfg):
         """(seconds, shared inputs, out_dir) of ``study.prepare`` on a fresh directory (cold caches)."""
-        from grounded_fast._bench import pinned_threads
+        from timing import pinned_threads
         out_dir = self._dir(f"{study.name}-prepare")
         kw = self._device_kwargs(study.prepare)
         with pinned_threads(self.threads), warnings.catch_warnings():
@@ -151,7 +153,7 @@ class Probe:
 
     def unit(self, study, unit, cfg, out_dir: str, shared):
         """(start, [timestamp after each progress call], end) of one ``study.run_unit``."""
-        from grounded_fast._bench import pinned_threads
+        from timing import pinned_threads
         stamps: List[float] = []
 
         def progress(done, total):
@@ -279,7 +281,7 @@ def probe_flava_glue(cfg, shared, probe: Probe) -> float:
     scoring included): timed with k and 2k steps (k = warm-up + repeats) on a fresh model, pinned
     to the units' threads; fixed cost + per-step time x ``cfg.glue_steps``."""
     import grounded_fast.models as gm
-    from grounded_fast._bench import pinned_threads
+    from timing import pinned_threads
     from grounded_fast.experiments.flava_ablation import glue_finetune
     model = gm.build("flava", cfg.model_preset, vocab_size=shared["vocab_size"], max_text_len=cfg.max_text_len,
                      pad_id=shared["pad_id"], cls_id=shared["cls_id"], sep_id=shared["sep_id"], mask_id=shared["mask_id"])
@@ -340,7 +342,7 @@ def describe_device(device: str) -> str:
 
 
 def _fmt_s(s: float) -> str:
-    from grounded_fast._bench import fmt_seconds
+    from timing import fmt_seconds
     return fmt_seconds(s)
 
 
@@ -377,7 +379,7 @@ def markdown(result: dict) -> str:
 
 
 def _spread(samples: List[float]) -> str:
-    from grounded_fast._bench import fmt_spread
+    from timing import fmt_spread
     return fmt_spread(_median(samples), min(samples), max(samples))
 
 

@@ -29,11 +29,13 @@ import sys
 import time
 from typing import Callable, NamedTuple, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # run as `python bench/report.py`: this checkout's grounded_fast
-    sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _p in (ROOT, HERE):  # run as `python bench/report.py` or imported: this checkout's grounded_fast, bench/timing.py
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
-from grounded_fast._bench import fmt_ratio, fmt_spread  # noqa: E402
+from timing import fmt_ratio, fmt_spread  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ formatting (both suites)

@@ -23,7 +23,7 @@ import argparse
 import json
 import time
 
-from grounded_fast._bench import time_repeats
+from timing import time_repeats
 
 N_BIG = 16 * 1024 * 1024
 N_CACHE = 256 * 1024

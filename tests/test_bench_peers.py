@@ -11,10 +11,12 @@ import sys
 import pytest
 import torch
 
-from grounded_fast._bench import Timing, fmt_ratio, pinned_threads, thread_state
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
+if BENCH not in sys.path:  # the bench scripts' own modules (timing.py)
+    sys.path.insert(0, BENCH)
+
+from timing import Timing, fmt_ratio, pinned_threads, thread_state  # noqa: E402
 
 
 def _load(name, path):
