@@ -16,7 +16,7 @@ the log domain:
 Every kind also stops at the rounding floor of its stop quantity (see the kernel).
 
 The launcher returns (log_u, log_v, log_scale, n_iter, status, err_history); the plan and
-objective are formed from them afterwards (grounded_fast.reference.entropic_ot.finalize).
+objective are formed from them afterwards (grounded_fast.ops.entropic_ot.driver.finalize, or its Triton twin finalize.py).
 Accumulation is float32 (float64 for float64 costs).
 """
 from __future__ import annotations

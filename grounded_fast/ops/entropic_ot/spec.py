@@ -1,9 +1,9 @@
-"""The solve specification of the entropic OT ops: everything but the tensors, validated once.
+"""The solve specification of the entropic OT ops: everything but the tensors, checked in one place.
 
-:class:`SolveSpec` is built once per call of ``entropic_ot`` / ``entropic_ot_features`` (its
-constructor checks every field), handed whole to the driver and the backends, and flattened to
-scalars only at the custom-op boundary (``op_args`` / ``from_op_args``: a torch schema takes no
-Python objects). Derived quantities (the unbalanced exponents ``fa``, ``fb`` and the history
+:class:`SolveSpec` is built from the public functions' arguments (its constructor is the one check
+of every field), handed whole to the driver and the backends, and flattened to scalars only at the
+custom-op boundary (``op_args``; ``SolveSpec(*args)`` rebuilds it there, through the same check, so
+a direct call of the op is checked too: a torch schema takes no Python objects). Derived quantities (the unbalanced exponents ``fa``, ``fb`` and the history
 length) are properties here and computed nowhere else.
 """
 from __future__ import annotations

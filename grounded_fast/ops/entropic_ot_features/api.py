@@ -75,7 +75,7 @@ def entropic_ot_features(x: Tensor, y: Tensor, a: Tensor, b: Tensor, *, reg: flo
     ``return_plan``: also form the (B,n,m) plan (materialised; detached). Otherwise
     ``OTSolution.plan`` is None.
     Returns an :class:`OTSolution` (B-leading fields; unbatched for unbatched input); ``value`` is
-    differentiable w.r.t. x, y, a, b (module docstring).
+    differentiable w.r.t. x, y, a, b (grounded_fast/ops/entropic_ot_features/op.py).
     """
     if isinstance(x, Tensor) and x.dim() == 2:  # one problem: solve it as a batch of one
         for name, t in (("y", y), ("a", a), ("b", b)):

@@ -21,7 +21,7 @@ def feature_splits(B: int, n: int, m: int, device: torch.device) -> int:
 
 
 class CudaFeaturePasses:
-    """The passes of driver.py on the CUDA kernels (module docstring).
+    """The passes of driver.py on the CUDA kernels (this module's docstring).
     x (B,n,d), y (B,m,d) CUDA tensors, float32 / float64 / bfloat16 / float16; cost 0 / 1."""
 
     def __init__(self, x, y, cost: int, reg: float):
